@@ -1,0 +1,56 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TOOLS := .tools
+APT_PACKAGES := goiardi shellcheck packer
+PYTEST_ARGS ?=
+
+.PHONY: all deps system-deps venv node-deps test lint demo bench clean
+
+all: test
+
+# System packages (Debian): only when one is missing, with one `apt-get update` first.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(TOOLS)/node_modules/.bin/npm-groovy-lint:
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) npm-groovy-lint@15
+
+node-deps: $(TOOLS)/node_modules/.bin/npm-groovy-lint
+
+deps: system-deps venv node-deps
+
+lint: venv
+	$(VENV)/bin/ruff check bakery_lib tests bench
+
+# pytest exit code 5 ("no tests collected") must fail the build, as must any other non-zero code.
+test: deps
+	$(VENV)/bin/ruff check bakery_lib tests bench
+	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+demo: system-deps venv
+	$(PY) -m bakery_lib.devstack.demo --catalog examples/bakery.yaml --workspace demo-workspace
+
+bench: deps
+	$(PY) -m pip install -q jenkins-job-builder
+	$(PY) bench/bench_jobs.py
+	$(PY) bench/bench_bake.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) demo-workspace build *.egg-info

@@ -1,0 +1,247 @@
+"""The only module that imports boto3/botocore.
+
+- Clients per (service, region) with adaptive retries (throttling such as ``RequestLimitExceeded`` is
+  retried with backoff by botocore) and an endpoint override (``AWS_ENDPOINT_URL``, honoured by
+  botocore itself; passed explicitly too so older botocore behaves the same).
+- ``call()`` turns ``ClientError`` and connection/credential errors into the bakery's own errors that
+  say which operation failed, the AWS error code, and what to do next.
+- A shared cap on concurrent mutating calls keeps parallel bakes from tripping account-wide rate limits.
+- Every API call is counted (for benchmarks and ``bakery bake`` summaries).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from . import __version__
+from .errors import AwsError, BakeryError, UsageError
+
+_MUTATING_PREFIXES = ("Create", "Delete", "Run", "Terminate", "Stop", "Start", "Put", "Attach", "Detach",
+                      "Authorize", "Revoke", "Register", "Deregister", "Copy", "Modify", "Add", "Remove",
+                      "Update", "Publish", "Tag", "Untag")
+
+
+class CallCounter:
+    """Counts API calls by ``service.Operation`` (thread safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __call__(self, event_name: str = "", **_: Any) -> None:
+        # event_name: before-call.ec2.RunInstances
+        parts = event_name.split(".")
+        key = ".".join(parts[1:3]) if len(parts) >= 3 else event_name
+        with self._lock:
+            self.counts[key] += 1
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.counts.values())
+
+
+class Aws:
+    """boto3 clients for one bakery process, shared by all bakes running in it."""
+
+    def __init__(
+        self,
+        *,
+        endpoint_url: str | None = None,
+        max_attempts: int = 10,
+        mutating_concurrency: int = 8,
+        session: boto3.session.Session | None = None,
+    ):
+        self.endpoint_url = endpoint_url if endpoint_url is not None else os.environ.get("AWS_ENDPOINT_URL") or None
+        self._session = session or boto3.session.Session()
+        self._config = Config(
+            retries={"mode": "adaptive", "max_attempts": max_attempts},
+            connect_timeout=10,
+            read_timeout=60,
+            user_agent_extra=f"ami-bakery/{__version__}",
+            max_pool_connections=50,
+        )
+        self._clients: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        self.counter = CallCounter()
+        self.mutations = threading.BoundedSemaphore(mutating_concurrency)
+        self._hooks: list[tuple[str, Callable[..., Any]]] = []
+
+    def add_hook(self, event: str, handler: Callable[..., Any]) -> None:
+        """Register a botocore event handler on every client (existing and future): fault injection."""
+        with self._lock:
+            self._hooks.append((event, handler))
+            for client in self._clients.values():
+                client.meta.events.register(event, handler)
+
+    def client(self, service: str, region: str) -> Any:
+        key = (service, region)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                try:
+                    client = self._session.client(
+                        service, region_name=region, endpoint_url=self.endpoint_url, config=self._config
+                    )
+                except botocore.exceptions.BotoCoreError as exc:
+                    raise UsageError(f"cannot create an AWS {service} client for region {region!r}: {exc}") from None
+                client.meta.events.register("before-call", self.counter)
+                for event, handler in self._hooks:
+                    client.meta.events.register(event, handler)
+                self._clients[key] = client
+            return client
+
+    def call(self, service: str, region: str, operation: str, **params: Any) -> dict[str, Any]:
+        """Call ``operation`` (CamelCase, as in the AWS API) and translate errors."""
+        client = self.client(service, region)
+        method = getattr(client, _snake(operation))
+        mutating = operation.startswith(_MUTATING_PREFIXES)
+        if mutating:
+            self.mutations.acquire()
+        try:
+            return method(**params)
+        except botocore.exceptions.ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "Unknown")
+            raise AwsError(operation, code, str(err.get("Message") or exc), hint=_hint(code)) from None
+        except botocore.exceptions.NoCredentialsError:
+            raise UsageError(
+                "no AWS credentials found: give the agent an instance profile, use the Jenkins AWS "
+                "credentials binding, or set AWS_PROFILE / AWS_ACCESS_KEY_ID"
+            ) from None
+        except botocore.exceptions.EndpointConnectionError as exc:
+            raise AwsError(operation, "EndpointConnectionError", str(exc),
+                           hint=f"check the region {region!r} and AWS_ENDPOINT_URL") from None
+        except botocore.exceptions.ParamValidationError as exc:
+            raise BakeryError(f"AWS {operation}: invalid request: {exc}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise AwsError(operation, type(exc).__name__, str(exc)) from None
+        finally:
+            if mutating:
+                self.mutations.release()
+
+    def paginate(self, service: str, region: str, operation: str, key: str, **params: Any) -> list[Any]:
+        out: list[Any] = []
+        token_name = "NextToken"
+        while True:
+            page = self.call(service, region, operation, **params)
+            out.extend(page.get(key, []))
+            token = page.get(token_name)
+            if not token:
+                return out
+            params[token_name] = token
+
+    def account_id(self, region: str) -> str:
+        return self.call("sts", region, "GetCallerIdentity")["Account"]
+
+    # --- EC2 helpers shared by stages, cleanup, reap and prune ------------------------------------
+
+    def describe_instances(self, region: str, instance_ids: Iterable[str] = (), filters: list[dict] | None = None) -> list[dict]:
+        params: dict[str, Any] = {}
+        ids = list(instance_ids)
+        if ids:
+            params["InstanceIds"] = ids
+        if filters:
+            params["Filters"] = filters
+        try:
+            reservations = self.paginate("ec2", region, "DescribeInstances", "Reservations", **params)
+        except AwsError as exc:
+            if exc.code == "InvalidInstanceID.NotFound":
+                return []
+            raise
+        return [i for r in reservations for i in r.get("Instances", [])]
+
+    def describe_images(self, region: str, image_ids: Iterable[str] = (), **params: Any) -> list[dict]:
+        ids = list(image_ids)
+        if ids:
+            params["ImageIds"] = ids
+        try:
+            return self.call("ec2", region, "DescribeImages", **params).get("Images", [])
+        except AwsError as exc:
+            if exc.code in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
+                return []
+            raise
+
+    def console_tail(self, region: str, instance_id: str, lines: int = 40) -> str:
+        """The last lines of the instance's console output ('' when there is none yet)."""
+        try:
+            out = self.call("ec2", region, "GetConsoleOutput", InstanceId=instance_id, Latest=True).get("Output") or ""
+        except AwsError as exc:
+            if exc.code in ("UnsupportedOperation", "InvalidParameterValue"):
+                out = self.call("ec2", region, "GetConsoleOutput", InstanceId=instance_id).get("Output") or ""
+            else:
+                return f"(console output unavailable: {exc.code})"
+        text = decode_console(out)
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def decode_console(output: str) -> str:
+    """AWS returns base64, moto plain text: decode when it is base64, else use as is."""
+    stripped = output.strip()
+    if not stripped:
+        return ""
+    try:
+        raw = base64.b64decode(stripped, validate=True)
+        return raw.decode("utf-8", errors="replace")
+    except (binascii.Error, ValueError):
+        return output
+
+
+def tags_of(resource: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in resource.get("Tags", []) or []}
+
+
+def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def _snake(operation: str) -> str:
+    out = []
+    for i, ch in enumerate(operation):
+        if ch.isupper() and i and (not operation[i - 1].isupper() or (i + 1 < len(operation) and operation[i + 1].islower())):
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+def _hint(code: str) -> str:
+    if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
+        return "the bakery's AWS identity lacks this permission"
+    if code in ("AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken"):
+        return "the AWS credentials are invalid or expired"
+    if code in ("InsufficientInstanceCapacity", "InstanceLimitExceeded", "VcpuLimitExceeded"):
+        return "try another instance type or subnet, or raise the limit"
+    return ""
+
+
+class Clock:
+    """Sleep and time, injectable so waits are testable; sleeps wake early when ``cancel`` is set."""
+
+    def __init__(self, cancel: threading.Event | None = None):
+        self.cancel = cancel or threading.Event()
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        from .errors import Interrupted
+
+        if self.cancel.wait(seconds):
+            raise Interrupted("interrupted (SIGTERM/SIGINT): stopping and cleaning up")
+
+    def check(self) -> None:
+        from .errors import Interrupted
+
+        if self.cancel.is_set():
+            raise Interrupted("interrupted (SIGTERM/SIGINT): stopping and cleaning up")

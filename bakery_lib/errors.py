@@ -1,0 +1,58 @@
+"""The bakery's own errors. Each carries the exit code the CLI returns for it.
+
+Exit codes are a contract with Jenkins and users' scripts: 0 success, 1 the stage/bake failed,
+2 bad usage or a bad catalogue (and nothing was done).
+"""
+
+from __future__ import annotations
+
+
+class BakeryError(Exception):
+    """A stage or command failed for a reason a person can act on. Exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(BakeryError):
+    """Bad command line, bad environment or a stage run out of order. Exit code 2, nothing done."""
+
+    exit_code = 2
+
+
+class CatalogError(UsageError):
+    """The roles catalogue is invalid. The message names the file, the role and the key."""
+
+    def __init__(self, path: str, message: str, *, role: str | None = None, key: str | None = None):
+        self.path = path
+        self.role = role
+        self.key = key
+        where = [f"catalogue {path}"]
+        if role:
+            where.append(f"role {role!r}")
+        if key:
+            where.append(f"key {key!r}")
+        super().__init__(f"{', '.join(where)}: {message}")
+
+
+class AwsError(BakeryError):
+    """An AWS API call failed. ``code`` is the AWS error code (e.g. ``UnauthorizedOperation``)."""
+
+    def __init__(self, operation: str, code: str, message: str, *, hint: str = ""):
+        self.operation = operation
+        self.code = code
+        text = f"AWS {operation} failed: {code}: {message}"
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+
+
+class ChefError(BakeryError):
+    """A Chef server API call failed."""
+
+
+class StageTimeout(BakeryError):
+    """A wait gave up. The state keeps what it waited for, so a rerun resumes the wait."""
+
+
+class Interrupted(BakeryError):
+    """The process received SIGTERM/SIGINT (Jenkins abort)."""

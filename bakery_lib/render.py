@@ -1,0 +1,71 @@
+"""The one Jinja2 environment of the bakery: StrictUndefined, XML autoescape, sh/ps1 quoting filters.
+
+Every value from the catalogue that reaches a shell script, a PowerShell script or job XML goes
+through a filter here: ``sh`` (POSIX single quotes), ``ps`` (PowerShell single quotes), ``xml``
+(autoescape, on by default for ``*.xml.j2``), ``json`` (compact JSON; pipe through ``sh``/``ps``
+when it lands in a script).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+
+def templates_root() -> Path:
+    """The packaged ``templates/`` (package ``bakery_templates``), else the source tree's."""
+    try:
+        root = Path(str(resources.files("bakery_templates")))
+        if root.is_dir():
+            return root
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def sh_quote(value: Any) -> str:
+    """Quote for POSIX sh: one word, nothing expanded."""
+    return shlex.quote(str(value))
+
+
+def ps_quote(value: Any) -> str:
+    """Quote for PowerShell: a single-quoted verbatim string (only ' needs doubling)."""
+    text = str(value)
+    # PowerShell also treats the typographic single quotes as quote characters.
+    for q in ("'", "\u2018", "\u2019", "\u201a", "\u201b"):
+        text = text.replace(q, q + q)
+    return "'" + text + "'"
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _autoescape(name: str | None) -> bool:
+    return bool(name) and (name.endswith(".xml.j2") or name.endswith(".html.j2") or name.endswith(".xml"))
+
+
+@functools.lru_cache(maxsize=4)
+def environment(root: str | None = None) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(root or str(templates_root())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=_autoescape,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["sh"] = sh_quote
+    env.filters["ps"] = ps_quote
+    env.filters["json"] = to_json
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    return environment().get_template(template).render(**context)

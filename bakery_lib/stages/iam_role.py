@@ -1,0 +1,146 @@
+"""iam-role: create or update the role's IAM role, inline policy and instance profile.
+
+Least privilege for what the instance does itself: read its run list object and the validator key
+in S3, publish to the alert topic, and tag only itself (the bootstrap result). Managed policies
+named in the catalogue are attached; managed policies no longer named are detached.
+Writes ``iam_role_name``/``instance_profile_name`` to the state as soon as each exists.
+Calls: IAM GetRole, CreateRole, UpdateAssumeRolePolicy, PutRolePolicy, ListAttachedRolePolicies,
+AttachRolePolicy, DetachRolePolicy, GetInstanceProfile, CreateInstanceProfile,
+AddRoleToInstanceProfile, TagRole; the ``instance_profile_exists`` waiter.
+Cleanup: none; role and profile belong to the role, not to one bake.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import unquote
+
+from ..catalog import S3_URL_RE, RoleSpec
+from ..errors import AwsError, BakeryError
+from .base import Context, resource_name
+
+POLICY_NAME = "bakery-instance"
+
+TRUST_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+
+
+def partition_of(arn: str) -> str:
+    return arn.split(":")[1]
+
+
+def instance_policy(role: RoleSpec) -> dict[str, Any]:
+    part = partition_of(role.alert_topic_arn)
+    m = S3_URL_RE.match(role.chef.validation_key_s3)
+    assert m, "validated by the catalogue"
+    validator_arn = f"arn:{part}:s3:::{m.group(1)}/{m.group(2)}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReadRunListAndValidatorKey",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": sorted({f"arn:{part}:s3:::{role.runlist_bucket}/{role.runlist_key}", validator_arn}),
+            },
+            {"Sid": "AlertOnFailure", "Effect": "Allow", "Action": "sns:Publish", "Resource": role.alert_topic_arn},
+            {
+                # An instance may only tag itself, and only with the bootstrap result keys.
+                "Sid": "TagOnlyItself",
+                "Effect": "Allow",
+                "Action": "ec2:CreateTags",
+                "Resource": f"arn:{part}:ec2:*:*:instance/*",
+                "Condition": {
+                    "StringEquals": {"aws:ARN": "${ec2:SourceInstanceARN}"},
+                    "ForAllValues:StringEquals": {"aws:TagKeys": ["bakery:bootstrap", "bakery:bootstrap-detail"]},
+                },
+            },
+        ],
+    }
+
+
+def _doc(value: Any) -> Any:
+    """IAM returns policy documents URL-encoded on AWS and as dicts through boto3; accept both."""
+    if isinstance(value, str):
+        return json.loads(unquote(value))
+    return value
+
+
+def run(ctx: Context) -> str:
+    state = ctx.require_state()
+    role = ctx.role
+    name = resource_name(role.name, 64)
+    tags = [{"Key": "bakery:managed", "Value": "true"}, {"Key": "bakery:role", "Value": role.name}]
+    actions: list[str] = []
+    try:
+        existing = ctx.iam("GetRole", RoleName=name)["Role"]
+    except AwsError as exc:
+        if exc.code != "NoSuchEntity":
+            raise
+        existing = None
+    if existing is None:
+        ctx.iam("CreateRole", RoleName=name, AssumeRolePolicyDocument=json.dumps(TRUST_POLICY),
+                Description=f"AMI Bakery instances of role {role.name}", Tags=tags, MaxSessionDuration=3600)
+        actions.append("created role")
+    else:
+        existing_tags = {t["Key"]: t["Value"] for t in existing.get("Tags", [])}
+        if not existing_tags:
+            existing_tags = {t["Key"]: t["Value"] for t in ctx.iam("ListRoleTags", RoleName=name).get("Tags", [])}
+        if existing_tags.get("bakery:managed") != "true":
+            raise BakeryError(f"IAM role {name} exists but is not managed by the bakery (no tag bakery:managed=true)")
+        if _doc(existing.get("AssumeRolePolicyDocument")) != TRUST_POLICY:
+            ctx.iam("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(TRUST_POLICY))
+            actions.append("trust policy updated")
+    state.iam_role_name = name
+    ctx.save()
+
+    policy = instance_policy(role)
+    try:
+        current = _doc(ctx.iam("GetRolePolicy", RoleName=name, PolicyName=POLICY_NAME)["PolicyDocument"])
+    except AwsError as exc:
+        if exc.code != "NoSuchEntity":
+            raise
+        current = None
+    if current != policy:
+        ctx.iam("PutRolePolicy", RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
+        actions.append("inline policy written")
+    other_inline = [p for p in ctx.iam("ListRolePolicies", RoleName=name).get("PolicyNames", []) if p != POLICY_NAME]
+    for extra in other_inline:
+        ctx.iam("DeleteRolePolicy", RoleName=name, PolicyName=extra)
+        actions.append(f"inline policy {extra} removed")
+
+    attached = {p["PolicyArn"] for p in ctx.iam("ListAttachedRolePolicies", RoleName=name).get("AttachedPolicies", [])}
+    for arn in role.managed_policies:
+        if arn not in attached:
+            ctx.iam("AttachRolePolicy", RoleName=name, PolicyArn=arn)
+            actions.append(f"attached {arn}")
+    for arn in sorted(attached - set(role.managed_policies)):
+        ctx.iam("DetachRolePolicy", RoleName=name, PolicyArn=arn)
+        actions.append(f"detached {arn}")
+
+    try:
+        profile = ctx.iam("GetInstanceProfile", InstanceProfileName=name)["InstanceProfile"]
+    except AwsError as exc:
+        if exc.code != "NoSuchEntity":
+            raise
+        profile = ctx.iam("CreateInstanceProfile", InstanceProfileName=name, Tags=tags)["InstanceProfile"]
+        actions.append("created instance profile")
+    state.instance_profile_name = name
+    ctx.save()
+    if name not in [r["RoleName"] for r in profile.get("Roles", [])]:
+        for other in profile.get("Roles", []):
+            ctx.iam("RemoveRoleFromInstanceProfile", InstanceProfileName=name, RoleName=other["RoleName"])
+        ctx.iam("AddRoleToInstanceProfile", InstanceProfileName=name, RoleName=name)
+        actions.append("role added to instance profile")
+        # IAM is eventually consistent: a new profile is not yet visible everywhere. Wait until IAM
+        # itself returns it; RunInstances may still reject it for a while (launch retries that).
+        waiter = ctx.aws.client("iam", ctx.region).get_waiter("instance_profile_exists")
+        waiter.wait(InstanceProfileName=name, WaiterConfig={"Delay": 2, "MaxAttempts": 30})
+    return f"IAM role and instance profile {name}: " + (", ".join(actions) or "unchanged")
+
+
+SAFE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")

@@ -1,0 +1,144 @@
+"""preflight: check everything a bake needs, then open the bake record. No side effect in AWS or Chef.
+
+Reads: the catalogue, the workspace state (to refuse a second bake while one is in progress here).
+Calls: Chef (one signed request; run list cookbooks/roles exist), EC2 DescribeImages (resolve the
+base AMI), EC2 DescribeInstances (refuse if another bake of the role is in flight anywhere).
+Writes: a new ``.bakery/ROLE.json`` with bake id, release, base AMI and bake key.
+Cleanup: nothing to remove.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from .. import __version__
+from ..catalog import AmiFilter, RoleSpec
+from ..errors import BakeryError, UsageError
+from ..state import BakeState, new_bake_id
+from .base import Context
+
+RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+IN_FLIGHT_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+
+
+def check_release(release: str | None) -> str:
+    if not release:
+        raise UsageError("preflight needs --release REL (the release being baked)")
+    if not RELEASE_RE.match(release):
+        raise UsageError(
+            f"invalid release {release!r}: use letters, digits and . _ + - (at most 64 characters); "
+            "it goes into AMI names and tags"
+        )
+    return release
+
+
+def resolve_base_ami(ctx: Context) -> str:
+    role = ctx.role
+    if isinstance(role.base_ami, AmiFilter):
+        images = ctx.aws.describe_images(
+            role.region,
+            Owners=list(role.base_ami.owners),
+            Filters=[{"Name": "name", "Values": [role.base_ami.name]}, {"Name": "state", "Values": ["available"]}],
+        )
+        if not images:
+            raise BakeryError(
+                f"catalogue {ctx.catalog.path}, role {role.name!r}, key 'base_ami': no available image named "
+                f"{role.base_ami.name!r} owned by {', '.join(role.base_ami.owners)} in {role.region}"
+            )
+        newest = max(images, key=lambda i: (i.get("CreationDate") or "", i["ImageId"]))
+        return newest["ImageId"]
+    images = ctx.aws.describe_images(role.region, [role.base_ami])
+    if not images or images[0].get("State") != "available":
+        state = images[0].get("State") if images else "not found"
+        raise BakeryError(
+            f"catalogue {ctx.catalog.path}, role {role.name!r}, key 'base_ami': {role.base_ami} is {state} "
+            f"in {role.region}"
+        )
+    return role.base_ami
+
+
+def bake_key(role: RoleSpec, base_ami: str, cookbook_versions: dict[str, list[str]] | None) -> str:
+    """A hash of every bake input: same key, same image (issue: skip unchanged roles)."""
+    from ..userdata import bake_userdata
+
+    # The user data is rendered with a fixed bake id/release so that only real changes move the key.
+    userdata = bake_userdata(role, bake_id="0" * 21, release="0")
+    doc = {
+        "base_ami": base_ami,
+        "settings": role.shaping_settings(),
+        "userdata": hashlib.sha256(userdata.encode()).hexdigest(),
+        "bakery": __version__,
+        "cookbooks": cookbook_versions or {},
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def cookbooks_of(run_list: tuple[str, ...]) -> list[str]:
+    names = []
+    for item in run_list:
+        m = re.match(r"^recipe\[([^:\]@]+)", item)
+        if m and m.group(1) not in names:
+            names.append(m.group(1))
+    return names
+
+
+def run(ctx: Context, release: str | None) -> str:
+    role = ctx.role
+    existing = ctx.state
+    if existing is not None and not existing.closed:
+        if existing.succeeded("preflight") and (release is None or release == existing.release):
+            return f"already done: bake {existing.bake_id} of release {existing.release} is open"
+        raise BakeryError(
+            f"bake {existing.bake_id} of role {role.name!r} (release {existing.release}) is still in progress "
+            f"in {ctx.ws.root}; finish it, or run `bakery cleanup --role {role.name}` to abandon it"
+        )
+    release = check_release(release)
+
+    chef = ctx.chef()
+    chef.check_auth()
+    missing = chef.missing_run_list_items(role.run_list_ami)
+    if missing:
+        raise BakeryError(
+            f"role {role.name!r}: the ami run list names {', '.join(missing)}, which the Chef server "
+            f"{chef.server_url} does not have (upload the cookbook/role first)"
+        )
+    versions = {cb: chef.cookbook_versions(cb) for cb in cookbooks_of(role.run_list_ami)}
+
+    base_ami = resolve_base_ami(ctx)
+    in_flight = ctx.aws.describe_instances(
+        role.region,
+        filters=[
+            {"Name": "tag:bakery:role", "Values": [role.name]},
+            {"Name": "tag:bakery:purpose", "Values": ["bake"]},
+            {"Name": "instance-state-name", "Values": IN_FLIGHT_STATES},
+        ],
+    )
+    if in_flight:
+        inst = in_flight[0]
+        tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+        raise BakeryError(
+            f"another bake of role {role.name!r} is in flight: instance {inst['InstanceId']} "
+            f"(bake {tags.get('bakery:bake-id', '?')}, release {tags.get('bakery:release', '?')}, "
+            f"{inst['State']['Name']}, expires {tags.get('bakery:expires-at', '?')}); wait for it, or remove "
+            f"it with `bakery cleanup` in its workspace or `bakery reap`"
+        )
+
+    if existing is not None:
+        ctx.ws.archive(existing)
+    bake_id = new_bake_id()
+    from ..userdata import node_name
+
+    ctx.state = BakeState(
+        role=role.name,
+        bake_id=bake_id,
+        release=release,
+        region=role.region,
+        platform=role.platform,
+        base_ami=base_ami,
+        bake_key=bake_key(role, base_ami, versions),
+        chef_node=node_name(role.name, bake_id),
+    )
+    ctx.save()
+    return f"bake {bake_id} of release {release} from {base_ami} opened"

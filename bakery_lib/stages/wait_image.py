@@ -1,0 +1,52 @@
+"""wait-image: wait until the AMI is available; tag its snapshots; require IMDSv2 on it.
+
+A timeout keeps the image id in the state, so a rerun resumes waiting instead of baking again;
+a ``failed`` image reports AWS's state reason.
+Reads ``image_id``; writes ``image_state``, ``snapshot_ids``, ``amis``.
+Calls: DescribeImages (one per poll), CreateTags, ModifyImageAttribute (ImdsSupport v2.0).
+Cleanup: see ``image``.
+"""
+
+from __future__ import annotations
+
+from ..errors import AwsError, BakeryError, StageTimeout
+from .base import Context
+from .image import tag_snapshots
+
+
+def run(ctx: Context) -> str:
+    state = ctx.require_state()
+    image_id = state.image_id
+    if not image_id:
+        raise BakeryError("the bake state has no image; run the image stage first")
+    deadline = ctx.clock.now() + ctx.role.image_timeout
+    start = ctx.clock.now()
+    while True:
+        images = ctx.aws.describe_images(ctx.region, [image_id])
+        if not images:
+            raise BakeryError(f"image {image_id} no longer exists (deregistered?)")
+        image = images[0]
+        current = image.get("State")
+        if current != state.image_state:
+            state.image_state = current
+            ctx.save()
+        if current == "available":
+            break
+        if current in ("failed", "invalid", "error", "deregistered"):
+            reason = image.get("StateReason", {}).get("Message") or "no reason given"
+            raise BakeryError(f"image {image_id} is {current}: {reason}")
+        if ctx.clock.now() >= deadline:
+            raise StageTimeout(
+                f"image {image_id} still {current} after {ctx.role.image_timeout} s (catalogue key image_timeout); "
+                f"rerun `bakery stage wait-image --role {ctx.role.name}` to keep waiting"
+            )
+        ctx.sleep(min(ctx.poll_interval, max(0.1, deadline - ctx.clock.now())))
+    tag_snapshots(ctx, image)
+    try:
+        ctx.ec2("ModifyImageAttribute", ImageId=image_id, ImdsSupport={"Value": "v2.0"})
+    except AwsError as exc:
+        # Once set, ImdsSupport cannot be changed again; any other refusal is worth a line, not a failure.
+        ctx.log(f"could not set ImdsSupport=v2.0 on {image_id}: {exc.code}")
+    state.amis[ctx.region] = image_id
+    ctx.save()
+    return f"image {image_id} available after {ctx.clock.now() - start:.0f} s"

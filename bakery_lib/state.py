@@ -1,0 +1,191 @@
+"""One typed bake record per role: ``WORKSPACE/.bakery/ROLE.json``.
+
+Written atomically (temp file in the same directory, fsync, rename, fsync of the directory) after
+every change, so a kill at any moment leaves either the old or the new record, never a torn one.
+Every stage records what it created the moment the create call returns, before any wait, so that
+``bakery cleanup`` in the same workspace can always remove it.
+
+A per-role lock file (``.bakery/ROLE.lock``, flock) keeps two bakery processes from working on the
+same role in the same workspace at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BakeryError, UsageError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class StageRecord:
+    status: str = "pending"  # pending | running | succeeded | failed | skipped
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+    message: str = ""
+    attempts: int = 0
+
+
+@dataclass
+class BakeState:
+    role: str
+    bake_id: str
+    release: str
+    region: str
+    platform: str
+    schema_version: int = SCHEMA_VERSION
+    created_at: float = field(default_factory=time.time)
+    base_ami: str | None = None
+    bake_key: str | None = None
+    chef_node: str | None = None
+    security_group_id: str | None = None
+    security_group_created: bool = False
+    iam_role_name: str | None = None
+    instance_profile_name: str | None = None
+    instance_id: str | None = None
+    instance_terminated: bool = False
+    image_id: str | None = None
+    image_name: str | None = None
+    image_state: str | None = None
+    snapshot_ids: list[str] = field(default_factory=list)
+    amis: dict[str, str] = field(default_factory=dict)
+    reused: bool = False
+    chef_cleaned: bool = False
+    closed: bool = False  # the bake ended (published, or cleaned up after a failure)
+    outcome: str | None = None  # succeeded | failed | reused | cleaned
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+
+    def stage(self, name: str) -> StageRecord:
+        return self.stages.setdefault(name, StageRecord())
+
+    def succeeded(self, name: str) -> bool:
+        rec = self.stages.get(name)
+        return bool(rec and rec.status in ("succeeded", "skipped"))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: Path) -> BakeState:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise UsageError(
+                f"{path}: bake state schema version {version!r} is not {SCHEMA_VERSION}; "
+                "it was written by another bakery version (finish or clean that bake with it)"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["stages"] = {k: StageRecord(**v) for k, v in (data.get("stages") or {}).items()}
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise UsageError(f"{path}: bake state is incomplete: {exc}") from None
+
+
+def new_bake_id(now: float | None = None) -> str:
+    """Sortable, unique, lower-case and short: it goes into AMI names and Chef node names."""
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now if now is not None else time.time()))
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+class Workspace:
+    """The files of one Jenkins workspace (or any directory): state, reports, artifacts."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).resolve()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".bakery"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    def state_path(self, role: str) -> Path:
+        return self.state_dir / f"{role}.json"
+
+    def load(self, role: str) -> BakeState | None:
+        path = self.state_path(role)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BakeryError(f"{path}: bake state is not valid JSON ({exc}); "
+                              "move it away and run `bakery reap` to remove what that bake left") from None
+        if not isinstance(data, dict):
+            raise BakeryError(f"{path}: bake state is not a JSON object")
+        return BakeState.from_json(data, path)
+
+    def save(self, state: BakeState) -> None:
+        atomic_write_json(self.state_path(state.role), state.to_json())
+
+    def archive(self, state: BakeState) -> None:
+        """Keep the record of a finished bake beside the new one (for `bakery status`)."""
+        atomic_write_json(self.state_dir / "history" / f"{state.role}-{state.bake_id}.json", state.to_json())
+
+    def roles_with_state(self) -> list[str]:
+        if not self.state_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.state_dir.glob("*.json"))
+
+    @contextlib.contextmanager
+    def lock(self, role: str) -> Iterator[None]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / f"{role}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(
+                    f"another bakery process is working on role {role!r} in {self.root} "
+                    f"(lock {path}); wait for it to finish"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

@@ -77,6 +77,9 @@ class Aws:
         self.counter = CallCounter()
         self.mutations = threading.BoundedSemaphore(mutating_concurrency)
         self._hooks: list[tuple[str, Callable[..., Any]]] = []
+        # Polls of many in-flight bakes share one Describe call per region (see Batcher).
+        self.instances = Batcher(self, "instance")
+        self.images = Batcher(self, "image")
 
     def add_hook(self, event: str, handler: Callable[..., Any]) -> None:
         """Register a botocore event handler on every client (existing and future): fault injection."""
@@ -245,3 +248,58 @@ class Clock:
 
         if self.cancel.is_set():
             raise Interrupted("interrupted (SIGTERM/SIGINT): stopping and cleaning up")
+
+
+class Batcher:
+    """Coalesces the polls of many concurrent bakes into one Describe call per region.
+
+    Each waiting bake asks for its own id; the first to find the cached answer too old fetches the
+    answers for every id asked for recently in one DescribeInstances/DescribeImages call (filtered by
+    id, so a vanished id does not fail the whole call), the others use that answer. With N bakes
+    polling every P seconds this makes about one call per P seconds instead of N.
+    """
+
+    CHUNK = 100
+    FORGET_AFTER = 600.0
+
+    def __init__(self, aws: Aws, kind: str):
+        self._aws = aws
+        self._kind = kind
+        self._lock = threading.Lock()
+        self._fetch_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        self._wanted: dict[str, dict[str, float]] = collections.defaultdict(dict)  # region -> id -> last asked
+        self._cache: dict[tuple[str, str], tuple[float, dict | None]] = {}
+
+    def get(self, region: str, resource_id: str, max_age: float = 0.0) -> dict | None:
+        now = time.monotonic()
+        with self._lock:
+            self._wanted[region][resource_id] = now
+            hit = self._cache.get((region, resource_id))
+        if hit is not None and now - hit[0] <= max_age:
+            return hit[1]
+        with self._fetch_locks[region]:
+            with self._lock:
+                hit = self._cache.get((region, resource_id))
+                if hit is not None and hit[0] >= now:
+                    return hit[1]  # fetched by another bake while this one waited for the lock
+                ids = [i for i, t in self._wanted[region].items() if now - t < self.FORGET_AFTER]
+                self._wanted[region] = {i: self._wanted[region][i] for i in ids}
+            fetched_at = time.monotonic()
+            found: dict[str, dict] = {}
+            for start in range(0, len(ids), self.CHUNK):
+                chunk = ids[start:start + self.CHUNK]
+                if self._kind == "instance":
+                    for inst in self._aws.describe_instances(region, filters=[{"Name": "instance-id", "Values": chunk}]):
+                        found[inst["InstanceId"]] = inst
+                else:
+                    for img in self._aws.describe_images(region, Filters=[{"Name": "image-id", "Values": chunk}]):
+                        found[img["ImageId"]] = img
+            with self._lock:
+                for i in ids:
+                    self._cache[(region, i)] = (fetched_at, found.get(i))
+            return found.get(resource_id)
+
+    def forget(self, region: str, resource_id: str) -> None:
+        with self._lock:
+            self._wanted[region].pop(resource_id, None)
+            self._cache.pop((region, resource_id), None)

@@ -437,7 +437,7 @@ def _parse_role(name: str, raw: Any, defaults: dict[str, Any], chef_defaults: di
     ctx = _Ctx(path, name, "")
     m = _mapping(raw if raw is not None else {}, ctx)
     _no_unknown(m, set(_ROLE_KEYS) | _ROLE_ONLY_KEYS | {"chef"}, ctx)
-    values: dict[str, Any] = dict(defaults)
+    values: dict[str, Any] = {"instance_type": "t3.medium", **defaults}
     for k, v in m.items():
         if k in _ROLE_KEYS:
             values[k] = _ROLE_KEYS[k](v, ctx.sub(k))

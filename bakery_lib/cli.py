@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage", choices=ORDER, metavar="STAGE", help="one of: " + ", ".join(ORDER))
     p.add_argument("--role", required=True)
     p.add_argument("--release", help="the release being baked (preflight only; stored in the state)")
+    p.add_argument("--force", action="store_true",
+                   help="preflight only: bake even when an AMI with the same bake key exists")
 
     p = add("cleanup", "remove whatever this workspace's bake of ROLE still owns (idempotent)")
     p.add_argument("--role", required=True)
@@ -137,6 +139,7 @@ def cmd_stage(rt: _Runtime) -> int:
     cancel = threading.Event()
     _install_signal_handlers(cancel)
     ctx = rt.context(rt.args.role, cancel)
+    ctx.force = rt.args.force
     with ctx.ws.lock(rt.args.role):
         result = run_stage(ctx, rt.args.stage, release=rt.args.release)
     if result.exit_code:

@@ -36,6 +36,7 @@ class Context:
     poll_interval: float = 15.0
     state: BakeState | None = None
     force: bool = False
+    persist: bool = True  # False for create-instance: its record lives in memory only
     _chef: ChefClient | None = None
 
     def log(self, message: str) -> None:
@@ -67,7 +68,7 @@ class Context:
         return self.state
 
     def save(self) -> None:
-        if self.state is not None:
+        if self.state is not None and self.persist:
             self.ws.save(self.state)
 
     def sleep(self, seconds: float | None = None) -> None:

@@ -30,15 +30,15 @@ def run(ctx: Context) -> str:
     start = ctx.clock.now()
     last_state = None
     while True:
-        found = ctx.aws.describe_instances(ctx.region, [instance_id])
-        if not found:
+        inst = ctx.aws.instances.get(ctx.region, instance_id, max_age=ctx.poll_interval * 0.9)
+        if inst is None:
             raise BakeryError(f"instance {instance_id} no longer exists")
-        inst = found[0]
         tags = tags_of(inst)
         result = tags.get("bakery:bootstrap")
         detail = tags.get("bakery:bootstrap-detail", "")
         name = inst["State"]["Name"]
         if result == "succeeded":
+            ctx.aws.instances.forget(ctx.region, instance_id)
             return f"Chef role_ami run succeeded on {instance_id} after {ctx.clock.now() - start:.0f} s" + (
                 f": {detail}" if detail else "")
         if result == "failed":

@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from ..errors import AwsError, BakeryError
-from ..userdata import bake_userdata
 from .base import Context, iso_utc
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -117,6 +116,8 @@ def run(ctx: Context) -> str:
         return f"instance {existing['InstanceId']} of bake {state.bake_id} already exists ({existing['State']['Name']})"
     if not state.base_ami:
         raise BakeryError("the bake state has no base AMI; rerun preflight")
+    from ..userdata import bake_userdata
+
     user_data = bake_userdata(ctx.role, bake_id=state.bake_id, release=state.release)
     params = launch_params(ctx, state.base_ami, user_data, instance_tags(ctx), state.bake_id)
     instance = run_instance(ctx, params)

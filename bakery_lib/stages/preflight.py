@@ -140,5 +140,33 @@ def run(ctx: Context, release: str | None) -> str:
         bake_key=bake_key(role, base_ami, versions),
         chef_node=node_name(role.name, bake_id),
     )
+    state = ctx.state
+    reused = None if ctx.force else find_reusable(ctx, state.bake_key or "")
+    if reused is not None:
+        from . import SKIPPED_WHEN_REUSED
+
+        state.reused = True
+        state.image_id = reused["ImageId"]
+        state.image_name = reused.get("Name")
+        state.image_state = "available"
+        state.amis = {role.region: reused["ImageId"]}
+        for name in SKIPPED_WHEN_REUSED:
+            rec = state.stage(name)
+            rec.status, rec.message = "skipped", f"reused {reused['ImageId']} (same bake key)"
+        ctx.save()
+        return (f"bake {bake_id} of release {release}: reusing {reused['ImageId']} ({reused.get('Name')}), "
+                f"an available AMI with the same bake key; nothing will be launched (--force rebakes)")
     ctx.save()
     return f"bake {bake_id} of release {release} from {base_ami} opened"
+
+
+def find_reusable(ctx: Context, key: str) -> dict | None:
+    """An available AMI of this role baked from exactly the same inputs, if there is one."""
+    images = ctx.aws.describe_images(ctx.role.region, Owners=["self"], Filters=[
+        {"Name": "tag:bakery:role", "Values": [ctx.role.name]},
+        {"Name": "tag:bakery:bake-key", "Values": [key]},
+        {"Name": "state", "Values": ["available"]},
+    ])
+    if not images:
+        return None
+    return max(images, key=lambda i: (i.get("CreationDate") or "", i["ImageId"]))

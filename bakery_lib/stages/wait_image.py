@@ -22,15 +22,15 @@ def run(ctx: Context) -> str:
     deadline = ctx.clock.now() + ctx.role.image_timeout
     start = ctx.clock.now()
     while True:
-        images = ctx.aws.describe_images(ctx.region, [image_id])
-        if not images:
+        image = ctx.aws.images.get(ctx.region, image_id, max_age=ctx.poll_interval * 0.9)
+        if image is None:
             raise BakeryError(f"image {image_id} no longer exists (deregistered?)")
-        image = images[0]
         current = image.get("State")
         if current != state.image_state:
             state.image_state = current
             ctx.save()
         if current == "available":
+            ctx.aws.images.forget(ctx.region, image_id)
             break
         if current in ("failed", "invalid", "error", "deregistered"):
             reason = image.get("StateReason", {}).get("Message") or "no reason given"

@@ -155,6 +155,27 @@ def cleanup(ctx: Context, *, keep_instance: bool = False) -> CleanupReport:
         if not report.errors:
             state.snapshot_ids = []
 
+    # 4. Copies to other regions that never became available.
+    for copy_region, copy_id in sorted(state.pending_copies.items()):
+        def dereg_copy(copy_region: str = copy_region, copy_id: str = copy_id) -> str:
+            images = ctx.aws.describe_images(copy_region, [copy_id])
+            if images and images[0].get("State") == "available":
+                state.amis[copy_region] = copy_id
+                state.pending_copies.pop(copy_region, None)
+                save()
+                return f"kept available copy {copy_id} in {copy_region}"
+            if images:
+                snaps = [m["Ebs"]["SnapshotId"] for m in images[0].get("BlockDeviceMappings", [])
+                         if m.get("Ebs", {}).get("SnapshotId")]
+                ctx.aws.call("ec2", copy_region, "DeregisterImage", ImageId=copy_id)
+                for snap in snaps:
+                    ctx.aws.call("ec2", copy_region, "DeleteSnapshot", SnapshotId=snap)
+            state.pending_copies.pop(copy_region, None)
+            save()
+            return f"deregistered unfinished copy {copy_id} in {copy_region}"
+        _retry(ctx, f"copy {copy_id} in {copy_region}", f"aws ec2 deregister-image --region {copy_region} "
+               f"--image-id {copy_id}", report, dereg_copy)
+
     if not report.errors and not (keep_instance and report.kept and instance_id and not state.instance_terminated):
         if not state.closed:
             state.closed = True

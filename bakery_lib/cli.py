@@ -82,6 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = add("prune", "deregister a role's old AMIs and their snapshots, per region")
+    p.add_argument("--role", required=True)
+    p.add_argument("--keep", type=int, metavar="N", help="AMIs kept per region (default: the role's `keep`)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deleted; change nothing")
+
+    p = add("reap", "remove what killed bakes left behind (safe in cron)")
+    p.add_argument("--older-than", default="0", metavar="DURATION", help="e.g. 6h, 2d (default 0)")
+    p.add_argument("--region", action="append", dest="regions", metavar="REGION",
+                   help="default: every region of every catalogue role")
+    p.add_argument("--no-chef", action="store_true", help="leave the Chef server alone")
+    p.add_argument("--dry-run", action="store_true", help="show what would be removed; change nothing")
+
+    p = add("summary", "write reports/summary.html and reports/summary.md from this workspace's bakes")
+    p.add_argument("--release")
+
     p = add("publish-runlist", "write s3://BUCKET/runlists/ROLE.json from the role's launch run list")
     p.add_argument("--role", required=True)
     return parser
@@ -190,7 +205,11 @@ def cmd_bake(rt: _Runtime) -> int:
         keep_on_failure=rt.args.keep_on_failure, force=rt.args.force, env=rt.env,
         chef_config=rt.args.chef_config, poll_interval=_poll_interval(rt.env),
     )
+    from .summary import write_summary
+
+    html, md = write_summary(rt.ws(), outcomes, release=rt.args.release)
     print("\n".join(summary_lines(outcomes)))
+    print(f"summary: {html} and {md}")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         print(f"bakery: {len(failed)} of {len(outcomes)} role(s) failed: {', '.join(o.role for o in failed)}",
@@ -234,6 +253,51 @@ def cmd_status(rt: _Runtime) -> int:
     return 0
 
 
+def cmd_prune(rt: _Runtime) -> int:
+    from .catalog import check_role_name
+    from .lifecycle import prune
+    from .stages.base import default_log
+
+    role = rt.catalog().role(check_role_name(rt.args.role))
+    keep = rt.args.keep if rt.args.keep is not None else role.keep
+    report = prune(rt.aws(), role, keep, dry_run=rt.args.dry_run, log=default_log)
+    print(report.text())
+    return report.exit_code
+
+
+def cmd_reap(rt: _Runtime) -> int:
+    from .catalog import REGION_RE
+    from .chef import ChefClient
+    from .lifecycle import parse_duration, reap
+    from .stages.base import default_log
+
+    older = parse_duration(rt.args.older_than)
+    for region in rt.args.regions or []:
+        if not REGION_RE.match(region):
+            raise UsageError(f"--region {region!r} is not an AWS region name")
+    regions = rt.args.regions or sorted({r for ro in rt.catalog().roles.values() for r in ro.regions})
+    ws = rt.ws()
+    states = [s for r in ws.roles_with_state() if (s := ws.load(r)) is not None]
+    chef = chef_error = None
+    if not rt.args.no_chef:
+        try:
+            chef = ChefClient.from_env(rt.env, rt.args.chef_config)
+        except BakeryError as exc:
+            chef_error = str(exc)
+    report = reap(rt.aws(), regions, chef, older_than=older, workspace_states=states, now=time.time(),
+                  dry_run=rt.args.dry_run, log=default_log, chef_error=chef_error)
+    print(report.text())
+    return report.exit_code
+
+
+def cmd_summary(rt: _Runtime) -> int:
+    from .summary import write_summary
+
+    for path in write_summary(rt.ws(), release=rt.args.release):
+        print(path)
+    return 0
+
+
 def cmd_publish_runlist(rt: _Runtime) -> int:
     from .stages.publish import publish_runlist
 
@@ -249,6 +313,9 @@ COMMANDS: dict[str, Callable[[_Runtime], int]] = {
     "render": cmd_render,
     "status": cmd_status,
     "publish-runlist": cmd_publish_runlist,
+    "prune": cmd_prune,
+    "reap": cmd_reap,
+    "summary": cmd_summary,
 }
 
 

@@ -61,7 +61,8 @@ class BakeState:
     image_name: str | None = None
     image_state: str | None = None
     snapshot_ids: list[str] = field(default_factory=list)
-    amis: dict[str, str] = field(default_factory=dict)
+    amis: dict[str, str] = field(default_factory=dict)  # region -> available AMI
+    pending_copies: dict[str, str] = field(default_factory=dict)  # region -> copy not yet available
     reused: bool = False
     chef_cleaned: bool = False
     closed: bool = False  # the bake ended (published, or cleaned up after a failure)

@@ -1,20 +1,36 @@
-"""publish: make the new AMI usable and findable.
+"""publish: make the new AMI usable and findable, in every region of the role.
 
-- ``s3://BUCKET/runlists/ROLE.json`` = ``{"run_list": [...]}`` from the role's launch run list (what
-  first boot runs), written only when it changed.
-- SSM parameter ``/bakery/ROLE/latest`` (data type ``aws:ec2:image``) in every region of the role.
-- Artifacts: ``artifacts/ROLE.json``, ``artifacts/amis.json``, ``artifacts/amis.properties``.
-Only after the AMI is available. Reads ``amis``; closes the bake record (outcome ``succeeded``).
-Calls: S3 GetObject/PutObject, SSM PutParameter.
+1. Copy the AMI to ``copy_to_regions`` in parallel (encrypted; with the region's KMS key from
+   ``region_kms_keys`` when given), tag each copy and its snapshots like the source, and wait until
+   every copy is available. A copy's id is saved the moment CopyImage returns; a rerun adopts copies
+   found by their ``bakery:bake-id`` tag instead of copying again.
+2. Only then: share launch permission (and snapshot create-volume permission) with
+   ``share_with_accounts``; write the SSM parameter ``/bakery/ROLE/latest`` (data type
+   ``aws:ec2:image``) in every region; optionally make a new default version of ``launch_template``.
+3. ``s3://BUCKET/runlists/ROLE.json`` = ``{"run_list": [...]}`` from the role's launch run list (what
+   first boot runs), written only when it changed.
+4. Artifacts: ``artifacts/ROLE.json``, ``artifacts/amis.json``, ``artifacts/amis.properties``.
+Closes the bake record (outcome ``succeeded``, or ``reused``).
+Calls: EC2 CopyImage, DescribeImages, CreateTags, ModifyImageAttribute, ModifySnapshotAttribute,
+CreateLaunchTemplateVersion, ModifyLaunchTemplate; SSM PutParameter; S3 GetObject/PutObject.
+Cleanup (``bakery cleanup``): copies that never became available are deregistered.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from ..errors import AwsError, BakeryError
+from ..aws import tag_list, tags_of
+from ..errors import AwsError, BakeryError, StageTimeout
 from ..reports import write_artifacts
 from .base import Context
+
+COPY_TIMEOUT = 90 * 60
+# Parallel copies write to one bake record.
+_STATE_LOCK = threading.Lock()
 
 
 def runlist_document(run_list: tuple[str, ...]) -> bytes:
@@ -29,11 +45,82 @@ def publish_runlist(ctx: Context) -> str:
         if current["Body"].read() == body:
             return f"s3://{role.runlist_bucket}/{role.runlist_key} unchanged"
     except AwsError as exc:
-        if exc.code not in ("NoSuchKey", "404", "NotFound"):
+        if exc.code not in ("NoSuchKey", "404", "NotFound", "403"):
             raise
     ctx.aws.call("s3", ctx.region, "PutObject", Bucket=role.runlist_bucket, Key=role.runlist_key, Body=body,
                  ContentType="application/json", ServerSideEncryption="AES256")
     return f"s3://{role.runlist_bucket}/{role.runlist_key} written"
+
+
+def _find_copy(ctx: Context, region: str, tag: str, value: str) -> dict[str, Any] | None:
+    images = ctx.aws.describe_images(region, Owners=["self"], Filters=[
+        {"Name": f"tag:{tag}", "Values": [value]}, {"Name": "tag:bakery:role", "Values": [ctx.role.name]}])
+    images = [i for i in images if i.get("State") not in ("deregistered", "failed", "invalid", "error")]
+    return max(images, key=lambda i: i.get("CreationDate") or "") if images else None
+
+
+def copy_to(ctx: Context, region: str, source: dict[str, Any]) -> str:
+    """Copy the source AMI to ``region`` (or adopt an existing copy) and wait until it is available."""
+    state = ctx.require_state()
+    tags = {k: v for k, v in tags_of(source).items() if not k.startswith("aws:")}
+    tags["bakery:source-ami"] = source["ImageId"]
+    tags["bakery:source-region"] = ctx.region
+    image_id = state.pending_copies.get(region)
+    if image_id is None:
+        # Adopt a copy made by an interrupted run; for a reused AMI, a copy with the same bake key.
+        found = _find_copy(ctx, region, "bakery:bake-id", tags.get("bakery:bake-id", state.bake_id))
+        if found is None and state.reused and state.bake_key:
+            found = _find_copy(ctx, region, "bakery:bake-key", state.bake_key)
+        if found is not None:
+            image_id = found["ImageId"]
+        else:
+            params: dict[str, Any] = {"SourceImageId": source["ImageId"], "SourceRegion": ctx.region,
+                                      "Name": source["Name"], "Encrypted": True,
+                                      "Description": (source.get("Description") or "")[:255]}
+            kms = dict(ctx.role.region_kms_keys).get(region)
+            if kms:
+                params["KmsKeyId"] = kms
+            image_id = ctx.aws.call("ec2", region, "CopyImage", **params)["ImageId"]
+            ctx.log(f"copying {source['ImageId']} to {region} as {image_id}")
+        with _STATE_LOCK:
+            state.pending_copies[region] = image_id
+            ctx.save()
+        ctx.aws.call("ec2", region, "CreateTags", Resources=[image_id], Tags=tag_list(tags))
+    deadline = ctx.clock.now() + COPY_TIMEOUT
+    while True:
+        image = ctx.aws.images.get(region, image_id, max_age=ctx.poll_interval * 0.9)
+        current = image.get("State") if image else "missing"
+        if current == "available":
+            break
+        if current in ("failed", "invalid", "error", "deregistered", "missing"):
+            reason = (image or {}).get("StateReason", {}).get("Message") or "no reason given"
+            raise BakeryError(f"copy {image_id} of {source['ImageId']} to {region} is {current}: {reason}")
+        if ctx.clock.now() >= deadline:
+            raise StageTimeout(f"copy {image_id} in {region} still {current} after {COPY_TIMEOUT} s; "
+                               f"rerun `bakery stage publish --role {ctx.role.name}` to keep waiting")
+        ctx.sleep()
+    snaps = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
+    if snaps:
+        ctx.aws.call("ec2", region, "CreateTags", Resources=snaps, Tags=tag_list(tags))
+    with _STATE_LOCK:
+        state.amis[region] = image_id
+        state.pending_copies.pop(region, None)
+        ctx.save()
+    return image_id
+
+
+def share(ctx: Context, region: str, image_id: str) -> None:
+    accounts = list(ctx.role.share_with_accounts)
+    if not accounts:
+        return
+    perms = [{"UserId": a} for a in accounts]
+    ctx.aws.call("ec2", region, "ModifyImageAttribute", ImageId=image_id, LaunchPermission={"Add": perms})
+    images = ctx.aws.describe_images(region, [image_id])
+    for m in (images[0].get("BlockDeviceMappings", []) if images else []):
+        snap = m.get("Ebs", {}).get("SnapshotId")
+        if snap:
+            ctx.aws.call("ec2", region, "ModifySnapshotAttribute", SnapshotId=snap, Attribute="createVolumePermission",
+                         OperationType="add", UserIds=accounts)
 
 
 def put_ssm(ctx: Context, region: str, image_id: str) -> None:
@@ -42,16 +129,57 @@ def put_ssm(ctx: Context, region: str, image_id: str) -> None:
                  Description=f"Latest AMI Bakery image of role {ctx.role.name}")
 
 
+def update_launch_template(ctx: Context, image_id: str) -> str:
+    name = ctx.role.launch_template
+    assert name
+    try:
+        version = ctx.ec2("CreateLaunchTemplateVersion", LaunchTemplateName=name, SourceVersion="$Latest",
+                          VersionDescription=f"bakery {ctx.require_state().release}"[:255],
+                          LaunchTemplateData={"ImageId": image_id})["LaunchTemplateVersion"]["VersionNumber"]
+    except AwsError as exc:
+        if exc.code.startswith("InvalidLaunchTemplateName") or exc.code.startswith("InvalidLaunchTemplateId"):
+            raise BakeryError(f"catalogue {ctx.catalog.path}, role {ctx.role.name!r}, key 'launch_template': "
+                              f"launch template {name!r} does not exist in {ctx.region}") from None
+        raise
+    ctx.ec2("ModifyLaunchTemplate", LaunchTemplateName=name, DefaultVersion=str(version))
+    return f"launch template {name} default version {version} -> {image_id}"
+
+
 def run(ctx: Context) -> str:
     state = ctx.require_state()
-    if not state.amis:
+    primary = state.amis.get(ctx.region)
+    if not primary:
         raise BakeryError("no available AMI recorded for this bake; run wait-image first")
-    messages = [publish_runlist(ctx)]
+    images = ctx.aws.describe_images(ctx.region, [primary])
+    if not images or images[0].get("State") != "available":
+        raise BakeryError(f"AMI {primary} is not available in {ctx.region}")
+    source = images[0]
+    messages: list[str] = []
+    targets = [r for r in ctx.role.regions if r != ctx.region and r not in state.amis]
+    if targets:
+        with ThreadPoolExecutor(max_workers=min(8, len(targets)), thread_name_prefix="copy") as pool:
+            futures = {r: pool.submit(copy_to, ctx, r, source) for r in targets}
+            errors = []
+            for region, fut in futures.items():
+                try:
+                    messages.append(f"{region}: {fut.result()}")
+                except BakeryError as exc:
+                    errors.append(f"{region}: {exc}")
+            if errors:
+                raise BakeryError("copying the AMI failed: " + "; ".join(errors))
+    # Everything below only once the AMI is available in every region.
     for region, image_id in sorted(state.amis.items()):
+        share(ctx, region, image_id)
         put_ssm(ctx, region, image_id)
-    messages.append(f"/bakery/{ctx.role.name}/latest -> {', '.join(f'{r}:{a}' for r, a in sorted(state.amis.items()))}")
+    if ctx.role.share_with_accounts:
+        messages.append(f"shared with {', '.join(ctx.role.share_with_accounts)}")
+    messages.append(f"/bakery/{ctx.role.name}/latest in {', '.join(sorted(state.amis))}")
+    if ctx.role.launch_template:
+        messages.append(update_launch_template(ctx, primary))
+    messages.append(publish_runlist(ctx))
     write_artifacts(ctx.ws, state)
     state.closed = True
     state.outcome = "reused" if state.reused else "succeeded"
     ctx.save()
-    return "; ".join(messages)
+    amis = ", ".join(f"{r} {a}" for r, a in sorted(state.amis.items()))
+    return f"published {amis}; " + "; ".join(messages)

@@ -1,0 +1,318 @@
+"""The instance runner: plays EC2's part for moto instances, which run nothing by themselves.
+
+A background thread polls DescribeInstances (one call for all instances of the region) every
+``poll_interval`` seconds. Each *running* instance it has not seen yet is "booted" once, in a worker
+thread, inside a sandbox directory ``WORKDIR/INSTANCE_ID/``:
+
+- ``root/`` is the instance's ``/`` (``BAKERY_ROOT``); ``console.log`` is its console; ``user-data``
+  is the script it ran;
+- an :class:`~bakery_lib.devstack.imds.ImdsDouble` serves its metadata (``BAKERY_IMDS_URL``);
+- the environment is clean: AWS variables pointing at moto with dummy credentials, and
+  ``PATH`` = stub bin (``chef-client`` that talks to goiardi, no-op ``systemctl``...) + the venv's
+  bin (the real ``aws`` CLI) + ``/usr/bin:/bin``.
+
+Linux user data (``#!...``) runs as cloud-init would run it. Windows (``<powershell>``) user data
+cannot run here and is recorded as skipped. An instance launched from an AMI tagged
+``bakery:bake-id=X`` whose bake instance this runner executed boots from a copy of that bake
+instance's root, runs its user data (if any), then ``etc/init.d/bakery-firstboot start`` if the image
+has it -- what the init system does at boot. ``results[instance_id]`` records what happened.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .imds import ImdsDouble
+from .moto import ACCOUNT_ID, DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, aws_env
+from .stub_chef_client import write_stub_bin
+
+BAKE_ID_TAG = "bakery:bake-id"
+PURPOSE_TAG = "bakery:purpose"
+# Where an image's first-boot init script may be: Debian-style and Red Hat-style SysV paths.
+FIRSTBOOT_SCRIPTS = ("etc/init.d/bakery-firstboot", "etc/rc.d/init.d/bakery-firstboot")
+
+
+class InstanceRunner:
+    """``with InstanceRunner(moto.url, "us-east-1", workdir) as runner: ... runner.wait(iid)``."""
+
+    def __init__(
+        self,
+        ec2_endpoint: str,
+        region: str,
+        workdir: str | os.PathLike[str],
+        *,
+        boot_delay: float = 0.0,
+        poll_interval: float = 0.2,
+        script_timeout: float = 600.0,
+        extra_env: Mapping[str, str] | None = None,
+        ignore_existing: bool = True,
+        max_parallel: int = 8,
+    ):
+        self.endpoint = ec2_endpoint
+        self.region = region
+        self.workdir = Path(workdir)
+        self.boot_delay = boot_delay
+        self.poll_interval = poll_interval
+        self.script_timeout = script_timeout
+        self.extra_env = dict(extra_env or {})
+        self.ignore_existing = ignore_existing
+        self.max_parallel = max_parallel
+        self.stub_bin = self.workdir / "bin"
+        self.results: dict[str, dict[str, Any]] = {}
+        self.errors: list[str] = []  # polling errors, for a test's failure message
+        self._seen: set[str] = set()
+        self._bake_roots: dict[str, Path] = {}  # bake id -> root of the bake instance we ran
+        self._image_bake_ids: dict[str, str | None] = {}
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._ec2: Any = None
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> InstanceRunner:
+        import boto3  # test/demo plumbing: product code reaches AWS only through bakery_lib.aws
+        from botocore.config import Config
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        write_stub_bin(self.stub_bin)
+        self._ec2 = boto3.session.Session().client(
+            "ec2", endpoint_url=self.endpoint, region_name=self.region,
+            aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32),
+        )
+        if self.ignore_existing:
+            # Instances left by earlier tests or runs on a shared moto are not ours to boot.
+            self._seen.update(i["InstanceId"] for i in self._describe())
+        self._pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="instance")
+        self._thread = threading.Thread(target=self._poll_loop, name="instance-runner", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            procs = list(self._procs.values())
+        for proc in procs:
+            _kill_group(proc)
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> InstanceRunner:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- what tests and the demo read ---------------------------------------------------------------
+    def wait(self, instance_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The result of booting ``instance_id``, waiting for it to be finished."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while instance_id not in self.results or self.results[instance_id].get("running"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    state = self.results.get(instance_id, {"state": "not seen (is it running?)"})
+                    raise TimeoutError(
+                        f"instance runner: {instance_id} not finished after {timeout:.0f}s: {state}; "
+                        f"polling errors: {self.errors[-3:]}"
+                    )
+                self._cond.wait(min(left, 0.5))
+            return dict(self.results[instance_id])
+
+    def console(self, instance_id: str) -> str:
+        """The instance's console output so far ("" when it never booted)."""
+        path = self.workdir / instance_id / "console.log"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def root(self, instance_id: str) -> Path:
+        return self.workdir / instance_id / "root"
+
+    # --- polling ------------------------------------------------------------------------------------
+    def _describe(self) -> list[dict[str, Any]]:
+        instances = []
+        for page in self._ec2.get_paginator("describe_instances").paginate():
+            for reservation in page.get("Reservations", []):
+                instances.extend(reservation.get("Instances", []))
+        return instances
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for instance in self._describe():
+                    iid = instance["InstanceId"]
+                    if iid in self._seen or instance.get("State", {}).get("Name") != "running":
+                        continue
+                    self._seen.add(iid)
+                    with self._cond:
+                        self.results[iid] = {"kind": "booting", "running": True, "exit_code": None,
+                                             "root": str(self.root(iid)),
+                                             "console": str(self.workdir / iid / "console.log")}
+                    assert self._pool is not None
+                    self._pool.submit(self._boot_guarded, instance)
+            except Exception as exc:  # moto restarting, a transient error: try again next round
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            self._stop.wait(self.poll_interval)
+
+    # --- one boot -----------------------------------------------------------------------------------
+    def _boot_guarded(self, instance: dict[str, Any]) -> None:
+        iid = instance["InstanceId"]
+        result: dict[str, Any]
+        try:
+            result = self._boot(instance)
+        except Exception as exc:  # recorded, never lost in a worker thread
+            result = {"kind": "error", "exit_code": None, "detail": f"{type(exc).__name__}: {exc}"}
+        with self._cond:
+            self.results[iid].update(result)
+            self.results[iid]["running"] = False
+            self._cond.notify_all()
+
+    def _image_bake_id(self, image_id: str) -> str | None:
+        if image_id not in self._image_bake_ids:
+            try:
+                images = self._ec2.describe_images(ImageIds=[image_id])["Images"]
+            except Exception:
+                images = []
+            tags = {t["Key"]: t["Value"] for t in (images[0].get("Tags") or [])} if images else {}
+            self._image_bake_ids[image_id] = tags.get(BAKE_ID_TAG)
+        return self._image_bake_ids[image_id]
+
+    def _user_data(self, iid: str) -> bytes | None:
+        attr = self._ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
+        value = (attr.get("UserData") or {}).get("Value")
+        return base64.b64decode(value) if value else None
+
+    def _boot(self, instance: dict[str, Any]) -> dict[str, Any]:
+        iid = instance["InstanceId"]
+        image_id = instance.get("ImageId", "")
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags") or []}
+        box = self.workdir / iid
+        root = box / "root"
+        box.mkdir(parents=True, exist_ok=True)
+        console = box / "console.log"
+
+        baked_from = self._image_bake_id(image_id) if image_id else None
+        source_root = self._bake_roots.get(baked_from) if baked_from else None
+        if source_root is not None:
+            kind = "firstboot"
+            shutil.copytree(source_root, root, symlinks=True)
+        else:
+            kind = "bake" if tags.get(PURPOSE_TAG) == "bake" else "launch"
+            root.mkdir(parents=True, exist_ok=True)
+        (root / "root").mkdir(exist_ok=True)
+        result: dict[str, Any] = {"kind": kind, "exit_code": None, "image_id": image_id, "steps": [],
+                                  "detail": ""}
+        if baked_from and source_root is None:
+            result["detail"] = (f"image {image_id} is a baked AMI (bake id {baked_from}) whose bake this "
+                                "runner did not run: booted from an empty root")
+
+        if self.boot_delay and self._stop.wait(self.boot_delay):
+            return {**result, "kind": "skipped", "detail": "runner stopped during boot delay"}
+        try:
+            user_data = self._user_data(iid)
+        except Exception as exc:  # e.g. terminated and gone meanwhile
+            return {**result, "kind": "skipped", "detail": f"cannot read user data: {exc}"}
+
+        with console.open("a", encoding="utf-8") as fh:
+            fh.write(f"[instance-runner] {iid} booting ({kind}) from {image_id}, root {root}\n")
+        stripped = (user_data or b"").lstrip()
+        if stripped[:12].lower() == b"<powershell>" or stripped[:8].lower() == b"<script>":
+            self._note(console, "Windows user data: cannot be executed here, skipped")
+            return {**result, "kind": "skipped", "detail": "Windows user data (<powershell>) is not executed"}
+        if user_data and not stripped.startswith(b"#!"):
+            self._note(console, "user data is not a script (cloud-config/MIME): not executed")
+            result["detail"] = "user data is not a #! script: not executed"
+            user_data = None
+        if kind == "bake" and BAKE_ID_TAG in tags:
+            # Remembered before the run: the image is made from this root after the run succeeds.
+            self._bake_roots.setdefault(tags[BAKE_ID_TAG], root)
+
+        imds = ImdsDouble(instance_id=iid, region=self.region, account_id=ACCOUNT_ID, image_id=image_id,
+                          instance_type=instance.get("InstanceType", "t3.medium"),
+                          availability_zone=(instance.get("Placement") or {}).get("AvailabilityZone"),
+                          private_ip=instance.get("PrivateIpAddress") or "10.0.0.10",
+                          user_data=user_data).start()
+        try:
+            env = self._env(root, imds.url)
+            if user_data is not None:
+                script = box / "user-data"
+                script.write_bytes(user_data)
+                script.chmod(0o700)
+                first_line = user_data.split(b"\n", 1)[0]
+                cmd = ["bash", str(script)] if (b"sh" in first_line.split(b"/")[-1]) else [str(script)]
+                code = self._exec(iid, cmd, root, env, console, "user data")
+                result["steps"].append({"step": "user-data", "exit_code": code})
+                result["exit_code"] = code
+            if kind == "firstboot" and not result["exit_code"]:
+                init = next((root / p for p in FIRSTBOOT_SCRIPTS if (root / p).is_file()), None)
+                if init is None:
+                    self._note(console, "no etc/init.d/bakery-firstboot in the image: nothing to start")
+                else:
+                    code = self._exec(iid, [str(init), "start"], root, env, console, f"{init.relative_to(root)} start")
+                    result["steps"].append({"step": "firstboot", "exit_code": code})
+                    result["exit_code"] = code
+        finally:
+            imds.stop()
+        result["imds_requests"] = len(imds.requests)
+        return result
+
+    def _env(self, root: Path, imds_url: str) -> dict[str, str]:
+        venv_bin = os.path.dirname(sys.executable)
+        env = {
+            "PATH": os.pathsep.join([str(self.stub_bin), venv_bin, "/usr/bin", "/bin"]),
+            "HOME": str(root / "root"),
+            "LANG": "C.UTF-8",
+            "TERM": "dumb",
+            "BAKERY_ROOT": str(root),
+            "BAKERY_IMDS_URL": imds_url,
+            **aws_env(self.endpoint, self.region),
+        }
+        env.update(self.extra_env)
+        return env
+
+    def _note(self, console: Path, text: str) -> None:
+        with console.open("a", encoding="utf-8") as fh:
+            fh.write(f"[instance-runner] {text}\n")
+
+    def _exec(self, iid: str, cmd: list[str], cwd: Path, env: dict[str, str], console: Path, what: str) -> int:
+        if self._stop.is_set():
+            return -1
+        with console.open("ab") as fh:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fh,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        with self._cond:
+            self._procs[iid] = proc
+        started = time.monotonic()
+        try:
+            code = proc.wait(self.script_timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            code = proc.wait()
+            self._note(console, f"{what} killed after {self.script_timeout:.0f}s")
+        finally:
+            with self._cond:
+                self._procs.pop(iid, None)
+        self._note(console, f"{what} exited with status {code} after {time.monotonic() - started:.1f}s")
+        return code
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,324 @@
+"""Release summary: ``reports/summary.html`` and ``reports/summary.md`` for a workspace.
+
+Built from the workspace's bake states (``.bakery/ROLE.json``) and, after ``bakery bake``, the
+outcomes of that run: per role its status (succeeded, reused, failed, open), its AMI per region,
+how long it took, a stage timeline and, for a failure, the reason.
+
+summary.html is one self-contained file for Jenkins' HTML publisher: no script, no external URL,
+every value HTML-escaped (Jinja2 autoescape). Jenkins serves published HTML under a strict Content
+Security Policy that by default drops ``<style>`` and ``style=""``; so the timeline is inline SVG drawn
+with presentation attributes (``x``, ``width``, ``fill``), which that policy leaves alone, and the
+tables read well without any CSS. The ``<style>`` block only adds polish where the policy allows it.
+
+summary.md is a Markdown table, one row per role, for a build description, a chat message or a PR.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import jinja2
+
+from .errors import BakeryError
+from .state import BakeState, StageRecord, Workspace, atomic_write_text
+
+if TYPE_CHECKING:
+    from .bake import RoleOutcome
+
+# The bake stages in order (as bakery_lib.stages.ORDER; repeated here so that writing a summary does
+# not import every stage module). Unknown stage names are shown after these, by start time.
+STAGE_ORDER = ("preflight", "security-groups", "iam-role", "launch", "bootstrap", "stop", "image",
+               "wait-image", "terminate", "chef-cleanup", "publish")
+
+STATUS_MARK = {"succeeded": "✔", "reused": "↻", "failed": "✘", "open": "…", "unknown": "?"}
+STAGE_MARK = {"succeeded": "✔", "failed": "✘", "skipped": "⤼", "running": "▶", "pending": "·"}
+STAGE_FILL = {"succeeded": "#2e7d32", "failed": "#c62828", "running": "#1565c0", "skipped": "#9e9e9e",
+              "pending": "#bdbdbd"}
+STATUS_FILL = {"succeeded": "#2e7d32", "reused": "#6a1b9a", "failed": "#c62828", "open": "#1565c0",
+               "unknown": "#616161"}
+
+# Timeline geometry, in SVG user units (the SVG scales to the page width).
+_LABEL_W = 230
+_BAR_W = 760
+_LANE_H = 16
+
+
+@dataclass
+class StageRow:
+    name: str
+    status: str
+    offset: float | None  # seconds after the role's first stage started
+    duration: float | None
+    message: str
+
+    @property
+    def mark(self) -> str:
+        return STAGE_MARK.get(self.status, "?")
+
+
+@dataclass
+class RoleRow:
+    role: str
+    status: str  # succeeded | reused | failed | open | unknown
+    release: str = ""
+    bake_id: str = ""
+    amis: dict[str, str] = field(default_factory=dict)
+    duration: float | None = None
+    message: str = ""
+    stages: list[StageRow] = field(default_factory=list)
+
+    @property
+    def mark(self) -> str:
+        return STATUS_MARK.get(self.status, "?")
+
+
+def _stage_rows(state: BakeState) -> list[StageRow]:
+    starts = [r.started_at for r in state.stages.values() if r.started_at is not None]
+    t0 = min(starts) if starts else None
+
+    def order(item: tuple[str, StageRecord]) -> tuple[int, float]:
+        name, rec = item
+        idx = STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER)
+        return idx, rec.started_at or 0.0
+
+    rows = []
+    for name, rec in sorted(state.stages.items(), key=order):
+        duration = rec.duration
+        if duration is None and rec.started_at is not None and rec.finished_at is not None:
+            duration = max(0.0, rec.finished_at - rec.started_at)
+        offset = rec.started_at - t0 if (rec.started_at is not None and t0 is not None) else None
+        rows.append(StageRow(name, rec.status, offset, duration, rec.message or ""))
+    return rows
+
+
+def _from_state(state: BakeState) -> RoleRow:
+    stages = _stage_rows(state)
+    failed = next((s for s in stages if s.status == "failed"), None)
+    if state.outcome in ("succeeded", "reused") and failed is None:
+        status = state.outcome
+    elif failed is not None or state.closed or state.outcome in ("failed", "cleaned"):
+        status = "failed"
+    else:
+        status = "open"
+    if status == "failed":
+        message = f"{failed.name}: {failed.message}" if failed else "the bake did not finish (cleaned up)"
+    elif status == "reused":
+        message = f"reused {state.image_id} (an available AMI with the same bake key); nothing was launched"
+    elif status == "open":
+        running = next((s for s in stages if s.status == "running"), None)
+        done = [s.name for s in stages if s.status in ("succeeded", "skipped")]
+        message = (f"stage {running.name} running (or its process was killed)" if running
+                   else f"in progress; last finished stage: {done[-1] if done else 'none'}")
+    else:
+        message = ""
+    spans = [(s.offset or 0.0) + (s.duration or 0.0) for s in stages if s.offset is not None]
+    return RoleRow(state.role, status, state.release, state.bake_id, dict(state.amis),
+                   max(spans) if spans else None, message, stages)
+
+
+def collect(ws: Workspace, outcomes: Sequence[RoleOutcome] | None = None) -> list[RoleRow]:
+    """One row per role: the roles of ``outcomes`` when given (this run), else every state of the workspace."""
+    by_outcome = {o.role: o for o in outcomes or ()}
+    roles = sorted(by_outcome) if outcomes is not None else ws.roles_with_state()
+    rows = []
+    for role in roles:
+        try:
+            state = ws.load(role)
+        except BakeryError as exc:
+            state = None
+            row = RoleRow(role, "unknown", message=str(exc))
+        else:
+            row = _from_state(state) if state is not None else RoleRow(role, "unknown", message="no bake state")
+        outcome = by_outcome.get(role)
+        if outcome is not None:
+            # What this run saw wins over a state written before it (e.g. a lock held by another process).
+            row.status = outcome.status if outcome.status in STATUS_MARK else "unknown"
+            row.amis = dict(outcome.amis) or row.amis
+            row.duration = outcome.duration
+            if outcome.status == "failed":
+                row.message = outcome.message + (f" (cleanup: {outcome.cleanup})" if outcome.cleanup else "")
+            elif state is None:
+                row.message = outcome.message
+        rows.append(row)
+    return rows
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+@dataclass(frozen=True)
+class Bar:
+    stage: StageRow
+    y: int
+    x: float
+    width: float
+    fill: str
+
+
+def _bars(row: RoleRow, scale: float) -> list[Bar]:
+    """One lane per stage; x and width proportional to start offset and duration (all roles one scale)."""
+    bars = []
+    for lane, stage in enumerate(row.stages):
+        y = lane * _LANE_H
+        if stage.offset is None or stage.duration is None or scale <= 0:
+            width, x = 0.0, float(_LABEL_W)
+        else:
+            x = _LABEL_W + stage.offset / scale * _BAR_W
+            width = stage.duration / scale * _BAR_W
+        bars.append(Bar(stage, y, round(x, 2), round(width, 2), STAGE_FILL.get(stage.status, "#757575")))
+    return bars
+
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>AMI Bakery summary{% if release %} — release {{ release }}{% endif %}</title>
+<style>
+body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 1.5em; color: #212121; }
+h1 { font-size: 1.5em; margin-bottom: .2em; }
+h2 { font-size: 1.15em; margin: 1.6em 0 .4em; border-bottom: 1px solid #e0e0e0; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .5em 0; }
+th, td { border: 1px solid #e0e0e0; padding: .25em .6em; text-align: left; vertical-align: top; font-size: .92em; }
+th { background: #f5f5f5; }
+.status { font-weight: bold; white-space: nowrap; }
+.succeeded { color: #2e7d32; } .reused { color: #6a1b9a; } .failed { color: #c62828; }
+.open { color: #1565c0; } .unknown { color: #616161; } .skipped { color: #757575; } .running { color: #1565c0; }
+pre.failure { background: #ffebee; border-left: 4px solid #c62828; padding: .6em; white-space: pre-wrap; word-break: break-word; }
+code { font-family: Menlo, Consolas, monospace; font-size: .95em; }
+.meta { color: #616161; }
+svg.timeline { width: 100%; max-width: 1100px; height: auto; }
+</style>
+</head>
+<body>
+<h1>AMI Bakery summary{% if release %} — release {{ release }}{% endif %}</h1>
+<p class="meta">Generated {{ generated }} · {{ rows|length }} role(s){% for status, n in counts %} · {{ n }} {{ status }}{% endfor %}</p>
+
+<table class="overview">
+<thead><tr><th>Role</th><th>Status</th><th>Release</th><th>AMI per region</th><th>Duration</th><th>Details</th></tr></thead>
+<tbody>
+{% for row in rows %}
+<tr id="row-{{ row.role }}">
+<td><a href="#role-{{ row.role }}">{{ row.role }}</a></td>
+<td class="status {{ row.status }}">{{ row.mark }} {{ row.status }}</td>
+<td>{{ row.release or "–" }}</td>
+<td>{% for region, ami in row.amis|dictsort %}<code>{{ region }}</code>: <code>{{ ami }}</code>{% if not loop.last %}<br>{% endif %}{% else %}–{% endfor %}</td>
+<td>{{ fmt(row.duration) }}</td>
+<td>{{ row.message.splitlines()[0][:200] if row.message else "" }}</td>
+</tr>
+{% endfor %}
+</tbody>
+</table>
+
+{% for row in rows %}
+<section id="role-{{ row.role }}">
+<h2>{{ row.role }} <span class="status {{ row.status }}">{{ row.mark }} {{ row.status }}</span></h2>
+<p class="meta">release {{ row.release or "–" }} · bake {{ row.bake_id or "–" }} · {{ fmt(row.duration) }}</p>
+{% if row.status == "failed" or row.status == "unknown" %}<pre class="failure">{{ row.message }}</pre>
+{% elif row.message %}<p>{{ row.message }}</p>
+{% endif %}
+{% set bars = bars_of(row) %}
+{% if bars %}
+<svg class="timeline" role="img" aria-label="stage timeline of {{ row.role }}" viewBox="0 0 {{ width }} {{ bars|length * lane + 4 }}" width="{{ width }}" height="{{ bars|length * lane + 4 }}">
+{% for bar in bars %}
+<g data-stage="{{ bar.stage.name }}">
+<text x="0" y="{{ bar.y + 12 }}" font-size="11" font-family="sans-serif" fill="#424242">{{ bar.stage.mark }} {{ bar.stage.name }} {{ fmt(bar.stage.duration) if bar.stage.duration is not none else bar.stage.status }}</text>
+<rect x="{{ label_w }}" y="{{ bar.y + 2 }}" width="{{ bar_w }}" height="{{ lane - 4 }}" fill="#f5f5f5"></rect>
+{% if bar.width > 0 %}<rect class="bar" data-stage="{{ bar.stage.name }}" data-duration="{{ bar.stage.duration }}" x="{{ bar.x }}" y="{{ bar.y + 2 }}" width="{{ [bar.width, 1.5]|max }}" height="{{ lane - 4 }}" fill="{{ bar.fill }}"><title>{{ bar.stage.name }}: {{ bar.stage.status }}, {{ fmt(bar.stage.duration) }}</title></rect>{% endif %}
+</g>
+{% endfor %}
+</svg>
+<table class="stages">
+<thead><tr><th>Stage</th><th>Status</th><th>Started</th><th>Duration</th><th>Message</th></tr></thead>
+<tbody>
+{% for stage in row.stages %}
+<tr><td>{{ stage.name }}</td><td class="{{ stage.status }}">{{ stage.mark }} {{ stage.status }}{% if stage.status == "skipped" %} (reused AMI){% endif %}</td>
+<td>{{ "+" ~ fmt(stage.offset) if stage.offset is not none else "–" }}</td><td>{{ fmt(stage.duration) }}</td>
+<td>{{ stage.message.splitlines()[0][:300] if stage.message else "" }}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+{% endif %}
+</section>
+{% endfor %}
+</body>
+</html>
+"""
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.globals["fmt"] = fmt_duration
+    return env
+
+
+def render_html(rows: Sequence[RoleRow], *, release: str | None, generated: float | None = None) -> str:
+    spans = [r.duration for r in rows if r.stages and r.duration]
+    scale = max(spans) if spans else 0.0
+
+    def bars_of(row: RoleRow) -> list[Bar]:
+        return _bars(row, scale)
+
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    template = _environment().from_string(_TEMPLATE)
+    return template.render(
+        rows=list(rows), release=release, counts=sorted(counts.items()), bars_of=bars_of,
+        generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(generated if generated is not None else time.time())),
+        width=_LABEL_W + _BAR_W + 10, label_w=_LABEL_W, bar_w=_BAR_W, lane=_LANE_H,
+    )
+
+
+def _md_cell(text: str) -> str:
+    """One table cell: a single line, pipes escaped, HTML neutralised (Markdown renders inline HTML)."""
+    text = " ".join(str(text).split())
+    for raw, escaped in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("\\", "\\\\"), ("|", "\\|"), ("`", "\\`")):
+        text = text.replace(raw, escaped)
+    return text
+
+
+def render_markdown(rows: Sequence[RoleRow], *, release: str | None) -> str:
+    lines = [f"# AMI Bakery summary{f' — release {_md_cell(release)}' if release else ''}", ""]
+    lines.append("| Role | Status | Release | AMI per region | Duration | Details |")
+    lines.append("|---|---|---|---|---|---|")
+    for row in rows:
+        amis = "<br>".join(f"{_md_cell(r)}: {_md_cell(a)}" for r, a in sorted(row.amis.items())) or "–"
+        lines.append(
+            f"| {_md_cell(row.role)} | {row.mark} {row.status} | {_md_cell(row.release or '–')} | {amis} "
+            f"| {fmt_duration(row.duration)} | {_md_cell(row.message.splitlines()[0][:300] if row.message else '')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _release_of(rows: Sequence[RoleRow], release: str | None) -> str | None:
+    if release:
+        return release
+    releases = {r.release for r in rows if r.release}
+    return releases.pop() if len(releases) == 1 else None
+
+
+def write_summary(ws: Workspace, outcomes: Sequence[RoleOutcome] | None = None, *,
+                  release: str | None = None, now: float | None = None) -> tuple[Path, Path]:
+    """Write ``reports/summary.html`` and ``reports/summary.md`` (atomically); returns their paths."""
+    rows = collect(ws, outcomes)
+    title = _release_of(rows, release)
+    html_path = ws.reports_dir / "summary.html"
+    md_path = ws.reports_dir / "summary.md"
+    atomic_write_text(html_path, render_html(rows, release=title, generated=now))
+    atomic_write_text(md_path, render_markdown(rows, release=title))
+    return html_path, md_path

@@ -1,0 +1,127 @@
+"""Shared fixtures: real local services (moto server, goiardi), the instance runner, CLI runs.
+
+Servers start once per session and are shared; tests keep apart by using their own names (roles,
+nodes, buckets keys). Every service listens on 127.0.0.1 only.
+
+- ``moto_server``     MotoServer (session)           ``goiardi``   GoiardiServer (session)
+- ``devstack``        DevStack on both, seeded (session): bucket, validator key, topic, cookbook, base AMIs
+- ``aws_env``         a full environment for a subprocess that must talk to moto (no real credentials)
+- ``cli_env``         the same plus CHEF_SERVER_URL / CHEF_CLIENT_NAME / CHEF_CLIENT_KEY for the bakery
+- ``instance_runner`` an InstanceRunner started around one test (boots only instances launched during it)
+- ``workspace``       an empty directory for ``--workspace``
+- ``catalog_path``    a catalogue (roles web + worker, Linux) pointing at the devstack
+- ``run_cli``         run ``python -m bakery_lib.cli ARGS`` in a subprocess -> CompletedProcess
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from bakery_lib.devstack import DevStack, GoiardiServer, InstanceRunner, MotoServer, isolated_env
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Tools the suite runs for real. A missing one is an error for the whole run, never a skip: a green
+# run must mean the scripts were really checked and the Chef protocol really exercised.
+REQUIRED_TOOLS = {
+    "goiardi": "apt-get install goiardi",
+    "shellcheck": "apt-get install shellcheck",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = [f"{tool} (install: {how})" for tool, how in REQUIRED_TOOLS.items() if shutil.which(tool) is None]
+    if missing:
+        raise pytest.UsageError("required tools not found on PATH: " + "; ".join(missing))
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def goiardi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GoiardiServer]:
+    server = GoiardiServer(tmp_path_factory.mktemp("goiardi")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def devstack(tmp_path_factory: pytest.TempPathFactory, moto_server: MotoServer,
+             goiardi: GoiardiServer) -> Iterator[DevStack]:
+    stack = DevStack(tmp_path_factory.mktemp("devstack"), moto=moto_server, goiardi=goiardi).start()
+    yield stack
+    stack.stop()  # leaves the shared servers to their own fixtures
+
+
+@pytest.fixture()
+def aws_env(moto_server: MotoServer) -> dict[str, str]:
+    """os.environ without credential/profile variables, plus the moto endpoint and dummy keys."""
+    return isolated_env(moto_server.env())
+
+
+@pytest.fixture()
+def cli_env(devstack: DevStack) -> dict[str, str]:
+    """aws_env plus the bakery's Chef identity (goiardi's admin) and the repo on PYTHONPATH."""
+    env = isolated_env(devstack.env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@pytest.fixture()
+def instance_runner(devstack: DevStack, tmp_path: Path) -> Iterator[InstanceRunner]:
+    with devstack.runner(tmp_path / "instances") as runner:
+        yield runner
+
+
+@pytest.fixture()
+def workspace(tmp_path: Path) -> Path:
+    path = tmp_path / "workspace"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture()
+def catalog_path(devstack: DevStack, tmp_path: Path) -> Path:
+    return devstack.write_catalog(tmp_path / "bakery.yaml", roles=["web", "worker"])
+
+
+RunCli = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture()
+def run_cli(request: pytest.FixtureRequest) -> RunCli:
+    """``run_cli(args, env=None, cwd=None, timeout=300)``.
+
+    Runs ``[sys.executable, "-m", "bakery_lib.cli", *args]`` with text output captured. ``env`` is
+    merged over ``cli_env`` (a value of None removes that variable); ``cwd`` defaults to the
+    ``workspace`` fixture. The devstack is started only if a test actually runs the CLI.
+    """
+
+    def run(args: Sequence[str], env: Mapping[str, str | None] | None = None,
+            cwd: str | os.PathLike[str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        full_env = dict(request.getfixturevalue("cli_env"))
+        for name, value in (env or {}).items():
+            if value is None:
+                full_env.pop(name, None)
+            else:
+                full_env[name] = value
+        if cwd is None:
+            cwd = request.getfixturevalue("workspace")
+        return subprocess.run(
+            [sys.executable, "-m", "bakery_lib.cli", *map(str, args)],
+            env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    return run

@@ -1,0 +1,355 @@
+"""The local stand-ins themselves: IMDSv2 double, stub chef-client, instance runner, DevStack seeding.
+
+The runner tests boot moto instances whose user data is a small bash script written here (the real
+instance-side scripts are tested elsewhere): it uses IMDSv2 through curl, fetches the validator key
+with the real AWS CLI, runs the stub chef-client against goiardi and tags its own instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bakery_lib.catalog import load_catalog
+from bakery_lib.devstack import DevStack, ImdsDouble, InstanceRunner, seed_base_image, write_stub_bin
+from bakery_lib.devstack._proc import free_port
+from bakery_lib.devstack.stack import BASE_IMAGE_NAME
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def http(method: str, url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+# --- IMDS double -------------------------------------------------------------------------------------
+
+def test_imds_requires_a_token() -> None:
+    with ImdsDouble(instance_id="i-0123456789abcdef0", region="eu-west-1", image_id="ami-0abc") as imds:
+        base = imds.url
+        assert http("GET", f"{base}/latest/meta-data/instance-id")[0] == 401
+        assert http("PUT", f"{base}/latest/api/token")[0] == 400  # no TTL header
+        assert http("PUT", f"{base}/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "0"})[0] == 400
+        status, token = http("PUT", f"{base}/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+        assert status == 200 and token
+        assert http("GET", f"{base}/latest/meta-data/instance-id",
+                    {"X-aws-ec2-metadata-token": "forged"})[0] == 401
+        auth = {"X-aws-ec2-metadata-token": token}
+        assert http("GET", f"{base}/latest/meta-data/instance-id", auth) == (200, "i-0123456789abcdef0")
+        assert http("GET", f"{base}/latest/meta-data/placement/region", auth) == (200, "eu-west-1")
+        assert http("GET", f"{base}/latest/meta-data/placement/availability-zone", auth) == (200, "eu-west-1a")
+        status, doc = http("GET", f"{base}/latest/dynamic/instance-identity/document", auth)
+        assert status == 200
+        identity = json.loads(doc)
+        assert identity["instanceId"] == "i-0123456789abcdef0" and identity["region"] == "eu-west-1"
+        assert identity["accountId"] == "123456789012" and identity["imageId"] == "ami-0abc"
+        assert "placement/" in http("GET", f"{base}/latest/meta-data/", auth)[1].splitlines()
+        assert http("GET", f"{base}/latest/meta-data/nope", auth)[0] == 404
+        assert http("PUT", f"{base}/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60",
+                                                         "X-Forwarded-For": "10.1.1.1"})[0] == 403
+
+
+def test_imds_token_expires() -> None:
+    with ImdsDouble(instance_id="i-1", region="us-east-1") as imds:
+        _, token = http("PUT", f"{imds.url}/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "1"})
+        assert http("GET", f"{imds.url}/latest/meta-data/instance-id", {"X-aws-ec2-metadata-token": token})[0] == 200
+        time.sleep(1.1)
+        assert http("GET", f"{imds.url}/latest/meta-data/instance-id", {"X-aws-ec2-metadata-token": token})[0] == 401
+
+
+# --- stub chef-client, run directly ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stub_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_stub_bin(tmp_path_factory.mktemp("stub-bin"))
+
+
+def sandbox(tmp_path: Path, devstack: DevStack, node: str) -> Path:
+    """An instance root with client.rb (real-image paths) and the validator key, as user data makes it."""
+    root = tmp_path / "root"
+    (root / "etc/chef").mkdir(parents=True)
+    (root / "etc/chef/validation.pem").write_text(devstack.goiardi.create_validator(devstack.validator_name))
+    (root / "etc/chef/client.rb").write_text(textwrap.dedent(f"""\
+        chef_server_url "{devstack.goiardi.url}"
+        node_name "{node}"
+        validation_client_name "{devstack.validator_name}"
+        validation_key "/etc/chef/validation.pem"
+        client_key '/etc/chef/client.pem'
+        """))
+    return root
+
+
+def chef_client(stub_bin: Path, root: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {"PATH": f"{stub_bin}:/usr/bin:/bin", "BAKERY_ROOT": str(root), **env}
+    return subprocess.run(["chef-client", *args], env=full_env, cwd=root, capture_output=True, text=True,
+                          timeout=60)
+
+
+def stub_log(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "var/log/stub-chef-client.jsonl").read_text().splitlines()]
+
+
+def test_stub_chef_client_registers_then_persists_json_run_list(devstack: DevStack, stub_bin: Path,
+                                                               tmp_path: Path) -> None:
+    node = unique("node")
+    root = sandbox(tmp_path, devstack, node)
+    (root / "first-boot.json").write_text(json.dumps({"run_list": ["recipe[roles::web_launch]"]}))
+    proc = chef_client(stub_bin, root, "-j", "/first-boot.json", "--once")
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "etc/chef/client.pem").stat().st_mode & 0o777 == 0o600
+    admin = devstack.goiardi.client()
+    assert admin.client_exists(node)
+    saved = admin.request("GET", f"/nodes/{node}")
+    assert saved["run_list"] == ["recipe[roles::web_launch]"]
+    assert saved["automatic"]["recipes"] == ["roles::web_launch"]
+    assert stub_log(root)[-1] == {**stub_log(root)[-1], "node_name": node, "ok": True, "registered": True,
+                                  "run_list": ["recipe[roles::web_launch]"]}
+
+    # Second run: already registered (client.pem present), -o overrides this run only.
+    proc = chef_client(stub_bin, root, "-o", "recipe[roles::other] , recipe[roles::web_launch]")
+    assert proc.returncode == 0, proc.stderr
+    saved = admin.request("GET", f"/nodes/{node}")
+    assert saved["run_list"] == ["recipe[roles::web_launch]"]  # not replaced by the override
+    assert saved["automatic"]["recipes"] == ["roles::other", "roles::web_launch"]
+    assert stub_log(root)[-1]["registered"] is False
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), [
+    (["-o", "recipe[fail]"], {}, "recipe[fail] failed"),
+    (["-o", "recipe[roles::web_ami]"], {"BAKERY_STUB_CHEF_FAIL": "1"}, "BAKERY_STUB_CHEF_FAIL=1"),
+    (["-o", "recipe[missingcookbook::default]"], {}, "412"),
+])
+def test_stub_chef_client_failures_exit_1_after_registering(devstack: DevStack, stub_bin: Path, tmp_path: Path,
+                                                            args: list[str], env: dict, expected: str) -> None:
+    node = unique("node")
+    root = sandbox(tmp_path, devstack, node)
+    proc = chef_client(stub_bin, root, *args, **env)
+    assert proc.returncode == 1
+    assert "FATAL" in proc.stderr and expected in proc.stderr
+    assert devstack.goiardi.client().client_exists(node)  # registered before failing, like chef-client
+    assert stub_log(root)[-1]["ok"] is False
+
+
+def test_stub_chef_client_unreachable_or_stale_client(devstack: DevStack, stub_bin: Path, tmp_path: Path) -> None:
+    node = unique("node")
+    root = sandbox(tmp_path, devstack, node)
+    config = root / "etc/chef/client.rb"
+    dead = f"http://127.0.0.1:{free_port()}"
+    config.write_text(config.read_text().replace(devstack.goiardi.url, dead))
+    proc = chef_client(stub_bin, root, "-o", "recipe[roles::web_ami]")
+    assert proc.returncode == 1 and "unreachable" in proc.stderr and dead in proc.stderr
+
+    # A client of that name already exists and we have no key for it: 409, as from a real server.
+    devstack.goiardi.client().create_client(node)
+    config.write_text(config.read_text().replace(dead, devstack.goiardi.url))
+    proc = chef_client(stub_bin, root, "-o", "recipe[roles::web_ami]")
+    assert proc.returncode == 1 and "409" in proc.stderr
+
+
+def test_stub_system_commands_do_nothing_but_record(stub_bin: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(["systemctl", "enable", "bakery-firstboot.service"], capture_output=True, text=True,
+                          env={"PATH": f"{stub_bin}:/usr/bin:/bin", "BAKERY_ROOT": str(tmp_path)})
+    assert proc.returncode == 0
+    assert (tmp_path / "var/log/stub-commands.log").read_text() == "systemctl enable bakery-firstboot.service\n"
+
+
+# --- instance runner -----------------------------------------------------------------------------------
+
+BAKE_USER_DATA = """#!/bin/bash
+set -euo pipefail
+TOKEN=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' "$BAKERY_IMDS_URL/latest/api/token")
+md() { curl -sf -H "X-aws-ec2-metadata-token: $TOKEN" "$BAKERY_IMDS_URL/latest/$1"; }
+ID=$(md meta-data/instance-id)
+echo "booted $ID in $(md meta-data/placement/region)"
+mkdir -p "$BAKERY_ROOT/etc/chef"
+aws s3 cp --only-show-errors s3://@BUCKET@/chef/validator.pem "$BAKERY_ROOT/etc/chef/validation.pem"
+cat > "$BAKERY_ROOT/etc/chef/client.rb" <<EOF
+chef_server_url "@CHEF_URL@"
+node_name "@NODE@"
+validation_client_name "@VALIDATOR@"
+validation_key "/etc/chef/validation.pem"
+client_key "/etc/chef/client.pem"
+EOF
+@EXTRA@
+if chef-client -o '@RUN_LIST@'; then result=succeeded; else result=failed; fi
+aws ec2 create-tags --resources "$ID" --tags "Key=bakery:bootstrap,Value=$result"
+[ "$result" = succeeded ]
+"""
+
+
+def user_data(devstack: DevStack, node: str, run_list: str = "recipe[roles::web_ami]", extra: str = "") -> str:
+    values = {"@BUCKET@": devstack.bucket, "@CHEF_URL@": devstack.goiardi.url, "@NODE@": node,
+              "@VALIDATOR@": devstack.validator_name, "@RUN_LIST@": run_list, "@EXTRA@": extra}
+    text = BAKE_USER_DATA
+    for key, value in values.items():
+        text = text.replace(key, value)
+    return text
+
+
+def launch(devstack: DevStack, image_id: str, user_data_text: str | None, **tags: str) -> str:
+    kwargs = {"UserData": user_data_text} if user_data_text is not None else {}
+    tag_spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+    return devstack.moto.client("ec2").run_instances(
+        ImageId=image_id, MinCount=1, MaxCount=1, InstanceType="t3.medium",
+        TagSpecifications=tag_spec if tags else [], **kwargs)["Instances"][0]["InstanceId"]
+
+
+def instance_tags(devstack: DevStack, instance_id: str) -> dict[str, str]:
+    inst = devstack.moto.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+
+
+def test_runner_runs_bake_user_data_that_registers_and_tags(devstack: DevStack,
+                                                             instance_runner: InstanceRunner) -> None:
+    node = unique("bake-web")
+    iid = launch(devstack, devstack.base_image_id, user_data(devstack, node), **{"bakery:purpose": "bake"})
+    result = instance_runner.wait(iid, timeout=60)
+    console = instance_runner.console(iid)
+    assert result["kind"] == "bake" and result["exit_code"] == 0, console
+    assert f"booted {iid} in us-east-1" in console
+    assert instance_tags(devstack, iid)["bakery:bootstrap"] == "succeeded"
+    admin = devstack.goiardi.client()
+    assert admin.node_exists(node) and admin.client_exists(node)
+    root = Path(result["root"])
+    assert (root / "etc/chef/client.pem").is_file()
+    assert stub_log(root)[-1]["run_list"] == ["recipe[roles::web_ami]"]
+
+
+def test_runner_failing_run_list(devstack: DevStack, instance_runner: InstanceRunner) -> None:
+    node = unique("bake-broken")
+    iid = launch(devstack, devstack.base_image_id, user_data(devstack, node, "recipe[roles::fail]"),
+                 **{"bakery:purpose": "bake"})
+    result = instance_runner.wait(iid, timeout=60)
+    assert result["exit_code"] == 1
+    assert "FATAL: RuntimeError: recipe[roles::fail] failed" in instance_runner.console(iid)
+    assert instance_tags(devstack, iid)["bakery:bootstrap"] == "failed"
+    assert devstack.goiardi.client().client_exists(node)
+
+
+FIRSTBOOT_INIT = r"""mkdir -p "$BAKERY_ROOT/etc/init.d"
+cat > "$BAKERY_ROOT/etc/init.d/bakery-firstboot" <<'INIT'
+#!/bin/bash
+# tiny stand-in for the real first-boot init script
+[ "$1" = start ] || exit 0
+[ -f "$BAKERY_ROOT/firstboot.txt" ] || { echo "no firstboot.txt: nothing to do"; exit 0; }
+TOKEN=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "$BAKERY_IMDS_URL/latest/api/token")
+ID=$(curl -sf -H "X-aws-ec2-metadata-token: $TOKEN" "$BAKERY_IMDS_URL/latest/meta-data/instance-id")
+echo "first boot of $ID" > "$BAKERY_ROOT/var/firstboot-ran"
+aws ec2 create-tags --resources "$ID" --tags Key=firstboot,Value=done
+rm -f "$BAKERY_ROOT/firstboot.txt"
+INIT
+chmod 755 "$BAKERY_ROOT/etc/init.d/bakery-firstboot"
+mkdir -p "$BAKERY_ROOT/var"
+echo baked > "$BAKERY_ROOT/var/baked-marker"
+touch "$BAKERY_ROOT/firstboot.txt"
+"""
+
+
+def test_runner_first_boot_from_baked_ami(devstack: DevStack, instance_runner: InstanceRunner) -> None:
+    ec2 = devstack.moto.client("ec2")
+    bake_id = uuid.uuid4().hex[:12]
+    node = unique("bake-fb")
+    bake = launch(devstack, devstack.base_image_id, user_data(devstack, node, extra=FIRSTBOOT_INIT),
+                  **{"bakery:purpose": "bake", "bakery:bake-id": bake_id})
+    bake_result = instance_runner.wait(bake, timeout=60)
+    assert bake_result["exit_code"] == 0, instance_runner.console(bake)
+    ec2.stop_instances(InstanceIds=[bake])
+    image_id = ec2.create_image(InstanceId=bake, Name=f"fb-{bake_id}", TagSpecifications=[
+        {"ResourceType": "image", "Tags": [{"Key": "bakery:bake-id", "Value": bake_id}]}])["ImageId"]
+    ec2.terminate_instances(InstanceIds=[bake])
+
+    booted = launch(devstack, image_id, None)
+    result = instance_runner.wait(booted, timeout=60)
+    console = instance_runner.console(booted)
+    assert result["kind"] == "firstboot" and result["exit_code"] == 0, console
+    assert result["steps"] == [{"step": "firstboot", "exit_code": 0}]
+    root = Path(result["root"])
+    assert (root / "var/baked-marker").read_text() == "baked\n"  # the bake's root was copied
+    assert (root / "var/firstboot-ran").read_text() == f"first boot of {booted}\n"
+    assert not (root / "firstboot.txt").exists()
+    assert (Path(bake_result["root"]) / "firstboot.txt").exists()  # the image itself is untouched
+    assert instance_tags(devstack, booted)["firstboot"] == "done"
+
+
+def test_runner_skips_windows_and_leaves_older_instances_alone(devstack: DevStack, tmp_path: Path) -> None:
+    before = launch(devstack, devstack.base_image_id, "#!/bin/bash\ntouch \"$BAKERY_ROOT/ran\"\n")
+    with devstack.runner(tmp_path / "instances") as runner:
+        windows = launch(devstack, devstack.windows_image_id, "<powershell>\nWrite-Host hi\n</powershell>")
+        plain = launch(devstack, devstack.base_image_id, "#!/bin/bash\necho \"root is $BAKERY_ROOT\"\nexit 3\n")
+        assert runner.wait(windows, timeout=30)["kind"] == "skipped"
+        result = runner.wait(plain, timeout=30)
+        assert result["kind"] == "launch" and result["exit_code"] == 3
+        assert f"root is {result['root']}" in runner.console(plain)
+        assert before not in runner.results
+    assert not (tmp_path / "instances" / before).exists()
+
+
+def test_runner_copes_with_terminated_instances_and_boot_delay(devstack: DevStack, tmp_path: Path) -> None:
+    ec2 = devstack.moto.client("ec2")
+    with devstack.runner(tmp_path / "instances", boot_delay=1.0) as runner:
+        seen_then_gone = launch(devstack, devstack.base_image_id, "#!/bin/bash\necho hi\n")
+        gone_at_once = launch(devstack, devstack.base_image_id, "#!/bin/bash\necho hi\n")
+        ec2.terminate_instances(InstanceIds=[gone_at_once])
+        ok = launch(devstack, devstack.base_image_id, "#!/bin/bash\necho hi\n")
+        deadline = time.monotonic() + 10
+        while seen_then_gone not in runner.results and time.monotonic() < deadline:
+            time.sleep(0.02)  # wait until the runner has seen it running (it is now in its boot delay)
+        ec2.terminate_instances(InstanceIds=[seen_then_gone])
+        result = runner.wait(ok, timeout=30)
+        assert result["exit_code"] == 0 and "hi\n" in runner.console(ok)
+        assert runner.wait(seen_then_gone, timeout=30)["kind"] != "error"
+        assert runner.results.get(gone_at_once, {}).get("kind") != "error"
+        assert runner.errors == []
+
+
+# --- DevStack ---------------------------------------------------------------------------------------------
+
+def test_devstack_seeds_and_writes_a_valid_catalogue(devstack: DevStack, tmp_path: Path) -> None:
+    path = devstack.write_catalog(tmp_path / "bakery.yaml", roles={"web": {}, "reporting": {"platform": "windows"}},
+                                  bootstrap_timeout="2m", chef={"client_version": "18.4"})
+    catalog = load_catalog(path)
+    web = catalog.roles["web"]
+    assert web.chef.server_url == devstack.goiardi.url and web.chef.client_version == "18.4"
+    assert web.runlist_bucket == devstack.bucket and web.bootstrap_timeout == 120
+    assert web.alert_topic_arn == "arn:aws:sns:us-east-1:123456789012:bakery-alerts"
+    assert web.base_ami.name == "bakery-demo-centos-*"
+    assert catalog.roles["reporting"].platform == "windows"
+
+    ec2 = devstack.moto.client("ec2")
+    images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [web.base_ami.name]}])["Images"]
+    assert [i["ImageId"] for i in images] == [devstack.base_image_id]
+    assert seed_base_image(ec2, BASE_IMAGE_NAME) == devstack.base_image_id  # idempotent
+    s3 = devstack.moto.client("s3")
+    pem = s3.get_object(Bucket=devstack.bucket, Key="chef/validator.pem")["Body"].read().decode()
+    assert pem == devstack.goiardi.create_validator(devstack.validator_name)
+    topics = devstack.moto.client("sns").list_topics()["Topics"]
+    assert {"TopicArn": devstack.topic_arn} in topics
+    assert devstack.goiardi.client().cookbook_versions("roles") == ["0.1.0"]
+    assert devstack.env["CHEF_CLIENT_KEY"] == devstack.goiardi.admin_key_path
+    assert devstack.env["AWS_ENDPOINT_URL"] == devstack.moto.url
+
+
+def test_aws_cli_talks_to_moto_only(aws_env: dict[str, str], moto_server) -> None:
+    aws = os.path.join(os.path.dirname(sys.executable), "aws")
+    proc = subprocess.run([aws, "sts", "get-caller-identity", "--output", "json"], env=aws_env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["Account"] == "123456789012"
+    assert aws_env["AWS_CONFIG_FILE"] == os.devnull and "AWS_PROFILE" not in aws_env

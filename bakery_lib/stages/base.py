@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 def default_log(message: str) -> None:
     stamp = time.strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+    # One write per line: parallel bakes must not interleave halves of lines in a Jenkins console.
+    sys.stderr.write(f"[{stamp}] {message}\n")
+    sys.stderr.flush()
 
 
 @dataclass

@@ -1,0 +1,125 @@
+"""Functional tests of the publish stage against moto server: copies, sharing, SSM, launch template,
+run list in S3, artifacts, and the cleanup of an unfinished copy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bakery_lib.cleanup import cleanup
+from bakery_lib.devstack.moto import seed_base_image
+from bakery_lib.errors import BakeryError
+from bakery_lib.stages import publish
+from test_stages_aws import make_ctx, open_bake, unique_role
+
+ACCOUNT = "111122223333"
+
+
+@pytest.fixture()
+def baked(moto_server, tmp_path, request):
+    """A role with an available AMI in us-east-1, as wait-image leaves it."""
+    role = unique_role(request)
+    ec2 = moto_server.client("ec2")
+    s3 = moto_server.client("s3")
+    try:
+        s3.create_bucket(Bucket="acme-bakery")
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    base = seed_base_image(ec2, name="publish-base-1")
+    inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    image_id = ec2.create_image(InstanceId=inst, Name=f"bakery-{role}-1.0-x", TagSpecifications=[
+        {"ResourceType": "image", "Tags": [{"Key": "bakery:role", "Value": role},
+                                           {"Key": "bakery:created-by", "Value": "bakery"},
+                                           {"Key": "bakery:bake-id", "Value": "b-" + role}]}])["ImageId"]
+    return role, image_id
+
+
+def _ctx(moto_server, tmp_path, role, image_id, **overrides):
+    ctx = make_ctx(moto_server, tmp_path, overrides, role=role)
+    open_bake(ctx, "ami-00000000")
+    ctx.state.bake_id = "b-" + role
+    ctx.state.image_id = image_id
+    ctx.state.amis = {"us-east-1": image_id}
+    ctx.save()
+    return ctx
+
+
+def test_publish_copies_shares_and_writes_ssm_everywhere(moto_server, tmp_path, baked):
+    role, image_id = baked
+    ec2 = moto_server.client("ec2")
+    lt = ec2.create_launch_template(LaunchTemplateName=f"lt-{role}",
+                                    LaunchTemplateData={"ImageId": image_id, "InstanceType": "t3.small"})
+    ctx = _ctx(moto_server, tmp_path, role, image_id, copy_to_regions=["eu-west-1", "ap-south-1"],
+               share_with_accounts=[ACCOUNT], launch_template=f"lt-{role}")
+    message = publish.run(ctx)
+    assert "published" in message
+    amis = ctx.state.amis
+    assert set(amis) == {"us-east-1", "eu-west-1", "ap-south-1"}
+    for region, ami in amis.items():
+        regional = moto_server.client("ec2", region)
+        img = regional.describe_images(ImageIds=[ami])["Images"][0]
+        assert img["State"] == "available"
+        tags = {t["Key"]: t["Value"] for t in img.get("Tags", [])}
+        assert tags["bakery:role"] == role and tags["bakery:created-by"] == "bakery"
+        perms = regional.describe_image_attribute(ImageId=ami, Attribute="launchPermission")["LaunchPermissions"]
+        assert {"UserId": ACCOUNT} in perms
+        param = moto_server.client("ssm", region).get_parameter(Name=f"/bakery/{role}/latest")["Parameter"]
+        assert param["Value"] == ami and param.get("DataType", "aws:ec2:image") == "aws:ec2:image"
+    assert not ctx.state.pending_copies
+    # the launch template's new default version points at the new AMI
+    lt_id = lt["LaunchTemplate"]["LaunchTemplateId"]
+    versions = ec2.describe_launch_template_versions(LaunchTemplateId=lt_id, Versions=["$Default"])
+    assert versions["LaunchTemplateVersions"][0]["LaunchTemplateData"]["ImageId"] == image_id
+    assert versions["LaunchTemplateVersions"][0]["VersionNumber"] == 2
+    # the first-boot run list and the artifacts
+    body = moto_server.client("s3").get_object(Bucket="acme-bakery", Key=f"runlists/{role}.json")["Body"].read()
+    assert json.loads(body) == {"run_list": [f"recipe[roles::{role}_launch]"]}
+    art = json.loads((tmp_path / "artifacts" / f"{role}.json").read_text())
+    assert art["amis"] == amis
+    props = (tmp_path / "artifacts" / "amis.properties").read_text()
+    assert f"AMI_{role.upper()}_EU_WEST_1={amis['eu-west-1']}" in props
+    assert ctx.state.closed and ctx.state.outcome == "succeeded"
+
+
+def test_runlist_written_only_when_changed(moto_server, tmp_path, baked):
+    role, image_id = baked
+    ctx = _ctx(moto_server, tmp_path, role, image_id)
+    assert publish.publish_runlist(ctx).endswith("written")
+    assert publish.publish_runlist(ctx).endswith("unchanged")
+    ctx2 = _ctx(moto_server, tmp_path, role, image_id, run_lists={"launch": ["recipe[base]", "role[x]"]})
+    assert publish.publish_runlist(ctx2).endswith("written")
+
+
+def test_missing_launch_template_is_a_clear_failure(moto_server, tmp_path, baked):
+    role, image_id = baked
+    ctx = _ctx(moto_server, tmp_path, role, image_id, launch_template="no-such-template")
+    with pytest.raises(BakeryError, match="launch_template.*does not exist"):
+        publish.run(ctx)
+
+
+def test_failed_copy_fails_publish_and_cleanup_removes_it(moto_server, tmp_path, baked):
+    role, image_id = baked
+    ctx = _ctx(moto_server, tmp_path, role, image_id, copy_to_regions=["eu-central-1"])
+
+    def copy_failed(parsed, **_):
+        for img in parsed.get("Images", []):
+            if img["ImageId"] != image_id:
+                img["State"] = "failed"
+                img["StateReason"] = {"Code": "x", "Message": "copy broke"}
+
+    ctx.aws.add_hook("after-call.ec2.DescribeImages", copy_failed)
+    with pytest.raises(BakeryError, match="eu-central-1.*copy broke"):
+        publish.run(ctx)
+    copy_id = ctx.state.pending_copies["eu-central-1"]
+    assert not ctx.state.closed
+    ctx.state.chef_node = None
+    ctx.state.instance_terminated = True
+    report = cleanup(ctx)
+    assert not report.errors, report.text()
+    left = moto_server.client("ec2", "eu-central-1").describe_images(
+        Filters=[{"Name": "image-id", "Values": [copy_id]}])["Images"]
+    assert left == []
+    # the good AMI in the build region is kept
+    assert moto_server.client("ec2").describe_images(ImageIds=[image_id])["Images"][0]["State"] == "available"

@@ -1,0 +1,573 @@
+"""The Linux instance-side scripts, really executed: first boot, its init script, bake and launch user data.
+
+Each script runs in a sandbox whose ``BAKERY_ROOT`` is a temp dir, against the moto server (real
+``aws`` CLI from the venv), an IMDSv2 double on 127.0.0.1 that also serves the instance role's
+credentials (so the CLI uses "the instance role", as on EC2), and the stub ``chef-client`` of
+``tests/scripts/`` on PATH. Alerts are read back through a real SNS topic -> SQS queue subscription.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bakery_lib.catalog import RoleSpec, parse_catalog
+from bakery_lib.devstack import MotoServer
+from bakery_lib.devstack.imds import ImdsDouble
+from bakery_lib.userdata import bake_userdata, instance_files, launch_userdata
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+VENV_BIN = Path(sys.executable).parent
+REGION = "us-east-1"
+BUCKET = "bakery-firstboot-tests"
+VALIDATOR_KEY = "chef/validator.pem"
+VALIDATOR_PEM = "-----BEGIN RSA PRIVATE KEY-----\nnot a real validator key\n-----END RSA PRIVATE KEY-----\n"
+INSTANCE_ROLE = "bakery-test-instance-role"
+WEB_RUN_LIST = {"run_list": ["role[web]", "recipe[web::firstboot]"], "web": {"port": 8080}}
+
+
+# --- AWS side: one moto per session (conftest), our bucket + a topic/queue pair per test ------------
+
+
+@pytest.fixture(scope="module")
+def aws(moto_server: MotoServer) -> dict[str, Any]:
+    clients = {name: moto_server.client(name) for name in ("s3", "sns", "sqs", "ec2")}
+    s3 = clients["s3"]
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key=VALIDATOR_KEY, Body=VALIDATOR_PEM.encode())
+    s3.put_object(Bucket=BUCKET, Key="runlists/web.json", Body=json.dumps(WEB_RUN_LIST).encode())
+    return {"url": moto_server.url, **clients}
+
+
+@dataclass
+class Alerts:
+    """An SNS topic with an SQS queue subscribed: what an on-call mailbox would receive."""
+
+    topic_arn: str
+    sqs: Any
+    queue_url: str
+
+    def received(self) -> list[dict[str, Any]]:
+        messages = []
+        while True:
+            got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            if not got.get("Messages"):
+                return messages
+            for m in got["Messages"]:
+                messages.append(json.loads(m["Body"]))  # the SNS envelope: Subject, Message, TopicArn
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+
+@pytest.fixture()
+def alerts(aws: dict[str, Any]) -> Alerts:
+    name = f"bakery-alerts-{uuid.uuid4().hex[:10]}"
+    topic_arn = aws["sns"].create_topic(Name=name)["TopicArn"]
+    queue_url = aws["sqs"].create_queue(QueueName=name)["QueueUrl"]
+    queue_arn = aws["sqs"].get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"]
+    aws["sns"].subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    return Alerts(topic_arn, aws["sqs"], queue_url)
+
+
+def make_role(alerts: Alerts, name: str = "web", **chef: str) -> RoleSpec:
+    catalogue = {
+        "defaults": {
+            "region": REGION,
+            "runlist_bucket": BUCKET,
+            "alert_topic_arn": alerts.topic_arn,
+            "chef": {
+                "server_url": "https://chef.example.com/organizations/acme",
+                "validation_client_name": "acme-validator",
+                "validation_key_s3": f"s3://{BUCKET}/{VALIDATOR_KEY}",
+                "client_version": "18.4.12",
+                **chef,
+            },
+        },
+        "roles": {name: {"platform": "linux", "base_ami": "ami-0123456789abcdef0",
+                         "run_lists": {"ami": [f"recipe[roles::{name}_ami]", "recipe[base]"]}}},
+    }
+    return parse_catalog(catalogue, "test-catalogue.yaml").roles[name]
+
+
+def new_instance(aws: dict[str, Any]) -> str:
+    image_id = aws["ec2"].describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    return aws["ec2"].run_instances(ImageId=image_id, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+
+
+def instance_tags(aws: dict[str, Any], instance_id: str) -> dict[str, str]:
+    found = aws["ec2"].describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {t["Key"]: t["Value"] for t in found.get("Tags", [])}
+
+
+# --- the instance side: IMDS double, stub chef-client, sandbox root ---------------------------------
+
+
+def imds_for(instance_id: str) -> ImdsDouble:
+    creds = {
+        "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": "ASIAINSTANCEROLE", "SecretAccessKey": "instance",
+        "Token": "instance-session-token", "LastUpdated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "Expiration": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 6 * 3600)),
+    }
+    return ImdsDouble(instance_id=instance_id, region=REGION,
+                      extra={f"iam/security-credentials/{INSTANCE_ROLE}": json.dumps(creds)})
+
+
+@dataclass
+class ChefCall:
+    argv: list[str]
+    client_rb: dict[str, str]
+    json: dict[str, Any] | None
+    validator_mode: str | None
+
+
+@dataclass
+class Sandbox:
+    """One simulated instance: its ``/`` (BAKERY_ROOT), PATH, IMDS and the stub chef-client's records."""
+
+    tmp: Path
+    aws_url: str
+    imds: ImdsDouble
+    chef_on_path: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = self.tmp / "root"
+        self.bin = self.tmp / "bin"
+        self.records = self.tmp / "chef-records"
+        for d in (self.root, self.bin, self.tmp / "home"):
+            d.mkdir(parents=True, exist_ok=True)
+        if self.chef_on_path:
+            (self.bin / "chef-client").symlink_to(SCRIPTS / "chef-client")
+
+    @property
+    def sentinel(self) -> Path:
+        return self.root / "firstboot.txt"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "PATH": os.pathsep.join([str(self.bin), str(VENV_BIN), "/usr/bin", "/bin"]),
+            "HOME": str(self.tmp / "home"),
+            "LANG": "C.UTF-8",
+            "BAKERY_ROOT": str(self.root),
+            "BAKERY_IMDS_URL": self.imds.url,
+            "AWS_ENDPOINT_URL": self.aws_url,
+            # No credentials in the environment: the CLI must get the instance role's from IMDS.
+            # Set here too (the scripts derive it from BAKERY_IMDS_URL) so that nothing can ever
+            # fall back to 169.254.169.254.
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds.url,
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "STUB_CHEF_DIR": str(self.records),
+            **self.extra_env,
+            **extra,
+        }
+
+    def popen(self, argv: list[str], **extra: str) -> subprocess.Popen:
+        return subprocess.Popen(argv, env=self.env(**extra), cwd=self.tmp, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def run(self, argv: list[str], **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, env=self.env(**extra), cwd=self.tmp, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=180)
+
+    def run_userdata(self, text: str, **extra: str) -> subprocess.CompletedProcess:
+        script = self.tmp / "user-data"
+        script.write_text(text)
+        script.chmod(0o700)
+        return self.run([str(script)], **extra)
+
+    def install_image(self, role: RoleSpec) -> None:
+        """Lay the first-boot files into the root as the bake installs them, plus the sentinel."""
+        for path, content in instance_files(role).items():
+            dest = self.root / path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(content)
+            dest.chmod(0o755 if "/sbin/" in path or "/init.d/" in path else 0o644)
+        self.sentinel.write_text("first boot pending\n")
+
+    def chef_calls(self) -> list[ChefCall]:
+        calls = []
+        for d in sorted((self.records / "calls").glob("*")) if (self.records / "calls").exists() else []:
+            rb = {}
+            for line in (d / "client.rb").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                rb[key] = value.strip("'")
+            calls.append(ChefCall(
+                argv=(d / "argv").read_text().splitlines(),
+                client_rb=rb,
+                json=json.loads((d / "json").read_text()) if (d / "json").exists() else None,
+                validator_mode=(d / "validator-mode").read_text().strip() if (d / "validator-mode").exists()
+                else None,
+            ))
+        return calls
+
+
+@pytest.fixture()
+def sandbox_factory(tmp_path: Path, aws: dict[str, Any]) -> Iterator[Any]:
+    started: list[ImdsDouble] = []
+
+    def make(instance_id: str = "i-0abc1234def567890", name: str = "box", **kwargs: Any) -> Sandbox:
+        imds = imds_for(instance_id).start()
+        started.append(imds)
+        return Sandbox(tmp_path / name, aws["url"], imds, **kwargs)
+
+    yield make
+    for imds in started:
+        imds.stop()
+
+
+def firstboot(box: Sandbox) -> list[str]:
+    return [str(box.root / "usr/local/sbin/bakery-firstboot")]
+
+
+def output(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout + proc.stderr
+
+
+# --- first boot -------------------------------------------------------------------------------------
+
+
+def test_without_the_sentinel_first_boot_does_nothing(sandbox_factory, alerts):
+    box = sandbox_factory()
+    box.install_image(make_role(alerts))
+    box.sentinel.unlink()
+
+    proc = box.run(firstboot(box))
+
+    assert proc.returncode == 0, output(proc)
+    assert "nothing to do" in output(proc)
+    assert box.chef_calls() == []
+    assert box.imds.requests == []  # not even the metadata service was asked
+    assert alerts.received() == []
+
+
+def test_first_boot_registers_with_the_s3_run_list_and_removes_the_sentinel(sandbox_factory, alerts):
+    instance_id = "i-0feedbeef00000001"
+    box = sandbox_factory(instance_id)
+    box.install_image(make_role(alerts))
+
+    proc = box.run(firstboot(box))
+
+    assert proc.returncode == 0, output(proc)
+    calls = box.chef_calls()
+    assert len(calls) == 1
+    call = calls[0]
+    assert call.json == WEB_RUN_LIST  # exactly what s3://BUCKET/runlists/web.json holds
+    assert "-j" in call.argv and "-c" in call.argv and "-o" not in call.argv
+    assert call.client_rb["node_name"] == f"web-{instance_id}"
+    assert call.client_rb["chef_server_url"] == "https://chef.example.com/organizations/acme"
+    assert call.client_rb["validation_client_name"] == "acme-validator"
+    assert call.validator_mode == "600"
+    assert not box.sentinel.exists()
+    assert not (box.root / "etc/chef/validation.pem").exists()
+    assert (box.root / "etc/chef/client.pem").exists()  # the instance keeps its own identity
+    assert alerts.received() == []  # alerts only on failure
+    log = (box.root / "var/log/bakery-firstboot.log").read_text()
+    assert f"first boot of web-{instance_id} succeeded" in log
+    # IMDSv2 all the way: a token first, then token-carrying reads (the double answers 401 otherwise),
+    # and the CLI's credentials came from the instance role there.
+    paths = [(method, path, status) for method, path, status in box.imds.requests]
+    assert paths[0] == ("PUT", "/latest/api/token", 200)
+    assert ("GET", "/latest/meta-data/instance-id", 200) in paths
+    assert ("GET", f"/latest/meta-data/iam/security-credentials/{INSTANCE_ROLE}", 200) in paths
+    assert all(status == 200 for _, _, status in paths)
+
+
+def test_failed_chef_run_keeps_the_sentinel_and_sends_exactly_one_alert(sandbox_factory, alerts):
+    instance_id = "i-0feedbeef00000002"
+    box = sandbox_factory(instance_id)
+    box.install_image(make_role(alerts))
+
+    proc = box.run(firstboot(box), STUB_CHEF_EXIT="3")
+
+    assert proc.returncode == 3, output(proc)
+    assert box.sentinel.exists()  # the next boot retries
+    assert not (box.root / "etc/chef/validation.pem").exists()
+    received = alerts.received()
+    assert len(received) == 1, received
+    subject, message = received[0]["Subject"], received[0]["Message"]
+    assert "web" in subject and instance_id in subject
+    for expected in ("role web", instance_id, REGION, "Exit code: 3", "chef-client exited 3",
+                     "stub chef-client: converging node"):
+        assert expected in message, (expected, message)
+
+    # A reboot retries, and a good run then completes the first boot without another alert.
+    proc = box.run(firstboot(box))
+    assert proc.returncode == 0, output(proc)
+    assert not box.sentinel.exists()
+    assert len(box.chef_calls()) == 2
+    assert alerts.received() == []
+
+
+def test_missing_run_list_fails_clearly_without_running_chef(sandbox_factory, alerts):
+    instance_id = "i-0feedbeef00000003"
+    box = sandbox_factory(instance_id)
+    box.install_image(make_role(alerts, name="ghost"))  # no runlists/ghost.json in the bucket
+
+    proc = box.run(firstboot(box))
+
+    assert proc.returncode != 0
+    assert box.chef_calls() == []
+    assert box.sentinel.exists()
+    received = alerts.received()
+    assert len(received) == 1, received
+    message = received[0]["Message"]
+    assert f"the run list s3://{BUCKET}/runlists/ghost.json is missing or unreadable" in message
+    assert "role ghost" in message and instance_id in message
+
+
+@pytest.mark.parametrize("lock", ["flock", "mkdir"])
+def test_two_starts_never_run_at_once(sandbox_factory, alerts, tmp_path, lock):
+    box = sandbox_factory()
+    box.install_image(make_role(alerts))
+    extra = {}
+    if lock == "mkdir":
+        # A system without flock(1): the PATH offers every tool of /usr/bin except flock.
+        nofl = tmp_path / "no-flock-bin"
+        nofl.mkdir()
+        for tool in os.listdir("/usr/bin"):
+            if tool != "flock":
+                (nofl / tool).symlink_to(Path("/usr/bin") / tool)
+        extra["PATH"] = os.pathsep.join([str(box.bin), str(VENV_BIN), str(nofl)])
+
+    first = box.popen(firstboot(box), STUB_CHEF_SLEEP="3", **extra)
+    time.sleep(0.3)
+    second = box.popen(firstboot(box), STUB_CHEF_SLEEP="3", **extra)
+    out1, _ = first.communicate(timeout=120)
+    out2, _ = second.communicate(timeout=120)
+
+    assert (first.returncode, second.returncode) == (0, 0), out1 + out2
+    assert len(box.chef_calls()) == 1
+    # Whichever got there second stepped aside (normally the second one started).
+    assert "not starting a second one" in out1 + out2
+    assert not box.sentinel.exists()
+    if lock == "mkdir":
+        assert not (box.root / "var/lock/bakery-firstboot.lock.d").exists()  # released
+
+
+def test_a_stale_mkdir_lock_is_taken_over(sandbox_factory, alerts, tmp_path):
+    box = sandbox_factory()
+    box.install_image(make_role(alerts))
+    nofl = tmp_path / "no-flock-bin"
+    nofl.mkdir()
+    for tool in os.listdir("/usr/bin"):
+        if tool != "flock":
+            (nofl / tool).symlink_to(Path("/usr/bin") / tool)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lockdir = box.root / "var/lock/bakery-firstboot.lock.d"
+    lockdir.mkdir(parents=True)
+    (lockdir / "pid").write_text(f"{dead.pid}\n")
+
+    proc = box.run(firstboot(box), PATH=os.pathsep.join([str(box.bin), str(VENV_BIN), str(nofl)]))
+
+    assert proc.returncode == 0, output(proc)
+    assert "removing the stale lock" in output(proc)
+    assert len(box.chef_calls()) == 1
+
+
+def test_init_script_start_status_stop(sandbox_factory, alerts):
+    instance_id = "i-0feedbeef00000004"
+    box = sandbox_factory(instance_id)
+    box.install_image(make_role(alerts))
+    init = str(box.root / "etc/init.d/bakery-firstboot")
+    head = Path(init).read_text()
+    assert "### BEGIN INIT INFO" in head and "# chkconfig: 2345" in head
+
+    status = box.run([init, "status"])
+    assert status.returncode == 3 and "pending" in status.stdout
+
+    start = box.run([init, "start"])
+    assert start.returncode == 0, output(start)
+    assert [c.client_rb["node_name"] for c in box.chef_calls()] == [f"web-{instance_id}"]
+    assert not box.sentinel.exists()
+
+    status = box.run([init, "status"])
+    assert status.returncode == 0 and "done" in status.stdout
+    again = box.run([init, "start"])
+    assert again.returncode == 0 and "already done" in again.stdout
+    assert len(box.chef_calls()) == 1
+    assert box.run([init, "stop"]).returncode == 0
+    bad = box.run([init, "reload-everything"])
+    assert bad.returncode == 2 and "Usage" in bad.stderr
+
+
+def test_init_script_start_reports_a_failed_first_boot(sandbox_factory, alerts):
+    box = sandbox_factory("i-0feedbeef00000005")
+    box.install_image(make_role(alerts))
+
+    start = box.run([str(box.root / "etc/init.d/bakery-firstboot"), "start"], STUB_CHEF_EXIT="1")
+
+    assert start.returncode == 1
+    assert len(alerts.received()) == 1
+    assert box.run([str(box.root / "etc/init.d/bakery-firstboot"), "status"]).returncode == 3
+
+
+# --- bake user data, end to end -----------------------------------------------------------------------
+
+
+def test_bake_userdata_end_to_end_then_first_boot_of_the_image(sandbox_factory, alerts, aws):
+    role = make_role(alerts)
+    bake_instance = new_instance(aws)
+    box = sandbox_factory(bake_instance, name="bake")
+    bake_id = "20260101000000-abc123"
+
+    proc = box.run_userdata(bake_userdata(role, bake_id=bake_id, release="2.7.1"))
+
+    assert proc.returncode == 0, output(proc)
+    tags = instance_tags(aws, bake_instance)
+    assert tags["bakery:bootstrap"] == "succeeded", tags
+    assert f"bake-web-{bake_id}" in tags["bakery:bootstrap-detail"]
+    assert "bake of web succeeded" in proc.stdout  # the console, which the bootstrap stage reads
+
+    [call] = box.chef_calls()
+    assert call.argv[call.argv.index("-o") + 1] == "recipe[roles::web_ami],recipe[base]"
+    assert call.client_rb["node_name"] == f"bake-web-{bake_id}"
+    assert call.validator_mode == "600"
+
+    # The first-boot mechanism is in the image, exactly as rendered, enabled, with the sentinel...
+    root = box.root
+    for path, content in instance_files(role).items():
+        assert (root / path.lstrip("/")).read_text() == content, path
+    for path in ("usr/local/sbin/bakery-firstboot", "etc/init.d/bakery-firstboot"):
+        assert stat.S_IMODE((root / path).stat().st_mode) == 0o755, path
+    wants = root / "etc/systemd/system/multi-user.target.wants/bakery-firstboot.service"
+    assert os.readlink(wants) == "/etc/systemd/system/bakery-firstboot.service"
+    assert os.readlink(root / "etc/rc3.d/S99bakery-firstboot") == "../init.d/bakery-firstboot"
+    assert (root / "firstboot.txt").exists()
+    info = json.loads((root / "etc/bakery/image.json").read_text())
+    assert (info["role"], info["release"], info["bake_id"]) == ("web", "2.7.1", bake_id)
+    # ...and the bake's Chef identity is not.
+    assert not any((root / "etc/chef" / name).exists() for name in ("client.pem", "validation.pem", "client.rb"))
+    assert "PRIVATE KEY" not in "".join(p.read_text(errors="replace") for p in root.rglob("*") if p.is_file())
+
+    # An instance launched from that image: same files, new instance id, the init script at boot.
+    first = sandbox_factory("i-0launchedfromami01", name="from-ami")
+    os.rmdir(first.root)
+    subprocess.run(["cp", "-a", str(root), str(first.root)], check=True)
+    start = first.run([str(first.root / "etc/init.d/bakery-firstboot"), "start"])
+    assert start.returncode == 0, output(start)
+    [boot] = first.chef_calls()
+    assert boot.client_rb["node_name"] == "web-i-0launchedfromami01"
+    assert boot.json == WEB_RUN_LIST
+    assert not (first.root / "firstboot.txt").exists()
+    assert alerts.received() == []
+
+
+def test_bake_userdata_failing_chef_tags_failed_and_installs_nothing(sandbox_factory, alerts, aws):
+    bake_instance = new_instance(aws)
+    box = sandbox_factory(bake_instance)
+
+    proc = box.run_userdata(bake_userdata(make_role(alerts), bake_id="20260101000000-bad000", release="1"),
+                            STUB_CHEF_EXIT="5")
+
+    assert proc.returncode != 0
+    tags = instance_tags(aws, bake_instance)
+    assert tags["bakery:bootstrap"] == "failed"
+    assert "chef-client exited 5" in tags["bakery:bootstrap-detail"]
+    assert "FAILED: chef-client exited 5" in proc.stdout
+    assert "FAILED: chef-client exited 5" in (box.root / "var/log/bakery-bake.log").read_text()
+    assert not (box.root / "firstboot.txt").exists()
+    assert not (box.root / "etc/init.d/bakery-firstboot").exists()
+    assert not (box.root / "etc/chef/validation.pem").exists()
+    assert alerts.received() == []  # a failed bake is reported by its tag, not by an alert
+
+
+def test_bake_userdata_without_validator_key_names_the_step(sandbox_factory, alerts, aws):
+    bake_instance = new_instance(aws)
+    box = sandbox_factory(bake_instance)
+    role = make_role(alerts, validation_key_s3=f"s3://{BUCKET}/chef/no-such-key.pem")
+
+    proc = box.run_userdata(bake_userdata(role, bake_id="20260101000000-nokey0", release="1"))
+
+    assert proc.returncode != 0
+    detail = instance_tags(aws, bake_instance)["bakery:bootstrap-detail"]
+    assert f"cannot fetch the validator key s3://{BUCKET}/chef/no-such-key.pem" in detail
+    assert box.chef_calls() == []
+
+
+def test_hostile_catalogue_values_stay_inert_when_the_bake_runs(sandbox_factory, alerts, aws, tmp_path):
+    # The catalogue's URL check allows ; | > & ( ) — the shell metacharacters left after it.
+    marker = tmp_path / "PWNED"
+    role = make_role(
+        alerts,
+        server_url=f"https://chef.example.com/o;touch>{marker};(touch>{marker})|touch>{marker}&",
+        installer_url=f"https://get.example.com/i.sh;touch>{marker}",
+    )
+    bake_instance = new_instance(aws)
+    box = sandbox_factory(bake_instance)
+
+    proc = box.run_userdata(bake_userdata(role, bake_id="20260101000000-hostil", release="x;touch>y"))
+
+    assert proc.returncode == 0, output(proc)
+    assert not marker.exists()
+    assert not (box.tmp / "y").exists()
+    [call] = box.chef_calls()
+    assert call.client_rb["chef_server_url"] == role.chef.server_url  # verbatim, one Ruby string
+    assert json.loads((box.root / "etc/bakery/image.json").read_text())["release"] == "x;touch>y"
+
+
+# --- launch user data ------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def installer_url(tmp_path: Path) -> Iterator[str]:
+    """The omnitruck installer double, served over HTTP on 127.0.0.1."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "install.sh").write_text((SCRIPTS / "install-chef.sh").read_text())
+    handler = partial(SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/install.sh"
+    server.shutdown()
+    server.server_close()
+
+
+def test_launch_userdata_installs_chef_and_runs_the_launch_run_list(sandbox_factory, alerts, aws, installer_url):
+    role = make_role(alerts, installer_url=installer_url)
+    instance_id = new_instance(aws)
+    box = sandbox_factory(instance_id, chef_on_path=False)
+    assert not (box.bin / "chef-client").exists()
+
+    proc = box.run_userdata(launch_userdata(role), STUB_CHEF_SOURCE=str(SCRIPTS / "chef-client"),
+                            STUB_INSTALL_DIR=str(box.bin))
+
+    assert proc.returncode == 0, output(proc)
+    assert (box.bin / "installed-version").read_text().strip() == "18.4.12"
+    [call] = box.chef_calls()
+    assert call.json == {"run_list": ["recipe[roles::web_launch]"]}
+    assert call.client_rb["node_name"] == f"web-{instance_id}"
+    assert instance_tags(aws, instance_id)["bakery:bootstrap"] == "succeeded"
+    assert not (box.root / "etc/chef/validation.pem").exists()
+    assert alerts.received() == []
+
+
+def test_launch_userdata_failure_alerts_once_and_tags_failed(sandbox_factory, alerts, aws):
+    instance_id = new_instance(aws)
+    box = sandbox_factory(instance_id)
+
+    proc = box.run_userdata(launch_userdata(make_role(alerts)), STUB_CHEF_EXIT="2")
+
+    assert proc.returncode == 2
+    received = alerts.received()
+    assert len(received) == 1
+    assert "launch of role web failed" in received[0]["Message"] and instance_id in received[0]["Message"]
+    tags = instance_tags(aws, instance_id)
+    assert tags["bakery:bootstrap"] == "failed" and "chef-client exited 2" in tags["bakery:bootstrap-detail"]

@@ -165,3 +165,41 @@ def test_bake_command_and_reuse(devstack, e2e_env, instance_runner, tmp_path):
     assert after == before
     again = json.loads((ws / "artifacts" / "amis.json").read_text())
     assert again["amis"] == amis and again["release"] == "3.1"
+
+
+def test_status_keep_on_failure_and_force(devstack, e2e_env, instance_runner, tmp_path):
+    ws = tmp_path / "ws"
+    catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={
+        "flaky": {"platform": "linux", "run_lists": {"ami": ["recipe[roles::fail]"]}},
+        "steady": {"platform": "linux"}})
+    proc = bakery(e2e_env, ws, catalog, "bake", "--role", "flaky", "--role", "steady", "--release", "4.0",
+                  "--keep-on-failure", timeout=300)
+    assert proc.returncode == 1
+    assert "1 of 2 role(s) failed: flaky" in proc.stderr
+    assert f"bakery --workspace {ws} cleanup --role flaky" in proc.stderr + proc.stdout
+    ec2 = devstack.moto.client("ec2")
+    flaky = json.loads((ws / ".bakery" / "flaky.json").read_text())
+    inst = ec2.describe_instances(InstanceIds=[flaky["instance_id"]])["Reservations"][0]["Instances"][0]
+    assert inst["State"]["Name"] in ("running", "stopped")  # kept for debugging
+    # one failing role never stops the others
+    assert json.loads((ws / ".bakery" / "steady.json").read_text())["outcome"] == "succeeded"
+
+    proc = bakery(e2e_env, ws, catalog, "status", "--json")
+    data = json.loads(proc.stdout)
+    assert data["flaky"]["stages"]["bootstrap"]["status"] == "failed" and not data["flaky"]["closed"]
+    assert data["steady"]["outcome"] == "succeeded"
+    human = bakery(e2e_env, ws, catalog, "status", "--role", "flaky").stdout
+    assert "bootstrap" in human and "failed" in human and flaky["instance_id"] in human
+
+    proc = bakery(e2e_env, ws, catalog, "cleanup", "--role", "flaky")
+    assert proc.returncode == 0, proc.stderr
+    inst = ec2.describe_instances(InstanceIds=[flaky["instance_id"]])["Reservations"][0]["Instances"][0]
+    assert inst["State"]["Name"] == "terminated"
+
+    # --force rebakes an unchanged role instead of reusing its AMI
+    first = json.loads((ws / "artifacts" / "steady.json").read_text())["amis"]["us-east-1"]
+    proc = bakery(e2e_env, ws, catalog, "bake", "--role", "steady", "--release", "4.1", "--force", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    second = json.loads((ws / "artifacts" / "steady.json").read_text())["amis"]["us-east-1"]
+    assert second != first
+    assert (ws / "reports" / "summary.html").exists() and (ws / "reports" / "summary.md").exists()

@@ -74,16 +74,15 @@ def bake_role(
                                    time.monotonic() - t0, results, amis)
             c0 = time.monotonic()
             ctx.state = ws.load(role_name)
-            if ctx.state is not None and ctx.state.closed and failed.stage == "preflight":
-                text = "nothing to clean up"
-                ok = True
+            if failed.stage == "preflight":
+                # Preflight creates nothing; a state it refused (another bake in progress here) is not ours.
+                text = "nothing to clean up (preflight creates nothing)"
             else:
                 report = cleanup(ctx, keep_instance=keep_on_failure)
                 text = report.text()
-                ok = not report.errors
                 write_junit(ws, role_name, "cleanup", time.monotonic() - c0, output=text,
-                            failure=None if ok else text)
-            if keep_on_failure:
+                            failure=text if report.errors else None)
+            if keep_on_failure and failed.stage != "preflight":
                 text += f"; to remove the kept instance later: bakery --workspace {ws.root} cleanup --role {role_name}"
             log(f"{role_name}: cleanup after failure: {text}")
             return RoleOutcome(role_name, "failed", f"{failed.stage}: {failed.message}", time.monotonic() - t0,

@@ -203,3 +203,17 @@ def test_status_keep_on_failure_and_force(devstack, e2e_env, instance_runner, tm
     second = json.loads((ws / "artifacts" / "steady.json").read_text())["amis"]["us-east-1"]
     assert second != first
     assert (ws / "reports" / "summary.html").exists() and (ws / "reports" / "summary.md").exists()
+
+
+def test_bake_refuses_while_a_stage_by_stage_bake_is_open(devstack, e2e_env, tmp_path):
+    ws = tmp_path / "ws"
+    catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={"busy": {"platform": "linux"}})
+    assert bakery(e2e_env, ws, catalog, "stage", "preflight", "--role", "busy", "--release", "1").returncode == 0
+    before = json.loads((ws / ".bakery" / "busy.json").read_text())
+    proc = bakery(e2e_env, ws, catalog, "bake", "--role", "busy", "--release", "2")
+    assert proc.returncode == 1 and "still in progress" in proc.stderr + proc.stdout
+    after = json.loads((ws / ".bakery" / "busy.json").read_text())
+    assert after["bake_id"] == before["bake_id"] and not after["closed"]  # the open bake was not touched
+    proc = bakery(e2e_env, ws, catalog, "stage", "preflight", "--role", "busy", "--release", "2")
+    assert proc.returncode == 1 and "bakery cleanup --role busy" in proc.stderr
+    assert bakery(e2e_env, ws, catalog, "cleanup", "--role", "busy").returncode == 0

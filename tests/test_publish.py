@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_stages_aws import make_ctx, open_bake, unique_role
 
 from bakery_lib.cleanup import cleanup
 from bakery_lib.devstack.moto import seed_base_image
 from bakery_lib.errors import BakeryError
 from bakery_lib.stages import publish
-from test_stages_aws import make_ctx, open_bake, unique_role
 
 ACCOUNT = "111122223333"
 

@@ -1,0 +1,159 @@
+"""``generate-jobs``: render one bake job per role and sync them to Jenkins (or write them to files).
+
+    generate-jobs [--catalog PATH] [--workspace DIR] [--output-dir DIR]
+                  [--jenkins-url URL] [--user U] [--token T]
+                  [--delete-stale] [--adopt] [--dry-run] [--workers N]
+
+With ``--output-dir`` it writes ``DIR/JOBNAME/config.xml`` (folders as ``DIR/FOLDER/config.xml``,
+the view as ``DIR/[FOLDER/]@views/NAME/config.xml``) and touches no server. Otherwise it syncs to
+the Jenkins at ``--jenkins-url`` or ``JENKINS_URL`` as ``JENKINS_USER`` with ``JENKINS_API_TOKEN``
+(flags override the environment) and writes ``reports/generate-jobs.xml`` under the workspace.
+
+Exit codes: 0 done (or nothing to do); 1 Jenkins could not be reached or used, or some item could
+not be synced (each named with the reason); 2 bad usage or a bad catalogue (nothing was done).
+This module only parses arguments and the environment; ``bakery_lib.cli`` calls ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from ..catalog import Catalog, load_catalog
+from ..errors import UsageError
+from .render import Item, render_items, write_output_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="generate-jobs",
+        description="Render one post-deploy AMI bake job per role of the catalogue and sync them to Jenkins.",
+    )
+    p.add_argument("--catalog", metavar="PATH", help="roles catalogue (default: $BAKERY_CATALOG or bakery.yaml)")
+    p.add_argument("--workspace", metavar="DIR", default=None,
+                   help="where reports/generate-jobs.xml is written (default: the current directory)")
+    p.add_argument("--output-dir", metavar="DIR", help="only write DIR/JOBNAME/config.xml; no Jenkins is contacted")
+    p.add_argument("--jenkins-url", metavar="URL", help="Jenkins root URL (default: $JENKINS_URL)")
+    p.add_argument("--user", metavar="USER", help="Jenkins user (default: $JENKINS_USER)")
+    p.add_argument("--token", metavar="TOKEN",
+                   help="the user's API token (default: $JENKINS_API_TOKEN, which keeps it out of the process list)")
+    p.add_argument("--delete-stale", action="store_true",
+                   help="delete managed jobs whose role left the catalogue (never a job without the bakery's marker)")
+    p.add_argument("--adopt", action="store_true",
+                   help="take over existing jobs of the same names that lack the bakery's marker")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, with a diff per update, and change nothing")
+    p.add_argument("--workers", metavar="N", type=_positive, default=4, help="parallel requests (default: 4)")
+    return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"{value} is out of range 1..64")
+    return value
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    try:
+        args = build_parser().parse_args(None if argv is None else list(argv))
+    except SystemExit as exc:  # argparse already printed the usage message
+        return int(exc.code or 0)
+    try:
+        return _run(args, out, err)
+    except UsageError as exc:  # CatalogError included: names the file, the role and the key
+        err.write(f"generate-jobs: {exc}\n")
+        return exc.exit_code
+    except OSError as exc:  # e.g. the output directory or the report cannot be written
+        err.write(f"generate-jobs: {exc}\n")
+        return 1
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    catalog = load_catalog(args.catalog)
+    items = render_items(catalog)
+
+    if args.output_dir:
+        if args.delete_stale or args.adopt:
+            raise UsageError("--delete-stale and --adopt need a Jenkins to sync to; --output-dir only writes files")
+        root = Path(args.output_dir)
+        if args.dry_run:
+            for item in items:
+                out.write(f"would write {item.output_path(root)}\n")
+            return 0
+        paths = write_output_dir(items, root)
+        out.write(f"generate-jobs: wrote {len(paths)} config.xml files under {root} (no Jenkins contacted)\n")
+        return 0
+
+    return _sync(args, catalog, items, out, err)
+
+
+def _sync(args: argparse.Namespace, catalog: Catalog, items: tuple[Item, ...], out: TextIO, err: TextIO) -> int:
+    # Imported here: only a sync needs python-jenkins (and requests), --output-dir does not.
+    from .execute import Outcome, execute, show_outcome, show_plan
+    from .manager import JenkinsError, JenkinsManager, display_url
+    from .plan import Action, decide, read_remote
+    from .report import REPORT_NAME, summary, write_junit
+
+    jenkins = catalog.jenkins
+    url = args.jenkins_url or os.environ.get("JENKINS_URL")
+    if not url:
+        raise UsageError(
+            "no Jenkins to sync to: give --jenkins-url URL or set JENKINS_URL (or --output-dir DIR to only write the configs)"
+        )
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"Jenkins URL {display_url(url)!r} must start with http:// or https://")
+    user = args.user if args.user is not None else os.environ.get("JENKINS_USER")
+    token = args.token if args.token is not None else os.environ.get("JENKINS_API_TOKEN")
+    if bool(user) != bool(token):
+        missing = "JENKINS_API_TOKEN (or --token)" if user else "JENKINS_USER (or --user)"
+        raise UsageError(f"a Jenkins user needs its API token and the other way round: set {missing}")
+
+    workspace = Path(args.workspace or ".")
+    report = workspace / "reports" / REPORT_NAME
+    manager = JenkinsManager(url, user or None, token or None)
+    shown = manager.shown_url
+    start = time.monotonic()
+    target = jenkins.folder or ""
+    try:
+        state = read_remote(manager, items, target=target, adopt=args.adopt, workers=args.workers)
+        plan = decide(items, state, prefix=jenkins.job_prefix, roles=list(catalog.roles),
+                      release_job=jenkins.release_job, delete_stale=args.delete_stale, adopt=args.adopt)
+        if plan.writes and not args.dry_run:
+            manager.check_crumb()
+    except JenkinsError as exc:
+        err.write(f"generate-jobs: {exc}\n")
+        failure = Action("error", "job", "", "connect to Jenkins", reason=str(exc))
+        write_junit(report, [Outcome(failure, False, str(exc))], url=shown, seconds=time.monotonic() - start)
+        return 1
+
+    if args.dry_run:
+        show_plan(plan, out)
+        outcomes = [Outcome(a, a.op != "error", a.reason if a.op == "error" else "") for a in plan.actions]
+    else:
+        outcomes = execute(plan, manager, workers=args.workers, on_outcome=lambda o: show_outcome(o, out))
+        if plan.stale_kept:
+            out.write(
+                f"kept {len(plan.stale_kept)} managed job(s) whose role left the catalogue: "
+                f"{', '.join(plan.stale_kept)} (give --delete-stale to delete them)\n"
+            )
+    seconds = time.monotonic() - start
+    write_junit(report, outcomes, plan=plan, dry_run=args.dry_run, url=shown, seconds=seconds)
+    out.write(summary(outcomes, url=shown, seconds=seconds, dry_run=args.dry_run, stale_kept=len(plan.stale_kept)) + "\n")
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        names = "; ".join(f"{o.action.label}: {o.message}" for o in failed[:10])
+        more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
+        verb = "cannot be synced" if args.dry_run else "failed"
+        err.write(f"generate-jobs: {len(failed)} item(s) {verb}: {names}{more}. Details in {report}\n")
+        return 1
+    return 0

@@ -1,0 +1,840 @@
+"""An in-process HTTP double of the Jenkins endpoints python-jenkins (and Jenkins Job Builder) use.
+
+No Jenkins server can be had here, so tests, the benchmark and the demo talk to this instead, on
+127.0.0.1, through the real python-jenkins client. It is faithful where a client can tell:
+
+- every response carries ``X-Jenkins`` (python-jenkins reads the version from it);
+- basic auth with an API token: a wrong user or token gets 401 (``WWW-Authenticate``), no
+  credentials at all get 403 "Authentication required" (as Jenkins does when anonymous users may
+  not read), a user without configure rights gets 403 on writes;
+- CSRF crumbs: ``crumbIssuer/api/json`` issues a crumb bound to the user and the HTTP session
+  (``JSESSIONID`` cookie, as Jenkins >= 2.176 does); every POST must carry it in ``Jenkins-Crumb``
+  or gets 403 "No valid crumb was included in the request". That is the strict setting (Jenkins
+  also exempts API-token requests unless told not to): a client that works here works on both;
+- ``createItem?name=`` with an XML body (job or folder) or ``mode=`` form (folder), 400 when the
+  item exists, 404 when the folder does not; ``job/NAME/config.xml`` GET/POST; ``doDelete``
+  (302 to the parent, like Jenkins); views: ``createView``, ``view/NAME/config.xml``, ``doDelete``,
+  stored inside their folder's config as Jenkins does;
+- ``api/json`` with ``tree=`` (nested, any depth, beyond which objects carry only ``_class``) and
+  ``depth=`` for Jenkins, folders, jobs and views; nested folders (``job/a/job/b/...``);
+- on every save the config is re-serialized the way Jenkins' XStream writes it: XML 1.1 header,
+  two-space indentation, and ``plugin="name@version"`` on every element whose class comes from a
+  plugin other than its parent's. A config read back is therefore *not* byte-equal to what was
+  posted, exactly the trap a naive "compare and update" falls into.
+
+For assertions: ``log`` records every request (method, path, query, status, user); ``ui_edit``
+changes a job as a person in the web UI would (not logged as an API request); ``simulate_build``
+adds the action a declarative Pipeline run stores in the job's config; ``fail_next`` injects an
+error response. Stdlib only, so the demo can import it too.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import socket
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+JENKINS_VERSION = "2.462.3"
+CRUMB_FIELD = "Jenkins-Crumb"
+FOLDER_CLASS = "com.cloudbees.hudson.plugins.folder.Folder"
+
+# Which plugin a class comes from (longest matching prefix wins); anything else is core.
+PLUGINS: dict[str, str] = {
+    "org.jenkinsci.plugins.workflow.job.": "workflow-job@1436.vfa_244484591f",
+    "org.jenkinsci.plugins.workflow.cps.": "workflow-cps@3894.vd0f0248b_a_fc4",
+    "org.jenkinsci.plugins.pipeline.modeldefinition.": "pipeline-model-definition@2.2214.vb_b_34b_2ea_9b_83",
+    "hudson.plugins.git.": "git@5.2.2",
+    "com.cloudbees.hudson.plugins.folder.": "cloudbees-folder@6.928.v7c780211d66e",
+    "jenkins.branch.": "branch-api@2.1169.va_f810c56e895",
+}
+# Root tags that are not class names.
+ROOT_CLASSES = {
+    "flow-definition": "org.jenkinsci.plugins.workflow.job.WorkflowJob",
+    "project": "hudson.model.FreeStyleProject",
+    "matrix-project": "hudson.matrix.MatrixProject",
+}
+_FQCN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+\.[A-Z][A-Za-z0-9_$]*$")
+_NAME_BAD = re.compile(r"[?*/\\%!@#$^&|<>\[\]:;]")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as the double saw it."""
+
+    method: str
+    path: str
+    query: str
+    status: int
+    user: str | None
+
+
+@dataclass
+class _Fault:
+    method: str
+    path_contains: str
+    status: int
+    body: str
+    remaining: int
+
+
+@dataclass
+class _Node:
+    """A job, a folder or the Jenkins root. Folders and the root hold items and views."""
+
+    kind: str  # "root" | "folder" | "job"
+    name: str
+    config: str = ""  # as Jenkins would store it (re-serialized); views of a folder live in self.views
+    items: dict[str, _Node] = field(default_factory=dict)
+    views: dict[str, str] = field(default_factory=dict)  # view name -> stored view XML
+
+    @property
+    def is_group(self) -> bool:
+        return self.kind in ("root", "folder")
+
+
+def plugin_of(class_name: str) -> str | None:
+    best = None
+    for prefix, plugin in PLUGINS.items():
+        if class_name.startswith(prefix) and (best is None or len(prefix) > len(best[0])):
+            best = (prefix, plugin)
+    return best[1] if best else None
+
+
+def jenkins_serialize(xml: str) -> str:
+    """Parse ``xml`` and write it back as Jenkins would store it. Raises ET.ParseError."""
+    root = ET.fromstring(xml)
+    _add_plugin_attributes(root, owner=None, is_root=True)
+    ET.indent(root, space="  ")
+    # Text is escaped (">" -> "&gt;"), so " />" can only be the end of an empty tag: XStream writes "<x/>".
+    body = ET.tostring(root, encoding="unicode", short_empty_elements=True).replace(" />", "/>")
+    # XStream escapes quotes in text too; ET does not. Harmless for parsers, visible to byte compares.
+    return "<?xml version='1.1' encoding='UTF-8'?>\n" + body + "\n"
+
+
+def _element_class(el: ET.Element, is_root: bool) -> str | None:
+    if "class" in el.attrib:
+        return el.attrib["class"]
+    if is_root and el.tag in ROOT_CLASSES:
+        return ROOT_CLASSES[el.tag]
+    if _FQCN.match(el.tag):
+        return el.tag
+    return None
+
+
+def _add_plugin_attributes(el: ET.Element, owner: str | None, is_root: bool = False) -> None:
+    cls = _element_class(el, is_root)
+    if cls is not None and "reference" not in el.attrib:  # XStream back-references carry no plugin
+        plugin = plugin_of(cls)
+        if plugin and plugin != owner:
+            el.set("plugin", plugin)
+        owner = plugin
+    for child in el:
+        _add_plugin_attributes(child, owner)
+
+
+def _class_of_config(xml: str) -> str:
+    root = ET.fromstring(xml)
+    return _element_class(root, True) or root.tag
+
+
+def _description_of(xml: str) -> str:
+    try:
+        el = ET.fromstring(xml).find("description")
+    except ET.ParseError:
+        return ""
+    return (el.text or "") if el is not None else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# ?tree= parsing and filtering, as Jenkins' Stapler export does it.
+
+
+def parse_tree(spec: str) -> dict[str, Any]:
+    """``jobs[name,url,jobs[name]],views[name]`` -> {"jobs": {"name": None, ...}, "views": {...}}."""
+    pos = 0
+
+    def parse_list() -> dict[str, Any]:
+        nonlocal pos
+        out: dict[str, Any] = {}
+        while pos < len(spec):
+            m = re.compile(r"[A-Za-z_][A-Za-z0-9_]*").match(spec, pos)
+            if not m:
+                raise ValueError(f"bad tree spec at {pos}: {spec!r}")
+            name = m.group(0)
+            pos = m.end()
+            sub: dict[str, Any] | None = None
+            if pos < len(spec) and spec[pos] in "[{":
+                if spec[pos] == "[":
+                    pos += 1
+                    sub = parse_list()
+                    if pos >= len(spec) or spec[pos] != "]":
+                        raise ValueError(f"unbalanced tree spec: {spec!r}")
+                    pos += 1
+                if pos < len(spec) and spec[pos] == "{":  # range like {0,10}: ignored
+                    pos = spec.index("}", pos) + 1
+            out[name] = sub
+            if pos < len(spec) and spec[pos] == ",":
+                pos += 1
+                continue
+            break
+        return out
+
+    result = parse_list()
+    if pos != len(spec):
+        raise ValueError(f"bad tree spec: {spec!r}")
+    return result
+
+
+def filter_tree(obj: Any, tree: dict[str, Any] | None) -> Any:
+    if isinstance(obj, list):
+        return [filter_tree(o, tree) for o in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {"_class": obj["_class"]} if "_class" in obj else {}
+    for key, sub in (tree or {}).items():
+        if key in obj:
+            value = obj[key]
+            if callable(value):
+                value = value()
+            if sub is None and isinstance(value, (dict, list)):
+                # A nested object asked for without fields: Jenkins gives only its _class.
+                out[key] = filter_tree(value, {})
+            else:
+                out[key] = filter_tree(value, sub)
+    return out
+
+
+class JenkinsDouble:
+    """The double. Use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        users: dict[str, str] | None = None,
+        *,
+        readonly_users: dict[str, str] | None = None,
+        version: str = JENKINS_VERSION,
+        csrf: bool = True,
+    ):
+        self.version = version
+        self.csrf = csrf
+        self._tokens = dict(users if users is not None else {"admin": "admin-api-token"})
+        self._readonly = dict(readonly_users or {})
+        self._secret = secrets.token_bytes(16)
+        self._lock = threading.RLock()
+        self.root = _Node("root", "")
+        self.root.views["all"] = jenkins_serialize(
+            "<hudson.model.AllView><name>all</name><filterExecutors>false</filterExecutors>"
+            "<filterQueue>false</filterQueue><properties class='hudson.model.View$PropertyList'/>"
+            "</hudson.model.AllView>"
+        )
+        self.log: list[Request] = []
+        self._faults: list[_Fault] = []
+        self.crumb_issuer_status = 200  # set to e.g. 500 to break the crumb issuer
+        self.reject_crumbs = False  # every POST fails as if the crumb header had been stripped
+        self.latency = 0.0  # seconds added to every request (a remote Jenkins is never instant)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, port: int = 0) -> JenkinsDouble:
+        """Serve on 127.0.0.1:``port`` (0: any free port, see ``url``) from a background thread."""
+        handler = type("Handler", (_Handler,), {"double": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="jenkins-double", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> JenkinsDouble:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() the double first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/"
+
+    # -- state for tests ---------------------------------------------------------------------------
+
+    def add_user(self, name: str, token: str, *, readonly: bool = False) -> None:
+        (self._readonly if readonly else self._tokens)[name] = token
+
+    def reset(self) -> None:
+        """Forget every job, folder and view and the request log."""
+        with self._lock:
+            self.root.items.clear()
+            self.root.views = {k: v for k, v in self.root.views.items() if k == "all"}
+            self.log.clear()
+            self._faults.clear()
+            self.crumb_issuer_status = 200
+            self.reject_crumbs = False
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self.log.clear()
+
+    def requests(self, method: str | None = None, path_contains: str = "") -> list[Request]:
+        with self._lock:
+            return [r for r in self.log if (method is None or r.method == method) and path_contains in r.path]
+
+    def writes(self) -> list[Request]:
+        """Every request that could change something (Jenkins changes state only on POST)."""
+        return self.requests("POST")
+
+    def fail_next(self, method: str, path_contains: str, status: int = 500, body: str = "", count: int = 1) -> None:
+        """The next ``count`` matching requests get ``status`` (after auth, before doing anything)."""
+        with self._lock:
+            self._faults.append(_Fault(method, path_contains, status, body or f"injected HTTP {status}", count))
+
+    def exists(self, full_name: str) -> bool:
+        with self._lock:
+            return self._find(full_name) is not None
+
+    def config(self, full_name: str) -> str:
+        """The config as Jenkins stores it (for a folder: with its views)."""
+        with self._lock:
+            node = self._find(full_name)
+            if node is None:
+                raise KeyError(full_name)
+            return self._config_of(node)
+
+    def view_config(self, parent: str, name: str) -> str:
+        with self._lock:
+            node = self._find(parent) if parent else self.root
+            if node is None or name not in node.views:
+                raise KeyError(f"{parent}/{name}")
+            return node.views[name]
+
+    def job_names(self) -> list[str]:
+        """Full names of every item (jobs and folders), depth first."""
+        out: list[str] = []
+
+        def walk(node: _Node, prefix: str) -> None:
+            for name, child in node.items.items():
+                out.append(prefix + name)
+                if child.is_group:
+                    walk(child, prefix + name + "/")
+
+        with self._lock:
+            walk(self.root, "")
+        return out
+
+    def put_item(self, full_name: str, xml: str) -> None:
+        """Create or replace an item directly, as if made in the web UI (not logged)."""
+        with self._lock:
+            parent, name = self._split(full_name)
+            group = self._find(parent) if parent else self.root
+            if group is None or not group.is_group:
+                raise KeyError(f"no folder {parent!r}")
+            stored = jenkins_serialize(xml)
+            cls = _class_of_config(stored)
+            if cls == FOLDER_CLASS:
+                node = group.items.get(name) or _Node("folder", name)
+                self._store_folder_config(node, stored)
+                group.items[name] = node
+            else:
+                group.items[name] = _Node("job", name, stored)
+
+    def put_folder(self, full_name: str, description: str = "") -> None:
+        self.put_item(full_name, folder_xml(description))
+
+    def ui_edit(self, full_name: str, edit: Callable[[str], str]) -> None:
+        """Change an item's config as a person saving the configure page would (not logged)."""
+        with self._lock:
+            self.put_item(full_name, edit(self.config(full_name)))
+
+    def simulate_build(self, full_name: str) -> None:
+        """What a declarative Pipeline build leaves in its job's config.xml: tracker actions."""
+
+        def add_actions(xml: str) -> str:
+            root = ET.fromstring(xml)
+            actions = root.find("actions")
+            if actions is None:
+                actions = ET.Element("actions")
+                root.insert(0, actions)
+            if actions.find("org.jenkinsci.plugins.pipeline.modeldefinition.actions.DeclarativeJobAction") is None:
+                ET.SubElement(actions, "org.jenkinsci.plugins.pipeline.modeldefinition.actions.DeclarativeJobAction")
+                tracker = ET.SubElement(
+                    actions, "org.jenkinsci.plugins.pipeline.modeldefinition.actions.DeclarativeJobPropertyTrackerAction"
+                )
+                for tag in ("jobProperties", "triggers", "parameters", "options"):
+                    ET.SubElement(tracker, tag)
+            return ET.tostring(root, encoding="unicode")
+
+        self.ui_edit(full_name, add_actions)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _split(full_name: str) -> tuple[str, str]:
+        parent, _, name = full_name.rpartition("/")
+        return parent, name
+
+    def _find(self, full_name: str) -> _Node | None:
+        node = self.root
+        for part in full_name.split("/"):
+            if not node.is_group or part not in node.items:
+                return None
+            node = node.items[part]
+        return node
+
+    def _config_of(self, node: _Node) -> str:
+        if node.kind != "folder":
+            return node.config
+        root = ET.fromstring(node.config)
+        holder = root.find("folderViews")
+        if holder is None:
+            holder = ET.SubElement(root, "folderViews", {"class": f"{FOLDER_CLASS[:-6]}views.DefaultFolderViewHolder"})
+        views = holder.find("views")
+        if views is None:
+            views = ET.SubElement(holder, "views")
+        for child in list(views):
+            views.remove(child)
+        for xml in node.views.values():
+            views.append(ET.fromstring(xml))
+        return jenkins_serialize(ET.tostring(root, encoding="unicode"))
+
+    def _store_folder_config(self, node: _Node, stored: str) -> None:
+        """A folder's views are part of its config.xml: posting the config replaces them."""
+        root = ET.fromstring(stored)
+        views = root.find("folderViews/views")
+        node.views = {}
+        if views is not None:
+            for view in list(views):
+                name = view.findtext("name") or "All"
+                node.views[name] = jenkins_serialize(ET.tostring(view, encoding="unicode"))
+                views.remove(view)
+        if not node.views:
+            node.views["All"] = jenkins_serialize(_ALL_VIEW)
+        node.config = jenkins_serialize(ET.tostring(root, encoding="unicode"))
+
+    def _take_fault(self, method: str, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.method == method and fault.path_contains in path and fault.remaining > 0:
+                    fault.remaining -= 1
+                    if fault.remaining == 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _crumb(self, user: str, session: str) -> str:
+        return hmac.new(self._secret, f"{user}\0{session}".encode(), hashlib.sha256).hexdigest()
+
+
+_ALL_VIEW = (
+    "<hudson.model.AllView><owner class='com.cloudbees.hudson.plugins.folder.Folder' reference='../../../..'/>"
+    "<name>All</name><filterExecutors>false</filterExecutors><filterQueue>false</filterQueue>"
+    "<properties class='hudson.model.View$PropertyList'/></hudson.model.AllView>"
+)
+
+
+def folder_xml(description: str = "") -> str:
+    """A folder config as Jenkins writes a new folder (used for form-mode creation and by tests)."""
+    root = ET.Element("com.cloudbees.hudson.plugins.folder.Folder")
+    ET.SubElement(root, "actions")
+    ET.SubElement(root, "description").text = description
+    ET.SubElement(root, "properties")
+    holder = ET.SubElement(root, "folderViews", {"class": "com.cloudbees.hudson.plugins.folder.views.DefaultFolderViewHolder"})
+    views = ET.SubElement(holder, "views")
+    views.append(ET.fromstring(_ALL_VIEW))
+    ET.SubElement(holder, "tabBar", {"class": "hudson.views.DefaultViewsTabBar"})
+    ET.SubElement(root, "healthMetrics")
+    ET.SubElement(root, "icon", {"class": "com.cloudbees.hudson.plugins.folder.icons.StockFolderIcon"})
+    return ET.tostring(root, encoding="unicode")
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, body: str = "", headers: dict[str, str] | None = None):
+        super().__init__(body)
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    double: JenkinsDouble
+    protocol_version = "HTTP/1.1"
+    server_version = "Jetty(10.0.20)"
+
+    def setup(self) -> None:
+        super().setup()
+        # As Jetty does: without TCP_NODELAY, a response written as headers then body waits for the
+        # client's delayed ACK (40 ms) on every keep-alive request.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # the request log is self.double.log; stderr stays quiet in tests
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def _dispatch(self, method: str) -> None:
+        d = self.double
+        split = urlsplit(self.path)
+        path, query = split.path, split.query
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self._set_cookie: str | None = None
+        user: str | None = None
+        status = 500
+        try:
+            if d.latency:
+                time.sleep(d.latency)
+            user = self._authenticate()
+            fault = d._take_fault(method, path)
+            if fault is not None:
+                raise _HttpError(fault.status, fault.body)
+            status, ctype, payload, headers = self._route(method, path, parse_qs(query), body, user)
+        except _HttpError as err:
+            status, ctype, payload, headers = err.status, "text/html;charset=utf-8", err.body.encode(), err.headers
+        except Exception as exc:  # a bug in the double must show up as a 500, like Jenkins' oops page
+            status, ctype, payload, headers = 500, "text/plain;charset=utf-8", f"double error: {exc!r}".encode(), {}
+        with d._lock:
+            d.log.append(Request(method, unquote(path), query, status, user))
+        self.send_response(status)
+        self.send_header("X-Jenkins", d.version)
+        self.send_header("X-Jenkins-Session", "a1b2c3d4")
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(payload)))
+        if self._set_cookie:
+            self.send_header("Set-Cookie", self._set_cookie)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(payload)
+
+    def _authenticate(self) -> str | None:
+        d = self.double
+        header = self.headers.get("Authorization", "")
+        if not header:
+            raise _HttpError(
+                403,
+                "<html><body>Authentication required</body></html>",
+                {"X-You-Are-Authenticated-As": "anonymous", "X-Required-Permission": "hudson.model.Hudson.Read"},
+            )
+        try:
+            scheme, _, value = header.partition(" ")
+            user, _, token = base64.b64decode(value).decode("utf-8").partition(":")
+            if scheme.lower() != "basic":
+                raise ValueError(scheme)
+        except Exception:
+            raise _HttpError(401, "bad Authorization header", {"WWW-Authenticate": 'Basic realm="Jenkins"'}) from None
+        expected = d._tokens.get(user) or d._readonly.get(user)
+        if expected is None or not hmac.compare_digest(expected, token):
+            raise _HttpError(
+                401,
+                f"<html><body>Invalid password/token for user: {user}</body></html>",
+                {"WWW-Authenticate": 'Basic realm="Jenkins"'},
+            )
+        return user
+
+    def _session(self) -> str:
+        cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        for key, morsel in cookie.items():
+            if key.startswith("JSESSIONID."):
+                return morsel.value
+        session = secrets.token_hex(12)
+        self._set_cookie = f"JSESSIONID.a1b2c3d4={session}; Path=/; HttpOnly"
+        return session
+
+    def _check_write(self, user: str | None) -> None:
+        d = self.double
+        if user in d._readonly:
+            raise _HttpError(403, f"{user} is missing the Job/Configure permission")
+        if not d.csrf:
+            return
+        crumb = self.headers.get(CRUMB_FIELD, "")
+        cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        sessions = [m.value for k, m in cookie.items() if k.startswith("JSESSIONID.")]
+        valid = any(hmac.compare_digest(d._crumb(user or "", s), crumb) for s in sessions)
+        if d.reject_crumbs or not valid:
+            raise _HttpError(
+                403,
+                "<html><head><title>Error 403 No valid crumb was included in the request</title></head>"
+                "<body><h2>HTTP ERROR 403 No valid crumb was included in the request</h2></body></html>",
+            )
+
+    # -- routing ---------------------------------------------------------------------------------
+
+    def _route(
+        self, method: str, path: str, query: dict[str, list[str]], body: bytes, user: str | None
+    ) -> tuple[int, str, bytes, dict[str, str]]:
+        d = self.double
+        parts = [unquote(p) for p in path.split("/") if p]
+        # Resolve job/NAME/job/NAME/... from the root.
+        node = d.root
+        item_path: list[str] = []
+        while len(parts) >= 2 and parts[0] == "job":
+            with d._lock:
+                child = node.items.get(parts[1]) if node.is_group else None
+            if child is None:
+                raise _HttpError(404, "Not Found")
+            node = child
+            item_path.append(parts[1])
+            parts = parts[2:]
+        view: str | None = None
+        if len(parts) >= 2 and parts[0] == "view":
+            if not node.is_group or parts[1] not in node.views:
+                raise _HttpError(404, "Not Found")
+            view = parts[1]
+            parts = parts[2:]
+        rest = "/".join(parts)
+        base = d.url + "".join(f"job/{quote(p)}/" for p in item_path)
+
+        if method == "POST":
+            self._check_write(user)
+
+        if rest == "crumbIssuer/api/json" and node is d.root and method == "GET":
+            if d.crumb_issuer_status != 200:
+                raise _HttpError(d.crumb_issuer_status, "crumb issuer failed")
+            crumb = d._crumb(user or "", self._session())
+            return self._json(
+                {"_class": "hudson.security.csrf.DefaultCrumbIssuer", "crumb": crumb, "crumbRequestField": CRUMB_FIELD}
+            )
+        if rest in ("api/json", "api/json/"):
+            if method != "GET":
+                raise _HttpError(405, "Method Not Allowed")
+            if view is not None:
+                obj = self._view_json(node, view, base)
+            else:
+                obj = self._node_json(node, base)
+            return self._json(self._shape(obj, query))
+        if rest == "pluginManager/api/json" and node is d.root:
+            plugins = [
+                {"shortName": p.split("@")[0], "version": p.split("@")[1], "longName": p.split("@")[0], "active": True,
+                 "enabled": True, "hasUpdate": False, "pinned": False, "bundled": False, "deleted": False,
+                 "downgradable": False, "supportsDynamicLoad": "MAYBE", "url": "", "dependencies": []}
+                for p in PLUGINS.values()
+            ]
+            return self._json({"_class": "hudson.LocalPluginManager", "plugins": plugins})
+        if rest == "me/api/json" and node is d.root:
+            return self._json({"_class": "hudson.model.User", "id": user, "fullName": user})
+        if rest == "createItem" and method == "POST":
+            return self._create_item(node, item_path, query, body)
+        if rest == "createView" and method == "POST":
+            return self._create_view(node, query, body)
+        if rest == "config.xml":
+            if view is not None:
+                return self._view_config(node, view, method, body)
+            if node is d.root:
+                raise _HttpError(404, "Not Found")
+            return self._item_config(node, method, body)
+        if rest == "doDelete" and method == "POST":
+            parent_url = d.url + "".join(f"job/{quote(p)}/" for p in item_path[:-1])
+            with d._lock:
+                if view is not None:
+                    del node.views[view]
+                    return 302, "text/html", b"", {"Location": base}
+                if node is d.root:
+                    raise _HttpError(405, "Method Not Allowed")
+                parent = d._find("/".join(item_path[:-1])) if len(item_path) > 1 else d.root
+                assert parent is not None
+                del parent.items[item_path[-1]]
+            return 302, "text/html", b"", {"Location": parent_url}
+        if rest == "" and method in ("GET", "HEAD"):
+            return 200, "text/html;charset=utf-8", b"<html><body>Jenkins</body></html>", {}
+        raise _HttpError(404, "Not Found")
+
+    def _json(self, obj: Any) -> tuple[int, str, bytes, dict[str, str]]:
+        return 200, "application/json;charset=utf-8", json.dumps(obj).encode(), {}
+
+    def _shape(self, obj: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        if "tree" in query:
+            try:
+                return filter_tree(obj, parse_tree(query["tree"][0]))
+            except ValueError as exc:
+                raise _HttpError(400, str(exc)) from None
+        # depth=0: the object's own fields; nested objects reduced to their summary fields.
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            if callable(value):
+                value = value()
+            if isinstance(value, list):
+                value = [{k: v for k, v in o.items() if k in ("_class", "name", "url", "color")} for o in value]
+            out[key] = value
+        return out
+
+    def _node_json(self, node: _Node, url: str) -> dict[str, Any]:
+        d = self.double
+        with d._lock:
+            if node is d.root:
+                obj: dict[str, Any] = {
+                    "_class": "hudson.model.Hudson", "description": None, "mode": "NORMAL", "nodeName": "",
+                    "nodeDescription": "the Jenkins controller", "numExecutors": 0, "quietingDown": False,
+                    "useCrumbs": d.csrf, "useSecurity": True, "url": d.url,
+                }
+            else:
+                cls = FOLDER_CLASS if node.kind == "folder" else _class_of_config(node.config)
+                obj = {
+                    "_class": cls, "name": node.name, "url": url, "description": _description_of(node.config),
+                    "displayName": node.name, "fullName": url[len(d.url):].replace("job/", "").strip("/"),
+                }
+                if node.kind == "job":
+                    obj.update({"color": "notbuilt", "buildable": True, "inQueue": False, "nextBuildNumber": 1})
+            if node.is_group:
+                children = list(node.items.values())
+                # Lazily expanded, so a deep tree query costs only what it asks for.
+                obj["jobs"] = lambda: [self._node_json(c, f"{url}job/{quote(c.name)}/") for c in children]
+                views = list(node.views)
+                obj["views"] = lambda: [self._view_json(node, v, url) for v in views]
+        return obj
+
+    def _view_json(self, node: _Node, name: str, url: str) -> dict[str, Any]:
+        xml = node.views[name]
+        root = ET.fromstring(xml)
+        return {
+            "_class": _element_class(root, True) or root.tag,
+            "name": name,
+            "url": f"{url}view/{quote(name)}/",
+            "description": root.findtext("description"),
+        }
+
+    def _create_item(
+        self, group: _Node, item_path: list[str], query: dict[str, list[str]], body: bytes
+    ) -> tuple[int, str, bytes, dict[str, str]]:
+        d = self.double
+        if not group.is_group:
+            raise _HttpError(404, "Not Found")
+        ctype = self.headers.get("Content-Type", "")
+        form = parse_qs(body.decode("utf-8", "replace")) if "form-urlencoded" in ctype else {}
+        name = (query.get("name") or form.get("name") or [""])[0]
+        mode = (query.get("mode") or form.get("mode") or [""])[0]
+        if not name or _NAME_BAD.search(name) or name in (".", ".."):
+            raise _HttpError(400, f"Unsafe or missing name: {name!r}", {"X-Error": "Invalid name"})
+        with d._lock:
+            if name in group.items:
+                raise _HttpError(400, f"A job already exists with the name \u2018{name}\u2019", {"X-Error": "Job exists"})
+            if mode == FOLDER_CLASS:
+                node = _Node("folder", name)
+                d._store_folder_config(node, jenkins_serialize(folder_xml()))
+                group.items[name] = node
+                location = d.url + "".join(f"job/{quote(p)}/" for p in [*item_path, name])
+                return 302, "text/html", b"", {"Location": location}
+            if mode:
+                raise _HttpError(400, f"No such job type: {mode}")
+            if "xml" not in ctype:
+                raise _HttpError(400, "No mode given and no XML body")
+            try:
+                stored = jenkins_serialize(body.decode("utf-8"))
+            except (ET.ParseError, UnicodeDecodeError) as exc:
+                raise _HttpError(500, f"java.io.IOException: Failed to parse XML for {name}: {exc}") from None
+            if _class_of_config(stored) == FOLDER_CLASS:
+                node = _Node("folder", name)
+                d._store_folder_config(node, stored)
+            else:
+                node = _Node("job", name, stored)
+            group.items[name] = node
+        return 200, "text/html;charset=utf-8", b"", {}
+
+    def _item_config(self, node: _Node, method: str, body: bytes) -> tuple[int, str, bytes, dict[str, str]]:
+        d = self.double
+        if method == "GET":
+            with d._lock:
+                return 200, "application/xml;charset=UTF-8", d._config_of(node).encode("utf-8"), {}
+        try:
+            stored = jenkins_serialize(body.decode("utf-8"))
+        except (ET.ParseError, UnicodeDecodeError) as exc:
+            raise _HttpError(500, f"java.io.IOException: Unable to read config.xml: {exc}") from None
+        with d._lock:
+            old_cls = FOLDER_CLASS if node.kind == "folder" else _class_of_config(node.config)
+            new_cls = _class_of_config(stored)
+            if new_cls != old_cls:
+                raise _HttpError(500, f"java.io.IOException: Expecting class {old_cls} but got {new_cls} instead")
+            if node.kind == "folder":
+                d._store_folder_config(node, stored)
+            else:
+                node.config = stored
+        return 200, "text/html;charset=utf-8", b"", {}
+
+    def _create_view(self, group: _Node, query: dict[str, list[str]], body: bytes) -> tuple[int, str, bytes, dict[str, str]]:
+        d = self.double
+        name = (query.get("name") or [""])[0]
+        if not group.is_group:
+            raise _HttpError(404, "Not Found")
+        if not name or _NAME_BAD.search(name):
+            raise _HttpError(400, f"Unsafe or missing view name: {name!r}")
+        try:
+            root = ET.fromstring(body.decode("utf-8"))
+        except (ET.ParseError, UnicodeDecodeError) as exc:
+            raise _HttpError(400, f"Failed to parse view XML: {exc}") from None
+        with d._lock:
+            if name in group.views:
+                raise _HttpError(400, f"A view already exists with the name \u2018{name}\u2019")
+            name_el = root.find("name")
+            if name_el is None:
+                name_el = ET.SubElement(root, "name")
+            name_el.text = name  # Jenkins names the view from the query, whatever the XML says
+            group.views[name] = jenkins_serialize(ET.tostring(root, encoding="unicode"))
+        return 200, "text/html;charset=utf-8", b"", {}
+
+    def _view_config(self, group: _Node, name: str, method: str, body: bytes) -> tuple[int, str, bytes, dict[str, str]]:
+        d = self.double
+        with d._lock:
+            if method == "GET":
+                return 200, "application/xml;charset=UTF-8", group.views[name].encode("utf-8"), {}
+            try:
+                root = ET.fromstring(body.decode("utf-8"))
+            except (ET.ParseError, UnicodeDecodeError) as exc:
+                raise _HttpError(500, f"java.io.IOException: Unable to read view config: {exc}") from None
+            name_el = root.find("name")
+            if name_el is None:
+                name_el = ET.SubElement(root, "name")
+            name_el.text = name
+            group.views[name] = jenkins_serialize(ET.tostring(root, encoding="unicode"))
+        return 200, "text/html;charset=utf-8", b"", {}
+
+
+def _serve_forever() -> None:
+    """``python tests/jenkins_double.py [--port N] [--user U] [--token T]``: a double to poke at by hand."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Run the Jenkins double on 127.0.0.1 until Ctrl-C.")
+    ap.add_argument("--port", type=int, default=0, help="default: any free port")
+    ap.add_argument("--user", default="admin")
+    ap.add_argument("--token", default="admin-api-token")
+    args = ap.parse_args()
+    double = JenkinsDouble({args.user: args.token}).start(args.port)
+    print(f"Jenkins double at {double.url} (user {args.user}, token {args.token}); Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        double.stop()
+
+
+if __name__ == "__main__":
+    _serve_forever()

@@ -217,3 +217,23 @@ def test_bake_refuses_while_a_stage_by_stage_bake_is_open(devstack, e2e_env, tmp
     proc = bakery(e2e_env, ws, catalog, "stage", "preflight", "--role", "busy", "--release", "2")
     assert proc.returncode == 1 and "bakery cleanup --role busy" in proc.stderr
     assert bakery(e2e_env, ws, catalog, "cleanup", "--role", "busy").returncode == 0
+
+
+def test_preflight_checks_chef_run_list_and_credentials(devstack, e2e_env, tmp_path):
+    ws = tmp_path / "ws"
+    catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={
+        "ghost": {"platform": "linux", "run_lists": {"ami": ["recipe[nosuchcookbook::x]", "role[nosuchrole]"]}}})
+    proc = bakery(e2e_env, ws, catalog, "stage", "preflight", "--role", "ghost", "--release", "1")
+    assert proc.returncode == 1
+    assert "recipe[nosuchcookbook::x], role[nosuchrole]" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (ws / ".bakery" / "ghost.json").exists()
+    assert "<failure" in (ws / "reports" / "ghost-preflight.xml").read_text()
+
+    bad_key = tmp_path / "wrong.pem"
+    import subprocess as sp
+    sp.run(["openssl", "genrsa", "-out", str(bad_key), "2048"], check=True, capture_output=True)
+    env = {**e2e_env, "CHEF_CLIENT_KEY": str(bad_key)}
+    catalog = devstack.write_catalog(tmp_path / "ok.yaml", roles={"fine": {"platform": "linux"}})
+    proc = bakery(env, ws, catalog, "stage", "preflight", "--role", "fine", "--release", "1")
+    assert proc.returncode == 1 and "401" in proc.stderr
+    assert "PRIVATE KEY" not in proc.stderr + proc.stdout

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import boto3
+import botocore
 import botocore.exceptions
 from botocore.config import Config
 
@@ -30,6 +31,10 @@ from .errors import AwsError, BakeryError, UsageError
 _MUTATING_PREFIXES = ("Create", "Delete", "Run", "Terminate", "Stop", "Start", "Put", "Attach", "Detach",
                       "Authorize", "Revoke", "Register", "Deregister", "Copy", "Modify", "Add", "Remove",
                       "Update", "Publish", "Tag", "Untag")
+
+
+NO_CREDENTIALS = ("no AWS credentials found: give the agent an instance profile, use the Jenkins AWS "
+                  "credentials binding, or set AWS_PROFILE / AWS_ACCESS_KEY_ID")
 
 
 class CallCounter:
@@ -77,9 +82,12 @@ class Aws:
         self.counter = CallCounter()
         self.mutations = threading.BoundedSemaphore(mutating_concurrency)
         self._hooks: list[tuple[str, Callable[..., Any]]] = []
+        self._regions: set[str] | None = None
         # Polls of many in-flight bakes share one Describe call per region (see Batcher).
         self.instances = Batcher(self, "instance")
         self.images = Batcher(self, "image")
+        # Facts that do not change during one process (the default VPC of a region), shared by bakes.
+        self.cache: dict[tuple[str, str], Any] = {}
 
     def add_hook(self, event: str, handler: Callable[..., Any]) -> None:
         """Register a botocore event handler on every client (existing and future): fault injection."""
@@ -88,11 +96,27 @@ class Aws:
             for client in self._clients.values():
                 client.meta.events.register(event, handler)
 
+    def _check_region(self, region: str) -> None:
+        """Refuse a region botocore does not know: on AWS it would only show up as a DNS failure
+        after minutes of retries (with an endpoint override, as an opaque server error)."""
+        if self._regions is None:
+            known: set[str] = set()
+            for partition in self._session.get_available_partitions():
+                known.update(self._session.get_available_regions("ec2", partition))
+            self._regions = known
+        if region not in self._regions:
+            raise UsageError(
+                f"unknown AWS region {region!r}: no such region in any AWS partition known to botocore "
+                f"{botocore.__version__} (check the catalogue's region/copy_to_regions or --region; "
+                "if the region is brand new, upgrade boto3)"
+            )
+
     def client(self, service: str, region: str) -> Any:
         key = (service, region)
         with self._lock:
             client = self._clients.get(key)
             if client is None:
+                self._check_region(region)
                 try:
                     client = self._session.client(
                         service, region_name=region, endpoint_url=self.endpoint_url, config=self._config
@@ -119,10 +143,7 @@ class Aws:
             code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "Unknown")
             raise AwsError(operation, code, str(err.get("Message") or exc), hint=_hint(code)) from None
         except botocore.exceptions.NoCredentialsError:
-            raise UsageError(
-                "no AWS credentials found: give the agent an instance profile, use the Jenkins AWS "
-                "credentials binding, or set AWS_PROFILE / AWS_ACCESS_KEY_ID"
-            ) from None
+            raise UsageError(NO_CREDENTIALS) from None
         except botocore.exceptions.EndpointConnectionError as exc:
             raise AwsError(operation, "EndpointConnectionError", str(exc),
                            hint=f"check the region {region!r} and AWS_ENDPOINT_URL") from None
@@ -133,6 +154,21 @@ class Aws:
         finally:
             if mutating:
                 self.mutations.release()
+
+    def wait(self, service: str, region: str, waiter: str, **params: Any) -> None:
+        """Run a botocore waiter; its failures become AwsError like any call's (never a traceback)."""
+        w = self.client(service, region).get_waiter(waiter)
+        what = f"{w.config.operation} ({waiter} waiter)"
+        try:
+            w.wait(**params)
+        except botocore.exceptions.WaiterError as exc:
+            err = (exc.last_response or {}).get("Error", {})
+            code = str(err.get("Code") or "WaiterFailed")
+            raise AwsError(what, code, str(err.get("Message") or exc.reason), hint=_hint(code)) from None
+        except botocore.exceptions.NoCredentialsError:
+            raise UsageError(NO_CREDENTIALS) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise AwsError(what, type(exc).__name__, str(exc)) from None
 
     def paginate(self, service: str, region: str, operation: str, key: str, **params: Any) -> list[Any]:
         out: list[Any] = []

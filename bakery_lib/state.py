@@ -49,6 +49,7 @@ class BakeState:
     schema_version: int = SCHEMA_VERSION
     created_at: float = field(default_factory=time.time)
     base_ami: str | None = None
+    base_root_device: str | None = None  # kept from preflight: launch needs no second DescribeImages
     bake_key: str | None = None
     chef_node: str | None = None
     security_group_id: str | None = None

@@ -168,6 +168,7 @@ def test_launch_secure_defaults_and_rerun_never_launches_twice(moto_server, tmp_
 
     # A rerun after a lost state write finds the instance by its bake-id tag.
     ctx.state.instance_id = None
+    ctx.state.stage("launch").attempts = 2  # as run_stage counts a second attempt
     ctx.save()
     assert "already exists" in launch.run(ctx)
     assert ctx.state.instance_id == instance_id
@@ -217,6 +218,7 @@ def test_stop_image_wait_terminate_and_tags(moto_server, tmp_path, base_ami, req
         assert {t["Key"]: t["Value"] for t in snap["Tags"]}["bakery:bake-id"] == ctx.state.bake_id
     assert ctx.state.amis == {"us-east-1": image_id}
     # rerun of image adopts, never creates a second one
+    ctx.state.stage("image").attempts = 2
     assert "already exists" in image.run(ctx)
     terminate.run(ctx)
     assert ec2.describe_instances(InstanceIds=[ctx.state.instance_id])["Reservations"][0]["Instances"][0][

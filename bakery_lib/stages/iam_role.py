@@ -98,22 +98,26 @@ def run(ctx: Context) -> str:
     state.iam_role_name = name
     ctx.save()
 
+    created = existing is None  # a role created just now has no policies: skip the three reads
     policy = instance_policy(role)
-    try:
-        current = _doc(ctx.iam("GetRolePolicy", RoleName=name, PolicyName=POLICY_NAME)["PolicyDocument"])
-    except AwsError as exc:
-        if exc.code != "NoSuchEntity":
-            raise
-        current = None
+    current = None
+    if not created:
+        try:
+            current = _doc(ctx.iam("GetRolePolicy", RoleName=name, PolicyName=POLICY_NAME)["PolicyDocument"])
+        except AwsError as exc:
+            if exc.code != "NoSuchEntity":
+                raise
     if current != policy:
         ctx.iam("PutRolePolicy", RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
         actions.append("inline policy written")
-    other_inline = [p for p in ctx.iam("ListRolePolicies", RoleName=name).get("PolicyNames", []) if p != POLICY_NAME]
+    other_inline = [] if created else [
+        p for p in ctx.iam("ListRolePolicies", RoleName=name).get("PolicyNames", []) if p != POLICY_NAME]
     for extra in other_inline:
         ctx.iam("DeleteRolePolicy", RoleName=name, PolicyName=extra)
         actions.append(f"inline policy {extra} removed")
 
-    attached = {p["PolicyArn"] for p in ctx.iam("ListAttachedRolePolicies", RoleName=name).get("AttachedPolicies", [])}
+    attached = set() if created else {
+        p["PolicyArn"] for p in ctx.iam("ListAttachedRolePolicies", RoleName=name).get("AttachedPolicies", [])}
     for arn in role.managed_policies:
         if arn not in attached:
             ctx.iam("AttachRolePolicy", RoleName=name, PolicyArn=arn)
@@ -138,8 +142,8 @@ def run(ctx: Context) -> str:
         actions.append("role added to instance profile")
         # IAM is eventually consistent: a new profile is not yet visible everywhere. Wait until IAM
         # itself returns it; RunInstances may still reject it for a while (launch retries that).
-        waiter = ctx.aws.client("iam", ctx.region).get_waiter("instance_profile_exists")
-        waiter.wait(InstanceProfileName=name, WaiterConfig={"Delay": 2, "MaxAttempts": 30})
+        ctx.aws.wait("iam", ctx.region, "instance_profile_exists", InstanceProfileName=name,
+                     WaiterConfig={"Delay": 2, "MaxAttempts": 30})
     return f"IAM role and instance profile {name}: " + (", ".join(actions) or "unchanged")
 
 

@@ -50,10 +50,12 @@ def tag_snapshots(ctx: Context, image: dict) -> list[str]:
              if m.get("Ebs", {}).get("SnapshotId")]
     new = [s for s in snaps if s not in state.snapshot_ids]
     if new:
-        state.snapshot_ids.extend(new)
-        ctx.save()
+        # Tag first, record second: a snapshot recorded as ours is never tagged again, so recording it
+        # before a failed CreateTags would leave it untagged for good (cleanup finds it from the image).
         tags = image_tags(ctx)
         ctx.ec2("CreateTags", Resources=new, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        state.snapshot_ids.extend(new)
+        ctx.save()
     return snaps
 
 
@@ -61,7 +63,8 @@ def run(ctx: Context) -> str:
     state = ctx.require_state()
     if not state.instance_id:
         raise BakeryError("the bake state has no instance; run the launch stage first")
-    existing = find_own_image(ctx, state.bake_id)
+    rerun = state.stage("image").attempts > 1 or state.image_id is not None
+    existing = find_own_image(ctx, state.bake_id) if rerun else None
     if existing is not None:
         state.image_id = existing["ImageId"]
         state.image_name = existing.get("Name")
@@ -82,7 +85,5 @@ def run(ctx: Context) -> str:
     state.image_state = "pending"
     ctx.save()
     ctx.log(f"creating image {image_id} ({state.image_name})")
-    images = ctx.aws.describe_images(ctx.region, [image_id])
-    if images:
-        tag_snapshots(ctx, images[0])
+    # Its snapshots appear while the image is pending: wait-image tags them.
     return f"image {image_id} ({state.image_name}) requested"

@@ -35,11 +35,13 @@ def instance_tags(ctx: Context, purpose: str = "bake") -> dict[str, str]:
     return tags
 
 
-def block_devices(ctx: Context, image_id: str) -> list[dict[str, Any]]:
-    images = ctx.aws.describe_images(ctx.region, [image_id])
-    if not images:
-        raise BakeryError(f"base AMI {image_id} is gone from {ctx.region}")
-    root = images[0].get("RootDeviceName") or "/dev/xvda"
+def block_devices(ctx: Context, image_id: str, root_device: str | None = None) -> list[dict[str, Any]]:
+    root = root_device
+    if root is None:
+        images = ctx.aws.describe_images(ctx.region, [image_id])
+        if not images:
+            raise BakeryError(f"base AMI {image_id} is gone from {ctx.region}")
+        root = images[0].get("RootDeviceName") or "/dev/xvda"
     ebs: dict[str, Any] = {
         "VolumeSize": ctx.role.volume_size,
         "VolumeType": ctx.role.volume_type,
@@ -81,7 +83,8 @@ def run_instance(ctx: Context, params: dict[str, Any], *, attempts: int = 12) ->
     raise AssertionError("unreachable")
 
 
-def launch_params(ctx: Context, image_id: str, user_data: str, tags: dict[str, str], token: str) -> dict[str, Any]:
+def launch_params(ctx: Context, image_id: str, user_data: str, tags: dict[str, str], token: str,
+                  root_device: str | None = None) -> dict[str, Any]:
     state = ctx.require_state()
     params: dict[str, Any] = {
         "ImageId": image_id,
@@ -93,7 +96,7 @@ def launch_params(ctx: Context, image_id: str, user_data: str, tags: dict[str, s
         "IamInstanceProfile": {"Name": state.instance_profile_name},
         "SecurityGroupIds": [state.security_group_id],
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
-        "BlockDeviceMappings": block_devices(ctx, image_id),
+        "BlockDeviceMappings": block_devices(ctx, image_id, root_device),
         # Windows bakes end with sysprep shutting the instance down: that must stop, not terminate.
         "InstanceInitiatedShutdownBehavior": "stop",
         "TagSpecifications": [
@@ -109,7 +112,9 @@ def launch_params(ctx: Context, image_id: str, user_data: str, tags: dict[str, s
 
 def run(ctx: Context) -> str:
     state = ctx.require_state()
-    existing = find_by_bake_id(ctx, state.bake_id)
+    # Only a rerun can find an instance of this bake (a first attempt saves one call per bake).
+    rerun = state.stage("launch").attempts > 1 or state.instance_id is not None
+    existing = find_by_bake_id(ctx, state.bake_id) if rerun else None
     if existing is not None:
         state.instance_id = existing["InstanceId"]
         ctx.save()
@@ -119,7 +124,7 @@ def run(ctx: Context) -> str:
     from ..userdata import bake_userdata
 
     user_data = bake_userdata(ctx.role, bake_id=state.bake_id, release=state.release)
-    params = launch_params(ctx, state.base_ami, user_data, instance_tags(ctx), state.bake_id)
+    params = launch_params(ctx, state.base_ami, user_data, instance_tags(ctx), state.bake_id, state.base_root_device)
     instance = run_instance(ctx, params)
     state.instance_id = instance["InstanceId"]
     ctx.save()

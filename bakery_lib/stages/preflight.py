@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
+import time
 
 from .. import __version__
 from ..catalog import AmiFilter, RoleSpec
@@ -35,6 +37,11 @@ def check_release(release: str | None) -> str:
 
 
 def resolve_base_ami(ctx: Context) -> str:
+    return resolve_base_image(ctx)["ImageId"]
+
+
+def resolve_base_image(ctx: Context) -> dict:
+    """The base AMI: the given id (must be available), or the newest available match of the filter."""
     role = ctx.role
     if isinstance(role.base_ami, AmiFilter):
         images = ctx.aws.describe_images(
@@ -47,8 +54,7 @@ def resolve_base_ami(ctx: Context) -> str:
                 f"catalogue {ctx.catalog.path}, role {role.name!r}, key 'base_ami': no available image named "
                 f"{role.base_ami.name!r} owned by {', '.join(role.base_ami.owners)} in {role.region}"
             )
-        newest = max(images, key=lambda i: (i.get("CreationDate") or "", i["ImageId"]))
-        return newest["ImageId"]
+        return max(images, key=lambda i: (i.get("CreationDate") or "", i["ImageId"]))
     images = ctx.aws.describe_images(role.region, [role.base_ami])
     if not images or images[0].get("State") != "available":
         state = images[0].get("State") if images else "not found"
@@ -56,7 +62,7 @@ def resolve_base_ami(ctx: Context) -> str:
             f"catalogue {ctx.catalog.path}, role {role.name!r}, key 'base_ami': {role.base_ami} is {state} "
             f"in {role.region}"
         )
-    return role.base_ami
+    return images[0]
 
 
 def bake_key(role: RoleSpec, base_ami: str, cookbook_versions: dict[str, list[str]] | None) -> str:
@@ -75,13 +81,48 @@ def bake_key(role: RoleSpec, base_ami: str, cookbook_versions: dict[str, list[st
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def _cookbook(item: str) -> str:
+    m = re.match(r"^recipe\[([^:\]@]+)", item)
+    return m.group(1) if m else ""
+
+
 def cookbooks_of(run_list: tuple[str, ...]) -> list[str]:
     names = []
     for item in run_list:
-        m = re.match(r"^recipe\[([^:\]@]+)", item)
-        if m and m.group(1) not in names:
-            names.append(m.group(1))
+        name = _cookbook(item)
+        if name and name not in names:
+            names.append(name)
     return names
+
+
+# Many roles baked in one process share one Chef identity and mostly the same cookbooks: check the
+# identity once and read each cookbook once a minute, not once per role.
+_CHEF_LOCK = threading.Lock()
+_CHEF_CHECKED: set[tuple[str, str]] = set()
+_COOKBOOKS: dict[tuple[str, str], tuple[float, list[str]]] = {}
+COOKBOOK_TTL = 60.0
+
+
+def check_chef(chef) -> None:
+    key = (chef.server_url, chef.client_name)
+    if key in _CHEF_CHECKED:
+        return
+    chef.check_auth()
+    with _CHEF_LOCK:
+        _CHEF_CHECKED.add(key)
+
+
+def cookbook_versions(chef, name: str) -> list[str]:
+    key = (chef.server_url, name)
+    now = time.monotonic()
+    with _CHEF_LOCK:
+        hit = _COOKBOOKS.get(key)
+    if hit is not None and now - hit[0] < COOKBOOK_TTL:
+        return hit[1]
+    versions = chef.cookbook_versions(name)
+    with _CHEF_LOCK:
+        _COOKBOOKS[key] = (now, versions)
+    return versions
 
 
 def run(ctx: Context, release: str | None) -> str:
@@ -97,16 +138,19 @@ def run(ctx: Context, release: str | None) -> str:
     release = check_release(release)
 
     chef = ctx.chef()
-    chef.check_auth()
-    missing = chef.missing_run_list_items(role.run_list_ami)
+    check_chef(chef)
+    versions = {cb: cookbook_versions(chef, cb) for cb in cookbooks_of(role.run_list_ami)}
+    missing = [item for item in role.run_list_ami
+               if (item.startswith("recipe[") and not versions[_cookbook(item)])
+               or (item.startswith("role[") and not chef.role_exists(item[5:-1]))]
     if missing:
         raise BakeryError(
             f"role {role.name!r}: the ami run list names {', '.join(missing)}, which the Chef server "
             f"{chef.server_url} does not have (upload the cookbook/role first)"
         )
-    versions = {cb: chef.cookbook_versions(cb) for cb in cookbooks_of(role.run_list_ami)}
 
-    base_ami = resolve_base_ami(ctx)
+    base_image = resolve_base_image(ctx)
+    base_ami = base_image["ImageId"]
     in_flight = ctx.aws.describe_instances(
         role.region,
         filters=[
@@ -139,6 +183,7 @@ def run(ctx: Context, release: str | None) -> str:
         base_ami=base_ami,
         bake_key=bake_key(role, base_ami, versions),
         chef_node=node_name(role.name, bake_id),
+        base_root_device=base_image.get("RootDeviceName"),
     )
     state = ctx.state
     reused = None if ctx.force else find_reusable(ctx, state.bake_key or "")

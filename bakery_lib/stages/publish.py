@@ -150,13 +150,13 @@ def run(ctx: Context) -> str:
     primary = state.amis.get(ctx.region)
     if not primary:
         raise BakeryError("no available AMI recorded for this bake; run wait-image first")
-    images = ctx.aws.describe_images(ctx.region, [primary])
-    if not images or images[0].get("State") != "available":
-        raise BakeryError(f"AMI {primary} is not available in {ctx.region}")
-    source = images[0]
     messages: list[str] = []
     targets = [r for r in ctx.role.regions if r != ctx.region and r not in state.amis]
     if targets:
+        images = ctx.aws.describe_images(ctx.region, [primary])
+        if not images or images[0].get("State") != "available":
+            raise BakeryError(f"AMI {primary} is not available in {ctx.region}")
+        source = images[0]
         with ThreadPoolExecutor(max_workers=min(8, len(targets)), thread_name_prefix="copy") as pool:
             futures = {r: pool.submit(copy_to, ctx, r, source) for r in targets}
             errors = []

@@ -7,7 +7,7 @@ Cleanup: none of its own (the instance is terminated by ``terminate``/``cleanup`
 
 from __future__ import annotations
 
-from ..errors import BakeryError, StageTimeout
+from ..errors import AwsError, BakeryError, StageTimeout
 from .base import Context
 
 STOP_TIMEOUT = 20 * 60
@@ -19,20 +19,26 @@ def run(ctx: Context) -> str:
     if not instance_id:
         raise BakeryError("the bake state has no instance; run the launch stage first")
     deadline = ctx.clock.now() + STOP_TIMEOUT
-    requested = False
+    # StopInstances first: its answer carries the state, which saves a Describe on the common path.
+    # Stopping a stopped instance is a no-op, so a Windows bake that shut itself down is accepted.
+    try:
+        change = ctx.ec2("StopInstances", InstanceIds=[instance_id])["StoppingInstances"][0]
+    except AwsError as exc:
+        if exc.code == "IncorrectInstanceState":
+            raise BakeryError(f"instance {instance_id} cannot be stopped for imaging: {exc}") from None
+        raise
+    stopped_itself = change.get("PreviousState", {}).get("Name") == "stopped"
+    name = change.get("CurrentState", {}).get("Name", "stopping")
+    ctx.log(f"stopping {instance_id}")
     while True:
+        if name == "stopped":
+            return f"{instance_id} is stopped" + (" (it stopped itself)" if stopped_itself else "")
+        if name in ("terminated", "shutting-down"):
+            raise BakeryError(f"instance {instance_id} is {name}; it cannot be imaged")
+        if ctx.clock.now() >= deadline:
+            raise StageTimeout(f"{instance_id} did not stop within {STOP_TIMEOUT} s (still {name})")
+        ctx.sleep(min(ctx.poll_interval, 5.0))
         found = ctx.aws.describe_instances(ctx.region, [instance_id])
         if not found:
             raise BakeryError(f"instance {instance_id} no longer exists")
         name = found[0]["State"]["Name"]
-        if name == "stopped":
-            return f"{instance_id} is stopped" + ("" if requested else " (it stopped itself)")
-        if name in ("terminated", "shutting-down"):
-            raise BakeryError(f"instance {instance_id} is {name}; it cannot be imaged")
-        if name in ("running", "pending") and not requested:
-            ctx.ec2("StopInstances", InstanceIds=[instance_id])
-            requested = True
-            ctx.log(f"stopping {instance_id}")
-        if ctx.clock.now() >= deadline:
-            raise StageTimeout(f"{instance_id} did not stop within {STOP_TIMEOUT} s (still {name})")
-        ctx.sleep(min(ctx.poll_interval, 5.0))

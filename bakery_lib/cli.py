@@ -232,7 +232,7 @@ def cmd_status(rt: _Runtime) -> int:
     from .catalog import check_role_name
 
     ws = rt.ws()
-    roles = [check_role_name(rt.args.role)] if rt.args.role else ws.roles_with_state()
+    roles = [check_role_name(rt.args.role)] if rt.args.role is not None else ws.roles_with_state()
     states = {r: ws.load(r) for r in roles}
     if rt.args.json:
         print(json.dumps({r: (s.to_json() if s else None) for r, s in states.items()}, indent=2, sort_keys=True))

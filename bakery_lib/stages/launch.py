@@ -3,8 +3,9 @@
 IMDSv2 required, encrypted root volume, DESIGN's tags, ``ClientToken`` = bake id. Moto (and an
 interrupted run that lost its state write) is why the instance is first looked up by its
 ``bakery:bake-id`` tag: a rerun never launches a second instance.
-Writes ``instance_id`` to the state the moment RunInstances returns (before any wait).
-Calls: DescribeInstances, DescribeImages, RunInstances.
+Writes ``instance_id`` to the state the moment RunInstances returns (before any wait), then stands
+down if another bake of the role launched at the same moment (``refuse_concurrent_bake``).
+Calls: DescribeInstances (rerun only), RunInstances, DescribeInstances (other bakes of the role).
 Cleanup: terminate the instance (``bakery cleanup``).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..aws import tags_of
 from ..errors import AwsError, BakeryError
 from .base import Context, iso_utc
 
@@ -110,6 +112,33 @@ def launch_params(ctx: Context, image_id: str, user_data: str, tags: dict[str, s
     return params
 
 
+def refuse_concurrent_bake(ctx: Context) -> None:
+    """Stand down if another bake of the role launched too.
+
+    preflight refuses to open a bake while one is in flight, but two bakes that pass preflight at the
+    same moment (two workspaces, two agents) would both launch. Checked once our own instance
+    exists, so of two racing bakes at least the later one sees the other: it fails (its cleanup
+    removes its instance) and at most one carries on.
+    """
+    state = ctx.require_state()
+    from .preflight import IN_FLIGHT_STATES
+
+    others = [i for i in ctx.aws.describe_instances(ctx.region, filters=[
+        {"Name": "tag:bakery:role", "Values": [ctx.role.name]},
+        {"Name": "tag:bakery:purpose", "Values": ["bake"]},
+        {"Name": "instance-state-name", "Values": IN_FLIGHT_STATES},
+    ]) if tags_of(i).get("bakery:bake-id") != state.bake_id]
+    if others:
+        other = others[0]
+        tags = tags_of(other)
+        raise BakeryError(
+            f"another bake of role {ctx.role.name!r} launched at the same time: instance {other['InstanceId']} "
+            f"(bake {tags.get('bakery:bake-id', '?')}, release {tags.get('bakery:release', '?')}); this bake "
+            f"({state.bake_id}) stands down and its instance {state.instance_id} is removed by cleanup. "
+            "Bake again once the other one is done"
+        )
+
+
 def run(ctx: Context) -> str:
     state = ctx.require_state()
     # Only a rerun can find an instance of this bake (a first attempt saves one call per bake).
@@ -118,6 +147,7 @@ def run(ctx: Context) -> str:
     if existing is not None:
         state.instance_id = existing["InstanceId"]
         ctx.save()
+        refuse_concurrent_bake(ctx)
         return f"instance {existing['InstanceId']} of bake {state.bake_id} already exists ({existing['State']['Name']})"
     if not state.base_ami:
         raise BakeryError("the bake state has no base AMI; rerun preflight")
@@ -129,4 +159,5 @@ def run(ctx: Context) -> str:
     state.instance_id = instance["InstanceId"]
     ctx.save()
     ctx.log(f"launched {state.instance_id} from {state.base_ami}")
+    refuse_concurrent_bake(ctx)
     return f"launched {state.instance_id} ({ctx.role.instance_type}) from {state.base_ami}"

@@ -1,0 +1,70 @@
+"""Every AWS call a Linux bake makes, per stage, in the order it makes them.
+
+``occurrence`` is the n-th call of that operation within the stage (preflight resolves the base AMI
+and then looks for a reusable AMI: two DescribeImages); ``rerun`` marks the calls a stage makes only
+when it runs again after a failed attempt. ``test_faults_throttle`` checks this list
+against what a real stage-by-stage bake sends through the proxy, so it cannot silently go stale.
+The chef-cleanup stage makes no AWS call (its Chef failure is in ``test_interrupt``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BakeCall:
+    stage: str
+    operation: str
+    occurrence: int = 1
+    service: str = "ec2"
+    # What a permission error on this call does. "fails" for all but ModifyImageAttribute, which the
+    # wait-image stage treats as a warning (ImdsSupport, once set, cannot be set again: see wait_image).
+    hard_error: str = "fails"
+    why: str = ""
+    # Made only when the stage runs again after a failed attempt (the lookups that make a rerun
+    # adopt what the failed attempt created instead of creating it twice).
+    rerun: bool = False
+
+    @property
+    def id(self) -> str:
+        n = f"#{self.occurrence}" if self.occurrence > 1 else ""
+        return f"{self.stage}{'(rerun)' if self.rerun else ''}:{self.operation}{n}"
+
+    @property
+    def role(self) -> str:
+        """A role name of its own for this case (roles are shared state on the session's moto)."""
+        short = {"security-groups": "sg", "wait-image": "wi", "chef-cleanup": "cc"}.get(self.stage, self.stage)
+        return f"f-{short}-{'r' if self.rerun else ''}{self.operation.lower()}-{self.occurrence}"[:60]
+
+
+BAKE_CALLS: tuple[BakeCall, ...] = (
+    BakeCall("preflight", "DescribeImages", why="resolve the base AMI"),
+    BakeCall("preflight", "DescribeInstances", why="refuse when a bake of the role is in flight"),
+    BakeCall("preflight", "DescribeImages", 2, why="look for an AMI with the same bake key"),
+    BakeCall("security-groups", "DescribeVpcs"),
+    BakeCall("security-groups", "DescribeSecurityGroups"),
+    BakeCall("security-groups", "CreateSecurityGroup"),
+    BakeCall("iam-role", "GetRole", service="iam"),
+    BakeCall("iam-role", "CreateRole", service="iam"),
+    BakeCall("iam-role", "PutRolePolicy", service="iam"),
+    BakeCall("iam-role", "GetInstanceProfile", service="iam"),
+    BakeCall("iam-role", "CreateInstanceProfile", service="iam"),
+    BakeCall("iam-role", "AddRoleToInstanceProfile", service="iam"),
+    BakeCall("iam-role", "GetInstanceProfile", 2, service="iam", why="the instance_profile_exists waiter"),
+    BakeCall("launch", "RunInstances"),
+    BakeCall("launch", "DescribeInstances", why="another bake of the role launched at the same time?"),
+    BakeCall("launch", "DescribeInstances", rerun=True, why="rerun: an instance of this bake already there?"),
+    BakeCall("bootstrap", "DescribeInstances", why="poll for bakery:bootstrap"),
+    BakeCall("stop", "StopInstances"),
+    BakeCall("stop", "DescribeInstances", why="poll until stopped"),
+    BakeCall("image", "CreateImage"),
+    BakeCall("image", "DescribeImages", rerun=True, why="rerun: an image of this bake already there?"),
+    BakeCall("wait-image", "DescribeImages", why="poll until available"),
+    BakeCall("wait-image", "CreateTags", why="tag the snapshots"),
+    BakeCall("wait-image", "ModifyImageAttribute", hard_error="warns", why="ImdsSupport v2.0"),
+    BakeCall("terminate", "TerminateInstances"),
+    BakeCall("publish", "PutParameter", service="ssm", why="/bakery/ROLE/latest"),
+    BakeCall("publish", "GetObject", service="s3", why="current first-boot run list"),
+    BakeCall("publish", "PutObject", service="s3", why="write the first-boot run list"),
+)

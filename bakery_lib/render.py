@@ -30,8 +30,14 @@ def templates_root() -> Path:
 
 
 def sh_quote(value: Any) -> str:
-    """Quote for POSIX sh: one word, nothing expanded."""
-    return shlex.quote(str(value))
+    """Quote for POSIX sh: one word, nothing expanded.
+
+    Always quoted, even when shlex would leave a word bare: ``ROLE=n-0`` bare reads to shellcheck
+    like arithmetic (SC2100), and a quoted word can never be misread by shell or linter.
+    """
+    text = str(value)
+    quoted = shlex.quote(text)
+    return quoted if quoted.startswith("'") else "'" + text + "'"
 
 
 def ps_quote(value: Any) -> str:

@@ -127,7 +127,6 @@ def test_ten_thousand_roles_are_refused_with_the_limit(tmp_path: Path, gated_env
                    "nothing")
 
 
-@pytest.mark.xfail(strict=True, reason="catalog.load_catalog lets RecursionError out of yaml.safe_load (reported)")
 def test_deeply_nested_yaml_is_a_clear_error_not_a_traceback(tmp_path: Path, capsys, monkeypatch, gated_env):
     path = tmp_path / "deep.yaml"
     path.write_text("roles: " + "[" * 5000 + "]" * 5000 + "\n")
@@ -136,8 +135,6 @@ def test_deeply_nested_yaml_is_a_clear_error_not_a_traceback(tmp_path: Path, cap
     assert code == 2 and "Traceback" not in err
 
 
-@pytest.mark.xfail(strict=True, reason="PyYAML keeps the last of duplicate keys silently; catalog does not "
-                                       "refuse them (reported)")
 def test_duplicate_role_is_refused_not_silently_replaced(tmp_path: Path):
     from bakery_lib.catalog import load_catalog
 
@@ -307,7 +304,7 @@ CHECKED = ["userdata-bake.sh", "userdata-launch.sh", "userdata-from-ami.sh", "ba
            "bakery-firstboot.init"]
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(linux_catalogues())
 def test_any_accepted_catalogue_renders_to_clean_inert_shell(case: tuple[dict[str, Any], str]):
     data, release = case
@@ -374,7 +371,7 @@ def jenkins_catalogues(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, derandomize=True, deadline=None)
 @given(jenkins_catalogues())
 def test_any_accepted_catalogue_renders_to_job_xml_that_round_trips(data: dict[str, Any]):
     try:

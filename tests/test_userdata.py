@@ -393,7 +393,7 @@ def test_userdata_shapes():
     assert "'role[reporting_ami],recipe[iis::install]'" in bake_userdata(reporting, bake_id=BAKE_ID, release="1")
     assert unwrap(launch_userdata(reporting))
     # SNS is called in the topic's region (eu-west-1 here), not the instance's.
-    assert "ALERT_REGION=eu-west-1" in launch_userdata(web)
+    assert "ALERT_REGION='eu-west-1'" in launch_userdata(web)
     assert "$AlertRegion = 'eu-west-1'" in launch_userdata(reporting)
     # Instances from a baked image: the image does the work, the user data only says so.
     trigger = firstboot_trigger_userdata(web)

@@ -28,6 +28,9 @@ from botocore.config import Config
 from . import __version__
 from .errors import AwsError, BakeryError, UsageError
 
+# A bake instance in one of these states is a bake in flight (preflight and launch refuse a second).
+IN_FLIGHT_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+
 _MUTATING_PREFIXES = ("Create", "Delete", "Run", "Terminate", "Stop", "Start", "Put", "Attach", "Detach",
                       "Authorize", "Revoke", "Register", "Deregister", "Copy", "Modify", "Add", "Remove",
                       "Update", "Publish", "Tag", "Untag")
@@ -83,11 +86,15 @@ class Aws:
         self.mutations = threading.BoundedSemaphore(mutating_concurrency)
         self._hooks: list[tuple[str, Callable[..., Any]]] = []
         self._regions: set[str] | None = None
-        # Polls of many in-flight bakes share one Describe call per region (see Batcher).
-        self.instances = Batcher(self, "instance")
-        self.images = Batcher(self, "image")
-        # Facts that do not change during one process (the default VPC of a region), shared by bakes.
-        self.cache: dict[tuple[str, str], Any] = {}
+        # Polls and look-ups of many concurrent bakes share one Describe call per region (see Batcher).
+        self.instances = Batcher(self._fetch_instances)
+        self.images = Batcher(self._fetch_images)
+        # Bake instances in flight, by role (preflight's and launch's checks for another bake).
+        self.bakes_in_flight = Batcher(self._fetch_bakes_in_flight, linger=0.05)
+        # Available bakery AMIs, by bake key (preflight's look-up for a reusable AMI).
+        self.amis_by_bake_key = Batcher(self._fetch_amis_by_bake_key, linger=0.05)
+        self._memo: dict[Any, Any] = {}
+        self._memo_locks: dict[Any, threading.Lock] = collections.defaultdict(threading.Lock)
 
     def add_hook(self, event: str, handler: Callable[..., Any]) -> None:
         """Register a botocore event handler on every client (existing and future): fault injection."""
@@ -184,6 +191,21 @@ class Aws:
     def account_id(self, region: str) -> str:
         return self.call("sts", region, "GetCallerIdentity")["Account"]
 
+    def once(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per process for ``key``, however many bakes ask at the same moment.
+
+        For facts that do not change during one run and are the same for every role: a region's
+        default VPC, the resolution of a shared base-AMI filter (every role of a release then bakes
+        from the same image even if a newer one is published halfway through). A failure is not
+        remembered: the next caller tries again.
+        """
+        with self._lock:
+            lock = self._memo_locks[key]
+        with lock:
+            if key not in self._memo:
+                self._memo[key] = compute()
+            return self._memo[key]
+
     # --- EC2 helpers shared by stages, cleanup, reap and prune ------------------------------------
 
     def describe_instances(self, region: str, instance_ids: Iterable[str] = (), filters: list[dict] | None = None) -> list[dict]:
@@ -212,6 +234,29 @@ class Aws:
                 return []
             raise
 
+    def _fetch_instances(self, region: str, ids: list[str]) -> dict[str, Any]:
+        found = self.describe_instances(region, filters=[{"Name": "instance-id", "Values": ids}])
+        return {i["InstanceId"]: i for i in found}
+
+    def _fetch_images(self, region: str, ids: list[str]) -> dict[str, Any]:
+        found = self.describe_images(region, Filters=[{"Name": "image-id", "Values": ids}])
+        return {i["ImageId"]: i for i in found}
+
+    def _fetch_bakes_in_flight(self, region: str, roles: list[str]) -> dict[str, Any]:
+        found = self.describe_instances(region, filters=[
+            {"Name": "tag:bakery:role", "Values": roles},
+            {"Name": "tag:bakery:purpose", "Values": ["bake"]},
+            {"Name": "instance-state-name", "Values": IN_FLIGHT_STATES},
+        ])
+        return _group_by_tag(found, "bakery:role")
+
+    def _fetch_amis_by_bake_key(self, region: str, keys: list[str]) -> dict[str, Any]:
+        found = self.describe_images(region, Owners=["self"], Filters=[
+            {"Name": "tag:bakery:bake-key", "Values": keys},
+            {"Name": "state", "Values": ["available"]},
+        ])
+        return _group_by_tag(found, "bakery:bake-key")
+
     def console_tail(self, region: str, instance_id: str, lines: int = 40) -> str:
         """The last lines of the instance's console output ('' when there is none yet)."""
         try:
@@ -235,6 +280,15 @@ def decode_console(output: str) -> str:
         return raw.decode("utf-8", errors="replace")
     except (binascii.Error, ValueError):
         return output
+
+
+def _group_by_tag(resources: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for r in resources:
+        value = tags_of(r).get(key)
+        if value is not None:
+            out[value].append(r)
+    return dict(out)
 
 
 def tags_of(resource: dict[str, Any]) -> dict[str, str]:
@@ -287,55 +341,55 @@ class Clock:
 
 
 class Batcher:
-    """Coalesces the polls of many concurrent bakes into one Describe call per region.
+    """Coalesces the Describe calls of many concurrent bakes into one call per region.
 
-    Each waiting bake asks for its own id; the first to find the cached answer too old fetches the
-    answers for every id asked for recently in one DescribeInstances/DescribeImages call (filtered by
-    id, so a vanished id does not fail the whole call), the others use that answer. With N bakes
-    polling every P seconds this makes about one call per P seconds instead of N.
+    Each bake asks for its own key (an instance id, an image id, a role, a bake key); the first to
+    find the cached answer too old fetches the answers for every key asked for recently in one call
+    (``fetch(region, keys) -> {key: answer}``, filtered by key, so a vanished id does not fail the
+    whole call), the others use that answer. With N bakes polling every P seconds this makes about
+    one call per P seconds instead of N. ``max_age=0`` asks for an answer fetched after the question
+    (a check that must see the present, e.g. for another bake that just launched). ``linger`` waits
+    that long before fetching, so that bakes starting together share their first call.
     """
 
     CHUNK = 100
     FORGET_AFTER = 600.0
 
-    def __init__(self, aws: Aws, kind: str):
-        self._aws = aws
-        self._kind = kind
+    def __init__(self, fetch: Callable[[str, list[str]], dict[str, Any]], *, linger: float = 0.0):
+        self._fetch = fetch
+        self._linger = linger
         self._lock = threading.Lock()
         self._fetch_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
-        self._wanted: dict[str, dict[str, float]] = collections.defaultdict(dict)  # region -> id -> last asked
-        self._cache: dict[tuple[str, str], tuple[float, dict | None]] = {}
+        self._wanted: dict[str, dict[str, float]] = collections.defaultdict(dict)  # region -> key -> last asked
+        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
 
-    def get(self, region: str, resource_id: str, max_age: float = 0.0) -> dict | None:
+    def get(self, region: str, key: str, max_age: float = 0.0) -> Any:
         now = time.monotonic()
         with self._lock:
-            self._wanted[region][resource_id] = now
-            hit = self._cache.get((region, resource_id))
+            self._wanted[region][key] = now
+            hit = self._cache.get((region, key))
         if hit is not None and now - hit[0] <= max_age:
             return hit[1]
+        if self._linger:
+            time.sleep(self._linger)
         with self._fetch_locks[region]:
             with self._lock:
-                hit = self._cache.get((region, resource_id))
+                hit = self._cache.get((region, key))
                 if hit is not None and hit[0] >= now:
                     return hit[1]  # fetched by another bake while this one waited for the lock
-                ids = [i for i, t in self._wanted[region].items() if now - t < self.FORGET_AFTER]
-                self._wanted[region] = {i: self._wanted[region][i] for i in ids}
+                keys = [k for k, t in self._wanted[region].items() if now - t < self.FORGET_AFTER]
+                self._wanted[region] = {k: self._wanted[region][k] for k in keys}
             fetched_at = time.monotonic()
-            found: dict[str, dict] = {}
-            for start in range(0, len(ids), self.CHUNK):
-                chunk = ids[start:start + self.CHUNK]
-                if self._kind == "instance":
-                    for inst in self._aws.describe_instances(region, filters=[{"Name": "instance-id", "Values": chunk}]):
-                        found[inst["InstanceId"]] = inst
-                else:
-                    for img in self._aws.describe_images(region, Filters=[{"Name": "image-id", "Values": chunk}]):
-                        found[img["ImageId"]] = img
+            found: dict[str, Any] = {}
+            for start in range(0, len(keys), self.CHUNK):
+                found.update(self._fetch(region, keys[start:start + self.CHUNK]))
             with self._lock:
-                for i in ids:
-                    self._cache[(region, i)] = (fetched_at, found.get(i))
-            return found.get(resource_id)
+                for k in keys:
+                    self._cache[(region, k)] = (fetched_at, found.get(k))
+            return found.get(key)
 
-    def forget(self, region: str, resource_id: str) -> None:
+    def forget(self, region: str, key: str) -> None:
+        """Stop asking for ``key`` (its bake no longer polls it)."""
         with self._lock:
-            self._wanted[region].pop(resource_id, None)
-            self._cache.pop((region, resource_id), None)
+            self._wanted[region].pop(key, None)
+            self._cache.pop((region, key), None)

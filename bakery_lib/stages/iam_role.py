@@ -6,7 +6,8 @@ named in the catalogue are attached; managed policies no longer named are detach
 Writes ``iam_role_name``/``instance_profile_name`` to the state as soon as each exists.
 Calls: IAM GetRole, CreateRole, UpdateAssumeRolePolicy, PutRolePolicy, ListAttachedRolePolicies,
 AttachRolePolicy, DetachRolePolicy, GetInstanceProfile, CreateInstanceProfile,
-AddRoleToInstanceProfile, TagRole; the ``instance_profile_exists`` waiter.
+AddRoleToInstanceProfile. On a role's first bake: GetRole, CreateRole, PutRolePolicy,
+CreateInstanceProfile, AddRoleToInstanceProfile and nothing else.
 Cleanup: none; role and profile belong to the role, not to one bake.
 """
 
@@ -126,13 +127,24 @@ def run(ctx: Context) -> str:
         ctx.iam("DetachRolePolicy", RoleName=name, PolicyArn=arn)
         actions.append(f"detached {arn}")
 
-    try:
-        profile = ctx.iam("GetInstanceProfile", InstanceProfileName=name)["InstanceProfile"]
-    except AwsError as exc:
-        if exc.code != "NoSuchEntity":
-            raise
-        profile = ctx.iam("CreateInstanceProfile", InstanceProfileName=name, Tags=tags)["InstanceProfile"]
-        actions.append("created instance profile")
+    profile = None
+    if created:
+        # A role created just now: its profile most likely does not exist either, so create it
+        # straight away and read it only when it does exist (one call saved on a role's first bake).
+        try:
+            profile = ctx.iam("CreateInstanceProfile", InstanceProfileName=name, Tags=tags)["InstanceProfile"]
+            actions.append("created instance profile")
+        except AwsError as exc:
+            if exc.code != "EntityAlreadyExists":
+                raise
+    if profile is None:
+        try:
+            profile = ctx.iam("GetInstanceProfile", InstanceProfileName=name)["InstanceProfile"]
+        except AwsError as exc:
+            if exc.code != "NoSuchEntity":
+                raise
+            profile = ctx.iam("CreateInstanceProfile", InstanceProfileName=name, Tags=tags)["InstanceProfile"]
+            actions.append("created instance profile")
     state.instance_profile_name = name
     ctx.save()
     if name not in [r["RoleName"] for r in profile.get("Roles", [])]:
@@ -140,10 +152,9 @@ def run(ctx: Context) -> str:
             ctx.iam("RemoveRoleFromInstanceProfile", InstanceProfileName=name, RoleName=other["RoleName"])
         ctx.iam("AddRoleToInstanceProfile", InstanceProfileName=name, RoleName=name)
         actions.append("role added to instance profile")
-        # IAM is eventually consistent: a new profile is not yet visible everywhere. Wait until IAM
-        # itself returns it; RunInstances may still reject it for a while (launch retries that).
-        ctx.aws.wait("iam", ctx.region, "instance_profile_exists", InstanceProfileName=name,
-                     WaiterConfig={"Delay": 2, "MaxAttempts": 30})
+        # IAM is eventually consistent: EC2 may reject a new profile for some seconds. No waiter here
+        # (IAM itself answers at once, so it would only cost a call): launch retries RunInstances
+        # while EC2 reports the profile invalid.
     return f"IAM role and instance profile {name}: " + (", ".join(actions) or "unchanged")
 
 

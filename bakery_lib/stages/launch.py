@@ -121,13 +121,9 @@ def refuse_concurrent_bake(ctx: Context) -> None:
     removes its instance) and at most one carries on.
     """
     state = ctx.require_state()
-    from .preflight import IN_FLIGHT_STATES
+    from .preflight import bakes_in_flight
 
-    others = [i for i in ctx.aws.describe_instances(ctx.region, filters=[
-        {"Name": "tag:bakery:role", "Values": [ctx.role.name]},
-        {"Name": "tag:bakery:purpose", "Values": ["bake"]},
-        {"Name": "instance-state-name", "Values": IN_FLIGHT_STATES},
-    ]) if tags_of(i).get("bakery:bake-id") != state.bake_id]
+    others = [i for i in bakes_in_flight(ctx) if tags_of(i).get("bakery:bake-id") != state.bake_id]
     if others:
         other = others[0]
         tags = tags_of(other)

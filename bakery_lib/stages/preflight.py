@@ -2,13 +2,16 @@
 
 Reads: the catalogue, the workspace state (to refuse a second bake while one is in progress here).
 Calls: Chef (one signed request; run list cookbooks/roles exist), EC2 DescribeImages (resolve the
-base AMI), EC2 DescribeInstances (refuse if another bake of the role is in flight anywhere).
+base AMI), EC2 DescribeInstances (refuse if another bake of the role is in flight anywhere), EC2
+DescribeImages (an available AMI with the same bake key). In ``bakery bake`` the roles share these
+calls: the base AMI is resolved once per process, and the two look-ups are batched across roles.
 Writes: a new ``.bakery/ROLE.json`` with bake id, release, base AMI and bake key.
 Cleanup: nothing to remove.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import re
@@ -16,13 +19,13 @@ import threading
 import time
 
 from .. import __version__
+from ..aws import tags_of
 from ..catalog import AmiFilter, RoleSpec
 from ..errors import BakeryError, UsageError
 from ..state import BakeState, new_bake_id
 from .base import Context
 
 RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-IN_FLIGHT_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
 
 def check_release(release: str | None) -> str:
@@ -44,18 +47,20 @@ def resolve_base_image(ctx: Context) -> dict:
     """The base AMI: the given id (must be available), or the newest available match of the filter."""
     role = ctx.role
     if isinstance(role.base_ami, AmiFilter):
-        images = ctx.aws.describe_images(
-            role.region,
-            Owners=list(role.base_ami.owners),
-            Filters=[{"Name": "name", "Values": [role.base_ami.name]}, {"Name": "state", "Values": ["available"]}],
-        )
+        owners, pattern = list(role.base_ami.owners), role.base_ami.name
+        # Once per process: the roles of one release bake from the same image.
+        images = ctx.aws.once(("base-ami", role.region, tuple(owners), pattern), lambda: ctx.aws.describe_images(
+            role.region, Owners=owners,
+            Filters=[{"Name": "name", "Values": [pattern]}, {"Name": "state", "Values": ["available"]}],
+        ))
         if not images:
             raise BakeryError(
                 f"catalogue {ctx.catalog.path}, role {role.name!r}, key 'base_ami': no available image named "
                 f"{role.base_ami.name!r} owned by {', '.join(role.base_ami.owners)} in {role.region}"
             )
         return max(images, key=lambda i: (i.get("CreationDate") or "", i["ImageId"]))
-    images = ctx.aws.describe_images(role.region, [role.base_ami])
+    ami = role.base_ami
+    images = ctx.aws.once(("base-ami", role.region, ami), lambda: ctx.aws.describe_images(role.region, [ami]))
     if not images or images[0].get("State") != "available":
         state = images[0].get("State") if images else "not found"
         raise BakeryError(
@@ -96,33 +101,37 @@ def cookbooks_of(run_list: tuple[str, ...]) -> list[str]:
 
 
 # Many roles baked in one process share one Chef identity and mostly the same cookbooks: check the
-# identity once and read each cookbook once a minute, not once per role.
-_CHEF_LOCK = threading.Lock()
+# identity once and read each cookbook once a minute, not once per role (and not once per role that
+# asks at the same moment: the first asks, the others wait for its answer).
+_CHEF_LOCKS: dict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
+_CHEF_LOCKS_LOCK = threading.Lock()
 _CHEF_CHECKED: set[tuple[str, str]] = set()
 _COOKBOOKS: dict[tuple[str, str], tuple[float, list[str]]] = {}
 COOKBOOK_TTL = 60.0
 
 
+def _chef_lock(key: tuple[str, str]) -> threading.Lock:
+    with _CHEF_LOCKS_LOCK:
+        return _CHEF_LOCKS[key]
+
+
 def check_chef(chef) -> None:
-    key = (chef.server_url, chef.client_name)
-    if key in _CHEF_CHECKED:
-        return
-    chef.check_auth()
-    with _CHEF_LOCK:
-        _CHEF_CHECKED.add(key)
+    key = ("auth", f"{chef.server_url} {chef.client_name}")
+    with _chef_lock(key):
+        if key not in _CHEF_CHECKED:
+            chef.check_auth()
+            _CHEF_CHECKED.add(key)
 
 
 def cookbook_versions(chef, name: str) -> list[str]:
     key = (chef.server_url, name)
-    now = time.monotonic()
-    with _CHEF_LOCK:
+    with _chef_lock(key):
         hit = _COOKBOOKS.get(key)
-    if hit is not None and now - hit[0] < COOKBOOK_TTL:
-        return hit[1]
-    versions = chef.cookbook_versions(name)
-    with _CHEF_LOCK:
-        _COOKBOOKS[key] = (now, versions)
-    return versions
+        if hit is not None and time.monotonic() - hit[0] < COOKBOOK_TTL:
+            return hit[1]
+        versions = chef.cookbook_versions(name)
+        _COOKBOOKS[key] = (time.monotonic(), versions)
+        return versions
 
 
 def run(ctx: Context, release: str | None) -> str:
@@ -151,14 +160,7 @@ def run(ctx: Context, release: str | None) -> str:
 
     base_image = resolve_base_image(ctx)
     base_ami = base_image["ImageId"]
-    in_flight = ctx.aws.describe_instances(
-        role.region,
-        filters=[
-            {"Name": "tag:bakery:role", "Values": [role.name]},
-            {"Name": "tag:bakery:purpose", "Values": ["bake"]},
-            {"Name": "instance-state-name", "Values": IN_FLIGHT_STATES},
-        ],
-    )
+    in_flight = bakes_in_flight(ctx)
     if in_flight:
         inst = in_flight[0]
         tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
@@ -205,13 +207,24 @@ def run(ctx: Context, release: str | None) -> str:
     return f"bake {bake_id} of release {release} from {base_ami} opened"
 
 
+def bakes_in_flight(ctx: Context) -> list[dict]:
+    """Bake instances of the role that are not terminated, as of now (a call made after this one
+    was asked for; the roles of a ``bakery bake`` share it)."""
+    batcher = ctx.aws.bakes_in_flight
+    try:
+        return list(batcher.get(ctx.region, ctx.role.name, max_age=0) or [])
+    finally:
+        batcher.forget(ctx.region, ctx.role.name)
+
+
 def find_reusable(ctx: Context, key: str) -> dict | None:
     """An available AMI of this role baked from exactly the same inputs, if there is one."""
-    images = ctx.aws.describe_images(ctx.role.region, Owners=["self"], Filters=[
-        {"Name": "tag:bakery:role", "Values": [ctx.role.name]},
-        {"Name": "tag:bakery:bake-key", "Values": [key]},
-        {"Name": "state", "Values": ["available"]},
-    ])
+    batcher = ctx.aws.amis_by_bake_key
+    try:
+        found = batcher.get(ctx.region, key, max_age=0) or []
+    finally:
+        batcher.forget(ctx.region, key)
+    images = [i for i in found if tags_of(i).get("bakery:role") == ctx.role.name]
     if not images:
         return None
     return max(images, key=lambda i: (i.get("CreationDate") or "", i["ImageId"]))

@@ -8,11 +8,11 @@
    ``share_with_accounts``; write the SSM parameter ``/bakery/ROLE/latest`` (data type
    ``aws:ec2:image``) in every region; optionally make a new default version of ``launch_template``.
 3. ``s3://BUCKET/runlists/ROLE.json`` = ``{"run_list": [...]}`` from the role's launch run list (what
-   first boot runs), written only when it changed.
+   first boot runs), written without reading it first (the same bytes when nothing changed).
 4. Artifacts: ``artifacts/ROLE.json``, ``artifacts/amis.json``, ``artifacts/amis.properties``.
 Closes the bake record (outcome ``succeeded``, or ``reused``).
 Calls: EC2 CopyImage, DescribeImages, CreateTags, ModifyImageAttribute, ModifySnapshotAttribute,
-CreateLaunchTemplateVersion, ModifyLaunchTemplate; SSM PutParameter; S3 GetObject/PutObject.
+CreateLaunchTemplateVersion, ModifyLaunchTemplate; SSM PutParameter; S3 PutObject.
 Cleanup (``bakery cleanup``): copies that never became available are deregistered.
 """
 
@@ -37,13 +37,17 @@ def runlist_document(run_list: tuple[str, ...]) -> bytes:
     return (json.dumps({"run_list": list(run_list)}, indent=2) + "\n").encode()
 
 
-def publish_runlist(ctx: Context) -> str:
+def publish_runlist(ctx: Context, *, only_if_changed: bool = True) -> str:
+    """Write the role's first-boot run list. ``only_if_changed`` reads it first and leaves an equal
+    object alone (``bakery publish-runlist``: a person wants to know); the publish stage writes
+    without reading, one call instead of two, the same bytes when nothing changed."""
     role = ctx.role
     body = runlist_document(role.run_list_launch)
     try:
-        current = ctx.aws.call("s3", ctx.region, "GetObject", Bucket=role.runlist_bucket, Key=role.runlist_key)
-        if current["Body"].read() == body:
-            return f"s3://{role.runlist_bucket}/{role.runlist_key} unchanged"
+        if only_if_changed:
+            current = ctx.aws.call("s3", ctx.region, "GetObject", Bucket=role.runlist_bucket, Key=role.runlist_key)
+            if current["Body"].read() == body:
+                return f"s3://{role.runlist_bucket}/{role.runlist_key} unchanged"
     except AwsError as exc:
         if exc.code not in ("NoSuchKey", "404", "NotFound", "403"):
             raise
@@ -176,7 +180,7 @@ def run(ctx: Context) -> str:
     messages.append(f"/bakery/{ctx.role.name}/latest in {', '.join(sorted(state.amis))}")
     if ctx.role.launch_template:
         messages.append(update_launch_template(ctx, primary))
-    messages.append(publish_runlist(ctx))
+    messages.append(publish_runlist(ctx, only_if_changed=False))
     write_artifacts(ctx.ws, state)
     state.closed = True
     state.outcome = "reused" if state.reused else "succeeded"

@@ -84,12 +84,9 @@ def vpc_for(ctx: Context) -> str | None:
     if role.subnet_id:
         subnets = ctx.ec2("DescribeSubnets", SubnetIds=[role.subnet_id])["Subnets"]
         return subnets[0]["VpcId"]
-    cached = ctx.aws.cache.get(("default-vpc", role.region))
-    if cached:
-        return cached
-    vpcs = ctx.ec2("DescribeVpcs", Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
-    if vpcs:
-        ctx.aws.cache[("default-vpc", role.region)] = vpcs[0]["VpcId"]
+    # Once per process and region, however many roles converge their groups at the same moment.
+    vpcs = ctx.aws.once(("default-vpc", role.region), lambda: ctx.ec2(
+        "DescribeVpcs", Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"])
     if not vpcs:
         raise BakeryError(
             f"role {ctx.role.name!r}: region {role.region} has no default VPC; set vpc_id or subnet_id in the catalogue"

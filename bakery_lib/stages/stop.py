@@ -1,7 +1,8 @@
 """stop: stop the bake instance so the image is taken from a quiet, consistent disk.
 
 A Windows bake stops itself (EC2Launch v2 sysprep shuts it down): an already stopped instance is
-accepted. Reads ``instance_id``. Calls: DescribeInstances, StopInstances.
+accepted. Reads ``instance_id``. Calls: StopInstances, then DescribeInstances until stopped (batched
+with the polls of the other bakes in the process).
 Cleanup: none of its own (the instance is terminated by ``terminate``/``cleanup``).
 """
 
@@ -30,15 +31,18 @@ def run(ctx: Context) -> str:
     stopped_itself = change.get("PreviousState", {}).get("Name") == "stopped"
     name = change.get("CurrentState", {}).get("Name", "stopping")
     ctx.log(f"stopping {instance_id}")
-    while True:
-        if name == "stopped":
-            return f"{instance_id} is stopped" + (" (it stopped itself)" if stopped_itself else "")
-        if name in ("terminated", "shutting-down"):
-            raise BakeryError(f"instance {instance_id} is {name}; it cannot be imaged")
-        if ctx.clock.now() >= deadline:
-            raise StageTimeout(f"{instance_id} did not stop within {STOP_TIMEOUT} s (still {name})")
-        ctx.sleep(min(ctx.poll_interval, 5.0))
-        found = ctx.aws.describe_instances(ctx.region, [instance_id])
-        if not found:
-            raise BakeryError(f"instance {instance_id} no longer exists")
-        name = found[0]["State"]["Name"]
+    try:
+        while True:
+            if name == "stopped":
+                return f"{instance_id} is stopped" + (" (it stopped itself)" if stopped_itself else "")
+            if name in ("terminated", "shutting-down"):
+                raise BakeryError(f"instance {instance_id} is {name}; it cannot be imaged")
+            if ctx.clock.now() >= deadline:
+                raise StageTimeout(f"{instance_id} did not stop within {STOP_TIMEOUT} s (still {name})")
+            ctx.sleep(min(ctx.poll_interval, 5.0))
+            found = ctx.aws.instances.get(ctx.region, instance_id, max_age=min(ctx.poll_interval, 5.0) * 0.9)
+            if found is None:
+                raise BakeryError(f"instance {instance_id} no longer exists")
+            name = found["State"]["Name"]
+    finally:
+        ctx.aws.instances.forget(ctx.region, instance_id)

@@ -122,8 +122,16 @@ class Phase:
     def mutating(self) -> int:
         return sum(n for (_, _, op), n in self.aws.items() if op.startswith(MUTATING))
 
-    def batched_instance_polls(self) -> int:
-        return sum(n for (_, _, op), n in self.aws.items() if op == "DescribeInstances" + BATCHED)
+    def bootstrap_polls(self) -> int:
+        """Batched DescribeInstances polls made for the bootstrap, i.e. while some bake was in its
+        ``bootstrap`` stage and none in its ``stop`` stage (the same batched call also polls for
+        ``stopped``; a call that may have served a stop counts as an ordinary call: in Packer's 19
+        the waits for ``running`` and ``stopped`` are counted too)."""
+        boot = [w for st in self.states.values() if (w := stage_window(st, "bootstrap"))]
+        stop = [w for st in self.states.values() if (w := stage_window(st, "stop"))]
+        return sum(1 for t, (_, _, op) in self.events
+                   if op == "DescribeInstances" + BATCHED
+                   and any(a <= t <= b for a, b in boot) and not any(a <= t <= b for a, b in stop))
 
     def chef_total(self) -> int:
         return sum(self.chef.values())
@@ -555,12 +563,14 @@ def report(runs: dict[str, list[Phase]], args: argparse.Namespace, machine_text:
         f"| wall time | {_wall(first)} | {_wall(fleet)} | {fleet.wall / first.wall:.2f}× | ≤ 1.5× | "
         f"{_ok(fleet.wall / first.wall <= 1.5)} |",
         f"| AWS API calls | {first.total()} | {fleet.total()} | {fleet.total() / n:.1f} per role | | |",
-        f"| … bootstrap polls (batched) | {first.batched_instance_polls()} | {fleet.batched_instance_polls()} | "
-        f"{fleet.batched_instance_polls() / n:.1f} per role | | |",
-        f"| … excluding bootstrap polls | {first.total() - first.batched_instance_polls()} | "
-        f"{fleet.total() - fleet.batched_instance_polls()} | "
-        f"{(fleet.total() - fleet.batched_instance_polls()) / n:.1f} per role | ≤ Packer's {pk.total()} per bake | "
-        f"{_ok((fleet.total() - fleet.batched_instance_polls()) / n <= pk.total())} |",
+        f"| … bootstrap polls (batched) | {first.bootstrap_polls()} | {fleet.bootstrap_polls()} | "
+        f"{fleet.bootstrap_polls() / n:.1f} per role | | |",
+        f"| … excluding bootstrap polls | {first.total() - first.bootstrap_polls()} | "
+        f"{fleet.total() - fleet.bootstrap_polls()} | "
+        f"{(fleet.total() - fleet.bootstrap_polls()) / n:.1f} per role | ≤ Packer's {pk.total()} per bake | "
+        f"{_ok((fleet.total() - fleet.bootstrap_polls()) / n <= pk.total())} |",
+        f"| … all of them, every poll included | {first.total()} | {fleet.total()} | {fleet.total() / n:.1f} per role "
+        f"| (≤ Packer's {pk.total()}: not a goal) | {_ok(fleet.total() / n <= pk.total())} |",
         f"| RunInstances | {first.total('RunInstances')} | {fleet.total('RunInstances')} | | | |",
         f"| Chef API requests | {first.chef_total()} | {fleet.chef_total()} | {fleet.chef_total() / n:.1f} per role | | |",
         f"| slowest `bootstrap` stage | {_s(first.instance_work)} | {_s(fleet.instance_work)} | | | |",
@@ -638,9 +648,9 @@ def table_a(pk: Phase, real: Phase, first: Phase, rebake: Phase) -> list[str]:
         row("**orchestration time** (wall − instance-side)", lambda p: f"**{_s(p.wall - p.instance_work)}**"),
         row("**AWS API calls**", lambda p: f"**{p.total()}**"),
         row("… of which mutating", lambda p: str(p.mutating())),
-        row("… of which bootstrap polls (DescribeInstances by instance-id)",
-            lambda p: str(p.batched_instance_polls()), "—"),
-        row("AWS API calls excluding bootstrap polls", lambda p: str(p.total() - p.batched_instance_polls())),
+        row("… of which bootstrap polls (batched DescribeInstances made during the `bootstrap` stage)",
+            lambda p: str(p.bootstrap_polls()), "—"),
+        row("AWS API calls excluding bootstrap polls", lambda p: str(p.total() - p.bootstrap_polls())),
         row("Chef API requests", lambda p: str(p.chef_total()), "—"),
         row("latency the proxy added to the tool's calls (sum)", lambda p: _s(p.added_latency)),
         row("moto/goiardi answer time for the tool's calls (sum)", lambda p: _s(p.upstream_time)),

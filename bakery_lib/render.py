@@ -33,9 +33,14 @@ def sh_quote(value: Any) -> str:
     """Quote for POSIX sh: one word, nothing expanded.
 
     Always quoted, even when shlex would leave a word bare: ``ROLE=n-0`` bare reads to shellcheck
-    like arithmetic (SC2100), and a quoted word can never be misread by shell or linter.
+    like arithmetic (SC2100), and a quoted word can never be misread by shell or linter. A value with
+    ``$``, a backquote or a backslash goes in double quotes with those (and ``"``) escaped: just as
+    inert, and shellcheck does not take a literal ``'$(...)'`` or ``'x\\'`` for a mistake
+    (SC2016/SC1003).
     """
     text = str(value)
+    if any(c in text for c in "$`\\"):
+        return '"' + "".join("\\" + c if c in '$`"\\' else c for c in text) + '"'
     quoted = shlex.quote(text)
     return quoted if quoted.startswith("'") else "'" + text + "'"
 

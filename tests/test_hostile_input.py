@@ -258,11 +258,10 @@ def test_unreadable_chef_key(problem: str, devstack, tmp_path: Path, gated_env, 
 # Pieces that would do something if a shell ever read them as code: each one writes a file PWNED.
 SHELL_BAITS = [";touch>PWNED", "|touch>PWNED", "&touch>PWNED", "(touch>PWNED)", "&&touch>PWNED", ">PWNED", "<PWNED",
                "*", "?", "[a]", "!", "#", "~", "%", "{a,b}", "é", "\u202e"]
-# The same for values that may also hold quotes (an S3 key: any non-space character). `$`, a backtick
-# and a backslash are left out here: quoted, they are inert but draw shellcheck notes (SC2016, SC1003);
-# see test_s3_key_with_shell_specials_* (a known gap, reported).
-SHELL_BAITS_FULL = SHELL_BAITS + ["';touch>PWNED;'", "\";touch>PWNED;\"", "'", "\""]
+# The same for values that may also hold quotes, `$`, backticks and backslashes (an S3 key: any
+# non-space character).
 SHELL_SPECIALS = ["$(touch${IFS}PWNED)", "`touch>PWNED`", "${IFS}", "$((1))", "$HOME", "\\", "x\\';touch>PWNED;'"]
+SHELL_BAITS_FULL = SHELL_BAITS + ["';touch>PWNED;'", "\";touch>PWNED;\"", "'", "\"", *SHELL_SPECIALS]
 URL_CHARS = st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zs", "Zl", "Zp"),
                           exclude_characters="'\"`$\\")
 
@@ -422,10 +421,10 @@ def test_s3_key_with_shell_specials_stays_inert(bait: str, tmp_path: Path):
     assert not list(tmp_path.rglob("PWNED*"))
 
 
-@pytest.mark.xfail(strict=True, reason="render's `sh` filter single-quotes `$(...)` and a trailing backslash, "
-                                       "which shellcheck flags (SC2016/SC1003, info): inert, not clean (reported)")
-@pytest.mark.parametrize("bait", ["$(touch${IFS}PWNED)", "x\\"])
+@pytest.mark.parametrize("bait", [*SHELL_SPECIALS, "x\\"])
 def test_s3_key_with_shell_specials_renders_shellcheck_clean(bait: str, tmp_path: Path):
+    """Not only inert: no shellcheck note either (a literal '$(...)' or a trailing backslash in single
+    quotes draws SC2016/SC1003, which is why such values are double-quoted and escaped)."""
     scripts = _render_with_s3_key(f"chef/{bait}", tmp_path / "out")
     proc = subprocess.run(["shellcheck", "-s", "bash", "-x", "-f", "gcc", str(scripts / "bakery-lib.sh")],
                           cwd=scripts, capture_output=True, text=True)

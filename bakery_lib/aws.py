@@ -253,6 +253,7 @@ class Aws:
     def _fetch_amis_by_bake_key(self, region: str, keys: list[str]) -> dict[str, Any]:
         found = self.describe_images(region, Owners=["self"], Filters=[
             {"Name": "tag:bakery:bake-key", "Values": keys},
+            {"Name": "tag:bakery:imds-support", "Values": ["v2.0"]},  # wait-image finished it
             {"Name": "state", "Values": ["available"]},
         ])
         return _group_by_tag(found, "bakery:bake-key")

@@ -104,7 +104,9 @@ def cleanup(ctx: Context, *, keep_instance: bool = False) -> CleanupReport:
         _retry(ctx, f"Chef node/client {state.chef_node}",
                f"knife node delete {state.chef_node} -y && knife client delete {state.chef_node} -y", report, chef)
 
-    # 3. An image that never became available, and its snapshots. An available image is a good AMI: kept.
+    # 3. An image the bake did not finish, and its snapshots: pending, failed, or available but never
+    # completed by wait-image (IMDSv2 not required on it, snapshots untagged). An image wait-image
+    # finished (recorded in ``amis``) is a good AMI: kept.
     try:
         image = find_own_image(ctx, state.bake_id) if not state.reused else None
     except BakeryError as exc:
@@ -115,7 +117,7 @@ def cleanup(ctx: Context, *, keep_instance: bool = False) -> CleanupReport:
         image = images[0] if images else None
     if image is not None:
         state.image_id = image["ImageId"]
-        if image.get("State") == "available":
+        if image.get("State") == "available" and state.amis.get(region) == image["ImageId"]:
             report.kept.append(f"available image {image['ImageId']}")
         else:
             snaps = sorted({m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
@@ -155,15 +157,11 @@ def cleanup(ctx: Context, *, keep_instance: bool = False) -> CleanupReport:
         if not report.errors:
             state.snapshot_ids = []
 
-    # 4. Copies to other regions that never became available.
+    # 4. Copies to other regions that publish did not finish (pending, or available but IMDSv2 not
+    # yet required on them): like an unfinished image, removed with their snapshots.
     for copy_region, copy_id in sorted(state.pending_copies.items()):
         def dereg_copy(copy_region: str = copy_region, copy_id: str = copy_id) -> str:
             images = ctx.aws.describe_images(copy_region, [copy_id])
-            if images and images[0].get("State") == "available":
-                state.amis[copy_region] = copy_id
-                state.pending_copies.pop(copy_region, None)
-                save()
-                return f"kept available copy {copy_id} in {copy_region}"
             if images:
                 snaps = [m["Ebs"]["SnapshotId"] for m in images[0].get("BlockDeviceMappings", [])
                          if m.get("Ebs", {}).get("SnapshotId")]

@@ -40,6 +40,8 @@ class AwsError(BakeryError):
     def __init__(self, operation: str, code: str, message: str, *, hint: str = ""):
         self.operation = operation
         self.code = code
+        self.message = message
+        self.hint = hint
         text = f"AWS {operation} failed: {code}: {message}"
         if hint:
             text += f" ({hint})"

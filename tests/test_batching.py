@@ -64,3 +64,23 @@ def test_vanished_id_does_not_fail_the_batch(moto_server):
     assert aws.instances.get("us-east-1", "i-0123456789abcdef0") is None
     assert aws.instances.get("us-east-1", real)["InstanceId"] == real
     ec2.terminate_instances(InstanceIds=[real])
+
+
+def test_reuse_look_up_wants_an_image_wait_image_finished(moto_server):
+    """An available AMI with the bake key is reused only once wait-image required IMDSv2 on it
+    (the ``bakery:imds-support`` tag it sets in the same call as the snapshot tags)."""
+    ec2 = moto_server.client("ec2")
+    base = seed_base_image(ec2, name="batching-base-1")
+    inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    key = "f" * 32
+    image = ec2.create_image(InstanceId=inst, Name="batching-reuse-1", TagSpecifications=[{
+        "ResourceType": "image", "Tags": [{"Key": "bakery:role", "Value": "r"}, {"Key": "bakery:bake-key", "Value": key}]}],
+    )["ImageId"]
+    aws = Aws(endpoint_url=moto_server.url,
+              session=boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing"))
+    assert aws.amis_by_bake_key.get("us-east-1", key) is None
+    ec2.create_tags(Resources=[image], Tags=[{"Key": "bakery:imds-support", "Value": "v2.0"}])
+    found = aws.amis_by_bake_key.get("us-east-1", key, max_age=0)
+    assert [i["ImageId"] for i in found] == [image]
+    ec2.deregister_image(ImageId=image)
+    ec2.terminate_instances(InstanceIds=[inst])

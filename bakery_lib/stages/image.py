@@ -44,16 +44,25 @@ def find_own_image(ctx: Context, bake_id: str) -> dict | None:
     return images[0] if images else None
 
 
-def tag_snapshots(ctx: Context, image: dict) -> list[str]:
+IMDS_TAG = "bakery:imds-support"
+
+
+def tag_snapshots(ctx: Context, image: dict, *, imds_required: bool = False) -> list[str]:
+    """Tag the image's snapshots like the image (each once). ``imds_required``: IMDSv2 is now required
+    on the image, so the image gets ``bakery:imds-support=v2.0`` in the same call — the mark the
+    reuse look-up asks for, so an image whose ModifyImageAttribute failed is never reused."""
     state = ctx.require_state()
     snaps = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
              if m.get("Ebs", {}).get("SnapshotId")]
     new = [s for s in snaps if s not in state.snapshot_ids]
-    if new:
+    resources = ([image["ImageId"]] if imds_required else []) + new
+    if resources:
         # Tag first, record second: a snapshot recorded as ours is never tagged again, so recording it
         # before a failed CreateTags would leave it untagged for good (cleanup finds it from the image).
         tags = image_tags(ctx)
-        ctx.ec2("CreateTags", Resources=new, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        if imds_required:
+            tags[IMDS_TAG] = "v2.0"
+        ctx.ec2("CreateTags", Resources=resources, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
         state.snapshot_ids.extend(new)
         ctx.save()
     return snaps

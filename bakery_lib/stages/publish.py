@@ -2,7 +2,7 @@
 
 1. Copy the AMI to ``copy_to_regions`` in parallel (encrypted; with the region's KMS key from
    ``region_kms_keys`` when given), tag each copy and its snapshots like the source, and wait until
-   every copy is available. A copy's id is saved the moment CopyImage returns; a rerun adopts copies
+   every copy is available; IMDSv2 is required on each copy as on the source. A copy's id is saved the moment CopyImage returns; a rerun adopts copies
    found by their ``bakery:bake-id`` tag instead of copying again.
 2. Only then: share launch permission (and snapshot create-volume permission) with
    ``share_with_accounts``; write the SSM parameter ``/bakery/ROLE/latest`` (data type
@@ -103,6 +103,12 @@ def copy_to(ctx: Context, region: str, source: dict[str, Any]) -> str:
             raise StageTimeout(f"copy {image_id} in {region} still {current} after {COPY_TIMEOUT} s; "
                                f"rerun `bakery stage publish --role {ctx.role.name}` to keep waiting")
         ctx.sleep()
+    if image.get("ImdsSupport") != "v2.0":
+        # Whether a copy keeps ImdsSupport is not documented: require IMDSv2 on it as on the source.
+        try:
+            ctx.aws.call("ec2", region, "ModifyImageAttribute", ImageId=image_id, ImdsSupport={"Value": "v2.0"})
+        except AwsError as exc:
+            raise BakeryError(f"copy {image_id} in {region}: requiring IMDSv2 on it failed ({exc})") from None
     snaps = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
     if snaps:
         ctx.aws.call("ec2", region, "CreateTags", Resources=snaps, Tags=tag_list(tags))

@@ -1,9 +1,11 @@
-"""wait-image: wait until the AMI is available; tag its snapshots; require IMDSv2 on it.
+"""wait-image: wait until the AMI is available; require IMDSv2 on it; tag it and its snapshots.
 
 A timeout keeps the image id in the state, so a rerun resumes waiting instead of baking again;
 a ``failed`` image reports AWS's state reason.
 Reads ``image_id``; writes ``image_state``, ``snapshot_ids``, ``amis``.
-Calls: DescribeImages (one per poll), CreateTags, ModifyImageAttribute (ImdsSupport v2.0).
+Calls: DescribeImages (one per poll, batched), ModifyImageAttribute (ImdsSupport v2.0), CreateTags (the
+snapshots, and ``bakery:imds-support=v2.0`` on the image). If IMDSv2 cannot be required the stage fails:
+the image is not recorded as the bake's AMI, so it is neither published nor reused, and cleanup removes it.
 Cleanup: see ``image``.
 """
 
@@ -41,12 +43,19 @@ def run(ctx: Context) -> str:
                 f"rerun `bakery stage wait-image --role {ctx.role.name}` to keep waiting"
             )
         ctx.sleep(min(ctx.poll_interval, max(0.1, deadline - ctx.clock.now())))
-    tag_snapshots(ctx, image)
-    try:
-        ctx.ec2("ModifyImageAttribute", ImageId=image_id, ImdsSupport={"Value": "v2.0"})
-    except AwsError as exc:
-        # Once set, ImdsSupport cannot be changed again; any other refusal is worth a line, not a failure.
-        ctx.log(f"could not set ImdsSupport=v2.0 on {image_id}: {exc.code}")
+    # Instances launched from the AMI must require IMDSv2 by default. Once set, ImdsSupport cannot be
+    # set again, so a rerun skips it when DescribeImages already reports it (AWS does; moto does not).
+    if image.get("ImdsSupport") != "v2.0":
+        try:
+            ctx.ec2("ModifyImageAttribute", ImageId=image_id, ImdsSupport={"Value": "v2.0"})
+        except AwsError as exc:
+            tag_snapshots(ctx, image)
+            raise AwsError(exc.operation, exc.code, (
+                f"{exc.message}. Image {image_id} is available but IMDSv2 is not required on it, so it is not "
+                f"published and no later bake reuses it: fix the cause (e.g. allow ec2:ModifyImageAttribute) and "
+                f"rerun `bakery stage wait-image --role {ctx.role.name}`, or `bakery cleanup` removes it"),
+                hint=exc.hint) from None
+    tag_snapshots(ctx, image, imds_required=True)
     state.amis[ctx.region] = image_id
     ctx.save()
     return f"image {image_id} available after {ctx.clock.now() - start:.0f} s"

@@ -18,9 +18,6 @@ class BakeCall:
     operation: str
     occurrence: int = 1
     service: str = "ec2"
-    # What a permission error on this call does. "fails" for all but ModifyImageAttribute, which the
-    # wait-image stage treats as a warning (ImdsSupport, once set, cannot be set again: see wait_image).
-    hard_error: str = "fails"
     why: str = ""
     # Made only when the stage runs again after a failed attempt (the lookups that make a rerun
     # adopt what the failed attempt created instead of creating it twice).
@@ -59,8 +56,8 @@ BAKE_CALLS: tuple[BakeCall, ...] = (
     BakeCall("image", "CreateImage"),
     BakeCall("image", "DescribeImages", rerun=True, why="rerun: an image of this bake already there?"),
     BakeCall("wait-image", "DescribeImages", why="poll until available"),
-    BakeCall("wait-image", "CreateTags", why="tag the snapshots"),
-    BakeCall("wait-image", "ModifyImageAttribute", hard_error="warns", why="ImdsSupport v2.0"),
+    BakeCall("wait-image", "ModifyImageAttribute", why="ImdsSupport v2.0: refused, the image is not kept"),
+    BakeCall("wait-image", "CreateTags", why="tag the snapshots, and the image bakery:imds-support"),
     BakeCall("terminate", "TerminateInstances"),
     BakeCall("publish", "PutParameter", service="ssm", why="/bakery/ROLE/latest"),
     BakeCall("publish", "PutObject", service="s3", why="write the first-boot run list (no read first)"),

@@ -36,6 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bakery_lib.devstack.samples import offline_catalog_data  # noqa: E402
 from bakery_lib.jobs.normalize import same_config  # noqa: E402
 from tests.jenkins_double import JenkinsDouble  # noqa: E402
 
@@ -52,24 +53,7 @@ class SyncResult:
 
 
 def catalogue(path: Path, roles: list[str]) -> None:
-    data = {
-        "defaults": {
-            "region": "us-east-1",
-            "runlist_bucket": "acme-bakery",
-            "alert_topic_arn": "arn:aws:sns:us-east-1:123456789012:bakery-alerts",
-            "chef": {
-                "server_url": "https://chef.example.com/organizations/acme",
-                "validation_client_name": "acme-validator",
-                "validation_key_s3": "s3://acme-bakery/chef/validator.pem",
-            },
-        },
-        "jenkins": {
-            "job_prefix": "ami-bake-",
-            "upstream_jobs": ["deploy-release"],
-            "scm_url": "https://git.example.com/ops/bakery.git",
-        },
-        "roles": {r: {"platform": "linux", "base_ami": "ami-0123456789abcdef0"} for r in roles},
-    }
+    data = offline_catalog_data(roles)
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
 
 

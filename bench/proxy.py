@@ -38,6 +38,8 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from bakery_lib.devstack.httpd import LoopbackHTTPServer
+
 LOOPBACK = "127.0.0.1"
 # Hop-by-hop headers (RFC 9110 7.6.1) are never forwarded; Content-Length is recomputed.
 HOP_BY_HOP = frozenset(h.lower() for h in (
@@ -114,7 +116,7 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
 
 
-class CountingProxy:
+class CountingProxy(LoopbackHTTPServer):
     """``with CountingProxy(moto_url, latency=(0.02, 0.05)) as p:`` -> ``p.url``, ``p.snapshot()``.
 
     ``kind`` is ``"aws"`` or ``"chef"`` (how requests are classified). ``latency`` is the (low, high)
@@ -139,8 +141,6 @@ class CountingProxy:
         self.added_latency = 0.0
         self.upstream_time = 0.0  # seconds spent waiting for the upstream's answers (sum over calls)
         self._upstream_by_key: collections.defaultdict[Key, float] = collections.defaultdict(float)  # per key
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._local = threading.local()
         self.url = ""
 
@@ -151,27 +151,8 @@ class CountingProxy:
         class Handler(_Handler):
             owner = proxy
 
-        self._server = _Server((LOOPBACK, 0), Handler)
-        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"{self.name}-server", daemon=True)
-        self._thread.start()
+        self.url = self._serve(Handler, name=f"{self.name}-server", server_class=_Server, poll_interval=0.1)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def __enter__(self) -> CountingProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # --- counts --------------------------------------------------------------------------------------
     def snapshot(self) -> collections.Counter[Key]:
@@ -307,7 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle
 
 
-class EgressGuard:
+class EgressGuard(LoopbackHTTPServer):
     """An HTTP(S) proxy that refuses everything: point HTTP_PROXY/HTTPS_PROXY at ``url``.
 
     ``attempts`` lists what something tried to reach outside 127.0.0.1 (CONNECT host:port or an
@@ -317,8 +298,6 @@ class EgressGuard:
     def __init__(self) -> None:
         self.attempts: list[str] = []
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self.url = ""
 
     def start(self) -> EgressGuard:
@@ -339,11 +318,7 @@ class EgressGuard:
 
             do_CONNECT = do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _refuse
 
-        self._server = _Server((LOOPBACK, 0), Handler)
-        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="egress-guard", daemon=True)
-        self._thread.start()
+        self.url = self._serve(Handler, name="egress-guard", server_class=_Server, poll_interval=0.1)
         return self
 
     def env(self) -> dict[str, str]:
@@ -352,20 +327,6 @@ class EgressGuard:
         return {"HTTP_PROXY": self.url, "HTTPS_PROXY": self.url, "http_proxy": self.url,
                 "https_proxy": self.url, "NO_PROXY": no_proxy, "no_proxy": no_proxy}
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def __enter__(self) -> EgressGuard:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def by_operation(counts: collections.Counter[Key], agents: Iterable[str] | None = None) -> collections.Counter[str]:

@@ -43,9 +43,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from bakery_lib.devstack.httpd import LoopbackHTTPServer
 
 JENKINS_VERSION = "2.462.3"
 CRUMB_FIELD = "Jenkins-Crumb"
@@ -217,7 +219,7 @@ def filter_tree(obj: Any, tree: dict[str, Any] | None) -> Any:
     return out
 
 
-class JenkinsDouble:
+class JenkinsDouble(LoopbackHTTPServer):
     """The double. Use as a context manager or call start()/stop()."""
 
     def __init__(
@@ -245,31 +247,14 @@ class JenkinsDouble:
         self.crumb_issuer_status = 200  # set to e.g. 500 to break the crumb issuer
         self.reject_crumbs = False  # every POST fails as if the crumb header had been stripped
         self.latency = 0.0  # seconds added to every request (a remote Jenkins is never instant)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self, port: int = 0) -> JenkinsDouble:
         """Serve on 127.0.0.1:``port`` (0: any free port, see ``url``) from a background thread."""
         handler = type("Handler", (_Handler,), {"double": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="jenkins-double", daemon=True)
-        self._thread.start()
+        self._serve(handler, name="jenkins-double", port=port)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> JenkinsDouble:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:

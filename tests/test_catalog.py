@@ -11,28 +11,16 @@ import pytest
 import yaml
 
 from bakery_lib.catalog import AmiFilter, load_catalog, parse_catalog
+from bakery_lib.devstack.samples import offline_catalog_data
 from bakery_lib.errors import CatalogError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bakery.yaml"
 
-BASE = {
-    "defaults": {
-        "region": "us-east-1",
-        "runlist_bucket": "acme-bakery",
-        "alert_topic_arn": "arn:aws:sns:us-east-1:123456789012:bakery-alerts",
-        "chef": {
-            "server_url": "https://chef.example.com/organizations/acme",
-            "validation_client_name": "acme-validator",
-            "validation_key_s3": "s3://acme-bakery/chef/validator.pem",
-        },
-    },
-    "jenkins": {"job_prefix": "ami-bake-", "upstream_jobs": ["deploy-release"]},
-    "roles": {
-        "web": {"platform": "linux", "base_ami": "ami-0123456789abcdef0"},
-        "reporting": {"platform": "windows",
-                      "base_ami": {"name": "Windows_Server-2022-English-Full-Base-*", "owners": ["amazon"]}},
-    },
-}
+BASE = offline_catalog_data({
+    "web": {"platform": "linux", "base_ami": "ami-0123456789abcdef0"},
+    "reporting": {"platform": "windows",
+                  "base_ami": {"name": "Windows_Server-2022-English-Full-Base-*", "owners": ["amazon"]}},
+}, scm_url=None)
 
 
 def variant(**changes):

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bakery_lib.catalog import parse_catalog
+from bakery_lib.devstack.samples import offline_catalog_data
 from bakery_lib.jobs.cli import main
 from bakery_lib.jobs.normalize import normalized, parse_marker, same_config
 from bakery_lib.jobs.render import render_items
@@ -46,20 +47,7 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 def base_catalogue(**jenkins: Any) -> dict[str, Any]:
-    return {
-        "defaults": {
-            "region": "us-east-1",
-            "runlist_bucket": "acme-bakery",
-            "alert_topic_arn": "arn:aws:sns:us-east-1:123456789012:bakery-alerts",
-            "chef": {
-                "server_url": "https://chef.example.com/organizations/acme",
-                "validation_client_name": "acme-validator",
-                "validation_key_s3": "s3://acme-bakery/chef/validator.pem",
-            },
-        },
-        "jenkins": {"job_prefix": "ami-bake-", "scm_url": "https://git.example.com/ops/bakery.git", **jenkins},
-        "roles": {"web": {"platform": "linux", "base_ami": "ami-0123456789abcdef0"}},
-    }
+    return offline_catalog_data(["web"], **{"upstream_jobs": None, **jenkins})
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from bakery_lib.catalog import load_catalog
+from bakery_lib.devstack.samples import offline_catalog_data
 from bakery_lib.jobs.cli import main
 from bakery_lib.jobs.normalize import normalized, parse_marker, same_config
 from bakery_lib.jobs.render import render_items
@@ -46,25 +47,7 @@ def jenkins(server: JenkinsDouble) -> JenkinsDouble:
 
 
 def catalogue(tmp_path: Path, roles: list[str], name: str = "bakery.yaml", **jenkins: Any) -> Path:
-    data = {
-        "defaults": {
-            "region": "us-east-1",
-            "runlist_bucket": "acme-bakery",
-            "alert_topic_arn": "arn:aws:sns:us-east-1:123456789012:bakery-alerts",
-            "chef": {
-                "server_url": "https://chef.example.com/organizations/acme",
-                "validation_client_name": "acme-validator",
-                "validation_key_s3": "s3://acme-bakery/chef/validator.pem",
-            },
-        },
-        "jenkins": {
-            "job_prefix": "ami-bake-",
-            "upstream_jobs": ["deploy-release"],
-            "scm_url": "https://git.example.com/ops/bakery.git",
-            **jenkins,
-        },
-        "roles": {r: {"platform": "linux", "base_ami": "ami-0123456789abcdef0"} for r in roles},
-    }
+    data = offline_catalog_data(roles, **jenkins)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return path

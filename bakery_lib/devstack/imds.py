@@ -14,15 +14,15 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from ._proc import LOOPBACK
+from .httpd import LoopbackHTTPServer
 
 MAX_TTL = 21600
 
 
-class ImdsDouble:
+class ImdsDouble(LoopbackHTTPServer):
     """``with ImdsDouble(instance_id=..., region=...) as imds:`` -> ``imds.url``; ``imds.requests`` log."""
 
     def __init__(
@@ -54,8 +54,6 @@ class ImdsDouble:
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status), for tests
         self._tokens: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.url = ""
 
     # --- token bookkeeping --------------------------------------------------------------------------
@@ -149,22 +147,5 @@ class ImdsDouble:
             def do_POST(self) -> None:  # noqa: N802 - stdlib naming
                 self._send(405, "Method Not Allowed")
 
-        self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"imds-{self.meta['instance-id']}",
-                                        daemon=True)
-        self._thread.start()
+        self.url = self._serve(Handler, name=f"imds-{self.meta['instance-id']}")
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> ImdsDouble:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -37,6 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from xml.sax.saxutils import escape
 
+from bakery_lib.devstack.httpd import LoopbackHTTPServer
+
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "content-length"}
 _SCOPE_RE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
@@ -147,7 +149,7 @@ class Hold:
     fired: int = 0
 
 
-class FaultProxy:
+class FaultProxy(LoopbackHTTPServer):
     """``with FaultProxy(moto.url) as proxy:`` -> ``proxy.url``; ``proxy.add(Rule(...))``; ``proxy.calls``."""
 
     def __init__(self, upstream: str):
@@ -162,8 +164,6 @@ class FaultProxy:
         self.rewrites: list[Rewrite] = []
         self.holds: list[Hold] = []
         self._seen_ok: set[str] = set()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self, port: int = 0) -> FaultProxy:
@@ -173,28 +173,12 @@ class FaultProxy:
         class Handler(_Handler):
             owner = proxy
 
-        self._server = _Server(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
-        self._thread.start()
+        self.url = self._serve(Handler, name="fault-proxy", port=port, server_class=_Server)
         return self
 
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1]) if self.url else 0
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # --- what tests use ------------------------------------------------------------------------------
     def add(self, *items: Rule | Rewrite | Hold) -> None:

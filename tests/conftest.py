@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from faults.proxy import FaultProxy
 
 from bakery_lib.devstack import DevStack, GoiardiServer, InstanceRunner, MotoServer, isolated_env
 
@@ -125,3 +126,18 @@ def run_cli(request: pytest.FixtureRequest) -> RunCli:
         )
 
     return run
+
+
+@pytest.fixture(scope="module")
+def module_proxy(devstack: DevStack) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the session's moto, one per test module."""
+    with FaultProxy(devstack.moto.url) as proxy:
+        yield proxy
+
+
+@pytest.fixture()
+def proxy(module_proxy: FaultProxy) -> Iterator[FaultProxy]:
+    """The module's fault proxy with no rule and an empty call log."""
+    module_proxy.reset()
+    yield module_proxy
+    module_proxy.reset()

@@ -46,18 +46,6 @@ EXIT_WITHIN = 30.0
 PENDING = Rewrite("DescribeImages", "<imageState>available</imageState>", "<imageState>pending</imageState>")
 
 
-@pytest.fixture(scope="module")
-def module_proxy(devstack) -> Iterator[FaultProxy]:
-    with FaultProxy(devstack.moto.url) as proxy:
-        yield proxy
-
-
-@pytest.fixture()
-def proxy(module_proxy: FaultProxy) -> Iterator[FaultProxy]:
-    module_proxy.reset()
-    yield module_proxy
-    module_proxy.reset()
-
 
 def pending_rewrite(*, after: str | None = "CreateImage") -> Rewrite:
     """DescribeImages answers ``pending`` for what moto already made available (once CreateImage

@@ -362,7 +362,8 @@ _ROLE_ONLY_KEYS = {"platform", "base_ami", "run_lists"}
 _REQUIRED = ("region", "runlist_bucket", "alert_topic_arn")
 
 _JENKINS_KEYS: dict[str, Callable[[Any, _Ctx], Any]] = {
-    "job_prefix": _text(re.compile(r"^[A-Za-z0-9_.-]{0,40}$"), "a job name prefix"),
+    # Not empty: jobs are named PREFIX + role, which keeps them apart from the other jobs on the Jenkins.
+    "job_prefix": _text(re.compile(r"^[A-Za-z0-9_.-]{1,40}$"), "a job name prefix"),
     "folder": _text(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,63})*$"), "a folder path"),
     "upstream_jobs": _list(_text(re.compile(r"^[^\x00-\x1f\x7f,]{1,255}$"), "a job name"), max_len=50),
     "scm_url": _text(),

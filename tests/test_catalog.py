@@ -75,6 +75,7 @@ def test_role_overrides_default_and_run_lists():
         (variant(roles__web__tags={"bakery:role": "x"}), "web", "tags.bakery:role", "reserved"),
         (variant(roles__web__ingress=[{"port": 22}]), "web", "ingress.0.cidr", "exactly one"),
         (variant(jenkins__job_prefx="x"), None, "jenkins.job_prefx", "unknown key"),
+        (variant(jenkins__job_prefix=""), None, "jenkins.job_prefix", "non-empty"),
         (variant(roles__web__bootstrap_timeout="forever"), "web", "bootstrap_timeout", "duration"),
     ],
 )

@@ -49,7 +49,10 @@ def run(ctx: Context) -> str:
         try:
             ctx.ec2("ModifyImageAttribute", ImageId=image_id, ImdsSupport={"Value": "v2.0"})
         except AwsError as exc:
-            tag_snapshots(ctx, image)
+            try:
+                tag_snapshots(ctx, image)  # untagged snapshots would be anonymous until cleanup
+            except BakeryError as tag_exc:
+                ctx.log(f"could not tag the snapshots of {image_id} either: {tag_exc}")
             raise AwsError(exc.operation, exc.code, (
                 f"{exc.message}. Image {image_id} is available but IMDSv2 is not required on it, so it is not "
                 f"published and no later bake reuses it: fix the cause (e.g. allow ec2:ModifyImageAttribute) and "

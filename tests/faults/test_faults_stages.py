@@ -35,6 +35,7 @@ from .support import (
     leftover_text,
     mark_failed_attempt,
     prepare,
+    read_state,
     run_in_process,
 )
 
@@ -96,3 +97,38 @@ def test_permission_error_fails_the_stage_and_cleanup_leaves_nothing(
     left = leftover_text(leaks) + (f" (kept: {len(kept)} available AMI)" if kept else "")
     FaultTable.add("stage-by-stage", f"`{call.id}` → `{throttled.injected}`, then `{code}` on the retry",
                    "throttling retried; " + outcome, left)
+
+
+def test_imdsv2_refused_then_rerun_after_the_fix(devstack, proxy: FaultProxy, tmp_path: Path, capsys, monkeypatch):
+    """What the wait-image failure message promises: once ModifyImageAttribute is allowed again, a
+    rerun of the stage requires IMDSv2 on the same image, marks it, and records it as the bake's AMI."""
+    role = "f-wi-imds-rerun"
+    ws = tmp_path / "ws"
+    catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={role: {"platform": "linux"}})
+    prepare(devstack, ws, catalog, role, "wait-image")
+    env = cli_env(devstack, proxy.url)
+    args = ["--workspace", str(ws), "--catalog", str(catalog), "stage", "wait-image", "--role", role]
+    proxy.add(Rule("ModifyImageAttribute", kind="denied"))
+    code, _out, err = run_in_process(args, env, capsys, monkeypatch)
+    assert code == 1 and "UnauthorizedOperation" in err and "not published and no later bake reuses it" in err
+    state = read_state(ws, role)
+    image_id = state["image_id"]
+    assert state["amis"] == {}
+    ec2 = devstack.moto.client("ec2")
+    tags = {t["Key"]: t["Value"] for t in ec2.describe_images(ImageIds=[image_id])["Images"][0].get("Tags", [])}
+    assert "bakery:imds-support" not in tags
+    snaps = state["snapshot_ids"]
+    assert snaps, "the snapshots are tagged even when the stage fails"
+
+    proxy.reset()
+    code, out, err = run_in_process(args, env, capsys, monkeypatch)
+    assert code == 0, err
+    modify = [c for c in proxy.calls_since() if c.operation == "ModifyImageAttribute"]
+    assert len(modify) == 1 and modify[0].status == 200
+    state = read_state(ws, role)
+    assert state["amis"] == {devstack.region: image_id}
+    tags = {t["Key"]: t["Value"] for t in ec2.describe_images(ImageIds=[image_id])["Images"][0].get("Tags", [])}
+    assert tags["bakery:imds-support"] == "v2.0"
+    code, _out, err = run_in_process(["--workspace", str(ws), "--catalog", str(catalog), "cleanup", "--role", role],
+                                     env, capsys, monkeypatch)
+    assert code == 0, err

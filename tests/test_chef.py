@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,6 +12,7 @@ from bakery_lib.chef import ChefClient, parse_knife_config
 from bakery_lib.devstack import GoiardiServer
 from bakery_lib.devstack._proc import free_port
 from bakery_lib.errors import ChefError, UsageError
+from bakery_lib.stages.chef_cleanup import delete_identity
 
 
 def unique(prefix: str) -> str:
@@ -182,3 +184,43 @@ def test_from_env_errors_name_what_is_missing(goiardi: GoiardiServer, tmp_path: 
         ChefClient.from_env({}, str(config))
     with pytest.raises(UsageError, match="cannot read it"):
         ChefClient.from_env({}, str(tmp_path / "missing.rb"))
+
+
+def test_cleanup_revokes_the_bake_identity_before_deleting_its_node(admin: ChefClient, goiardi: GoiardiServer,
+                                                                    tmp_path: Path) -> None:
+    """A chef-client still running on an instance being terminated must not re-create the node that
+    cleanup deleted: the client (its key) goes first, so its late node save is refused. The instance
+    tries to save its node after each delete cleanup makes, i.e. at the worst moments."""
+    name = unique("bake-web")
+    key = tmp_path / "client.pem"
+    key.write_text(admin.create_client(name))
+    instance = ChefClient(goiardi.url, name, str(key))
+    node = {"name": name, "json_class": "Chef::Node", "chef_type": "node", "chef_environment": "_default",
+            "run_list": [], "normal": {}, "default": {}, "override": {}, "automatic": {}}
+    instance.request("POST", "/nodes", node)  # what the instance's chef-client run does
+    refused: list[str] = []
+
+    def late_save() -> None:
+        try:
+            if instance.node_exists(name):
+                instance.request("PUT", f"/nodes/{name}", node)
+            else:
+                instance.request("POST", "/nodes", node)
+        except ChefError as exc:
+            refused.append(str(exc))
+
+    class RacingChef:
+        def delete_client(self, n: str) -> bool:
+            result = admin.delete_client(n)
+            late_save()
+            return result
+
+        def delete_node(self, n: str) -> bool:
+            result = admin.delete_node(n)
+            late_save()
+            return result
+
+    message = delete_identity(SimpleNamespace(chef=RacingChef), name)  # type: ignore[arg-type]
+    assert message == f"node {name} deleted, client {name} deleted"
+    assert len(refused) == 2 and all("401" in r for r in refused), refused
+    assert not admin.node_exists(name) and not admin.client_exists(name)

@@ -10,8 +10,10 @@ from .base import Context
 
 def delete_identity(ctx: Context, name: str) -> str:
     chef = ctx.chef()
-    node = chef.delete_node(name)
+    # Client first: that revokes the key, so a chef-client still running on an instance that is being
+    # terminated can no longer save (and so re-create) the node deleted next.
     client = chef.delete_client(name)
+    node = chef.delete_node(name)
     return (f"node {name} {'deleted' if node else 'already absent'}, "
             f"client {name} {'deleted' if client else 'already absent'}")
 

@@ -200,8 +200,9 @@ def cmd_bake(rt: _Runtime) -> int:
         raise UsageError("--jobs must be at least 1")
     cancel = threading.Event()
     _install_signal_handlers(cancel)
+    aws = rt.aws()
     outcomes = bake_many(
-        rt.ws(), catalog, roles, rt.args.release, rt.aws(), cancel, jobs=rt.args.jobs,
+        rt.ws(), catalog, roles, rt.args.release, aws, cancel, jobs=rt.args.jobs,
         keep_on_failure=rt.args.keep_on_failure, force=rt.args.force, env=rt.env,
         chef_config=rt.args.chef_config, poll_interval=_poll_interval(rt.env),
     )
@@ -209,6 +210,8 @@ def cmd_bake(rt: _Runtime) -> int:
 
     html, md = write_summary(rt.ws(), outcomes, release=rt.args.release)
     print("\n".join(summary_lines(outcomes)))
+    # What the run cost against the account's API rate limits (polls and look-ups are shared by roles).
+    print(f"AWS API calls: {aws.counter.total} ({aws.counter.total / len(outcomes):.1f} per role)")
     print(f"summary: {html} and {md}")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:

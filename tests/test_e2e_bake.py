@@ -5,6 +5,7 @@ moto server and goiardi, with the instance runner executing the real bake user d
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -153,6 +154,8 @@ def test_bake_command_and_reuse(devstack, e2e_env, instance_runner, tmp_path):
         "api": {"platform": "linux"}, "queue": {"platform": "linux"}})
     proc = bakery(e2e_env, ws, catalog, "bake", "--all", "--release", "3.0", "--jobs", "2", timeout=300)
     assert proc.returncode == 0, proc.stderr
+    calls = re.search(r"^AWS API calls: (\d+) \(([\d.]+) per role\)$", proc.stdout, re.M)
+    assert calls and 2 * 10 < int(calls.group(1)) and float(calls.group(2)) == pytest.approx(int(calls.group(1)) / 2, 0.05)
     amis = json.loads((ws / "artifacts" / "amis.json").read_text())["amis"]
     assert set(amis) == {"api", "queue"}
     # Same inputs, new release: reused, nothing launched.

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TOOLS := .tools
-APT_PACKAGES := goiardi shellcheck packer
+APT_PACKAGES := goiardi shellcheck packer groovy default-jre-headless
 PYTEST_ARGS ?=
 
 .PHONY: all deps system-deps venv node-deps test lint demo bench clean
@@ -13,7 +13,7 @@ all: test
 
 # System packages (Debian): only when one is missing, with one `apt-get update` first.
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -45,7 +45,7 @@ test: deps
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 demo: system-deps venv
-	$(PY) -m bakery_lib.devstack.demo --catalog examples/bakery.yaml --workspace demo-workspace
+	$(PY) -m devstack.demo --catalog examples/bakery.yaml --workspace demo-workspace
 
 bench: deps
 	$(PY) -m pip install -q jenkins-job-builder

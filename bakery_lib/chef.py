@@ -3,7 +3,7 @@
 Everything the bakery asks a Chef server goes through :class:`ChefClient`: check that its identity is
 accepted, check that a run list's cookbooks and roles exist, and delete a bake's node and client.
 The demo and the tests also use it to seed a server (clients, metadata-only cookbooks, roles), and
-the stub ``chef-client`` of :mod:`bakery_lib.devstack` uses :meth:`ChefClient.request` as a real
+the stub ``chef-client`` of :mod:`devstack` uses :meth:`ChefClient.request` as a real
 chef-client would. Keep this module small: swapping pychef for another client means rewriting
 ``_Api`` and nothing else.
 

@@ -3,7 +3,7 @@
 
 One run, everything on 127.0.0.1, started and stopped here:
 
-- moto server + goiardi, seeded by :class:`bakery_lib.devstack.DevStack`;
+- moto server + goiardi, seeded by :class:`devstack.DevStack`;
 - :class:`bench.proxy.CountingProxy` in front of moto for the tool under test (the bakery CLI or
   Packer), one in front of moto for the EC2 side (the instance runner and the instances' own AWS CLI
   calls, counted apart: on AWS those are not the baking tool's calls), and one in front of goiardi
@@ -57,7 +57,7 @@ if str(REPO) not in sys.path:  # `python bench/bench_bake.py` puts bench/, not t
     sys.path.insert(0, str(REPO))
 
 from bakery_lib import __version__ as BAKERY_VERSION  # noqa: E402
-from bakery_lib.devstack import DevStack, InstanceRunner, isolated_env  # noqa: E402
+from devstack import DevStack, InstanceRunner, isolated_env  # noqa: E402
 from bakery_lib.stages import ORDER  # noqa: E402
 from bench.proxy import BATCHED, CountingProxy, EgressGuard, Key  # noqa: E402
 

@@ -4,7 +4,7 @@
 
 Both tools run as the command a person would run (``generate-jobs`` through
 ``bakery_lib.jobs.cli.main`` in a fresh interpreter; ``jenkins-jobs``, JJB 6.x) against the same
-in-process Jenkins double (tests/jenkins_double.py) on 127.0.0.1, which counts every request. The
+in-process Jenkins double (devstack/jenkins_double.py) on 127.0.0.1, which counts every request. The
 JJB YAML below describes the same Pipeline job per role as templates/jenkins/role-job.xml.j2
 (parameters, reverse trigger, build discarder, no concurrent builds, git SCM, lightweight checkout).
 
@@ -36,9 +36,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bakery_lib.devstack.samples import offline_catalog_data  # noqa: E402
+from devstack.samples import offline_catalog_data  # noqa: E402
 from bakery_lib.jobs.normalize import same_config  # noqa: E402
-from tests.jenkins_double import JenkinsDouble  # noqa: E402
+from devstack.jenkins_double import JenkinsDouble  # noqa: E402
 
 USER, TOKEN = "bench", "bench-api-token"
 EDITED = 3

@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bakery_lib.devstack.httpd import LoopbackHTTPServer
+from devstack.httpd import LoopbackHTTPServer
 
 LOOPBACK = "127.0.0.1"
 # Hop-by-hop headers (RFC 9110 7.6.1) are never forwarded; Content-Length is recomputed.

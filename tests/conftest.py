@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from faults.proxy import FaultProxy
 
-from bakery_lib.devstack import DevStack, GoiardiServer, InstanceRunner, MotoServer, isolated_env
+from devstack import DevStack, GoiardiServer, InstanceRunner, MotoServer, isolated_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

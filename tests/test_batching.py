@@ -7,7 +7,7 @@ import threading
 import boto3
 
 from bakery_lib.aws import Aws
-from bakery_lib.devstack.moto import seed_base_image
+from devstack.moto import seed_base_image
 
 
 def test_concurrent_polls_share_one_describe_call(moto_server):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from bakery_lib.catalog import AmiFilter, load_catalog, parse_catalog
-from bakery_lib.devstack.samples import offline_catalog_data
+from devstack.samples import offline_catalog_data
 from bakery_lib.errors import CatalogError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bakery.yaml"

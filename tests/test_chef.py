@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from bakery_lib.chef import ChefClient, parse_knife_config
-from bakery_lib.devstack import GoiardiServer
-from bakery_lib.devstack._proc import free_port
+from devstack import GoiardiServer
+from devstack._proc import free_port
 from bakery_lib.errors import ChefError, UsageError
 from bakery_lib.stages.chef_cleanup import delete_identity
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from bakery_lib.catalog import load_catalog
-from bakery_lib.devstack import DevStack, ImdsDouble, InstanceRunner, seed_base_image, write_stub_bin
-from bakery_lib.devstack._proc import free_port
-from bakery_lib.devstack.stack import BASE_IMAGE_NAME
+from devstack import DevStack, ImdsDouble, InstanceRunner, seed_base_image, write_stub_bin
+from devstack._proc import free_port
+from devstack.stack import BASE_IMAGE_NAME
 
 
 def unique(prefix: str) -> str:

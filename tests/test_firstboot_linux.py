@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from bakery_lib.catalog import RoleSpec, parse_catalog
-from bakery_lib.devstack import MotoServer
-from bakery_lib.devstack.imds import ImdsDouble
+from devstack import MotoServer
+from devstack.imds import ImdsDouble
 from bakery_lib.userdata import bake_userdata, instance_files, launch_userdata
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"

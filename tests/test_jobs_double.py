@@ -14,7 +14,7 @@ import pytest
 import requests
 
 try:
-    from tests.jenkins_double import JenkinsDouble, jenkins_serialize, parse_tree
+    from devstack.jenkins_double import JenkinsDouble, jenkins_serialize, parse_tree
 except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
     from jenkins_double import JenkinsDouble, jenkins_serialize, parse_tree
 

@@ -21,13 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bakery_lib.catalog import parse_catalog
-from bakery_lib.devstack.samples import offline_catalog_data
+from devstack.samples import offline_catalog_data
 from bakery_lib.jobs.cli import main
 from bakery_lib.jobs.normalize import normalized, parse_marker, same_config
 from bakery_lib.jobs.render import render_items
 
 try:
-    from tests.jenkins_double import jenkins_serialize
+    from devstack.jenkins_double import jenkins_serialize
 except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
     from jenkins_double import jenkins_serialize
 

@@ -20,13 +20,13 @@ import pytest
 import yaml
 
 from bakery_lib.catalog import load_catalog
-from bakery_lib.devstack.samples import offline_catalog_data
+from devstack.samples import offline_catalog_data
 from bakery_lib.jobs.cli import main
 from bakery_lib.jobs.normalize import normalized, parse_marker, same_config
 from bakery_lib.jobs.render import render_items
 
 try:
-    from tests.jenkins_double import JenkinsDouble
+    from devstack.jenkins_double import JenkinsDouble
 except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
     from jenkins_double import JenkinsDouble
 

@@ -26,6 +26,23 @@ def installed(tmp_path_factory):
     return env_dir
 
 
+def test_wheel_holds_only_the_product(tmp_path):
+    """The stand-ins (devstack/) and the tests are development code: a wheel built from the repo has
+    neither, only the library and its templates."""
+    proc = subprocess.run([str(Path(os.sys.executable)), "-m", "pip", "wheel", "-q", "--no-deps",
+                           "--disable-pip-version-check", "-w", str(tmp_path), str(REPO)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = tmp_path.glob("ami_bakery-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"bakery_lib", "bakery_templates"}, sorted(tops)
+    assert not [n for n in names if "devstack" in n or "jenkins_double" in n or "/tests/" in n]
+    assert "bakery_templates/linux/firstboot.sh.j2" in names
+
+
 def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     return env

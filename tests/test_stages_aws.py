@@ -15,7 +15,7 @@ import pytest
 from bakery_lib.aws import Aws
 from bakery_lib.catalog import parse_catalog
 from bakery_lib.cleanup import cleanup
-from bakery_lib.devstack.moto import seed_base_image
+from devstack.moto import seed_base_image
 from bakery_lib.errors import AwsError, BakeryError
 from bakery_lib.stages import iam_role, image, launch, run_stage, security_groups, stop, terminate, wait_image
 from bakery_lib.stages.base import Context

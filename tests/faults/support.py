@@ -31,8 +31,8 @@ import boto3
 
 from bakery_lib.aws import Aws, Clock
 from bakery_lib.catalog import load_catalog
-from bakery_lib.devstack import DevStack
-from bakery_lib.devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
+from devstack import DevStack
+from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 from bakery_lib.stages import ORDER, run_stage
 from bakery_lib.stages.base import Context
 from bakery_lib.state import Workspace
@@ -44,7 +44,7 @@ GONE_STATES = {"terminated", "shutting-down"}
 
 def cli_env(devstack: DevStack, endpoint: str | None = None, **extra: str) -> dict[str, str]:
     """The environment of a bakery subprocess: devstack's AWS + Chef identity, fast polls."""
-    from bakery_lib.devstack import isolated_env
+    from devstack import isolated_env
 
     env = isolated_env(devstack.env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
@@ -349,7 +349,7 @@ class SimulatedBoot:
 
     Every running bake instance of ``roles`` gets, once, what its user data would do on success:
     its Chef node/client registered and the tag ``bakery:bootstrap=succeeded`` (see
-    :func:`simulate_bootstrap`; ``finish=False``: registered, never tagged: a bake stuck in bootstrap). The real :class:`~bakery_lib.devstack.InstanceRunner` is used where
+    :func:`simulate_bootstrap`; ``finish=False``: registered, never tagged: a bake stuck in bootstrap). The real :class:`~devstack.InstanceRunner` is used where
     the instance's own behaviour is under test (e2e, security, the throttled bake).
     """
 

@@ -11,7 +11,7 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
-from bakery_lib.devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
+from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 
 from .proxy import FaultProxy, Hold, Rewrite, Rule
 

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,12 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-from ..catalog import load_catalog
-from ..errors import BakeryError
+from bakery_lib.catalog import load_catalog
+from bakery_lib.errors import BakeryError
+from .jenkins_double import JenkinsDouble
 from .moto import isolated_env
 from .stack import DevStack
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _step(text: str) -> None:
@@ -46,19 +46,8 @@ def _cli(name: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; from bakery_lib.cli import {name}; sys.exit({name}())"]
 
 
-def _jenkins_double():
-    path = REPO / "tests" / "jenkins_double.py"
-    spec = importlib.util.spec_from_file_location("bakery_demo_jenkins_double", path)
-    if spec is None or spec.loader is None:
-        raise BakeryError(f"the Jenkins double {path} is missing (run the demo from the repository)")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.JenkinsDouble
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bakery_lib.devstack.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--catalog", default=str(REPO / "examples" / "bakery.yaml"))
     parser.add_argument("--workspace", default="demo-workspace")
     parser.add_argument("--release", default="demo-" + time.strftime("%Y%m%d.%H%M%S"))
@@ -113,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         jobs_dir = ws / "jobs"
         _run([*_cli("generate_jobs_main"), "--catalog", str(catalog), "--workspace", str(ws),
               "--output-dir", str(jobs_dir)], env, ws)
-        JenkinsDouble = _jenkins_double()
         with JenkinsDouble({"demo": "demo-token"}) as jenkins:
             jenv = {**env, "JENKINS_URL": jenkins.url, "JENKINS_USER": "demo", "JENKINS_API_TOKEN": "demo-token"}
             sync = [*_cli("generate_jobs_main"), "--catalog", str(catalog), "--workspace", str(ws)]

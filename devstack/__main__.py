@@ -1,4 +1,4 @@
-"""``python -m bakery_lib.devstack --workdir DIR``: run the local stack until SIGINT/SIGTERM.
+"""``python -m devstack --workdir DIR``: run the local stack until SIGINT/SIGTERM.
 
 Starts moto + goiardi (seeded) and an instance runner, writes ``DIR/bakery.yaml`` (a catalogue with
 the given roles pointing at them) and ``DIR/env.sh`` (``export`` lines for the bakery CLI), prints
@@ -20,7 +20,7 @@ from .stack import DevStack
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bakery_lib.devstack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="directory for servers, instances and written files")
     parser.add_argument("--roles", default="web,worker", help="comma-separated Linux roles for bakery.yaml")
     parser.add_argument("--boot-delay", type=float, default=0.0, help="seconds each instance waits to boot")

@@ -47,7 +47,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from bakery_lib.devstack.httpd import LoopbackHTTPServer
+from devstack.httpd import LoopbackHTTPServer
 
 JENKINS_VERSION = "2.462.3"
 CRUMB_FIELD = "Jenkins-Crumb"
@@ -802,7 +802,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _serve_forever() -> None:
-    """``python tests/jenkins_double.py [--port N] [--user U] [--token T]``: a double to poke at by hand."""
+    """``python devstack/jenkins_double.py [--port N] [--user U] [--token T]``: a double to poke at by hand."""
     import argparse
 
     ap = argparse.ArgumentParser(description="Run the Jenkins double on 127.0.0.1 until Ctrl-C.")

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..chef import ChefClient
+from bakery_lib.chef import ChefClient
 from ._proc import LOOPBACK, free_port, stop_process, wait_until
 
 GOIARDI = "goiardi"

@@ -6,7 +6,7 @@ thread, inside a sandbox directory ``WORKDIR/INSTANCE_ID/``:
 
 - ``root/`` is the instance's ``/`` (``BAKERY_ROOT``); ``console.log`` is its console; ``user-data``
   is the script it ran;
-- an :class:`~bakery_lib.devstack.imds.ImdsDouble` serves its metadata (``BAKERY_IMDS_URL``);
+- an :class:`~devstack.imds.ImdsDouble` serves its metadata (``BAKERY_IMDS_URL``);
 - the environment is clean: AWS variables pointing at moto with dummy credentials, and
   ``PATH`` = stub bin (``chef-client`` that talks to goiardi, no-op ``systemctl``...) + the venv's
   bin (the real ``aws`` CLI) + ``/usr/bin:/bin``.

@@ -57,9 +57,9 @@ if str(REPO) not in sys.path:  # `python bench/bench_bake.py` puts bench/, not t
     sys.path.insert(0, str(REPO))
 
 from bakery_lib import __version__ as BAKERY_VERSION  # noqa: E402
-from devstack import DevStack, InstanceRunner, isolated_env  # noqa: E402
 from bakery_lib.stages import ORDER  # noqa: E402
 from bench.proxy import BATCHED, CountingProxy, EgressGuard, Key  # noqa: E402
+from devstack import DevStack, InstanceRunner, isolated_env  # noqa: E402
 
 PACKER_TEMPLATE = REPO / "bench" / "packer" / "amazon-ebs.json"
 README = REPO / "bench" / "README.md"

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_jobs.py [--roles 300] [--latency-ms 5] [--repeat 3] [--workers 4]
 
 Both tools run as the command a person would run (``generate-jobs`` through
-``bakery_lib.jobs.cli.main`` in a fresh interpreter; ``jenkins-jobs``, JJB 6.x) against the same
+``bakery_lib.cli.generate_jobs.main`` in a fresh interpreter; ``jenkins-jobs``, JJB 6.x) against the same
 in-process Jenkins double (devstack/jenkins_double.py) on 127.0.0.1, which counts every request. The
 JJB YAML below describes the same Pipeline job per role as templates/jenkins/role-job.xml.j2
 (parameters, reverse trigger, build discarder, no concurrent builds, git SCM, lightweight checkout).
@@ -36,9 +36,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from devstack.samples import offline_catalog_data  # noqa: E402
 from bakery_lib.jobs.normalize import same_config  # noqa: E402
 from devstack.jenkins_double import JenkinsDouble  # noqa: E402
+from devstack.samples import offline_catalog_data  # noqa: E402
 
 USER, TOKEN = "bench", "bench-api-token"
 EDITED = 3
@@ -137,7 +137,7 @@ def main() -> int:
            "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN}
     env.pop("JENKINS_URL", None)
     bindir = Path(sys.executable).parent
-    ours = [sys.executable, "-c", "import sys; from bakery_lib.jobs.cli import main; sys.exit(main())",
+    ours = [sys.executable, "-c", "import sys; from bakery_lib.cli.generate_jobs import main; sys.exit(main())",
             "--catalog", str(cat), "--workspace", str(work)]
     jjb = [str(bindir / "jenkins-jobs"), "--conf", str(ini)]
 

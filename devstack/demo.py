@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bakery_lib.catalog import load_catalog
-from bakery_lib.errors import BakeryError
+
 from .jenkins_double import JenkinsDouble
 from .moto import isolated_env
 from .stack import DevStack

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from bakery_lib.chef import ChefClient
+
 from ._proc import LOOPBACK, free_port, stop_process, wait_until
 
 GOIARDI = "goiardi"

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from bakery_lib.catalog import AmiFilter, load_catalog, parse_catalog
-from devstack.samples import offline_catalog_data
 from bakery_lib.errors import CatalogError
+from devstack.samples import offline_catalog_data
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bakery.yaml"
 

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from bakery_lib.chef import ChefClient, parse_knife_config
-from devstack import GoiardiServer
-from devstack._proc import free_port
 from bakery_lib.errors import ChefError, UsageError
 from bakery_lib.stages.chef_cleanup import delete_identity
+from devstack import GoiardiServer
+from devstack._proc import free_port
 
 
 def unique(prefix: str) -> str:

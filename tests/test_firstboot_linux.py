@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 
 from bakery_lib.catalog import RoleSpec, parse_catalog
+from bakery_lib.userdata import bake_userdata, instance_files, launch_userdata
 from devstack import MotoServer
 from devstack.imds import ImdsDouble
-from bakery_lib.userdata import bake_userdata, instance_files, launch_userdata
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 VENV_BIN = Path(sys.executable).parent

@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from bakery_lib.catalog import load_catalog
-from devstack.samples import offline_catalog_data
-from bakery_lib.jobs.cli import main
+from bakery_lib.cli.generate_jobs import main
 from bakery_lib.jobs.normalize import normalized, parse_marker, same_config
 from bakery_lib.jobs.render import render_items
+from devstack.samples import offline_catalog_data
 
 try:
     from devstack.jenkins_double import JenkinsDouble
@@ -406,7 +406,7 @@ def test_environment_flags_override_and_exit_codes_in_a_subprocess(jenkins: Jenk
     cat = catalogue(tmp_path, ["web", "worker"])
     env = {**os.environ, "PYTHONPATH": str(REPO), "JENKINS_URL": jenkins.url, "JENKINS_USER": "admin",
            "JENKINS_API_TOKEN": "not-the-token", "BAKERY_CATALOG": str(cat)}
-    code = "import sys; from bakery_lib.jobs.cli import main; sys.exit(main())"
+    code = "import sys; from bakery_lib.cli.generate_jobs import main; sys.exit(main())"
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,

@@ -24,12 +24,12 @@ import pytest
 from bakery_lib.aws import Aws
 from bakery_lib.catalog import RoleSpec, parse_catalog
 from bakery_lib.chef import ChefClient
-from devstack._proc import free_port
-from devstack.goiardi import GoiardiServer
-from devstack.moto import MotoServer, seed_base_image
 from bakery_lib.errors import UsageError
 from bakery_lib.lifecycle import parse_duration, prune, reap
 from bakery_lib.state import BakeState
+from devstack._proc import free_port
+from devstack.goiardi import GoiardiServer
+from devstack.moto import MotoServer, seed_base_image
 
 CATALOG = {
     "defaults": {

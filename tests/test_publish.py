@@ -10,9 +10,9 @@ import pytest
 from test_stages_aws import make_ctx, open_bake, unique_role
 
 from bakery_lib.cleanup import cleanup
-from devstack.moto import seed_base_image
 from bakery_lib.errors import BakeryError
 from bakery_lib.stages import publish
+from devstack.moto import seed_base_image
 
 ACCOUNT = "111122223333"
 

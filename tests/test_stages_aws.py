@@ -15,11 +15,11 @@ import pytest
 from bakery_lib.aws import Aws
 from bakery_lib.catalog import parse_catalog
 from bakery_lib.cleanup import cleanup
-from devstack.moto import seed_base_image
 from bakery_lib.errors import AwsError, BakeryError
 from bakery_lib.stages import iam_role, image, launch, run_stage, security_groups, stop, terminate, wait_image
 from bakery_lib.stages.base import Context
 from bakery_lib.state import BakeState, Workspace, new_bake_id
+from devstack.moto import seed_base_image
 
 CATALOG = {
     "defaults": {

@@ -31,11 +31,11 @@ import boto3
 
 from bakery_lib.aws import Aws, Clock
 from bakery_lib.catalog import load_catalog
-from devstack import DevStack
-from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 from bakery_lib.stages import ORDER, run_stage
 from bakery_lib.stages.base import Context
 from bakery_lib.state import Workspace
+from devstack import DevStack
+from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RELEASE = "9.9.9"

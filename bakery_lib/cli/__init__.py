@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
-from .errors import BakeryError, UsageError
+from .. import __version__
+from ..errors import BakeryError, UsageError
 
 
 def _poll_interval(env: dict[str, str]) -> float:
@@ -42,7 +42,7 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .stages import ORDER
+    from ..stages import ORDER
 
     parser = argparse.ArgumentParser(prog="bakery", description="Bake fully configured AMIs per Chef role.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -110,25 +110,25 @@ class _Runtime:
         self._catalog = None
 
     def catalog(self):
-        from .catalog import load_catalog
+        from ..catalog import load_catalog
 
         if self._catalog is None:
             self._catalog = load_catalog(self.args.catalog or self.env.get("BAKERY_CATALOG") or "bakery.yaml")
         return self._catalog
 
     def ws(self):
-        from .state import Workspace
+        from ..state import Workspace
 
         return Workspace(self.workspace)
 
     def aws(self):
-        from .aws import Aws
+        from ..aws import Aws
 
         return Aws(endpoint_url=self.env.get("AWS_ENDPOINT_URL") or None)
 
     def context(self, role_name: str, cancel: threading.Event | None = None):
-        from .aws import Clock
-        from .stages.base import Context
+        from ..aws import Clock
+        from ..stages.base import Context
 
         role = self.catalog().role(role_name)
         return Context(ws=self.ws(), catalog=self.catalog(), role=role, aws=self.aws(), clock=Clock(cancel),
@@ -145,8 +145,8 @@ def _install_signal_handlers(cancel: threading.Event) -> None:
 
 
 def cmd_stage(rt: _Runtime) -> int:
-    from .catalog import check_role_name
-    from .stages import run_stage
+    from ..catalog import check_role_name
+    from ..stages import run_stage
 
     check_role_name(rt.args.role)
     if rt.args.release is not None and rt.args.stage != "preflight":
@@ -165,9 +165,9 @@ def cmd_stage(rt: _Runtime) -> int:
 
 
 def cmd_cleanup(rt: _Runtime) -> int:
-    from .catalog import check_role_name
-    from .cleanup import cleanup
-    from .reports import write_junit
+    from ..catalog import check_role_name
+    from ..cleanup import cleanup
+    from ..reports import write_junit
 
     check_role_name(rt.args.role)
     ctx = rt.context(rt.args.role)
@@ -186,9 +186,9 @@ def cmd_cleanup(rt: _Runtime) -> int:
 
 
 def cmd_bake(rt: _Runtime) -> int:
-    from .bake import bake_many, summary_lines
-    from .catalog import check_role_name
-    from .stages.preflight import check_release
+    from ..bake import bake_many, summary_lines
+    from ..catalog import check_role_name
+    from ..stages.preflight import check_release
 
     catalog = rt.catalog()
     roles = sorted(catalog.roles) if rt.args.all else list(dict.fromkeys(rt.args.roles))
@@ -206,7 +206,7 @@ def cmd_bake(rt: _Runtime) -> int:
         keep_on_failure=rt.args.keep_on_failure, force=rt.args.force, env=rt.env,
         chef_config=rt.args.chef_config, poll_interval=_poll_interval(rt.env),
     )
-    from .summary import write_summary
+    from ..summary import write_summary
 
     html, md = write_summary(rt.ws(), outcomes, release=rt.args.release)
     print("\n".join(summary_lines(outcomes)))
@@ -222,7 +222,7 @@ def cmd_bake(rt: _Runtime) -> int:
 
 
 def cmd_render(rt: _Runtime) -> int:
-    from .userdata import render_role_scripts
+    from ..userdata import render_role_scripts
 
     role = rt.catalog().role(rt.args.role)
     paths = render_role_scripts(role, Path(rt.args.output_dir))
@@ -232,7 +232,7 @@ def cmd_render(rt: _Runtime) -> int:
 
 
 def cmd_status(rt: _Runtime) -> int:
-    from .catalog import check_role_name
+    from ..catalog import check_role_name
 
     ws = rt.ws()
     roles = [check_role_name(rt.args.role)] if rt.args.role is not None else ws.roles_with_state()
@@ -257,9 +257,9 @@ def cmd_status(rt: _Runtime) -> int:
 
 
 def cmd_prune(rt: _Runtime) -> int:
-    from .catalog import check_role_name
-    from .lifecycle import prune
-    from .stages.base import default_log
+    from ..catalog import check_role_name
+    from ..lifecycle import prune
+    from ..stages.base import default_log
 
     role = rt.catalog().role(check_role_name(rt.args.role))
     keep = rt.args.keep if rt.args.keep is not None else role.keep
@@ -269,10 +269,10 @@ def cmd_prune(rt: _Runtime) -> int:
 
 
 def cmd_reap(rt: _Runtime) -> int:
-    from .catalog import REGION_RE
-    from .chef import ChefClient
-    from .lifecycle import parse_duration, reap
-    from .stages.base import default_log
+    from ..catalog import REGION_RE
+    from ..chef import ChefClient
+    from ..lifecycle import parse_duration, reap
+    from ..stages.base import default_log
 
     older = parse_duration(rt.args.older_than)
     for region in rt.args.regions or []:
@@ -294,7 +294,7 @@ def cmd_reap(rt: _Runtime) -> int:
 
 
 def cmd_summary(rt: _Runtime) -> int:
-    from .summary import write_summary
+    from ..summary import write_summary
 
     for path in write_summary(rt.ws(), release=rt.args.release):
         print(path)
@@ -302,7 +302,7 @@ def cmd_summary(rt: _Runtime) -> int:
 
 
 def cmd_publish_runlist(rt: _Runtime) -> int:
-    from .stages.publish import publish_runlist
+    from ..stages.publish import publish_runlist
 
     ctx = rt.context(rt.args.role)
     print(publish_runlist(ctx))
@@ -340,13 +340,13 @@ def bakery_main(argv: Sequence[str] | None = None) -> int:
 
 
 def create_instance_main(argv: Sequence[str] | None = None) -> int:
-    from .launcher import main
+    from ..launcher import main
 
     return _guard(lambda: main(argv, dict(os.environ)), "create-instance")
 
 
 def generate_jobs_main(argv: Sequence[str] | None = None) -> int:
-    from .jobs.cli import main
+    from .generate_jobs import main
 
     return _guard(lambda: main(list(argv) if argv is not None else None), "generate-jobs")
 

@@ -26,7 +26,7 @@ from typing import TextIO
 
 from ..catalog import Catalog, load_catalog
 from ..errors import UsageError
-from .render import Item, render_items, write_output_dir
+from ..jobs.render import Item, render_items, write_output_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,10 +99,10 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _sync(args: argparse.Namespace, catalog: Catalog, items: tuple[Item, ...], out: TextIO, err: TextIO) -> int:
     # Imported here: only a sync needs python-jenkins (and requests), --output-dir does not.
-    from .execute import Outcome, execute, show_outcome, show_plan
-    from .manager import JenkinsError, JenkinsManager, display_url
-    from .plan import Action, decide, read_remote
-    from .report import REPORT_NAME, summary, write_junit
+    from ..jobs.execute import Outcome, execute, show_outcome, show_plan
+    from ..jobs.manager import JenkinsError, JenkinsManager, display_url
+    from ..jobs.plan import Action, decide, read_remote
+    from ..jobs.report import REPORT_NAME, summary, write_junit
 
     jenkins = catalog.jenkins
     url = args.jenkins_url or os.environ.get("JENKINS_URL")

@@ -41,6 +41,7 @@ lint: venv
 # pytest exit code 5 ("no tests collected") must fail the build, as must any other non-zero code.
 test: deps
 	$(VENV)/bin/ruff check bakery_lib tests bench devstack
+	$(VENV)/bin/mypy bakery_lib
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
@@ -51,6 +52,7 @@ bench: deps
 	$(PY) -m pip install -q jenkins-job-builder
 	$(PY) bench/bench_jobs.py
 	$(PY) bench/bench_bake.py
+	$(PY) bench/bench_notice.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) demo-workspace build *.egg-info

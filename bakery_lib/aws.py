@@ -6,6 +6,16 @@
 - ``call()`` turns ``ClientError`` and connection/credential errors into the bakery's own errors that
   say which operation failed, the AWS error code, and what to do next.
 - A shared cap on concurrent mutating calls keeps parallel bakes from tripping account-wide rate limits.
+- Throttling storms: clients are shared by every bake of the process, so botocore's adaptive rate
+  limiter and its retry quota are already one budget per (service, region). When a call is still
+  throttled after botocore's retries (the storm outlasted them, or the retry quota is spent), the
+  :class:`ThrottleGate` of that (service, region) pauses *every* bake's calls there with a growing,
+  jittered back-off and the call is tried again, a few rounds: the bakes slow down together instead of
+  each failing on its own.
+- Capacity errors (``InsufficientInstanceCapacity``, ``Unsupported``) persist: RunInstances goes
+  through a client without botocore retries (those would only add a minute of back-off per refused
+  placement); throttling and 5xx of RunInstances are retried here instead, and launch falls back to the
+  next instance type / subnet.
 - Every API call is counted (for benchmarks and ``bakery bake`` summaries).
 """
 
@@ -14,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +36,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from . import __version__
-from .errors import AwsError, BakeryError, UsageError
+from .errors import AwsError, BakeryError, Interrupted, UsageError
 
 # A bake instance in one of these states is a bake in flight (preflight and launch refuse a second).
 IN_FLIGHT_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
@@ -34,6 +44,19 @@ IN_FLIGHT_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"
 _MUTATING_PREFIXES = ("Create", "Delete", "Run", "Terminate", "Stop", "Start", "Put", "Attach", "Detach",
                       "Authorize", "Revoke", "Register", "Deregister", "Copy", "Modify", "Add", "Remove",
                       "Update", "Publish", "Tag", "Untag")
+
+
+# Error codes AWS uses for throttling (EC2, IAM/STS/SNS, SSM, S3...): retried through the ThrottleGate.
+THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException", "ThrottledException",
+                            "RequestThrottled", "RequestThrottledException", "TooManyRequestsException",
+                            "SlowDown", "PriorRequestNotComplete", "EC2ThrottledException"})
+# Transient server errors: botocore retries them, except on the calls made without SDK retries.
+TRANSIENT_CODES = frozenset({"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "500", "503"})
+# Calls whose errors botocore must not retry (see the module docstring).
+NO_SDK_RETRY = frozenset({"RunInstances"})
+STORM_ROUNDS = 4
+# The batched polls of a region start at least this long apart, however many bakes ask (see Batcher).
+POLL_MIN_GAP = 1.5
 
 
 NO_CREDENTIALS = ("no AWS credentials found: give the agent an instance profile, use the Jenkins AWS "
@@ -60,6 +83,41 @@ class CallCounter:
             return sum(self.counts.values())
 
 
+class ThrottleGate:
+    """A back-off shared by every bake of the process, per (service, region).
+
+    ``trip`` (a call still throttled after botocore's retries) pushes the shared "not before" time out by
+    a jittered 1, 2, 4... s (at most 30); every call waits for it in ``wait`` before going out; a
+    success lowers the level again. Sleeps wake early on the caller's cancel event.
+    """
+
+    MAX_DELAY = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._not_before: dict[tuple[str, str], float] = {}
+        self._level: dict[tuple[str, str], int] = {}
+
+    def wait(self, key: tuple[str, str], cancel: threading.Event | None = None) -> None:
+        with self._lock:
+            delay = self._not_before.get(key, 0.0) - time.monotonic()
+        if delay > 0:
+            (cancel or threading.Event()).wait(delay)
+
+    def trip(self, key: tuple[str, str]) -> float:
+        with self._lock:
+            level = self._level.get(key, 0) + 1
+            self._level[key] = level
+            delay = min(2.0 ** (level - 1), self.MAX_DELAY) * random.uniform(0.5, 1.0)
+            self._not_before[key] = max(self._not_before.get(key, 0.0), time.monotonic() + delay)
+            return delay
+
+    def ok(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            if self._level.get(key):
+                self._level[key] -= 1
+
+
 class Aws:
     """boto3 clients for one bakery process, shared by all bakes running in it."""
 
@@ -71,7 +129,8 @@ class Aws:
         mutating_concurrency: int = 8,
         session: boto3.session.Session | None = None,
     ):
-        self.endpoint_url = endpoint_url if endpoint_url is not None else os.environ.get("AWS_ENDPOINT_URL") or None
+        # The CLI passes AWS_ENDPOINT_URL (Settings); the library never reads the environment itself.
+        self.endpoint_url = endpoint_url or None
         self._session = session or boto3.session.Session()
         self._config = Config(
             retries={"mode": "adaptive", "max_attempts": max_attempts},
@@ -80,15 +139,18 @@ class Aws:
             user_agent_extra=f"ami-bakery/{__version__}",
             max_pool_connections=50,
         )
-        self._clients: dict[tuple[str, str], Any] = {}
+        # Without botocore retries, for NO_SDK_RETRY calls (this class retries throttling for them).
+        self._config_once = self._config.merge(Config(retries={"mode": "standard", "total_max_attempts": 1}))
+        self.gate = ThrottleGate()
+        self._clients: dict[tuple[str, str, bool], Any] = {}
         self._lock = threading.Lock()
         self.counter = CallCounter()
         self.mutations = threading.BoundedSemaphore(mutating_concurrency)
         self._hooks: list[tuple[str, Callable[..., Any]]] = []
         self._regions: set[str] | None = None
         # Polls and look-ups of many concurrent bakes share one Describe call per region (see Batcher).
-        self.instances = Batcher(self._fetch_instances)
-        self.images = Batcher(self._fetch_images)
+        self.instances = Batcher(self._fetch_instances, min_gap=POLL_MIN_GAP)
+        self.images = Batcher(self._fetch_images, min_gap=POLL_MIN_GAP)
         # Bake instances in flight, by role (preflight's and launch's checks for another bake).
         self.bakes_in_flight = Batcher(self._fetch_bakes_in_flight, linger=0.05)
         # Available bakery AMIs, by bake key (preflight's look-up for a reusable AMI).
@@ -118,15 +180,16 @@ class Aws:
                 "if the region is brand new, upgrade boto3)"
             )
 
-    def client(self, service: str, region: str) -> Any:
-        key = (service, region)
+    def client(self, service: str, region: str, *, sdk_retries: bool = True) -> Any:
+        key = (service, region, sdk_retries)
         with self._lock:
             client = self._clients.get(key)
             if client is None:
                 self._check_region(region)
                 try:
-                    client = self._session.client(
-                        service, region_name=region, endpoint_url=self.endpoint_url, config=self._config
+                    client = self._session.client(  # type: ignore[call-overload]  # service is a runtime name
+                        service, region_name=region, endpoint_url=self.endpoint_url,
+                        config=self._config if sdk_retries else self._config_once,
                     )
                 except botocore.exceptions.BotoCoreError as exc:
                     raise UsageError(f"cannot create an AWS {service} client for region {region!r}: {exc}") from None
@@ -137,14 +200,36 @@ class Aws:
             return client
 
     def call(self, service: str, region: str, operation: str, **params: Any) -> dict[str, Any]:
-        """Call ``operation`` (CamelCase, as in the AWS API) and translate errors."""
-        client = self.client(service, region)
+        """Call ``operation`` (CamelCase, as in the AWS API) and translate errors.
+
+        Still throttled after botocore's own retries: the shared gate backs every bake off, then the
+        call is tried again (``STORM_ROUNDS`` in all)."""
+        key = (service, region)
+        sdk_retries = operation not in NO_SDK_RETRY
+        for round_no in range(STORM_ROUNDS):
+            self.gate.wait(key)
+            try:
+                result = self._call_once(service, region, operation, sdk_retries, params)
+            except AwsError as exc:
+                retry = exc.code in THROTTLE_CODES or (not sdk_retries and exc.code in TRANSIENT_CODES)
+                if not retry or round_no == STORM_ROUNDS - 1:
+                    raise
+                self.gate.trip(key)
+                continue
+            self.gate.ok(key)
+            return result
+        raise AssertionError("unreachable")
+
+    def _call_once(self, service: str, region: str, operation: str, sdk_retries: bool,
+                   params: dict[str, Any]) -> dict[str, Any]:
+        client = self.client(service, region, sdk_retries=sdk_retries)
         method = getattr(client, _snake(operation))
         mutating = operation.startswith(_MUTATING_PREFIXES)
         if mutating:
             self.mutations.acquire()
         try:
-            return method(**params)
+            result: dict[str, Any] = method(**params)
+            return result
         except botocore.exceptions.ClientError as exc:
             err = exc.response.get("Error", {})
             code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "Unknown")
@@ -171,7 +256,8 @@ class Aws:
         except botocore.exceptions.WaiterError as exc:
             err = (exc.last_response or {}).get("Error", {})
             code = str(err.get("Code") or "WaiterFailed")
-            raise AwsError(what, code, str(err.get("Message") or exc.reason), hint=_hint(code)) from None
+            raise AwsError(what, code, str(err.get("Message") or exc.kwargs.get("reason") or exc),
+                           hint=_hint(code)) from None
         except botocore.exceptions.NoCredentialsError:
             raise UsageError(NO_CREDENTIALS) from None
         except botocore.exceptions.BotoCoreError as exc:
@@ -329,14 +415,10 @@ class Clock:
         return time.monotonic()
 
     def sleep(self, seconds: float) -> None:
-        from .errors import Interrupted
-
         if self.cancel.wait(seconds):
             raise Interrupted("interrupted (SIGTERM/SIGINT): stopping and cleaning up")
 
     def check(self) -> None:
-        from .errors import Interrupted
-
         if self.cancel.is_set():
             raise Interrupted("interrupted (SIGTERM/SIGINT): stopping and cleaning up")
 
@@ -350,15 +432,22 @@ class Batcher:
     whole call), the others use that answer. With N bakes polling every P seconds this makes about
     one call per P seconds instead of N. ``max_age=0`` asks for an answer fetched after the question
     (a check that must see the present, e.g. for another bake that just launched). ``linger`` waits
-    that long before fetching, so that bakes starting together share their first call.
+    that long before fetching, so that bakes starting together share their first call. ``min_gap``:
+    a fetch for a region starts at least that long (at most the caller's ``max_age``) after the
+    previous one started; a caller that needs
+    a fresher answer waits for the next fetch, which includes its key. So 20 bakes entering a wait at
+    slightly different moments (each with a key not cached yet) make one call per ``min_gap``, not 20.
     """
 
     CHUNK = 100
     FORGET_AFTER = 600.0
 
-    def __init__(self, fetch: Callable[[str, list[str]], dict[str, Any]], *, linger: float = 0.0):
+    def __init__(self, fetch: Callable[[str, list[str]], dict[str, Any]], *, linger: float = 0.0,
+                 min_gap: float = 0.0):
         self._fetch = fetch
         self._linger = linger
+        self._min_gap = min_gap
+        self._last_fetch: dict[str, float] = {}
         self._lock = threading.Lock()
         self._fetch_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._wanted: dict[str, dict[str, float]] = collections.defaultdict(dict)  # region -> key -> last asked
@@ -378,9 +467,15 @@ class Batcher:
                 hit = self._cache.get((region, key))
                 if hit is not None and hit[0] >= now:
                     return hit[1]  # fetched by another bake while this one waited for the lock
+                # Never wait longer than the caller's own poll age: fast test polls stay fast.
+                gap = self._last_fetch.get(region, -1e9) + min(self._min_gap, max_age) - time.monotonic()
+            if gap > 0:
+                time.sleep(gap)  # holding the region's fetch lock: the bakes asking meanwhile queue up
+            with self._lock:
                 keys = [k for k, t in self._wanted[region].items() if now - t < self.FORGET_AFTER]
                 self._wanted[region] = {k: self._wanted[region][k] for k in keys}
             fetched_at = time.monotonic()
+            self._last_fetch[region] = fetched_at
             found: dict[str, Any] = {}
             for start in range(0, len(keys), self.CHUNK):
                 found.update(self._fetch(region, keys[start:start + self.CHUNK]))

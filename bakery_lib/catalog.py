@@ -8,6 +8,8 @@ and the key, and is raised before anything else happens (exit code 2).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -32,13 +34,15 @@ URL_RE = re.compile(r"^https?://[^\s'\"`$\\]+$")
 # Tag keys/values and free text that ends up in scripts: printable, no control characters.
 SAFE_TEXT_RE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-CIDR_RE = re.compile(r"^(\d{1,3}\.){3}\d{1,3}/\d{1,2}$")
 SG_ID_RE = re.compile(r"^sg-[0-9a-f]{8,17}$")
 SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 VPC_RE = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 
 DEFAULT_CATALOG = "bakery.yaml"
+# Tags a catalogue may set on one resource: AWS allows 50; the bakery and the instance set up to 10 of
+# their own (Name, bakery:*, bakery:bootstrap and its detail).
+MAX_USER_TAGS = 40
 
 
 @dataclass(frozen=True)
@@ -59,14 +63,31 @@ class IngressRule:
     description: str = ""
 
 
+# The Chef client a bake installs, per ``chef.distribution``: (Linux installer, Windows installer).
+# Cinc (the free community build of Chef Infra) is the default: Chef's own downloads need a license
+# since 2026, Cinc's omnitruck serves the same client anonymously.
+CHEF_INSTALLERS = {
+    "cinc": ("https://omnitruck.cinc.sh/install.sh", "https://omnitruck.cinc.sh/install.ps1"),
+    "chef": ("https://chefdownload-commercial.chef.io/install.sh",
+             "https://chefdownload-commercial.chef.io/install.ps1"),
+}
+SSM_PARAMETER_RE = re.compile(r"^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,14}$")
+
+
 @dataclass(frozen=True)
 class ChefSettings:
     server_url: str
     validation_client_name: str
     validation_key_s3: str
     client_version: str = "18"
-    installer_url: str = "https://omnitruck.chef.io/install.sh"
-    windows_installer_url: str = "https://omnitruck.chef.io/install.ps1"
+    distribution: str = "cinc"
+    installer_url: str = CHEF_INSTALLERS["cinc"][0]
+    windows_installer_url: str = CHEF_INSTALLERS["cinc"][1]
+    # Licensed Chef only: where the instance fetches its license key (never in user data).
+    license_key_s3: str | None = None
+    license_key_ssm: str | None = None
+    # The base AMI already has the client: install nothing, fail clearly if it is missing.
+    preinstalled: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +106,10 @@ class RoleSpec:
     run_list_launch: tuple[str, ...]
     subnet_id: str | None = None
     vpc_id: str | None = None
+    # Fallback order for capacity errors: launch tries each type in each subnet (first = instance_type/subnet_id).
+    instance_types: tuple[str, ...] = ()
+    subnet_ids: tuple[str, ...] = ()
+    sysprep_timeout: int = 20 * 60
     volume_size: int = 30
     volume_type: str = "gp3"
     kms_key_id: str | None = None
@@ -273,18 +298,52 @@ def _base_ami(value: Any, ctx: _Ctx) -> str | AmiFilter:
     return AmiFilter(name=name, owners=owners)
 
 
+def _cidr(value: Any, ctx: _Ctx) -> str:
+    """An IPv4 network as AWS stores it. AWS masks host bits away (10.0.0.28/29 becomes 10.0.0.24/29), so
+    a rule given with host bits would never match the group's rule again: refuse it and name the network."""
+    text = _text()(value, ctx)
+    try:
+        net = ipaddress.IPv4Network(text, strict=False)
+    except ValueError as exc:
+        raise ctx.fail(f"{text!r} is not an IPv4 CIDR such as 10.0.0.0/8 ({exc})") from None
+    if "/" not in text:
+        raise ctx.fail(f"{text!r} has no prefix length: write {net} for one address")
+    if str(net) != text:
+        raise ctx.fail(f"{text!r} has host bits set; AWS would store it as {net}: write {net}")
+    return text
+
+
+def _ports(m: Mapping[str, Any], protocol: str, ctx: _Ctx) -> tuple[int, int]:
+    """(from_port, to_port) as AWS accepts them for ``protocol``.
+
+    tcp/udp: 0..65535 with from <= to; icmp: ICMP type and code, -1..255 each (-1 = all);
+    -1 (all traffic): no ports (AWS ignores them and reports -1, which would never match)."""
+    if protocol == "-1":
+        for key in ("port", "from_port", "to_port"):
+            if key in m and m[key] != -1:
+                raise ctx.sub(key).fail("protocol -1 (all traffic) takes no ports: remove this key")
+        return -1, -1
+    lo, hi = (-1, 255) if protocol == "icmp" else (0, 65535)
+    if "port" in m:
+        if "from_port" in m or "to_port" in m:
+            raise ctx.sub("port").fail("give either port or from_port and to_port, not both")
+        port = _int(lo, hi)(m["port"], ctx.sub("port"))
+        return port, port
+    if "from_port" in m and "to_port" in m:
+        from_port = _int(lo, hi)(m["from_port"], ctx.sub("from_port"))
+        to_port = _int(lo, hi)(m["to_port"], ctx.sub("to_port"))
+        if protocol != "icmp" and from_port > to_port:
+            raise ctx.sub("from_port").fail(f"from_port {from_port} is greater than to_port {to_port}")
+        return from_port, to_port
+    raise ctx.sub("port").fail("missing (give port, or from_port and to_port)")
+
+
 def _ingress_rule(value: Any, ctx: _Ctx) -> IngressRule:
     m = _mapping(value, ctx)
     _no_unknown(m, {"protocol", "port", "from_port", "to_port", "cidr", "source_group", "description"}, ctx)
     protocol = _choice("tcp", "udp", "icmp", "-1")(m.get("protocol", "tcp"), ctx.sub("protocol"))
-    if "port" in m:
-        from_port = to_port = _int(-1, 65535)(m["port"], ctx.sub("port"))
-    elif "from_port" in m and "to_port" in m:
-        from_port = _int(-1, 65535)(m["from_port"], ctx.sub("from_port"))
-        to_port = _int(-1, 65535)(m["to_port"], ctx.sub("to_port"))
-    else:
-        raise ctx.sub("port").fail("missing (give port, or from_port and to_port)")
-    cidr = _text(CIDR_RE, "a CIDR")(m["cidr"], ctx.sub("cidr")) if "cidr" in m else None
+    from_port, to_port = _ports(m, protocol, ctx)
+    cidr = _cidr(m["cidr"], ctx.sub("cidr")) if "cidr" in m else None
     source = _text(SG_ID_RE, "a security group id")(m["source_group"], ctx.sub("source_group")) if "source_group" in m else None
     if (cidr is None) == (source is None):
         raise ctx.sub("cidr").fail("give exactly one of cidr or source_group")
@@ -320,10 +379,14 @@ def _no_unknown(m: Mapping[str, Any], allowed: set[str], ctx: _Ctx) -> None:
 
 
 def _closest(word: str, choices: set[str]) -> str | None:
-    import difflib
-
     found = difflib.get_close_matches(str(word), sorted(choices), n=1, cutoff=0.7)
     return found[0] if found else None
+
+
+def _bool(value: Any, ctx: _Ctx) -> bool:
+    if not isinstance(value, bool):
+        raise ctx.fail(f"expected true or false, got {value!r}")
+    return value
 
 
 _CHEF_KEYS: dict[str, Callable[[Any, _Ctx], Any]] = {
@@ -333,6 +396,10 @@ _CHEF_KEYS: dict[str, Callable[[Any, _Ctx], Any]] = {
     "client_version": _text(re.compile(r"^[0-9][0-9.]{0,15}$"), "a Chef client version"),
     "installer_url": _text(URL_RE, "an http(s) URL"),
     "windows_installer_url": _text(URL_RE, "an http(s) URL"),
+    "distribution": _choice(*CHEF_INSTALLERS),
+    "license_key_s3": _s3_url,
+    "license_key_ssm": _text(SSM_PARAMETER_RE, "an SSM parameter name such as /bakery/chef-license"),
+    "preinstalled": _bool,
 }
 
 # Keys settable under defaults and under each role, with their validators.
@@ -342,6 +409,9 @@ _ROLE_KEYS: dict[str, Callable[[Any, _Ctx], Any]] = {
     "runlist_bucket": _text(BUCKET_RE, "an S3 bucket name"),
     "alert_topic_arn": _text(SNS_ARN_RE, "an SNS topic ARN"),
     "subnet_id": _text(SUBNET_RE, "a subnet id"),
+    "instance_types": _list(_text(INSTANCE_TYPE_RE, "an instance type"), max_len=20),
+    "subnet_ids": _list(_text(SUBNET_RE, "a subnet id"), max_len=20),
+    "sysprep_timeout": _duration,
     "vpc_id": _text(VPC_RE, "a VPC id"),
     "volume_size": _int(8, 16384),
     "volume_type": _choice("gp2", "gp3", "io1", "io2"),
@@ -379,7 +449,7 @@ _JENKINS_KEYS: dict[str, Callable[[Any, _Ctx], Any]] = {
 
 def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
     """Read, validate and merge the catalogue. Raises CatalogError (exit 2) on any problem."""
-    p = Path(path or os.environ.get("BAKERY_CATALOG") or DEFAULT_CATALOG)
+    p = Path(path or DEFAULT_CATALOG)  # the CLI resolves --catalog / BAKERY_CATALOG (Settings)
     shown = str(p)
     try:
         text = p.read_text(encoding="utf-8")
@@ -448,7 +518,80 @@ def parse_catalog(data: Any, path: str = "<catalogue>") -> Catalog:
     for name, raw in roles_raw.items():
         check_role_name(name, path)
         roles[name] = _parse_role(name, raw, defaults, chef_defaults, path)
+    _no_artifact_collisions(roles, path)
     return Catalog(path=path, roles=roles, jenkins=jenkins, raw=data)
+
+
+def _no_artifact_collisions(roles: Mapping[str, RoleSpec], path: str) -> None:
+    """Refuse role names whose build artifacts would overwrite another's.
+
+    ``artifacts/amis.json`` is the aggregate, so no role may be called ``amis``; ``amis.properties``
+    upper-cases names with every non-alphanumeric as ``_``, so ``orders-api`` and ``orders_api`` (or a
+    role ``web`` in region X and a role ``web-x`` ...) would write the same ``AMI_...`` key: the last wins."""
+    if "amis" in roles:
+        raise CatalogError(path, "role name 'amis' is reserved: artifacts/amis.json is the aggregate of "
+                                 "every role's AMIs; rename the role", role="amis")
+    keys: dict[str, str] = {}
+    for name, role in sorted(roles.items()):
+        own = [prop_key(name)] + [prop_key(name, region) for region in role.regions]
+        for key in own:
+            other = keys.get(key)
+            if other is not None and other != name:
+                raise CatalogError(path, f"roles {other!r} and {name!r} would both write {key}= in "
+                                         "artifacts/amis.properties (names are upper-cased with every "
+                                         "non-alphanumeric as '_'); rename one of them", role=name)
+            keys[key] = name
+
+
+def prop_key(role: str, region: str | None = None) -> str:
+    """The ``amis.properties`` key of a role's AMI (in its build region, or in ``region``)."""
+    def up(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9]", "_", text).upper()
+    return f"AMI_{up(role)}" + (f"_{up(region)}" if region else "")
+
+
+def _chef_client_choice(chef: dict[str, Any], ctx: _Ctx, own: set[str]) -> None:
+    """Installer URLs default per distribution; licensed Chef needs a license key source, Cinc none.
+
+    ``own``: the keys the role sets itself. A role that chooses Cinc over licensed Chef in the defaults
+    does not inherit the defaults' license key source (it could not unset it)."""
+    dist = chef.setdefault("distribution", "cinc")
+    if dist == "cinc" and "distribution" in own:
+        for key in ("license_key_s3", "license_key_ssm"):
+            if key not in own:
+                chef.pop(key, None)
+    chef.setdefault("installer_url", CHEF_INSTALLERS[dist][0])
+    chef.setdefault("windows_installer_url", CHEF_INSTALLERS[dist][1])
+    sources = [k for k in ("license_key_s3", "license_key_ssm") if chef.get(k)]
+    if len(sources) > 1:
+        raise ctx.sub("chef.license_key_ssm").fail("give one of license_key_s3 or license_key_ssm, not both")
+    if dist == "cinc" and sources:
+        raise ctx.sub(f"chef.{sources[0]}").fail("Cinc needs no license key: remove it, or set distribution: chef")
+    if dist == "chef" and not sources and not chef.get("preinstalled"):
+        raise ctx.sub("chef.license_key_s3").fail(
+            "missing: Chef's downloads (and Chef 19's client) need a license key; give license_key_s3 or "
+            "license_key_ssm (fetched by the instance with its role), set preinstalled: true, or use "
+            "distribution: cinc (free, no license)")
+
+
+def _fallback_lists(values: dict[str, Any], m: Mapping[str, Any], defaults: Mapping[str, Any], ctx: _Ctx) -> None:
+    """``instance_type``/``instance_types`` and ``subnet_id``/``subnet_ids``: one or the other per level;
+    the role's choice replaces the defaults' whole; the singular is the list's first item."""
+    for single, plural in (("instance_type", "instance_types"), ("subnet_id", "subnet_ids")):
+        if single in defaults and plural in defaults:
+            raise _Ctx(ctx.path, None, f"defaults.{plural}").fail(f"give either {single} or {plural}, not both")
+        if single in m and plural in m:
+            raise ctx.sub(plural).fail(f"give either {single} or {plural}, not both")
+        source = m if (single in m or plural in m) else defaults
+        if plural in source:
+            items = values[plural]
+            if not items:
+                raise ctx.sub(plural).fail("must not be empty (leave the key out for the default)")
+            if len(set(items)) != len(items):
+                raise ctx.sub(plural).fail(f"lists {sorted({i for i in items if items.count(i) > 1})} twice")
+            values[single] = items[0]
+        else:
+            values[plural] = (values[single],) if values.get(single) else ()
 
 
 def _parse_jenkins(raw: Any, ctx: _Ctx) -> JenkinsSettings:
@@ -466,6 +609,13 @@ def _parse_role(name: str, raw: Any, defaults: dict[str, Any], chef_defaults: di
     for k, v in m.items():
         if k in _ROLE_KEYS:
             values[k] = _ROLE_KEYS[k](v, ctx.sub(k))
+    _fallback_lists(values, m, defaults, ctx)
+    # Tags merge (as chef does): a role adds to or overrides defaults.tags, it never drops cost tags.
+    values["tags"] = tuple({**dict(defaults.get("tags", ())), **dict(values.get("tags", ()))}.items())
+    if len(values["tags"]) > MAX_USER_TAGS:
+        raise ctx.sub("tags").fail(
+            f"{len(values['tags'])} tags with defaults.tags; at most {MAX_USER_TAGS} (AWS allows 50 per "
+            f"resource and the bakery sets {50 - MAX_USER_TAGS})")
     if "platform" not in m:
         raise ctx.sub("platform").fail("missing (linux or windows)")
     platform = _choice("linux", "windows")(m["platform"], ctx.sub("platform"))
@@ -483,6 +633,7 @@ def _parse_role(name: str, raw: Any, defaults: dict[str, Any], chef_defaults: di
     for key in ("server_url", "validation_client_name", "validation_key_s3"):
         if key not in chef_raw:
             raise ctx.sub(f"chef.{key}").fail("missing (set it under defaults.chef or on the role)")
+    _chef_client_choice(chef_raw, ctx, set(role_chef))
 
     run_lists = _mapping(m.get("run_lists") or {}, ctx.sub("run_lists"))
     _no_unknown(run_lists, {"ami", "launch"}, ctx.sub("run_lists"))

@@ -19,7 +19,7 @@ import os
 import platform
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ class _Api(_pychef.ChefAPI):
         super().__init__(url, key, client, version="11.1.7", ssl_verify=ssl_verify)
         self.timeout = timeout
 
-    def _request(self, method, url, data, headers):  # type: ignore[override]
+    def _request(self, method, url, data, headers):  # pychef is untyped: its signature, unchanged
         try:
             response = requests.request(
                 method, url, headers=headers, data=data, verify=self.ssl_verify, timeout=self.timeout
@@ -266,8 +266,12 @@ class ChefClient:
     def role_exists(self, name: str) -> bool:
         return self._exists(f"/roles/{name}")
 
-    def missing_run_list_items(self, run_list: Iterable[str]) -> list[str]:
-        """The items whose cookbook (recipe[cb::r], recipe[cb]) or role (role[x]) the server lacks."""
+    def missing_run_list_items(self, run_list: Iterable[str],
+                               versions: Callable[[str], list[str]] | None = None) -> list[str]:
+        """The items whose cookbook (recipe[cb::r], recipe[cb]) or role (role[x]) the server lacks.
+
+        ``versions`` (default: ``cookbook_versions``) lets a caller answer from its own memo."""
+        lookup = versions or self.cookbook_versions
         missing = []
         cookbooks: dict[str, bool] = {}
         for item in run_list:
@@ -277,7 +281,7 @@ class ChefClient:
             else:
                 cookbook = name.split("::", 1)[0].split("@", 1)[0]
                 if cookbook not in cookbooks:
-                    cookbooks[cookbook] = bool(self.cookbook_versions(cookbook))
+                    cookbooks[cookbook] = bool(lookup(cookbook))
                 present = cookbooks[cookbook]
             if not present:
                 missing.append(item)
@@ -356,7 +360,7 @@ def parse_knife_config(path: str, env: Mapping[str, str] | None = None) -> dict[
     a spelling of ``node_name``; relative ``client_key``/``validation_key`` paths are relative to the
     config's directory.
     """
-    env = os.environ if env is None else env
+    env = env or {}  # the caller's environment, never this process's: see Settings
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

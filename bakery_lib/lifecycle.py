@@ -26,10 +26,17 @@ reap, per region, then Chef:
      report says why Chef was skipped, and the exit code is 1.
   Instances of purpose ``launch``, available AMIs and anything without the bakery's tags are never
   touched. Every removal tolerates "already gone", so reap is idempotent and safe in a cron job.
+  The Chef node/client of an instance reap terminates goes in the same run, whatever its age.
+  ``bake_id`` (``bakery reap --bake-id ID``): only that bake's instance, unfinished image, snapshots and
+  Chef identity, whatever their expiry (the operator says the bake is abandoned), from any workspace.
+
+Reap decides, then acts: each removal is an ``Action`` handed to one executor, which carries it out
+or, with ``dry_run``, only reports it. Removals go through ``bakery_lib.resources``.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -40,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from .aws import Aws, tags_of
 from .catalog import RoleSpec
 from .errors import AwsError, BakeryError, UsageError
+from .resources import delete_snapshot, deregister_with_snapshots, snapshot_ids, terminate_instance
 from .state import BakeState
 
 if TYPE_CHECKING:
@@ -56,8 +64,6 @@ BROKEN_IMAGE_STATES = {"failed", "invalid", "error"}
 # ``bake-ROLE-BAKEID`` with the bake id of ``state.new_bake_id`` (UTC stamp + 6 hex digits). Only names of
 # exactly this shape are the bakery's: a hand-made node called ``bake-server-01`` is never deleted.
 CHEF_NODE_RE = re.compile(r"^bake-(?P<role>[a-z][a-z0-9_-]{0,62})-(?P<stamp>\d{14})-[0-9a-f]{6}$")
-# DeleteSnapshot right after DeregisterImage can briefly fail with InvalidSnapshot.InUse on AWS.
-SNAPSHOT_RETRY_DELAYS = (2.0, 5.0, 10.0)
 _CHUNK = 195  # DescribeInstances accepts at most 200 values per filter
 
 
@@ -115,11 +121,6 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
-def image_snapshots(image: dict[str, Any]) -> list[str]:
-    return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) or []
-            if (m.get("Ebs") or {}).get("SnapshotId")]
-
-
 def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[list[str]]:
     for start in range(0, len(items), size):
         yield list(items[start:start + size])
@@ -128,33 +129,6 @@ def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[list[str]]:
 def _newest_first_key(image: dict[str, Any]) -> tuple[str, str, str]:
     # CreationDate has a resolution of one second; the bake id (a UTC stamp first) breaks ties.
     return (image.get("CreationDate") or "", tags_of(image).get("bakery:bake-id", ""), image["ImageId"])
-
-
-def _delete_snapshot(aws: Aws, region: str, snapshot_id: str, sleep: Callable[[float], None], *,
-                     retry_in_use: bool = True) -> bool:
-    """True when deleted, False when it was already gone. Retries while AWS still sees it in use."""
-    for attempt in range(len(SNAPSHOT_RETRY_DELAYS) + 1):
-        try:
-            aws.call("ec2", region, "DeleteSnapshot", SnapshotId=snapshot_id)
-            return True
-        except AwsError as exc:
-            if exc.code == "InvalidSnapshot.NotFound":
-                return False
-            if exc.code != "InvalidSnapshot.InUse" or not retry_in_use or attempt == len(SNAPSHOT_RETRY_DELAYS):
-                raise
-            sleep(SNAPSHOT_RETRY_DELAYS[attempt])
-    return False  # not reached
-
-
-def _deregister(aws: Aws, region: str, image_id: str) -> bool:
-    """True when deregistered, False when it was already gone."""
-    try:
-        aws.call("ec2", region, "DeregisterImage", ImageId=image_id)
-        return True
-    except AwsError as exc:
-        if exc.code in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
-            return False
-        raise
 
 
 # --- prune -----------------------------------------------------------------------------------------
@@ -212,7 +186,7 @@ class PruneReport:
 
 def _decision(region: str, image: dict[str, Any], action: str, reason: str) -> AmiDecision:
     return AmiDecision(region, image["ImageId"], image.get("Name") or "-", image.get("CreationDate") or "",
-                       image.get("State") or "?", action, reason, tuple(image_snapshots(image)))
+                       image.get("State") or "?", action, reason, tuple(snapshot_ids(image)))
 
 
 def _prune_one(aws: Aws, region: str, role: RoleSpec, image: dict[str, Any],
@@ -225,12 +199,18 @@ def _prune_one(aws: Aws, region: str, role: RoleSpec, image: dict[str, Any],
     if why:
         return _decision(region, image, "kept", "; ".join(why))
     old = f"older than the newest {keep}" if image.get("State") == "available" else f"{image.get('State')} image"
-    snaps = image_snapshots(image)
+    return _delete_ami(aws, region, role, image, old, dry_run=dry_run, report=report, log=log, sleep=sleep)
+
+
+def _delete_ami(aws: Aws, region: str, role: RoleSpec, image: dict[str, Any], why: str, *, dry_run: bool,
+                report: PruneReport, log: Log, sleep: Callable[[float], None]) -> AmiDecision:
+    """The executor of one decided deletion; ``dry_run`` only displays it."""
+    image_id = image["ImageId"]
+    snaps = snapshot_ids(image)
     if dry_run:
-        return _decision(region, image, "would delete", f"{old}; snapshots {', '.join(snaps) or 'none'}")
+        return _decision(region, image, "would delete", f"{why}; snapshots {', '.join(snaps) or 'none'}")
     try:
-        _deregister(aws, region, image_id)
-        gone = [s for s in snaps if _delete_snapshot(aws, region, s, sleep)]
+        gone = deregister_with_snapshots(aws, region, image, sleep)
     except BakeryError as exc:
         report.errors.append(
             f"{region} {image_id}: {exc}. Remove it by hand: aws ec2 deregister-image --region {region} "
@@ -238,7 +218,7 @@ def _prune_one(aws: Aws, region: str, role: RoleSpec, image: dict[str, Any],
             + "".join(f" && aws ec2 delete-snapshot --region {region} --snapshot-id {s}" for s in snaps))
         return _decision(region, image, "failed", str(exc))
     log(f"prune {role.name}: {region} deregistered {image_id} ({image.get('Name')}), snapshots {', '.join(gone) or 'none'}")
-    return _decision(region, image, "deleted", f"{old}; snapshots deleted: {', '.join(gone) or 'none'}")
+    return _decision(region, image, "deleted", f"{why}; snapshots deleted: {', '.join(gone) or 'none'}")
 
 
 def _protections(aws: Aws, region: str, role: RoleSpec, candidates: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -286,6 +266,30 @@ def _protections(aws: Aws, region: str, role: RoleSpec, candidates: list[dict[st
     return reasons
 
 
+def _rank(region: str, images: list[dict[str, Any]], keep: int) -> tuple[dict[str, AmiDecision], list[dict[str, Any]]]:
+    """First decision, from the listing alone (newest first): what is kept, and the candidates to delete."""
+    decisions: dict[str, AmiDecision] = {}
+    candidates: list[dict[str, Any]] = []
+    available = 0
+    for image in images:
+        state = image.get("State")
+        if state == "available":
+            available += 1
+            if available <= keep:
+                decisions[image["ImageId"]] = _decision(
+                    region, image, "kept", f"one of the newest {keep} available (#{available})")
+                continue
+            candidates.append(image)
+        elif state in BROKEN_IMAGE_STATES:
+            candidates.append(image)  # never usable: does not take one of the `keep` places
+        elif state in UNFINISHED_IMAGE_STATES:
+            decisions[image["ImageId"]] = _decision(
+                region, image, "kept", "pending: a bake in progress owns it (`bakery reap` removes abandoned ones)")
+        else:
+            decisions[image["ImageId"]] = _decision(region, image, "kept", f"state {state}: left alone")
+    return decisions, candidates
+
+
 def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _quiet,
           sleep: Callable[[float], None] = time.sleep) -> PruneReport:
     """Deregister the role's bakery AMIs older than the newest ``keep`` (per region) and their snapshots."""
@@ -301,26 +305,7 @@ def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _qui
             report.errors.append(f"{region}: cannot list the AMIs of role {role.name}: {exc}")
             continue
         images = sorted((i for i in images if i.get("State") != "deregistered"), key=_newest_first_key, reverse=True)
-        decisions: dict[str, AmiDecision] = {}
-        candidates: list[dict[str, Any]] = []
-        available = 0
-        for image in images:
-            state = image.get("State")
-            if state == "available":
-                available += 1
-                if available <= keep:
-                    decisions[image["ImageId"]] = _decision(
-                        region, image, "kept", f"one of the newest {keep} available (#{available})")
-                    continue
-                candidates.append(image)
-            elif state in BROKEN_IMAGE_STATES:
-                candidates.append(image)  # never usable: does not take one of the `keep` places
-            elif state in UNFINISHED_IMAGE_STATES:
-                decisions[image["ImageId"]] = _decision(
-                    region, image, "kept", "pending: a bake in progress owns it (`bakery reap` removes abandoned ones)")
-            else:
-                decisions[image["ImageId"]] = _decision(region, image, "kept", f"state {state}: left alone")
-
+        decisions, candidates = _rank(region, images, keep)
         protected: dict[str, list[str]] | None = {}
         if candidates:
             try:
@@ -387,6 +372,83 @@ class ReapReport:
         return "\n".join(out)
 
 
+@dataclass(frozen=True)
+class Action:
+    """One removal reap decided on: ``remove()`` carries it out; ``manual`` is the command to do it by hand."""
+
+    kind: str
+    resource: str
+    region: str
+    doing: str  # terminate | deregister | delete
+    done: str  # terminated | deregistered | deleted
+    reason: str
+    remove: Callable[[], Any]
+    manual: str
+    kept_on: Callable[[BakeryError], str | None] | None = None  # an error that means "keep it", and why
+
+
+class _Executor:
+    """Carries out reap's decisions and reports each; ``dry_run`` makes it a display-only executor."""
+
+    def __init__(self, report: ReapReport, *, dry_run: bool, log: Log):
+        self.report, self.dry_run, self.log = report, dry_run, log
+
+    def keep(self, kind: str, resource: str, region: str, reason: str) -> None:
+        self.report.add(kind, resource, region, "kept", reason, self.log)
+
+    def act(self, action: Action) -> bool:
+        """True when the resource is (or, in a dry run, would be) gone."""
+        a = action
+        if self.dry_run:
+            self.report.add(a.kind, a.resource, a.region, f"would {a.doing}", a.reason, self.log)
+            return True
+        try:
+            a.remove()
+        except BakeryError as exc:
+            kept = a.kept_on(exc) if a.kept_on is not None else None
+            if kept is not None:
+                self.keep(a.kind, a.resource, a.region, kept)
+                return False
+            self.report.add(a.kind, a.resource, a.region, "failed", str(exc), self.log)
+            where = f"{a.region} " if a.region else ""
+            self.report.errors.append(f"{where}{a.kind} {a.resource}: {exc}. Remove it by hand: {a.manual}")
+            return False
+        self.report.add(a.kind, a.resource, a.region, a.done, a.reason, self.log)
+        return True
+
+
+@dataclass
+class _Reap:
+    """One reap run: its inputs, and what it learnt so far (bakes still alive, Chef nodes in use)."""
+
+    aws: Aws
+    ex: _Executor
+    older_than: float
+    now: float
+    open_bakes: dict[str, BakeState]
+    sleep: Callable[[float], None]
+    bake_id: str | None = None  # --bake-id: only this bake, whatever its expiry
+    running_bakes: dict[str, str] = field(default_factory=dict)  # bake id -> why it is alive
+    live_nodes: set[str] = field(default_factory=set)
+    ended_nodes: set[str] = field(default_factory=set)  # nodes of instances this run terminated
+
+    def mine(self, bake_id: str) -> bool:
+        return self.bake_id is None or bake_id == self.bake_id
+
+    def young(self, created: float | None) -> str | None:
+        # Without --older-than age does not matter, and clock skew between this host and AWS cannot keep anything.
+        if self.bake_id is None and self.older_than and created is not None and self.now - created < self.older_than:
+            return f"created {_age(self.now - created)} ago, within --older-than"
+        return None
+
+    def owner_alive(self, bake_id: str) -> str | None:
+        if bake_id in self.open_bakes:
+            return f"bake {bake_id} of role {self.open_bakes[bake_id].role} is open in the workspace"
+        if bake_id and bake_id in self.running_bakes:
+            return f"bake {bake_id} is still running: {self.running_bakes[bake_id]}"
+        return None
+
+
 def reap(
     aws: Aws,
     regions: Sequence[str],
@@ -399,31 +461,28 @@ def reap(
     log: Log = _quiet,
     chef_error: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    bake_id: str | None = None,
 ) -> ReapReport:
     """Remove what killed bakes left behind. See the module docstring for exactly what and when.
 
     ``chef`` None with ``chef_error`` (why the client could not be made) skips Chef and exits 1;
-    ``chef`` None without it skips Chef on purpose (``--no-chef``).
+    ``chef`` None without it skips Chef on purpose (``--no-chef``). ``bake_id``: only that bake's
+    resources, removed whatever their expiry (the operator says it is abandoned), from any workspace.
     """
-    now = time.time() if now is None else now
-    older_than = max(0.0, float(older_than))
     report = ReapReport(dry_run)
-    # Bakes a workspace state still has open: their resources are not leftovers.
-    open_bakes = {s.bake_id: s for s in workspace_states if not s.closed}
-    live_nodes: set[str] = set()
+    run = _Reap(aws, _Executor(report, dry_run=dry_run, log=log), max(0.0, float(older_than)),
+                time.time() if now is None else now,
+                # Bakes a workspace state still has open: their resources are not leftovers.
+                {s.bake_id: s for s in workspace_states if not s.closed and s.bake_id != bake_id}, sleep, bake_id)
     aws_complete = True
-
     for region in dict.fromkeys(regions):
         try:
-            nodes = _reap_region(aws, region, report, older_than=older_than, open_bakes=open_bakes, now=now,
-                                 dry_run=dry_run, log=log, sleep=sleep)
-            live_nodes |= nodes
+            _reap_region(run, region)
         except BakeryError as exc:
             aws_complete = False
             report.errors.append(f"{region}: {exc}")
-
     # A bake between preflight and launch has a node name but no instance yet.
-    live_nodes |= {s.chef_node for s in open_bakes.values() if s.chef_node}
+    run.live_nodes |= {s.chef_node for s in run.open_bakes.values() if s.chef_node}
     if chef is None:
         report.chef_skipped = chef_error or "not asked to (--no-chef)"
         report.chef_failed = chef_error is not None
@@ -433,7 +492,7 @@ def reap(
         report.chef_failed = True
     else:
         try:
-            _reap_chef(chef, report, live_nodes, older_than=older_than, now=now, dry_run=dry_run, log=log)
+            _reap_chef(chef, run)
         except BakeryError as exc:
             report.chef_skipped = str(exc)
             report.chef_failed = True
@@ -442,184 +501,169 @@ def reap(
     return report
 
 
-def _reap_region(aws: Aws, region: str, report: ReapReport, *, older_than: float,
-                 open_bakes: dict[str, BakeState], now: float, dry_run: bool, log: Log,
-                 sleep: Callable[[float], None]) -> set[str]:
-    """Instances, images and snapshots of one region. Returns the Chef node names still alive there."""
-    live_nodes: set[str] = set()
-    # 1. Bake instances past their expiry (+ older_than).
-    running_bakes: dict[str, str] = {}  # bake id -> why its bake is still alive
-    bake_instances = aws.describe_instances(region, filters=[
-        {"Name": "tag:bakery:purpose", "Values": ["bake"]},
-        {"Name": "instance-state-name", "Values": LIVE_STATES}])
-    for inst in bake_instances:
-        tags = tags_of(inst)
-        if tags.get("bakery:purpose") != "bake":  # belt and braces: never a launch instance
-            continue
-        instance_id, bake_id, node = inst["InstanceId"], tags.get("bakery:bake-id", ""), tags.get("bakery:chef-node", "")
-        expires_raw = tags.get("bakery:expires-at", "")
-        expires = parse_time(expires_raw)
-        if expires is None:
-            report.add("instance", instance_id, region, "kept",
-                       f"no valid bakery:expires-at tag ({expires_raw!r}); remove it by hand if it is abandoned", log)
-            running_bakes[bake_id] = f"its bake instance {instance_id} has no expiry"
-            live_nodes.add(node)
-            continue
-        if now - expires <= older_than:
-            left = f"expires {expires_raw}" if expires > now else f"expired {_age(now - expires)} ago, within --older-than"
-            report.add("instance", instance_id, region, "kept", f"bake {bake_id or '?'}: {left}", log)
-            running_bakes[bake_id] = f"its bake instance {instance_id} is alive ({left})"
-            live_nodes.add(node)
-            continue
-        reason = f"bake {bake_id or '?'} expired {_age(now - expires)} ago ({expires_raw}), {inst['State']['Name']}"
-        if dry_run:
-            report.add("instance", instance_id, region, "would terminate", reason, log)
-            continue
-        try:
-            aws.call("ec2", region, "TerminateInstances", InstanceIds=[instance_id])
-        except AwsError as exc:
-            if exc.code != "InvalidInstanceID.NotFound":
-                report.add("instance", instance_id, region, "failed", str(exc), log)
-                report.errors.append(f"{region} instance {instance_id}: {exc}. Remove it by hand: aws ec2 "
-                                     f"terminate-instances --region {region} --instance-ids {instance_id}")
-                live_nodes.add(node)  # still alive: its node is not an orphan
-                continue
-        report.add("instance", instance_id, region, "terminated", reason, log)
-    running_bakes.pop("", None)
-    live_nodes.discard("")
-
-    # 2. Unfinished/broken images and orphan snapshots of the bakery.
-    images = aws.describe_images(region, Owners=["self"], Filters=[
+def _reap_region(run: _Reap, region: str) -> None:
+    """Instances, images and snapshots of one region; then the Chef node names still alive there."""
+    terminated = _reap_instances(run, region)
+    images = run.aws.describe_images(region, Owners=["self"], Filters=[
         {"Name": "tag:bakery:created-by", "Values": ["bakery"]}])
     images = [i for i in images if i.get("State") != "deregistered"]
-    finished_bakes = {tags_of(i).get("bakery:bake-id") for i in images if i.get("State") == "available"}
-    referenced = {s for i in images for s in image_snapshots(i)}
-    for image in sorted(images, key=lambda i: i["ImageId"]):
-        state = image.get("State")
-        if state not in UNFINISHED_IMAGE_STATES | BROKEN_IMAGE_STATES:
-            continue  # available AMIs are prune's business, never reap's
-        image_id, bake_id = image["ImageId"], tags_of(image).get("bakery:bake-id", "")
-        created = parse_time(image.get("CreationDate"))
-        keep_reason = None
-        if bake_id in open_bakes:
-            keep_reason = f"bake {bake_id} of role {open_bakes[bake_id].role} is open in the workspace"
-        elif bake_id and bake_id in running_bakes:
-            keep_reason = f"bake {bake_id} is still running: {running_bakes[bake_id]}"
-        elif state in UNFINISHED_IMAGE_STATES and bake_id and bake_id in finished_bakes:
-            keep_reason = f"bake {bake_id} has an available AMI: this is a copy in progress"
-        # Without --older-than age does not matter, and clock skew between this host and AWS cannot keep anything.
-        elif older_than and created is not None and now - created < older_than:
-            keep_reason = f"created {_age(now - created)} ago, within --older-than"
-        if keep_reason:
-            report.add("image", image_id, region, "kept", f"{state}: {keep_reason}", log)
-            continue
-        snaps = image_snapshots(image)
-        reason = (f"{state} image of bake {bake_id or '?'} ({image.get('Name')}), created "
-                  f"{_age(now - created) + ' ago' if created is not None else 'at an unknown time'}; "
-                  f"snapshots {', '.join(snaps) or 'none'}")
-        if dry_run:
-            report.add("image", image_id, region, "would deregister", reason, log)
-            continue
-        try:
-            _deregister(aws, region, image_id)
-            for snap in snaps:
-                _delete_snapshot(aws, region, snap, sleep)
-            referenced -= set(snaps)
-        except BakeryError as exc:
-            report.add("image", image_id, region, "failed", str(exc), log)
-            report.errors.append(f"{region} image {image_id}: {exc}. Remove it by hand: aws ec2 deregister-image "
-                                 f"--region {region} --image-id {image_id}")
-            continue
-        report.add("image", image_id, region, "deregistered", reason, log)
-
-    # Snapshots the bakery tagged whose image no longer exists (an image deregistered by a killed
-    # cleanup before it deleted the snapshots). Any image owned by this account counts, bakery or not.
-    snapshots = aws.paginate("ec2", region, "DescribeSnapshots", "Snapshots", OwnerIds=["self"],
-                             Filters=[{"Name": "tag-key", "Values": ["bakery:bake-id"]}])
-    if snapshots:
-        # Disabled AMIs are listed only on request, and still hold their snapshots.
-        all_own = aws.describe_images(region, Owners=["self"], IncludeDisabled=True, IncludeDeprecated=True)
-        referenced |= {s for i in all_own if i.get("State") != "deregistered" for s in image_snapshots(i)}
-    for snap in sorted(snapshots, key=lambda s: s["SnapshotId"]):
-        snap_id, bake_id = snap["SnapshotId"], tags_of(snap).get("bakery:bake-id", "")
-        if snap_id in referenced:
-            continue  # belongs to an existing image: that image decides
-        started = parse_time(snap.get("StartTime"))
-        keep_reason = None
-        if bake_id in open_bakes:
-            keep_reason = f"bake {bake_id} of role {open_bakes[bake_id].role} is open in the workspace"
-        elif bake_id in running_bakes:
-            keep_reason = f"bake {bake_id} is still running: {running_bakes[bake_id]}"
-        elif snap.get("State") == "pending":
-            keep_reason = "still being created"
-        elif older_than and started is not None and now - started < older_than:
-            keep_reason = f"created {_age(now - started)} ago, within --older-than"
-        if keep_reason:
-            report.add("snapshot", snap_id, region, "kept", f"image gone but {keep_reason}", log)
-            continue
-        reason = f"of bake {bake_id}, its image is gone"
-        if dry_run:
-            report.add("snapshot", snap_id, region, "would delete", reason, log)
-            continue
-        try:
-            # No retry on InvalidSnapshot.InUse here: it means an image this listing missed still uses it.
-            _delete_snapshot(aws, region, snap_id, sleep, retry_in_use=False)
-        except BakeryError as exc:
-            if isinstance(exc, AwsError) and exc.code == "InvalidSnapshot.InUse":
-                report.add("snapshot", snap_id, region, "kept", f"AWS says an image still uses it: {exc}", log)
-                continue
-            report.add("snapshot", snap_id, region, "failed", str(exc), log)
-            report.errors.append(f"{region} snapshot {snap_id}: {exc}. Remove it by hand: aws ec2 delete-snapshot "
-                                 f"--region {region} --snapshot-id {snap_id}")
-            continue
-        report.add("snapshot", snap_id, region, "deleted", reason, log)
-
+    referenced = _reap_images(run, region, images)
+    _reap_snapshots(run, region, referenced)
     # Any live instance carrying a Chef node name keeps that node (launch instances too, whatever
     # their name looks like).
-    ending = {r.resource for r in report.lines if r.kind == "instance" and r.action in ("terminated", "would terminate")}
-    for inst in aws.describe_instances(region, filters=[
+    for inst in run.aws.describe_instances(region, filters=[
             {"Name": "tag-key", "Values": ["bakery:chef-node"]},
             {"Name": "instance-state-name", "Values": LIVE_STATES}]):
-        if inst["InstanceId"] not in ending:
-            live_nodes.add(tags_of(inst).get("bakery:chef-node", ""))
-    live_nodes.discard("")
-    return live_nodes
+        if inst["InstanceId"] not in terminated:
+            run.live_nodes.add(tags_of(inst).get("bakery:chef-node", ""))
+    run.live_nodes.discard("")
+    run.running_bakes.pop("", None)
 
 
-def _reap_chef(chef: ChefClient, report: ReapReport, live_nodes: set[str], *, older_than: float, now: float,
-               dry_run: bool, log: Log) -> None:
+def _instance_keep_reason(run: _Reap, inst: dict[str, Any]) -> str | None:
+    tags = tags_of(inst)
+    bake_id, expires_raw = tags.get("bakery:bake-id", ""), tags.get("bakery:expires-at", "")
+    if run.bake_id is not None:
+        return None  # --bake-id: the operator says this bake is abandoned
+    expires = parse_time(expires_raw)
+    if expires is None:
+        return f"no valid bakery:expires-at tag ({expires_raw!r}); remove it by hand if it is abandoned"
+    if run.now - expires <= run.older_than:
+        left = f"expires {expires_raw}" if expires > run.now else f"expired {_age(run.now - expires)} ago, within --older-than"
+        return f"bake {bake_id or '?'}: {left}"
+    return None
+
+
+def _reap_instances(run: _Reap, region: str) -> set[str]:
+    """1. Bake instances past their expiry (+ older_than). Returns the ids terminated (or to be)."""
+    terminated: set[str] = set()
+    for inst in run.aws.describe_instances(region, filters=[
+            {"Name": "tag:bakery:purpose", "Values": ["bake"]},
+            {"Name": "instance-state-name", "Values": LIVE_STATES}]):
+        tags = tags_of(inst)
+        instance_id, bake_id, node = inst["InstanceId"], tags.get("bakery:bake-id", ""), tags.get("bakery:chef-node", "")
+        if tags.get("bakery:purpose") != "bake" or not run.mine(bake_id):  # never a launch instance
+            continue
+        why = _instance_keep_reason(run, inst)
+        if why is not None:
+            run.ex.keep("instance", instance_id, region, why)
+            run.running_bakes[bake_id] = f"its bake instance {instance_id} is alive ({why})"
+            run.live_nodes.add(node)
+            continue
+        expires_raw = tags.get("bakery:expires-at", "")
+        expires = parse_time(expires_raw)
+        age = f"expired {_age(run.now - expires)} ago ({expires_raw})" if expires is not None else "named by --bake-id"
+        action = Action("instance", instance_id, region, "terminate", "terminated",
+                        f"bake {bake_id or '?'} {age}, {inst['State']['Name']}",
+                        functools.partial(terminate_instance, run.aws, region, instance_id),
+                        f"aws ec2 terminate-instances --region {region} --instance-ids {instance_id}")
+        if run.ex.act(action):
+            terminated.add(instance_id)
+            run.ended_nodes.add(node)
+        else:
+            run.live_nodes.add(node)  # still alive: its node is not an orphan
+    run.ended_nodes.discard("")
+    return terminated
+
+
+def _reap_images(run: _Reap, region: str, images: list[dict[str, Any]]) -> set[str]:
+    """2. Unfinished/broken images no bake still owns. Returns the snapshots images still reference."""
+    finished_bakes = {tags_of(i).get("bakery:bake-id") for i in images if i.get("State") == "available"}
+    referenced = {s for i in images for s in snapshot_ids(i)}
+    for image in sorted(images, key=lambda i: i["ImageId"]):
+        state = image.get("State")
+        image_id, bake_id = image["ImageId"], tags_of(image).get("bakery:bake-id", "")
+        if state not in UNFINISHED_IMAGE_STATES | BROKEN_IMAGE_STATES or not run.mine(bake_id):
+            continue  # available AMIs are prune's business, never reap's
+        created = parse_time(image.get("CreationDate"))
+        keep_reason = run.owner_alive(bake_id)
+        if keep_reason is None and state in UNFINISHED_IMAGE_STATES and bake_id and bake_id in finished_bakes:
+            keep_reason = f"bake {bake_id} has an available AMI: this is a copy in progress"
+        keep_reason = keep_reason or run.young(created)
+        if keep_reason:
+            run.ex.keep("image", image_id, region, f"{state}: {keep_reason}")
+            continue
+        snaps = snapshot_ids(image)
+        reason = (f"{state} image of bake {bake_id or '?'} ({image.get('Name')}), created "
+                  f"{_age(run.now - created) + ' ago' if created is not None else 'at an unknown time'}; "
+                  f"snapshots {', '.join(snaps) or 'none'}")
+        action = Action("image", image_id, region, "deregister", "deregistered", reason,
+                        functools.partial(deregister_with_snapshots, run.aws, region, image, run.sleep),
+                        f"aws ec2 deregister-image --region {region} --image-id {image_id}")
+        if run.ex.act(action) and not run.ex.dry_run:
+            referenced -= set(snaps)
+    return referenced
+
+
+def _reap_snapshots(run: _Reap, region: str, referenced: set[str]) -> None:
+    """Snapshots the bakery tagged whose image no longer exists (an image deregistered by a killed
+    cleanup before it deleted the snapshots). Any image owned by this account counts, bakery or not."""
+    snapshots = run.aws.paginate("ec2", region, "DescribeSnapshots", "Snapshots", OwnerIds=["self"],
+                                 Filters=[{"Name": "tag-key", "Values": ["bakery:bake-id"]}])
+    if snapshots:
+        # Disabled AMIs are listed only on request, and still hold their snapshots.
+        all_own = run.aws.describe_images(region, Owners=["self"], IncludeDisabled=True, IncludeDeprecated=True)
+        referenced = referenced | {s for i in all_own if i.get("State") != "deregistered" for s in snapshot_ids(i)}
+    for snap in sorted(snapshots, key=lambda s: s["SnapshotId"]):
+        snap_id, bake_id = snap["SnapshotId"], tags_of(snap).get("bakery:bake-id", "")
+        if snap_id in referenced or not run.mine(bake_id):
+            continue  # belongs to an existing image: that image decides
+        keep_reason = run.owner_alive(bake_id)
+        if keep_reason is None and snap.get("State") == "pending":
+            keep_reason = "still being created"
+        keep_reason = keep_reason or run.young(parse_time(snap.get("StartTime")))
+        if keep_reason:
+            run.ex.keep("snapshot", snap_id, region, f"image gone but {keep_reason}")
+            continue
+        _delete_orphan_snapshot(run, region, snap_id, bake_id)
+
+
+def _delete_orphan_snapshot(run: _Reap, region: str, snap_id: str, bake_id: str) -> None:
+    def in_use(exc: BakeryError) -> str | None:
+        # AWS knows of an image this listing missed: keep it (and so no retry on InUse here).
+        if isinstance(exc, AwsError) and exc.code == "InvalidSnapshot.InUse":
+            return f"AWS says an image still uses it: {exc}"
+        return None
+
+    run.ex.act(Action("snapshot", snap_id, region, "delete", "deleted", f"of bake {bake_id}, its image is gone",
+                      lambda: delete_snapshot(run.aws, region, snap_id, run.sleep, retry_in_use=False),
+                      f"aws ec2 delete-snapshot --region {region} --snapshot-id {snap_id}", kept_on=in_use))
+
+
+def _chef_keep_reason(run: _Reap, name: str) -> str | None:
+    m = CHEF_NODE_RE.match(name)
+    if m is None:
+        return "not a bakery bake name (bake-ROLE-YYYYMMDDHHMMSS-xxxxxx)"
+    if run.bake_id is not None and not name.endswith(f"-{run.bake_id}"):
+        return f"not of bake {run.bake_id}"
+    if name in run.live_nodes:
+        return "a live instance is tagged with it"
+    if name in run.ended_nodes:
+        return None  # its instance was terminated by this run: the identity goes with it
+    try:
+        made = datetime.strptime(m.group("stamp"), "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        made = None
+    young = run.young(made)
+    return young.replace("created", "bake started") if young else None
+
+
+def _reap_chef(chef: ChefClient, run: _Reap) -> None:
+    """3. Chef nodes/clients of bakes with no live instance (client first, as everywhere)."""
     nodes = set(chef.list_nodes())
     clients = set(chef.list_clients())
     for name in sorted(n for n in nodes | clients if n.startswith("bake-")):
-        kinds = [k for k, present in (("chef-node", name in nodes), ("chef-client", name in clients)) if present]
-        m = CHEF_NODE_RE.match(name)
-        if m is None:
+        kinds = [k for k, present in (("chef-client", name in clients), ("chef-node", name in nodes)) if present]
+        why = _chef_keep_reason(run, name)
+        if why is not None:
             for kind in kinds:
-                report.add(kind, name, "", "kept", "not a bakery bake name (bake-ROLE-YYYYMMDDHHMMSS-xxxxxx)", log)
+                if run.bake_id is None or not why.startswith("not of bake"):
+                    run.ex.keep(kind, name, "", why)
             continue
-        if name in live_nodes:
-            for kind in kinds:
-                report.add(kind, name, "", "kept", "a live instance is tagged with it", log)
-            continue
-        try:
-            made = datetime.strptime(m.group("stamp"), "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc).timestamp()
-        except ValueError:
-            made = None
-        if older_than and made is not None and now - made < older_than:
-            for kind in kinds:
-                report.add(kind, name, "", "kept", f"bake started {_age(now - made)} ago, within --older-than", log)
-            continue
-        reason = "no live instance is tagged bakery:chef-node with it"
+        reason = ("its bake instance was terminated by this reap" if name in run.ended_nodes
+                  else "no live instance is tagged bakery:chef-node with it")
         for kind in kinds:
-            if dry_run:
-                report.add(kind, name, "", "would delete", reason, log)
-                continue
+            what = "node" if kind == "chef-node" else "client"
             delete = chef.delete_node if kind == "chef-node" else chef.delete_client
-            try:
-                delete(name)  # False (already gone) is as good as deleted
-            except BakeryError as exc:
-                report.add(kind, name, "", "failed", str(exc), log)
-                what = "node" if kind == "chef-node" else "client"
-                report.errors.append(f"Chef {what} {name}: {exc}. Remove it by hand: knife {what} delete {name} -y")
-                continue
-            report.add(kind, name, "", "deleted", reason, log)
+            run.ex.act(Action(kind, name, "", "delete", "deleted", reason, functools.partial(delete, name),
+                              f"knife {what} delete {name} -y"))

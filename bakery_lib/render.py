@@ -59,7 +59,7 @@ def to_json(value: Any) -> str:
 
 
 def _autoescape(name: str | None) -> bool:
-    return bool(name) and (name.endswith(".xml.j2") or name.endswith(".html.j2") or name.endswith(".xml"))
+    return name is not None and name.endswith((".xml.j2", ".html.j2", ".xml"))
 
 
 @functools.lru_cache(maxsize=4)

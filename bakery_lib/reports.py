@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
-from .state import BakeState, Workspace, atomic_write_json, atomic_write_text
+from .catalog import prop_key
+from .fsutil import atomic_write_json, atomic_write_text
+from .state import BakeState, Workspace
 
 
 def write_junit(
@@ -39,10 +40,6 @@ def write_junit(
     return path
 
 
-def _prop_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]", "_", text).upper()
-
-
 def role_artifact(state: BakeState) -> dict[str, Any]:
     return {
         "role": state.role,
@@ -54,6 +51,9 @@ def role_artifact(state: BakeState) -> dict[str, Any]:
         "image_name": state.image_name,
         "bake_key": state.bake_key,
         "reused": state.reused,
+        # Where the bake instance ran (launch's capacity fallback over instance_types x subnet_ids).
+        "instance_type": state.instance_type,
+        "subnet_id": state.subnet_id,
     }
 
 
@@ -76,22 +76,26 @@ def write_summary_artifacts(ws: Workspace, primary_regions: dict[str, str] | Non
             continue
         if isinstance(data, dict) and "role" in data and "amis" in data:
             roles[data["role"]] = data
-    releases = sorted({d.get("release") for d in roles.values() if d.get("release")})
+    releases = {d.get("release") for d in roles.values()}
     summary = {
-        "release": releases[-1] if len(releases) == 1 else (releases or [None])[-1],
+        # The one release every role here was baked for; null when they differ (``releases`` tells
+        # which role has which): a single name would be a lie for the other roles' AMIs.
+        "release": releases.pop() if len(releases) == 1 else None,
         "releases": {r: d.get("release") for r, d in sorted(roles.items())},
         "amis": {r: d["amis"] for r, d in sorted(roles.items())},
     }
     amis_json = ws.artifacts_dir / "amis.json"
     atomic_write_json(amis_json, summary)
-    lines = []
+    lines: dict[str, str] = {}
     for role, data in sorted(roles.items()):
         amis = data["amis"]
         region = (primary_regions or {}).get(role) or data.get("region") or next(iter(amis), None)
-        if region in amis:
-            lines.append(f"AMI_{_prop_name(role)}={amis[region]}")
-        for reg, ami in sorted(amis.items()):
-            lines.append(f"AMI_{_prop_name(role)}_{_prop_name(reg)}={ami}")
+        own = ([(prop_key(role), amis[region])] if region in amis else []) + [
+            (prop_key(role, reg), ami) for reg, ami in sorted(amis.items())]
+        for key, ami in own:
+            # The catalogue refuses names that collide; artifacts left by an older catalogue may still:
+            # the first keeps its key rather than the last silently winning (readProperties keeps the last).
+            lines.setdefault(key, f"{key}={ami}")
     props = ws.artifacts_dir / "amis.properties"
-    atomic_write_text(props, "\n".join(lines) + ("\n" if lines else ""))
+    atomic_write_text(props, "".join(line + "\n" for line in lines.values()))
     return [amis_json, props]

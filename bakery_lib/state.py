@@ -1,7 +1,7 @@
 """One typed bake record per role: ``WORKSPACE/.bakery/ROLE.json``.
 
-Written atomically (temp file in the same directory, fsync, rename, fsync of the directory) after
-every change, so a kill at any moment leaves either the old or the new record, never a torn one.
+Written atomically (``fsutil.atomic_write_json``: temp file, fsync, rename, fsync of the directory)
+after every change, so a kill at any moment leaves either the old or the new record, never a torn one.
 Every stage records what it created the moment the create call returns, before any wait, so that
 ``bakery cleanup`` in the same workspace can always remove it.
 
@@ -16,17 +16,21 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import secrets
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import BakeryError, UsageError
+from .fsutil import atomic_write_json
 
 SCHEMA_VERSION = 1
+# Waiting for a role's lock: how often to try again, and to say so.
+LOCK_POLL = 0.2
+LOCK_NOTICE_EVERY = 30.0
 
 
 @dataclass
@@ -57,6 +61,8 @@ class BakeState:
     iam_role_name: str | None = None
     instance_profile_name: str | None = None
     instance_id: str | None = None
+    instance_type: str | None = None  # the placement launch used (instance_types x subnet_ids fallback)
+    subnet_id: str | None = None
     instance_terminated: bool = False
     image_id: str | None = None
     image_name: str | None = None
@@ -95,6 +101,10 @@ class BakeState:
             return cls(**values)
         except TypeError as exc:
             raise UsageError(f"{path}: bake state is incomplete: {exc}") from None
+
+
+# What ``new_bake_id`` makes: a UTC stamp and six hex digits.
+BAKE_ID_RE = re.compile(r"^\d{14}-[0-9a-f]{6}$")
 
 
 def new_bake_id(now: float | None = None) -> str:
@@ -152,42 +162,36 @@ class Workspace:
         return sorted(p.stem for p in self.state_dir.glob("*.json"))
 
     @contextlib.contextmanager
-    def lock(self, role: str) -> Iterator[None]:
+    def lock(self, role: str, *, wait: float = 0.0, on_wait: Callable[[str], None] | None = None,
+             sleep: Callable[[float], None] = time.sleep) -> Iterator[None]:
+        """Hold the role's lock. ``wait`` > 0: wait up to that long for another process to release it
+        (a message through ``on_wait`` at once and then every ``LOCK_NOTICE_EVERY`` s); else fail at once."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         path = self.state_dir / f"{role}.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UsageError(
-                    f"another bakery process is working on role {role!r} in {self.root} "
-                    f"(lock {path}); wait for it to finish"
-                ) from None
+            self._acquire(fd, role, path, wait, on_wait, sleep)
             yield
         finally:
             os.close(fd)
 
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    def _acquire(self, fd: int, role: str, path: Path, wait: float, on_wait: Callable[[str], None] | None,
+                 sleep: Callable[[float], None]) -> None:
+        start = time.monotonic()
+        next_notice = start
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            waited = time.monotonic() - start
+            if waited >= wait:
+                late = f" and did not release it within {wait:g} s" if wait else ""
+                raise UsageError(f"another bakery process is working on role {role!r} in {self.root} "
+                                 f"(lock {path}){late}; wait for it to finish")
+            if on_wait is not None and time.monotonic() >= next_notice:
+                on_wait(f"waiting for another bakery process working on role {role!r} in {self.root} "
+                        f"(lock {path}): {waited:.0f} s of at most {wait:g} s")
+                next_notice = time.monotonic() + LOCK_NOTICE_EVERY
+            sleep(min(LOCK_POLL, max(0.01, wait - waited)))

@@ -23,16 +23,13 @@ from typing import TYPE_CHECKING
 
 import jinja2
 
-from .errors import BakeryError
-from .state import BakeState, StageRecord, Workspace, atomic_write_text
+from .errors import BakeryError, UsageError
+from .fsutil import atomic_write_text
+from .stages import ORDER  # unknown stage names are shown after these, by start time
+from .state import BakeState, StageRecord, Workspace
 
 if TYPE_CHECKING:
     from .bake import RoleOutcome
-
-# The bake stages in order (as bakery_lib.stages.ORDER; repeated here so that writing a summary does
-# not import every stage module). Unknown stage names are shown after these, by start time.
-STAGE_ORDER = ("preflight", "security-groups", "iam-role", "launch", "bootstrap", "stop", "image",
-               "wait-image", "terminate", "chef-cleanup", "publish")
 
 STATUS_MARK = {"succeeded": "✔", "reused": "↻", "failed": "✘", "open": "…", "unknown": "?"}
 STAGE_MARK = {"succeeded": "✔", "failed": "✘", "skipped": "⤼", "running": "▶", "pending": "·"}
@@ -82,7 +79,7 @@ def _stage_rows(state: BakeState) -> list[StageRow]:
 
     def order(item: tuple[str, StageRecord]) -> tuple[int, float]:
         name, rec = item
-        idx = STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER)
+        idx = ORDER.index(name) if name in ORDER else len(ORDER)
         return idx, rec.started_at or 0.0
 
     rows = []
@@ -95,29 +92,34 @@ def _stage_rows(state: BakeState) -> list[StageRow]:
     return rows
 
 
+def _status(state: BakeState, failed: StageRow | None) -> str:
+    if state.outcome in ("succeeded", "reused") and failed is None:
+        return state.outcome
+    if failed is not None or state.closed or state.outcome in ("failed", "cleaned"):
+        return "failed"
+    return "open"
+
+
+def _message(state: BakeState, status: str, stages: list[StageRow], failed: StageRow | None) -> str:
+    if status == "failed":
+        return f"{failed.name}: {failed.message}" if failed else "the bake did not finish (cleaned up)"
+    if status == "reused":
+        return f"reused {state.image_id} (an available AMI with the same bake key); nothing was launched"
+    if status == "open":
+        running = next((s for s in stages if s.status == "running"), None)
+        done = [s.name for s in stages if s.status in ("succeeded", "skipped")]
+        return (f"stage {running.name} running (or its process was killed)" if running
+                else f"in progress; last finished stage: {done[-1] if done else 'none'}")
+    return ""
+
+
 def _from_state(state: BakeState) -> RoleRow:
     stages = _stage_rows(state)
     failed = next((s for s in stages if s.status == "failed"), None)
-    if state.outcome in ("succeeded", "reused") and failed is None:
-        status = state.outcome
-    elif failed is not None or state.closed or state.outcome in ("failed", "cleaned"):
-        status = "failed"
-    else:
-        status = "open"
-    if status == "failed":
-        message = f"{failed.name}: {failed.message}" if failed else "the bake did not finish (cleaned up)"
-    elif status == "reused":
-        message = f"reused {state.image_id} (an available AMI with the same bake key); nothing was launched"
-    elif status == "open":
-        running = next((s for s in stages if s.status == "running"), None)
-        done = [s.name for s in stages if s.status in ("succeeded", "skipped")]
-        message = (f"stage {running.name} running (or its process was killed)" if running
-                   else f"in progress; last finished stage: {done[-1] if done else 'none'}")
-    else:
-        message = ""
+    status = _status(state, failed)
     spans = [(s.offset or 0.0) + (s.duration or 0.0) for s in stages if s.offset is not None]
     return RoleRow(state.role, status, state.release, state.bake_id, dict(state.amis),
-                   max(spans) if spans else None, message, stages)
+                   max(spans) if spans else None, _message(state, status, stages, failed), stages)
 
 
 def collect(ws: Workspace, outcomes: Sequence[RoleOutcome] | None = None) -> list[RoleRow]:
@@ -134,6 +136,10 @@ def collect(ws: Workspace, outcomes: Sequence[RoleOutcome] | None = None) -> lis
         else:
             row = _from_state(state) if state is not None else RoleRow(role, "unknown", message="no bake state")
         outcome = by_outcome.get(role)
+        if outcome is not None and outcome.refused and state is not None:
+            # Refused (another process holds the role): its bake is the other process's to report.
+            rows.append(row)
+            continue
         if outcome is not None:
             # What this run saw wins over a state written before it (e.g. a lock held by another process).
             row.status = outcome.status if outcome.status in STATUS_MARK else "unknown"
@@ -314,8 +320,16 @@ def _release_of(rows: Sequence[RoleRow], release: str | None) -> str | None:
 
 def write_summary(ws: Workspace, outcomes: Sequence[RoleOutcome] | None = None, *,
                   release: str | None = None, now: float | None = None) -> tuple[Path, Path]:
-    """Write ``reports/summary.html`` and ``reports/summary.md`` (atomically); returns their paths."""
+    """Write ``reports/summary.html`` and ``reports/summary.md`` (atomically); returns their paths.
+
+    ``release``: only the roles whose bake is of that release; none -> UsageError (exit 2), nothing written."""
     rows = collect(ws, outcomes)
+    if release and outcomes is None:
+        here = sorted({r.release for r in rows if r.release})
+        rows = [r for r in rows if r.release == release]
+        if not rows:
+            raise UsageError(f"no bake of release {release!r} in workspace {ws.root} "
+                             f"(releases here: {', '.join(here) or 'none'}); nothing written")
     title = _release_of(rows, release)
     html_path = ws.reports_dir / "summary.html"
     md_path = ws.reports_dir / "summary.md"

@@ -4,10 +4,14 @@ Rendered from ``templates/linux/*.sh.j2`` (bash) and ``templates/windows/*.ps1.j
 EC2Launch v2) with :func:`bakery_lib.render.environment`; every catalogue value passes through the
 ``sh``/``ps`` quoting filters, so it reaches the script as one inert word.
 
-- :func:`bake_userdata` — the bake instance's user data: install Chef, run the role's ``ami`` run
-  list as node ``bake-ROLE-BAKEID``, install the first-boot files (:func:`instance_files`) and
-  ``firstboot.txt``, remove the instance's Chef identity, tag ``bakery:bootstrap`` (Windows: then
-  generalize with EC2Launch v2 sysprep and shut down).
+- :func:`bake_userdata` — the bake instance's user data: install the Chef client (Cinc or licensed
+  Chef, per catalogue), run the role's ``ami`` run list as node ``bake-ROLE-BAKEID`` (a reboot it asks
+  for, exit 35/37, is taken and the bake continues after it), install the first-boot files
+  (:func:`instance_files`) and ``firstboot.txt``, remove the instance's Chef identity, leave only a
+  short root/admin-only summary log, tag ``bakery:bootstrap=succeeded`` (Linux) or hand over to a
+  second, detached phase that tags ``generalizing`` and runs EC2Launch v2 sysprep, which shuts the
+  instance down (Windows, :func:`generalize_script`). The user data carries :func:`bake_script`
+  gzip+base64 to stay under 16 KiB.
 - :func:`launch_userdata` — ``create-instance`` without a baked image: Chef + the ``launch`` run list.
 - :func:`firstboot_trigger_userdata` — instances launched from a baked image: the image does the work.
 - :func:`render_role_scripts` — ``bakery render``: every file above, for review, into ``DIR/ROLE/``.
@@ -18,6 +22,8 @@ stay under EC2's 16 KiB limit; both are checked here before anything is launched
 
 from __future__ import annotations
 
+import base64
+import gzip
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +36,8 @@ from .render import environment
 
 USERDATA_LIMIT = 16 * 1024  # EC2: raw user data, before base64
 BAKE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Where each distribution's MSI puts its client on Windows (Linux: /opt/cinc/bin, /opt/chef/bin).
+CHEF_WINDOWS_DIRS = {"cinc": "C:\\cinc-project\\cinc\\bin", "chef": "C:\\opscode\\chef\\bin"}
 # Ends the quoted heredocs that carry the first-boot files inside the Linux bake user data.
 HEREDOC_MARKER = "BAKERY_FILE_END"
 
@@ -97,6 +105,7 @@ def _context(role: RoleSpec, **extra: Any) -> dict[str, Any]:
         "validator_key": validator_key,
         "run_list_ami": ",".join(role.run_list_ami),
         "run_list_launch_doc": {"run_list": list(role.run_list_launch)},
+        "chef_windows_dir": CHEF_WINDOWS_DIRS[role.chef.distribution],
         **extra,
     }
 
@@ -119,7 +128,8 @@ def _checked(role: RoleSpec, what: str, text: str) -> str:
 
 
 def _wrap_powershell(script: str) -> str:
-    # EC2Launch v2 runs the legacy <powershell> block as a detached executeScript task, once.
+    # EC2Launch v2 runs a <powershell> block attached (it waits for the script; <detach>true</detach>
+    # would detach the whole user data), once; on exit 3010 it reboots and runs the script again.
     if "</powershell>" in script.lower():
         raise BakeryError("a PowerShell user data script must not contain '</powershell>'")
     return f"<powershell>\n{script.rstrip()}\n</powershell>\n"
@@ -147,6 +157,16 @@ def _embedded_files(role: RoleSpec) -> list[dict[str, Any]]:
     return files
 
 
+def _packed(content: str) -> str:
+    """gzip + base64 in 76-column lines, byte-for-byte reproducible (no name, no time in the header).
+
+    The Linux bake user data carries its bake script this way: plain, the script and the image's files
+    it installs no longer fit in EC2's 16 KiB (``bakery render`` writes it out plain for review)."""
+    raw = gzip.compress(content.encode("utf-8"), compresslevel=9, mtime=0)
+    text = base64.b64encode(raw).decode("ascii")
+    return "\n".join(text[i:i + 76] for i in range(0, len(text), 76)) + "\n"
+
+
 def _image_info(role: RoleSpec, bake_id: str, release: str, node: str) -> dict[str, Any]:
     return {
         "role": role.name,
@@ -158,7 +178,28 @@ def _image_info(role: RoleSpec, bake_id: str, release: str, node: str) -> dict[s
 
 
 def bake_userdata(role: RoleSpec, *, bake_id: str, release: str) -> str:
-    """User data of the bake instance (bash script, or ``<powershell>`` block for EC2Launch v2)."""
+    """User data of the bake instance: a bash script, or a ``<powershell>`` block for EC2Launch v2,
+    that unpacks :func:`bake_script` (gzip+base64, to stay under EC2's 16 KiB) and runs it."""
+    node = node_name(role.name, bake_id)
+    script = bake_script(role, bake_id=bake_id, release=release)
+    if "PRIVATE KEY" in script:  # packed, the check below could not see it
+        raise BakeryError(f"role {role.name!r}: the bake user data would contain key material")
+    wrapper = {"role": role, "node": node, "marker": HEREDOC_MARKER, "packed": _packed(script)}
+    if role.platform == "linux":
+        return _checked(role, "bake", _render("linux/userdata-bake.sh.j2", wrapper))
+    return _checked(role, "bake", _wrap_powershell(_render("windows/userdata-bake.ps1.j2", wrapper)))
+
+
+def generalize_script(role: RoleSpec, *, bake_id: str) -> str:
+    """Windows: phase 2 of the bake (``generalize.ps1``): tag ``generalizing``, then EC2Launch v2 sysprep."""
+    text = _render("windows/generalize.ps1.j2", _context(role, node=node_name(role.name, bake_id)))
+    if any(line.lstrip().startswith("'@") for line in text.splitlines()):
+        raise BakeryError("windows/generalize.ps1.j2: a line starts with '@ and would end the here-string")
+    return text
+
+
+def bake_script(role: RoleSpec, *, bake_id: str, release: str) -> str:
+    """The bake script the user data unpacks and runs, plain (``bake.sh`` / ``bake.ps1``)."""
     node = node_name(role.name, bake_id)
     lib, *files = _embedded_files(role)
     context = _context(
@@ -166,8 +207,9 @@ def bake_userdata(role: RoleSpec, *, bake_id: str, release: str) -> str:
         image_info=_image_info(role, bake_id, release, node),
     )
     if role.platform == "linux":
-        return _checked(role, "bake", _render("linux/userdata-bake.sh.j2", context))
-    return _checked(role, "bake", _wrap_powershell(_render("windows/userdata-bake.ps1.j2", context)))
+        return _render("linux/bake.sh.j2", context)
+    context["generalize"] = generalize_script(role, bake_id=bake_id)
+    return _render("windows/bake.ps1.j2", context)
 
 
 def launch_userdata(role: RoleSpec) -> str:
@@ -204,6 +246,9 @@ def render_role_scripts(
         (f"userdata-from-ami.{ext}", firstboot_trigger_userdata(role), 0o755),
     ]
     context = _context(role)
+    outputs.append((f"bake.{ext}", bake_script(role, bake_id=bake_id, release=release), 0o700))
+    if role.platform == "windows":
+        outputs.append(("generalize.ps1", generalize_script(role, bake_id=bake_id), 0o644))
     outputs += [(f.name, _render(f.template, context), f.mode) for f in _platform_files(role)]
     target = Path(output_dir) / role.name
     try:

@@ -137,7 +137,7 @@ def main() -> int:
            "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN}
     env.pop("JENKINS_URL", None)
     bindir = Path(sys.executable).parent
-    ours = [sys.executable, "-c", "import sys; from bakery_lib.cli.generate_jobs import main; sys.exit(main())",
+    ours = [sys.executable, "-c", "import sys; from bakery_lib.cli import generate_jobs_main as main; sys.exit(main())",
             "--catalog", str(cat), "--workspace", str(work)]
     jjb = [str(bindir / "jenkins-jobs"), "--conf", str(ini)]
 

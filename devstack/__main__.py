@@ -1,9 +1,17 @@
-"""``python -m devstack --workdir DIR``: run the local stack until SIGINT/SIGTERM.
+"""``python -m devstack``: the local playground, to try every bakery command by hand.
 
-Starts moto + goiardi (seeded) and an instance runner, writes ``DIR/bakery.yaml`` (a catalogue with
-the given roles pointing at them) and ``DIR/env.sh`` (``export`` lines for the bakery CLI), prints
-``ready``, then serves until stopped. For a demo or a manual session in another shell:
-``. DIR/env.sh && bakery --catalog DIR/bakery.yaml stage preflight --role web --release 1``.
+Starts, all on 127.0.0.1: moto server (AWS, seeded with a base image per platform, the run-list bucket
+with the Chef validator key, the alert topic), goiardi (Chef server with authentication, cookbook
+``roles`` uploaded), the instance runner (plays EC2's part: runs each launched instance's user data)
+and the Jenkins double (what ``generate-jobs`` syncs to). Writes, under ``--workdir``:
+
+- ``bakery.yaml``: the example catalogue (``--catalog``, default ``examples/bakery.yaml``) pointed at
+  those services, every role kept (tags, volume sizes, timeouts, the Windows role);
+- ``env.sh``: the environment to source in another shell (AWS, Chef, Jenkins credentials of the
+  double, ``BAKERY_CATALOG``, a 1 s ``BAKERY_POLL_INTERVAL`` and the venv's bin on ``PATH``).
+
+Then prints that environment and commands to paste, and serves until Ctrl-C (SIGINT) or SIGTERM, when
+it stops every service it started and lists what the instances did.
 """
 
 from __future__ import annotations
@@ -15,14 +23,16 @@ import sys
 import threading
 from pathlib import Path
 
-from .moto import AWS_LEAKS
-from .stack import DevStack
+from .jenkins_double import JenkinsDouble
+from .stack import JENKINS_TOKEN, JENKINS_USER, DevStack, env_script, playground_env
 
-
+REPO = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="directory for servers, instances and written files")
-    parser.add_argument("--roles", default="web,worker", help="comma-separated Linux roles for bakery.yaml")
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--workdir", default="playground",
+                        help="directory for the services, instances and written files (default: ./playground)")
+    parser.add_argument("--catalog", default=str(REPO / "examples" / "bakery.yaml"),
+                        help="the catalogue to point at the playground (default: examples/bakery.yaml)")
     parser.add_argument("--boot-delay", type=float, default=0.0, help="seconds each instance waits to boot")
     args = parser.parse_args(argv)
 
@@ -30,14 +40,24 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with DevStack(workdir) as stack, stack.runner(boot_delay=args.boot_delay) as runner:
-        catalog = stack.write_catalog(workdir / "bakery.yaml", roles=[r for r in args.roles.split(",") if r])
+    with DevStack(workdir / "services") as stack, \
+            stack.runner(workdir / "instances", boot_delay=args.boot_delay) as runner, \
+            JenkinsDouble({JENKINS_USER: JENKINS_TOKEN}) as jenkins:
+        catalog = stack.write_example_catalog(workdir / "bakery.yaml", args.catalog)
+        env = playground_env(stack, jenkins.url, catalog)
         env_file = workdir / "env.sh"
-        env_file.write_text(
-            f"unset {' '.join(AWS_LEAKS)}\n"  # no real profile or session token may creep in
-            + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(stack.env.items()))
-        )
-        print(f"ready: catalogue {catalog}, environment {env_file}, instances under {runner.workdir}", flush=True)
+        env_file.write_text(env_script(env), encoding="utf-8")
+        ws = shlex.quote(str(workdir / "workspace"))
+        print(f"moto {stack.moto.url}  goiardi {stack.goiardi.url}  jenkins {jenkins.url}  "
+              f"instances under {runner.workdir}\n\n"
+              f"{env_file.read_text(encoding='utf-8')}\n"
+              f"In another shell:\n"
+              f"  . {shlex.quote(str(env_file))}\n"
+              f"  bakery --workspace {ws} bake --all --release 1.0\n"
+              f"  bakery --workspace {ws} status\n"
+              f"  create-instance web --from-ami latest --workspace {ws}\n"
+              f"  generate-jobs --workspace {ws}\n"
+              f"ready (Ctrl-C stops every service)", flush=True)
         stop.wait()
         for iid, result in sorted(runner.results.items()):
             print(f"{iid}: {result.get('kind')} exit={result.get('exit_code')} {result.get('detail', '')}".rstrip())

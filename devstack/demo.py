@@ -1,14 +1,22 @@
 """``make demo``: the main job on embedded local services, from a fresh clone.
 
-1. Starts moto server and goiardi on 127.0.0.1 (seeded: base image, bucket, validator, topic,
-   cookbook) and the instance runner that plays EC2's part.
-2. Writes a demo catalogue from the example catalogue's Linux roles, pointed at those services.
-3. Bakes a release of those roles with the real CLI (``bakery bake --role ... --jobs N``).
-4. Launches one instance from the newest baked AMI (``create-instance ROLE --from-ami latest``) and
-   waits until its first boot registered it with the Chef server.
-5. Renders the Jenkins jobs (``generate-jobs --output-dir``) and syncs them to a local Jenkins
-   double (``generate-jobs --jenkins-url``), twice, to show the second sync writes nothing.
+1. Starts moto server and goiardi on 127.0.0.1 (seeded: base images, bucket, validator, topic,
+   cookbook), the instance runner that plays EC2's part (Linux and Windows user data), and the
+   Jenkins double: the same playground as ``python -m devstack``.
+2. Points the whole example catalogue at those services: every role with its tags, volume sizes,
+   timeouts and ingress, the Windows role too (only endpoints and base images change).
+3. Bakes a release of every role with the real console scripts (``bakery bake --all``), then shows
+   the tags of each AMI as the AWS API reports them.
+4. Launches one instance from the newest baked AMI of the first Linux role (``create-instance ROLE
+   --from-ami latest``), shows its root volume (size, type, encryption) and tags, and waits until its
+   first boot registered it with the Chef server.
+5. Renders the Jenkins jobs (``generate-jobs --output-dir``) and syncs them to the Jenkins double, twice,
+   to show the second sync writes nothing.
 6. Prints a summary and stops the services.
+
+Every command is echoed as a user would type it, after ``. DIR/env.sh`` (which the demo writes): the
+console scripts on PATH, the environment exported, so a command can be pasted as is. Each command's
+output (stdout and stderr, in the order written) follows its echo.
 """
 
 from __future__ import annotations
@@ -16,18 +24,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from bakery_lib.catalog import load_catalog
+from bakery_lib.errors import BakeryError
 
 from .jenkins_double import JenkinsDouble
 from .moto import isolated_env
-from .stack import DevStack
+from .stack import JENKINS_TOKEN, JENKINS_USER, DevStack, env_script, playground_env
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin: bakery, create-instance, generate-jobs
 
 
 def _step(text: str) -> None:
@@ -35,90 +49,117 @@ def _step(text: str) -> None:
 
 
 def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    print("$ " + " ".join(cmd[2:] if cmd[:2] == [sys.executable, "-c"] else cmd), flush=True)
-    proc = subprocess.run(cmd, env=env, cwd=cwd, text=True, capture_output=True, timeout=900)
-    sys.stdout.write(proc.stdout)
-    sys.stdout.write(proc.stderr)
-    return proc
+    """Echo ``cmd`` as typed, run it and show its output as it comes (stderr merged into stdout, so
+    lines stay in the order the command wrote them); returns it with that output."""
+    print("$ " + shlex.join(cmd), flush=True)
+    lines = []
+    with subprocess.Popen(cmd, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), "")
 
 
-def _cli(name: str) -> list[str]:
-    return [sys.executable, "-c", f"import sys; from bakery_lib.cli import {name}; sys.exit({name}())"]
+def _show_images(stack: DevStack, amis: dict[str, dict[str, str]]) -> None:
+    """What the AWS API says about each baked AMI: its tags (the catalogue's, merged, and the bakery's)."""
+    for role, regions in sorted(amis.items()):
+        for region, ami in sorted(regions.items()):
+            image = stack.moto.client("ec2", region).describe_images(ImageIds=[ami])["Images"][0]
+            tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
+            own = ", ".join(f"{k}={v}" for k, v in sorted(tags.items()) if not k.startswith("bakery:"))
+            print(f"  {role:<12} {region} {ami}  tags: {own}; bakery:release={tags.get('bakery:release')}")
+
+
+def _show_instance(stack: DevStack, region: str, instance_id: str) -> None:
+    """The launched instance's root volume and tags as the AWS API reports them. (moto's CreateImage
+    does not carry the bake instance's volume into the AMI as AWS does, so the volume is shown here.)"""
+    ec2 = stack.moto.client("ec2", region)
+    volumes = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [instance_id]}])["Volumes"]
+    for vol in volumes:
+        print(f"  {instance_id} volume {vol['VolumeId']}: {vol['Size']} GiB {vol['VolumeType']}"
+              f"{' encrypted' if vol.get('Encrypted') else ' NOT encrypted'}")
+    inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+    print(f"  {instance_id} tags: " + ", ".join(f"{k}={v}" for k, v in sorted(tags.items())))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--catalog", default=str(REPO / "examples" / "bakery.yaml"))
     parser.add_argument("--workspace", default="demo-workspace")
     parser.add_argument("--release", default="demo-" + time.strftime("%Y%m%d.%H%M%S"))
     args = parser.parse_args(argv)
 
-    example = load_catalog(args.catalog)
-    linux = {name: role for name, role in example.roles.items() if role.platform == "linux"}
-    if not linux:
-        print(f"demo: {args.catalog} has no Linux role to bake", file=sys.stderr)
+    try:
+        example = load_catalog(args.catalog)
+    except BakeryError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
         return 2
+    linux = [name for name, role in example.roles.items() if role.platform == "linux"]
     ws = Path(args.workspace).resolve()
     ws.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    _step("starting moto server, goiardi (with authentication) and the instance runner on 127.0.0.1")
-    with DevStack(ws / ".services") as stack, stack.runner(ws / ".services" / "instances") as runner:
-        print(f"moto {stack.moto.url}; goiardi {stack.goiardi.url}; instances run under {runner.workdir}")
-        roles = {}
-        for name, role in linux.items():
-            spec: dict = {"platform": "linux"}
-            if role.ingress:
-                spec["ingress"] = [{"protocol": r.protocol, "from_port": r.from_port, "to_port": r.to_port,
-                                    **({"cidr": r.cidr} if r.cidr else {"source_group": r.source_group})}
-                                   for r in role.ingress]
-            roles[name] = spec
-        jenkins = {k: v for k, v in (example.raw.get("jenkins") or {}).items()}
-        catalog = stack.write_catalog(ws / "bakery.yaml", roles=roles, jenkins=jenkins)
-        env = isolated_env({**stack.env, "BAKERY_POLL_INTERVAL": "0.5",
-                            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
-        base = ["--workspace", str(ws), "--catalog", str(catalog)]
+    _step("starting moto server, goiardi (with authentication), the instance runner and a Jenkins double "
+          "on 127.0.0.1")
+    with DevStack(ws / ".services") as stack, stack.runner(ws / ".services" / "instances") as runner, \
+            JenkinsDouble({JENKINS_USER: JENKINS_TOKEN}) as jenkins:
+        catalog = stack.write_example_catalog(ws / "bakery.yaml", args.catalog)
+        env = playground_env(stack, jenkins.url, catalog)
+        env_file = ws / "env.sh"
+        env_file.write_text(env_script(env), encoding="utf-8")
+        run_env = isolated_env({**env, "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])})
+        print(f"moto {stack.moto.url}; goiardi {stack.goiardi.url}; jenkins {jenkins.url}; "
+              f"instances run under {runner.workdir}")
+        print(f"the whole of {args.catalog} pointed at them: {catalog}")
+        print(f"every command below runs after:  . {shlex.quote(str(env_file))}")
+        wsq = ["--workspace", str(ws)]
 
-        _step(f"baking release {args.release} of {', '.join(linux)} (bakery bake)")
-        role_args = [a for name in linux for a in ("--role", name)]
-        bake = _run([*_cli("bakery_main"), *base, "bake", *role_args, "--release", args.release,
-                     "--jobs", str(len(linux))], env, ws)
+        roles = yaml.safe_load(catalog.read_text(encoding="utf-8"))["roles"]
+        _step(f"baking release {args.release} of every role: {', '.join(roles)}")
+        bake = _run(["bakery", *wsq, "bake", "--all", "--release", args.release, "--jobs", str(len(roles))],
+                    run_env, ws)
         if bake.returncode != 0:
             print("demo: the bake failed (see above)", file=sys.stderr)
             return 1
+        amis = json.loads((ws / "artifacts" / "amis.json").read_text(encoding="utf-8"))
+        _step("the AMIs as the AWS API reports them (the catalogue's tags, merged with defaults.tags)")
+        _show_images(stack, amis["amis"])
+        _run(["bakery", *wsq, "summary", "--release", args.release], run_env, ws)
 
-        first = next(iter(linux))
-        _step(f"scaling fast: an instance of {first} from its newest baked AMI (create-instance --from-ami latest)")
-        launched = _run([*_cli("create_instance_main"), first, "--from-ami", "latest", *base], env, ws)
+        first = linux[0]
+        _step(f"scaling fast: an instance of {first} from its newest baked AMI")
+        launched = _run(["create-instance", first, "--from-ami", "latest", *wsq], run_env, ws)
         if launched.returncode != 0:
             return 1
-        instance_id = launched.stdout.strip().splitlines()[-1]
+        # create-instance prints the instance id alone on a line (its progress lines are interleaved here).
+        instance_id = next(line for line in reversed(launched.stdout.splitlines())
+                           if re.fullmatch(r"i-[0-9a-f]{8,17}", line.strip())).strip()
+        _show_instance(stack, example.roles[first].region, instance_id)
         result = runner.wait(instance_id, timeout=120)
         node = f"{first}-{instance_id}"
         registered = stack.goiardi.client().node_exists(node)
         print(f"first boot of {instance_id}: exit {result.get('exit_code')}; Chef node {node} "
               f"{'registered' if registered else 'NOT registered'}")
 
-        _step("Jenkins: one post-deploy bake job per role (generate-jobs)")
+        _step("Jenkins: one post-deploy bake job per role")
         jobs_dir = ws / "jobs"
-        _run([*_cli("generate_jobs_main"), "--catalog", str(catalog), "--workspace", str(ws),
-              "--output-dir", str(jobs_dir)], env, ws)
-        with JenkinsDouble({"demo": "demo-token"}) as jenkins:
-            jenv = {**env, "JENKINS_URL": jenkins.url, "JENKINS_USER": "demo", "JENKINS_API_TOKEN": "demo-token"}
-            sync = [*_cli("generate_jobs_main"), "--catalog", str(catalog), "--workspace", str(ws)]
-            _run(sync, jenv, ws)
-            print("(second sync: nothing changed, so nothing is written)")
-            _run(sync, jenv, ws)
+        _run(["generate-jobs", *wsq, "--output-dir", str(jobs_dir)], run_env, ws)
+        sync = ["generate-jobs", *wsq]
+        _run(sync, run_env, ws)
+        print("(second sync: nothing changed, so nothing is written)")
+        _run(sync, run_env, ws)
 
         _step("summary")
-        amis = json.loads((ws / "artifacts" / "amis.json").read_text())
-        for role, regions in sorted(amis["amis"].items()):
-            print(f"  {role:<12} " + ", ".join(f"{r}: {a}" for r, a in sorted(regions.items())))
         print(f"  release         {amis['release']}")
         print(f"  JUnit reports   {ws / 'reports'}  (summary: {ws / 'reports' / 'summary.html'})")
         print(f"  artifacts       {ws / 'artifacts'}  (amis.json, amis.properties)")
         print(f"  job configs     {jobs_dir}")
         print(f"  scaled instance {instance_id}: Chef node {node} {'registered' if registered else 'missing'}")
-        print(f"  took {time.monotonic() - t0:.0f} s; stopping the local services")
+        print(f"  took {time.monotonic() - t0:.0f} s; stopping the local services "
+              f"(`python -m devstack` keeps them running to try commands by hand)")
         return 0 if registered else 1
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
 import json
 import re
 import secrets
@@ -92,6 +93,34 @@ class _Fault:
     remaining: int
 
 
+class _Items(dict):  # type: ignore[type-arg]
+    """Item names as Jenkins compares them: case-insensitively (Jenkins and folders keep their items
+    in a map ordered by CaseInsensitiveComparator), so ``AMI-bake-web`` and ``ami-bake-web`` are one
+    item; the name keeps the case it was created with."""
+
+    def _key(self, name: object) -> object:
+        if isinstance(name, str):
+            for key in dict.keys(self):
+                if key.lower() == name.lower():
+                    return key
+        return name
+
+    def __getitem__(self, name: object) -> Any:
+        return dict.__getitem__(self, self._key(name))
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, self._key(name))
+
+    def get(self, name: object, default: Any = None) -> Any:
+        return dict.get(self, self._key(name), default)
+
+    def __setitem__(self, name: object, value: Any) -> None:
+        dict.__setitem__(self, self._key(name), value)
+
+    def __delitem__(self, name: object) -> None:
+        dict.__delitem__(self, self._key(name))
+
+
 @dataclass
 class _Node:
     """A job, a folder or the Jenkins root. Folders and the root hold items and views."""
@@ -99,7 +128,7 @@ class _Node:
     kind: str  # "root" | "folder" | "job"
     name: str
     config: str = ""  # as Jenkins would store it (re-serialized); views of a folder live in self.views
-    items: dict[str, _Node] = field(default_factory=dict)
+    items: dict[str, _Node] = field(default_factory=_Items)
     views: dict[str, str] = field(default_factory=dict)  # view name -> stored view XML
 
     @property
@@ -459,6 +488,14 @@ class _HttpError(Exception):
         self.headers = headers or {}
 
 
+def _failure(message: str) -> _HttpError:
+    """A refusal as Jenkins answers it (hudson.model.Failure rendered by the "error" view): HTTP 400, a
+    generic HTML page titled "Jenkins", and the reason in the X-Error header."""
+    page = ("<!DOCTYPE html><html><head><title>Jenkins</title></head><body><div id=\"main-panel\">"
+            f"<h1>Error</h1><p>{html.escape(message)}</p></div></body></html>")
+    return _HttpError(400, page, {"X-Error": message})
+
+
 class _Handler(BaseHTTPRequestHandler):
     double: JenkinsDouble
     protocol_version = "HTTP/1.1"
@@ -515,7 +552,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self._set_cookie:
             self.send_header("Set-Cookie", self._set_cookie)
         for k, v in headers.items():
-            self.send_header(k, v)
+            # Jetty writes header values as ISO-8859-1: what does not fit becomes "?"
+            self.send_header(k, v.encode("latin-1", "replace").decode("latin-1"))
         self.end_headers()
         if method != "HEAD":
             self.wfile.write(payload)
@@ -717,10 +755,10 @@ class _Handler(BaseHTTPRequestHandler):
         name = (query.get("name") or form.get("name") or [""])[0]
         mode = (query.get("mode") or form.get("mode") or [""])[0]
         if not name or _NAME_BAD.search(name) or name in (".", ".."):
-            raise _HttpError(400, f"Unsafe or missing name: {name!r}", {"X-Error": "Invalid name"})
+            raise _failure(f"\u2018{name}\u2019 is an unsafe character" if name else "No name is specified")
         with d._lock:
             if name in group.items:
-                raise _HttpError(400, f"A job already exists with the name \u2018{name}\u2019", {"X-Error": "Job exists"})
+                raise _failure(f"A job already exists with the name \u2018{name}\u2019")
             if mode == FOLDER_CLASS:
                 node = _Node("folder", name)
                 d._store_folder_config(node, jenkins_serialize(folder_xml()))
@@ -728,7 +766,7 @@ class _Handler(BaseHTTPRequestHandler):
                 location = d.url + "".join(f"job/{quote(p)}/" for p in [*item_path, name])
                 return 302, "text/html", b"", {"Location": location}
             if mode:
-                raise _HttpError(400, f"No such job type: {mode}")
+                raise _failure(f"No such job type: {mode}")
             if "xml" not in ctype:
                 raise _HttpError(400, "No mode given and no XML body")
             try:
@@ -776,7 +814,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(400, f"Failed to parse view XML: {exc}") from None
         with d._lock:
             if name in group.views:
-                raise _HttpError(400, f"A view already exists with the name \u2018{name}\u2019")
+                raise _failure(f"A view already exists with the name \u2018{name}\u2019")
             name_el = root.find("name")
             if name_el is None:
                 name_el = ET.SubElement(root, "name")

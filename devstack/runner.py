@@ -11,17 +11,42 @@ thread, inside a sandbox directory ``WORKDIR/INSTANCE_ID/``:
   ``PATH`` = stub bin (``chef-client`` that talks to goiardi, no-op ``systemctl``...) + the venv's
   bin (the real ``aws`` CLI) + ``/usr/bin:/bin``.
 
-Linux user data (``#!...``) runs as cloud-init would run it. Windows (``<powershell>``) user data
-cannot run here and is recorded as skipped. An instance launched from an AMI tagged
+Linux user data (``#!...``) runs as cloud-init would run it. An instance launched from an AMI tagged
 ``bakery:bake-id=X`` whose bake instance this runner executed boots from a copy of that bake
 instance's root, runs its user data (if any), then ``etc/init.d/bakery-firstboot start`` if the image
 has it -- what the init system does at boot. ``results[instance_id]`` records what happened.
+
+Reboots (Linux). What the real system does: chef-client exits 35 ("reboot scheduled") or 37 ("reboot
+needed") when a converge wants a reboot (Chef RFC 062, exit codes); the bake script then enables a
+one-shot systemd unit and runs ``reboot``. At the next boot systemd starts every unit linked under
+``multi-user.target.wants`` whose ``ConditionPathExists=`` holds (systemd.unit(5)); cloud-init does
+not run a per-instance user data script again. Here the sandbox's ``reboot`` (a stub) only records the
+call; when a script made one, the runner "reboots": it runs the ``ExecStart=`` of each such unit of
+the root, nothing else, and repeats while reboots are asked for (at most ``MAX_REBOOTS``).
+
+Windows (``<powershell>``) user data cannot run here (no PowerShell); for a *bake* instance the runner
+plays the bake's documented sequence instead, after checking the script has its shape. What the real
+system does (AWS EC2 User Guide, "Run commands on your Windows instance at launch" and "EC2Launch v2
+task definitions"): EC2Launch v2 runs a ``<powershell>`` block attached -- it waits for it --
+unless ``<detach>true</detach>``; exit 3010 makes it reboot and run the script again;
+``ec2launch sysprep --block`` waits for EC2Launch v2's own run to end, so from an attached user data
+script it can never return; ``--shutdown`` powers the instance off once it is generalized. The
+played sequence: phase 1's converge runs the stub client against the Chef server with the bake
+script's own settings (validator key from S3, ``client.rb``, the ``ami`` run list; an exit 35/37 is
+"exit 3010": EC2Launch v2 reboots and the converge runs again; any other failure tags ``failed``
+with the script's detail); phase 2 tags ``bakery:bootstrap=generalizing`` (+ detail), then sysprep
+stops the instance (``StopInstances`` from here, as the shutdown would). With
+``windows_sysprep_exit`` != 0 sysprep "fails": the instance tags ``failed`` and keeps running. A
+user data without that shape (``--block``, ``<detach>``, no generalizing tag before sysprep) is tagged
+``failed`` with the runner's reason, so a bake with a broken script fails as it would on EC2.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,6 +66,8 @@ BAKE_ID_TAG = "bakery:bake-id"
 PURPOSE_TAG = "bakery:purpose"
 # Where an image's first-boot init script may be: Debian-style and Red Hat-style SysV paths.
 FIRSTBOOT_SCRIPTS = ("etc/init.d/bakery-firstboot", "etc/rc.d/init.d/bakery-firstboot")
+WANTS_DIR = "etc/systemd/system/multi-user.target.wants"
+MAX_REBOOTS = 6
 
 
 class InstanceRunner:
@@ -58,6 +85,7 @@ class InstanceRunner:
         extra_env: Mapping[str, str] | None = None,
         ignore_existing: bool = True,
         max_parallel: int = 8,
+        windows_sysprep_exit: int = 0,
     ):
         self.endpoint = ec2_endpoint
         self.region = region
@@ -68,6 +96,7 @@ class InstanceRunner:
         self.extra_env = dict(extra_env or {})
         self.ignore_existing = ignore_existing
         self.max_parallel = max_parallel
+        self.windows_sysprep_exit = windows_sysprep_exit
         self.stub_bin = self.workdir / "bin"
         self.results: dict[str, dict[str, Any]] = {}
         self.errors: list[str] = []  # polling errors, for a test's failure message
@@ -80,6 +109,7 @@ class InstanceRunner:
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._ec2: Any = None
+        self._s3: Any = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> InstanceRunner:
@@ -93,6 +123,9 @@ class InstanceRunner:
             aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY,
             config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32),
         )
+        self._s3 = boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint, region_name=self.region,
+            aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY)
         if self.ignore_existing:
             # Instances left by earlier tests or runs on a shared moto are not ours to boot.
             self._seen.update(i["InstanceId"] for i in self._describe())
@@ -231,8 +264,7 @@ class InstanceRunner:
             fh.write(f"[instance-runner] {iid} booting ({kind}) from {image_id}, root {root}\n")
         stripped = (user_data or b"").lstrip()
         if stripped[:12].lower() == b"<powershell>" or stripped[:8].lower() == b"<script>":
-            self._note(console, "Windows user data: cannot be executed here, skipped")
-            return {**result, "kind": "skipped", "detail": "Windows user data (<powershell>) is not executed"}
+            return {**result, **self._windows_boot(iid, kind, stripped, root, console)}
         if user_data and not stripped.startswith(b"#!"):
             self._note(console, "user data is not a script (cloud-config/MIME): not executed")
             result["detail"] = "user data is not a #! script: not executed"
@@ -257,6 +289,8 @@ class InstanceRunner:
                 code = self._exec(iid, cmd, root, env, console, "user data")
                 result["steps"].append({"step": "user-data", "exit_code": code})
                 result["exit_code"] = code
+                code = self._reboots(iid, root, env, console, result)
+                result["exit_code"] = code
             if kind == "firstboot" and not result["exit_code"]:
                 init = next((root / p for p in FIRSTBOOT_SCRIPTS if (root / p).is_file()), None)
                 if init is None:
@@ -269,6 +303,112 @@ class InstanceRunner:
             imds.stop()
         result["imds_requests"] = len(imds.requests)
         return result
+
+    # --- reboots (Linux) -------------------------------------------------------------------------------
+    @staticmethod
+    def _reboot_calls(root: Path) -> int:
+        log = root / "var/log/stub-commands.log"
+        if not log.exists():
+            return 0
+        return sum(1 for line in log.read_text(errors="replace").splitlines() if line.split(" ", 1)[0] == "reboot")
+
+    def _boot_units(self, root: Path) -> list[list[str]]:
+        """ExecStart of each unit systemd would start at boot (enabled, condition met), mapped into root."""
+        wants = root / WANTS_DIR
+        commands = []
+        for link in sorted(wants.glob("*.service")) if wants.is_dir() else []:
+            unit_path = root / os.readlink(link).lstrip("/") if link.is_symlink() else link
+            try:
+                lines = unit_path.read_text(encoding="utf-8").splitlines()
+            except OSError:
+                continue
+            conds = [ln.split("=", 1)[1].strip() for ln in lines if ln.startswith("ConditionPathExists=")]
+            if any(not (root / c.lstrip("/")).exists() for c in conds):
+                continue
+            for ln in lines:
+                if ln.startswith("ExecStart="):
+                    argv = ln.split("=", 1)[1].split()
+                    commands.append([str(root / a.lstrip("/")) if a.startswith("/") and not
+                                     a.startswith(("/bin/", "/usr/bin/")) else a for a in argv])
+        return commands
+
+    def _reboots(self, iid: str, root: Path, env: dict[str, str], console: Path, result: dict[str, Any]) -> int:
+        """While the last script asked for a reboot: "reboot" and run what systemd starts at boot."""
+        code = result["exit_code"]
+        seen = 0
+        for n in range(1, MAX_REBOOTS + 1):
+            calls = self._reboot_calls(root)
+            if calls <= seen or code != 0:
+                break
+            seen = calls
+            self._note(console, f"reboot {n} requested: booting again (systemd units of the root)")
+            for argv in self._boot_units(root):
+                code = self._exec(iid, argv, root, env, console, " ".join(argv[-1:]))
+                result["steps"].append({"step": f"reboot-{n}", "exit_code": code})
+        result["reboots"] = seen
+        return code
+
+    # --- Windows bake: played, not executed ------------------------------------------------------------
+    def _windows_boot(self, iid: str, kind: str, user_data: bytes, root: Path, console: Path) -> dict[str, Any]:
+        if kind == "bake" and user_data[:12].lower() == b"<powershell>":
+            return self._play_windows_bake(iid, user_data, root, console)
+        self._note(console, "Windows user data: cannot be executed here, skipped")
+        return {"kind": "skipped", "detail": "Windows user data (<powershell>) is not executed"}
+
+    def _play_windows_bake(self, iid: str, user_data: bytes, root: Path, console: Path) -> dict[str, Any]:
+        problem = _windows_bake_problem(user_data)
+        if problem:
+            problem = f"instance runner: {problem}"
+        else:
+            problem = self._play_windows_converge(iid, user_data, root, console)
+        tag = lambda status, detail: self._ec2.create_tags(  # noqa: E731
+            Resources=[iid], Tags=[{"Key": "bakery:bootstrap", "Value": status},
+                                   {"Key": "bakery:bootstrap-detail", "Value": detail[:255]}])
+        if problem:
+            self._note(console, f"Windows bake user data refused: {problem}")
+            tag("failed", problem)
+            return {"kind": "windows-bake", "exit_code": 1, "detail": problem}
+        self._note(console, "Windows bake played: phase 1 (attached converge) converged; phase 2 tags generalizing")
+        tag("generalizing", "ami run list converged; first boot installed; sysprep started (played by the runner)")
+        if self.windows_sysprep_exit:
+            detail = f"ec2launch sysprep exited {self.windows_sysprep_exit} (step: generalizing with EC2Launch v2 sysprep)"
+            self._note(console, f"sysprep failed: {detail}")
+            tag("failed", detail)
+            return {"kind": "windows-bake", "exit_code": 1, "detail": detail}
+        self._note(console, "ec2launch sysprep --clean --shutdown: generalized, shutting down")
+        self._ec2.stop_instances(InstanceIds=[iid])
+        return {"kind": "windows-bake", "exit_code": 0, "detail": "tagged generalizing, then stopped itself"}
+
+    def _play_windows_converge(self, iid: str, user_data: bytes, root: Path, console: Path) -> str:
+        """Phase 1's converge as bake.ps1 runs it, with the stub client against the Chef server: the
+        validator key from S3, client.rb, the ``ami`` run list; 35/37 -> "exit 3010" -> run again.
+        Returns "" or the failure detail the script would tag."""
+        script = _unpacked_ps(user_data.decode("utf-8", errors="replace"))
+        names = ("ChefServerUrl", "ChefValidator", "ValidatorBucket", "ValidatorKey", "NodeName", "RunList", "ChefBin")
+        v = {n: _ps_value(script, n) for n in names}
+        if None in v.values():
+            return f"cannot read {[n for n, x in v.items() if x is None]} from the bake script"
+        chef = root / "chef"
+        chef.mkdir(parents=True, exist_ok=True)
+        validator = chef / "validation.pem"
+        body = self._s3.get_object(Bucket=v["ValidatorBucket"], Key=v["ValidatorKey"])["Body"].read()
+        validator.write_bytes(body)
+        validator.chmod(0o600)
+        rb = [f"chef_server_url '{v['ChefServerUrl']}'", f"node_name '{v['NodeName']}'",
+              f"validation_client_name '{v['ChefValidator']}'", "validation_key '/chef/validation.pem'",
+              "client_key '/chef/client.pem'", "log_location STDOUT"]
+        (chef / "client.rb").write_text("\n".join(rb) + "\n", encoding="utf-8")
+        argv = [str(self.stub_bin / str(v["ChefBin"])), "-c", str(chef / "client.rb"), "-o", str(v["RunList"])]
+        env = self._env(root, "http://127.0.0.1:9")  # the converge itself needs no metadata
+        code = -1
+        for run in range(1, MAX_REBOOTS + 1):
+            code = self._exec(iid, argv, root, env, console, f"phase 1 converge (run {run})")
+            if code not in (35, 37):
+                break
+            self._note(console, f"{v['ChefBin']} exited {code}: exit 3010, EC2Launch v2 reboots and runs the bake again")
+        validator.unlink(missing_ok=True)
+        (chef / "client.pem").unlink(missing_ok=True)
+        return "" if code == 0 else f"{v['ChefBin']} exited {code} running the ami run list {v['RunList']}"
 
     def _env(self, root: Path, imds_url: str) -> dict[str, str]:
         venv_bin = os.path.dirname(sys.executable)
@@ -308,6 +448,39 @@ class InstanceRunner:
                 self._procs.pop(iid, None)
         self._note(console, f"{what} exited with status {code} after {time.monotonic() - started:.1f}s")
         return code
+
+
+def _ps_value(script: str, name: str) -> str | None:
+    """The value of ``$Name = '...'`` in a rendered PowerShell script (a verbatim string: '' is ')."""
+    m = re.search(rf"^\${name} = '((?:[^']|'')*)'$", script, re.M)
+    return m.group(1).replace("''", "'") if m else None
+
+
+def _unpacked_ps(text: str) -> str:
+    packed = re.search(r"\$Packed = '([A-Za-z0-9+/=\s]+)'", text)
+    return gzip.decompress(base64.b64decode("".join(packed.group(1).split()))).decode() if packed else text
+
+
+def _windows_bake_problem(user_data: bytes) -> str:
+    """Why EC2Launch v2 would not carry this bake through (see the module docstring), or ""."""
+    text = user_data.decode("utf-8", errors="replace")
+    if "<detach>" in text.lower():
+        return "<detach> detaches the whole user data: the converge's exit 3010 (reboot) would be ignored"
+    try:
+        script = _unpacked_ps(text)
+    except (ValueError, OSError, EOFError) as exc:
+        return f"the packed bake script does not unpack: {exc}"
+    sysprep = script.find("& $ec2launch sysprep --clean --shutdown")
+    tagged = script.find("Set-BootstrapTag 'generalizing'")
+    if "--block" in (text + script).replace("No --block", ""):
+        return "ec2launch sysprep --block in a script EC2Launch v2 waits for never returns (deadlock)"
+    if sysprep < 0:
+        return "no '& $ec2launch sysprep --clean --shutdown': the image would not be generalized"
+    if tagged < 0 or tagged > sysprep:
+        return "bakery:bootstrap=generalizing is not tagged before sysprep shuts the instance down"
+    if "exit 3010" not in script:
+        return "a converge that asks for a reboot (chef-client 35/37) is not mapped to exit 3010"
+    return ""
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

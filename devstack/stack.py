@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shlex
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import yaml
 
 from .goiardi import GoiardiServer
-from .moto import ACCOUNT_ID, REGION, MotoServer, seed_base_image
+from .moto import ACCOUNT_ID, AWS_LEAKS, REGION, MotoServer, seed_base_image
 from .runner import InstanceRunner
 
 BUCKET = "acme-bakery"
@@ -30,6 +32,32 @@ BASE_IMAGE_FILTER = {"name": "bakery-demo-centos-*", "owners": ["self"]}
 WINDOWS_IMAGE_NAME = "bakery-demo-windows-2022"
 WINDOWS_IMAGE_FILTER = {"name": "bakery-demo-windows-*", "owners": ["self"]}
 COOKBOOKS = ("roles",)
+JENKINS_USER = "admin"
+JENKINS_TOKEN = "playground-token"  # the double's own user: a local stand-in, not a secret
+# Fast enough to watch a bake by hand; a real estate keeps the default (polls are batched per region).
+POLL_INTERVAL = "1"
+
+
+def playground_env(stack: DevStack, jenkins_url: str, catalog: Path) -> dict[str, str]:
+    """What a shell needs to run the bakery CLI against the playground."""
+    return {
+        **stack.env,
+        "BAKERY_CATALOG": str(catalog),
+        "BAKERY_POLL_INTERVAL": POLL_INTERVAL,
+        "JENKINS_URL": jenkins_url,
+        "JENKINS_USER": JENKINS_USER,
+        "JENKINS_API_TOKEN": JENKINS_TOKEN,
+    }
+
+
+def env_script(env: Mapping[str, str]) -> str:
+    """``env.sh``: unsets a real AWS profile or session, exports the playground, puts the CLI on PATH."""
+    bin_dir = Path(sys.executable).parent
+    return (
+        f"unset {' '.join(AWS_LEAKS)}\n"  # no real profile or session token may creep in
+        + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
+        + f"export PATH={shlex.quote(str(bin_dir))}:\"$PATH\"\n"
+    )
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,6 +198,40 @@ class DevStack:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(yaml.safe_dump(self.catalog_data(roles, **overrides), sort_keys=False), encoding="utf-8")
+        return p
+
+    def example_catalog_data(self, example: Mapping[str, Any]) -> dict[str, Any]:
+        """A whole example catalogue (as read from YAML) pointed at this stack.
+
+        Everything the example says about its roles stays: tags, volume sizes and types, timeouts,
+        ingress, instance types, run lists, platforms (Windows too). Only what must point at this
+        stack changes: region, run-list bucket, alert topic, Chef server and validator, and each role's
+        ``base_ami`` (the seeded demo image of its platform, since the example's images exist only on AWS).
+        A role's own region or ``copy_to_regions`` are kept: moto serves every region.
+        """
+        data = copy.deepcopy(dict(example))
+        defaults = dict(data.get("defaults") or {})
+        stack = self.catalog_data({})["defaults"]
+        chef = {**dict(defaults.get("chef") or {}), **stack.pop("chef")}
+        defaults.update(stack, chef=chef)
+        defaults.pop("subnet_id", None)  # the example's subnets and VPCs do not exist here
+        defaults.pop("vpc_id", None)
+        data["defaults"] = defaults
+        roles = {}
+        for name, spec in dict(data.get("roles") or {}).items():
+            spec = {k: v for k, v in dict(spec or {}).items() if k not in ("subnet_id", "vpc_id", "chef")}
+            windows = spec.get("platform") == "windows"
+            spec["base_ami"] = dict(WINDOWS_IMAGE_FILTER if windows else BASE_IMAGE_FILTER)
+            roles[name] = spec
+        data["roles"] = roles
+        return data
+
+    def write_example_catalog(self, path: str | os.PathLike[str], example_path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`example_catalog_data` of the YAML file ``example_path`` to ``path``; returns the path."""
+        example = yaml.safe_load(Path(example_path).read_text(encoding="utf-8")) or {}
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(yaml.safe_dump(self.example_catalog_data(example), sort_keys=False), encoding="utf-8")
         return p
 
     def runner(self, workdir: str | os.PathLike[str] | None = None, **kwargs: Any) -> InstanceRunner:

@@ -1,7 +1,7 @@
 """A stub ``chef-client`` that talks to a real Chef server (goiardi) as chef-client does, runs no recipe.
 
-Installed by :func:`write_stub_bin` as an executable named ``chef-client`` on the instance sandbox's
-PATH. What it does, in chef-client's order:
+Installed by :func:`write_stub_bin` as executables named ``chef-client`` and ``cinc-client`` (Cinc's
+name for the same client, the catalogue's default distribution) on the instance sandbox's PATH. What it does, in chef-client's order:
 
 1. reads the config (``-c``, default ``$BAKERY_ROOT/etc/chef/client.rb``): ``chef_server_url``,
    ``node_name``, ``validation_client_name``, ``validation_key``, ``client_key``. Absolute paths are
@@ -19,6 +19,11 @@ PATH. What it does, in chef-client's order:
 It fails (exit 1, FATAL lines on stderr, after registering) when a run list item contains the word
 ``fail`` (e.g. ``recipe[fail]``) or ``BAKERY_STUB_CHEF_FAIL=1``, and on any server error. Every run
 appends ``{argv, node_name, run_list, ok, ...}`` to ``$BAKERY_ROOT/var/log/stub-chef-client.jsonl``.
+
+Reboot requests: a real converge with a ``reboot`` resource saves the node, then exits 35 ("reboot
+scheduled") or 37 ("reboot needed") -- Chef RFC 062 exit codes -- and a run after the reboot converges
+normally. ``BAKERY_STUB_CHEF_REBOOT_EXIT=35`` plays that: the first successful run of a root exits 35
+(after saving the node), later runs 0 (the marker is ``$BAKERY_ROOT/var/lib/stub-chef/reboot-requested``).
 """
 
 from __future__ import annotations
@@ -228,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _run(args, root, record)
         record["ok"] = True
+        reboot_exit = os.environ.get("BAKERY_STUB_CHEF_REBOOT_EXIT")
+        marker = Path(in_root("/var/lib/stub-chef/reboot-requested", root))
+        if reboot_exit and not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("1\n", encoding="utf-8")
+            record["exit"] = int(reboot_exit)
+            _log("INFO: Chef Infra Client: a reboot is requested (bakery stub)")
+            return int(reboot_exit)
         return 0
     except (RunFailed, BakeryError) as exc:
         record["error"] = str(exc)
@@ -273,6 +286,9 @@ def write_stub_bin(bin_dir: str | os.PathLike[str]) -> Path:
         encoding="utf-8",
     )
     chef_client.chmod(0o755)
+    cinc_client = bin_path / "cinc-client"
+    cinc_client.write_bytes(chef_client.read_bytes())
+    cinc_client.chmod(0o755)
     for name in STUB_COMMANDS:
         stub = bin_path / name
         stub.write_text(_COMMAND_STUB.format(name=name), encoding="utf-8")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults.support import cli_env, direct_aws, simulate_bootstrap
+from faults.support import direct_aws, fast_settings, simulate_bootstrap
 
 from bakery_lib.aws import tags_of
 from bakery_lib.bake import bake_many
@@ -109,7 +109,7 @@ def baked_twice(devstack, tmp_path: Path, monkeypatch):
         for release in ("1.0", "1.1"):
             recorder.reset()
             outcomes = bake_many(ws, catalog, ROLES, release, aws, threading.Event(), jobs=len(ROLES),
-                                 env=cli_env(devstack), poll_interval=0.2, log=lambda _m: None)
+                                 settings=fast_settings(devstack, 0.2), log=lambda _m: None)
             runs[release] = (outcomes, list(recorder.calls))
     finally:
         booter.stop.set()

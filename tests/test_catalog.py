@@ -129,3 +129,85 @@ def test_cli_bad_role_name_exit_2(tmp_path):
                            "stage", "preflight", "--role", "web;id", "--release", "1.0"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "invalid role name" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- outputs that never lie: tags merge, artifact names cannot collide, values AWS refuses ----------
+
+
+def test_role_tags_merge_with_default_tags_role_wins():
+    data = variant(defaults__tags={"team": "platform", "env": "prod"},
+                   roles__web__tags={"env": "staging", "service": "web"})
+    cat = parse_catalog(data, "c.yaml")
+    assert dict(cat.roles["web"].tags) == {"team": "platform", "env": "staging", "service": "web"}
+    assert dict(cat.roles["reporting"].tags) == {"team": "platform", "env": "prod"}
+
+
+def test_too_many_tags_after_merge_refused():
+    data = variant(defaults__tags={f"d{i}": "x" for i in range(30)},
+                   roles__web__tags={f"r{i}": "x" for i in range(11)})
+    with pytest.raises(CatalogError, match=r"41 tags .* at most 40") as err:
+        parse_catalog(data, "c.yaml")
+    assert "role 'web'" in str(err.value) and "key 'tags'" in str(err.value)
+
+
+def _with_roles(*names: str, **extra) -> dict:
+    data = copy.deepcopy(BASE)
+    data["roles"] = {n: {"platform": "linux", "base_ami": "ami-0123456789abcdef0", **extra.get(n, {})} for n in names}
+    return data
+
+
+@pytest.mark.parametrize(("names", "extra", "words"), [
+    (("amis",), {}, "role name 'amis' is reserved"),
+    (("orders-api", "orders_api"), {}, "both write AMI_ORDERS_API="),
+    (("web", "web-eu-west-1"), {"web": {"copy_to_regions": ["eu-west-1"]}}, "both write AMI_WEB_EU_WEST_1="),
+])
+def test_artifact_collisions_refused(names, extra, words):
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(_with_roles(*names, **extra), "cat.yaml")
+    assert words in str(err.value) and str(err.value).startswith("catalogue cat.yaml")
+    assert err.value.exit_code == 2
+
+
+def test_distinct_names_do_not_collide():
+    cat = parse_catalog(_with_roles("orders-api", "orders", "amis-web"), "c.yaml")
+    assert sorted(cat.roles) == ["amis-web", "orders", "orders-api"]
+
+
+@pytest.mark.parametrize(("rule", "key", "words"), [
+    ({"port": 22, "cidr": "10.20.0.0/33"}, "ingress.0.cidr", "not an IPv4 CIDR"),
+    ({"port": 22, "cidr": "300.1.2.3/8"}, "ingress.0.cidr", "not an IPv4 CIDR"),
+    ({"port": 22, "cidr": "10.0.0.28/29"}, "ingress.0.cidr", "write 10.0.0.24/29"),
+    ({"port": 22, "cidr": "10.0.0.1"}, "ingress.0.cidr", "no prefix length"),
+    ({"port": 22, "cidr": "::/0"}, "ingress.0.cidr", "not an IPv4 CIDR"),
+    ({"port": 65536, "cidr": "10.0.0.0/8"}, "ingress.0.port", "out of range 0..65535"),
+    ({"port": -1, "cidr": "10.0.0.0/8"}, "ingress.0.port", "out of range 0..65535"),
+    ({"from_port": 9000, "to_port": 8000, "cidr": "10.0.0.0/8"}, "ingress.0.from_port", "greater than to_port"),
+    ({"protocol": "icmp", "port": 256, "cidr": "10.0.0.0/8"}, "ingress.0.port", "out of range -1..255"),
+    ({"protocol": "-1", "port": 22, "cidr": "10.0.0.0/8"}, "ingress.0.port", "takes no ports"),
+    ({"protocol": "gre", "port": 22, "cidr": "10.0.0.0/8"}, "ingress.0.protocol", "expected one of"),
+    ({"port": 22, "from_port": 1, "to_port": 2, "cidr": "10.0.0.0/8"}, "ingress.0.port", "not both"),
+])
+def test_ingress_values_aws_refuses_are_refused(rule, key, words):
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(variant(roles__web__ingress=[rule]), "cat.yaml")
+    text = str(err.value)
+    assert "role 'web'" in text and f"key {key!r}" in text and words in text, text
+
+
+def test_ingress_all_traffic_and_icmp_accepted():
+    data = variant(roles__web__ingress=[{"protocol": "-1", "cidr": "10.0.0.0/8"},
+                                        {"protocol": "icmp", "from_port": 8, "to_port": -1, "cidr": "0.0.0.0/0"},
+                                        {"from_port": 0, "to_port": 65535, "source_group": "sg-0123456789abcdef0"}])
+    rules = parse_catalog(data, "c.yaml").roles["web"].ingress
+    assert [(r.protocol, r.from_port, r.to_port) for r in rules] == [("-1", -1, -1), ("icmp", 8, -1), ("tcp", 0, 65535)]
+
+
+def test_cli_bad_cidr_exit_2_before_anything(tmp_path):
+    path = tmp_path / "bakery.yaml"
+    path.write_text(yaml.safe_dump(variant(roles__web__ingress=[{"port": 443, "cidr": "10.20.0.0/33"}])))
+    proc = subprocess.run([sys.executable, "-m", "bakery_lib", "--catalog", str(path), "--workspace", str(tmp_path),
+                           "bake", "--role", "web", "--release", "1.0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert str(path) in proc.stderr and "'web'" in proc.stderr and "ingress.0.cidr" in proc.stderr
+    assert "10.20.0.0/33" in proc.stderr
+    assert not (tmp_path / ".bakery").exists() and not (tmp_path / "reports").exists()

@@ -66,14 +66,25 @@ def test_second_bake_of_a_role_in_flight_is_refused(devstack, proxy: FaultProxy,
             assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
             text = proc.stdout + proc.stderr
             assert f"another bake of role '{role}' is in flight: instance {instance}" in text
-            assert "release 1.0" in text and "bakery cleanup" in text  # what to do about it
+            # What to do about it: a command that works from any workspace (what it removes: test_lifecycle).
+            bake_a = read_state(ws_a, role)["bake_id"]
+            assert "release 1.0" in text and f"bakery cleanup --bake-id {bake_a}" in text
         assert not (ws_b / ".bakery" / f"{role}.json").exists()  # B opened no bake
         # The same workspace: the role's lock refuses a second process outright.
         same = bakery(env, ws_a, catalog, "stage", "bootstrap", "--role", role)
         assert same.returncode == 2 and "another bakery process is working on role" in same.stderr
+        # The advised command, run from the other workspace, removes the bake in flight.
+        advised = bakery(env, ws_b, catalog, "cleanup", "--bake-id", bake_a)
+        assert advised.returncode == 0, advised.stderr + advised.stdout
+        assert f"instance {instance}: terminated" in advised.stdout
+        state = devstack.moto.client("ec2").describe_instances(InstanceIds=[instance])
+        assert state["Reservations"][0]["Instances"][0]["State"]["Name"] in ("shutting-down", "terminated")
+        first.communicate(timeout=60)  # bake A notices its instance is gone, fails and cleans up
+        assert first.returncode == 1
     finally:
-        first.send_signal(signal.SIGTERM)
-        first.communicate(timeout=60)
+        if first.poll() is None:
+            first.send_signal(signal.SIGTERM)
+            first.communicate(timeout=60)
     assert census.leaks() == []
     with SimulatedBoot(devstack, [role]):
         again = bakery(env, ws_b, catalog, "bake", "--role", role, "--release", "2.0")

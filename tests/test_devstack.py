@@ -353,3 +353,120 @@ def test_aws_cli_talks_to_moto_only(aws_env: dict[str, str], moto_server) -> Non
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["Account"] == "123456789012"
     assert aws_env["AWS_CONFIG_FILE"] == os.devnull and "AWS_PROFILE" not in aws_env
+
+
+# --- issue 12: reboots during a Linux converge, the Windows sysprep sequence ------------------------------
+
+
+def _role(devstack: DevStack, name: str, platform: str = "linux"):  # type: ignore[no-untyped-def]
+    from bakery_lib.catalog import parse_catalog  # the catalogue is the product's, pointed at this stack
+
+    return parse_catalog(devstack.catalog_data({name: {"platform": platform}}), "devstack.yaml").roles[name]
+
+
+def test_runner_reboots_a_linux_bake_whose_converge_asks_for_it(devstack: DevStack, tmp_path: Path) -> None:
+    from bakery_lib.userdata import bake_userdata  # the real bake script, end to end
+
+    bake_id = uuid.uuid4().hex[:12]
+    role = _role(devstack, "rebooter")
+    text = bake_userdata(role, bake_id=bake_id, release="1.0")
+    with devstack.runner(tmp_path / "instances", extra_env={"BAKERY_STUB_CHEF_REBOOT_EXIT": "35"}) as runner:
+        iid = launch(devstack, devstack.base_image_id, text,
+                     **{"bakery:purpose": "bake", "bakery:bake-id": bake_id})
+        result = runner.wait(iid, timeout=120)
+    console = runner.console(iid)
+    assert result["exit_code"] == 0 and result["reboots"] == 1, console
+    assert [s["step"] for s in result["steps"]] == ["user-data", "reboot-1"]
+    assert "chef-client exited 35 (reboot requested)" in console or "cinc-client exited 35" in console
+    tags = instance_tags(devstack, iid)
+    assert tags["bakery:bootstrap"] == "succeeded", tags
+    root = Path(result["root"])
+    runs = stub_log(root)
+    assert [r.get("exit", 0) for r in runs] == [35, 0]  # converged again after the reboot
+    assert not (root / "etc/systemd/system/bakery-bake-resume.service").exists()
+    assert (root / "firstboot.txt").exists()
+    assert devstack.goiardi.client().node_exists(f"bake-rebooter-{bake_id}")
+
+
+def test_runner_plays_the_windows_bake_generalizing_then_stopped(devstack: DevStack, tmp_path: Path) -> None:
+    from bakery_lib.userdata import bake_userdata  # the real (packed) Windows bake user data
+
+    ec2 = devstack.moto.client("ec2")
+    role = _role(devstack, "reporting", "windows")
+    good = bake_userdata(role, bake_id=uuid.uuid4().hex[:12], release="1.0")
+    blocking = good.replace("exit $LASTEXITCODE", "ec2launch sysprep --clean --block\nexit $LASTEXITCODE")
+    with devstack.runner(tmp_path / "instances") as runner:
+        iid = launch(devstack, devstack.windows_image_id, good, **{"bakery:purpose": "bake"})
+        bad = launch(devstack, devstack.windows_image_id, blocking, **{"bakery:purpose": "bake"})
+        result = runner.wait(iid, timeout=60)
+        refused = runner.wait(bad, timeout=60)
+    assert result["kind"] == "windows-bake" and result["exit_code"] == 0, runner.console(iid)
+    tags = instance_tags(devstack, iid)
+    assert tags["bakery:bootstrap"] == "generalizing" and "sysprep started" in tags["bakery:bootstrap-detail"]
+    state = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state == "stopped"  # stopped by itself (sysprep --shutdown), not by the bakery
+    # Phase 1 really converged: the bake's node and client were registered with the Chef server.
+    node = f"bake-reporting-{good.split('bake-reporting-', 1)[1].split(chr(39), 1)[0]}"
+    assert devstack.goiardi.client().node_exists(node)
+    assert not (Path(result["root"]) / "chef/validation.pem").exists()
+    assert refused["exit_code"] == 1
+    assert "--block" in instance_tags(devstack, bad)["bakery:bootstrap-detail"]
+    assert instance_tags(devstack, bad)["bakery:bootstrap"] == "failed"
+
+
+def test_runner_plays_a_failing_sysprep(devstack: DevStack, tmp_path: Path) -> None:
+    from bakery_lib.userdata import bake_userdata  # the real Windows bake user data
+
+    role = _role(devstack, "reporting", "windows")
+    with devstack.runner(tmp_path / "instances", windows_sysprep_exit=5) as runner:
+        iid = launch(devstack, devstack.windows_image_id, bake_userdata(role, bake_id="b1", release="1"),
+                     **{"bakery:purpose": "bake"})
+        runner.wait(iid, timeout=60)
+    tags = instance_tags(devstack, iid)
+    assert tags["bakery:bootstrap"] == "failed" and "ec2launch sysprep exited 5" in tags["bakery:bootstrap-detail"]
+    inst = devstack.moto.client("ec2").describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert inst["State"]["Name"] == "running"
+
+
+def test_windows_and_rebooting_linux_roles_bake_end_to_end(devstack: DevStack, tmp_path: Path) -> None:
+    """`bakery bake` as Jenkins runs it: a Windows role through generalizing -> stopped by itself, and a
+    Linux role whose converge asks for a reboot, both to an available AMI."""
+    ws = tmp_path / "ws"
+    catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={
+        "reporting": {"platform": "windows"}, "rebooter": {"platform": "linux"}})
+    env = {**devstack.env, "BAKERY_POLL_INTERVAL": "0.2"}
+    with devstack.runner(tmp_path / "instances", extra_env={"BAKERY_STUB_CHEF_REBOOT_EXIT": "35"}) as runner:
+        proc = subprocess.run([sys.executable, "-m", "bakery_lib", "--workspace", str(ws), "--catalog", str(catalog),
+                               "bake", "--all", "--release", "12.0", "--jobs", "2"],
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    amis = json.loads((ws / "artifacts" / "amis.json").read_text())["amis"]
+    assert set(amis) == {"reporting", "rebooter"}
+    ec2 = devstack.moto.client("ec2")
+    for role, regions in amis.items():
+        image = ec2.describe_images(ImageIds=[regions["us-east-1"]])["Images"][0]
+        assert image["State"] == "available"
+        assert {t["Key"]: t["Value"] for t in image["Tags"]}["bakery:role"] == role
+    kinds = {r["kind"]: r for r in runner.results.values()}
+    assert kinds["windows-bake"]["exit_code"] == 0 and kinds["bake"]["reboots"] == 1
+    windows = next(iid for iid, r in runner.results.items() if r["kind"] == "windows-bake")
+    assert "exited 35: exit 3010, EC2Launch v2 reboots and runs the bake again" in runner.console(windows)
+
+
+def test_runner_windows_bake_with_a_failing_converge_tags_failed_without_sysprep(devstack: DevStack,
+                                                                                 tmp_path: Path) -> None:
+    from bakery_lib.catalog import parse_catalog  # the product's catalogue, pointed at this stack
+    from bakery_lib.userdata import bake_userdata  # the real Windows bake user data
+
+    data = devstack.catalog_data({"broken": {"platform": "windows", "run_lists": {"ami": ["recipe[roles::fail]"]}}})
+    role = parse_catalog(data, "devstack.yaml").roles["broken"]
+    with devstack.runner(tmp_path / "instances") as runner:
+        iid = launch(devstack, devstack.windows_image_id, bake_userdata(role, bake_id="f1", release="1"),
+                     **{"bakery:purpose": "bake"})
+        result = runner.wait(iid, timeout=60)
+    assert result["exit_code"] == 1
+    tags = instance_tags(devstack, iid)
+    assert tags["bakery:bootstrap"] == "failed"
+    assert tags["bakery:bootstrap-detail"] == "cinc-client exited 1 running the ami run list recipe[roles::fail]"
+    inst = devstack.moto.client("ec2").describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert inst["State"]["Name"] == "running"  # no sysprep, no shutdown

@@ -184,6 +184,9 @@ def test_status_keep_on_failure_and_force(devstack, e2e_env, instance_runner, tm
     flaky = json.loads((ws / ".bakery" / "flaky.json").read_text())
     inst = ec2.describe_instances(InstanceIds=[flaky["instance_id"]])["Reservations"][0]["Instances"][0]
     assert inst["State"]["Name"] in ("running", "stopped")  # kept for debugging
+    chef = devstack.goiardi.client()
+    node = flaky["chef_node"]
+    assert chef.client_exists(node) or chef.node_exists(node)  # its Chef identity is kept with it
     # one failing role never stops the others
     assert json.loads((ws / ".bakery" / "steady.json").read_text())["outcome"] == "succeeded"
 
@@ -198,6 +201,7 @@ def test_status_keep_on_failure_and_force(devstack, e2e_env, instance_runner, tm
     assert proc.returncode == 0, proc.stderr
     inst = ec2.describe_instances(InstanceIds=[flaky["instance_id"]])["Reservations"][0]["Instances"][0]
     assert inst["State"]["Name"] == "terminated"
+    assert not chef.client_exists(node) and not chef.node_exists(node)
 
     # --force rebakes an unchanged role instead of reusing its AMI
     first = json.loads((ws / "artifacts" / "steady.json").read_text())["amis"]["us-east-1"]

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from bakery_lib.catalog import RoleSpec, parse_catalog
-from bakery_lib.userdata import bake_userdata, instance_files, launch_userdata
+from bakery_lib.userdata import bake_script, bake_userdata, instance_files, launch_userdata
 from devstack import MotoServer
 from devstack.imds import ImdsDouble
 
@@ -83,7 +83,7 @@ def alerts(aws: dict[str, Any]) -> Alerts:
     return Alerts(topic_arn, aws["sqs"], queue_url)
 
 
-def make_role(alerts: Alerts, name: str = "web", **chef: str) -> RoleSpec:
+def make_role(alerts: Alerts, name: str = "web", **chef: Any) -> RoleSpec:
     catalogue = {
         "defaults": {
             "region": REGION,
@@ -132,6 +132,8 @@ class ChefCall:
     client_rb: dict[str, str]
     json: dict[str, Any] | None
     validator_mode: str | None
+    name: str = "chef-client"
+    license_key: str = ""
 
 
 @dataclass
@@ -151,7 +153,11 @@ class Sandbox:
         for d in (self.root, self.bin, self.tmp / "home"):
             d.mkdir(parents=True, exist_ok=True)
         if self.chef_on_path:
-            (self.bin / "chef-client").symlink_to(SCRIPTS / "chef-client")
+            for name in ("chef-client", "cinc-client"):
+                (self.bin / name).symlink_to(SCRIPTS / "chef-client")
+        # `reboot` inside the sandbox only records the request (the test then plays the boot).
+        (self.bin / "reboot").write_text('#!/bin/sh\necho "$0 $*" >>"$STUB_CHEF_DIR/reboots"\n')
+        (self.bin / "reboot").chmod(0o755)
 
     @property
     def sentinel(self) -> Path:
@@ -212,6 +218,8 @@ class Sandbox:
                 json=json.loads((d / "json").read_text()) if (d / "json").exists() else None,
                 validator_mode=(d / "validator-mode").read_text().strip() if (d / "validator-mode").exists()
                 else None,
+                name=(d / "name").read_text().strip(),
+                license_key=(d / "license-key").read_text(),
             ))
         return calls
 
@@ -301,7 +309,7 @@ def test_failed_chef_run_keeps_the_sentinel_and_sends_exactly_one_alert(sandbox_
     assert len(received) == 1, received
     subject, message = received[0]["Subject"], received[0]["Message"]
     assert "web" in subject and instance_id in subject
-    for expected in ("role web", instance_id, REGION, "Exit code: 3", "chef-client exited 3",
+    for expected in ("role web", instance_id, REGION, "Exit code: 3", "cinc-client exited 3",
                      "stub chef-client: converging node"):
         assert expected in message, (expected, message)
 
@@ -478,9 +486,13 @@ def test_bake_userdata_failing_chef_tags_failed_and_installs_nothing(sandbox_fac
     assert proc.returncode != 0
     tags = instance_tags(aws, bake_instance)
     assert tags["bakery:bootstrap"] == "failed"
-    assert "chef-client exited 5" in tags["bakery:bootstrap-detail"]
-    assert "FAILED: chef-client exited 5" in proc.stdout
-    assert "FAILED: chef-client exited 5" in (box.root / "var/log/bakery-bake.log").read_text()
+    assert "cinc-client exited 5" in tags["bakery:bootstrap-detail"]
+    assert "FAILED: cinc-client exited 5" in proc.stdout
+    # The log left behind is a root-only summary: the reason, not Chef's output.
+    summary = box.root / "var/log/bakery-bake.log"
+    assert "failed: cinc-client exited 5" in summary.read_text()
+    assert "stub chef-client" not in summary.read_text()
+    assert stat.S_IMODE(summary.stat().st_mode) == 0o600
     assert not (box.root / "firstboot.txt").exists()
     assert not (box.root / "etc/init.d/bakery-firstboot").exists()
     assert not (box.root / "etc/chef/validation.pem").exists()
@@ -524,14 +536,22 @@ def test_hostile_catalogue_values_stay_inert_when_the_bake_runs(sandbox_factory,
 # --- launch user data ------------------------------------------------------------------------------------
 
 
+INSTALLER_REQUESTS: list[str] = []
+
+
+class _Site(SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        INSTALLER_REQUESTS.append(self.path)
+
+
 @pytest.fixture()
 def installer_url(tmp_path: Path) -> Iterator[str]:
-    """The omnitruck installer double, served over HTTP on 127.0.0.1."""
+    """The omnitruck installer double, served over HTTP on 127.0.0.1 (requested paths in INSTALLER_REQUESTS)."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "install.sh").write_text((SCRIPTS / "install-chef.sh").read_text())
-    handler = partial(SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    INSTALLER_REQUESTS.clear()
+    handler = partial(_Site, directory=str(site))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -544,13 +564,14 @@ def test_launch_userdata_installs_chef_and_runs_the_launch_run_list(sandbox_fact
     role = make_role(alerts, installer_url=installer_url)
     instance_id = new_instance(aws)
     box = sandbox_factory(instance_id, chef_on_path=False)
-    assert not (box.bin / "chef-client").exists()
+    assert not (box.bin / "cinc-client").exists()
 
     proc = box.run_userdata(launch_userdata(role), STUB_CHEF_SOURCE=str(SCRIPTS / "chef-client"),
                             STUB_INSTALL_DIR=str(box.bin))
 
     assert proc.returncode == 0, output(proc)
     assert (box.bin / "installed-version").read_text().strip() == "18.4.12"
+    assert (box.bin / "installed-project").read_text().strip() == "cinc"  # the default distribution
     [call] = box.chef_calls()
     assert call.json == {"run_list": ["recipe[roles::web_launch]"]}
     assert call.client_rb["node_name"] == f"web-{instance_id}"
@@ -570,4 +591,132 @@ def test_launch_userdata_failure_alerts_once_and_tags_failed(sandbox_factory, al
     assert len(received) == 1
     assert "launch of role web failed" in received[0]["Message"] and instance_id in received[0]["Message"]
     tags = instance_tags(aws, instance_id)
-    assert tags["bakery:bootstrap"] == "failed" and "chef-client exited 2" in tags["bakery:bootstrap-detail"]
+    assert tags["bakery:bootstrap"] == "failed" and "cinc-client exited 2" in tags["bakery:bootstrap-detail"]
+
+
+# --- a converge that asks for a reboot, the Chef client choice, what the image keeps (issue 12) ----------
+
+
+def boot_resume_units(box: Sandbox) -> list[subprocess.CompletedProcess]:
+    """What systemd runs at the next boot: each enabled unit's ExecStart whose condition holds."""
+    runs = []
+    wants = box.root / "etc/systemd/system/multi-user.target.wants"
+    for link in sorted(wants.glob("*.service")) if wants.exists() else []:
+        unit = (box.root / os.readlink(link).lstrip("/")).read_text()
+        cond = next((ln.split("=", 1)[1] for ln in unit.splitlines() if ln.startswith("ConditionPathExists=")), None)
+        if cond and not (box.root / cond.lstrip("/")).exists():
+            continue
+        exec_start = next(ln.split("=", 1)[1] for ln in unit.splitlines() if ln.startswith("ExecStart="))
+        argv = [a if not a.startswith("/var/") else str(box.root / a.lstrip("/")) for a in exec_start.split()]
+        runs.append(box.run(argv))
+    return runs
+
+
+def test_bake_whose_converge_asks_for_a_reboot_continues_after_it_and_only_then_succeeds(sandbox_factory, alerts,
+                                                                                         aws):
+    bake_instance = new_instance(aws)
+    box = sandbox_factory(bake_instance, extra_env={"STUB_CHEF_EXIT_ONCE": "35"})
+    proc = box.run_userdata(bake_userdata(make_role(alerts), bake_id="20260101000000-reboot", release="1"))
+
+    # First boot of the bake: chef-client exits 35; the script reboots, nothing is tagged yet.
+    assert proc.returncode == 0, output(proc)
+    assert "rebooting to continue the converge" in proc.stdout
+    assert (box.records / "reboots").read_text().count("reboot") == 1
+    assert "bakery:bootstrap" not in instance_tags(aws, bake_instance)
+    unit = box.root / "etc/systemd/system/bakery-bake-resume.service"
+    assert "ExecStart=/bin/bash /var/lib/bakery/bake.sh" in unit.read_text()
+    assert not (box.root / "firstboot.txt").exists()
+    assert not (box.root / "etc/chef/validation.pem").exists()
+
+    # The reboot: systemd runs the continuation (the first-boot unit's condition does not hold yet).
+    [resumed] = boot_resume_units(box)
+    assert resumed.returncode == 0, output(resumed)
+    tags = instance_tags(aws, bake_instance)
+    assert tags["bakery:bootstrap"] == "succeeded", tags
+    assert len(box.chef_calls()) == 2  # the converge ran again, to the end
+    assert (box.root / "firstboot.txt").exists()
+    # One-shot: the unit, its link and the script are gone, so the image never reruns the bake.
+    assert not unit.exists()
+    assert not (box.root / "etc/systemd/system/multi-user.target.wants/bakery-bake-resume.service").exists()
+    assert not (box.root / "var/lib/bakery/bake.sh").exists()
+    assert "reboots during the converge: 1" in (box.root / "var/log/bakery-bake.log").read_text()
+
+
+def test_a_converge_that_keeps_asking_for_reboots_fails_after_five(sandbox_factory, alerts, aws):
+    bake_instance = new_instance(aws)
+    box = sandbox_factory(bake_instance, extra_env={"STUB_CHEF_EXIT": "37"})
+    proc = box.run_userdata(bake_userdata(make_role(alerts), bake_id="20260101000000-loop00", release="1"))
+    assert proc.returncode == 0, output(proc)
+    for _ in range(5):
+        [run] = boot_resume_units(box)
+    assert run.returncode == 1
+    tags = instance_tags(aws, bake_instance)
+    assert tags["bakery:bootstrap"] == "failed"
+    assert "still asks for a reboot (exit 37) after 5 reboots" in tags["bakery:bootstrap-detail"]
+    assert boot_resume_units(box) == []  # nothing left to run at the next boot
+
+
+def test_successful_bake_leaves_only_a_root_only_summary_log(sandbox_factory, alerts, aws):
+    bake_instance = new_instance(aws)
+    box = sandbox_factory(bake_instance)
+    cloud_init_log = box.root / "var/log/cloud-init-output.log"
+    cloud_init_log.parent.mkdir(parents=True)
+    cloud_init_log.write_text("Chef diff: +password=hunter2\n")  # what cloud-init copies of the bake's output
+    proc = box.run_userdata(bake_userdata(make_role(alerts), bake_id="20260101000000-logs00", release="1"))
+    assert proc.returncode == 0, output(proc)
+    summary = box.root / "var/log/bakery-bake.log"
+    text = summary.read_text()
+    assert "succeeded" in text and len(text.splitlines()) <= 3
+    assert stat.S_IMODE(summary.stat().st_mode) == 0o600
+    assert "converging node" not in text  # Chef's output is on the console only
+    assert cloud_init_log.read_text() == ""
+    assert not (box.root / "var/lib/bakery/bake.sh").exists()
+    assert not (box.root / "tmp").exists() or list((box.root / "tmp").iterdir()) == []
+
+
+def test_licensed_chef_fetches_its_key_with_the_instance_role_and_never_carries_it(sandbox_factory, alerts, aws,
+                                                                                     installer_url):
+    key = "LICENSE-free-trial-0123456789abcdef"
+    aws["s3"].put_object(Bucket=BUCKET, Key="chef/license.txt", Body=(key + "\n").encode())
+    role = make_role(alerts, distribution="chef", installer_url=installer_url,
+                     license_key_s3=f"s3://{BUCKET}/chef/license.txt")
+    bake_instance = new_instance(aws)
+    box = sandbox_factory(bake_instance, chef_on_path=False)
+    userdata = bake_userdata(role, bake_id="20260101000000-licens", release="1")
+
+    proc = box.run_userdata(userdata, STUB_CHEF_SOURCE=str(SCRIPTS / "chef-client"), STUB_INSTALL_DIR=str(box.bin))
+
+    assert proc.returncode == 0, output(proc)
+    assert key not in userdata and key not in bake_script(role, bake_id="20260101000000-licens", release="1")
+    assert (box.bin / "installed-project").read_text().strip() == "chef"
+    assert INSTALLER_REQUESTS == [f"/install.sh?license_id={key}"]  # Chef's licensed download
+    [call] = box.chef_calls()
+    assert call.name == "chef-client" and call.license_key == key  # in chef-client's environment only
+    leaked = [p for p in box.root.rglob("*") if p.is_file() and key in p.read_text(errors="replace")]
+    assert leaked == []
+    assert key not in proc.stdout
+
+
+def test_preinstalled_client_missing_fails_clearly_without_downloading(sandbox_factory, alerts, aws, installer_url):
+    role = make_role(alerts, preinstalled=True, installer_url=installer_url)  # type: ignore[arg-type]
+    bake_instance = new_instance(aws)
+    box = sandbox_factory(bake_instance, chef_on_path=False)
+    proc = box.run_userdata(bake_userdata(role, bake_id="20260101000000-prein0", release="1"))
+    assert proc.returncode != 0
+    detail = instance_tags(aws, bake_instance)["bakery:bootstrap-detail"]
+    assert "chef.preinstalled is true but cinc-client is neither on PATH nor in /opt/cinc/bin" in detail
+    assert INSTALLER_REQUESTS == []
+
+
+def test_a_failing_installer_leaves_nothing_in_tmp(sandbox_factory, alerts, aws, installer_url):
+    role = make_role(alerts, installer_url=installer_url)
+    bake_instance = new_instance(aws)
+    box = sandbox_factory(bake_instance, chef_on_path=False)
+    tmp = box.root / "tmp"
+    tmp.mkdir()
+    # No STUB_CHEF_SOURCE: the installer double exits 1, as a failed package install would.
+    proc = box.run_userdata(bake_userdata(role, bake_id="20260101000000-inst00", release="1"), TMPDIR=str(tmp),
+                            STUB_INSTALL_DIR=str(box.bin))
+    assert proc.returncode != 0
+    assert "the cinc installer exited 1" in instance_tags(aws, bake_instance)["bakery:bootstrap-detail"]
+    assert list(tmp.iterdir()) == []

@@ -99,6 +99,8 @@ def test_sigterm_stops_within_30s_and_nothing_is_left(devstack, proxy, tmp_path:
         how = "bake exits, its own cleanup ran"
     else:
         assert not state["closed"]
+        # A single stage does not clean up: it says exactly what to run.
+        assert f"to remove what this bake created run: bakery --workspace {ws.resolve()} cleanup --role {role}" in err
         proxy.reset()
         if stage == "wait-image":
             proxy.add(pending_rewrite(after=None))  # still pending when post { always } runs

@@ -263,7 +263,7 @@ def test_bad_catalogue_exits_2_naming_file_role_and_key(tmp_path: Path, mutate: 
 def test_catalogue_from_environment_and_exit_codes_in_a_subprocess(tmp_path: Path) -> None:
     """As Jenkins runs it: a separate process, the catalogue from BAKERY_CATALOG."""
     env = {**os.environ, "BAKERY_CATALOG": str(GOLDEN / "minimal" / "bakery.yaml"), "PYTHONPATH": str(REPO)}
-    code = "import sys; from bakery_lib.cli.generate_jobs import main; sys.exit(main())"
+    code = "import sys; from bakery_lib.cli import generate_jobs_main as main; sys.exit(main())"
     ok = subprocess.run([sys.executable, "-c", code, "--output-dir", str(tmp_path / "o")], env=env,
                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert ok.returncode == 0, ok.stderr

@@ -40,13 +40,28 @@ def server() -> Iterator[JenkinsDouble]:
         yield double
 
 
+# The deploy job the catalogues' upstream_jobs name: generate-jobs refuses to make a bake job that
+# a missing upstream would never trigger.
+DEPLOY_JOB = ("<?xml version='1.1' encoding='UTF-8'?>\n<project><description>deploys a release</description>"
+              "<properties/><builders/><publishers/></project>")
+
+
+def bake_jobs(jenkins: JenkinsDouble) -> list[str]:
+    """The items on Jenkins other than the deploy job every test starts with."""
+    return [name for name in jenkins.job_names() if name != "deploy-release"]
+
+
 @pytest.fixture
 def jenkins(server: JenkinsDouble) -> JenkinsDouble:
     server.reset()
+    server.put_item("deploy-release", DEPLOY_JOB)
+    server.clear_log()
     return server
 
 
 def catalogue(tmp_path: Path, roles: list[str], name: str = "bakery.yaml", **jenkins: Any) -> Path:
+    if jenkins.get("folder") and "upstream_jobs" not in jenkins:
+        jenkins["upstream_jobs"] = ["/deploy-release"]  # the deploy job is at the top level, not in the folder
     data = offline_catalog_data(roles, **jenkins)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
@@ -101,7 +116,7 @@ def test_first_sync_creates_then_a_second_sync_writes_nothing(jenkins: JenkinsDo
     first = sync(jenkins, cat)
     assert first.code == 0, first.text
     assert "3 created, 0 updated, 0 deleted, 0 unchanged, 0 failed" in first.out
-    assert sorted(jenkins.job_names()) == ["ami-bake-db", "ami-bake-web", "ami-bake-worker"]
+    assert sorted(bake_jobs(jenkins)) == ["ami-bake-db", "ami-bake-web", "ami-bake-worker"]
     assert sorted(r.path for r in jenkins.writes() if r.path.endswith("createItem")) == ["/createItem"] * 3
     for name, xml in rendered(cat).items():
         stored = jenkins.config(name)
@@ -166,6 +181,7 @@ def test_catalogue_change_updates_only_the_jobs_it_touches(jenkins: JenkinsDoubl
     cat = catalogue(tmp_path, ["web", "worker"])
     assert sync(jenkins, cat).code == 0
     changed = catalogue(tmp_path, ["web", "worker", "db"], name="v2.yaml", upstream_jobs=["deploy-release", "deploy-db"])
+    jenkins.put_item("deploy-db", DEPLOY_JOB)
     jenkins.clear_log()
     run = sync(jenkins, changed)
     assert run.code == 0 and "1 created, 2 updated" in run.out
@@ -179,7 +195,7 @@ def test_dry_run_against_an_empty_jenkins_changes_nothing(jenkins: JenkinsDouble
     assert run.code == 0, run.text
     assert "create  amis  (folder does not exist)" in run.out
     assert "create  amis/ami-bake-web" in run.out
-    assert jenkins.writes() == [] and jenkins.job_names() == []
+    assert jenkins.writes() == [] and bake_jobs(jenkins) == []
     assert run.cases()["amis/ami-bake-web"].findtext("system-out") == "would create: folder 'amis' is created first"
 
 
@@ -208,7 +224,7 @@ def test_delete_stale_deletes_only_marked_jobs_whose_role_left(jenkins: JenkinsD
     run = sync(jenkins, smaller, "--delete-stale")
     assert run.code == 0 and "deleted ami-bake-db" in run.out and "1 deleted" in run.out
     assert [r.path for r in jenkins.writes()] == ["/job/ami-bake-db/doDelete"]
-    assert sorted(jenkins.job_names()) == ["ami-bake-cache", "ami-bake-legacy", "ami-bake-web", "ami-bake-worker", "other-db"]
+    assert sorted(bake_jobs(jenkins)) == ["ami-bake-cache", "ami-bake-legacy", "ami-bake-web", "ami-bake-worker", "other-db"]
 
 
 def test_unmanaged_job_of_the_same_name_is_never_overwritten(jenkins: JenkinsDouble, tmp_path: Path) -> None:
@@ -242,7 +258,7 @@ def test_nested_folder_view_and_release_job(jenkins: JenkinsDouble, tmp_path: Pa
                     view="Bakes — ünïcode")
     run = sync(jenkins, cat)
     assert run.code == 0, run.text
-    assert sorted(jenkins.job_names()) == [
+    assert sorted(bake_jobs(jenkins)) == [
         "team", "team/amis", "team/amis/ami-bake-release", "team/amis/ami-bake-web", "team/amis/ami-bake-worker",
     ]
     assert ET.fromstring(jenkins.config("team")).findtext("description") == "the team's own folder"
@@ -333,7 +349,7 @@ def test_bad_token_is_a_clear_401(jenkins: JenkinsDouble, tmp_path: Path) -> Non
     run = sync(jenkins, catalogue(tmp_path, ["web"]), token="wrong-" + TOKEN[:4])
     assert run.code == 1
     assert "refused the credentials of user 'admin' (HTTP 401)" in run.err and "JENKINS_API_TOKEN" in run.err
-    assert jenkins.job_names() == []
+    assert bake_jobs(jenkins) == []
     assert run.cases()["connect to Jenkins"].find("failure") is not None
 
 
@@ -347,7 +363,7 @@ def test_user_without_rights_gets_403_per_job(jenkins: JenkinsDouble, tmp_path: 
     assert run.code == 1
     assert "user 'viewer' is not allowed to do this" in run.out
     assert "viewer is missing the Job/Configure permission" in run.out
-    assert jenkins.job_names() == []
+    assert bake_jobs(jenkins) == []
 
 
 def test_broken_crumb_issuer_stops_before_any_write(jenkins: JenkinsDouble, tmp_path: Path) -> None:
@@ -363,7 +379,7 @@ def test_rejected_crumb_is_named(jenkins: JenkinsDouble, tmp_path: Path) -> None
     run = sync(jenkins, catalogue(tmp_path, ["web"]))
     assert run.code == 1
     assert "refused the request for want of a valid CSRF crumb (HTTP 403" in run.out
-    assert jenkins.job_names() == []
+    assert bake_jobs(jenkins) == []
 
 
 def test_unreachable_jenkins(tmp_path: Path) -> None:
@@ -406,7 +422,7 @@ def test_environment_flags_override_and_exit_codes_in_a_subprocess(jenkins: Jenk
     cat = catalogue(tmp_path, ["web", "worker"])
     env = {**os.environ, "PYTHONPATH": str(REPO), "JENKINS_URL": jenkins.url, "JENKINS_USER": "admin",
            "JENKINS_API_TOKEN": "not-the-token", "BAKERY_CATALOG": str(cat)}
-    code = "import sys; from bakery_lib.cli.generate_jobs import main; sys.exit(main())"
+    code = "import sys; from bakery_lib.cli import generate_jobs_main as main; sys.exit(main())"
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
@@ -434,3 +450,52 @@ def test_many_jobs_with_parallel_workers(jenkins: JenkinsDouble, tmp_path: Path)
         jenkins.latency = 0.0
     for name, xml in rendered(cat).items():
         assert normalized(xml) == normalized(jenkins.config(name))
+
+
+# --- issue 15: Jenkins' own rules -------------------------------------------------------------------
+
+
+def test_refusal_names_jenkins_reason_from_x_error(jenkins: JenkinsDouble) -> None:
+    """Jenkins' error page is a generic "Jenkins" page; the reason is in the X-Error header."""
+    from bakery_lib.jobs.manager import JenkinsError, JenkinsManager
+
+    manager = JenkinsManager(jenkins.url, "admin", TOKEN)
+    manager.check_crumb()
+    with pytest.raises(JenkinsError) as refused:
+        manager.create("", "bad?name", DEPLOY_JOB)
+    assert refused.value.status == 400 and "is an unsafe character" in str(refused.value)
+    with pytest.raises(JenkinsError) as exists:
+        manager.create("", "DEPLOY-release", DEPLOY_JOB)
+    assert "already exists" in str(exists.value)
+
+
+def test_job_names_are_compared_ignoring_case_as_jenkins_does(jenkins: JenkinsDouble, tmp_path: Path) -> None:
+    hand_made = DEPLOY_JOB.replace("deploys a release", "made by hand")
+    jenkins.put_item("AMI-bake-web", hand_made)
+    jenkins.clear_log()
+    run = sync(jenkins, catalogue(tmp_path, ["web", "worker"]))
+    assert run.code == 1
+    assert "Jenkins has a job 'AMI-bake-web', which is the same name to Jenkins (item names ignore case)" in run.err
+    assert "made by hand" in jenkins.config("AMI-bake-web")
+    assert not any("AMI-bake-web" in r.path or "ami-bake-web" in r.path for r in jenkins.writes())
+    assert "ami-bake-worker" in bake_jobs(jenkins)  # the other role is synced all the same
+
+
+def test_missing_upstream_job_is_an_error_not_a_silent_never_triggered_job(jenkins: JenkinsDouble,
+                                                                          tmp_path: Path) -> None:
+    run = sync(jenkins, catalogue(tmp_path, ["web"], upstream_jobs=["deploy-relase"]))
+    assert run.code == 1
+    assert "upstream job(s) 'deploy-relase' (catalogue jenkins.upstream_jobs) do not exist on Jenkins" in run.err
+    assert bake_jobs(jenkins) == [] and jenkins.writes() == []
+    in_folder = catalogue(tmp_path, ["web"], name="folder.yaml", folder="amis", upstream_jobs=["deploy-release"])
+    run = sync(jenkins, in_folder)
+    assert run.code == 1 and "relative to folder 'amis'; use ../NAME or /NAME" in run.err
+    fixed = catalogue(tmp_path, ["web"], name="fixed.yaml", folder="amis", upstream_jobs=["../deploy-release"])
+    assert sync(jenkins, fixed).code == 0 and "amis/ami-bake-web" in bake_jobs(jenkins)
+
+
+def test_sync_prints_the_deploy_pipeline_line(jenkins: JenkinsDouble, tmp_path: Path) -> None:
+    run = sync(jenkins, catalogue(tmp_path, ["web"]))
+    assert run.code == 0
+    assert ("build job: 'ami-bake-web', wait: false, parameters: [string(name: 'RELEASE', value: params.RELEASE)]"
+            in run.out)

@@ -429,3 +429,48 @@ def test_reap_with_chef_unreachable_still_cleans_aws(moto_server, chef_server):
     report = reap(new_aws(moto_server), ["ap-southeast-2"], None, now=now, dry_run=False,
                   chef_error="Chef API identity not configured: CHEF_SERVER_URL not set")
     assert report.exit_code == 1 and "CHEF_SERVER_URL not set" in report.text()
+
+
+def test_reap_removes_the_chef_identity_of_an_instance_it_terminates(moto_server, chef_server):
+    """Even when --older-than would keep a node by its age: its instance is gone, so is the identity."""
+    acct = Account(moto_server, "eu-north-1")
+    chef = chef_server.client()
+    now = time.time()
+    bid = time.strftime("%Y%m%d%H%M%S", time.gmtime(now - 600)) + "-e1e1e1"  # a bake started 10 min ago
+    node = f"bake-web-{bid}"
+    add_node_and_client(chef, node)
+    expired = acct.instance(bake_tags(bid, "web", now - 3 * 3600))  # its TTL ran out 3 h ago
+
+    report = reap(new_aws(moto_server), ["eu-north-1"], chef, older_than=3600, now=now, dry_run=False)
+    assert report.exit_code == 0, report.text()
+    assert by_resource(report)[expired].action == "terminated"
+    assert not chef.client_exists(node) and not chef.node_exists(node)
+    assert "its bake instance was terminated by this reap" in report.text()
+
+
+def test_reap_bake_id_removes_one_bake_whatever_its_expiry(moto_server, chef_server):
+    acct = Account(moto_server, "ca-central-1")
+    chef = chef_server.client()
+    now = time.time()
+    target, other = bake_id(5, "f"), bake_id(6, "e")
+    target_instance = acct.instance(bake_tags(target, "web", now + 3600))  # not expired: a bake "in flight"
+    other_instance = acct.instance(bake_tags(other, "web", now - 3600))  # expired, but not the one named
+    pending = acct.ami("web", target)
+    pending_snaps = acct.snapshots(pending)
+    add_node_and_client(chef, f"bake-web-{target}")
+    add_node_and_client(chef, f"bake-web-{other}")
+    aws = new_aws(moto_server)
+    inject_image_states(aws, {pending: "pending"})
+
+    dry = reap(aws, ["ca-central-1"], chef, now=now, dry_run=True, bake_id=target)
+    assert {(r.kind, r.resource) for r in dry.removed} == {
+        ("instance", target_instance), ("image", pending),
+        ("chef-client", f"bake-web-{target}"), ("chef-node", f"bake-web-{target}")}
+    assert mutations(aws) == {}
+
+    report = reap(aws, ["ca-central-1"], chef, now=now, dry_run=False, bake_id=target)
+    assert report.exit_code == 0, report.text()
+    assert acct.instance_state(target_instance) in ("shutting-down", "terminated")
+    assert acct.instance_state(other_instance) == "running"
+    assert not acct.image_exists(pending) and not any(acct.snapshot_exists(s) for s in pending_snaps)
+    assert not chef.node_exists(f"bake-web-{target}") and chef.node_exists(f"bake-web-{other}")

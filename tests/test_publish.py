@@ -68,6 +68,8 @@ def test_publish_copies_shares_and_writes_ssm_everywhere(moto_server, tmp_path, 
         param = moto_server.client("ssm", region).get_parameter(Name=f"/bakery/{role}/latest")["Parameter"]
         assert param["Value"] == ami and param.get("DataType", "aws:ec2:image") == "aws:ec2:image"
     assert not ctx.state.pending_copies
+    for region in ("eu-west-1", "ap-south-1"):  # each copy named once, not again per region
+        assert message.count(amis[region]) == 1, message
     # the launch template's new default version points at the new AMI
     lt_id = lt["LaunchTemplate"]["LaunchTemplateId"]
     versions = ec2.describe_launch_template_versions(LaunchTemplateId=lt_id, Versions=["$Default"])
@@ -123,3 +125,25 @@ def test_failed_copy_fails_publish_and_cleanup_removes_it(moto_server, tmp_path,
     assert left == []
     # the good AMI in the build region is kept
     assert moto_server.client("ec2").describe_images(ImageIds=[image_id])["Images"][0]["State"] == "available"
+
+
+def test_reused_ami_gets_the_catalogues_tags_of_today(moto_server, tmp_path, baked):
+    """retag_image, as preflight calls it with its reuse look-up's image (no extra Describe call)."""
+    role, image_id = baked
+    ec2 = moto_server.client("ec2")
+    snap = ec2.describe_images(ImageIds=[image_id])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    old = [{"Key": "team", "Value": "old-team"}, {"Key": "cost-center", "Value": "42"}]
+    ec2.create_tags(Resources=[image_id, snap], Tags=old)
+    ctx = _ctx(moto_server, tmp_path, role, image_id, tags={"team": "platform", "env": "prod"})
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    note = publish.retag_image(ctx, "us-east-1", image)
+    assert note == f"{image_id} re-tagged in us-east-1 (set env, team; removed cost-center)"
+    for resource in (image_id, snap):
+        found = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [resource]}])["Tags"]
+        tags = {t["Key"]: t["Value"] for t in found}
+        assert tags.get("team") == "platform" and tags.get("env") == "prod", (resource, tags)
+        assert "cost-center" not in tags, (resource, tags)  # a catalogue tag no longer listed
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    image_tags = {t["Key"]: t["Value"] for t in image["Tags"]}
+    assert image_tags["bakery:role"] == role and image_tags["bakery:created-by"] == "bakery"
+    assert publish.retag_image(ctx, "us-east-1", image) == ""  # unchanged catalogue: no call, no note

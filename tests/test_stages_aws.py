@@ -16,6 +16,7 @@ from bakery_lib.aws import Aws
 from bakery_lib.catalog import parse_catalog
 from bakery_lib.cleanup import cleanup
 from bakery_lib.errors import AwsError, BakeryError
+from bakery_lib.settings import Settings
 from bakery_lib.stages import iam_role, image, launch, run_stage, security_groups, stop, terminate, wait_image
 from bakery_lib.stages.base import Context
 from bakery_lib.state import BakeState, Workspace, new_bake_id
@@ -46,7 +47,7 @@ def make_ctx(moto_server, tmp_path, role_overrides=None, *, role="web") -> Conte
     session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing")
     aws = Aws(endpoint_url=moto_server.url, session=session)
     ctx = Context(ws=Workspace(tmp_path), catalog=catalog, role=catalog.roles[role], aws=aws,
-                  poll_interval=0.05, log_fn=lambda m: None)
+                  settings=Settings(poll_interval=0.05), log_fn=lambda m: None)
     return ctx
 
 

@@ -109,3 +109,29 @@ def test_junit_and_artifacts(tmp_path):
     props = (tmp_path / "artifacts" / "amis.properties").read_text().splitlines()
     assert "AMI_WEB_APP=ami-0aaa" in props and "AMI_WEB_APP_EU_WEST_1=ami-0bbb" in props
     assert "AMI_DB=ami-0ccc" in props and "AMI_DB_US_EAST_1=ami-0ccc" in props
+
+
+def test_lock_wait_says_so_and_takes_the_lock_once_released(tmp_path):
+    import threading
+
+    ws = Workspace(tmp_path)
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with ws.lock("web"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(5)
+    notices: list[str] = []
+    with pytest.raises(UsageError, match="did not release it within 0.3 s"):
+        with ws.lock("web", wait=0.3, on_wait=notices.append):
+            pass
+    assert notices and "waiting for another bakery process working on role 'web'" in notices[0]
+    threading.Timer(0.3, release.set).start()
+    with ws.lock("web", wait=10, on_wait=notices.append):
+        entered = True
+    assert entered
+    t.join(5)

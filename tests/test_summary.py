@@ -6,14 +6,24 @@ browser would see it (tags, attributes, text), not searched for substrings only.
 
 from __future__ import annotations
 
+import fcntl
 import html.parser
+import json
+import os
 import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 
 import pytest
+import yaml
 
-from bakery_lib.bake import RoleOutcome
+from bakery_lib.bake import RoleOutcome, summary_lines
+from bakery_lib.errors import UsageError
+from bakery_lib.reports import write_artifacts
 from bakery_lib.state import BakeState, StageRecord, Workspace
 from bakery_lib.summary import write_summary
+from devstack.samples import offline_catalog_data
 
 T0 = 1_700_000_000.0
 HOSTILE = '<script>alert("pwned")</script> & <img src=x onerror=alert(1)>'
@@ -198,7 +208,113 @@ def test_outcomes_of_the_run_win_and_limit_the_roles(tmp_path):
 
 
 def test_empty_workspace_still_writes_both(tmp_path):
-    html_path, md_path = write_summary(Workspace(tmp_path), release="1.0")
+    html_path, md_path = write_summary(Workspace(tmp_path))
     page, raw = parse(html_path)
     assert "0 role(s)" in page.all_text()
     assert md_rows(md_path.read_text()) == []
+
+
+# --- outputs that never lie: release filter, amis.json/properties, refused runs, console lines ---------
+
+
+
+def _cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    catalog = tmp_path / "bakery.yaml"
+    if not catalog.exists():
+        catalog.write_text(yaml.safe_dump(offline_catalog_data(["web", "api", "win"])))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CHEF_"))}
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+               AWS_ENDPOINT_URL="http://127.0.0.1:9")  # nothing listens: these commands must not call AWS
+    return subprocess.run([sys.executable, "-m", "bakery_lib.cli", "--workspace", str(tmp_path), "--catalog",
+                           str(catalog), *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_summary_release_filters_roles(tmp_path):
+    ws = make_workspace(tmp_path)
+    other = _state("batch", "20240102000000-dddddd", outcome="succeeded", closed=True,
+                   amis={"us-east-1": "ami-0ddd0000000000001"})
+    other.release = "2.5.0"
+    ws.save(other)
+    _, md_path = write_summary(ws, release="2.5.0")
+    assert [r[0] for r in md_rows(md_path.read_text())] == ["batch"]
+    _, md_path = write_summary(ws, release="2.4.0")
+    assert sorted(r[0] for r in md_rows(md_path.read_text())) == ["api", "db", "web", "win"]
+
+
+def test_summary_unknown_release_exit_2_and_nothing_written(tmp_path):
+    ws = make_workspace(tmp_path)
+    with pytest.raises(UsageError, match=r"no bake of release '9\.9' .*releases here: 2\.4\.0"):
+        write_summary(ws, release="9.9")
+    assert not (tmp_path / "reports" / "summary.html").exists()
+    proc = _cli(tmp_path, "summary", "--release", "9.9")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no bake of release '9.9'" in proc.stderr and not (tmp_path / "reports" / "summary.md").exists()
+
+
+def _bake_state(role: str, release: str, amis: dict[str, str]) -> BakeState:
+    state = _state(role, "20240101000000-" + role[:6].ljust(6, "x"), outcome="succeeded", closed=True, amis=amis)
+    state.release = release
+    return state
+
+
+def test_amis_json_release_is_null_when_roles_differ_and_properties_unique(tmp_path):
+    ws = Workspace(tmp_path)
+    write_artifacts(ws, _bake_state("web", "2.4.0", {"us-east-1": "ami-0aaa0000000000001"}))
+    one = json.loads((tmp_path / "artifacts" / "amis.json").read_text())
+    assert one["release"] == "2.4.0"
+    write_artifacts(ws, _bake_state("api", "2.10.0", {"us-east-1": "ami-0bbb0000000000001",
+                                                     "eu-west-1": "ami-0bbb0000000000002"}))
+    both = json.loads((tmp_path / "artifacts" / "amis.json").read_text())
+    assert both["release"] is None  # not "2.4.0" (lexically last): the roles are of two releases
+    assert both["releases"] == {"api": "2.10.0", "web": "2.4.0"}
+    assert both["amis"]["api"] == {"us-east-1": "ami-0bbb0000000000001", "eu-west-1": "ami-0bbb0000000000002"}
+    props = (tmp_path / "artifacts" / "amis.properties").read_text().splitlines()
+    assert props == ["AMI_API=ami-0bbb0000000000001", "AMI_API_EU_WEST_1=ami-0bbb0000000000002",
+                     "AMI_API_US_EAST_1=ami-0bbb0000000000001", "AMI_WEB=ami-0aaa0000000000001",
+                     "AMI_WEB_US_EAST_1=ami-0aaa0000000000001"]
+
+
+def test_refused_bake_leaves_summary_alone(tmp_path):
+    ws = make_workspace(tmp_path)
+    running = _state("web", "20240103000000-eeeeee")
+    running.stages["preflight"] = StageRecord("succeeded", T0, T0 + 1, 1.0, "opened", 1)
+    running.stages["security-groups"] = StageRecord("running", T0 + 1, None, None, "", 1)
+    ws.save(running)
+    html_path, md_path = write_summary(ws, release="2.4.0")
+    before = (html_path.read_bytes(), md_path.read_bytes())
+    lock = os.open(ws.state_dir / "web.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process is baking web
+        proc = _cli(tmp_path, "bake", "--role", "web", "--release", "2.4.0")
+    finally:
+        os.close(lock)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert re.search(r"^web\s+refused\s.*another bakery process is working on role 'web'", proc.stdout, re.M)
+    assert "summary: not written" in proc.stdout
+    assert (html_path.read_bytes(), md_path.read_bytes()) == before
+    assert ws.load("web").stages["security-groups"].status == "running"
+
+
+def test_reused_stage_is_junit_skipped_and_printed_once(tmp_path):
+    ws = Workspace(tmp_path)
+    state = _state("web", "20240104000000-ffffff", reused=True, image_id="ami-0fff0000000000001",
+                   amis={"us-east-1": "ami-0fff0000000000001"})
+    state.stages["preflight"] = StageRecord("succeeded", T0, T0 + 1, 1.0, "reusing", 1)
+    for name in STAGES[1:-1]:
+        state.stages[name] = StageRecord("skipped", None, None, None, "reused ami-0fff0000000000001 (same bake key)")
+    ws.save(state)
+    proc = _cli(tmp_path, "stage", "security-groups", "--role", "web")
+    assert proc.returncode == 0, proc.stderr
+    console = proc.stdout + proc.stderr
+    assert console.count("already done: stage security-groups") == 1, console
+    case = ET.parse(tmp_path / "reports" / "web-security-groups.xml").getroot().find(".//testcase")
+    skipped = case.find("skipped")
+    assert skipped is not None and case.find("failure") is None
+    assert "reused ami-0fff0000000000001" in skipped.get("message", "")
+
+
+def test_bake_result_line_keeps_the_advice():
+    advice = "then run `bakery --workspace /w cleanup --role web` to remove it"
+    long_message = "bootstrap: " + "x" * 300 + "\n" + advice
+    lines = summary_lines([RoleOutcome("web", "failed", long_message, 12.0)])
+    assert "x" * 300 in lines[0] and any(advice in line for line in lines)

@@ -8,11 +8,15 @@ executed (or parsed) to prove they stay inert. Execution against AWS doubles is 
 
 from __future__ import annotations
 
+import base64
 import configparser
 import copy
+import gzip
+import hashlib
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,10 @@ from bakery_lib.errors import BakeryError, CatalogError
 from bakery_lib.render import environment
 from bakery_lib.userdata import (
     USERDATA_LIMIT,
+    bake_script,
     bake_userdata,
     firstboot_trigger_userdata,
+    generalize_script,
     instance_files,
     launch_userdata,
     node_name,
@@ -54,9 +60,10 @@ CATALOGUE: dict[str, Any] = {
     },
 }
 
-LINUX_FILES = ["userdata-bake.sh", "userdata-launch.sh", "userdata-from-ami.sh", "bakery-lib.sh",
+LINUX_FILES = ["userdata-bake.sh", "userdata-launch.sh", "userdata-from-ami.sh", "bake.sh", "bakery-lib.sh",
                "firstboot.sh", "bakery-firstboot.init", "bakery-firstboot.service"]
-WINDOWS_FILES = ["userdata-bake.ps1", "userdata-launch.ps1", "userdata-from-ami.ps1", "bakery-lib.ps1",
+WINDOWS_FILES = ["userdata-bake.ps1", "userdata-launch.ps1", "userdata-from-ami.ps1", "bake.ps1", "generalize.ps1",
+                 "bakery-lib.ps1",
                  "firstboot.ps1", "register-firstboot-task.ps1"]
 
 # Metacharacters of both shells, quotes of both (typographic too), expansions, newlines.
@@ -76,6 +83,15 @@ HOSTILE = [
 
 def role(name: str, data: dict[str, Any] | None = None) -> RoleSpec:
     return parse_catalog(data or CATALOGUE, "test.yaml").roles[name]
+
+
+def unpacked(userdata: str) -> str:
+    """The bake script inside a bake user data (the gzip+base64 blob), as the instance unpacks it."""
+    if userdata.startswith("#!"):
+        blob = userdata.split("<<'BAKERY_FILE_END'", 1)[1].split("\n", 1)[1].split("BAKERY_FILE_END", 1)[0]
+    else:
+        blob = userdata.split("$Packed = '", 1)[1].split("'", 1)[0]
+    return gzip.decompress(base64.b64decode("".join(blob.split()))).decode("utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +136,11 @@ def test_instance_files_are_what_the_bake_carries():
     assert sorted(windows) == ["C:\\ProgramData\\bakery\\bakery-lib.ps1", "C:\\ProgramData\\bakery\\firstboot.ps1",
                                "C:\\ProgramData\\bakery\\register-firstboot-task.ps1"]
     for r, files in ((role("web"), linux), (role("reporting"), windows)):
-        userdata = bake_userdata(r, bake_id=BAKE_ID, release="1")
+        script = bake_script(r, bake_id=BAKE_ID, release="1")
         for path, content in files.items():
-            assert content.rstrip("\n") in userdata, path
+            assert content.rstrip("\n") in script, path
+        # ...which the user data carries packed: unpacking gives that script back, byte for byte.
+        assert unpacked(bake_userdata(r, bake_id=BAKE_ID, release="1")) == script
 
 
 def test_shellcheck_finds_nothing(rendered):
@@ -202,16 +220,64 @@ def test_the_powershell_check_would_catch_a_bad_script():
     assert ps_problems("$s = @'\nnever closed\n")
 
 
-def test_windows_bake_userdata_generalizes_only_after_success():
-    text = unwrap(bake_userdata(role("reporting"), bake_id=BAKE_ID, release="1"))
-    # The bake's own code, without the files it carries in here-strings.
-    text = re.sub(r"@'\n.*?\n'@", "@''@", text, flags=re.S)
-    body = text[text.index("\ntry {"):]
-    # In the try block: chef, then sysprep, then the success tag; the catch tags failure, no sysprep.
+def _code_only(text: str) -> str:
+    """The script's own code, without the files it carries in here-strings."""
+    return re.sub(r"@'\n.*?\n'@", "@''@", text, flags=re.S)
+
+
+def test_windows_bake_phase_one_converges_attached_and_maps_reboots_to_3010():
+    userdata = bake_userdata(role("reporting"), bake_id=BAKE_ID, release="1")
+    # Attached: no <detach> (EC2Launch v2 would detach the whole user data, and ignore exit 3010).
+    assert "<detach>" not in userdata and "<persist>" not in userdata
+    wrapper = unwrap(userdata)
+    assert wrapper.rstrip().endswith("& $BakeScript\nexit $LASTEXITCODE")  # the bake's exit code is EC2Launch's
+    body = _code_only(bake_script(role("reporting"), bake_id=BAKE_ID, release="1"))
+    body = body[body.index("\ntry {"):]
     try_block, catch_block = body.split("\n} catch {", 1)
-    assert try_block.index("Invoke-Chef") < try_block.index("sysprep --clean --block") \
-        < try_block.index("Set-BootstrapTag 'succeeded'")
-    assert "sysprep" not in catch_block and "Set-BootstrapTag 'failed'" in catch_block
+    reboot = try_block[try_block.index("if ($rc -eq 35 -or $rc -eq 37)"):]
+    assert reboot.index("exit 3010") < reboot.index("if ($rc -ne 0) { throw")
+    # Phase 1 never runs sysprep and never reports success: it hands over to the detached task.
+    assert "$ec2launch" not in try_block and "sysprep --" not in try_block
+    assert "Set-BootstrapTag 'succeeded'" not in body
+    assert try_block.index("Invoke-Chef") < try_block.index("Start-ScheduledTask -TaskName 'bakery-generalize'")
+    assert "Start-ScheduledTask" not in catch_block and "Set-BootstrapTag 'failed'" in catch_block
+
+
+def test_windows_bake_phase_two_tags_generalizing_then_sysprep_without_block():
+    text = generalize_script(role("reporting"), bake_id=BAKE_ID)
+    assert ps_problems(text) == []
+    try_block, catch_block = text[text.index("\ntry {"):].split("\n} catch {", 1)
+    sysprep = "& $ec2launch sysprep --clean --shutdown\n"
+    assert sysprep in try_block and "--block" not in text.replace("No --block", "")
+    # Tag order: generalizing right before sysprep (sysprep shuts the instance down), never succeeded.
+    assert try_block.index("Set-BootstrapTag 'generalizing'") < try_block.index(sysprep)
+    assert try_block.index("Write-BakeSummary") < try_block.index("Set-BootstrapTag 'generalizing'")
+    assert "if ($LASTEXITCODE -ne 0) { throw \"ec2launch sysprep exited" in try_block
+    assert "Set-BootstrapTag 'failed'" in catch_block and "succeeded" not in text
+    # What the image keeps of the bake: a summary in an admin-only folder; EC2Launch v2's copies go.
+    summary = text[text.index("function Write-BakeSummary"):text.index("\ntry {")]
+    assert "Set-Content -Path $LogFile" in summary
+    assert "'Windows\\System32\\config\\systemprofile\\AppData\\Local\\Temp'" in summary
+    assert "-Filter 'EC2Launch*' | Remove-Item -Recurse -Force" in summary
+    lib = instance_files(role("reporting"))["C:\\ProgramData\\bakery\\bakery-lib.ps1"]
+    assert "icacls.exe $BakeryDir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F'" in lib
+    # It waits for phase 1 (the user data process) to return before anything else.
+    assert try_block.index("Wait-Process -Id $WaitPid") < try_block.index("Read-Metadata")
+
+
+def test_windows_first_boot_enforces_its_own_timeout_before_the_task_backstop():
+    files = instance_files(role("reporting"))
+    firstboot = files["C:\\ProgramData\\bakery\\firstboot.ps1"]
+    lib = files["C:\\ProgramData\\bakery\\bakery-lib.ps1"]
+    task = files["C:\\ProgramData\\bakery\\register-firstboot-task.ps1"]
+    assert "$ChefTimeoutSeconds = 2700" in firstboot  # the role's bootstrap_timeout (45 min)
+    assert "Invoke-ChefWithin @('-c', $ClientRb, '-j', $RunListJson) $ChefTimeoutSeconds" in firstboot
+    within = lib[lib.index("function Invoke-ChefWithin"):]
+    assert "$p.WaitForExit($Seconds * 1000)" in within and "taskkill.exe /PID $p.Id /T /F" in within
+    assert within.index("taskkill.exe") < within.index("throw")  # killed, then the caller's catch alerts
+    catch, final = firstboot.split("} catch {", 1)[1].split("} finally {", 1)
+    assert "Send-Alert" in catch and "Remove-Item -Force -ErrorAction SilentlyContinue -Path $ValidatorPem" in final
+    assert "-ExecutionTimeLimit (New-TimeSpan -Seconds 4500)" in task  # 30 min after our own deadline
 
 
 # --- quoting: hostile values stay inert -----------------------------------------------------------------
@@ -369,18 +435,22 @@ def test_hostile_urls_stay_verbatim_strings_in_the_windows_scripts(tmp_path):
 @pytest.mark.parametrize("name", ["web", "reporting"])
 def test_userdata_is_small_and_carries_no_key_material(name):
     r = role(name)
-    for what, text in (("bake", bake_userdata(r, bake_id=BAKE_ID, release="2026.01.1")),
+    bake = bake_userdata(r, bake_id=BAKE_ID, release="2026.01.1")
+    for what, text in (("bake", bake), ("bake script", unpacked(bake)),
                        ("launch", launch_userdata(r)), ("from-ami", firstboot_trigger_userdata(r))):
         size = len(text.encode())
         # Room left for the role's own run lists (the limit itself is enforced by the module).
-        assert size < USERDATA_LIMIT - 1500, (what, size)
+        assert what == "bake script" or size < USERDATA_LIMIT - 1500, (what, size)
         assert "PRIVATE KEY" not in text
-        assert "validator.pem" in text or what == "from-ami"  # fetched, never embedded
+        assert "validator.pem" in text or what in ("from-ami", "bake")  # fetched, never embedded
 
 
 def test_userdata_too_big_for_ec2_is_refused_before_launch():
     data = copy.deepcopy(CATALOGUE)
-    data["roles"]["web"]["run_lists"] = {"ami": [f"recipe[cookbook_{i:03d}::{'x' * 40}]" for i in range(100)]}
+    # Names that do not compress (the bake script travels gzipped): 100 distinct base64-like words.
+    words = [base64.b64encode(hashlib.sha512(str(i).encode()).digest()).decode().rstrip("=").replace("+", "_")
+             .replace("/", "-")[:70] for i in range(100)]
+    data["roles"]["web"]["run_lists"] = {"ami": [f"recipe[c{w}]" for w in words]}
     with pytest.raises(BakeryError, match=r"role 'web': the bake user data is \d+ bytes; EC2 accepts at most 16384"):
         bake_userdata(role("web", data), bake_id=BAKE_ID, release="1")
 
@@ -388,9 +458,10 @@ def test_userdata_too_big_for_ec2_is_refused_before_launch():
 def test_userdata_shapes():
     web, reporting = role("web"), role("reporting")
     assert bake_userdata(web, bake_id=BAKE_ID, release="1").startswith("#!/bin/bash\n")
-    assert "'recipe[roles::web_ami]'" in bake_userdata(web, bake_id=BAKE_ID, release="1")
+    assert "'recipe[roles::web_ami]'" in unpacked(bake_userdata(web, bake_id=BAKE_ID, release="1"))
     assert unwrap(bake_userdata(reporting, bake_id=BAKE_ID, release="1"))
-    assert "'role[reporting_ami],recipe[iis::install]'" in bake_userdata(reporting, bake_id=BAKE_ID, release="1")
+    assert "'role[reporting_ami],recipe[iis::install]'" in unpacked(
+        bake_userdata(reporting, bake_id=BAKE_ID, release="1"))
     assert unwrap(launch_userdata(reporting))
     # SNS is called in the topic's region (eu-west-1 here), not the instance's.
     assert "ALERT_REGION='eu-west-1'" in launch_userdata(web)
@@ -407,3 +478,96 @@ def test_node_name():
     assert node_name("web", BAKE_ID) == f"bake-web-{BAKE_ID}"
     with pytest.raises(BakeryError, match="invalid bake id"):
         node_name("web", "x; rm -rf /")
+
+
+# --- the Chef client as a catalogue choice (issue 12) ---------------------------------------------------
+
+
+def chef_catalogue(**chef: Any) -> dict[str, Any]:
+    data = copy.deepcopy(CATALOGUE)
+    data["roles"]["web"]["chef"] = chef
+    return data
+
+
+def test_default_client_is_cinc_from_its_public_omnitruck():
+    web = role("web")
+    assert (web.chef.distribution, web.chef.preinstalled) == ("cinc", False)
+    assert web.chef.installer_url == "https://omnitruck.cinc.sh/install.sh"
+    assert web.chef.windows_installer_url == "https://omnitruck.cinc.sh/install.ps1"
+    script = bake_script(web, bake_id=BAKE_ID, release="1")
+    assert "omnitruck.chef.io" not in script and "CHEF_BIN='cinc-client'" in script
+    assert "/opt/$CHEF_DISTRIBUTION/bin" in script and "-P \"$CHEF_DISTRIBUTION\"" in script
+
+
+def test_licensed_chef_takes_its_installers_and_key_source():
+    web = role("web", chef_catalogue(distribution="chef", license_key_ssm="/acme/chef-license"))
+    assert web.chef.installer_url == "https://chefdownload-commercial.chef.io/install.sh"
+    assert web.chef.license_key_ssm == "/acme/chef-license"
+    assert "CHEF_BIN='chef-client'" in bake_script(web, bake_id=BAKE_ID, release="1")
+    # A role's own installer URL wins over the distribution's.
+    own = role("web", chef_catalogue(distribution="chef", license_key_s3="s3://acme-bakery/chef/license",
+                                     installer_url="https://mirror.example.com/install.sh"))
+    assert own.chef.installer_url == "https://mirror.example.com/install.sh"
+
+
+@pytest.mark.parametrize(("chef", "key", "message"), [
+    ({"distribution": "chef"}, "chef.license_key_s3", "need a license key"),
+    ({"distribution": "chef", "license_key_s3": "s3://b-b/k", "license_key_ssm": "/k"}, "chef.license_key_ssm",
+     "not both"),
+    ({"license_key_s3": "s3://acme-bakery/license"}, "chef.license_key_s3", "Cinc needs no license key"),
+    ({"distribution": "opscode"}, "chef.distribution", "expected one of cinc, chef"),
+    ({"preinstalled": "yes"}, "chef.preinstalled", "expected true or false"),
+    ({"license_key_ssm": "bad name; rm"}, "chef.license_key_ssm", "SSM parameter name"),
+    ({"distribution": "chef", "license_key_s3": "https://x.example.com/key"}, "chef.license_key_s3", "s3://"),
+    ({"distrbution": "cinc"}, "chef.distrbution", "did you mean 'distribution'"),
+])
+def test_chef_client_keys_are_validated_naming_file_role_and_key(chef, key, message):
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(chef_catalogue(**chef), "bakery.yaml")
+    text = str(caught.value)
+    assert "bakery.yaml" in text and "'web'" in text and key in text and message in text, text
+
+
+def test_licensed_chef_preinstalled_needs_no_key():
+    web = role("web", chef_catalogue(distribution="chef", preinstalled=True))
+    assert web.chef.preinstalled and web.chef.license_key_s3 is None
+
+
+def test_bad_chef_key_in_the_cli_exits_2_with_nothing_done(tmp_path):
+    import yaml  # only this test writes a catalogue file
+
+    catalogue = tmp_path / "bakery.yaml"
+    catalogue.write_text(yaml.safe_dump(chef_catalogue(distribution="chef")))
+    proc = subprocess.run([str(Path(sys.executable).parent / "bakery"), "--catalog", str(catalogue),
+                           "--workspace", str(tmp_path), "render", "--role", "web", "--output-dir",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "chef.license_key_s3" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("platform", ["linux", "windows"])
+def test_license_key_location_is_in_user_data_never_a_key(platform):
+    """The user data names where the key is (S3/SSM); the key itself is fetched by the instance."""
+    data = chef_catalogue(distribution="chef", license_key_s3="s3://acme-bakery/chef/license-key.txt")
+    data["roles"]["web"]["platform"] = platform
+    web = role("web", data)
+    texts = [bake_userdata(web, bake_id=BAKE_ID, release="1"), launch_userdata(web),
+             firstboot_trigger_userdata(web), bake_script(web, bake_id=BAKE_ID, release="1"),
+             *instance_files(web).values()]
+    assert any("s3://acme-bakery/chef/license-key.txt" in t for t in texts)
+    for text in texts:
+        for line in text.splitlines():
+            low = line.lower()
+            # Only the variables holding the fetched key, never a literal value.
+            if "license_key" in low and "=" in low and "s3://" not in low and "ssm" not in low:
+                assert re.search(r"(\$\w*license\w*|\"\$|=\s*''$|=\"\"$|\$\(|LicenseKey)", line, re.I), line
+
+
+def test_a_cinc_role_does_not_inherit_the_defaults_license_key():
+    data = copy.deepcopy(CATALOGUE)
+    data["defaults"]["chef"].update(distribution="chef", license_key_ssm="/acme/chef-license")
+    data["roles"]["web"]["chef"] = {"distribution": "cinc"}
+    web, reporting = role("web", data), role("reporting", data)
+    assert (web.chef.distribution, web.chef.license_key_ssm) == ("cinc", None)
+    assert (reporting.chef.distribution, reporting.chef.license_key_ssm) == ("chef", "/acme/chef-license")

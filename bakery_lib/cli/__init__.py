@@ -1,7 +1,11 @@
 """Command-line entry points: argument parsing only. The only module that reads argv and the environment.
 
+``bakery`` and ``create-instance`` live here, ``generate-jobs`` in ``cli.generate_jobs``. Each command
+builds one ``Settings`` from argv + environment and passes it down; nothing below reads the
+environment.
+
 Exit codes: 0 success, 1 the stage/bake failed, 2 bad usage or a bad catalogue (nothing done).
-No traceback reaches a user for an expected failure.
+No traceback reaches a user for an expected failure, nor for a closed pipe (``bakery status | head``).
 """
 
 from __future__ import annotations
@@ -13,22 +17,30 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .. import __version__
+from ..aws import Aws, Clock
+from ..bake import bake_many, summary_lines
+from ..catalog import REGION_RE, Catalog, check_role_name, load_catalog
+from ..cleanup import cleanup
 from ..errors import BakeryError, UsageError
+from ..launcher import launch_instance
+from ..lifecycle import PruneReport, parse_duration, prune, reap
+from ..reports import write_junit
+from ..settings import DEFAULT_LOCK_WAIT, Settings
+from ..stages import ORDER, run_stage
+from ..stages.base import Context, RoleContext, default_log
+from ..stages.preflight import check_release
+from ..stages.publish import publish_runlist
+from ..state import BAKE_ID_RE, BakeState, Workspace
+from ..summary import write_summary
+from ..userdata import render_role_scripts
+from .generate_jobs import main as generate_jobs_cli
 
-
-def _poll_interval(env: dict[str, str]) -> float:
-    raw = env.get("BAKERY_POLL_INTERVAL", "15")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise UsageError(f"BAKERY_POLL_INTERVAL={raw!r} is not a number of seconds") from None
-    if not 0.01 <= value <= 600:
-        raise UsageError(f"BAKERY_POLL_INTERVAL={raw!r} must be between 0.01 and 600 seconds")
-    return value
+# A process killed by SIGPIPE exits 128 + 13; a reader that closed the pipe early sees the same from us.
+EXIT_BROKEN_PIPE = 141
 
 
 def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -41,9 +53,12 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         help="knife config.rb/knife.rb with the bakery's Chef API identity")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..stages import ORDER
+def _bake_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep-on-failure", action="store_true",
+                   help="keep a failed bake's instance and its Chef identity for debugging (prints how to remove them)")
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bakery", description="Bake fully configured AMIs per Chef role.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _common(parser, top=True)
@@ -62,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preflight only: bake even when an AMI with the same bake key exists")
 
     p = add("cleanup", "remove whatever this workspace's bake of ROLE still owns (idempotent)")
-    p.add_argument("--role", required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--role")
+    g.add_argument("--bake-id", metavar="ID", help="a bake of any workspace, found by its bakery:bake-id tag "
+                   "(the same as `bakery reap --bake-id ID`)")
+    p.add_argument("--lock-wait", type=float, default=DEFAULT_LOCK_WAIT, metavar="SECONDS",
+                   help=f"wait this long for another process cleaning the role (default {DEFAULT_LOCK_WAIT:.0f})")
 
     p = add("bake", "run every stage in one process, for several roles in parallel")
     g = p.add_mutually_exclusive_group(required=True)
@@ -70,8 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--all", action="store_true", help="every role of the catalogue")
     p.add_argument("--release", required=True)
     p.add_argument("--jobs", type=int, default=4, metavar="N", help="roles baked at once (default 4)")
-    p.add_argument("--keep-on-failure", action="store_true",
-                   help="keep a failed bake's instance for debugging (prints how to remove it)")
+    _bake_options(p)
     p.add_argument("--force", action="store_true", help="rebake even when an AMI with the same bake key exists")
 
     p = add("render", "write a role's instance-side scripts to DIR/ROLE/")
@@ -83,16 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("prune", "deregister a role's old AMIs and their snapshots, per region")
-    p.add_argument("--role", required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--role")
+    g.add_argument("--all", action="store_true", help="every role of the catalogue (for a nightly job)")
     p.add_argument("--keep", type=int, metavar="N", help="AMIs kept per region (default: the role's `keep`)")
     p.add_argument("--dry-run", action="store_true", help="show what would be deleted; change nothing")
 
     p = add("reap", "remove what killed bakes left behind (safe in cron)")
-    p.add_argument("--older-than", default="0", metavar="DURATION", help="e.g. 6h, 2d (default 0)")
-    p.add_argument("--region", action="append", dest="regions", metavar="REGION",
-                   help="default: every region of every catalogue role")
-    p.add_argument("--no-chef", action="store_true", help="leave the Chef server alone")
-    p.add_argument("--dry-run", action="store_true", help="show what would be removed; change nothing")
+    _reap_arguments(p)
 
     p = add("summary", "write reports/summary.html and reports/summary.md from this workspace's bakes")
     p.add_argument("--release")
@@ -102,42 +119,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reap_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--older-than", default="0", metavar="DURATION", help="e.g. 6h, 2d (default 0)")
+    p.add_argument("--region", action="append", dest="regions", metavar="REGION",
+                   help="default: every region of every catalogue role")
+    p.add_argument("--bake-id", metavar="ID", help="only this bake (any workspace), whatever its expiry")
+    p.add_argument("--no-chef", action="store_true", help="leave the Chef server alone")
+    p.add_argument("--dry-run", action="store_true", help="show what would be removed; change nothing")
+
+
 class _Runtime:
-    def __init__(self, args: argparse.Namespace, env: dict[str, str]):
+    """The parsed command line with the settings built once from it and the environment."""
+
+    def __init__(self, args: argparse.Namespace, env: Mapping[str, str]):
         self.args = args
-        self.env = env
+        self.settings = Settings.from_env(env, catalog=args.catalog, chef_config=args.chef_config,
+                                          lock_wait=getattr(args, "lock_wait", DEFAULT_LOCK_WAIT))
         self.workspace = args.workspace or os.getcwd()
-        self._catalog = None
+        self._catalog: Catalog | None = None
 
-    def catalog(self):
-        from ..catalog import load_catalog
-
+    def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = load_catalog(self.args.catalog or self.env.get("BAKERY_CATALOG") or "bakery.yaml")
+            self._catalog = load_catalog(self.settings.catalog_path)
         return self._catalog
 
-    def ws(self):
-        from ..state import Workspace
-
+    def ws(self) -> Workspace:
         return Workspace(self.workspace)
 
-    def aws(self):
-        from ..aws import Aws
+    def aws(self) -> Aws:
+        return Aws(endpoint_url=self.settings.endpoint_url)
 
-        return Aws(endpoint_url=self.env.get("AWS_ENDPOINT_URL") or None)
-
-    def context(self, role_name: str, cancel: threading.Event | None = None):
-        from ..aws import Clock
-        from ..stages.base import Context
-
-        role = self.catalog().role(role_name)
-        return Context(ws=self.ws(), catalog=self.catalog(), role=role, aws=self.aws(), clock=Clock(cancel),
-                       env=self.env, chef_config=self.args.chef_config, poll_interval=_poll_interval(self.env))
+    def context(self, role_name: str, cancel: threading.Event | None = None) -> Context:
+        return Context(ws=self.ws(), catalog=self.catalog(), role=self.catalog().role(role_name), aws=self.aws(),
+                       clock=Clock(cancel), settings=self.settings)
 
 
-def _install_signal_handlers(cancel: threading.Event) -> None:
+def _install_signal_handlers(cancel: threading.Event, after: str = "cleaning up") -> None:
     def handler(signum: int, _frame: object) -> None:
-        print(f"bakery: received {signal.Signals(signum).name}; stopping and cleaning up", file=sys.stderr, flush=True)
+        print(f"bakery: received {signal.Signals(signum).name}; stopping and {after}", file=sys.stderr, flush=True)
         cancel.set()
 
     signal.signal(signal.SIGTERM, handler)
@@ -145,74 +164,82 @@ def _install_signal_handlers(cancel: threading.Event) -> None:
 
 
 def cmd_stage(rt: _Runtime) -> int:
-    from ..catalog import check_role_name
-    from ..stages import run_stage
-
-    check_role_name(rt.args.role)
+    role = check_role_name(rt.args.role)
     if rt.args.release is not None and rt.args.stage != "preflight":
         raise UsageError("--release is given to preflight only; later stages read it from the state")
-    cancel = threading.Event()
-    _install_signal_handlers(cancel)
-    ctx = rt.context(rt.args.role, cancel)
+    ctx = rt.context(role, threading.Event())
+    # One stage does not clean up after itself (Jenkins' post { always } does): say what to run.
+    how = f"bakery --workspace {ctx.ws.root} cleanup --role {role}"
+    cancel = ctx.clock.cancel
+    _install_signal_handlers(cancel, f"leaving this bake as it is; to remove what it created run: {how}")
     ctx.force = rt.args.force
-    with ctx.ws.lock(rt.args.role):
-        result = run_stage(ctx, rt.args.stage, release=rt.args.release)
+    with ctx.ws.lock(role):
+        # The result is printed once, below (stdout, or stderr on failure), not also as a log line.
+        result = run_stage(ctx, rt.args.stage, release=rt.args.release, announce=False)
     if result.exit_code:
         print(f"bakery: stage {result.stage} failed for role {result.role}: {result.message}", file=sys.stderr)
+        if cancel.is_set():
+            print(f"bakery: interrupted; to remove what this bake created run: {how}", file=sys.stderr)
     else:
         print(f"{result.role} {result.stage}: {result.message}")
     return result.exit_code
 
 
-def cmd_cleanup(rt: _Runtime) -> int:
-    from ..catalog import check_role_name
-    from ..cleanup import cleanup
-    from ..reports import write_junit
+def _role_of_bake(ws: Workspace, bake_id: str) -> str | None:
+    """The role whose bake in this workspace is ``bake_id``, if any."""
+    for role in ws.roles_with_state():
+        state = ws.load(role)
+        if state is not None and state.bake_id == bake_id:
+            return role
+    return None
 
-    check_role_name(rt.args.role)
-    ctx = rt.context(rt.args.role)
+
+def cmd_cleanup(rt: _Runtime) -> int:
+    role = rt.args.role
+    if rt.args.bake_id is not None:
+        role = _role_of_bake(rt.ws(), rt.args.bake_id)
+        if role is None:  # a bake of another workspace: found by its tags
+            return _reap(rt, regions=None, older_than=0.0, bake_id=rt.args.bake_id, no_chef=False, dry_run=False)
+    role = check_role_name(role)
+    if rt.args.lock_wait < 0:
+        raise UsageError("--lock-wait takes a number of seconds, 0 or more")
+    ctx = rt.context(role)
     t0 = time.monotonic()
-    with ctx.ws.lock(rt.args.role):
-        ctx.state = ctx.ws.load(rt.args.role)
+    with ctx.ws.lock(role, wait=rt.args.lock_wait, on_wait=lambda m: print(f"bakery: {m}", file=sys.stderr,
+                                                                         flush=True)):
+        ctx.state = ctx.ws.load(role)
         report = cleanup(ctx)
     text = report.text()
-    write_junit(ctx.ws, rt.args.role, "cleanup", time.monotonic() - t0, output=text,
-                failure=text if report.errors else None)
+    write_junit(ctx.ws, role, "cleanup", time.monotonic() - t0, output=text, failure=text if report.errors else None)
     if report.errors:
-        print(f"bakery: cleanup of role {rt.args.role} incomplete: {text}", file=sys.stderr)
+        print(f"bakery: cleanup of role {role} incomplete: {text}", file=sys.stderr)
         return 1
-    print(f"{rt.args.role} cleanup: {text}")
+    print(f"{role} cleanup: {text}")
     return 0
 
 
-def cmd_bake(rt: _Runtime) -> int:
-    from ..bake import bake_many, summary_lines
-    from ..catalog import check_role_name
-    from ..stages.preflight import check_release
-
-    catalog = rt.catalog()
-    roles = sorted(catalog.roles) if rt.args.all else list(dict.fromkeys(rt.args.roles))
+def _bake(settings: Settings, ws: Workspace, catalog: Catalog, roles: list[str], release: str, *, jobs: int = 4,
+          keep_on_failure: bool = False, force: bool = False) -> int:
+    """The bake runner as both ``bakery bake`` and ``create-instance --bake`` call it."""
     for r in roles:
-        check_role_name(r)
-        catalog.role(r)
-    check_release(rt.args.release)
-    if rt.args.jobs < 1:
+        catalog.role(check_role_name(r))
+    check_release(release)
+    if jobs < 1:
         raise UsageError("--jobs must be at least 1")
     cancel = threading.Event()
     _install_signal_handlers(cancel)
-    aws = rt.aws()
-    outcomes = bake_many(
-        rt.ws(), catalog, roles, rt.args.release, aws, cancel, jobs=rt.args.jobs,
-        keep_on_failure=rt.args.keep_on_failure, force=rt.args.force, env=rt.env,
-        chef_config=rt.args.chef_config, poll_interval=_poll_interval(rt.env),
-    )
-    from ..summary import write_summary
-
-    html, md = write_summary(rt.ws(), outcomes, release=rt.args.release)
+    aws = Aws(endpoint_url=settings.endpoint_url)
+    outcomes = bake_many(ws, catalog, roles, release, aws, cancel, jobs=jobs, keep_on_failure=keep_on_failure,
+                         force=force, settings=settings)
     print("\n".join(summary_lines(outcomes)))
     # What the run cost against the account's API rate limits (polls and look-ups are shared by roles).
     print(f"AWS API calls: {aws.counter.total} ({aws.counter.total / len(outcomes):.1f} per role)")
-    print(f"summary: {html} and {md}")
+    if all(o.refused for o in outcomes):
+        # Every role was refused (another process is baking it): its summary is that process's to write.
+        print("summary: not written (every role was refused; the process baking them writes it)")
+    else:
+        html, md = write_summary(ws, outcomes, release=release)
+        print(f"summary: {html} and {md}")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         print(f"bakery: {len(failed)} of {len(outcomes)} role(s) failed: {', '.join(o.role for o in failed)}",
@@ -221,22 +248,55 @@ def cmd_bake(rt: _Runtime) -> int:
     return 0
 
 
-def cmd_render(rt: _Runtime) -> int:
-    from ..userdata import render_role_scripts
+def cmd_bake(rt: _Runtime) -> int:
+    catalog = rt.catalog()
+    roles = sorted(catalog.roles) if rt.args.all else list(dict.fromkeys(rt.args.roles))
+    return _bake(rt.settings, rt.ws(), catalog, roles, rt.args.release, jobs=rt.args.jobs,
+                 keep_on_failure=rt.args.keep_on_failure, force=rt.args.force)
 
+
+def cmd_render(rt: _Runtime) -> int:
     role = rt.catalog().role(rt.args.role)
-    paths = render_role_scripts(role, Path(rt.args.output_dir))
-    for p in paths:
+    for p in render_role_scripts(role, Path(rt.args.output_dir)):
         print(p)
     return 0
 
 
-def cmd_status(rt: _Runtime) -> int:
-    from ..catalog import check_role_name
+def _status_word(state: BakeState) -> str:
+    """As the summary shows it: a bake that failed (or was abandoned) and was cleaned up is failed (cleaned)."""
+    if state.outcome in ("succeeded", "reused"):
+        return state.outcome
+    failed = any(rec.status == "failed" for rec in state.stages.values())
+    if state.closed:
+        return "failed (cleaned)" if failed or state.outcome == "cleaned" else (state.outcome or "closed")
+    return "failed" if failed else "open"
 
+
+def _print_state(role: str, s: BakeState) -> None:
+    print(f"{role}: bake {s.bake_id}, release {s.release}, {_status_word(s)}")
+    print(f"  base AMI {s.base_ami}; instance {s.instance_id or '-'}"
+          f"{' (terminated)' if s.instance_terminated else ''}; image {s.image_id or '-'} ({s.image_state or '-'})")
+    # Pipeline order, then anything else recorded (e.g. by a newer bakery) in the order it was written.
+    names = [n for n in ORDER if n in s.stages] + [n for n in s.stages if n not in ORDER]
+    for name in names:
+        rec = s.stages[name]
+        took = f"{rec.duration:.1f} s" if rec.duration is not None else ""
+        first = rec.message.splitlines()[0][:100] if rec.message else ""
+        print(f"  {name:<16} {rec.status:<10} {took:>9}  {first}")
+
+
+def cmd_status(rt: _Runtime) -> int:
     ws = rt.ws()
     roles = [check_role_name(rt.args.role)] if rt.args.role is not None else ws.roles_with_state()
     states = {r: ws.load(r) for r in roles}
+    if rt.args.role is not None and states[rt.args.role] is None:
+        try:
+            known = rt.args.role in rt.catalog().roles
+        except UsageError:
+            known = False
+        if not known:
+            raise UsageError(f"role {rt.args.role!r}: no bake of it in {ws.root}, and no such role in the "
+                             f"catalogue {rt.settings.catalog_path}")
     if rt.args.json:
         print(json.dumps({r: (s.to_json() if s else None) for r, s in states.items()}, indent=2, sort_keys=True))
         return 0
@@ -245,67 +305,63 @@ def cmd_status(rt: _Runtime) -> int:
     for r, s in states.items():
         if s is None:
             print(f"{r}: no bake in {ws.root}")
-            continue
-        status = s.outcome or ("open" if not s.closed else "closed")
-        print(f"{r}: bake {s.bake_id}, release {s.release}, {status}")
-        print(f"  base AMI {s.base_ami}; instance {s.instance_id or '-'}"
-              f"{' (terminated)' if s.instance_terminated else ''}; image {s.image_id or '-'} ({s.image_state or '-'})")
-        for name, rec in s.stages.items():
-            took = f"{rec.duration:.1f} s" if rec.duration is not None else ""
-            print(f"  {name:<16} {rec.status:<10} {took:>9}  {rec.message.splitlines()[0][:100] if rec.message else ''}")
+        else:
+            _print_state(r, s)
     return 0
 
 
 def cmd_prune(rt: _Runtime) -> int:
-    from ..catalog import check_role_name
-    from ..lifecycle import prune
-    from ..stages.base import default_log
+    catalog = rt.catalog()
+    names = sorted(catalog.roles) if rt.args.all else [check_role_name(rt.args.role)]
+    aws = rt.aws()
+    reports: list[PruneReport] = []
+    for name in names:
+        role = catalog.role(name)
+        keep = rt.args.keep if rt.args.keep is not None else role.keep
+        reports.append(prune(aws, role, keep, dry_run=rt.args.dry_run, log=default_log))
+        print(reports[-1].text(), flush=True)
+    return max((r.exit_code for r in reports), default=0)
 
-    role = rt.catalog().role(check_role_name(rt.args.role))
-    keep = rt.args.keep if rt.args.keep is not None else role.keep
-    report = prune(rt.aws(), role, keep, dry_run=rt.args.dry_run, log=default_log)
+
+def _reap(rt: _Runtime, *, regions: list[str] | None, older_than: float, bake_id: str | None, no_chef: bool,
+          dry_run: bool) -> int:
+    for region in regions or []:
+        if not REGION_RE.match(region):
+            raise UsageError(f"--region {region!r} is not an AWS region name")
+    if bake_id is not None and not BAKE_ID_RE.match(bake_id):
+        raise UsageError(f"--bake-id {bake_id!r} is not a bake id (YYYYMMDDHHMMSS-xxxxxx, from the bakery:bake-id tag)")
+    regions = regions or sorted({r for ro in rt.catalog().roles.values() for r in ro.regions})
+    ws = rt.ws()
+    states = [s for r in ws.roles_with_state() if (s := ws.load(r)) is not None]
+    chef = chef_error = None
+    if not no_chef:
+        # Imported here on purpose: it loads pychef (and its shim), which only reap needs of the commands here.
+        from ..chef import ChefClient
+
+        try:
+            chef = ChefClient.from_env(rt.settings.chef_env, rt.settings.chef_config)
+        except BakeryError as exc:
+            chef_error = str(exc)
+    report = reap(rt.aws(), regions, chef, older_than=older_than, workspace_states=states, now=time.time(),
+                  dry_run=dry_run, log=default_log, chef_error=chef_error, bake_id=bake_id)
     print(report.text())
     return report.exit_code
 
 
 def cmd_reap(rt: _Runtime) -> int:
-    from ..catalog import REGION_RE
-    from ..chef import ChefClient
-    from ..lifecycle import parse_duration, reap
-    from ..stages.base import default_log
-
-    older = parse_duration(rt.args.older_than)
-    for region in rt.args.regions or []:
-        if not REGION_RE.match(region):
-            raise UsageError(f"--region {region!r} is not an AWS region name")
-    regions = rt.args.regions or sorted({r for ro in rt.catalog().roles.values() for r in ro.regions})
-    ws = rt.ws()
-    states = [s for r in ws.roles_with_state() if (s := ws.load(r)) is not None]
-    chef = chef_error = None
-    if not rt.args.no_chef:
-        try:
-            chef = ChefClient.from_env(rt.env, rt.args.chef_config)
-        except BakeryError as exc:
-            chef_error = str(exc)
-    report = reap(rt.aws(), regions, chef, older_than=older, workspace_states=states, now=time.time(),
-                  dry_run=rt.args.dry_run, log=default_log, chef_error=chef_error)
-    print(report.text())
-    return report.exit_code
+    a = rt.args
+    return _reap(rt, regions=a.regions, older_than=parse_duration(a.older_than), bake_id=a.bake_id,
+                 no_chef=a.no_chef, dry_run=a.dry_run)
 
 
 def cmd_summary(rt: _Runtime) -> int:
-    from ..summary import write_summary
-
     for path in write_summary(rt.ws(), release=rt.args.release):
         print(path)
     return 0
 
 
 def cmd_publish_runlist(rt: _Runtime) -> int:
-    from ..stages.publish import publish_runlist
-
-    ctx = rt.context(rt.args.role)
-    print(publish_runlist(ctx))
+    print(publish_runlist(rt.context(rt.args.role)))
     return 0
 
 
@@ -324,31 +380,80 @@ COMMANDS: dict[str, Callable[[_Runtime], int]] = {
 
 def _guard(fn: Callable[[], int], prog: str) -> int:
     try:
-        return fn()
+        try:
+            return fn()
+        finally:
+            # Inside the guard, also after argparse's --help/usage exit: a closed pipe is seen here,
+            # not reported by the interpreter at exit.
+            sys.stdout.flush()
     except BakeryError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`bakery status | head -1`): stop quietly, as a Unix tool does. Python
+        # would otherwise report the failed flush of stdout at exit, so point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _bakery(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](_Runtime(args, os.environ))
 
 
 def bakery_main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    rt = _Runtime(args, dict(os.environ))
-    return _guard(lambda: COMMANDS[args.command](rt), "bakery")
+    return _guard(lambda: _bakery(argv), "bakery")
+
+
+# --- create-instance ---------------------------------------------------------------------------------
+
+
+def build_create_instance_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="create-instance", description="Launch an instance of a role, or bake its AMI.")
+    p.add_argument("role")
+    p.add_argument("--bake", action="store_true", help="bake the role's AMI instead (needs --release)")
+    p.add_argument("--release", help="with --bake: the release to bake; with --from-ami latest: newest AMI of this release")
+    p.add_argument("--from-ami", metavar="latest|AMI_ID", help="launch from a baked AMI of the role")
+    p.add_argument("--workspace", metavar="DIR")
+    p.add_argument("--catalog", metavar="PATH")
+    p.add_argument("--chef-config", metavar="PATH")
+    _bake_options(p)
+    return p
+
+
+def _create_instance(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    role_name = check_role_name(args.role)
+    settings = Settings.from_env(env, catalog=args.catalog, chef_config=args.chef_config)
+    if args.bake:
+        if args.from_ami:
+            raise UsageError("--bake and --from-ami cannot be combined")
+        return _bake(settings, Workspace(args.workspace or os.getcwd()), load_catalog(settings.catalog_path),
+                     [role_name], check_release(args.release), keep_on_failure=args.keep_on_failure)
+    if args.release and not args.from_ami:
+        raise UsageError(f"--release {args.release} needs --bake (bake that release) or --from-ami latest (launch "
+                         f"the newest AMI of that release); a plain launch installs role {role_name} from its base AMI")
+    if args.keep_on_failure:
+        raise UsageError("--keep-on-failure is for --bake")
+    catalog = load_catalog(settings.catalog_path)
+    ctx = RoleContext(catalog=catalog, role=catalog.role(role_name), aws=Aws(endpoint_url=settings.endpoint_url),
+                      settings=settings)
+    instance = launch_instance(ctx, from_ami=args.from_ami, release=args.release)
+    print(instance["InstanceId"])
+    return 0
 
 
 def create_instance_main(argv: Sequence[str] | None = None) -> int:
-    from ..launcher import main
-
-    return _guard(lambda: main(argv, dict(os.environ)), "create-instance")
+    return _guard(lambda: _create_instance(build_create_instance_parser().parse_args(argv), os.environ),
+                  "create-instance")
 
 
 def generate_jobs_main(argv: Sequence[str] | None = None) -> int:
-    from .generate_jobs import main
-
-    return _guard(lambda: main(list(argv) if argv is not None else None), "generate-jobs")
+    return _guard(lambda: generate_jobs_cli(list(argv) if argv is not None else None, environ=os.environ),
+                  "generate-jobs")
 
 
 if __name__ == "__main__":

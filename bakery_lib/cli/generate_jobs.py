@@ -17,16 +17,19 @@ This module only parses arguments and the environment; ``bakery_lib.cli`` calls 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from ..catalog import Catalog, load_catalog
+from ..catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from ..errors import UsageError
+from ..jobs.execute import Outcome, execute, show_outcome, show_plan
+from ..jobs.manager import JenkinsError, JenkinsManager, display_url
+from ..jobs.plan import Action, Plan, decide, read_remote
 from ..jobs.render import Item, render_items, write_output_dir
+from ..jobs.report import REPORT_NAME, summary, write_junit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +64,10 @@ def _positive(text: str) -> int:
     return value
 
 
-def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None,
+         stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """``environ`` is the caller's environment (``bakery_lib.cli`` passes ``os.environ``); this module
+    reads no environment of its own."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     try:
@@ -69,7 +75,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     except SystemExit as exc:  # argparse already printed the usage message
         return int(exc.code or 0)
     try:
-        return _run(args, out, err)
+        return _run(args, dict(environ or {}), out, err)
     except UsageError as exc:  # CatalogError included: names the file, the role and the key
         err.write(f"generate-jobs: {exc}\n")
         return exc.exit_code
@@ -78,8 +84,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         return 1
 
 
-def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    catalog = load_catalog(args.catalog)
+def _run(args: argparse.Namespace, environ: dict[str, str], out: TextIO, err: TextIO) -> int:
+    catalog = load_catalog(args.catalog or environ.get("BAKERY_CATALOG") or DEFAULT_CATALOG)
     items = render_items(catalog)
 
     if args.output_dir:
@@ -92,40 +98,50 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return 0
         paths = write_output_dir(items, root)
         out.write(f"generate-jobs: wrote {len(paths)} config.xml files under {root} (no Jenkins contacted)\n")
+        out.write(deploy_snippet(catalog))
         return 0
 
-    return _sync(args, catalog, items, out, err)
+    return _sync(args, _connection(args, environ), catalog, items, out, err)
 
 
-def _sync(args: argparse.Namespace, catalog: Catalog, items: tuple[Item, ...], out: TextIO, err: TextIO) -> int:
-    # Imported here: only a sync needs python-jenkins (and requests), --output-dir does not.
-    from ..jobs.execute import Outcome, execute, show_outcome, show_plan
-    from ..jobs.manager import JenkinsError, JenkinsManager, display_url
-    from ..jobs.plan import Action, decide, read_remote
-    from ..jobs.report import REPORT_NAME, summary, write_junit
-
-    jenkins = catalog.jenkins
-    url = args.jenkins_url or os.environ.get("JENKINS_URL")
+def _connection(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str | None, str | None]:
+    """(url, user, token) from the flags, else the environment; bad usage raises UsageError."""
+    url = args.jenkins_url or environ.get("JENKINS_URL")
     if not url:
         raise UsageError(
             "no Jenkins to sync to: give --jenkins-url URL or set JENKINS_URL (or --output-dir DIR to only write the configs)"
         )
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"Jenkins URL {display_url(url)!r} must start with http:// or https://")
-    user = args.user if args.user is not None else os.environ.get("JENKINS_USER")
-    token = args.token if args.token is not None else os.environ.get("JENKINS_API_TOKEN")
+    user = args.user if args.user is not None else environ.get("JENKINS_USER")
+    token = args.token if args.token is not None else environ.get("JENKINS_API_TOKEN")
     if bool(user) != bool(token):
         missing = "JENKINS_API_TOKEN (or --token)" if user else "JENKINS_USER (or --user)"
         raise UsageError(f"a Jenkins user needs its API token and the other way round: set {missing}")
+    return url, user or None, token or None
 
+
+def deploy_snippet(catalog: Catalog) -> str:
+    """What the deploy pipeline adds so that each deploy bakes its own release (jenkins/README.md)."""
+    jenkins = catalog.jenkins
+    folder = f"/{jenkins.folder}/" if jenkins.folder else ""
+    lines = [f"    build job: '{folder}{jenkins.job_prefix}{role}', wait: false, "
+             "parameters: [string(name: 'RELEASE', value: params.RELEASE)]\n" for role in catalog.roles]
+    return ("to bake each deployed release, end the deploy pipeline with (see jenkins/README.md):\n"
+            + "".join(lines))
+
+
+def _sync(args: argparse.Namespace, connection: tuple[str, str | None, str | None], catalog: Catalog,
+          items: tuple[Item, ...], out: TextIO, err: TextIO) -> int:
+    url, user, token = connection
+    jenkins = catalog.jenkins
     workspace = Path(args.workspace or ".")
     report = workspace / "reports" / REPORT_NAME
-    manager = JenkinsManager(url, user or None, token or None)
-    shown = manager.shown_url
+    manager = JenkinsManager(url, user, token)
     start = time.monotonic()
-    target = jenkins.folder or ""
     try:
-        state = read_remote(manager, items, target=target, adopt=args.adopt, workers=args.workers)
+        state = read_remote(manager, items, target=jenkins.folder or "", adopt=args.adopt, workers=args.workers,
+                            upstream_jobs=jenkins.upstream_jobs)
         plan = decide(items, state, prefix=jenkins.job_prefix, roles=list(catalog.roles),
                       release_job=jenkins.release_job, delete_stale=args.delete_stale, adopt=args.adopt)
         if plan.writes and not args.dry_run:
@@ -133,22 +149,14 @@ def _sync(args: argparse.Namespace, catalog: Catalog, items: tuple[Item, ...], o
     except JenkinsError as exc:
         err.write(f"generate-jobs: {exc}\n")
         failure = Action("error", "job", "", "connect to Jenkins", reason=str(exc))
-        write_junit(report, [Outcome(failure, False, str(exc))], url=shown, seconds=time.monotonic() - start)
+        write_junit(report, [Outcome(failure, False, str(exc))], url=manager.shown_url,
+                    seconds=time.monotonic() - start)
         return 1
-
-    if args.dry_run:
-        show_plan(plan, out)
-        outcomes = [Outcome(a, a.op != "error", a.reason if a.op == "error" else "") for a in plan.actions]
-    else:
-        outcomes = execute(plan, manager, workers=args.workers, on_outcome=lambda o: show_outcome(o, out))
-        if plan.stale_kept:
-            out.write(
-                f"kept {len(plan.stale_kept)} managed job(s) whose role left the catalogue: "
-                f"{', '.join(plan.stale_kept)} (give --delete-stale to delete them)\n"
-            )
+    outcomes = _carry_out(plan, manager, args, out)
     seconds = time.monotonic() - start
-    write_junit(report, outcomes, plan=plan, dry_run=args.dry_run, url=shown, seconds=seconds)
-    out.write(summary(outcomes, url=shown, seconds=seconds, dry_run=args.dry_run, stale_kept=len(plan.stale_kept)) + "\n")
+    write_junit(report, outcomes, plan=plan, dry_run=args.dry_run, url=manager.shown_url, seconds=seconds)
+    out.write(summary(outcomes, url=manager.shown_url, seconds=seconds, dry_run=args.dry_run,
+                      stale_kept=len(plan.stale_kept)) + "\n")
     failed = [o for o in outcomes if not o.ok]
     if failed:
         names = "; ".join(f"{o.action.label}: {o.message}" for o in failed[:10])
@@ -156,4 +164,19 @@ def _sync(args: argparse.Namespace, catalog: Catalog, items: tuple[Item, ...], o
         verb = "cannot be synced" if args.dry_run else "failed"
         err.write(f"generate-jobs: {len(failed)} item(s) {verb}: {names}{more}. Details in {report}\n")
         return 1
+    if not args.dry_run:
+        out.write(deploy_snippet(catalog))
     return 0
+
+
+def _carry_out(plan: Plan, manager: JenkinsManager, args: argparse.Namespace, out: TextIO) -> list[Outcome]:
+    if args.dry_run:
+        show_plan(plan, out)
+        return [Outcome(a, a.op != "error", a.reason if a.op == "error" else "") for a in plan.actions]
+    outcomes = execute(plan, manager, workers=args.workers, on_outcome=lambda o: show_outcome(o, out))
+    if plan.stale_kept:
+        out.write(
+            f"kept {len(plan.stale_kept)} managed job(s) whose role left the catalogue: "
+            f"{', '.join(plan.stale_kept)} (give --delete-stale to delete them)\n"
+        )
+    return outcomes

@@ -106,7 +106,7 @@ class JenkinsManager:
         except requests.exceptions.HTTPError as exc:
             response = exc.response
             status = response.status_code if response is not None else None
-            body = response.text if response is not None else ""
+            body = _error_text(response)
             raise self._http_error(what, status, body) from None
         except jenkins.JenkinsException as exc:
             text = str(exc)
@@ -230,6 +230,15 @@ class JenkinsManager:
     def update_view(self, parent: str, name: str, xml: str) -> None:
         self._open("POST", f"{folder_url(parent)}view/{quote(name, safe='')}/config.xml", f"update view {name}",
                    xml.encode("utf-8"), XML_HEADERS)
+
+
+def _error_text(response: requests.Response | None) -> str:
+    """Why Jenkins refused: its error pages are a generic "Error" HTML page that carries the reason
+    (e.g. "A job already exists with the name 'x'") in the X-Error header; the body is the fallback."""
+    if response is None:
+        return ""
+    reason = response.headers.get("X-Error")
+    return reason if reason else response.text
 
 
 def _reason(exc: Exception) -> str:

@@ -9,6 +9,9 @@ Rules (the contract with operators):
 - an item that does not exist is created, with the managed marker in its description;
 - a managed item is updated only when its config differs from the rendered one once Jenkins' noise
   is normalized away (whitespace, attribute order, plugin versions, run-time actions);
+- item names are compared as Jenkins compares them, ignoring case;
+- a role job is not created or updated while an ``upstream_jobs`` entry does not exist on Jenkins
+  (a typo there would give a job that is never triggered);
 - an existing item without the marker is never touched (an error, unless ``adopt``), so a job
   someone made by hand under the same name is not overwritten behind their back;
 - only with ``delete_stale``, jobs in the target folder that carry our marker and our job prefix
@@ -45,6 +48,18 @@ class Remote:
         return parse_marker(self.description)
 
 
+class Names(dict[str, Remote]):
+    """Items of one folder by name, looked up as Jenkins does: case-insensitively (Jenkins keeps items
+    in a map ordered by CaseInsensitiveComparator, so ``AMI-bake-web`` IS ``ami-bake-web``)."""
+
+    def find(self, name: str) -> Remote | None:
+        found = self.get(name)
+        if found is not None:
+            return found
+        lowered = name.lower()
+        return next((r for key, r in self.items() if key.lower() == lowered), None)
+
+
 @dataclass(frozen=True)
 class RemoteState:
     """Everything the planner knows about Jenkins."""
@@ -54,10 +69,11 @@ class RemoteState:
     target_remote: Remote | None = None  # the target folder itself, when it exists and is not the top level
     existing_folders: frozenset[str] = frozenset()  # folder paths on the way to the target that exist
     blocker: tuple[str, str] | None = None  # (path, class) of a non-folder where a folder must be
-    jobs: dict[str, Remote] = field(default_factory=dict)  # items directly in the target folder
-    views: dict[str, Remote] = field(default_factory=dict)
+    jobs: Names = field(default_factory=lambda: Names())  # items directly in the target folder
+    views: Names = field(default_factory=lambda: Names())
     configs: dict[str, str] = field(default_factory=dict)  # Item.label -> current config.xml
     read_errors: dict[str, str] = field(default_factory=dict)  # Item.label -> why it could not be read
+    missing_upstreams: tuple[str, ...] = ()  # catalogue upstream_jobs that do not exist on Jenkins
 
 
 @dataclass(frozen=True)
@@ -105,7 +121,7 @@ class Plan:
 
 
 def read_remote(manager: JenkinsManager, items: Sequence[Item], *, target: str, adopt: bool = False,
-                workers: int = 4) -> RemoteState:
+                workers: int = 4, upstream_jobs: Sequence[str] = ()) -> RemoteState:
     """What Jenkins has, read with as few requests as the decision needs."""
     listing = manager.list_folder(target)
     if listing is None and not target:
@@ -114,51 +130,12 @@ def read_remote(manager: JenkinsManager, items: Sequence[Item], *, target: str, 
             "be the Jenkins root URL, with its context path if it has one (e.g. https://ci.example.com/jenkins/)",
             404,
         )
-    existing: set[str] = set()
-    blocker: tuple[str, str] | None = None
-    target_remote: Remote | None = None
-    if listing is not None and target and "jobs" not in listing:
-        blocker = (target, str(listing.get("_class", "item")))
-        listing = None
-    elif listing is None and target:
-        blocker, existing = _find_missing(manager, target)
-    elif listing is not None and target:
-        parts = target.split("/")
-        existing = {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
-        target_remote = Remote(parts[-1], str(listing.get("_class", FOLDER_CLASS)), listing.get("description"), True)
-
-    jobs = {j["name"]: _remote(j) for j in (listing or {}).get("jobs", []) if "name" in j}
-    views = {v["name"]: _remote(v) for v in (listing or {}).get("views", []) if "name" in v}
-
-    # Fetch the config of every managed item that exists (and of unmanaged ones when adopting).
-    to_read: list[Item] = []
-    for item in items:
-        if item.kind == "folder":
-            if item.full_name == target and target_remote is not None and target_remote.marker is not None:
-                to_read.append(item)
-            continue
-        if item.parent != target or listing is None:
-            continue
-        remote = (views if item.kind == "view" else jobs).get(item.name)
-        if remote is not None and not remote.is_folder and (remote.marker is not None or adopt):
-            to_read.append(item)
-
-    configs: dict[str, str] = {}
-    errors: dict[str, str] = {}
-
-    def fetch(item: Item) -> tuple[Item, str]:
-        if item.kind == "view":
-            return item, manager.get_view_config(item.parent, item.name)
-        return item, manager.get_config(item.full_name)
-
-    if to_read:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="read") as pool:
-            futures = [pool.submit(fetch, item) for item in to_read]
-            for future, item in zip(futures, to_read, strict=True):
-                try:
-                    configs[item.label] = future.result()[1]
-                except JenkinsError as exc:
-                    errors[item.label] = f"could not read its current config: {exc}"
+    blocker, existing, target_remote, listing = _locate_target(manager, target, listing)
+    jobs = Names({j["name"]: _remote(j) for j in (listing or {}).get("jobs", []) if "name" in j})
+    views = Names({v["name"]: _remote(v) for v in (listing or {}).get("views", []) if "name" in v})
+    to_read = _items_to_read(items, target, listing is not None, target_remote, jobs, views, adopt)
+    configs, errors = _read_configs(manager, to_read, workers)
+    missing = _missing_upstreams(manager, upstream_jobs, target, jobs if listing is not None else None)
     return RemoteState(
         target=target,
         target_exists=listing is not None,
@@ -169,7 +146,97 @@ def read_remote(manager: JenkinsManager, items: Sequence[Item], *, target: str, 
         views=views,
         configs=configs,
         read_errors=errors,
+        missing_upstreams=missing,
     )
+
+
+Listing = dict[str, Any] | None
+
+
+def _locate_target(manager: JenkinsManager, target: str, listing: Listing
+                   ) -> tuple[tuple[str, str] | None, set[str], Remote | None, Listing]:
+    """(blocker, existing folders on the way, the target folder, its listing or None when it is not a folder)."""
+    if not target:
+        return None, set(), None, listing
+    if listing is not None and "jobs" not in listing:
+        return (target, str(listing.get("_class", "item"))), set(), None, None
+    if listing is None:
+        blocker, existing = _find_missing(manager, target)
+        return blocker, existing, None, None
+    parts = target.split("/")
+    existing = {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    remote = Remote(parts[-1], str(listing.get("_class", FOLDER_CLASS)), listing.get("description"), True)
+    return None, existing, remote, listing
+
+
+def _items_to_read(items: Sequence[Item], target: str, listed: bool, target_remote: Remote | None,
+                   jobs: Names, views: Names, adopt: bool) -> list[Item]:
+    """The config of every managed item that exists (and of unmanaged ones when adopting)."""
+    to_read: list[Item] = []
+    for item in items:
+        if item.kind == "folder":
+            if item.full_name == target and target_remote is not None and target_remote.marker is not None:
+                to_read.append(item)
+            continue
+        if item.parent != target or not listed:
+            continue
+        remote = (views if item.kind == "view" else jobs).find(item.name)
+        if remote is not None and not remote.is_folder and (remote.marker is not None or adopt):
+            to_read.append(item)
+    return to_read
+
+
+def _read_configs(manager: JenkinsManager, to_read: list[Item], workers: int) -> tuple[dict[str, str], dict[str, str]]:
+    configs: dict[str, str] = {}
+    errors: dict[str, str] = {}
+
+    def fetch(item: Item) -> str:
+        if item.kind == "view":
+            return manager.get_view_config(item.parent, item.name)
+        return manager.get_config(item.full_name)
+
+    if not to_read:
+        return configs, errors
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="read") as pool:
+        futures = [pool.submit(fetch, item) for item in to_read]
+        for future, item in zip(futures, to_read, strict=True):
+            try:
+                configs[item.label] = future.result()
+            except JenkinsError as exc:
+                errors[item.label] = f"could not read its current config: {exc}"
+    return configs, errors
+
+
+def resolve_upstream(name: str, folder: str) -> str:
+    """An upstream job name as ReverseBuildTrigger resolves it (Items.getItem): relative to the job's
+    folder, ``../`` going up, a leading ``/`` from the top level. Returns the full name."""
+    parts = [] if name.startswith("/") else [p for p in folder.split("/") if p]
+    for part in name.strip("/").split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part and part != ".":
+            parts.append(part)
+    return "/".join(parts)
+
+
+def _missing_upstreams(manager: JenkinsManager, upstream_jobs: Sequence[str], target: str,
+                       target_jobs: Names | None) -> tuple[str, ...]:
+    """The catalogue's upstream jobs that do not exist on Jenkins (a typo there gives a bake job that is
+    never triggered, with no error anywhere). One folder listing per other folder they name."""
+    listings: dict[str, Names | None] = {target: target_jobs}
+    missing: list[str] = []
+    for name in upstream_jobs:
+        full = resolve_upstream(name.strip(), target)
+        parent, _, base = full.rpartition("/")
+        if parent not in listings:
+            listing = manager.list_folder(parent)
+            listings[parent] = None if listing is None else Names(
+                {j["name"]: _remote(j) for j in listing.get("jobs", []) if "name" in j})
+        found = listings[parent]
+        if found is None or found.find(base) is None:
+            missing.append(name.strip())
+    return tuple(missing)
 
 
 def _remote(obj: dict[str, Any]) -> Remote:
@@ -187,7 +254,7 @@ def _find_missing(manager: JenkinsManager, target: str) -> tuple[tuple[str, str]
         if "jobs" not in listing:  # an ancestor is a job, not a folder
             return (path, str(listing.get("_class", "item"))), {"/".join(parts[:i]) for i in range(1, depth)}
         existing = {"/".join(parts[:i]) for i in range(1, depth + 1)}
-        child = next((j for j in listing.get("jobs", []) if j.get("name") == parts[depth]), None)
+        child = next((j for j in listing.get("jobs", []) if str(j.get("name", "")).lower() == parts[depth].lower()), None)
         if child is not None and "jobs" not in child:
             return ("/".join(parts[: depth + 1]), str(child.get("_class", "item"))), existing
         return None, existing
@@ -200,82 +267,105 @@ def _find_missing(manager: JenkinsManager, target: str) -> tuple[tuple[str, str]
 
 def decide(items: Sequence[Item], state: RemoteState, *, prefix: str, roles: Sequence[str],
            release_job: str | None = None, delete_stale: bool = False, adopt: bool = False) -> Plan:
-    actions: list[Action] = []
+    actions = [_decide_item(item, state, adopt) for item in items]
+    stale_actions, stale_kept = _stale(items, state, prefix, roles, release_job, delete_stale)
+    return Plan(tuple(actions + stale_actions), tuple(stale_kept))
 
-    def blocked_reason(path: str) -> str | None:
-        if state.blocker is None:
-            return None
-        where, cls = state.blocker
-        if path == where or path.startswith(where + "/"):
-            return f"cannot be created: {where!r} exists on Jenkins but is not a folder (it is a {cls})"
+
+def _action(op: str, item: Item, reason: str, current: str | None = None) -> Action:
+    return Action(op, item.kind, item.parent, item.name, desired=item.xml, current=current, reason=reason,
+                  ignore=item.ignore)
+
+
+def _blocked_reason(state: RemoteState, path: str) -> str | None:
+    if state.blocker is None:
         return None
+    where, cls = state.blocker
+    if path == where or path.startswith(where + "/"):
+        return f"cannot be created: {where!r} exists on Jenkins but is not a folder (it is a {cls})"
+    return None
 
-    for item in items:
-        base = {"kind": item.kind, "parent": item.parent, "name": item.name, "desired": item.xml, "ignore": item.ignore}
-        if item.kind == "folder":
-            reason = blocked_reason(item.full_name)
-            if reason:
-                actions.append(Action("error", reason=reason, **base))
-            elif item.full_name not in state.existing_folders:
-                actions.append(Action("create", reason="folder does not exist", **base))
-            elif item.full_name == state.target and state.target_remote is not None and state.target_remote.marker:
-                actions.append(_compare(item, state, base))
-            else:
-                actions.append(Action("unchanged", reason="folder exists (left as it is)", **base))
-            continue
 
-        reason = blocked_reason(item.parent) if item.parent else None
-        if reason:
-            actions.append(Action("error", reason=reason, **base))
+def _decide_folder(item: Item, state: RemoteState) -> Action:
+    reason = _blocked_reason(state, item.full_name)
+    if reason:
+        return _action("error", item, reason)
+    if item.full_name not in state.existing_folders:
+        return _action("create", item, "folder does not exist")
+    if item.full_name == state.target and state.target_remote is not None and state.target_remote.marker:
+        return _compare(item, state)
+    return _action("unchanged", item, "folder exists (left as it is)")
+
+
+def _decide_item(item: Item, state: RemoteState, adopt: bool) -> Action:
+    if item.kind == "folder":
+        return _decide_folder(item, state)
+    reason = _blocked_reason(state, item.parent) if item.parent else None
+    if reason:
+        return _action("error", item, reason)
+    if item.role is not None and state.missing_upstreams:
+        names = ", ".join(repr(n) for n in state.missing_upstreams)
+        where = f"folder {state.target!r}" if state.target else "the top level"
+        return _action("error", item, (
+            f"upstream job(s) {names} (catalogue jenkins.upstream_jobs) do not exist on Jenkins (names resolve "
+            f"relative to {where}; use ../NAME or /NAME for jobs elsewhere): the bake would never be triggered"))
+    if not state.target_exists:
+        return _action("create", item, f"folder {item.parent!r} is created first")
+    remote = (state.views if item.kind == "view" else state.jobs).find(item.name)
+    if remote is None:
+        return _action("create", item, "does not exist")
+    what = "view" if item.kind == "view" else "job"
+    if remote.name != item.name:
+        return _action("error", item, (
+            f"Jenkins has a {what} {remote.name!r}, which is the same name to Jenkins (item names ignore case): "
+            "rename or delete it"))
+    if remote.is_folder:
+        return _action("error", item, "a folder of that name exists on Jenkins")
+    if remote.marker is None and not adopt:
+        return _action("error", item, (
+            f"a {what} of that name exists on Jenkins but is not managed by the bakery (no marker in "
+            "its description): rename or delete it, or give --adopt to take it over"))
+    return _compare(item, state)
+
+
+def _stale(items: Sequence[Item], state: RemoteState, prefix: str, roles: Sequence[str], release_job: str | None,
+           delete_stale: bool) -> tuple[list[Action], list[str]]:
+    """Managed jobs of our prefix whose role (or release job) left the catalogue."""
+    if not state.target_exists:
+        return [], []
+    desired_jobs = {i.name.lower() for i in items if i.kind == "job" and i.parent == state.target}
+    actions: list[Action] = []
+    kept: list[str] = []
+    for name, remote in sorted(state.jobs.items()):
+        if name.lower() in desired_jobs or remote.is_folder:
             continue
-        if not state.target_exists:
-            actions.append(Action("create", reason=f"folder {item.parent!r} is created first", **base))
+        why = _stale_reason(name, remote, prefix, set(roles), release_job)
+        if why is None:
             continue
-        remote = (state.views if item.kind == "view" else state.jobs).get(item.name)
-        if remote is None:
-            actions.append(Action("create", reason="does not exist", **base))
-        elif remote.is_folder:
-            actions.append(Action("error", reason="a folder of that name exists on Jenkins", **base))
-        elif remote.marker is None and not adopt:
-            what = "view" if item.kind == "view" else "job"
-            actions.append(Action(
-                "error",
-                reason=f"a {what} of that name exists on Jenkins but is not managed by the bakery (no marker in "
-                "its description): rename or delete it, or give --adopt to take it over",
-                **base,
-            ))
+        if delete_stale:
+            actions.append(Action("delete", "job", state.target, name, reason=why))
         else:
-            actions.append(_compare(item, state, base))
-
-    stale_kept: list[str] = []
-    if state.target_exists:
-        desired_jobs = {i.name for i in items if i.kind == "job" and i.parent == state.target}
-        role_set = set(roles)
-        for name, remote in sorted(state.jobs.items()):
-            if name in desired_jobs or remote.is_folder:
-                continue
-            marker = remote.marker
-            if marker is None or marker.prefix != prefix:
-                continue  # not ours (or another catalogue's): never deleted
-            if marker.kind == "role" and marker.role and marker.role not in role_set and name == prefix + marker.role:
-                why = f"managed job of role {marker.role!r}, which left the catalogue"
-            elif marker.kind == "release" and name != release_job:
-                why = "managed release job no longer in the catalogue"
-            else:
-                continue
-            if delete_stale:
-                actions.append(Action("delete", "job", state.target, name, reason=why))
-            else:
-                stale_kept.append(f"{state.target}/{name}" if state.target else name)
-    return Plan(tuple(actions), tuple(stale_kept))
+            kept.append(f"{state.target}/{name}" if state.target else name)
+    return actions, kept
 
 
-def _compare(item: Item, state: RemoteState, base: dict[str, Any]) -> Action:
+def _stale_reason(name: str, remote: Remote, prefix: str, roles: set[str], release_job: str | None) -> str | None:
+    marker = remote.marker
+    if marker is None or marker.prefix != prefix:
+        return None  # not ours (or another catalogue's): never deleted
+    if marker.kind == "role" and marker.role and marker.role not in roles and name == prefix + marker.role:
+        return f"managed job of role {marker.role!r}, which left the catalogue"
+    if marker.kind == "release" and name != release_job:
+        return "managed release job no longer in the catalogue"
+    return None
+
+
+def _compare(item: Item, state: RemoteState) -> Action:
     if item.label in state.read_errors:
-        return Action("error", reason=state.read_errors[item.label], **base)
+        return _action("error", item, state.read_errors[item.label])
     current = state.configs.get(item.label)
     if current is None:  # listed but not read: cannot happen unless the listing changed under us
-        return Action("error", reason="its config was not read", **base)
+        return _action("error", item, "its config was not read")
     if same_config(item.xml, current, item.ignore):
-        return Action("unchanged", reason="same config", current=current, **base)
-    return Action("update", reason="config differs from the catalogue's", current=current, **base)
+        return _action("unchanged", item, "same config", current)
+    return _action("update", item, "config differs from the catalogue's", current)

@@ -8,15 +8,14 @@ and non-ASCII included, stays text inside valid XML. Nothing here talks to Jenki
 
 from __future__ import annotations
 
-import os
 import posixpath
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..catalog import Catalog, JenkinsSettings, RoleSpec
 from ..errors import CatalogError
+from ..fsutil import atomic_write_text
 from ..render import environment
 from .normalize import FOLDER_RUNTIME_ELEMENTS, RUNTIME_ELEMENTS, Marker
 
@@ -182,14 +181,5 @@ def write_output_dir(items: tuple[Item, ...], root: Path) -> list[Path]:
     written = []
     for item in items:
         path = item.output_path(root)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(item.xml)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        written.append(path)
+        written.append(atomic_write_text(path, item.xml))
     return written

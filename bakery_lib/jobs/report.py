@@ -7,14 +7,13 @@ not be synced shows up as a failed test naming the job and the reason.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
+from ..fsutil import atomic_write_text
 from .execute import Outcome
 from .plan import Plan
 
@@ -46,16 +45,7 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], *, plan: Plan | None = 
         properties={"jenkins_url": url, "dry_run": str(dry_run).lower()},
     )
     text = to_xml_report_string([suite], encoding="utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def summary(outcomes: Sequence[Outcome], *, url: str, seconds: float, dry_run: bool = False,

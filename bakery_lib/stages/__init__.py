@@ -1,8 +1,12 @@
 """The bake stages, in order, and the one function that runs a stage the way Jenkins calls it.
 
-``run_stage`` enforces the order (a stage runs only after every stage before it succeeded), turns a
-rerun of a completed stage into a no-op that says so, records the stage in the state, and always
-writes the stage's JUnit report, on failure too.
+Every stage module has ``run(ctx)`` (``preflight.run(ctx, release)``) and ``cleanup(ctx, report)``
+(removes what that stage created, from the state; idempotent). ``MODULES`` is the pipeline order:
+``run_stage`` runs a stage only after every stage before it succeeded, and ``bakery_lib.cleanup``
+tears a bake down by calling the cleanups in reverse of this order.
+
+``run_stage`` turns a rerun of a completed stage into a no-op that says so, records the stage in
+the state, and always writes the stage's JUnit report, on failure too.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from types import ModuleType
 
 from ..errors import AwsError, BakeryError, UsageError
 from ..reports import write_junit
+from ..state import BakeState
 from . import (
     bootstrap,
     chef_cleanup,
@@ -42,7 +47,7 @@ MODULES: dict[str, ModuleType] = {
     "publish": publish,
 }
 ORDER: tuple[str, ...] = tuple(MODULES)
-# Stages a reused AMI (same bake key) makes unnecessary.
+# Stages a reused AMI (same bake key) makes unnecessary: all but opening and publishing the bake.
 SKIPPED_WHEN_REUSED = ORDER[1:-1]
 
 
@@ -70,59 +75,89 @@ def _prerequisite(ctx: Context, name: str) -> None:
             )
 
 
-def run_stage(ctx: Context, name: str, *, release: str | None = None) -> StageResult:
-    """Run one stage for ``ctx.role``; never raises for expected failures (see ``exit_code``)."""
+def _mark_reused(state: BakeState) -> None:
+    for name in SKIPPED_WHEN_REUSED:
+        rec = state.stage(name)
+        if rec.status != "skipped":
+            rec.status, rec.message = "skipped", f"reused {state.image_id} (same bake key)"
+
+
+def _run_preflight(ctx: Context, release: str | None) -> tuple[str, bool]:
+    message = preflight.run(ctx, release)
+    if ctx.state is not None and ctx.state.reused:
+        _mark_reused(ctx.state)
+        ctx.save()
+    return message, message.startswith("already done")
+
+
+def _run_later_stage(ctx: Context, name: str, started: float) -> tuple[str, bool]:
+    state = ctx.require_state()
+    if state.succeeded(name):
+        how = "skipped (reused AMI)" if state.stages[name].status == "skipped" else "succeeded"
+        return f"already done: stage {name} {how} for bake {state.bake_id}; nothing to do", True
+    _prerequisite(ctx, name)
+    if state.closed:
+        raise UsageError(f"bake {state.bake_id} of role {ctx.role.name!r} is closed ({state.outcome}); "
+                         f"start a new bake with `bakery stage preflight --role {ctx.role.name} --release REL`")
+    record = state.stage(name)
+    record.status = "running"
+    record.started_at = started
+    record.attempts += 1
+    ctx.save()
+    return MODULES[name].run(ctx), False
+
+
+def _record(ctx: Context, name: str, status: str, started: float, duration: float, message: str) -> None:
+    state = ctx.state
+    if state is None:
+        return
+    record = state.stage(name)
+    record.status, record.finished_at = status, time.time()
+    record.started_at = record.started_at or started
+    record.duration, record.message = round(duration, 3), message[:2000]
+    ctx.save()
+
+
+def _skipped(ctx: Context, name: str, noop: bool) -> str | None:
+    """Why a stage did not run when a reused AMI made it unnecessary: JUnit says skipped, as the summary does."""
+    rec = ctx.state.stages.get(name) if noop and ctx.state is not None else None
+    if rec is None or rec.status != "skipped":
+        return None
+    return rec.message or "skipped (reused AMI)"
+
+
+def run_stage(ctx: Context, name: str, *, release: str | None = None, announce: bool = True) -> StageResult:
+    """Run one stage for ``ctx.role``; never raises for expected failures (see ``exit_code``).
+
+    ``announce``: log the result line (``bakery stage`` prints it itself instead)."""
     if name not in MODULES:
         raise UsageError(f"unknown stage {name!r}; stages in order: {', '.join(ORDER)}")
     t0 = time.monotonic()
     started = time.time()
     ctx.state = ctx.ws.load(ctx.role.name)
-    record = None
     try:
         if name == "preflight":
-            message = preflight.run(ctx, release)
-            noop = message.startswith("already done")
+            message, noop = _run_preflight(ctx, release)
         else:
-            state = ctx.require_state()
-            if state.succeeded(name):
-                rec = state.stages[name]
-                how = "skipped (reused AMI)" if rec.status == "skipped" else "succeeded"
-                message = f"already done: stage {name} {how} for bake {state.bake_id}; nothing to do"
-                noop = True
-            else:
-                _prerequisite(ctx, name)
-                if state.closed:
-                    raise UsageError(f"bake {state.bake_id} of role {ctx.role.name!r} is closed ({state.outcome}); "
-                                     f"start a new bake with `bakery stage preflight --role {ctx.role.name} --release REL`")
-                record = state.stage(name)
-                record.status = "running"
-                record.started_at = started
-                record.attempts += 1
-                ctx.save()
-                message = MODULES[name].run(ctx)
-                noop = False
+            message, noop = _run_later_stage(ctx, name, started)
         duration = time.monotonic() - t0
-        state = ctx.state
-        if state is not None and not noop:
-            record = state.stage(name)
-            record.status, record.finished_at = "succeeded", time.time()
-            record.started_at = record.started_at or started
-            record.duration, record.message = round(duration, 3), message[:2000]
-            ctx.save()
-        write_junit(ctx.ws, ctx.role.name, name, duration, output=message)
-        ctx.log(f"{name}: {message} ({duration:.1f} s)")
+        if not noop:
+            _record(ctx, name, "succeeded", started, duration, message)
+        write_junit(ctx.ws, ctx.role.name, name, duration, output=message, skipped=_skipped(ctx, name, noop))
+        if announce:
+            ctx.log(f"{name}: {message} ({duration:.1f} s)")
         return StageResult(ctx.role.name, name, "noop" if noop else "succeeded", message, duration, 0)
     except BakeryError as exc:
         duration = time.monotonic() - t0
         message = str(exc)
         code = exc.code if isinstance(exc, AwsError) else None
-        if record is not None and ctx.state is not None:
-            record.status, record.finished_at = "failed", time.time()
-            record.duration, record.message = round(duration, 3), message[:2000]
+        rec = ctx.state.stages.get(name) if ctx.state is not None else None
+        if rec is not None and rec.status == "running":
             try:
-                ctx.save()
+                _record(ctx, name, "failed", started, duration, message)
             except OSError:
                 pass
         write_junit(ctx.ws, ctx.role.name, name, duration, failure=message, failure_type=code or type(exc).__name__)
-        ctx.log(f"{name} FAILED: {message}")
+        if announce:
+            ctx.log(f"{name} FAILED: {message}")
         return StageResult(ctx.role.name, name, "failed", message, duration, exc.exit_code, code)

@@ -1,24 +1,103 @@
 """bootstrap: wait for the bake instance to report its Chef ``role_ami`` run.
 
 The instance tags itself ``bakery:bootstrap`` = ``succeeded`` or ``failed`` (with
-``bakery:bootstrap-detail``) when its run ends. This stage polls DescribeInstances for that tag with
-a deadline (catalogue ``bootstrap_timeout``, default 45 min) and fails fast on ``failed``, on the
-instance leaving ``running``, or on the timeout; failures carry the console output tail.
+``bakery:bootstrap-detail``) when its run ends; a Windows instance tags ``generalizing`` before it runs
+``ec2launch sysprep --clean --shutdown`` and then stops itself (``failed`` if sysprep exits non-zero).
+This stage polls DescribeInstances (batched with every other bake of the process, see ``waits``) with
+a deadline (catalogue ``bootstrap_timeout``, default 45 min) and succeeds on:
+
+- ``succeeded`` in any instance state (a Windows instance may already be stopping by itself);
+- ``generalizing`` once the instance is ``stopping``/``stopped`` (sysprep shut it down); still
+  ``generalizing`` and ``running`` after ``sysprep_timeout`` (default 20 min) is a failure.
+
+It fails fast on ``failed``, on the instance being terminated, on the instance stopped without any
+result tag, or on the timeout; failures carry the console output tail. Tags and state are observed in
+any order: EC2 is eventually consistent, so a ``stopped`` state may be visible before the tag that was
+set just before the shutdown — a stopped instance gets ``TAG_GRACE`` seconds for its tag to show.
 Reads ``instance_id``; writes nothing but its stage record.
-Calls: DescribeInstances (one per poll), GetConsoleOutput (on failure).
+Calls: DescribeInstances (one per poll, batched), GetConsoleOutput (on failure, and once a minute for
+the heartbeat line).
 Cleanup: none of its own.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from ..aws import tags_of
 from ..errors import BakeryError, StageTimeout
-from .base import Context
+from ..waits import Wait
+from .base import Context, no_cleanup
+
+cleanup = no_cleanup  # see the module docstring
+
+# How long a stopped instance may show no result tag before we believe there is none: tags set
+# right before a shutdown can become visible after the state change (EC2 API eventual consistency).
+TAG_GRACE = 30.0
 
 
-def _with_console(ctx: Context, message: str, instance_id: str) -> str:
+def with_console(ctx: Context, message: str, instance_id: str) -> str:
     tail = ctx.aws.console_tail(ctx.region, instance_id)
     return f"{message}\n--- console output (tail) of {instance_id} ---\n{tail or '(empty)'}"
+
+
+def last_console_line(ctx: Context, instance_id: str) -> str:
+    return ctx.aws.console_tail(ctx.region, instance_id, lines=1)
+
+
+def instance_status(inst: dict[str, Any]) -> str:
+    tag = tags_of(inst).get("bakery:bootstrap")
+    return inst["State"]["Name"] + (f", bakery:bootstrap={tag}" if tag else "")
+
+
+@dataclass
+class Watch:
+    """What the bootstrap wait has observed so far (tag and state arrive in any order)."""
+
+    ctx: Context
+    instance_id: str
+    generalizing_since: float | None = None
+    untagged_stop_since: float | None = None
+
+    def check(self, inst: dict[str, Any]) -> str | None:
+        ctx, iid = self.ctx, self.instance_id
+        tags = tags_of(inst)
+        result = tags.get("bakery:bootstrap")
+        detail = tags.get("bakery:bootstrap-detail", "")
+        name = inst["State"]["Name"]
+        now = ctx.clock.now()
+        if result == "failed":
+            raise BakeryError(with_console(ctx, f"Chef role_ami run failed on {iid}: {detail or 'no detail'}", iid))
+        if name in ("shutting-down", "terminated"):
+            reason = inst.get("StateReason", {}).get("Message") or inst.get("StateTransitionReason") or ""
+            raise BakeryError(with_console(
+                ctx, f"instance {iid} is {name} before its image was taken" + (f" ({reason})" if reason else ""), iid))
+        if result == "succeeded":
+            return "succeeded" + (f": {detail}" if detail else "")
+        if result == "generalizing":
+            return self._generalizing(name, now)
+        if name in ("stopping", "stopped"):
+            # The tag may trail the state (eventual consistency): give it TAG_GRACE before failing.
+            self.untagged_stop_since = self.untagged_stop_since or now
+            if now - self.untagged_stop_since >= TAG_GRACE:
+                reason = inst.get("StateReason", {}).get("Message") or inst.get("StateTransitionReason") or ""
+                raise BakeryError(with_console(
+                    ctx, f"instance {iid} left running before reporting its bootstrap: {name}"
+                         + (f" ({reason})" if reason else ""), iid))
+        return None
+
+    def _generalizing(self, name: str, now: float) -> str | None:
+        # Windows: sysprep runs detached and shuts the instance down; never stop it ourselves mid-sysprep.
+        if name in ("stopping", "stopped"):
+            return "generalized by sysprep, which stopped the instance"
+        self.generalizing_since = self.generalizing_since or now
+        limit = self.ctx.role.sysprep_timeout
+        if now - self.generalizing_since >= limit:
+            raise BakeryError(with_console(
+                self.ctx, f"instance {self.instance_id} is still generalizing (sysprep) and {name} after {limit} s "
+                          "(catalogue key sysprep_timeout)", self.instance_id))
+        return None
 
 
 def run(ctx: Context) -> str:
@@ -26,34 +105,24 @@ def run(ctx: Context) -> str:
     instance_id = state.instance_id
     if not instance_id:
         raise BakeryError("the bake state has no instance; run the launch stage first")
-    deadline = ctx.clock.now() + ctx.role.bootstrap_timeout
     start = ctx.clock.now()
-    last_state = None
-    while True:
-        inst = ctx.aws.instances.get(ctx.region, instance_id, max_age=ctx.poll_interval * 0.9)
-        if inst is None:
-            raise BakeryError(f"instance {instance_id} no longer exists")
-        tags = tags_of(inst)
-        result = tags.get("bakery:bootstrap")
-        detail = tags.get("bakery:bootstrap-detail", "")
-        name = inst["State"]["Name"]
-        if result == "succeeded":
-            ctx.aws.instances.forget(ctx.region, instance_id)
-            return f"Chef role_ami run succeeded on {instance_id} after {ctx.clock.now() - start:.0f} s" + (
-                f": {detail}" if detail else "")
-        if result == "failed":
-            raise BakeryError(_with_console(
-                ctx, f"Chef role_ami run failed on {instance_id}: {detail or 'no detail'}", instance_id))
-        if name not in ("pending", "running"):
-            reason = inst.get("StateReason", {}).get("Message") or inst.get("StateTransitionReason") or ""
-            raise BakeryError(_with_console(
-                ctx, f"instance {instance_id} left running before reporting its bootstrap: {name}"
-                     + (f" ({reason})" if reason else ""), instance_id))
-        if name != last_state:
-            ctx.log(f"{instance_id} is {name}; waiting for bakery:bootstrap")
-            last_state = name
-        if ctx.clock.now() >= deadline:
-            raise StageTimeout(_with_console(
-                ctx, f"no bootstrap result from {instance_id} within {ctx.role.bootstrap_timeout} s "
-                     "(catalogue key bootstrap_timeout)", instance_id))
-        ctx.sleep(min(ctx.poll_interval, max(0.1, deadline - ctx.clock.now())))
+    watch = Watch(ctx, instance_id)
+    timeout = ctx.role.bootstrap_timeout
+
+    def on_timeout(elapsed: float, _: Any) -> BaseException:
+        return StageTimeout(with_console(
+            ctx, f"no bootstrap result from {instance_id} within {timeout} s (catalogue key bootstrap_timeout)",
+            instance_id))
+
+    wait: Wait[dict[str, Any], str] = Wait(
+        what=f"bakery:bootstrap on {instance_id}", clock=ctx.clock, log=ctx.log, timeout=timeout,
+        interval=ctx.poll_interval, status=instance_status, on_timeout=on_timeout,
+        detail=lambda: last_console_line(ctx, instance_id),
+        # launch saw the instance in RunInstances' answer, but describes may not show it yet.
+        gone_message=f"instance {instance_id} no longer exists")
+    try:
+        outcome = wait.run(lambda: ctx.aws.instances.get(ctx.region, instance_id, max_age=ctx.poll_interval * 0.9),
+                           watch.check)
+    finally:
+        ctx.aws.instances.forget(ctx.region, instance_id)
+    return f"Chef role_ami run on {instance_id} {outcome} (after {ctx.clock.now() - start:.0f} s)"

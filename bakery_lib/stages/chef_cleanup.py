@@ -1,21 +1,28 @@
 """chef-cleanup: delete the bake's Chef node and client (``bake-ROLE-BAKEID``); absent is fine.
 
-Reads ``chef_node``; writes ``chef_cleaned``. Calls the Chef API (DELETE /nodes/N, /clients/N).
+Reads ``chef_node``; writes ``chef_cleaned``. Calls the Chef API (DELETE /clients/N, then /nodes/N).
+Cleanup: none of its own (``launch``'s cleanup removes the identity its instance registered).
 """
 
 from __future__ import annotations
 
-from .base import Context
+from typing import TYPE_CHECKING, Protocol
+
+from ..resources import delete_chef_identity
+from .base import Context, no_cleanup
+
+if TYPE_CHECKING:
+    from ..chef import ChefClient
+
+cleanup = no_cleanup
 
 
-def delete_identity(ctx: Context, name: str) -> str:
-    chef = ctx.chef()
-    # Client first: that revokes the key, so a chef-client still running on an instance that is being
-    # terminated can no longer save (and so re-create) the node deleted next.
-    client = chef.delete_client(name)
-    node = chef.delete_node(name)
-    return (f"node {name} {'deleted' if node else 'already absent'}, "
-            f"client {name} {'deleted' if client else 'already absent'}")
+class _HasChef(Protocol):
+    def chef(self) -> ChefClient: ...
+
+
+def delete_identity(ctx: _HasChef, name: str) -> str:
+    return delete_chef_identity(ctx.chef(), name)
 
 
 def run(ctx: Context) -> str:

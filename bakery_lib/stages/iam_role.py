@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
 from ..catalog import S3_URL_RE, RoleSpec
 from ..errors import AwsError, BakeryError
-from .base import Context, resource_name
+from .base import Context, RoleContext, no_cleanup, resource_name
+
+cleanup = no_cleanup  # see the module docstring
 
 POLICY_NAME = "bakery-instance"
 
@@ -71,38 +74,32 @@ def _doc(value: Any) -> Any:
     return value
 
 
-def run(ctx: Context) -> str:
-    state = ctx.require_state()
-    role = ctx.role
-    name = resource_name(role.name, 64)
-    tags = [{"Key": "bakery:managed", "Value": "true"}, {"Key": "bakery:role", "Value": role.name}]
-    actions: list[str] = []
+def _ensure_role(ctx: RoleContext, name: str, tags: list[dict[str, str]], actions: list[str]) -> bool:
+    """Create the IAM role or check and converge an existing one; True when it was created just now."""
     try:
         existing = ctx.iam("GetRole", RoleName=name)["Role"]
     except AwsError as exc:
         if exc.code != "NoSuchEntity":
             raise
-        existing = None
-    if existing is None:
         ctx.iam("CreateRole", RoleName=name, AssumeRolePolicyDocument=json.dumps(TRUST_POLICY),
-                Description=f"AMI Bakery instances of role {role.name}", Tags=tags, MaxSessionDuration=3600)
+                Description=f"AMI Bakery instances of role {ctx.role.name}", Tags=tags, MaxSessionDuration=3600)
         actions.append("created role")
-    else:
-        existing_tags = {t["Key"]: t["Value"] for t in existing.get("Tags", [])}
-        if not existing_tags:
-            existing_tags = {t["Key"]: t["Value"] for t in ctx.iam("ListRoleTags", RoleName=name).get("Tags", [])}
-        if existing_tags.get("bakery:managed") != "true":
-            raise BakeryError(f"IAM role {name} exists but is not managed by the bakery (no tag bakery:managed=true)")
-        if _doc(existing.get("AssumeRolePolicyDocument")) != TRUST_POLICY:
-            ctx.iam("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(TRUST_POLICY))
-            actions.append("trust policy updated")
-    state.iam_role_name = name
-    ctx.save()
+        return True
+    existing_tags = {t["Key"]: t["Value"] for t in existing.get("Tags", [])}
+    if not existing_tags:
+        existing_tags = {t["Key"]: t["Value"] for t in ctx.iam("ListRoleTags", RoleName=name).get("Tags", [])}
+    if existing_tags.get("bakery:managed") != "true":
+        raise BakeryError(f"IAM role {name} exists but is not managed by the bakery (no tag bakery:managed=true)")
+    if _doc(existing.get("AssumeRolePolicyDocument")) != TRUST_POLICY:
+        ctx.iam("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(TRUST_POLICY))
+        actions.append("trust policy updated")
+    return False
 
-    created = existing is None  # a role created just now has no policies: skip the three reads
-    policy = instance_policy(role)
+
+def _converge_inline(ctx: RoleContext, name: str, created: bool, actions: list[str]) -> None:
+    policy = instance_policy(ctx.role)
     current = None
-    if not created:
+    if not created:  # a role created just now has no policies: skip the reads
         try:
             current = _doc(ctx.iam("GetRolePolicy", RoleName=name, PolicyName=POLICY_NAME)["PolicyDocument"])
         except AwsError as exc:
@@ -111,42 +108,66 @@ def run(ctx: Context) -> str:
     if current != policy:
         ctx.iam("PutRolePolicy", RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
         actions.append("inline policy written")
-    other_inline = [] if created else [
-        p for p in ctx.iam("ListRolePolicies", RoleName=name).get("PolicyNames", []) if p != POLICY_NAME]
-    for extra in other_inline:
-        ctx.iam("DeleteRolePolicy", RoleName=name, PolicyName=extra)
-        actions.append(f"inline policy {extra} removed")
+    if created:
+        return
+    for extra in ctx.iam("ListRolePolicies", RoleName=name).get("PolicyNames", []):
+        if extra != POLICY_NAME:
+            ctx.iam("DeleteRolePolicy", RoleName=name, PolicyName=extra)
+            actions.append(f"inline policy {extra} removed")
 
+
+def _converge_managed(ctx: RoleContext, name: str, created: bool, actions: list[str]) -> None:
     attached = set() if created else {
         p["PolicyArn"] for p in ctx.iam("ListAttachedRolePolicies", RoleName=name).get("AttachedPolicies", [])}
-    for arn in role.managed_policies:
+    for arn in ctx.role.managed_policies:
         if arn not in attached:
             ctx.iam("AttachRolePolicy", RoleName=name, PolicyArn=arn)
             actions.append(f"attached {arn}")
-    for arn in sorted(attached - set(role.managed_policies)):
+    for arn in sorted(attached - set(ctx.role.managed_policies)):
         ctx.iam("DetachRolePolicy", RoleName=name, PolicyArn=arn)
         actions.append(f"detached {arn}")
 
-    profile = None
+
+def _create_profile(ctx: RoleContext, name: str, tags: list[dict[str, str]], actions: list[str]) -> dict[str, Any]:
+    profile: dict[str, Any] = ctx.iam("CreateInstanceProfile", InstanceProfileName=name, Tags=tags)["InstanceProfile"]
+    actions.append("created instance profile")
+    return profile
+
+
+def _ensure_profile(ctx: RoleContext, name: str, tags: list[dict[str, str]], created: bool,
+                    actions: list[str]) -> dict[str, Any]:
     if created:
         # A role created just now: its profile most likely does not exist either, so create it
         # straight away and read it only when it does exist (one call saved on a role's first bake).
         try:
-            profile = ctx.iam("CreateInstanceProfile", InstanceProfileName=name, Tags=tags)["InstanceProfile"]
-            actions.append("created instance profile")
+            return _create_profile(ctx, name, tags, actions)
         except AwsError as exc:
             if exc.code != "EntityAlreadyExists":
                 raise
-    if profile is None:
-        try:
-            profile = ctx.iam("GetInstanceProfile", InstanceProfileName=name)["InstanceProfile"]
-        except AwsError as exc:
-            if exc.code != "NoSuchEntity":
-                raise
-            profile = ctx.iam("CreateInstanceProfile", InstanceProfileName=name, Tags=tags)["InstanceProfile"]
-            actions.append("created instance profile")
-    state.instance_profile_name = name
-    ctx.save()
+    try:
+        profile: dict[str, Any] = ctx.iam("GetInstanceProfile", InstanceProfileName=name)["InstanceProfile"]
+        return profile
+    except AwsError as exc:
+        if exc.code != "NoSuchEntity":
+            raise
+    return _create_profile(ctx, name, tags, actions)
+
+
+def converge(ctx: RoleContext, on_role: Callable[[str], None] | None = None,
+             on_profile: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """Create or converge the role's IAM role, policies and instance profile (state-free: create-instance
+    calls it too). ``on_role``/``on_profile`` run as soon as each exists. Returns (profile name, message)."""
+    name = resource_name(ctx.role.name, 64)
+    tags = [{"Key": "bakery:managed", "Value": "true"}, {"Key": "bakery:role", "Value": ctx.role.name}]
+    actions: list[str] = []
+    created = _ensure_role(ctx, name, tags, actions)
+    if on_role is not None:
+        on_role(name)
+    _converge_inline(ctx, name, created, actions)
+    _converge_managed(ctx, name, created, actions)
+    profile = _ensure_profile(ctx, name, tags, created, actions)
+    if on_profile is not None:
+        on_profile(name)
     if name not in [r["RoleName"] for r in profile.get("Roles", [])]:
         for other in profile.get("Roles", []):
             ctx.iam("RemoveRoleFromInstanceProfile", InstanceProfileName=name, RoleName=other["RoleName"])
@@ -155,7 +176,22 @@ def run(ctx: Context) -> str:
         # IAM is eventually consistent: EC2 may reject a new profile for some seconds. No waiter here
         # (IAM itself answers at once, so it would only cost a call): launch retries RunInstances
         # while EC2 reports the profile invalid.
-    return f"IAM role and instance profile {name}: " + (", ".join(actions) or "unchanged")
+    return name, f"IAM role and instance profile {name}: " + (", ".join(actions) or "unchanged")
+
+
+def run(ctx: Context) -> str:
+    state = ctx.require_state()
+
+    def record_role(name: str) -> None:
+        state.iam_role_name = name
+        ctx.save()
+
+    def record_profile(name: str) -> None:
+        state.instance_profile_name = name
+        ctx.save()
+
+    _, message = converge(ctx, record_role, record_profile)
+    return message
 
 
 SAFE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")

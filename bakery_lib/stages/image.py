@@ -6,15 +6,21 @@ CreateImage is not supported everywhere). The image id is saved the moment Creat
 An image of this bake that already exists (found by its ``bakery:bake-id`` tag) is adopted, so a
 rerun never creates a second one.
 Calls: DescribeImages, CreateImage, CreateTags.
-Cleanup: deregister an image that never became available and delete its snapshots.
+Cleanup: an image of the bake that ``wait-image`` did not finish (pending, failed, or available but not
+recorded in ``amis``) is deregistered and its snapshots (from the image, the state and the
+``bakery:bake-id`` tag) deleted; a finished image is a good AMI and is kept.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
+from ..aws import tag_list
 from ..errors import BakeryError
-from .base import Context
+from ..resources import delete_snapshot, deregister_image, snapshot_ids
+from ..waits import while_propagating
+from .base import CleanupReport, Context
 
 
 def image_name(role: str, release: str, bake_id: str) -> str:
@@ -52,8 +58,7 @@ def tag_snapshots(ctx: Context, image: dict, *, imds_required: bool = False) -> 
     on the image, so the image gets ``bakery:imds-support=v2.0`` in the same call — the mark the
     reuse look-up asks for, so an image whose ModifyImageAttribute failed is never reused."""
     state = ctx.require_state()
-    snaps = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
-             if m.get("Ebs", {}).get("SnapshotId")]
+    snaps = snapshot_ids(image)
     new = [s for s in snaps if s not in state.snapshot_ids]
     resources = ([image["ImageId"]] if imds_required else []) + new
     if resources:
@@ -62,7 +67,9 @@ def tag_snapshots(ctx: Context, image: dict, *, imds_required: bool = False) -> 
         tags = image_tags(ctx)
         if imds_required:
             tags[IMDS_TAG] = "v2.0"
-        ctx.ec2("CreateTags", Resources=resources, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        # Snapshots appear while the image is pending and may still answer NotFound to CreateTags.
+        while_propagating(lambda: ctx.ec2("CreateTags", Resources=resources, Tags=tag_list(tags)),
+                          what=f"tagging {', '.join(resources)}", clock=ctx.clock, log=ctx.log)
         state.snapshot_ids.extend(new)
         ctx.save()
     return snaps
@@ -96,3 +103,66 @@ def run(ctx: Context) -> str:
     ctx.log(f"creating image {image_id} ({state.image_name})")
     # Its snapshots appear while the image is pending: wait-image tags them.
     return f"image {image_id} ({state.image_name}) requested"
+
+
+def _unfinished_image(ctx: Context, report: CleanupReport) -> dict[str, Any] | None:
+    state = ctx.require_state()
+    if state.reused:
+        return None  # the reused AMI belongs to an earlier bake
+    try:
+        image = find_own_image(ctx, state.bake_id)
+        if image is None and state.image_id:
+            found = ctx.aws.describe_images(state.region, [state.image_id])
+            image = found[0] if found else None
+    except BakeryError as exc:
+        report.errors.append(f"could not look up images of bake {state.bake_id}: {exc}")
+        return None
+    if image is None:
+        return None
+    state.image_id = image["ImageId"]
+    if image.get("State") == "available" and state.amis.get(state.region) == image["ImageId"]:
+        report.kept.append(f"available image {image['ImageId']}")
+        return None
+    return image
+
+
+def _bake_snapshots(ctx: Context, report: CleanupReport) -> set[str]:
+    """Snapshots the state recorded or that carry the bake's tag (a killed run may have recorded none)."""
+    state = ctx.require_state()
+    snaps = set(state.snapshot_ids)
+    try:
+        tagged = ctx.ec2("DescribeSnapshots", OwnerIds=["self"], Filters=[
+            {"Name": "tag:bakery:bake-id", "Values": [state.bake_id]}]).get("Snapshots", [])
+        snaps |= {s["SnapshotId"] for s in tagged}
+    except BakeryError as exc:
+        report.errors.append(f"could not look up snapshots of bake {state.bake_id}: {exc}")
+    return snaps
+
+
+def cleanup(ctx: Context, report: CleanupReport) -> None:
+    state = ctx.require_state()
+    region = state.region
+    image = _unfinished_image(ctx, report)
+    if image is not None:
+        image_id = image["ImageId"]
+        state.snapshot_ids = sorted(set(snapshot_ids(image)) | set(state.snapshot_ids))
+
+        def dereg() -> str:
+            deregister_image(ctx.aws, region, image_id)
+            state.image_state = "deregistered"
+            report.save(ctx)
+            return f"deregistered {image.get('State')} image {image_id}"
+        report.attempt(ctx, f"image {image_id}", f"aws ec2 deregister-image --region {region} --image-id {image_id}",
+                       dereg)
+    if not (state.image_state == "deregistered" or (image is None and not state.amis)):
+        return
+    errors_before = len(report.errors)
+    for snap in sorted(_bake_snapshots(ctx, report)):
+        def delete(snap: str = snap) -> str:
+            gone = delete_snapshot(ctx.aws, region, snap, ctx.sleep, max_delay=ctx.poll_interval)
+            return f"deleted snapshot {snap}" if gone else ""
+        report.attempt(ctx, f"snapshot {snap}", f"aws ec2 delete-snapshot --region {region} --snapshot-id {snap}",
+                       delete)
+    if len(report.errors) == errors_before:
+        state.snapshot_ids = []
+

@@ -2,11 +2,17 @@
 
 IMDSv2 required, encrypted root volume, DESIGN's tags, ``ClientToken`` = bake id. Moto (and an
 interrupted run that lost its state write) is why the instance is first looked up by its
-``bakery:bake-id`` tag: a rerun never launches a second instance.
-Writes ``instance_id`` to the state the moment RunInstances returns (before any wait), then stands
-down if another bake of the role launched at the same moment (``refuse_concurrent_bake``).
+``bakery:bake-id`` tag: a rerun never launches a second instance (and waits up to ``RECORDED_GRACE``
+for an instance the state recorded but describes do not show yet: EC2 eventual consistency).
+Placements: ``instance_types`` x ``subnet_ids`` in order; ``InsufficientInstanceCapacity`` /
+``Unsupported`` move on to the next (they persist), a few rounds, then a failure naming them all.
+RunInstances refused while a new instance profile or security group propagates is retried.
+Writes ``instance_id``, ``instance_type`` and ``subnet_id`` to the state the moment RunInstances
+returns (before any wait), then stands down if another bake of the role launched at the same moment
+(``refuse_concurrent_bake``).
 Calls: DescribeInstances (rerun only), RunInstances, DescribeInstances (other bakes of the role).
-Cleanup: terminate the instance (``bakery cleanup``).
+Cleanup: terminate the instance (found by its ``bakery:bake-id`` tag too: a kill may have come before the
+state write), then delete the Chef node/client it registered. With ``--keep-on-failure`` both stay.
 """
 
 from __future__ import annotations
@@ -15,10 +21,17 @@ import time
 from typing import Any
 
 from ..aws import tags_of
-from ..errors import AwsError, BakeryError
-from .base import Context, iso_utc
+from ..catalog import RoleSpec
+from ..errors import AwsError, BakeryError, StageTimeout
+from ..resources import delete_chef_identity, terminate_instance
+from ..userdata import bake_userdata
+from ..waits import Gone, Wait
+from .base import CleanupReport, Context, RoleContext, iso_utc
+from .preflight import bakes_in_flight
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+# How long a rerun waits for the instance the state recorded to become visible (EC2 propagation).
+RECORDED_GRACE = 60.0
 
 
 def instance_tags(ctx: Context, purpose: str = "bake") -> dict[str, str]:
@@ -37,7 +50,7 @@ def instance_tags(ctx: Context, purpose: str = "bake") -> dict[str, str]:
     return tags
 
 
-def block_devices(ctx: Context, image_id: str, root_device: str | None = None) -> list[dict[str, Any]]:
+def block_devices(ctx: RoleContext, image_id: str, root_device: str | None = None) -> list[dict[str, Any]]:
     root = root_device
     if root is None:
         images = ctx.aws.describe_images(ctx.region, [image_id])
@@ -63,31 +76,93 @@ def find_by_bake_id(ctx: Context, bake_id: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def run_instance(ctx: Context, params: dict[str, Any], *, attempts: int = 12) -> dict[str, Any]:
-    """RunInstances, retrying while IAM propagates.
+# RunInstances errors that say "not here": no capacity for the type in that AZ, or the type is not
+# offered there. They persist (retrying the same placement rarely helps), so launch moves on to the next
+# instance type / subnet of the catalogue (``instance_types`` x ``subnet_ids``).
+CAPACITY_CODES = ("InsufficientInstanceCapacity", "InsufficientCapacity", "Unsupported")
+# After every placement was refused, wait and go round again a few times: capacity does come back.
+PLACEMENT_ROUNDS = 3
 
-    A freshly created instance profile is visible to IAM before EC2 can use it, so RunInstances
-    fails for several seconds with "Invalid IAM Instance Profile". That is not an error in the
-    request: wait and retry (with the same ClientToken, so a retry cannot launch twice on AWS).
+
+def placements(role: RoleSpec) -> list[tuple[str, str | None]]:
+    """(instance type, subnet) in fallback order: each type in every subnet (AZ) before the next type."""
+    subnets: tuple[str | None, ...] = tuple(role.subnet_ids) or (role.subnet_id,)
+    return [(t, s) for t in (tuple(role.instance_types) or (role.instance_type,)) for s in subnets]
+
+
+def _propagating(exc: AwsError) -> str | None:
+    """Why RunInstances refused something that exists but has not propagated yet (None: a real error).
+
+    IAM: a new instance profile (or a role just added to it) is visible to IAM before EC2 can use it;
+    RunInstances answers "Invalid IAM Instance Profile" for up to ~10 s. EC2: a security group just
+    created can be unknown to RunInstances for a moment (InvalidGroup.NotFound). Neither is an error
+    in the request: wait and retry (same ClientToken, so a retry cannot launch twice on AWS).
     """
+    text = str(exc).lower()
+    if exc.code == "InvalidParameterValue" and "iam" in text and "instance profile" in text:
+        return "instance profile not yet usable by EC2 (IAM propagation)"
+    if exc.code == "InvalidGroup.NotFound":
+        return "security group not yet visible to RunInstances (EC2 propagation)"
+    return None
+
+
+def _run_once(ctx: RoleContext, params: dict[str, Any], attempts: int) -> dict[str, Any]:
     delay = 2.0
     for attempt in range(attempts):
         try:
-            return ctx.ec2("RunInstances", **params)["Instances"][0]
+            instance: dict[str, Any] = ctx.ec2("RunInstances", **params)["Instances"][0]
+            return instance
         except AwsError as exc:
-            text = str(exc).lower()
-            propagating = exc.code == "InvalidParameterValue" and "iam" in text and "instance profile" in text
-            if not propagating or attempt == attempts - 1:
+            why = _propagating(exc)
+            if why is None or attempt == attempts - 1:
                 raise
-            ctx.log(f"instance profile not yet usable by EC2 (IAM propagation); retrying in {delay:.0f} s")
+            ctx.log(f"{why}; retrying in {delay:.0f} s")
             ctx.sleep(delay)
             delay = min(delay * 1.5, 10.0)
     raise AssertionError("unreachable")
 
 
-def launch_params(ctx: Context, image_id: str, user_data: str, tags: dict[str, str], token: str,
+def run_instance(ctx: RoleContext, params: dict[str, Any], *, attempts: int = 12) -> dict[str, Any]:
+    """RunInstances with the role's placements in fallback order; retries while IAM/SG propagate.
+
+    Each placement gets its own ClientToken (AWS refuses a token reused with other parameters).
+    The instance returned carries the type and subnet used; the log says which were refused.
+    """
+    options = placements(ctx.role)
+    refused: list[str] = []
+    base_token = str(params.get("ClientToken", ""))[:56]
+    for round_no in range(PLACEMENT_ROUNDS):
+        for i, (itype, subnet) in enumerate(options):
+            attempt = dict(params, InstanceType=itype)
+            if subnet:
+                attempt["SubnetId"] = subnet
+            if round_no or i:
+                attempt["ClientToken"] = f"{base_token}-{round_no}-{i}"
+            where = f"{itype} in {subnet or 'the default subnet'}"
+            try:
+                instance = _run_once(ctx, attempt, attempts)
+            except AwsError as exc:
+                if exc.code not in CAPACITY_CODES:
+                    raise
+                refused.append(f"{where}: {exc.code}")
+                ctx.log(f"RunInstances refused {where} ({exc.code}); trying the next placement")
+                continue
+            if refused:
+                ctx.log(f"launched as {where} after {len(refused)} refused placement(s)")
+            return instance
+        if round_no < PLACEMENT_ROUNDS - 1:
+            ctx.log("every instance type / subnet was refused; trying them again shortly")
+            ctx.sleep(ctx.poll_interval * 5)
+    raise BakeryError(
+        f"no capacity for role {ctx.role.name!r}: RunInstances refused every placement {PLACEMENT_ROUNDS} times ("
+        + "; ".join(refused[-len(options):]) + "). Add instance types (catalogue key instance_types) or "
+        "subnets in other availability zones (subnet_ids), or bake again later")
+
+
+def launch_params(ctx: RoleContext, image_id: str, user_data: str, tags: dict[str, str], token: str, *,
+                  security_group_id: str | None, instance_profile: str | None,
                   root_device: str | None = None) -> dict[str, Any]:
-    state = ctx.require_state()
+    """RunInstances parameters (state-free: a bake and create-instance both launch through here)."""
     params: dict[str, Any] = {
         "ImageId": image_id,
         "InstanceType": ctx.role.instance_type,
@@ -95,8 +170,8 @@ def launch_params(ctx: Context, image_id: str, user_data: str, tags: dict[str, s
         "MaxCount": 1,
         "UserData": user_data,
         "ClientToken": token[:64],
-        "IamInstanceProfile": {"Name": state.instance_profile_name},
-        "SecurityGroupIds": [state.security_group_id],
+        "IamInstanceProfile": {"Name": instance_profile},
+        "SecurityGroupIds": [security_group_id],
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
         "BlockDeviceMappings": block_devices(ctx, image_id, root_device),
         # Windows bakes end with sysprep shutting the instance down: that must stop, not terminate.
@@ -121,8 +196,6 @@ def refuse_concurrent_bake(ctx: Context) -> None:
     removes its instance) and at most one carries on.
     """
     state = ctx.require_state()
-    from .preflight import bakes_in_flight
-
     others = [i for i in bakes_in_flight(ctx) if tags_of(i).get("bakery:bake-id") != state.bake_id]
     if others:
         other = others[0]
@@ -140,6 +213,8 @@ def run(ctx: Context) -> str:
     # Only a rerun can find an instance of this bake (a first attempt saves one call per bake).
     rerun = state.stage("launch").attempts > 1 or state.instance_id is not None
     existing = find_by_bake_id(ctx, state.bake_id) if rerun else None
+    if existing is None and state.instance_id:
+        existing = _recorded_instance(ctx, state.instance_id)
     if existing is not None:
         state.instance_id = existing["InstanceId"]
         ctx.save()
@@ -147,13 +222,84 @@ def run(ctx: Context) -> str:
         return f"instance {existing['InstanceId']} of bake {state.bake_id} already exists ({existing['State']['Name']})"
     if not state.base_ami:
         raise BakeryError("the bake state has no base AMI; rerun preflight")
-    from ..userdata import bake_userdata
-
     user_data = bake_userdata(ctx.role, bake_id=state.bake_id, release=state.release)
-    params = launch_params(ctx, state.base_ami, user_data, instance_tags(ctx), state.bake_id, state.base_root_device)
+    params = launch_params(ctx, state.base_ami, user_data, instance_tags(ctx), state.bake_id,
+                           security_group_id=state.security_group_id, instance_profile=state.instance_profile_name,
+                           root_device=state.base_root_device)
     instance = run_instance(ctx, params)
     state.instance_id = instance["InstanceId"]
+    state.instance_type = instance.get("InstanceType") or params["InstanceType"]
+    state.subnet_id = instance.get("SubnetId")
     ctx.save()
-    ctx.log(f"launched {state.instance_id} from {state.base_ami}")
+    where = f"{state.instance_type} in {state.subnet_id or 'the default subnet'}"
+    zone = instance.get("Placement", {}).get("AvailabilityZone")
+    where += f" ({zone})" if zone else ""
+    ctx.log(f"launched {state.instance_id} as {where} from {state.base_ami}")
     refuse_concurrent_bake(ctx)
-    return f"launched {state.instance_id} ({ctx.role.instance_type}) from {state.base_ami}"
+    return f"launched {state.instance_id} as {where} from {state.base_ami}"
+
+
+def _recorded_instance(ctx: Context, instance_id: str) -> dict[str, Any] | None:
+    """The instance the state recorded, waited for while it may still be invisible.
+
+    Right after RunInstances (a rerun after a kill) a new instance can be missing from filtered
+    describes and answer NotFound by id for seconds: launching again then would make a duplicate.
+    Give it a minute to show up; a terminated one is not live (None: launch anew).
+    """
+    def probe() -> dict[str, Any] | None:
+        found = ctx.aws.describe_instances(ctx.region, [instance_id])
+        return found[0] if found else None
+
+    wait: Wait[dict[str, Any], dict[str, Any]] = Wait(
+        what=f"recorded instance {instance_id}", clock=ctx.clock, log=ctx.log, timeout=RECORDED_GRACE,
+        interval=ctx.poll_interval, absent_grace=RECORDED_GRACE)
+    try:
+        found = wait.run(probe, lambda inst: inst)
+    except (Gone, StageTimeout):
+        return None
+    return found if found["State"]["Name"] in LIVE_STATES else None
+
+
+def _own_instance(ctx: Context, report: CleanupReport) -> str | None:
+    """The bake's instance: from the state, or found by its ``bakery:bake-id`` tag (and recorded)."""
+    state = ctx.require_state()
+    if state.instance_id and state.instance_terminated:
+        return state.instance_id
+    try:
+        found = find_by_bake_id(ctx, state.bake_id)
+    except BakeryError as exc:
+        found = None
+        report.errors.append(f"could not look up instances of bake {state.bake_id}: {exc}")
+    if found and not state.instance_id:
+        state.instance_id = found["InstanceId"]
+        report.save(ctx)
+    return state.instance_id
+
+
+def cleanup(ctx: Context, report: CleanupReport) -> None:
+    state = ctx.require_state()
+    instance_id = _own_instance(ctx, report)
+    if report.keep_instance and instance_id and not state.instance_terminated:
+        report.kept.append(f"instance {instance_id} and its Chef node/client {state.chef_node} (--keep-on-failure); "
+                           f"remove them later with `bakery cleanup --role {ctx.role.name}`")
+        return
+    if instance_id and not state.instance_terminated:
+        def term() -> str:
+            gone = terminate_instance(ctx.aws, ctx.region, instance_id)
+            state.instance_terminated = True
+            report.save(ctx)
+            return f"{instance_id} terminated (shutting down)" if gone else f"{instance_id} was already gone"
+        report.attempt(ctx, f"instance {instance_id}", f"aws ec2 terminate-instances --region {state.region} "
+                       f"--instance-ids {instance_id}", term)
+    # After the instance: a chef-client still running there could otherwise register it again.
+    if state.chef_node and not state.chef_cleaned:
+        node = state.chef_node
+
+        def chef() -> str:
+            message = delete_chef_identity(ctx.chef(), node)
+            state.chef_cleaned = True
+            report.save(ctx)
+            return message
+        report.attempt(ctx, f"Chef node/client {node}",
+                       f"knife client delete {node} -y && knife node delete {node} -y", chef)
+

@@ -11,19 +11,24 @@ Cleanup: nothing to remove.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import re
-import threading
-import time
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..aws import tags_of
 from ..catalog import AmiFilter, RoleSpec
 from ..errors import BakeryError, UsageError
 from ..state import BakeState, new_bake_id
-from .base import Context
+from ..userdata import bake_userdata, node_name
+from .base import Context, RoleContext, no_cleanup
+from .publish import retag_image
+
+if TYPE_CHECKING:
+    from ..chef import ChefClient
+
+cleanup = no_cleanup  # see the module docstring
 
 RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
@@ -39,11 +44,11 @@ def check_release(release: str | None) -> str:
     return release
 
 
-def resolve_base_ami(ctx: Context) -> str:
+def resolve_base_ami(ctx: RoleContext) -> str:
     return resolve_base_image(ctx)["ImageId"]
 
 
-def resolve_base_image(ctx: Context) -> dict:
+def resolve_base_image(ctx: RoleContext) -> dict[str, Any]:
     """The base AMI: the given id (must be available), or the newest available match of the filter."""
     role = ctx.role
     if isinstance(role.base_ami, AmiFilter):
@@ -72,8 +77,6 @@ def resolve_base_image(ctx: Context) -> dict:
 
 def bake_key(role: RoleSpec, base_ami: str, cookbook_versions: dict[str, list[str]] | None) -> str:
     """A hash of every bake input: same key, same image (issue: skip unchanged roles)."""
-    from ..userdata import bake_userdata
-
     # The user data is rendered with a fixed bake id/release so that only real changes move the key.
     userdata = bake_userdata(role, bake_id="0" * 21, release="0")
     doc = {
@@ -100,38 +103,49 @@ def cookbooks_of(run_list: tuple[str, ...]) -> list[str]:
     return names
 
 
-# Many roles baked in one process share one Chef identity and mostly the same cookbooks: check the
-# identity once and read each cookbook once a minute, not once per role (and not once per role that
-# asks at the same moment: the first asks, the others wait for its answer).
-_CHEF_LOCKS: dict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
-_CHEF_LOCKS_LOCK = threading.Lock()
-_CHEF_CHECKED: set[tuple[str, str]] = set()
-_COOKBOOKS: dict[tuple[str, str], tuple[float, list[str]]] = {}
+# Many roles baked in one process share one Chef identity and mostly the same cookbooks: the run's
+# session checks the identity once and reads each cookbook once a minute, not once per role (and not
+# once per role that asks at the same moment: the first asks, the others wait for its answer).
 COOKBOOK_TTL = 60.0
 
 
-def _chef_lock(key: tuple[str, str]) -> threading.Lock:
-    with _CHEF_LOCKS_LOCK:
-        return _CHEF_LOCKS[key]
+def check_chef(ctx: Context, chef: ChefClient) -> None:
+    ctx.session.once(("chef-auth", chef.server_url, chef.client_name), chef.check_auth)
 
 
-def check_chef(chef) -> None:
-    key = ("auth", f"{chef.server_url} {chef.client_name}")
-    with _chef_lock(key):
-        if key not in _CHEF_CHECKED:
-            chef.check_auth()
-            _CHEF_CHECKED.add(key)
+def cookbook_versions(ctx: Context, chef: ChefClient, name: str) -> list[str]:
+    return ctx.session.once(("cookbook", chef.server_url, name), lambda: chef.cookbook_versions(name),
+                            ttl=COOKBOOK_TTL)
 
 
-def cookbook_versions(chef, name: str) -> list[str]:
-    key = (chef.server_url, name)
-    with _chef_lock(key):
-        hit = _COOKBOOKS.get(key)
-        if hit is not None and time.monotonic() - hit[0] < COOKBOOK_TTL:
-            return hit[1]
-        versions = chef.cookbook_versions(name)
-        _COOKBOOKS[key] = (time.monotonic(), versions)
-        return versions
+def _check_run_list(ctx: Context) -> dict[str, list[str]]:
+    """The versions of every cookbook of the ami run list; fails naming what the Chef server lacks."""
+    role = ctx.role
+    chef = ctx.chef()
+    check_chef(ctx, chef)
+    versions = {cb: cookbook_versions(ctx, chef, cb) for cb in cookbooks_of(role.run_list_ami)}
+    missing = chef.missing_run_list_items(role.run_list_ami, lambda cb: cookbook_versions(ctx, chef, cb))
+    if missing:
+        raise BakeryError(
+            f"role {role.name!r}: the ami run list names {', '.join(missing)}, which the Chef server "
+            f"{chef.server_url} does not have (upload the cookbook/role first)"
+        )
+    return versions
+
+
+def _refuse_in_flight(ctx: Context) -> None:
+    in_flight = bakes_in_flight(ctx)
+    if not in_flight:
+        return
+    inst = in_flight[0]
+    tags = tags_of(inst)
+    bake_id = tags.get("bakery:bake-id", "?")
+    raise BakeryError(
+        f"another bake of role {ctx.role.name!r} is in flight: instance {inst['InstanceId']} "
+        f"(bake {bake_id}, release {tags.get('bakery:release', '?')}, {inst['State']['Name']}, expires "
+        f"{tags.get('bakery:expires-at', '?')}); wait for it, or, if it is abandoned, remove it and what it made "
+        f"from any workspace with `bakery cleanup --bake-id {bake_id}`"
+    )
 
 
 def run(ctx: Context, release: str | None) -> str:
@@ -146,36 +160,15 @@ def run(ctx: Context, release: str | None) -> str:
         )
     release = check_release(release)
 
-    chef = ctx.chef()
-    check_chef(chef)
-    versions = {cb: cookbook_versions(chef, cb) for cb in cookbooks_of(role.run_list_ami)}
-    missing = [item for item in role.run_list_ami
-               if (item.startswith("recipe[") and not versions[_cookbook(item)])
-               or (item.startswith("role[") and not chef.role_exists(item[5:-1]))]
-    if missing:
-        raise BakeryError(
-            f"role {role.name!r}: the ami run list names {', '.join(missing)}, which the Chef server "
-            f"{chef.server_url} does not have (upload the cookbook/role first)"
-        )
+    versions = _check_run_list(ctx)
 
     base_image = resolve_base_image(ctx)
     base_ami = base_image["ImageId"]
-    in_flight = bakes_in_flight(ctx)
-    if in_flight:
-        inst = in_flight[0]
-        tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-        raise BakeryError(
-            f"another bake of role {role.name!r} is in flight: instance {inst['InstanceId']} "
-            f"(bake {tags.get('bakery:bake-id', '?')}, release {tags.get('bakery:release', '?')}, "
-            f"{inst['State']['Name']}, expires {tags.get('bakery:expires-at', '?')}); wait for it, or remove "
-            f"it with `bakery cleanup` in its workspace or `bakery reap`"
-        )
+    _refuse_in_flight(ctx)
 
     if existing is not None:
         ctx.ws.archive(existing)
     bake_id = new_bake_id()
-    from ..userdata import node_name
-
     ctx.state = BakeState(
         role=role.name,
         bake_id=bake_id,
@@ -190,19 +183,17 @@ def run(ctx: Context, release: str | None) -> str:
     state = ctx.state
     reused = None if ctx.force else find_reusable(ctx, state.bake_key or "")
     if reused is not None:
-        from . import SKIPPED_WHEN_REUSED
-
         state.reused = True
         state.image_id = reused["ImageId"]
         state.image_name = reused.get("Name")
         state.image_state = "available"
         state.amis = {role.region: reused["ImageId"]}
-        for name in SKIPPED_WHEN_REUSED:
-            rec = state.stage(name)
-            rec.status, rec.message = "skipped", f"reused {reused['ImageId']} (same bake key)"
-        ctx.save()
+        ctx.save()  # run_stage marks the stages a reused AMI makes unnecessary
+        # Today's catalogue tags on the reused AMI (tags are not in the bake key); its copies: publish.
+        retagged = retag_image(ctx, role.region, reused)
         return (f"bake {bake_id} of release {release}: reusing {reused['ImageId']} ({reused.get('Name')}), "
-                f"an available AMI with the same bake key; nothing will be launched (--force rebakes)")
+                f"an available AMI with the same bake key; nothing will be launched (--force rebakes)"
+                + (f"; {retagged}" if retagged else ""))
     ctx.save()
     return f"bake {bake_id} of release {release} from {base_ami} opened"
 

@@ -12,25 +12,63 @@
 4. Artifacts: ``artifacts/ROLE.json``, ``artifacts/amis.json``, ``artifacts/amis.properties``.
 Closes the bake record (outcome ``succeeded``, or ``reused``).
 Calls: EC2 CopyImage, DescribeImages, CreateTags, ModifyImageAttribute, ModifySnapshotAttribute,
-CreateLaunchTemplateVersion, ModifyLaunchTemplate; SSM PutParameter; S3 PutObject.
-Cleanup (``bakery cleanup``): copies that never became available are deregistered.
+CreateLaunchTemplateVersion, ModifyLaunchTemplate; SSM PutParameter; S3 PutObject; for a reused AMI
+whose catalogue tags changed, CreateTags/DeleteTags on its copies (see ``retag_image``).
+Cleanup: copies that publish did not finish (pending, or available but IMDSv2 not yet required on them)
+are deregistered and their snapshots deleted.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..aws import tag_list, tags_of
 from ..errors import AwsError, BakeryError, StageTimeout
 from ..reports import write_artifacts
-from .base import Context
+from ..resources import delete_snapshots, deregister_image, snapshot_ids
+from ..waits import Wait, while_propagating
+from .base import CleanupReport, Context
 
 COPY_TIMEOUT = 90 * 60
-# Parallel copies write to one bake record.
-_STATE_LOCK = threading.Lock()
+
+
+def retag_image(ctx: Context, region: str, image: dict[str, Any]) -> str:
+    """Bring a reused AMI's catalogue tags to what the catalogue says today, on the image and its
+    snapshots: tags do not shape the image, so they are not in the bake key, and a reused AMI would
+    otherwise keep the tags of the bake that made it. Added or changed tags are set; catalogue tags no
+    longer listed are removed; ``Name`` and ``aws:``/``bakery:`` tags are the bakery's and stay.
+    ``image``: as DescribeImages returned it (preflight's reuse look-up has it: no extra call).
+    Returns what changed ("" when nothing did)."""
+    image_id = image["ImageId"]
+    current = {k: v for k, v in tags_of(image).items()
+               if k != "Name" and not k.lower().startswith(("aws:", "bakery:"))}
+    wanted = dict(ctx.role.tags)
+    changed = {k: v for k, v in wanted.items() if current.get(k) != v}
+    removed = sorted(set(current) - set(wanted))
+    if not (changed or removed):
+        return ""
+    resources = [image_id] + [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
+                              if m.get("Ebs", {}).get("SnapshotId")]
+    if changed:
+        ctx.aws.call("ec2", region, "CreateTags", Resources=resources, Tags=tag_list(changed))
+    if removed:
+        ctx.aws.call("ec2", region, "DeleteTags", Resources=resources, Tags=[{"Key": k} for k in removed])
+    return (f"{image_id} re-tagged in {region} (set {', '.join(sorted(changed)) or 'none'}; "
+            f"removed {', '.join(removed) or 'none'})")
+
+
+def _retag_copies(ctx: Context, amis: dict[str, str]) -> list[str]:
+    """A reused AMI's copies in other regions (adopted ones carry the tags of their own bake)."""
+    notes = []
+    for region, image_id in sorted(amis.items()):
+        if region == ctx.region:
+            continue  # the source: preflight re-tagged it from its reuse look-up
+        images = ctx.aws.describe_images(region, [image_id])
+        if images and (note := retag_image(ctx, region, images[0])):
+            notes.append(note)
+    return notes
 
 
 def runlist_document(run_list: tuple[str, ...]) -> bytes:
@@ -63,56 +101,83 @@ def _find_copy(ctx: Context, region: str, tag: str, value: str) -> dict[str, Any
     return max(images, key=lambda i: i.get("CreationDate") or "") if images else None
 
 
-def copy_to(ctx: Context, region: str, source: dict[str, Any]) -> str:
-    """Copy the source AMI to ``region`` (or adopt an existing copy) and wait until it is available."""
-    state = ctx.require_state()
+def _copy_tags(ctx: Context, source: dict[str, Any]) -> dict[str, str]:
     tags = {k: v for k, v in tags_of(source).items() if not k.startswith("aws:")}
     tags["bakery:source-ami"] = source["ImageId"]
     tags["bakery:source-region"] = ctx.region
-    image_id = state.pending_copies.get(region)
-    if image_id is None:
-        # Adopt a copy made by an interrupted run; for a reused AMI, a copy with the same bake key.
-        found = _find_copy(ctx, region, "bakery:bake-id", tags.get("bakery:bake-id", state.bake_id))
-        if found is None and state.reused and state.bake_key:
-            found = _find_copy(ctx, region, "bakery:bake-key", state.bake_key)
-        if found is not None:
-            image_id = found["ImageId"]
-        else:
-            params: dict[str, Any] = {"SourceImageId": source["ImageId"], "SourceRegion": ctx.region,
-                                      "Name": source["Name"], "Encrypted": True,
-                                      "Description": (source.get("Description") or "")[:255]}
-            kms = dict(ctx.role.region_kms_keys).get(region)
-            if kms:
-                params["KmsKeyId"] = kms
-            image_id = ctx.aws.call("ec2", region, "CopyImage", **params)["ImageId"]
-            ctx.log(f"copying {source['ImageId']} to {region} as {image_id}")
-        with _STATE_LOCK:
-            state.pending_copies[region] = image_id
-            ctx.save()
-        ctx.aws.call("ec2", region, "CreateTags", Resources=[image_id], Tags=tag_list(tags))
-    deadline = ctx.clock.now() + COPY_TIMEOUT
-    while True:
-        image = ctx.aws.images.get(region, image_id, max_age=ctx.poll_interval * 0.9)
-        current = image.get("State") if image else "missing"
+    return tags
+
+
+def _start_copy(ctx: Context, region: str, source: dict[str, Any], tags: dict[str, str]) -> str:
+    """Adopt a copy made by an interrupted run (for a reused AMI: one with the same bake key), or CopyImage.
+    The copy's id is in the state before anything waits on it."""
+    state = ctx.require_state()
+    found = _find_copy(ctx, region, "bakery:bake-id", tags.get("bakery:bake-id", state.bake_id))
+    if found is None and state.reused and state.bake_key:
+        found = _find_copy(ctx, region, "bakery:bake-key", state.bake_key)
+    if found is not None:
+        image_id: str = found["ImageId"]
+    else:
+        params: dict[str, Any] = {"SourceImageId": source["ImageId"], "SourceRegion": ctx.region,
+                                  "Name": source["Name"], "Encrypted": True,
+                                  "Description": (source.get("Description") or "")[:255]}
+        kms = dict(ctx.role.region_kms_keys).get(region)
+        if kms:
+            params["KmsKeyId"] = kms
+        image_id = ctx.aws.call("ec2", region, "CopyImage", **params)["ImageId"]
+        ctx.log(f"copying {source['ImageId']} to {region} as {image_id}")
+    with ctx.state_lock:
+        state.pending_copies[region] = image_id
+        ctx.save()
+    # The copy may answer NotFound to CreateTags for a moment after CopyImage (EC2 propagation).
+    while_propagating(lambda: ctx.aws.call("ec2", region, "CreateTags", Resources=[image_id], Tags=tag_list(tags)),
+                      what=f"tagging copy {image_id}", clock=ctx.clock, log=ctx.log)
+    return image_id
+
+
+def _wait_copy(ctx: Context, region: str, image_id: str, source_id: str) -> dict[str, Any]:
+    def check(image: dict[str, Any]) -> dict[str, Any] | None:
+        current = image.get("State")
         if current == "available":
-            break
-        if current in ("failed", "invalid", "error", "deregistered", "missing"):
-            reason = (image or {}).get("StateReason", {}).get("Message") or "no reason given"
-            raise BakeryError(f"copy {image_id} of {source['ImageId']} to {region} is {current}: {reason}")
-        if ctx.clock.now() >= deadline:
-            raise StageTimeout(f"copy {image_id} in {region} still {current} after {COPY_TIMEOUT} s; "
-                               f"rerun `bakery stage publish --role {ctx.role.name}` to keep waiting")
-        ctx.sleep()
+            return image
+        if current in ("failed", "invalid", "error", "deregistered"):
+            reason = image.get("StateReason", {}).get("Message") or "no reason given"
+            raise BakeryError(f"copy {image_id} of {source_id} to {region} is {current}: {reason}")
+        return None
+
+    def on_timeout(elapsed: float, last: dict[str, Any] | None) -> BaseException:
+        current = (last or {}).get("State", "not visible")
+        return StageTimeout(f"copy {image_id} in {region} still {current} after {COPY_TIMEOUT} s; "
+                            f"rerun `bakery stage publish --role {ctx.role.name}` to keep waiting")
+
+    # A new copy can be missing from DescribeImages for a while (EC2 eventual consistency): the wait
+    # takes it for gone only once it was seen, or after its grace period.
+    wait: Wait[dict[str, Any], dict[str, Any]] = Wait(
+        what=f"copy {image_id} in {region}", clock=ctx.clock, log=ctx.log, timeout=COPY_TIMEOUT,
+        interval=ctx.poll_interval, status=lambda image: str(image.get("State")), on_timeout=on_timeout,
+        gone_message=f"copy {image_id} of {source_id} to {region} no longer exists (deregistered?)")
+    try:
+        return wait.run(lambda: ctx.aws.images.get(region, image_id, max_age=ctx.poll_interval * 0.9), check)
+    finally:
+        ctx.aws.images.forget(region, image_id)
+
+
+def copy_to(ctx: Context, region: str, source: dict[str, Any]) -> str:
+    """Copy the source AMI to ``region`` (or adopt an existing copy) and wait until it is available."""
+    state = ctx.require_state()
+    tags = _copy_tags(ctx, source)
+    image_id = state.pending_copies.get(region) or _start_copy(ctx, region, source, tags)
+    image = _wait_copy(ctx, region, image_id, source["ImageId"])
     if image.get("ImdsSupport") != "v2.0":
         # Whether a copy keeps ImdsSupport is not documented: require IMDSv2 on it as on the source.
         try:
             ctx.aws.call("ec2", region, "ModifyImageAttribute", ImageId=image_id, ImdsSupport={"Value": "v2.0"})
         except AwsError as exc:
             raise BakeryError(f"copy {image_id} in {region}: requiring IMDSv2 on it failed ({exc})") from None
-    snaps = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
+    snaps = snapshot_ids(image)
     if snaps:
         ctx.aws.call("ec2", region, "CreateTags", Resources=snaps, Tags=tag_list(tags))
-    with _STATE_LOCK:
+    with ctx.state_lock:
         state.amis[region] = image_id
         state.pending_copies.pop(region, None)
         ctx.save()
@@ -126,11 +191,9 @@ def share(ctx: Context, region: str, image_id: str) -> None:
     perms = [{"UserId": a} for a in accounts]
     ctx.aws.call("ec2", region, "ModifyImageAttribute", ImageId=image_id, LaunchPermission={"Add": perms})
     images = ctx.aws.describe_images(region, [image_id])
-    for m in (images[0].get("BlockDeviceMappings", []) if images else []):
-        snap = m.get("Ebs", {}).get("SnapshotId")
-        if snap:
-            ctx.aws.call("ec2", region, "ModifySnapshotAttribute", SnapshotId=snap, Attribute="createVolumePermission",
-                         OperationType="add", UserIds=accounts)
+    for snap in snapshot_ids(images[0]) if images else []:
+        ctx.aws.call("ec2", region, "ModifySnapshotAttribute", SnapshotId=snap, Attribute="createVolumePermission",
+                     OperationType="add", UserIds=accounts)
 
 
 def put_ssm(ctx: Context, region: str, image_id: str) -> None:
@@ -172,12 +235,14 @@ def run(ctx: Context) -> str:
             errors = []
             for region, fut in futures.items():
                 try:
-                    messages.append(f"{region}: {fut.result()}")
+                    fut.result()  # the copies' ids are in the "published" list of the message
                 except BakeryError as exc:
                     errors.append(f"{region}: {exc}")
             if errors:
                 raise BakeryError("copying the AMI failed: " + "; ".join(errors))
     # Everything below only once the AMI is available in every region.
+    if state.reused:
+        messages.extend(_retag_copies(ctx, state.amis))
     for region, image_id in sorted(state.amis.items()):
         share(ctx, region, image_id)
         put_ssm(ctx, region, image_id)
@@ -193,3 +258,20 @@ def run(ctx: Context) -> str:
     ctx.save()
     amis = ", ".join(f"{r} {a}" for r, a in sorted(state.amis.items()))
     return f"published {amis}; " + "; ".join(messages)
+
+
+def cleanup(ctx: Context, report: CleanupReport) -> None:
+    state = ctx.require_state()
+    for copy_region, copy_id in sorted(state.pending_copies.items()):
+        def dereg_copy(copy_region: str = copy_region, copy_id: str = copy_id) -> str:
+            images = ctx.aws.describe_images(copy_region, [copy_id])
+            if images:
+                deregister_image(ctx.aws, copy_region, copy_id)
+                delete_snapshots(ctx.aws, copy_region, snapshot_ids(images[0]), ctx.sleep, max_delay=ctx.poll_interval)
+            with ctx.state_lock:
+                state.pending_copies.pop(copy_region, None)
+                report.save(ctx)
+            return f"deregistered unfinished copy {copy_id} in {copy_region}"
+        report.attempt(ctx, f"copy {copy_id} in {copy_region}", f"aws ec2 deregister-image --region {copy_region} "
+                       f"--image-id {copy_id}", dereg_copy)
+

@@ -11,13 +11,17 @@ Cleanup: none; the group belongs to the role, not to one bake, and the next bake
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..aws import tags_of
 from ..catalog import IngressRule
 from ..errors import BakeryError
-from .base import Context, resource_name
+from ..waits import while_propagating
+from .base import Context, RoleContext, no_cleanup, resource_name
+
+cleanup = no_cleanup  # see the module docstring
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def current(group: dict[str, Any]) -> list[Permission]:
     return out
 
 
-def vpc_for(ctx: Context) -> str | None:
+def vpc_for(ctx: RoleContext) -> str | None:
     role = ctx.role
     if role.vpc_id:
         return role.vpc_id
@@ -94,7 +98,7 @@ def vpc_for(ctx: Context) -> str | None:
     return vpcs[0]["VpcId"]
 
 
-def plan(ctx: Context) -> Plan:
+def plan(ctx: RoleContext) -> Plan:
     name = resource_name(ctx.role.name, 255)
     vpc_id = vpc_for(ctx)
     filters = [{"Name": "group-name", "Values": [name]}]
@@ -124,8 +128,11 @@ def plan(ctx: Context) -> Plan:
     )
 
 
-def run(ctx: Context) -> str:
-    state = ctx.require_state()
+def converge(ctx: RoleContext, on_created: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """Create the role's group or converge it to the catalogue (state-free: create-instance calls it too).
+
+    ``on_created(group_id)`` runs the moment a new group exists, before its rules are set, so a bake
+    records it at once. Returns (group id, message)."""
     p = plan(ctx)
     group_id = p.group_id
     if p.create:
@@ -141,15 +148,31 @@ def run(ctx: Context) -> str:
         if p.vpc_id:
             params["VpcId"] = p.vpc_id
         group_id = ctx.ec2("CreateSecurityGroup", **params)["GroupId"]
-        state.security_group_id = group_id
-        state.security_group_created = True
-        ctx.save()
+        if on_created is not None:
+            on_created(group_id)
         ctx.log(f"created security group {group_id} ({p.group_name})")
-    state.security_group_id = group_id
-    ctx.save()
+    assert group_id is not None  # found by the plan, or created just now
     if p.revoke:
         ctx.ec2("RevokeSecurityGroupIngress", GroupId=group_id, IpPermissions=[x.to_api() for x in p.revoke])
     if p.add:
-        ctx.ec2("AuthorizeSecurityGroupIngress", GroupId=group_id, IpPermissions=[x.to_api() for x in p.add])
+        # A group created moments ago can answer InvalidGroup.NotFound until it has propagated (EC2 API
+        # eventual consistency): retried for a while, not taken for an error.
+        while_propagating(lambda: ctx.ec2("AuthorizeSecurityGroupIngress", GroupId=group_id,
+                                          IpPermissions=[x.to_api() for x in p.add]),
+                          what=f"adding rules to {group_id}", clock=ctx.clock, log=ctx.log)
     verb = "created" if p.create else "converged"
-    return f"{verb} {group_id}: {len(p.add)} rule(s) added, {len(p.revoke)} revoked"
+    return group_id, f"{verb} {group_id}: {len(p.add)} rule(s) added, {len(p.revoke)} revoked"
+
+
+def run(ctx: Context) -> str:
+    state = ctx.require_state()
+
+    def record(group_id: str) -> None:
+        state.security_group_id = group_id
+        state.security_group_created = True
+        ctx.save()
+
+    group_id, message = converge(ctx, record)
+    state.security_group_id = group_id
+    ctx.save()
+    return message

@@ -1,17 +1,80 @@
 """stop: stop the bake instance so the image is taken from a quiet, consistent disk.
 
-A Windows bake stops itself (EC2Launch v2 sysprep shuts it down): an already stopped instance is
-accepted. Reads ``instance_id``. Calls: StopInstances, then DescribeInstances until stopped (batched
-with the polls of the other bakes in the process).
+A Windows bake stops itself: the instance tags ``bakery:bootstrap=generalizing`` and runs
+``ec2launch sysprep --clean --shutdown`` detached, which shuts it down. Such an instance is never
+stopped by us mid-sysprep: while it is ``generalizing`` and running the stage waits for it to stop
+(up to the catalogue's ``sysprep_timeout``, then a failure with the console tail). An instance already
+``stopping``/``stopped`` is accepted whatever its tag says (``succeeded`` then a self-stop too).
+Otherwise StopInstances, then DescribeInstances until ``stopped`` (batched with the other bakes' polls,
+through ``waits.Wait``: deadline, heartbeat, interruptible).
+Reads ``instance_id``. Calls: DescribeInstances (Windows: first), StopInstances, DescribeInstances.
 Cleanup: none of its own (the instance is terminated by ``terminate``/``cleanup``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..aws import tags_of
 from ..errors import AwsError, BakeryError, StageTimeout
-from .base import Context
+from ..waits import Wait
+from .base import Context, no_cleanup
+from .bootstrap import instance_status, last_console_line, with_console
+
+cleanup = no_cleanup  # see the module docstring
 
 STOP_TIMEOUT = 20 * 60
+
+
+def _name(inst: dict[str, Any]) -> str:
+    return str(inst["State"]["Name"])
+
+
+def _wait_stopped(ctx: Context, instance_id: str, timeout: float, why: str) -> str:
+    def check(inst: dict[str, Any]) -> str | None:
+        name = _name(inst)
+        if name in ("terminated", "shutting-down"):
+            raise BakeryError(f"instance {instance_id} is {name}; it cannot be imaged")
+        if name == "stopped":
+            return name
+        # sysprep exiting non-zero tags failed and may leave the instance running: stop waiting.
+        if tags_of(inst).get("bakery:bootstrap") == "failed":
+            raise BakeryError(with_console(ctx, f"instance {instance_id} reported bakery:bootstrap=failed: "
+                                                f"{tags_of(inst).get('bakery:bootstrap-detail', 'no detail')}",
+                                           instance_id))
+        return None
+
+    def on_timeout(elapsed: float, last: dict[str, Any] | None) -> BaseException:
+        current = _name(last) if last else "not visible"
+        return StageTimeout(with_console(ctx, f"{instance_id} did not stop within {timeout:.0f} s ({why}; still "
+                                              f"{current})", instance_id))
+
+    wait: Wait[dict[str, Any], str] = Wait(
+        what=f"{instance_id} to stop", clock=ctx.clock, log=ctx.log, timeout=timeout, interval=ctx.poll_interval,
+        status=instance_status, on_timeout=on_timeout, detail=lambda: last_console_line(ctx, instance_id),
+        seen=True, gone_message=f"instance {instance_id} no longer exists")
+    try:
+        return wait.run(lambda: ctx.aws.instances.get(ctx.region, instance_id, max_age=ctx.poll_interval * 0.9), check)
+    finally:
+        ctx.aws.instances.forget(ctx.region, instance_id)
+
+
+def _self_stopping(ctx: Context, instance_id: str) -> str | None:
+    """Windows: the instance stops itself (sysprep). Returns how it stopped, or None to stop it ourselves."""
+    inst = ctx.aws.instances.get(ctx.region, instance_id, max_age=0)
+    if inst is None:
+        return None  # not visible (yet): StopInstances by id gives the real answer
+    tag = tags_of(inst).get("bakery:bootstrap")
+    name = _name(inst)
+    if name in ("stopping", "stopped"):
+        _wait_stopped(ctx, instance_id, STOP_TIMEOUT, "it was stopping by itself")
+        return f"{instance_id} is stopped (it stopped itself)"
+    if tag == "generalizing" and name in ("pending", "running"):
+        # Never StopInstances mid-sysprep: an image of a half-generalized disk does not boot.
+        ctx.log(f"{instance_id} is generalizing (sysprep); waiting for it to shut itself down")
+        _wait_stopped(ctx, instance_id, ctx.role.sysprep_timeout, "sysprep, catalogue key sysprep_timeout")
+        return f"{instance_id} is stopped (sysprep shut it down)"
+    return None
 
 
 def run(ctx: Context) -> str:
@@ -19,9 +82,12 @@ def run(ctx: Context) -> str:
     instance_id = state.instance_id
     if not instance_id:
         raise BakeryError("the bake state has no instance; run the launch stage first")
-    deadline = ctx.clock.now() + STOP_TIMEOUT
+    if ctx.role.platform == "windows":
+        done = _self_stopping(ctx, instance_id)
+        if done is not None:
+            return done
     # StopInstances first: its answer carries the state, which saves a Describe on the common path.
-    # Stopping a stopped instance is a no-op, so a Windows bake that shut itself down is accepted.
+    # Stopping a stopped instance is a no-op, so an instance that shut itself down is accepted.
     try:
         change = ctx.ec2("StopInstances", InstanceIds=[instance_id])["StoppingInstances"][0]
     except AwsError as exc:
@@ -30,19 +96,9 @@ def run(ctx: Context) -> str:
         raise
     stopped_itself = change.get("PreviousState", {}).get("Name") == "stopped"
     name = change.get("CurrentState", {}).get("Name", "stopping")
-    ctx.log(f"stopping {instance_id}")
-    try:
-        while True:
-            if name == "stopped":
-                return f"{instance_id} is stopped" + (" (it stopped itself)" if stopped_itself else "")
-            if name in ("terminated", "shutting-down"):
-                raise BakeryError(f"instance {instance_id} is {name}; it cannot be imaged")
-            if ctx.clock.now() >= deadline:
-                raise StageTimeout(f"{instance_id} did not stop within {STOP_TIMEOUT} s (still {name})")
-            ctx.sleep(min(ctx.poll_interval, 5.0))
-            found = ctx.aws.instances.get(ctx.region, instance_id, max_age=min(ctx.poll_interval, 5.0) * 0.9)
-            if found is None:
-                raise BakeryError(f"instance {instance_id} no longer exists")
-            name = found["State"]["Name"]
-    finally:
-        ctx.aws.instances.forget(ctx.region, instance_id)
+    if name in ("terminated", "shutting-down"):
+        raise BakeryError(f"instance {instance_id} is {name}; it cannot be imaged")
+    if name != "stopped":
+        ctx.log(f"stopping {instance_id}")
+        _wait_stopped(ctx, instance_id, STOP_TIMEOUT, "after StopInstances")
+    return f"{instance_id} is stopped" + (" (it stopped itself)" if stopped_itself else "")

@@ -3,7 +3,8 @@
 A timeout keeps the image id in the state, so a rerun resumes waiting instead of baking again;
 a ``failed`` image reports AWS's state reason.
 Reads ``image_id``; writes ``image_state``, ``snapshot_ids``, ``amis``.
-Calls: DescribeImages (one per poll, batched), ModifyImageAttribute (ImdsSupport v2.0), CreateTags (the
+Calls: DescribeImages (one per poll, batched, through ``waits.Wait``; an image not yet visible right
+after CreateImage is waited for, not taken for deregistered), ModifyImageAttribute (ImdsSupport v2.0), CreateTags (the
 snapshots, and ``bakery:imds-support=v2.0`` on the image). If IMDSv2 cannot be required the stage fails:
 the image is not recorded as the bake's AMI, so it is neither published nor reused, and cleanup removes it.
 Cleanup: see ``image``.
@@ -11,9 +12,14 @@ Cleanup: see ``image``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import AwsError, BakeryError, StageTimeout
-from .base import Context
+from ..waits import Wait
+from .base import Context, no_cleanup
 from .image import tag_snapshots
+
+cleanup = no_cleanup  # see the module docstring
 
 
 def run(ctx: Context) -> str:
@@ -21,28 +27,37 @@ def run(ctx: Context) -> str:
     image_id = state.image_id
     if not image_id:
         raise BakeryError("the bake state has no image; run the image stage first")
-    deadline = ctx.clock.now() + ctx.role.image_timeout
     start = ctx.clock.now()
-    while True:
-        image = ctx.aws.images.get(ctx.region, image_id, max_age=ctx.poll_interval * 0.9)
-        if image is None:
-            raise BakeryError(f"image {image_id} no longer exists (deregistered?)")
+
+    def check(image: dict[str, Any]) -> dict[str, Any] | None:
         current = image.get("State")
         if current != state.image_state:
             state.image_state = current
             ctx.save()
         if current == "available":
-            ctx.aws.images.forget(ctx.region, image_id)
-            break
+            return image
         if current in ("failed", "invalid", "error", "deregistered"):
             reason = image.get("StateReason", {}).get("Message") or "no reason given"
             raise BakeryError(f"image {image_id} is {current}: {reason}")
-        if ctx.clock.now() >= deadline:
-            raise StageTimeout(
-                f"image {image_id} still {current} after {ctx.role.image_timeout} s (catalogue key image_timeout); "
-                f"rerun `bakery stage wait-image --role {ctx.role.name}` to keep waiting"
-            )
-        ctx.sleep(min(ctx.poll_interval, max(0.1, deadline - ctx.clock.now())))
+        return None
+
+    def on_timeout(elapsed: float, last: dict[str, Any] | None) -> BaseException:
+        current = (last or {}).get("State", "not visible")
+        return StageTimeout(
+            f"image {image_id} still {current} after {ctx.role.image_timeout} s (catalogue key image_timeout); "
+            f"rerun `bakery stage wait-image --role {ctx.role.name}` to keep waiting")
+
+    # Right after CreateImage the image may be missing from DescribeImages (EC2 eventual consistency):
+    # absent counts as deregistered only once it was seen, or after the wait's grace period.
+    wait: Wait[dict[str, Any], dict[str, Any]] = Wait(
+        what=f"image {image_id}", clock=ctx.clock, log=ctx.log, timeout=ctx.role.image_timeout,
+        interval=ctx.poll_interval, status=lambda image: str(image.get("State")), on_timeout=on_timeout,
+        seen=state.image_state not in (None, "pending"),
+        gone_message=f"image {image_id} no longer exists (deregistered?)")
+    try:
+        image = wait.run(lambda: ctx.aws.images.get(ctx.region, image_id, max_age=ctx.poll_interval * 0.9), check)
+    finally:
+        ctx.aws.images.forget(ctx.region, image_id)
     # Instances launched from the AMI must require IMDSv2 by default. Once set, ImdsSupport cannot be
     # set again, so a rerun skips it when DescribeImages already reports it (AWS does; moto does not).
     if image.get("ImdsSupport") != "v2.0":

@@ -14,7 +14,9 @@ Python objects set by the test (the proxy runs in the test process), so no contr
 exposed. A :class:`Rewrite` edits response bodies instead: e.g. DescribeImages answering
 ``pending`` for an image moto already made ``available``, to hold ``wait-image`` in its wait. A
 :class:`Hold` keeps a call (before or after moto carried it out) until the test releases it: the
-moment to SIGKILL the bakery or to take the Chef server away.
+moment to SIGKILL the bakery or to take the Chef server away. ``proxy.realism = Realism(...)`` plays
+AWS's timing (eventual consistency, state transitions, IAM propagation, throttling storms, capacity):
+see :mod:`faults.realism`.
 
 Error codes botocore treats as throttling (``RequestLimitExceeded``, ``Throttling``,
 ``ThrottlingException``, ``SlowDown``) and 5xx statuses are retried by the client; 4xx codes such as
@@ -38,6 +40,8 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from devstack.httpd import LoopbackHTTPServer
+
+from .realism import Realism
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "content-length"}
@@ -164,6 +168,8 @@ class FaultProxy(LoopbackHTTPServer):
         self.rewrites: list[Rewrite] = []
         self.holds: list[Hold] = []
         self._seen_ok: set[str] = set()
+        # AWS's timing (tests/faults/realism.py); None: moto's instant, consistent answers.
+        self.realism: Realism | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self, port: int = 0) -> FaultProxy:
@@ -201,6 +207,7 @@ class FaultProxy(LoopbackHTTPServer):
             self.holds.clear()
             self.calls.clear()
             self._seen_ok.clear()
+            self.realism = None
 
     def mark(self) -> int:
         """The position in the call log now: ``calls_since(mark)`` gives what came after."""
@@ -350,6 +357,9 @@ class _Handler(BaseHTTPRequestHandler):
         service, operation, params = identify(self.command, self.path, self.headers, body)
         call = Call(next(proxy._seq), service, operation, params=params)
         decision = proxy._decide(service, operation)
+        realism = proxy.realism
+        if decision is None and realism is not None:
+            decision = realism.refuse(service, operation, params)
         if decision is not None:
             status, code, message = decision
             payload, ctype = error_body(service, code, message)
@@ -371,6 +381,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._wait(hold)
         if status < 400:
             payload, call.rewritten = proxy._rewrite(operation, payload)
+            if realism is not None:
+                played = realism.answer(service, operation, params, payload)
+                call.rewritten |= played is not payload
+                payload = played
         call.status = status
         proxy._record(call)
         self._reply(status, headers, payload)

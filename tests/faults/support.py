@@ -31,6 +31,7 @@ import boto3
 
 from bakery_lib.aws import Aws, Clock
 from bakery_lib.catalog import load_catalog
+from bakery_lib.settings import Settings
 from bakery_lib.stages import ORDER, run_stage
 from bakery_lib.stages.base import Context
 from bakery_lib.state import Workspace
@@ -123,7 +124,12 @@ def context(devstack: DevStack, ws: Path, catalog: Path, role: str, *, aws: Aws 
             cancel: threading.Event | None = None) -> Context:
     cat = load_catalog(catalog)
     return Context(ws=Workspace(ws), catalog=cat, role=cat.role(role), aws=aws or direct_aws(devstack),
-                   clock=Clock(cancel), log_fn=lambda _m: None, env=cli_env(devstack), poll_interval=0.05)
+                   clock=Clock(cancel), log_fn=lambda _m: None, settings=fast_settings(devstack))
+
+
+def fast_settings(devstack: DevStack, poll: float = 0.05) -> Settings:
+    """The settings of an in-process bake: devstack's Chef identity, fast polls."""
+    return Settings.from_env({**cli_env(devstack), "BAKERY_POLL_INTERVAL": str(poll)})
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60, proc: subprocess.Popen | None = None) -> None:
@@ -351,11 +357,18 @@ class SimulatedBoot:
     its Chef node/client registered and the tag ``bakery:bootstrap=succeeded`` (see
     :func:`simulate_bootstrap`; ``finish=False``: registered, never tagged: a bake stuck in bootstrap). The real :class:`~devstack.InstanceRunner` is used where
     the instance's own behaviour is under test (e2e, security, the throttled bake).
+
+    Roles in ``windows`` play the EC2Launch v2 sequence instead: registered, tagged
+    ``bakery:bootstrap=generalizing``, and ``sysprep`` seconds later the instance stops itself (sysprep
+    ``--shutdown``; the bake instance's shutdown behaviour is ``stop``).
     """
 
-    def __init__(self, devstack: DevStack, roles: list[str], *, interval: float = 0.1, finish: bool = True):
+    def __init__(self, devstack: DevStack, roles: list[str], *, interval: float = 0.1, finish: bool = True,
+                 windows: tuple[str, ...] = (), sysprep: float = 1.0):
         self.devstack = devstack
         self.finish = finish
+        self.windows = set(windows)
+        self.sysprep = sysprep
         self.roles = list(roles)
         self.interval = interval
         self.booted: list[str] = []
@@ -369,6 +382,16 @@ class SimulatedBoot:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
+
+    def _generalize(self, ec2: Any, instance_id: str, node: str) -> None:
+        simulate_bootstrap(self.devstack, instance_id, node, finish=False)
+        ec2.create_tags(Resources=[instance_id], Tags=[
+            {"Key": "bakery:bootstrap", "Value": "generalizing"},
+            {"Key": "bakery:bootstrap-detail", "Value": "sysprep --clean --shutdown started"}])
+        self.booted.append(instance_id)
+        timer = threading.Timer(self.sysprep, lambda: ec2.stop_instances(InstanceIds=[instance_id]))
+        timer.daemon = True
+        timer.start()
 
     def _loop(self) -> None:
         ec2 = self.devstack.moto.client("ec2")
@@ -384,6 +407,9 @@ class SimulatedBoot:
                         if inst["InstanceId"] in self.booted or "bakery:bootstrap" in tags:
                             continue
                         node = tags["bakery:chef-node"]
+                        if tags.get("bakery:role") in self.windows:
+                            self._generalize(ec2, inst["InstanceId"], node)
+                            continue
                         simulate_bootstrap(self.devstack, inst["InstanceId"], node, finish=self.finish)
                         self.booted.append(inst["InstanceId"])
                         now = ec2.describe_instances(InstanceIds=[inst["InstanceId"]])

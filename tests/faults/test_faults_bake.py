@@ -10,8 +10,9 @@
   (aimed inside the single process with ``after=``: e.g. the first DescribeInstances after
   RunInstances is the bootstrap poll). The bake must exit 1 naming the stage and the code, run its
   own cleanup, and a following ``bakery cleanup`` must find nothing left to do.
-- A capacity error that persists through every retry fails the launch (in process, with 3 attempts
-  instead of 10 to keep it short: the product's retry count is a constructor argument of ``Aws``).
+- A capacity error that persists fails the launch: RunInstances is not retried by botocore for it (it
+  persists), the one placement is tried in 3 rounds, and the message names it and the catalogue keys
+  ``instance_types``/``subnet_ids`` (the fallback itself: ``test_realism``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .support import (
     check_state,
     cli_env,
     direct_aws,
+    fast_settings,
     junit_case,
     leftover_text,
     read_state,
@@ -175,13 +177,17 @@ def test_capacity_error_through_every_retry_fails_the_launch(devstack, proxy: Fa
                    message="We currently do not have sufficient t3.medium capacity (injected)"))
     aws = direct_aws(devstack, proxy.url, max_attempts=3)
     ws = Workspace(tmp_path / "ws")
-    outcome = bake_role(ws, catalog, role, RELEASE, aws, threading.Event(), env=cli_env(devstack),
-                        poll_interval=0.05, log=lambda _m: None)
+    outcome = bake_role(ws, catalog, role, RELEASE, aws, threading.Event(), settings=fast_settings(devstack),
+                        log=lambda _m: None)
     assert outcome.status == "failed" and outcome.exit_code == 1
-    assert outcome.message.startswith("launch: AWS RunInstances failed: InsufficientInstanceCapacity")
-    assert "try another instance type" in outcome.message  # the hint a user acts on
-    assert len(proxy.injected()) == 1 + 3  # the first attempt and 3 retries; then the stage failed
+    # Capacity persists: no SDK retries on RunInstances, the one placement tried in 3 rounds, then a
+    # message naming it and the catalogue keys that give the launch somewhere else to go.
+    assert outcome.message.startswith("launch: no capacity for role 'fb-capacity'"), outcome.message
+    assert "t3.medium in the default subnet: InsufficientInstanceCapacity" in outcome.message
+    assert "instance_types" in outcome.message and "subnet_ids" in outcome.message
+    assert len(proxy.injected()) == 3
     assert read_state(ws.root, role)["closed"] is True
     assert census.leaks() == []
     FaultTable.add("bake", "`launch:RunInstances` → `InsufficientInstanceCapacity` 500 on every attempt",
-                   "retried, then the launch fails with the code and a hint; cleanup", "nothing")
+                   "no SDK retries (it persists); 3 rounds over the placements, then the launch fails naming them "
+                   "and `instance_types`/`subnet_ids`; cleanup", "nothing")

@@ -1,0 +1,191 @@
+# shellcheck shell=bash
+# AMI Bakery: role 'batch' settings + functions of the instance scripts. Test seams: BAKERY_ROOT
+# (prefix of every path written), BAKERY_IMDS_URL, AWS_ENDPOINT_URL; tools from PATH.
+ROLE='batch'
+CHEF_SERVER_URL='https://chef.example.com/organizations/acme'
+CHEF_VALIDATOR='acme-validator'
+CHEF_VALIDATOR_KEY_S3='s3://acme-bakery/chef/validator.pem'
+CHEF_VERSION='18.8'
+CHEF_INSTALLER_URL='https://chefdownload-commercial.chef.io/install.sh'
+# cinc (community build: cinc-client in /opt/cinc) or chef (licensed: chef-client in /opt/chef).
+CHEF_DISTRIBUTION='chef'
+CHEF_PREINSTALLED='no'
+CHEF_LICENSE_S3=''
+CHEF_LICENSE_SSM='/acme/chef/license-key'
+ALERT_TOPIC_ARN='arn:aws:sns:us-east-1:123456789012:bakery-alerts'
+ALERT_REGION='us-east-1'
+
+PROG=${PROG:-bakery}
+ROOT=${BAKERY_ROOT:-/}
+ROOT=${ROOT%/}
+IMDS=${BAKERY_IMDS_URL:-http://169.254.169.254}
+IMDS=${IMDS%/}
+if [ -n "${BAKERY_IMDS_URL:-}" ]; then
+  # The CLI's instance-role credentials must come from the same metadata service.
+  export AWS_EC2_METADATA_SERVICE_ENDPOINT="${AWS_EC2_METADATA_SERVICE_ENDPOINT:-$IMDS}"
+fi
+# Appended, so tools earlier on PATH win; the omnibus client and pip's aws live here.
+PATH="$PATH:/usr/local/bin:/opt/$CHEF_DISTRIBUTION/bin:/opt/aws/bin"
+CHEF_BIN='chef-client'
+# Chef 18+ asks to accept its license; Cinc ignores this.
+export PATH CHEF_LICENSE=accept-no-persist
+CHEF_LICENSE_KEY_VALUE=""
+CHEF_DIR="$ROOT/etc/chef"
+CLIENT_RB="$CHEF_DIR/client.rb"
+CLIENT_PEM="$CHEF_DIR/client.pem"
+VALIDATOR_PEM="$CHEF_DIR/validation.pem"
+INSTANCE_ID=""
+REGION=""
+STEP="starting"
+FAIL=""
+
+log() { printf '%s %s: %s\n' "$(date -u +%FT%TZ)" "$PROG" "$*"; }
+step() {
+  STEP=$*
+  log "$STEP"
+}
+# Give up with a reason; the caller's EXIT trap reports it.
+fail() {
+  FAIL=$*
+  log "FAILED: $FAIL"
+  exit 1
+}
+retry() {
+  local n=1
+  until "$@"; do
+    [ "$n" -ge 6 ] && return 1
+    sleep $((n * 2))
+    n=$((n + 1))
+  done
+}
+# awscli v1 before 1.29 ignores AWS_ENDPOINT_URL: pass it on explicitly.
+awsc() {
+  if [ -n "${AWS_ENDPOINT_URL:-}" ]; then
+    aws --endpoint-url "$AWS_ENDPOINT_URL" "$@"
+  else
+    aws "$@"
+  fi
+}
+
+# IMDSv2: a session token first, then every read carries it.
+imds_token() {
+  curl -fsS --max-time 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 21600' "$IMDS/latest/api/token"
+}
+imds() {
+  curl -fsS --max-time 5 -H "X-aws-ec2-metadata-token: $IMDS_TOKEN" "$IMDS/latest/$1"
+}
+read_metadata() {
+  step "reading instance metadata from $IMDS"
+  IMDS_TOKEN=$(retry imds_token) || fail "no IMDSv2 token from $IMDS"
+  INSTANCE_ID=$(retry imds meta-data/instance-id) || fail "no instance id from $IMDS"
+  REGION=$(retry imds meta-data/placement/region) || fail "no region from $IMDS"
+  log "instance $INSTANCE_ID in $REGION"
+}
+
+# A tag value, safe in a JSON string too: printable ASCII without " or \, at most 255 characters.
+clean() {
+  local s
+  s=$(printf '%s' "$*" | LC_ALL=C tr -c '[:print:]' ' ')
+  s=${s//[\"\\]/\'}
+  printf '%s' "${s:0:255}"
+}
+tag_self() {
+  retry awsc ec2 create-tags --region "$REGION" --resources "$INSTANCE_ID" --tags \
+    "$(printf '[{"Key":"bakery:bootstrap","Value":"%s"},{"Key":"bakery:bootstrap-detail","Value":"%s"}]' \
+      "$(clean "$1")" "$(clean "$2")")"
+}
+
+# One SNS alert: role, instance, region, exit code, reason, last log lines. A single attempt (the CLI
+# retries throttling): a blind retry could alert twice.
+alert() {
+  local subject body
+  subject="bakery: $WHAT of $ROLE failed on ${INSTANCE_ID:-unknown instance}"
+  body=$(printf 'AMI Bakery: %s of role %s failed.\n\nInstance:  %s\nRegion:    %s\nExit code: %s\nReason:    %s\n%s\nLog:       %s\n\nLast log lines:\n%s\n' \
+    "$WHAT" "$ROLE" "${INSTANCE_ID:-unknown}" "${REGION:-unknown}" "$1" "$FAIL" "${ALERT_NOTE:-}" "$LOG" \
+    "$(tail -n 30 "$LOG" 2>/dev/null || true)")
+  if awsc sns publish --region "$ALERT_REGION" --topic-arn "$ALERT_TOPIC_ARN" \
+    --subject "${subject:0:100}" --message "$body" >/dev/null; then
+    log "alert published to $ALERT_TOPIC_ARN"
+  else
+    log "could not publish the alert to $ALERT_TOPIC_ARN"
+  fi
+}
+
+# A Ruby single-quoted string: only \ and ' are special there.
+rbq() {
+  local s=${1//\\/\\\\}
+  printf "'%s'" "${s//\'/\\\'}"
+}
+
+# The licensed Chef's key, from S3 or SSM with the instance role: kept in memory, never on disk.
+fetch_license_key() {
+  [ "$CHEF_DISTRIBUTION" = chef ] || return 0
+  [ -n "$CHEF_LICENSE_KEY_VALUE" ] && return 0
+  if [ -n "$CHEF_LICENSE_S3" ]; then
+    step "fetching the Chef license key $CHEF_LICENSE_S3"
+    CHEF_LICENSE_KEY_VALUE=$(awsc s3 cp --only-show-errors --region "$REGION" "$CHEF_LICENSE_S3" -) ||
+      fail "cannot fetch the Chef license key $CHEF_LICENSE_S3 with the instance role"
+  elif [ -n "$CHEF_LICENSE_SSM" ]; then
+    step "fetching the Chef license key from SSM parameter $CHEF_LICENSE_SSM"
+    CHEF_LICENSE_KEY_VALUE=$(awsc ssm get-parameter --region "$REGION" --name "$CHEF_LICENSE_SSM" \
+      --with-decryption --query Parameter.Value --output text) ||
+      fail "cannot read the Chef license key from SSM parameter $CHEF_LICENSE_SSM with the instance role"
+  fi
+  CHEF_LICENSE_KEY_VALUE=$(printf '%s' "$CHEF_LICENSE_KEY_VALUE" | tr -d '[:space:]')
+}
+
+ensure_chef() {
+  command -v "$CHEF_BIN" >/dev/null 2>&1 && return 0
+  if [ "$CHEF_PREINSTALLED" = yes ]; then
+    fail "chef.preinstalled is true but $CHEF_BIN is neither on PATH nor in /opt/$CHEF_DISTRIBUTION/bin of the base AMI"
+  fi
+  fetch_license_key
+  step "installing $CHEF_DISTRIBUTION client $CHEF_VERSION from $CHEF_INSTALLER_URL"
+  local installer
+  installer=$(mktemp)
+  # Downloaded whole before it runs: a cut-off pipe into bash would run half a script. A license
+  # key goes in curl's config on stdin, not on its command line (ps would show it).
+  local rc=0
+  if [ -n "$CHEF_LICENSE_KEY_VALUE" ]; then
+    printf 'url = "%s?license_id=%s"\n' "$CHEF_INSTALLER_URL" "$CHEF_LICENSE_KEY_VALUE" |
+      retry curl -fsSL --max-time 300 -o "$installer" -K - || rc=$?
+  else
+    retry curl -fsSL --max-time 300 -o "$installer" "$CHEF_INSTALLER_URL" || rc=$?
+  fi
+  [ "$rc" -eq 0 ] || { rm -f "$installer"; fail "cannot download $CHEF_INSTALLER_URL"; }
+  bash "$installer" -P "$CHEF_DISTRIBUTION" -v "$CHEF_VERSION" || rc=$?
+  rm -f "$installer"  # nothing of the installer stays in /tmp (or the image)
+  [ "$rc" -eq 0 ] || fail "the $CHEF_DISTRIBUTION installer exited $rc"
+  hash -r
+  command -v "$CHEF_BIN" >/dev/null 2>&1 || fail "$CHEF_BIN is not on PATH after installing"
+}
+
+# Runs the distribution's client; licensed Chef gets its key in the environment only.
+chef_run() {
+  if [ -n "$CHEF_LICENSE_KEY_VALUE" ]; then
+    CHEF_LICENSE_KEY="$CHEF_LICENSE_KEY_VALUE" "$CHEF_BIN" "$@"
+  else
+    "$CHEF_BIN" "$@"
+  fi
+}
+
+fetch_validator() {
+  step "fetching the validator key $CHEF_VALIDATOR_KEY_S3"
+  mkdir -p "$CHEF_DIR"
+  (umask 077 && awsc s3 cp --only-show-errors --region "$REGION" "$CHEF_VALIDATOR_KEY_S3" "$VALIDATOR_PEM") ||
+    fail "cannot fetch the validator key $CHEF_VALIDATOR_KEY_S3 with the instance role"
+  chmod 600 "$VALIDATOR_PEM"
+}
+
+write_client_rb() {
+  mkdir -p "$CHEF_DIR"
+  {
+    printf 'chef_server_url %s\n' "$(rbq "$CHEF_SERVER_URL")"
+    printf 'node_name %s\n' "$(rbq "$1")"
+    printf 'validation_client_name %s\n' "$(rbq "$CHEF_VALIDATOR")"
+    printf 'validation_key %s\n' "$(rbq "$VALIDATOR_PEM")"
+    printf 'client_key %s\n' "$(rbq "$CLIENT_PEM")"
+    printf 'log_location STDOUT\n'
+  } >"$CLIENT_RB"
+  log "wrote $CLIENT_RB for Chef node $1"
+}

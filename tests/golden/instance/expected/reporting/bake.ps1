@@ -1,0 +1,410 @@
+# AMI Bakery bake of role 'reporting' (EC2Launch v2), phase 1 of 2, run attached (EC2Launch v2
+# waits for it): Chef runs the ami run list (nothing is started); exit 35/37 (reboot) becomes exit 3010,
+# on which EC2Launch v2 reboots and runs this script again. Then the first-boot task + C:\firstboot.txt
+# go in, this instance's Chef identity goes out, and phase 2 (generalize.ps1) is handed to a one-shot
+# SYSTEM task: it tags bakery:bootstrap=generalizing and runs sysprep, which shuts the instance down.
+# On failure: tag failed, no sysprep. No secrets here: the validator key comes from S3.
+$Prog = 'bakery-bake'
+$LibRoot = if ($env:BAKERY_ROOT) { $env:BAKERY_ROOT } else { 'C:\' }
+$LibPath = Join-Path $LibRoot 'ProgramData\bakery\bakery-lib.ps1'
+New-Item -ItemType Directory -Force -Path (Split-Path $LibPath) | Out-Null
+# UTF-8 with a BOM: Windows PowerShell reads a .ps1 without one in the ANSI code page.
+$Utf8Bom = New-Object Text.UTF8Encoding $true
+[IO.File]::WriteAllText($LibPath, @'
+# AMI Bakery: role 'reporting' settings + functions of the instance scripts (dot-sourced). Test seams:
+# $env:BAKERY_ROOT (default C:\), $env:BAKERY_IMDS_URL, $env:AWS_ENDPOINT_URL.
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+[Net.ServicePointManager]::SecurityProtocol = [Net.ServicePointManager]::SecurityProtocol -bor [Net.SecurityProtocolType]::Tls12
+$Role = 'reporting'
+$ChefServerUrl = 'https://chef.example.com/organizations/acme'
+$ChefValidator = 'acme-validator'
+$ValidatorBucket = 'acme-bakery'
+$ValidatorKey = 'chef/validator.pem'
+$ChefVersion = '18'
+$ChefInstallerUrl = 'https://omnitruck.cinc.sh/install.ps1'
+# cinc (community build: cinc-client in C:\cinc-project\cinc\bin) or chef (licensed: chef-client in C:\opscode\chef\bin).
+$ChefDistribution = 'cinc'
+$ChefBin = 'cinc-client'
+$ChefBinDir = 'C:\cinc-project\cinc\bin'
+$ChefPreinstalled = $false
+$LicenseS3 = ''
+$LicenseSsm = ''
+$LicenseKey = ''
+$AlertTopicArn = 'arn:aws:sns:us-east-1:123456789012:bakery-alerts'
+$AlertRegion = 'us-east-1'
+
+$Root = if ($env:BAKERY_ROOT) { $env:BAKERY_ROOT } else { 'C:\' }
+$Imds = if ($env:BAKERY_IMDS_URL) { $env:BAKERY_IMDS_URL.TrimEnd('/') } else { 'http://169.254.169.254' }
+if ($env:BAKERY_IMDS_URL -and -not $env:AWS_EC2_METADATA_SERVICE_ENDPOINT) {
+  # The instance-role credentials must come from the same metadata service.
+  $env:AWS_EC2_METADATA_SERVICE_ENDPOINT = $Imds
+}
+$ChefDir = Join-Path $Root 'chef'
+$BakeryDir = Join-Path $Root 'ProgramData\bakery'
+$ClientRb = Join-Path $ChefDir 'client.rb'
+$ClientPem = Join-Path $ChefDir 'client.pem'
+$ValidatorPem = Join-Path $ChefDir 'validation.pem'
+$Sentinel = Join-Path $Root 'firstboot.txt'
+$Step = 'starting'
+$InstanceId = ''
+$Region = ''
+New-Item -ItemType Directory -Force -Path $ChefDir, $BakeryDir | Out-Null
+# SYSTEM and Administrators only (well-known SIDs): the logs here are not for every user of the image.
+& icacls.exe $BakeryDir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' | Out-Null
+
+function Write-Log([string]$Message) {
+  $line = '{0} {1}: {2}' -f [DateTime]::UtcNow.ToString('yyyy-MM-ddTHH:mm:ssZ'), $Prog, $Message
+  Write-Host $line
+  Add-Content -Path $LogFile -Value $line
+}
+function Set-Step([string]$Name) {
+  $script:Step = $Name
+  Write-Log $Name
+}
+function Invoke-Retry([scriptblock]$Action) {
+  for ($i = 1; ; $i++) {
+    try { return (& $Action) } catch { if ($i -ge 6) { throw } }
+    Start-Sleep -Seconds (2 * $i)
+  }
+}
+function Get-AwsArgs([string]$In) {
+  $a = @{ Region = $In }
+  if ($env:AWS_ENDPOINT_URL) { $a['EndpointUrl'] = $env:AWS_ENDPOINT_URL }
+  $a
+}
+
+# IMDSv2: a session token first, then every read carries it.
+function Get-Imds([string]$Path) {
+  Invoke-Retry { Invoke-RestMethod -Uri "$Imds/latest/$Path" -Headers @{ 'X-aws-ec2-metadata-token' = $script:ImdsToken } -TimeoutSec 5 -UseBasicParsing }
+}
+function Read-Metadata {
+  Set-Step "reading instance metadata from $Imds"
+  $script:ImdsToken = Invoke-Retry { Invoke-RestMethod -Method Put -Uri "$Imds/latest/api/token" -Headers @{ 'X-aws-ec2-metadata-token-ttl-seconds' = '21600' } -TimeoutSec 5 -UseBasicParsing }
+  $script:InstanceId = Get-Imds 'meta-data/instance-id'
+  $script:Region = Get-Imds 'meta-data/placement/region'
+  Write-Log "instance $InstanceId in $Region"
+  if (-not (Get-Command Read-S3Object -ErrorAction SilentlyContinue)) {
+    throw 'AWS Tools for PowerShell (Read-S3Object, New-EC2Tag, Publish-SNSMessage) are not installed'
+  }
+}
+
+function Set-BootstrapTag([string]$Status, [string]$Detail) {
+  $d = $Detail -replace '[^\x20-\x7E]', ' '
+  $d = $d.Substring(0, [Math]::Min(255, $d.Length))
+  $aws = Get-AwsArgs $Region
+  Invoke-Retry { New-EC2Tag -Resource $InstanceId -Tag @(@{ Key = 'bakery:bootstrap'; Value = $Status }, @{ Key = 'bakery:bootstrap-detail'; Value = $d }) @aws }
+}
+
+# One SNS alert: role, instance, region, exit code, reason, last log lines. A single attempt (the SDK
+# retries throttling): a blind retry could alert twice.
+function Send-Alert([int]$Code, [string]$Reason, [string]$Note) {
+  $who = if ($InstanceId) { $InstanceId } else { 'unknown instance' }
+  $subject = "bakery: $What of $Role failed on $who"
+  $tail = (Get-Content -Path $LogFile -Tail 30 -ErrorAction SilentlyContinue) -join "`n"
+  $body = "AMI Bakery: $What of role $Role failed.`n`nInstance:  $InstanceId`nRegion:    $Region`nExit code: $Code`nReason:    $Reason`n$Note`nLog:       $LogFile`n`nLast log lines:`n$tail`n"
+  $aws = Get-AwsArgs $AlertRegion
+  try {
+    Publish-SNSMessage -TopicArn $AlertTopicArn -Subject $subject.Substring(0, [Math]::Min(100, $subject.Length)) -Message $body @aws | Out-Null
+    Write-Log "alert published to $AlertTopicArn"
+  } catch { Write-Log "could not publish the alert to ${AlertTopicArn}: $($_.Exception.Message)" }
+}
+
+function Find-ChefClient {
+  $c = Get-Command $ChefBin -ErrorAction SilentlyContinue
+  if ($c) { return $c.Source }
+  @("$ChefBinDir\$ChefBin.bat", "$ChefBinDir\$ChefBin.exe") | Where-Object { Test-Path $_ } | Select-Object -First 1
+}
+# The licensed Chef's key, from S3 or SSM with the instance role: kept in memory, never left on disk.
+function Get-LicenseKey {
+  if ($ChefDistribution -ne 'chef' -or $script:LicenseKey) { return }
+  $aws = Get-AwsArgs $Region
+  if ($LicenseS3 -match '^s3://([^/]+)/(.+)$') {
+    Set-Step "fetching the Chef license key $LicenseS3"
+    $tmp = Join-Path $BakeryDir 'license.tmp'  # SYSTEM and Administrators only
+    try {
+      Read-S3Object -BucketName $Matches[1] -Key $Matches[2] -File $tmp @aws | Out-Null
+      $script:LicenseKey = (Get-Content -Raw -Path $tmp).Trim()
+    } catch { throw "cannot fetch the Chef license key $LicenseS3 with the instance role: $($_.Exception.Message)" }
+    finally { Remove-Item -Force -ErrorAction SilentlyContinue -Path $tmp }
+  } elseif ($LicenseSsm) {
+    Set-Step "fetching the Chef license key from SSM parameter $LicenseSsm"
+    try { $script:LicenseKey = (Get-SSMParameterValue -Name $LicenseSsm -WithDecryption $true @aws).Parameters[0].Value.Trim() }
+    catch { throw "cannot read the Chef license key from SSM parameter $LicenseSsm with the instance role: $($_.Exception.Message)" }
+  }
+}
+function Install-ChefClient {
+  $script:ChefClient = Find-ChefClient
+  if ($ChefClient) { return }
+  if ($ChefPreinstalled) { throw "chef.preinstalled is true but $ChefBin is neither on PATH nor in $ChefBinDir of the base AMI" }
+  Get-LicenseKey
+  Set-Step "installing $ChefDistribution client $ChefVersion with $ChefInstallerUrl"
+  $url = if ($LicenseKey) { "$($ChefInstallerUrl)?license_id=$LicenseKey" } else { $ChefInstallerUrl }
+  # Omnitruck's install.ps1 (Cinc's and Chef's) defines Install-Project (alias install), which installs the MSI.
+  $code = Invoke-Retry { (New-Object Net.WebClient).DownloadString($url) }
+  . ([scriptblock]::Create($code))
+  install -project $ChefDistribution -version $ChefVersion
+  $script:ChefClient = Find-ChefClient
+  if (-not $ChefClient) { throw "$ChefBin not found after installing" }
+}
+
+function Get-ValidatorKey {
+  Set-Step "fetching the validator key s3://$ValidatorBucket/$ValidatorKey"
+  $aws = Get-AwsArgs $Region
+  try { Read-S3Object -BucketName $ValidatorBucket -Key $ValidatorKey -File $ValidatorPem @aws | Out-Null }
+  catch { throw "cannot fetch the validator key s3://$ValidatorBucket/$ValidatorKey with the instance role: $($_.Exception.Message)" }
+  # SYSTEM and Administrators only (well-known SIDs: the names are localized).
+  & icacls.exe $ValidatorPem /inheritance:r /grant:r '*S-1-5-18:F' '*S-1-5-32-544:F' | Out-Null
+}
+
+# A Ruby single-quoted string: only \ and ' are special there.
+function ConvertTo-Rb([string]$Text) { "'" + $Text.Replace('\', '\\').Replace("'", "\'") + "'" }
+function Write-ClientRb([string]$NodeName) {
+  $rb = @(
+    "chef_server_url $(ConvertTo-Rb $ChefServerUrl)"
+    "node_name $(ConvertTo-Rb $NodeName)"
+    "validation_client_name $(ConvertTo-Rb $ChefValidator)"
+    "validation_key $(ConvertTo-Rb $ValidatorPem.Replace('\', '/'))"
+    "client_key $(ConvertTo-Rb $ClientPem.Replace('\', '/'))"
+    'log_location STDOUT'
+  )
+  # Written without a BOM, which Ruby would read as code.
+  [IO.File]::WriteAllText($ClientRb, ($rb -join "`n") + "`n")
+  Write-Log "wrote $ClientRb for Chef node $NodeName"
+}
+
+# Runs the Chef client, its output to the console and the log; returns its exit code. The license
+# key (licensed Chef) is in its environment only.
+function Invoke-Chef([string[]]$Arguments) {
+  $ErrorActionPreference = 'Continue'  # native stderr lines must not become terminating errors
+  $env:CHEF_LICENSE = 'accept-no-persist'
+  if ($LicenseKey) { $env:CHEF_LICENSE_KEY = $LicenseKey }
+  try { & $ChefClient @Arguments 2>&1 | ForEach-Object { Write-Log "$_" } }
+  finally { Remove-Item -ErrorAction SilentlyContinue Env:CHEF_LICENSE_KEY }
+  $LASTEXITCODE
+}
+
+# The same with a deadline of its own: past it, the client's whole process tree is killed (Ruby
+# children included) and this throws, so the caller's catch/finally still alert and clean up.
+function Invoke-ChefWithin([string[]]$Arguments, [int]$Seconds) {
+  $out = Join-Path $BakeryDir 'chef-run.out'
+  $quoted = $Arguments | ForEach-Object { '"' + ($_ -replace '"', '\"') + '"' }
+  $env:CHEF_LICENSE = 'accept-no-persist'
+  if ($LicenseKey) { $env:CHEF_LICENSE_KEY = $LicenseKey }
+  try {
+    $p = Start-Process -FilePath $ChefClient -ArgumentList $quoted -NoNewWindow -PassThru -RedirectStandardOutput $out -RedirectStandardError "$out.err"
+  } finally { Remove-Item -ErrorAction SilentlyContinue Env:CHEF_LICENSE_KEY }
+  $null = $p.Handle  # keeps the handle open: without it Windows PowerShell reports no ExitCode
+  $done = $p.WaitForExit($Seconds * 1000)
+  if (-not $done) {
+    & taskkill.exe /PID $p.Id /T /F 2>&1 | ForEach-Object { Write-Log "$_" }
+  }
+  Get-Content -ErrorAction SilentlyContinue -Path $out, "$out.err" | ForEach-Object { Write-Log "$_" }
+  Remove-Item -Force -ErrorAction SilentlyContinue -Path $out, "$out.err"
+  if (-not $done) { throw "$ChefBin did not finish within $([int]($Seconds / 60)) minutes: its process tree was killed" }
+  $p.ExitCode
+}
+'@, $Utf8Bom)
+. $LibPath
+$NodeName = 'bake-reporting-render'
+$RunList = 'role[reporting_ami],recipe[iis::install]'
+$ImageInfo = '{"bake_id":"render","bakery_version":"0.1.0","chef_node":"bake-reporting-render","release":"unreleased","role":"reporting"}'
+$LogFile = Join-Path $BakeryDir 'bake.log'
+$RebootCount = Join-Path $BakeryDir 'bake-reboots'
+
+# Write a first-boot file to its path in the image (under BAKERY_ROOT).
+function Install-File([string]$Path, [string]$Content) {
+  $dest = Join-Path $Root $Path.Substring(3)
+  New-Item -ItemType Directory -Force -Path (Split-Path $dest) | Out-Null
+  [IO.File]::WriteAllText($dest, $Content, $Utf8Bom)
+  Write-Log "installed $dest"
+}
+
+$MaxReboots = 5
+$rc = 0
+try {
+  Write-Log "baking role $Role as Chef node $NodeName"
+  Read-Metadata
+  Install-ChefClient
+  Get-LicenseKey
+  Get-ValidatorKey
+  Write-ClientRb $NodeName
+  Set-Step "running $ChefBin with the ami run list $RunList"
+  $rc = Invoke-Chef @('-c', $ClientRb, '-o', $RunList)
+  if ($rc -eq 35 -or $rc -eq 37) {
+    # Chef asks for a reboot: EC2Launch v2 reboots on exit 3010 and runs this script again.
+    $count = 1 + $(if (Test-Path $RebootCount) { [int](Get-Content -Path $RebootCount) } else { 0 })
+    if ($count -gt $MaxReboots) { throw "$ChefBin still asks for a reboot (exit $rc) after $MaxReboots reboots; giving up" }
+    Set-Content -Path $RebootCount -Value $count
+    Write-Log "$ChefBin exited $rc (reboot requested): exit 3010, EC2Launch v2 reboots and runs the bake again (reboot $count of at most $MaxReboots)"
+    $rc = 3010
+    exit 3010
+  }
+  if ($rc -ne 0) { throw "$ChefBin exited $rc running the ami run list $RunList" }
+
+  Set-Step 'installing the first-boot mechanism'
+  Install-File 'C:\ProgramData\bakery\firstboot.ps1' @'
+# bakery-firstboot (AMI Bakery, role 'reporting'), run at startup by Task Scheduler as SYSTEM: while
+# C:\firstboot.txt exists, register this instance with Chef as ROLE-INSTANCE_ID and run the role's run
+# list from S3; success removes the file, failure keeps it (the next boot retries) and sends one SNS
+# alert. Log: C:\ProgramData\bakery\firstboot.log.
+$Prog = 'bakery-firstboot'
+$LibRoot = if ($env:BAKERY_ROOT) { $env:BAKERY_ROOT } else { 'C:\' }
+. (Join-Path $LibRoot 'ProgramData\bakery\bakery-lib.ps1')
+$RunlistBucket = 'acme-bakery'
+$RunlistKey = 'runlists/reporting.json'
+$RunListJson = Join-Path $ChefDir 'first-boot.json'
+$LogFile = Join-Path $BakeryDir 'firstboot.log'
+$What = 'first boot'
+# Our own deadline for the Chef run (the role's bootstrap_timeout): past it the run is killed and the
+# catch/finally below alert and remove the validator. The task's ExecutionTimeLimit is a later backstop.
+$ChefTimeoutSeconds = 2700
+
+if (-not (Test-Path $Sentinel)) {
+  Write-Log "no ${Sentinel}: first boot is done, nothing to do"
+  exit 0
+}
+# One run at a time: a second start steps aside (exit 0).
+$mutex = New-Object System.Threading.Mutex($false, 'Global\bakery-firstboot')
+try { $owned = $mutex.WaitOne(0) } catch {
+  # Abandoned by a run that died: ours now.
+  if ($_.Exception.GetBaseException() -isnot [Threading.AbandonedMutexException]) { throw }
+  $owned = $true
+}
+if (-not $owned) {
+  Write-Log 'another bakery-firstboot run is under way; not starting a second one'
+  exit 0
+}
+$rc = 0
+try {
+  if (-not (Test-Path $Sentinel)) {
+    Write-Log "another run removed ${Sentinel}: nothing to do"
+    exit 0
+  }
+  Write-Log "first boot of role $Role"
+  Read-Metadata
+  $node = "$Role-$InstanceId"
+  Install-ChefClient
+  Set-Step "fetching the run list s3://$RunlistBucket/$RunlistKey"
+  $aws = Get-AwsArgs $Region
+  try { Read-S3Object -BucketName $RunlistBucket -Key $RunlistKey -File $RunListJson @aws | Out-Null }
+  catch { throw "the run list s3://$RunlistBucket/$RunlistKey is missing or unreadable (upload {`"run_list`": [...]} there): $($_.Exception.Message)" }
+  if ($null -eq (Get-Content -Raw -Path $RunListJson | ConvertFrom-Json).run_list) {
+    throw "the run list s3://$RunlistBucket/$RunlistKey has no `"run_list`" key"
+  }
+  Get-ValidatorKey
+  Write-ClientRb $node
+  Set-Step "running $ChefBin as $node with the run list from s3://$RunlistBucket/$RunlistKey"
+  Get-LicenseKey
+  $rc = Invoke-ChefWithin @('-c', $ClientRb, '-j', $RunListJson) $ChefTimeoutSeconds
+  if ($rc -ne 0) { throw "$ChefBin exited $rc" }
+  Remove-Item -Force -Path $Sentinel
+  Write-Log "first boot of $node succeeded; removed $Sentinel"
+} catch {
+  if ($rc -eq 0) { $rc = 1 }
+  $reason = "$($_.Exception.Message) (step: $Step)"
+  Write-Log "FAILED: $reason"
+  Send-Alert $rc $reason "$Sentinel is kept: the next boot retries."
+} finally {
+  # The validator key is only needed to register: never leave it on disk.
+  Remove-Item -Force -ErrorAction SilentlyContinue -Path $ValidatorPem
+  $mutex.ReleaseMutex()
+  $mutex.Dispose()
+}
+exit $rc
+'@
+  Install-File 'C:\ProgramData\bakery\register-firstboot-task.ps1' @'
+# AMI Bakery (role 'reporting'): register the scheduled task that runs bakery-firstboot at every
+# startup as SYSTEM with highest privileges. Idempotent: an existing task of that name is replaced.
+param([string]$ScriptPath = 'C:\ProgramData\bakery\firstboot.ps1')
+$ErrorActionPreference = 'Stop'
+$ps = Join-Path $env:SystemRoot 'System32\WindowsPowerShell\v1.0\powershell.exe'
+$action = New-ScheduledTaskAction -Execute $ps -Argument "-NoProfile -NonInteractive -ExecutionPolicy Bypass -File `"$ScriptPath`""
+$trigger = New-ScheduledTaskTrigger -AtStartup
+$trigger.Delay = 'PT30S'  # let the network come up first
+$principal = New-ScheduledTaskPrincipal -UserId 'NT AUTHORITY\SYSTEM' -LogonType ServiceAccount -RunLevel Highest
+# A backstop only: firstboot.ps1 ends a hung Chef run itself after 2700 s (and alerts,
+# and removes the validator key); this limit kills powershell.exe outright, with no alert, 30 min later.
+$settings = New-ScheduledTaskSettingsSet -StartWhenAvailable -MultipleInstances IgnoreNew -ExecutionTimeLimit (New-TimeSpan -Seconds 4500) -AllowStartIfOnBatteries -DontStopIfGoingOnBatteries
+Register-ScheduledTask -TaskName 'bakery-firstboot' -TaskPath '\' -Action $action -Trigger $trigger -Principal $principal -Settings $settings -Description 'AMI Bakery first boot: Chef registration and run list while C:\firstboot.txt exists' -Force | Out-Null
+Write-Host "registered the startup task bakery-firstboot ($ScriptPath as SYSTEM)"
+'@
+  & (Join-Path $BakeryDir 'register-firstboot-task.ps1') -ScriptPath (Join-Path $BakeryDir 'firstboot.ps1')
+  [IO.File]::WriteAllText((Join-Path $BakeryDir 'image.json'), $ImageInfo)
+  Set-Content -Path $Sentinel -Value 'AMI Bakery: the bakery-firstboot task registers this instance with Chef while this file exists.'
+  Write-Log "created $Sentinel"
+
+  Set-Step "removing this instance's Chef identity from the image"
+  Remove-Item -Force -ErrorAction SilentlyContinue -Path $ClientPem, $ValidatorPem, $ClientRb
+
+  # EC2Launch v2 applies <detach> to a whole user data, so this attached script cannot also hold a
+  # detached sysprep: a one-shot SYSTEM task runs phase 2 outside EC2Launch v2, once this has returned.
+  Set-Step 'handing sysprep to the one-shot task bakery-generalize'
+  $generalize = Join-Path $BakeryDir 'generalize.ps1'
+  [IO.File]::WriteAllText($generalize, @'
+# AMI Bakery bake of role 'reporting', phase 2 of 2 (run by the one-shot SYSTEM task bakery-generalize
+# that phase 1 starts, so outside EC2Launch v2 and after its user data script has returned): leave a
+# short admin-only summary instead of the bake log, remove EC2Launch v2's copy of the user data and its
+# output, tag bakery:bootstrap=generalizing, then `ec2launch sysprep --clean --shutdown` generalizes and
+# shuts the instance down (the bakery images it once it is stopped). Sysprep failing tags failed.
+param([int]$WaitPid = 0)
+$Prog = 'bakery-generalize'
+$LibRoot = if ($env:BAKERY_ROOT) { $env:BAKERY_ROOT } else { 'C:\' }
+. (Join-Path $LibRoot 'ProgramData\bakery\bakery-lib.ps1')
+$NodeName = 'bake-reporting-render'
+$LogFile = Join-Path $BakeryDir 'bake.log'
+$RebootCount = Join-Path $BakeryDir 'bake-reboots'
+
+# The image keeps a few lines, Administrators/SYSTEM only (the folder's ACL); Chef's output stays on the console.
+function Write-BakeSummary([string]$Result) {
+  $reboots = if (Test-Path $RebootCount) { Get-Content -Path $RebootCount } else { '0' }
+  Set-Content -Path $LogFile -Value @("AMI Bakery bake of role $Role as Chef node ${NodeName}: $Result", "reboots during the converge: $reboots", "finished $([DateTime]::UtcNow.ToString('yyyy-MM-ddTHH:mm:ssZ'))")
+  Remove-Item -Force -ErrorAction SilentlyContinue -Path $RebootCount
+  # EC2Launch v2 runs user data from EC2Launch* folders in SYSTEM's Temp, with its output beside it.
+  $systemTemp = Join-Path $Root 'Windows\System32\config\systemprofile\AppData\Local\Temp'
+  Get-ChildItem -Force -ErrorAction SilentlyContinue -Path $systemTemp -Filter 'EC2Launch*' | Remove-Item -Recurse -Force -ErrorAction SilentlyContinue
+}
+
+try {
+  # The user data script must have returned: EC2Launch v2 then ends its UserData stage.
+  if ($WaitPid) { Wait-Process -Id $WaitPid -Timeout 900 -ErrorAction SilentlyContinue }
+  Read-Metadata
+  Unregister-ScheduledTask -TaskName 'bakery-generalize' -Confirm:$false -ErrorAction SilentlyContinue
+  Set-Step 'generalizing with EC2Launch v2 sysprep'
+  $ec2launch = Join-Path $env:ProgramFiles 'Amazon\EC2Launch\ec2launch.exe'
+  if (-not (Test-Path $ec2launch)) { throw "EC2Launch v2 not found at ${ec2launch}: the base AMI must use EC2Launch v2" }
+  Write-BakeSummary 'converged; generalizing with sysprep'
+  Remove-Item -Force -ErrorAction SilentlyContinue -Path $PSCommandPath, (Join-Path $BakeryDir 'bake.ps1')
+  # Tagged before sysprep: sysprep shuts the instance down, so nothing could be tagged after it.
+  Set-BootstrapTag 'generalizing' "ami run list converged as $NodeName; first boot installed; sysprep started"
+  # No --block: that waits for EC2Launch v2's own run, which is over (or would wait for us).
+  & $ec2launch sysprep --clean --shutdown
+  if ($LASTEXITCODE -ne 0) { throw "ec2launch sysprep exited $LASTEXITCODE" }
+  Write-Log 'sysprep started: the instance shuts down when it is generalized'
+} catch {
+  $reason = "$($_.Exception.Message) (step: $Step)"
+  Write-Log "FAILED: $reason"
+  if ($InstanceId) {
+    try { Set-BootstrapTag 'failed' $reason } catch { Write-Log "could not tag ${InstanceId}: $($_.Exception.Message)" }
+  }
+  exit 1
+}
+exit 0
+'@, $Utf8Bom)
+  $ps = Join-Path $env:SystemRoot 'System32\WindowsPowerShell\v1.0\powershell.exe'
+  $action = New-ScheduledTaskAction -Execute $ps -Argument "-NoProfile -NonInteractive -ExecutionPolicy Bypass -File `"$generalize`" -WaitPid $PID"
+  $principal = New-ScheduledTaskPrincipal -UserId 'NT AUTHORITY\SYSTEM' -LogonType ServiceAccount -RunLevel Highest
+  Register-ScheduledTask -TaskName 'bakery-generalize' -TaskPath '\' -Action $action -Principal $principal -Force | Out-Null
+  Start-ScheduledTask -TaskName 'bakery-generalize'
+  Write-Log "bake of $Role converged: bakery-generalize tags generalizing and runs sysprep once this script has returned"
+} catch {
+  if ($rc -eq 0) { $rc = 1 }
+  $reason = "$($_.Exception.Message) (step: $Step)"
+  Write-Log "FAILED: $reason"
+  if ($InstanceId) {
+    try { Set-BootstrapTag 'failed' $reason } catch { Write-Log "could not tag ${InstanceId}: $($_.Exception.Message)" }
+  }
+} finally {
+  Remove-Item -Force -ErrorAction SilentlyContinue -Path $ValidatorPem
+}
+exit $rc

@@ -1,0 +1,193 @@
+# AMI Bakery: role 'reporting' settings + functions of the instance scripts (dot-sourced). Test seams:
+# $env:BAKERY_ROOT (default C:\), $env:BAKERY_IMDS_URL, $env:AWS_ENDPOINT_URL.
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+[Net.ServicePointManager]::SecurityProtocol = [Net.ServicePointManager]::SecurityProtocol -bor [Net.SecurityProtocolType]::Tls12
+$Role = 'reporting'
+$ChefServerUrl = 'https://chef.example.com/organizations/acme'
+$ChefValidator = 'acme-validator'
+$ValidatorBucket = 'acme-bakery'
+$ValidatorKey = 'chef/validator.pem'
+$ChefVersion = '18'
+$ChefInstallerUrl = 'https://omnitruck.cinc.sh/install.ps1'
+# cinc (community build: cinc-client in C:\cinc-project\cinc\bin) or chef (licensed: chef-client in C:\opscode\chef\bin).
+$ChefDistribution = 'cinc'
+$ChefBin = 'cinc-client'
+$ChefBinDir = 'C:\cinc-project\cinc\bin'
+$ChefPreinstalled = $false
+$LicenseS3 = ''
+$LicenseSsm = ''
+$LicenseKey = ''
+$AlertTopicArn = 'arn:aws:sns:us-east-1:123456789012:bakery-alerts'
+$AlertRegion = 'us-east-1'
+
+$Root = if ($env:BAKERY_ROOT) { $env:BAKERY_ROOT } else { 'C:\' }
+$Imds = if ($env:BAKERY_IMDS_URL) { $env:BAKERY_IMDS_URL.TrimEnd('/') } else { 'http://169.254.169.254' }
+if ($env:BAKERY_IMDS_URL -and -not $env:AWS_EC2_METADATA_SERVICE_ENDPOINT) {
+  # The instance-role credentials must come from the same metadata service.
+  $env:AWS_EC2_METADATA_SERVICE_ENDPOINT = $Imds
+}
+$ChefDir = Join-Path $Root 'chef'
+$BakeryDir = Join-Path $Root 'ProgramData\bakery'
+$ClientRb = Join-Path $ChefDir 'client.rb'
+$ClientPem = Join-Path $ChefDir 'client.pem'
+$ValidatorPem = Join-Path $ChefDir 'validation.pem'
+$Sentinel = Join-Path $Root 'firstboot.txt'
+$Step = 'starting'
+$InstanceId = ''
+$Region = ''
+New-Item -ItemType Directory -Force -Path $ChefDir, $BakeryDir | Out-Null
+# SYSTEM and Administrators only (well-known SIDs): the logs here are not for every user of the image.
+& icacls.exe $BakeryDir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' | Out-Null
+
+function Write-Log([string]$Message) {
+  $line = '{0} {1}: {2}' -f [DateTime]::UtcNow.ToString('yyyy-MM-ddTHH:mm:ssZ'), $Prog, $Message
+  Write-Host $line
+  Add-Content -Path $LogFile -Value $line
+}
+function Set-Step([string]$Name) {
+  $script:Step = $Name
+  Write-Log $Name
+}
+function Invoke-Retry([scriptblock]$Action) {
+  for ($i = 1; ; $i++) {
+    try { return (& $Action) } catch { if ($i -ge 6) { throw } }
+    Start-Sleep -Seconds (2 * $i)
+  }
+}
+function Get-AwsArgs([string]$In) {
+  $a = @{ Region = $In }
+  if ($env:AWS_ENDPOINT_URL) { $a['EndpointUrl'] = $env:AWS_ENDPOINT_URL }
+  $a
+}
+
+# IMDSv2: a session token first, then every read carries it.
+function Get-Imds([string]$Path) {
+  Invoke-Retry { Invoke-RestMethod -Uri "$Imds/latest/$Path" -Headers @{ 'X-aws-ec2-metadata-token' = $script:ImdsToken } -TimeoutSec 5 -UseBasicParsing }
+}
+function Read-Metadata {
+  Set-Step "reading instance metadata from $Imds"
+  $script:ImdsToken = Invoke-Retry { Invoke-RestMethod -Method Put -Uri "$Imds/latest/api/token" -Headers @{ 'X-aws-ec2-metadata-token-ttl-seconds' = '21600' } -TimeoutSec 5 -UseBasicParsing }
+  $script:InstanceId = Get-Imds 'meta-data/instance-id'
+  $script:Region = Get-Imds 'meta-data/placement/region'
+  Write-Log "instance $InstanceId in $Region"
+  if (-not (Get-Command Read-S3Object -ErrorAction SilentlyContinue)) {
+    throw 'AWS Tools for PowerShell (Read-S3Object, New-EC2Tag, Publish-SNSMessage) are not installed'
+  }
+}
+
+function Set-BootstrapTag([string]$Status, [string]$Detail) {
+  $d = $Detail -replace '[^\x20-\x7E]', ' '
+  $d = $d.Substring(0, [Math]::Min(255, $d.Length))
+  $aws = Get-AwsArgs $Region
+  Invoke-Retry { New-EC2Tag -Resource $InstanceId -Tag @(@{ Key = 'bakery:bootstrap'; Value = $Status }, @{ Key = 'bakery:bootstrap-detail'; Value = $d }) @aws }
+}
+
+# One SNS alert: role, instance, region, exit code, reason, last log lines. A single attempt (the SDK
+# retries throttling): a blind retry could alert twice.
+function Send-Alert([int]$Code, [string]$Reason, [string]$Note) {
+  $who = if ($InstanceId) { $InstanceId } else { 'unknown instance' }
+  $subject = "bakery: $What of $Role failed on $who"
+  $tail = (Get-Content -Path $LogFile -Tail 30 -ErrorAction SilentlyContinue) -join "`n"
+  $body = "AMI Bakery: $What of role $Role failed.`n`nInstance:  $InstanceId`nRegion:    $Region`nExit code: $Code`nReason:    $Reason`n$Note`nLog:       $LogFile`n`nLast log lines:`n$tail`n"
+  $aws = Get-AwsArgs $AlertRegion
+  try {
+    Publish-SNSMessage -TopicArn $AlertTopicArn -Subject $subject.Substring(0, [Math]::Min(100, $subject.Length)) -Message $body @aws | Out-Null
+    Write-Log "alert published to $AlertTopicArn"
+  } catch { Write-Log "could not publish the alert to ${AlertTopicArn}: $($_.Exception.Message)" }
+}
+
+function Find-ChefClient {
+  $c = Get-Command $ChefBin -ErrorAction SilentlyContinue
+  if ($c) { return $c.Source }
+  @("$ChefBinDir\$ChefBin.bat", "$ChefBinDir\$ChefBin.exe") | Where-Object { Test-Path $_ } | Select-Object -First 1
+}
+# The licensed Chef's key, from S3 or SSM with the instance role: kept in memory, never left on disk.
+function Get-LicenseKey {
+  if ($ChefDistribution -ne 'chef' -or $script:LicenseKey) { return }
+  $aws = Get-AwsArgs $Region
+  if ($LicenseS3 -match '^s3://([^/]+)/(.+)$') {
+    Set-Step "fetching the Chef license key $LicenseS3"
+    $tmp = Join-Path $BakeryDir 'license.tmp'  # SYSTEM and Administrators only
+    try {
+      Read-S3Object -BucketName $Matches[1] -Key $Matches[2] -File $tmp @aws | Out-Null
+      $script:LicenseKey = (Get-Content -Raw -Path $tmp).Trim()
+    } catch { throw "cannot fetch the Chef license key $LicenseS3 with the instance role: $($_.Exception.Message)" }
+    finally { Remove-Item -Force -ErrorAction SilentlyContinue -Path $tmp }
+  } elseif ($LicenseSsm) {
+    Set-Step "fetching the Chef license key from SSM parameter $LicenseSsm"
+    try { $script:LicenseKey = (Get-SSMParameterValue -Name $LicenseSsm -WithDecryption $true @aws).Parameters[0].Value.Trim() }
+    catch { throw "cannot read the Chef license key from SSM parameter $LicenseSsm with the instance role: $($_.Exception.Message)" }
+  }
+}
+function Install-ChefClient {
+  $script:ChefClient = Find-ChefClient
+  if ($ChefClient) { return }
+  if ($ChefPreinstalled) { throw "chef.preinstalled is true but $ChefBin is neither on PATH nor in $ChefBinDir of the base AMI" }
+  Get-LicenseKey
+  Set-Step "installing $ChefDistribution client $ChefVersion with $ChefInstallerUrl"
+  $url = if ($LicenseKey) { "$($ChefInstallerUrl)?license_id=$LicenseKey" } else { $ChefInstallerUrl }
+  # Omnitruck's install.ps1 (Cinc's and Chef's) defines Install-Project (alias install), which installs the MSI.
+  $code = Invoke-Retry { (New-Object Net.WebClient).DownloadString($url) }
+  . ([scriptblock]::Create($code))
+  install -project $ChefDistribution -version $ChefVersion
+  $script:ChefClient = Find-ChefClient
+  if (-not $ChefClient) { throw "$ChefBin not found after installing" }
+}
+
+function Get-ValidatorKey {
+  Set-Step "fetching the validator key s3://$ValidatorBucket/$ValidatorKey"
+  $aws = Get-AwsArgs $Region
+  try { Read-S3Object -BucketName $ValidatorBucket -Key $ValidatorKey -File $ValidatorPem @aws | Out-Null }
+  catch { throw "cannot fetch the validator key s3://$ValidatorBucket/$ValidatorKey with the instance role: $($_.Exception.Message)" }
+  # SYSTEM and Administrators only (well-known SIDs: the names are localized).
+  & icacls.exe $ValidatorPem /inheritance:r /grant:r '*S-1-5-18:F' '*S-1-5-32-544:F' | Out-Null
+}
+
+# A Ruby single-quoted string: only \ and ' are special there.
+function ConvertTo-Rb([string]$Text) { "'" + $Text.Replace('\', '\\').Replace("'", "\'") + "'" }
+function Write-ClientRb([string]$NodeName) {
+  $rb = @(
+    "chef_server_url $(ConvertTo-Rb $ChefServerUrl)"
+    "node_name $(ConvertTo-Rb $NodeName)"
+    "validation_client_name $(ConvertTo-Rb $ChefValidator)"
+    "validation_key $(ConvertTo-Rb $ValidatorPem.Replace('\', '/'))"
+    "client_key $(ConvertTo-Rb $ClientPem.Replace('\', '/'))"
+    'log_location STDOUT'
+  )
+  # Written without a BOM, which Ruby would read as code.
+  [IO.File]::WriteAllText($ClientRb, ($rb -join "`n") + "`n")
+  Write-Log "wrote $ClientRb for Chef node $NodeName"
+}
+
+# Runs the Chef client, its output to the console and the log; returns its exit code. The license
+# key (licensed Chef) is in its environment only.
+function Invoke-Chef([string[]]$Arguments) {
+  $ErrorActionPreference = 'Continue'  # native stderr lines must not become terminating errors
+  $env:CHEF_LICENSE = 'accept-no-persist'
+  if ($LicenseKey) { $env:CHEF_LICENSE_KEY = $LicenseKey }
+  try { & $ChefClient @Arguments 2>&1 | ForEach-Object { Write-Log "$_" } }
+  finally { Remove-Item -ErrorAction SilentlyContinue Env:CHEF_LICENSE_KEY }
+  $LASTEXITCODE
+}
+
+# The same with a deadline of its own: past it, the client's whole process tree is killed (Ruby
+# children included) and this throws, so the caller's catch/finally still alert and clean up.
+function Invoke-ChefWithin([string[]]$Arguments, [int]$Seconds) {
+  $out = Join-Path $BakeryDir 'chef-run.out'
+  $quoted = $Arguments | ForEach-Object { '"' + ($_ -replace '"', '\"') + '"' }
+  $env:CHEF_LICENSE = 'accept-no-persist'
+  if ($LicenseKey) { $env:CHEF_LICENSE_KEY = $LicenseKey }
+  try {
+    $p = Start-Process -FilePath $ChefClient -ArgumentList $quoted -NoNewWindow -PassThru -RedirectStandardOutput $out -RedirectStandardError "$out.err"
+  } finally { Remove-Item -ErrorAction SilentlyContinue Env:CHEF_LICENSE_KEY }
+  $null = $p.Handle  # keeps the handle open: without it Windows PowerShell reports no ExitCode
+  $done = $p.WaitForExit($Seconds * 1000)
+  if (-not $done) {
+    & taskkill.exe /PID $p.Id /T /F 2>&1 | ForEach-Object { Write-Log "$_" }
+  }
+  Get-Content -ErrorAction SilentlyContinue -Path $out, "$out.err" | ForEach-Object { Write-Log "$_" }
+  Remove-Item -Force -ErrorAction SilentlyContinue -Path $out, "$out.err"
+  if (-not $done) { throw "$ChefBin did not finish within $([int]($Seconds / 60)) minutes: its process tree was killed" }
+  $p.ExitCode
+}

@@ -1,0 +1,562 @@
+#!/bin/bash
+# AMI Bakery bake of role 'web', unpacked and run by the bake user data as
+# /var/lib/bakery/bake.sh: Chef runs the ami run list (nothing is started), then the first-boot
+# mechanism + /firstboot.txt go in, this instance's Chef identity goes out, and the instance tags itself
+# bakery:bootstrap=succeeded|failed. A converge that asks for a reboot (exit 35/37) reboots and
+# continues through a one-shot systemd unit; success is tagged only after the last converge. No
+# secrets here: the validator key comes from S3. The image keeps only a short root-only summary log.
+set -Eeuo pipefail
+umask 022
+PROG=bakery-bake
+LIB=${BAKERY_ROOT:-/}
+LIB="${LIB%/}"'/usr/local/lib/bakery/bakery-lib.sh'
+mkdir -p "${LIB%/*}"
+cat >"$LIB" <<'BAKERY_FILE_END'
+# shellcheck shell=bash
+# AMI Bakery: role 'web' settings + functions of the instance scripts. Test seams: BAKERY_ROOT
+# (prefix of every path written), BAKERY_IMDS_URL, AWS_ENDPOINT_URL; tools from PATH.
+ROLE='web'
+CHEF_SERVER_URL='https://chef.example.com/organizations/acme'
+CHEF_VALIDATOR='acme-validator'
+CHEF_VALIDATOR_KEY_S3='s3://acme-bakery/chef/validator.pem'
+CHEF_VERSION='18'
+CHEF_INSTALLER_URL='https://omnitruck.cinc.sh/install.sh'
+# cinc (community build: cinc-client in /opt/cinc) or chef (licensed: chef-client in /opt/chef).
+CHEF_DISTRIBUTION='cinc'
+CHEF_PREINSTALLED='no'
+CHEF_LICENSE_S3=''
+CHEF_LICENSE_SSM=''
+ALERT_TOPIC_ARN='arn:aws:sns:us-east-1:123456789012:bakery-alerts'
+ALERT_REGION='us-east-1'
+
+PROG=${PROG:-bakery}
+ROOT=${BAKERY_ROOT:-/}
+ROOT=${ROOT%/}
+IMDS=${BAKERY_IMDS_URL:-http://169.254.169.254}
+IMDS=${IMDS%/}
+if [ -n "${BAKERY_IMDS_URL:-}" ]; then
+  # The CLI's instance-role credentials must come from the same metadata service.
+  export AWS_EC2_METADATA_SERVICE_ENDPOINT="${AWS_EC2_METADATA_SERVICE_ENDPOINT:-$IMDS}"
+fi
+# Appended, so tools earlier on PATH win; the omnibus client and pip's aws live here.
+PATH="$PATH:/usr/local/bin:/opt/$CHEF_DISTRIBUTION/bin:/opt/aws/bin"
+CHEF_BIN='cinc-client'
+# Chef 18+ asks to accept its license; Cinc ignores this.
+export PATH CHEF_LICENSE=accept-no-persist
+CHEF_LICENSE_KEY_VALUE=""
+CHEF_DIR="$ROOT/etc/chef"
+CLIENT_RB="$CHEF_DIR/client.rb"
+CLIENT_PEM="$CHEF_DIR/client.pem"
+VALIDATOR_PEM="$CHEF_DIR/validation.pem"
+INSTANCE_ID=""
+REGION=""
+STEP="starting"
+FAIL=""
+
+log() { printf '%s %s: %s\n' "$(date -u +%FT%TZ)" "$PROG" "$*"; }
+step() {
+  STEP=$*
+  log "$STEP"
+}
+# Give up with a reason; the caller's EXIT trap reports it.
+fail() {
+  FAIL=$*
+  log "FAILED: $FAIL"
+  exit 1
+}
+retry() {
+  local n=1
+  until "$@"; do
+    [ "$n" -ge 6 ] && return 1
+    sleep $((n * 2))
+    n=$((n + 1))
+  done
+}
+# awscli v1 before 1.29 ignores AWS_ENDPOINT_URL: pass it on explicitly.
+awsc() {
+  if [ -n "${AWS_ENDPOINT_URL:-}" ]; then
+    aws --endpoint-url "$AWS_ENDPOINT_URL" "$@"
+  else
+    aws "$@"
+  fi
+}
+
+# IMDSv2: a session token first, then every read carries it.
+imds_token() {
+  curl -fsS --max-time 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 21600' "$IMDS/latest/api/token"
+}
+imds() {
+  curl -fsS --max-time 5 -H "X-aws-ec2-metadata-token: $IMDS_TOKEN" "$IMDS/latest/$1"
+}
+read_metadata() {
+  step "reading instance metadata from $IMDS"
+  IMDS_TOKEN=$(retry imds_token) || fail "no IMDSv2 token from $IMDS"
+  INSTANCE_ID=$(retry imds meta-data/instance-id) || fail "no instance id from $IMDS"
+  REGION=$(retry imds meta-data/placement/region) || fail "no region from $IMDS"
+  log "instance $INSTANCE_ID in $REGION"
+}
+
+# A tag value, safe in a JSON string too: printable ASCII without " or \, at most 255 characters.
+clean() {
+  local s
+  s=$(printf '%s' "$*" | LC_ALL=C tr -c '[:print:]' ' ')
+  s=${s//[\"\\]/\'}
+  printf '%s' "${s:0:255}"
+}
+tag_self() {
+  retry awsc ec2 create-tags --region "$REGION" --resources "$INSTANCE_ID" --tags \
+    "$(printf '[{"Key":"bakery:bootstrap","Value":"%s"},{"Key":"bakery:bootstrap-detail","Value":"%s"}]' \
+      "$(clean "$1")" "$(clean "$2")")"
+}
+
+# One SNS alert: role, instance, region, exit code, reason, last log lines. A single attempt (the CLI
+# retries throttling): a blind retry could alert twice.
+alert() {
+  local subject body
+  subject="bakery: $WHAT of $ROLE failed on ${INSTANCE_ID:-unknown instance}"
+  body=$(printf 'AMI Bakery: %s of role %s failed.\n\nInstance:  %s\nRegion:    %s\nExit code: %s\nReason:    %s\n%s\nLog:       %s\n\nLast log lines:\n%s\n' \
+    "$WHAT" "$ROLE" "${INSTANCE_ID:-unknown}" "${REGION:-unknown}" "$1" "$FAIL" "${ALERT_NOTE:-}" "$LOG" \
+    "$(tail -n 30 "$LOG" 2>/dev/null || true)")
+  if awsc sns publish --region "$ALERT_REGION" --topic-arn "$ALERT_TOPIC_ARN" \
+    --subject "${subject:0:100}" --message "$body" >/dev/null; then
+    log "alert published to $ALERT_TOPIC_ARN"
+  else
+    log "could not publish the alert to $ALERT_TOPIC_ARN"
+  fi
+}
+
+# A Ruby single-quoted string: only \ and ' are special there.
+rbq() {
+  local s=${1//\\/\\\\}
+  printf "'%s'" "${s//\'/\\\'}"
+}
+
+# The licensed Chef's key, from S3 or SSM with the instance role: kept in memory, never on disk.
+fetch_license_key() {
+  [ "$CHEF_DISTRIBUTION" = chef ] || return 0
+  [ -n "$CHEF_LICENSE_KEY_VALUE" ] && return 0
+  if [ -n "$CHEF_LICENSE_S3" ]; then
+    step "fetching the Chef license key $CHEF_LICENSE_S3"
+    CHEF_LICENSE_KEY_VALUE=$(awsc s3 cp --only-show-errors --region "$REGION" "$CHEF_LICENSE_S3" -) ||
+      fail "cannot fetch the Chef license key $CHEF_LICENSE_S3 with the instance role"
+  elif [ -n "$CHEF_LICENSE_SSM" ]; then
+    step "fetching the Chef license key from SSM parameter $CHEF_LICENSE_SSM"
+    CHEF_LICENSE_KEY_VALUE=$(awsc ssm get-parameter --region "$REGION" --name "$CHEF_LICENSE_SSM" \
+      --with-decryption --query Parameter.Value --output text) ||
+      fail "cannot read the Chef license key from SSM parameter $CHEF_LICENSE_SSM with the instance role"
+  fi
+  CHEF_LICENSE_KEY_VALUE=$(printf '%s' "$CHEF_LICENSE_KEY_VALUE" | tr -d '[:space:]')
+}
+
+ensure_chef() {
+  command -v "$CHEF_BIN" >/dev/null 2>&1 && return 0
+  if [ "$CHEF_PREINSTALLED" = yes ]; then
+    fail "chef.preinstalled is true but $CHEF_BIN is neither on PATH nor in /opt/$CHEF_DISTRIBUTION/bin of the base AMI"
+  fi
+  fetch_license_key
+  step "installing $CHEF_DISTRIBUTION client $CHEF_VERSION from $CHEF_INSTALLER_URL"
+  local installer
+  installer=$(mktemp)
+  # Downloaded whole before it runs: a cut-off pipe into bash would run half a script. A license
+  # key goes in curl's config on stdin, not on its command line (ps would show it).
+  local rc=0
+  if [ -n "$CHEF_LICENSE_KEY_VALUE" ]; then
+    printf 'url = "%s?license_id=%s"\n' "$CHEF_INSTALLER_URL" "$CHEF_LICENSE_KEY_VALUE" |
+      retry curl -fsSL --max-time 300 -o "$installer" -K - || rc=$?
+  else
+    retry curl -fsSL --max-time 300 -o "$installer" "$CHEF_INSTALLER_URL" || rc=$?
+  fi
+  [ "$rc" -eq 0 ] || { rm -f "$installer"; fail "cannot download $CHEF_INSTALLER_URL"; }
+  bash "$installer" -P "$CHEF_DISTRIBUTION" -v "$CHEF_VERSION" || rc=$?
+  rm -f "$installer"  # nothing of the installer stays in /tmp (or the image)
+  [ "$rc" -eq 0 ] || fail "the $CHEF_DISTRIBUTION installer exited $rc"
+  hash -r
+  command -v "$CHEF_BIN" >/dev/null 2>&1 || fail "$CHEF_BIN is not on PATH after installing"
+}
+
+# Runs the distribution's client; licensed Chef gets its key in the environment only.
+chef_run() {
+  if [ -n "$CHEF_LICENSE_KEY_VALUE" ]; then
+    CHEF_LICENSE_KEY="$CHEF_LICENSE_KEY_VALUE" "$CHEF_BIN" "$@"
+  else
+    "$CHEF_BIN" "$@"
+  fi
+}
+
+fetch_validator() {
+  step "fetching the validator key $CHEF_VALIDATOR_KEY_S3"
+  mkdir -p "$CHEF_DIR"
+  (umask 077 && awsc s3 cp --only-show-errors --region "$REGION" "$CHEF_VALIDATOR_KEY_S3" "$VALIDATOR_PEM") ||
+    fail "cannot fetch the validator key $CHEF_VALIDATOR_KEY_S3 with the instance role"
+  chmod 600 "$VALIDATOR_PEM"
+}
+
+write_client_rb() {
+  mkdir -p "$CHEF_DIR"
+  {
+    printf 'chef_server_url %s\n' "$(rbq "$CHEF_SERVER_URL")"
+    printf 'node_name %s\n' "$(rbq "$1")"
+    printf 'validation_client_name %s\n' "$(rbq "$CHEF_VALIDATOR")"
+    printf 'validation_key %s\n' "$(rbq "$VALIDATOR_PEM")"
+    printf 'client_key %s\n' "$(rbq "$CLIENT_PEM")"
+    printf 'log_location STDOUT\n'
+  } >"$CLIENT_RB"
+  log "wrote $CLIENT_RB for Chef node $1"
+}
+BAKERY_FILE_END
+# shellcheck source=bakery-lib.sh
+. "$LIB"
+NODE_NAME='bake-web-render'
+RUN_LIST='recipe[roles::web_ami]'
+IMAGE_INFO='{"bake_id":"render","bakery_version":"0.1.0","chef_node":"bake-web-render","release":"unreleased","role":"web"}'
+LOG="$ROOT/var/log/bakery-bake.log"
+RESUME_DIR="$ROOT/var/lib/bakery"
+RESUME_SCRIPT="$RESUME_DIR/bake.sh"
+RESUME_COUNT="$RESUME_DIR/bake-reboots"
+RESUME_UNIT=bakery-bake-resume.service
+MAX_REBOOTS=5
+REBOOTING=no
+mkdir -p "${LOG%/*}"
+# The full log (Chef's diffs included) is root-only while it exists; it becomes a summary at the end.
+(umask 077 && touch "$LOG")
+exec > >(tee -a "$LOG") 2>&1
+
+# What the image keeps of this bake: a few lines, root only. Chef's output stays on the console.
+summarize_logs() {
+  local summary="$LOG.summary"
+  (umask 077 && printf 'AMI Bakery bake of role %s as Chef node %s: %s\nreboots during the converge: %s\nfinished %s\n' \
+    "$ROLE" "$NODE_NAME" "$1" "$(cat "$RESUME_COUNT" 2>/dev/null || echo 0)" "$(date -u +%FT%TZ)" >"$summary")
+  mv -f "$summary" "$LOG"
+  # cloud-init copies user data output here: the same Chef output, kept out of the image.
+  if [ -f "$ROOT/var/log/cloud-init-output.log" ]; then
+    : >"$ROOT/var/log/cloud-init-output.log"
+  fi
+  rm -rf "$ROOT/var/chef/backup" "$ROOT/var/cinc/backup" "$ROOT/var/chef/cache" "$ROOT/var/cinc/cache"
+}
+
+on_exit() {
+  local rc=$?
+  trap - EXIT
+  rm -f "$VALIDATOR_PEM"
+  if [ "$REBOOTING" = yes ] && [ "$rc" -eq 0 ]; then
+    exit 0  # the resumed run reports
+  fi
+  if [ "$rc" -ne 0 ]; then
+    [ -n "$FAIL" ] || FAIL="$STEP failed (exit $rc)"
+    log "bake of $ROLE failed: $FAIL"
+    if [ -n "$INSTANCE_ID" ]; then
+      tag_self failed "$FAIL" || log "could not tag $INSTANCE_ID bakery:bootstrap=failed"
+    fi
+  fi
+  if [ "$rc" -ne 0 ]; then
+    summarize_logs "failed: $FAIL" || true
+    rm -f "$RESUME_SCRIPT" "$RESUME_COUNT"
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+
+# A resumed run starts by removing its one-shot unit: a later boot (of the image) must not rerun the bake.
+clear_resume() {
+  rm -f "$ROOT/etc/systemd/system/multi-user.target.wants/$RESUME_UNIT" "$ROOT/etc/systemd/system/$RESUME_UNIT"
+  if [ -z "$ROOT" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl daemon-reload || true
+  fi
+}
+
+# chef-client exited 35 (reboot scheduled) or 37 (reboot needed): reboot, then run this script again
+# from a one-shot unit (removed by that run), so the converge finishes before anything is tagged.
+reboot_and_resume() {
+  local count
+  count=$(($(cat "$RESUME_COUNT" 2>/dev/null || echo 0) + 1))
+  [ "$count" -le "$MAX_REBOOTS" ] ||
+    fail "chef-client still asks for a reboot (exit $1) after $MAX_REBOOTS reboots; giving up"
+  step "chef-client exited $1 (reboot requested): rebooting to continue the converge (reboot $count of at most $MAX_REBOOTS)"
+  mkdir -p "$RESUME_DIR"
+  echo "$count" >"$RESUME_COUNT"
+  [ -f "$RESUME_SCRIPT" ] || fail "$RESUME_SCRIPT is missing: the bake cannot continue after a reboot"
+  mkdir -p "$ROOT/etc/systemd/system"
+  cat >"$ROOT/etc/systemd/system/$RESUME_UNIT" <<'UNIT_END'
+# AMI Bakery: continues a bake after a reboot its converge asked for; the run removes this unit.
+[Unit]
+Description=AMI Bakery bake, continued after a reboot requested by chef-client
+Wants=network-online.target
+After=network-online.target
+ConditionPathExists=/var/lib/bakery/bake.sh
+
+[Service]
+Type=oneshot
+ExecStart=/bin/bash /var/lib/bakery/bake.sh
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+UNIT_END
+  if [ -z "$ROOT" ]; then
+    if ! command -v systemctl >/dev/null 2>&1 || [ ! -d /run/systemd/system ]; then
+      fail "chef-client asked for a reboot, but without systemd the bake cannot continue after it"
+    fi
+    systemctl daemon-reload
+    systemctl enable "$RESUME_UNIT"
+  else
+    mkdir -p "$ROOT/etc/systemd/system/multi-user.target.wants"
+    ln -sfn "/etc/systemd/system/$RESUME_UNIT" "$ROOT/etc/systemd/system/multi-user.target.wants/$RESUME_UNIT"
+  fi
+  REBOOTING=yes
+  reboot
+  exit 0
+}
+
+# Write stdin to ROOT/PATH with MODE, atomically.
+put_file() {
+  local dest="$ROOT$1"
+  mkdir -p "${dest%/*}"
+  cat >"$dest.bakery-new"
+  chmod "$2" "$dest.bakery-new"
+  mv -f "$dest.bakery-new" "$dest"
+  log "installed $dest"
+}
+
+enable_firstboot() {
+  if [ -z "$ROOT" ]; then
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+      systemctl daemon-reload
+      systemctl enable bakery-firstboot.service
+    elif command -v chkconfig >/dev/null 2>&1; then
+      chkconfig --add bakery-firstboot
+      chkconfig bakery-firstboot on
+    elif command -v update-rc.d >/dev/null 2>&1; then
+      update-rc.d bakery-firstboot defaults
+    else
+      fail "found neither systemctl, chkconfig nor update-rc.d to enable bakery-firstboot"
+    fi
+    return 0
+  fi
+  # Not the running system (a sandbox or a mounted image): make the links those tools make.
+  mkdir -p "$ROOT/etc/systemd/system/multi-user.target.wants"
+  ln -sfn /etc/systemd/system/bakery-firstboot.service \
+    "$ROOT/etc/systemd/system/multi-user.target.wants/bakery-firstboot.service"
+  local rc_dir="$ROOT/etc/rc.d" level
+  [ -d "$rc_dir" ] || rc_dir="$ROOT/etc"
+  for level in 2 3 4 5; do
+    mkdir -p "$rc_dir/rc$level.d"
+    ln -sfn ../init.d/bakery-firstboot "$rc_dir/rc$level.d/S99bakery-firstboot"
+  done
+  log "enabled bakery-firstboot by links under $ROOT/etc"
+}
+
+clear_resume
+log "baking role $ROLE as Chef node $NODE_NAME"
+read_metadata
+ensure_chef
+fetch_license_key
+fetch_validator
+write_client_rb "$NODE_NAME"
+
+step "running $CHEF_BIN with the ami run list $RUN_LIST"
+rc=0
+chef_run -c "$CLIENT_RB" -o "$RUN_LIST" || rc=$?
+case "$rc" in
+  0) ;;
+  35 | 37) reboot_and_resume "$rc" ;;
+  *) fail "$CHEF_BIN exited $rc running the ami run list $RUN_LIST" ;;
+esac
+
+step "installing the first-boot mechanism"
+put_file '/usr/local/sbin/bakery-firstboot' 755 <<'BAKERY_FILE_END'
+#!/bin/bash
+# bakery-firstboot (AMI Bakery, role 'web'): while /firstboot.txt exists, register this instance
+# with Chef as ROLE-INSTANCE_ID and run the role's run list from S3; success removes the file,
+# failure keeps it (the next boot retries) and sends one SNS alert. Log /var/log/bakery-firstboot.log.
+set -Eeuo pipefail
+umask 022
+PROG=bakery-firstboot
+LIB=${BAKERY_ROOT:-/}
+# shellcheck source=bakery-lib.sh
+. "${LIB%/}/usr/local/lib/bakery/bakery-lib.sh"
+RUNLIST_S3='s3://acme-bakery/runlists/web.json'
+RUNLIST_JSON="$CHEF_DIR/first-boot.json"
+SENTINEL="$ROOT/firstboot.txt"
+LOG="$ROOT/var/log/bakery-firstboot.log"
+LOCK="$ROOT/var/lock/bakery-firstboot.lock"
+WHAT="first boot"
+ALERT_NOTE="$SENTINEL is kept: the next boot retries."
+
+if [ ! -e "$SENTINEL" ]; then
+  log "no $SENTINEL: first boot is done, nothing to do"
+  exit 0
+fi
+mkdir -p "${LOG%/*}" "${LOCK%/*}"
+exec > >(tee -a "$LOG") 2>&1
+
+# One run at a time: a second start steps aside (exit 0).
+LOCKDIR=""
+if command -v flock >/dev/null 2>&1; then
+  exec 9>>"$LOCK"
+  if ! flock -n 9; then
+    log "another bakery-firstboot run holds $LOCK; not starting a second one"
+    exit 0
+  fi
+else
+  # No flock: mkdir is atomic; a lock of a dead process is stale.
+  if ! mkdir "$LOCK.d" 2>/dev/null; then
+    holder=$(cat "$LOCK.d/pid" 2>/dev/null || true)
+    if [ -n "$holder" ] && kill -0 "$holder" 2>/dev/null; then
+      log "another bakery-firstboot run (pid $holder) holds $LOCK.d; not starting a second one"
+      exit 0
+    fi
+    log "removing the stale lock $LOCK.d (pid ${holder:-unknown} is gone)"
+    rm -rf "$LOCK.d"
+    mkdir "$LOCK.d" 2>/dev/null || { log "another bakery-firstboot run took $LOCK.d"; exit 0; }
+  fi
+  LOCKDIR="$LOCK.d"
+  echo "$$" >"$LOCKDIR/pid"
+fi
+# A run that held the lock until a moment ago may have done the job.
+if [ ! -e "$SENTINEL" ]; then
+  log "another run removed $SENTINEL: nothing to do"
+  exit 0
+fi
+
+on_exit() {
+  local rc=$?
+  trap - EXIT
+  # The validator key is only needed to register: never leave it on disk.
+  rm -f "$VALIDATOR_PEM"
+  if [ "$rc" -ne 0 ]; then
+    [ -n "$FAIL" ] || FAIL="$STEP failed (exit $rc)"
+    alert "$rc"
+  fi
+  if [ -n "$LOCKDIR" ]; then
+    rm -rf "$LOCKDIR"
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+
+log "first boot of role $ROLE"
+read_metadata
+NODE_NAME="$ROLE-$INSTANCE_ID"
+ensure_chef
+
+step "fetching the run list $RUNLIST_S3"
+mkdir -p "$CHEF_DIR"
+rm -f "$RUNLIST_JSON"
+if ! err=$(awsc s3 cp --only-show-errors --region "$REGION" "$RUNLIST_S3" "$RUNLIST_JSON" 2>&1); then
+  fail "the run list $RUNLIST_S3 is missing or unreadable (upload {\"run_list\": [...]} there): ${err##*$'\n'}"
+fi
+grep -q '"run_list"' "$RUNLIST_JSON" || fail "the run list $RUNLIST_S3 has no \"run_list\" key"
+
+fetch_validator
+write_client_rb "$NODE_NAME"
+fetch_license_key
+step "running $CHEF_BIN as $NODE_NAME with the run list from $RUNLIST_S3"
+rc=0
+# 9>&-: a service Chef starts must not inherit (and so hold) the lock.
+chef_run -c "$CLIENT_RB" -j "$RUNLIST_JSON" 9>&- || rc=$?
+if [ "$rc" -ne 0 ]; then
+  FAIL="$CHEF_BIN exited $rc"
+  log "FAILED: $FAIL"
+  exit "$rc"
+fi
+rm -f "$SENTINEL"
+log "first boot of $NODE_NAME succeeded; removed $SENTINEL"
+BAKERY_FILE_END
+put_file '/etc/init.d/bakery-firstboot' 755 <<'BAKERY_FILE_END'
+#!/bin/bash
+# chkconfig: 2345 99 01
+# description: AMI Bakery first boot: Chef registration and run list while /firstboot.txt exists
+### BEGIN INIT INFO
+# Provides:          bakery-firstboot
+# Required-Start:    $network $remote_fs $syslog $time
+# Required-Stop:
+# Should-Start:      cloud-init cloud-config
+# Default-Start:     2 3 4 5
+# Default-Stop:      0 1 6
+# Short-Description: AMI Bakery first boot (role 'web')
+# Description:       Runs /usr/local/sbin/bakery-firstboot while /firstboot.txt exists.
+### END INIT INFO
+ROOT=${BAKERY_ROOT:-/}
+ROOT=${ROOT%/}
+EXEC="$ROOT/usr/local/sbin/bakery-firstboot"
+SENTINEL="$ROOT/firstboot.txt"
+LOCK="$ROOT/var/lock/bakery-firstboot.lock"
+LOG="$ROOT/var/log/bakery-firstboot.log"
+
+running() {
+  if command -v flock >/dev/null 2>&1; then
+    [ -e "$LOCK" ] && ! flock -n "$LOCK" true
+  else
+    kill -0 "$(cat "$LOCK.d/pid" 2>/dev/null)" 2>/dev/null
+  fi
+}
+
+case "${1:-}" in
+  start | restart | force-reload)
+    if [ ! -e "$SENTINEL" ]; then
+      echo "bakery-firstboot: first boot already done (no $SENTINEL)"
+      exit 0
+    fi
+    echo "bakery-firstboot: starting (log: $LOG)"
+    exec "$EXEC"
+    ;;
+  stop)
+    # A run is one chef-client pass: nothing stays running to stop.
+    exit 0
+    ;;
+  status)
+    if running; then
+      echo "bakery-firstboot: running (log: $LOG)"
+    elif [ -e "$SENTINEL" ]; then
+      echo "bakery-firstboot: pending or failed, $SENTINEL is present (log: $LOG)"
+      exit 3
+    else
+      echo "bakery-firstboot: first boot done"
+    fi
+    ;;
+  *)
+    echo "Usage: $0 {start|stop|status|restart|force-reload}" >&2
+    exit 2
+    ;;
+esac
+BAKERY_FILE_END
+put_file '/etc/systemd/system/bakery-firstboot.service' 644 <<'BAKERY_FILE_END'
+# AMI Bakery first boot of role 'web': Chef registration and run list while /firstboot.txt exists.
+[Unit]
+Description=AMI Bakery first boot (Chef registration and role run list)
+Wants=network-online.target
+After=network-online.target cloud-init.service
+ConditionPathExists=/firstboot.txt
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/bakery-firstboot
+RemainAfterExit=no
+# Long Chef runs are fine; a hung one must end (and alert) rather than hold the boot.
+TimeoutStartSec=2h
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+BAKERY_FILE_END
+enable_firstboot
+mkdir -p "$ROOT/etc/bakery"
+printf '%s\n' "$IMAGE_INFO" >"$ROOT/etc/bakery/image.json"
+printf 'AMI Bakery: bakery-firstboot registers this instance with Chef while this file exists.\n' \
+  >"$ROOT/firstboot.txt"
+log "created $ROOT/firstboot.txt"
+
+step "removing this instance's Chef identity from the image"
+rm -f "$CLIENT_PEM" "$VALIDATOR_PEM" "$CLIENT_RB" "$CHEF_DIR/first-boot.json"
+
+step "reporting success"
+log "bake of $ROLE succeeded: the bakery now stops and images $INSTANCE_ID"
+# Before the tag: once it is set, the bakery may stop this instance at any moment.
+summarize_logs succeeded
+rm -f "$RESUME_SCRIPT" "$RESUME_COUNT"
+tag_self succeeded "ami run list converged as $NODE_NAME; first boot installed" ||
+  fail "could not tag $INSTANCE_ID bakery:bootstrap=succeeded"

@@ -1,0 +1,1 @@
+"""The declarative-Pipeline harness (harness.groovy) and its pytest driver (driver.py)."""

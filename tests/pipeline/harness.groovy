@@ -1,0 +1,1148 @@
+/*
+ * A declarative-Pipeline harness: EXECUTES jenkins/Jenkinsfile and jenkins/release.Jenkinsfile with the
+ * semantics of Jenkins, in the spirit of JenkinsPipelineUnit (not obtainable here). Groovy 2.4.21 is the
+ * Groovy Jenkins core bundles, so what parses and runs here parses and runs there (CPS aside: the
+ * harness does not CPS-transform, so it cannot find CPS-only mistakes such as a @NonCPS method calling
+ * a step).
+ *
+ * Usage:  groovy harness.groovy SCENARIO.json        one build, result written to scenario.resultFile
+ *         groovy harness.groovy --serve               reads scenario paths on stdin, prints "DONE path"
+ *                                                     after each (one JVM for a whole test module)
+ *
+ * How Jenkins behaves, and how this models it (sources named; checked against their code):
+ *
+ * - Declarative execution order (pipeline-model-definition ModelInterpreter): the agent is allocated,
+ *   then the pipeline-level `environment` (credentials first, then the variables, in order, each seeing
+ *   the ones before) and the `options` wrappers (timeout, timestamps, withFolderProperties) wrap BOTH the
+ *   stages and `post`: a pipeline-level timeout also cuts `post` short, and an error while evaluating
+ *   `environment` fails the build before any stage and without `post`. Options are validated when the
+ *   file is compiled: an option whose plugin is missing ("Invalid option type") fails the build before
+ *   anything runs, `post` included. Steps of a missing plugin fail at run time ("No such DSL method").
+ * - After a stage fails, the later stages are "skipped due to earlier failure(s)"; an UNSTABLE stage does
+ *   not skip them. Stage-level `options { timeout }` wraps that stage only (nested `stages` included).
+ * - `post` conditions run in this fixed order, each judged against the build result at the moment it is
+ *   reached: always, changed, fixed, regression, aborted, failure, success, unstable, unsuccessful,
+ *   cleanup (jenkins.io "Pipeline Syntax", post). A failing step in one condition makes the build FAILURE
+ *   and the remaining conditions still run.
+ * - Results only get worse (hudson.model.Run.setResult): SUCCESS < UNSTABLE < FAILURE < NOT_BUILT < ABORTED.
+ *   `error` = AbortException (FAILURE); an interruption = FlowInterruptedException with its result
+ *   (ABORTED for an abort or an exceeded timeout). `catchError` catches both by default
+ *   (catchInterruptions: true) and sets buildResult (default FAILURE) and stageResult (default SUCCESS).
+ * - `sh` (workflow-durable-task-step): runs `sh -xe` in the workspace (or `dir`) with the agent's
+ *   environment, the Jenkins variables, the parameters, `env.X` assignments and the enclosing
+ *   withEnv/withCredentials/environment bindings; a non-zero exit is "script returned exit code N".
+ *   On abort or timeout DurableTaskStep.Execution.stop sends SIGTERM to the process tree and, if the
+ *   process has not ended after REMOTE_TIMEOUT (20 s), prints "After 20s process did not stop" and gives
+ *   the step up WITHOUT killing it: the process keeps running while `post` starts. Modelled exactly
+ *   (the 20 s may be shortened per scenario to keep tests fast; the processes left running are reported).
+ * - `junit` (junit plugin JUnitResultArchiver/JUnitParser): files older than the build start (3 s margin)
+ *   are not new and are ignored ("Test reports were found but none of them are new"); no matching file
+ *   is an error unless allowEmptyResults; a failed or errored test case makes the build and the stage
+ *   UNSTABLE (it does not stop the build).
+ * - `archiveArtifacts`: Ant-style patterns relative to the workspace; nothing matched is an error
+ *   unless allowEmptyArchive.
+ * - `currentBuild` / `build` return values are RunWrapper (workflow-support): `upstreamBuilds` walks the
+ *   build's UpstreamCauses in order, each followed by its own upstream causes; `buildVariables` of a
+ *   freestyle (AbstractBuild) upstream are its environment plus its build variables (parameters
+ *   included), but of a Pipeline (WorkflowRun) build ONLY its `env.X = ...` assignments
+ *   (EnvironmentAction.IncludingOverrides), never its parameters nor its `environment {}` variables.
+ *   `getRawBuild()` is refused by the script-security sandbox without script approval.
+ * - `build` (pipeline-build-step): parameters the downstream job does not define are dropped with a
+ *   warning (core ParametersAction, SECURITY-170); parameters it defines but that are not given take their
+ *   defaults; with propagate a non-SUCCESS downstream fails the step with the downstream's result.
+ * - `params`: the job's parameter definitions with their defaults, overridden by what the build was
+ *   started with; a build started by ReverseBuildTrigger gets only defaults; Replay and Rebuild keep the
+ *   parameters but not the causes (workflow-cps ReplayAction copies ParametersAction, not CauseAction).
+ * - Folder properties (Folder Properties plugin) reach `env` only inside `withFolderProperties`.
+ * - credentials-binding: a missing id is "Could not find credentials entry with ID '...'"; a secret file
+ *   is copied to a temporary file deleted when the block ends.
+ *
+ * Aborts are requested by the scenario: `abort: {stage, afterSeconds}` (a user clicking the abort button
+ * that long after the stage began) or `abort: {whenFileExists}` (the moment a test chooses).
+ *
+ * A Groovy programming error (MissingMethodException, MissingPropertyException, NullPointerException,
+ * sandbox rejection...) fails the build as in Jenkins and is also listed under "groovyErrors", so the
+ * test driver can fail the test on it.
+ */
+
+import groovy.json.JsonOutput
+import groovy.json.JsonSlurper
+import java.nio.file.FileSystems
+import java.nio.file.Files
+import java.nio.file.PathMatcher
+import java.util.concurrent.TimeUnit
+import org.codehaus.groovy.control.CompilerConfiguration
+
+class AbortException extends RuntimeException {
+    AbortException(String message) { super(message) }
+}
+
+class FlowInterruptedException extends RuntimeException {
+    String result
+    FlowInterruptedException(String result, String message) { super(message); this.result = result }
+}
+
+class RejectedAccessException extends SecurityException {
+    RejectedAccessException(String signature) {
+        super("Scripts not permitted to use ${signature}. Administrators can decide whether to approve or reject this signature.")
+    }
+}
+
+/** The compile-time failure of a declarative file (validation before anything runs). */
+class CompileError extends RuntimeException {
+    CompileError(String message) { super(message) }
+}
+
+class Results {
+    static final List ORDER = ['SUCCESS', 'UNSTABLE', 'FAILURE', 'NOT_BUILT', 'ABORTED']
+    static String worse(String a, String b) {
+        if (a == null) { return b }
+        if (b == null) { return a }
+        return ORDER.indexOf(a) >= ORDER.indexOf(b) ? a : b
+    }
+}
+
+/** The sandbox-whitelisted view of a build (workflow-support RunWrapper). */
+class RunWrapper {
+    protected final Map run
+    RunWrapper(Map run) { this.run = run }
+    Map getBuildVariables() {
+        if (run.kind == 'freestyle') {
+            Map vars = [:]
+            vars.putAll(run.environment ?: [:])
+            vars.putAll(run.parameters ?: [:])
+            return Collections.unmodifiableMap(vars)
+        }
+        return Collections.unmodifiableMap(run.envOverrides ?: [:])
+    }
+    List getUpstreamBuilds() {
+        List result = []
+        (run.upstreamBuilds ?: []).each { Map up ->
+            RunWrapper wrapper = new RunWrapper(up)
+            result << wrapper
+            result.addAll(wrapper.upstreamBuilds)
+        }
+        return result
+    }
+    int getNumber() { return run.number as int }
+    String getId() { return "${run.number}" }
+    String getDisplayName() { return run.displayName ?: "#${run.number}" }
+    String getFullProjectName() { return run.fullProjectName }
+    String getProjectName() { return run.fullProjectName.tokenize('/').last() }
+    String getFullDisplayName() { return "${run.fullProjectName.replace('/', ' » ')} ${displayName}" }
+    String getDescription() { return run.description }
+    String getResult() { return run.result }
+    String getCurrentResult() { return run.result ?: 'SUCCESS' }
+    long getStartTimeInMillis() { return (run.startTimeInMillis ?: 0) as long }
+    String getAbsoluteUrl() { return "http://jenkins.invalid/job/${run.fullProjectName}/${run.number}/" }
+    Object getRawBuild() {
+        throw new RejectedAccessException('method org.jenkinsci.plugins.workflow.support.steps.build.RunWrapper getRawBuild')
+    }
+}
+
+/** `currentBuild`: the RunWrapper of the running build, whose displayName/description/result are writable. */
+class CurrentBuild extends RunWrapper {
+    final Build b
+    CurrentBuild(Build b) { super(b.runMap()); this.b = b }
+    @Override Map getBuildVariables() { return Collections.unmodifiableMap(new LinkedHashMap(b.overrides)) }
+    @Override List getUpstreamBuilds() { return new RunWrapper(b.runMap()).upstreamBuilds }
+    @Override String getDisplayName() { return b.displayName ?: "#${b.number}" }
+    void setDisplayName(String name) { b.displayName = name }
+    @Override String getDescription() { return b.description }
+    void setDescription(String text) { b.description = text }
+    @Override String getResult() { return b.result }
+    @Override String getCurrentResult() { return b.result ?: 'SUCCESS' }
+    void setResult(String result) { b.setResult(result) }
+}
+
+class EnvProxy {
+    final Build b
+    EnvProxy(Build b) { this.b = b }
+    Object getProperty(String name) { return b.environment().get(name) }
+    void setProperty(String name, Object value) { b.overrides[name] = value == null ? null : value.toString() }
+    String getAt(String name) { return b.environment().get(name) }
+    void putAt(String name, Object value) { setProperty(name, value) }
+}
+
+class ParamsProxy {
+    final Map values
+    ParamsProxy(Map values) { this.values = Collections.unmodifiableMap(values) }
+    Object getProperty(String name) { return values.get(name) }
+    void setProperty(String name, Object value) {
+        throw new UnsupportedOperationException('params are read-only')
+    }
+    Object getAt(String name) { return values.get(name) }
+}
+
+class StageModel {
+    String name
+    Closure steps
+    List<StageModel> children
+    List options = []
+    Map post = [:]
+}
+
+class OptionsDelegate {
+    final Build b
+    final List options
+    final boolean stageLevel
+    OptionsDelegate(Build b, List options, boolean stageLevel) { this.b = b; this.options = options; this.stageLevel = stageLevel }
+    void timeout(Map args) { b.requirePlugin('workflow-basic-steps', 'timeout'); options << [type: 'timeout', args: args] }
+    void timestamps() { b.requirePluginAtCompile('timestamper', 'timestamps'); options << [type: 'timestamps'] }
+    void withFolderProperties() {
+        b.requirePluginAtCompile('folder-properties', 'withFolderProperties')
+        options << [type: 'withFolderProperties']
+    }
+    void disableConcurrentBuilds(Map args = [:]) { options << [type: 'disableConcurrentBuilds'] ; b.jobPropertyOptions << 'disableConcurrentBuilds' }
+    void skipDefaultCheckout() { options << [type: 'skipDefaultCheckout'] }
+    Object methodMissing(String name, Object args) {
+        throw new CompileError("WorkflowScript: Invalid option type \"${name}\"")
+    }
+}
+
+class AgentDelegate {
+    Map agent = [:]
+    void label(Object expression) { agent.label = expression?.toString() }
+    Object getAny() { agent.any = true; return null }
+    Object getNone() { agent.none = true; return null }
+}
+
+class StagesDelegate {
+    final Build b
+    final List<StageModel> stages
+    StagesDelegate(Build b, List<StageModel> stages) { this.b = b; this.stages = stages }
+    void stage(String name, Closure body) {
+        StageModel model = new StageModel(name: name)
+        body.resolveStrategy = Closure.DELEGATE_FIRST
+        body.delegate = new StageDelegate(b, model)
+        body.call()
+        stages << model
+    }
+}
+
+class StageDelegate {
+    final Build b
+    final StageModel model
+    StageDelegate(Build b, StageModel model) { this.b = b; this.model = model }
+    void steps(Closure body) { model.steps = body }
+    void options(Closure body) { b.collectOptions(body, model.options, true) }
+    void stages(Closure body) {
+        model.children = []
+        body.resolveStrategy = Closure.DELEGATE_FIRST
+        body.delegate = new StagesDelegate(b, model.children)
+        body.call()
+    }
+    void post(Closure body) { b.collectPost(body, model.post) }
+}
+
+class PostDelegate {
+    static final List CONDITIONS = ['always', 'changed', 'fixed', 'regression', 'aborted', 'failure', 'success',
+                                   'unstable', 'unsuccessful', 'cleanup']
+    final Map post
+    PostDelegate(Map post) { this.post = post }
+    Object methodMissing(String name, Object args) {
+        if (!(name in CONDITIONS)) {
+            throw new CompileError("WorkflowScript: Invalid condition \"${name}\" - valid conditions are ${CONDITIONS}")
+        }
+        post[name] = ((Object[]) args)[0]
+        return null
+    }
+}
+
+class PipelineDelegate {
+    final Build b
+    PipelineDelegate(Build b) { this.b = b }
+    Object getAny() { return [any: true] }
+    Object getNone() { return [none: true] }
+    void agent(Map spec) { b.agentClosure = { -> spec } }
+    void agent(Closure body) {
+        AgentDelegate d = new AgentDelegate()
+        b.agentClosure = { ->
+            body.resolveStrategy = Closure.DELEGATE_FIRST
+            body.delegate = d
+            body.call()
+            return d.agent
+        }
+    }
+    void options(Closure body) { b.collectOptions(body, b.pipelineOptions, false) }
+    void environment(Closure body) { b.environmentClosure = body }
+    void parameters(Closure body) { b.jobPropertyOptions << 'parameters' }
+    void triggers(Closure body) { b.jobPropertyOptions << 'triggers' }
+    void stages(Closure body) {
+        body.resolveStrategy = Closure.DELEGATE_FIRST
+        body.delegate = new StagesDelegate(b, b.stages)
+        body.call()
+    }
+    void post(Closure body) { b.collectPost(body, b.post) }
+}
+
+/** `environment {}`: each assignment is evaluated in order and visible to the next one. */
+class EnvironmentDelegate {
+    final Build b
+    final Map bound
+    EnvironmentDelegate(Build b, Map bound) { this.b = b; this.bound = bound }
+    void setProperty(String name, Object value) { bound[name] = value == null ? null : value.toString() }
+    Object getProperty(String name) {
+        if (name == 'env') { return b.envProxy }
+        if (name == 'params') { return b.paramsProxy }
+        if (name == 'currentBuild') { return b.currentBuild }
+        if (bound.containsKey(name)) { return bound[name] }
+        throw new MissingPropertyException(name, EnvironmentDelegate)
+    }
+    String credentials(String id) {
+        Map cred = b.credential(id, null)
+        if (cred.type == 'file') { return b.materializeSecretFile(id, cred) }
+        if (cred.type == 'string') { return cred.secret }
+        throw new AbortException("credentials('${id}') of type ${cred.type} is not supported here")
+    }
+}
+
+/** One build: its model, its state while it runs, and what it leaves (log, results, archive). */
+class Build {
+    static final List JENKINS_VARS = ['BUILD_NUMBER', 'BUILD_ID', 'BUILD_DISPLAY_NAME', 'JOB_NAME', 'JOB_BASE_NAME',
+                                      'BUILD_TAG', 'WORKSPACE', 'NODE_NAME', 'JENKINS_URL', 'BUILD_URL', 'JOB_URL']
+    Map scenario
+    Harness harness
+    File workspace
+    File buildDir
+    String job
+    int number
+    Map params = [:]
+    Map overrides = [:]
+    List envStack = []
+    int folderPropertiesDepth = 0
+    String result
+    String displayName
+    String description
+    List<String> log = []
+    List stagesRun = []
+    List stageStack = []
+    List junit = []
+    List archived = []
+    List html = []
+    List triggered = []
+    List groovyErrors = []
+    List postRan = []
+    List orphans = []
+    List milestones = []
+    List jobPropertyOptions = []
+    List pipelineOptions = []
+    List<StageModel> stages = []
+    Map post = [:]
+    Closure agentClosure
+    Closure environmentClosure
+    long startMillis
+    Long interruptAt
+    String interruptResult
+    String interruptMessage
+    List deadlines = []
+    boolean skipRest = false
+    String cwd = ''
+    EnvProxy envProxy
+    ParamsProxy paramsProxy
+    CurrentBuild currentBuild
+    Script script
+
+    Map runMap() {
+        return [kind: 'pipeline', fullProjectName: job, number: number, upstreamBuilds: scenario.upstreamBuilds ?: [],
+                envOverrides: overrides, startTimeInMillis: startMillis]
+    }
+
+    void setResult(String r) { result = Results.worse(result, r) }
+
+    void println(Object line) { log << line.toString() }
+
+    void requirePlugin(String plugin, String what) {
+        List plugins = scenario.plugins
+        if (plugins != null && !(plugin in plugins)) {
+            throw new MissingMethodException(what, Script, [] as Object[])
+        }
+    }
+
+    void requirePluginAtCompile(String plugin, String what) {
+        List plugins = scenario.plugins
+        if (plugins != null && !(plugin in plugins)) {
+            throw new CompileError("WorkflowScript: Invalid option type \"${what}\" (plugin ${plugin} is not installed)")
+        }
+    }
+
+    void requireStep(String plugin, String step) {
+        List plugins = scenario.plugins
+        if (plugins != null && !(plugin in plugins)) {
+            throw new MissingMethodException(step, Script, [] as Object[])
+        }
+    }
+
+    void collectOptions(Closure body, List into, boolean stageLevel) {
+        body.resolveStrategy = Closure.DELEGATE_ONLY
+        body.delegate = new OptionsDelegate(this, into, stageLevel)
+        body.call()
+    }
+
+    void collectPost(Closure body, Map into) {
+        body.resolveStrategy = Closure.DELEGATE_FIRST
+        body.delegate = new PostDelegate(into)
+        body.call()
+    }
+
+    Map folderProperties() { return folderPropertiesDepth > 0 ? (scenario.folderProperties ?: [:]) : [:] }
+
+    /** The environment a step sees, weakest first. */
+    Map environment() {
+        Map env = new LinkedHashMap(scenario.agentEnv ?: [:])
+        env.putAll(scenario.nodeProperties ?: [:])
+        env.BUILD_NUMBER = "${number}"
+        env.BUILD_ID = "${number}"
+        env.BUILD_DISPLAY_NAME = displayName ?: "#${number}"
+        env.JOB_NAME = job
+        env.JOB_BASE_NAME = job.tokenize('/').last()
+        env.BUILD_TAG = "jenkins-${job.replace('/', '-')}-${number}"
+        env.WORKSPACE = workspace.path
+        env.NODE_NAME = 'agent-1'
+        env.JENKINS_URL = 'http://jenkins.invalid/'
+        env.JOB_URL = "http://jenkins.invalid/job/${job}/"
+        env.BUILD_URL = "http://jenkins.invalid/job/${job}/${number}/"
+        params.each { k, v -> env[k] = v == null ? '' : v.toString() }
+        env.putAll(folderProperties())
+        overrides.each { k, v -> if (v != null) { env[k] = v } }
+        envStack.each { Map layer -> env.putAll(layer) }
+        return env
+    }
+
+    Object withEnvLayer(Map layer, Closure body) {
+        envStack << layer
+        try {
+            return body.call()
+        } finally {
+            envStack.remove(envStack.size() - 1)
+        }
+    }
+
+    Map credential(String id, String expectedType) {
+        Map cred = (scenario.credentials ?: [:])[id]
+        if (cred == null) {
+            throw new AbortException("Could not find credentials entry with ID '${id}'")
+        }
+        if (expectedType != null && cred.type != expectedType) {
+            throw new AbortException("Credentials '${id}' is of type '${cred.type}' where '${expectedType}' was expected")
+        }
+        return cred
+    }
+
+    String materializeSecretFile(String id, Map cred) {
+        File dir = new File(workspace.path + '@tmp', "secretFiles/${UUID.randomUUID()}")
+        dir.mkdirs()
+        File file = new File(dir, cred.fileName ?: 'secret')
+        file.bytes = new File(cred.path).bytes
+        return file.path
+    }
+
+    void checkInterrupt() {
+        Map d = currentDeadline()
+        if (d != null) {
+            throw new FlowInterruptedException(d.result, d.message)
+        }
+    }
+
+    /** The deadline (abort or timeout) that has passed, if any; it is consumed when returned. */
+    Map currentDeadline() {
+        long now = System.currentTimeMillis()
+        String trigger = scenario.abort?.whenFileExists
+        if (trigger && interruptResult && new File(trigger).exists()) {
+            new File(trigger).delete()
+            return [result: interruptResult, message: interruptMessage]
+        }
+        if (interruptAt != null && now >= interruptAt) {
+            interruptAt = null
+            return [result: interruptResult, message: interruptMessage]
+        }
+        for (Map d : deadlines) {
+            if (!d.fired && now >= d.at) {
+                d.fired = true
+                return [result: 'ABORTED', message: "Timeout has been exceeded (${d.label})"]
+            }
+        }
+        return null
+    }
+
+    Map currentStage() { return stageStack ? stageStack.last() : null }
+
+    void stageResult(String r) {
+        Map s = currentStage()
+        if (s != null) { s.status = Results.worse(s.status, r) }
+    }
+
+    File resolve(String path) {
+        File base = cwd ? new File(workspace, cwd) : workspace
+        File f = new File(path)
+        return f.absolute ? f : new File(base, path)
+    }
+}
+
+/** The steps and the `pipeline` entry point, as seen by the Jenkinsfile (its script base class). */
+abstract class PipelineScript extends Script {
+    Build getB() { return (Build) binding.getVariable('__build') }
+
+    void pipeline(Closure body) {
+        body.resolveStrategy = Closure.DELEGATE_FIRST
+        body.delegate = new PipelineDelegate(b)
+        body.call()
+        b.harness.executeDeclarative(b)
+    }
+
+    // --- basic steps -------------------------------------------------------------------------
+    void echo(Object message) { b.checkInterrupt(); b.println(message) }
+
+    void error(String message) { b.checkInterrupt(); throw new AbortException(message) }
+
+    void unstable(String message) {
+        b.println("WARNING: ${message}")
+        b.setResult('UNSTABLE')
+        b.stageResult('UNSTABLE')
+    }
+
+    Object script(Closure body) { return body.call() }
+
+    boolean isUnix() { return true }
+
+    boolean fileExists(String path) { b.checkInterrupt(); return b.resolve(path).exists() }
+
+    String readFile(Object arg) {
+        b.checkInterrupt()
+        String path = arg instanceof Map ? arg.file : arg.toString()
+        File f = b.resolve(path)
+        if (!f.exists()) { throw new java.nio.file.NoSuchFileException(f.path) }
+        return f.getText('UTF-8')
+    }
+
+    void writeFile(Map args) {
+        b.checkInterrupt()
+        File f = b.resolve(args.file.toString())
+        f.parentFile.mkdirs()
+        f.setText(args.text.toString(), 'UTF-8')
+    }
+
+    void deleteDir() { (b.cwd ? b.resolve('.') : b.workspace).deleteDir() }
+
+    Object dir(String path, Closure body) {
+        String old = b.cwd
+        b.cwd = old ? "${old}/${path}" : path
+        b.resolve('.').mkdirs()
+        try { return body.call() } finally { b.cwd = old }
+    }
+
+    void sleep(Object time) {
+        long seconds = time instanceof Map ? (time.time as long) : (time as long)
+        long end = System.currentTimeMillis() + seconds * 1000
+        while (System.currentTimeMillis() < end) { b.checkInterrupt(); Thread.sleep(50) }
+    }
+
+    Object withEnv(List vars, Closure body) {
+        Map layer = [:]
+        vars.each { String kv -> int eq = kv.indexOf('='); layer[kv.substring(0, eq)] = kv.substring(eq + 1) }
+        return b.withEnvLayer(layer, body)
+    }
+
+    Object timestamps(Closure body) { b.requireStep('timestamper', 'timestamps'); return body.call() }
+
+    Object withFolderProperties(Closure body) {
+        b.requireStep('folder-properties', 'withFolderProperties')
+        b.folderPropertiesDepth++
+        try { return body.call() } finally { b.folderPropertiesDepth-- }
+    }
+
+    Object timeout(Map args, Closure body) {
+        b.requireStep('workflow-basic-steps', 'timeout')
+        return b.harness.withTimeout(b, args, body)
+    }
+
+    Object catchError(Map args = [:], Closure body) {
+        String buildResult = args.containsKey('buildResult') ? args.buildResult : 'FAILURE'
+        String stageResult = args.containsKey('stageResult') ? args.stageResult : 'SUCCESS'
+        boolean catchInterruptions = args.containsKey('catchInterruptions') ? args.catchInterruptions : true
+        try {
+            return body.call()
+        } catch (FlowInterruptedException e) {
+            if (!catchInterruptions) { throw e }
+            b.println("Caught: ${e.message}")
+            if (buildResult) { b.setResult(buildResult) }
+            if (stageResult) { b.stageResult(stageResult) }
+        } catch (AbortException e) {
+            b.println("ERROR: ${e.message}")
+            if (args.message) { b.println(args.message) }
+            if (buildResult) { b.setResult(buildResult) }
+            if (stageResult) { b.stageResult(stageResult) }
+        }
+        return null
+    }
+
+    Object milestone(Object args = null) {
+        b.requireStep('pipeline-milestone-step', 'milestone')
+        b.milestones << (args instanceof Map ? args : [ordinal: args])
+        return null
+    }
+
+    // --- sh ------------------------------------------------------------------------------------
+    Object sh(String script) { return sh([script: script]) }
+
+    Object sh(Map args) {
+        b.checkInterrupt()
+        return b.harness.runShell(b, args)
+    }
+
+    // --- credentials ---------------------------------------------------------------------------
+    Map file(Map args) { return [binding: 'file', *: args] }
+    Map aws(Map args) { return [binding: 'aws', *: args] }
+    Map usernamePassword(Map args) { return [binding: 'usernamePassword', *: args] }
+    Map string(Map args) {
+        if (args.containsKey('credentialsId')) { return [binding: 'string', *: args] }
+        return [parameter: 'string', name: args.name, value: args.value == null ? null : args.value.toString()]
+    }
+    Map booleanParam(Map args) { return [parameter: 'boolean', name: args.name, value: "${args.value}"] }
+
+    Object withCredentials(List bindings, Closure body) {
+        b.requireStep('credentials-binding', 'withCredentials')
+        Map layer = [:]
+        List temporary = []
+        bindings.each { Map binding ->
+            if (binding.binding == 'aws') { b.requireStep('aws-credentials', 'aws') }
+            String expected = [file: 'file', string: 'string', aws: 'aws', usernamePassword: 'usernamePassword'][binding.binding]
+            Map cred = b.credential(binding.credentialsId?.toString(), expected)
+            switch (binding.binding) {
+                case 'file':
+                    String path = b.materializeSecretFile(binding.credentialsId, cred)
+                    temporary << new File(path)
+                    layer[binding.variable] = path
+                    break
+                case 'string':
+                    layer[binding.variable] = cred.secret
+                    break
+                case 'aws':
+                    layer[binding.accessKeyVariable ?: 'AWS_ACCESS_KEY_ID'] = cred.accessKey
+                    layer[binding.secretKeyVariable ?: 'AWS_SECRET_ACCESS_KEY'] = cred.secretKey
+                    break
+                default:
+                    layer[binding.usernameVariable] = cred.username
+                    layer[binding.passwordVariable] = cred.password
+            }
+        }
+        try {
+            return b.withEnvLayer(layer, body)
+        } finally {
+            temporary.each { File f -> f.delete(); f.parentFile.delete() }
+        }
+    }
+
+    // --- publishing ----------------------------------------------------------------------------
+    Object junit(Object args) {
+        b.requireStep('junit', 'junit')
+        b.checkInterrupt()
+        Map a = args instanceof Map ? args : [testResults: args.toString()]
+        return b.harness.junit(b, a)
+    }
+
+    void archiveArtifacts(Object args) {
+        b.checkInterrupt()
+        Map a = args instanceof Map ? args : [artifacts: args.toString()]
+        b.harness.archive(b, a)
+    }
+
+    void publishHTML(Map args) {
+        b.requireStep('htmlpublisher', 'publishHTML')
+        Map t = args.target ?: args
+        File dir = b.resolve(t.reportDir.toString())
+        if (!dir.isDirectory()) {
+            if (!t.allowMissing) { throw new AbortException("Specified HTML directory '${dir}' does not exist.") }
+            b.println("Specified HTML directory '${dir}' does not exist.")
+            return
+        }
+        List files = t.reportFiles.toString().split(',').collect { it.trim() }.findAll { new File(dir, it).exists() }
+        b.html << [name: t.reportName, files: files]
+    }
+
+    // --- other builds --------------------------------------------------------------------------
+    Object build(Map args) {
+        b.requireStep('pipeline-build-step', 'build')
+        b.checkInterrupt()
+        return b.harness.triggerDownstream(b, args)
+    }
+
+    Object parallel(Map branches) {
+        b.checkInterrupt()
+        Map copy = new LinkedHashMap(branches)
+        copy.remove('failFast')
+        Throwable first = null
+        copy.each { name, Closure body ->
+            try {
+                body.call()
+            } catch (Throwable t) {
+                b.println("Failed in branch ${name}")
+                if (first == null) { first = t }
+            }
+        }
+        if (first != null) { throw first }
+        return null
+    }
+
+    Object methodMissing(String name, Object args) {
+        throw new MissingMethodException(name, PipelineScript, (Object[]) args)
+    }
+}
+
+class Harness {
+    CompilerConfiguration config
+    GroovyClassLoader parentLoader
+
+    Harness(ClassLoader loader) {
+        config = new CompilerConfiguration()
+        config.scriptBaseClass = 'PipelineScript'
+        parentLoader = new GroovyClassLoader(loader)
+    }
+
+    static boolean isGroovyError(Throwable t) {
+        return !(t instanceof AbortException || t instanceof FlowInterruptedException)
+    }
+
+    /** Runs one build (recursively for downstream builds) and returns what a user sees of it. */
+    Map run(Map scenario) {
+        Build b = new Build(scenario: scenario, harness: this)
+        b.workspace = new File(scenario.workspace as String)
+        b.workspace.mkdirs()
+        b.buildDir = new File(scenario.buildDir ?: (scenario.workspace + '@builds'))
+        b.buildDir.mkdirs()
+        b.job = scenario.job ?: 'job'
+        b.number = (scenario.number ?: 1) as int
+        b.startMillis = System.currentTimeMillis()
+        b.params = effectiveParams(scenario)
+        b.envProxy = new EnvProxy(b)
+        b.paramsProxy = new ParamsProxy(b.params)
+        b.currentBuild = new CurrentBuild(b)
+        if (scenario.abort) {
+            b.interruptResult = 'ABORTED'
+            b.interruptMessage = 'Aborted by user'
+        }
+        Binding binding = new Binding()
+        binding.setVariable('__build', b)
+        binding.setVariable('env', b.envProxy)
+        binding.setVariable('params', b.paramsProxy)
+        binding.setVariable('currentBuild', b.currentBuild)
+        try {
+            GroovyShell shell = new GroovyShell(parentLoader, binding, config)
+            b.script = shell.parse(new File(scenario.jenkinsfile as String))
+            b.script.run()
+        } catch (CompileError e) {
+            b.println("org.codehaus.groovy.control.MultipleCompilationErrorsException: startup failed:\n${e.message}")
+            b.setResult('FAILURE')
+        } catch (Throwable t) {
+            recordFailure(b, t)
+        }
+        waitForOrphans(b)
+        return [
+            result: b.result ?: 'SUCCESS', displayName: b.displayName ?: "#${b.number}", description: b.description,
+            stages: b.stagesRun, log: b.log, junit: b.junit, archived: b.archived, html: b.html,
+            triggered: b.triggered, groovyErrors: b.groovyErrors, postRan: b.postRan, orphans: b.orphans,
+            buildVariables: b.overrides, params: b.params, milestones: b.milestones,
+            jobPropertyOptions: b.jobPropertyOptions,
+            pipelineOptions: b.pipelineOptions.collect { it.type },
+        ]
+    }
+
+    /** Parameters as Jenkins gives them: definitions' defaults, overridden by the given values
+     * (undefined ones dropped with a warning, as core's ParametersAction does). */
+    static Map effectiveParams(Map scenario) {
+        Map values = [:]
+        Map definitions = scenario.parameterDefinitions ?: [:]
+        definitions.each { name, defaultValue -> values[name] = defaultValue }
+        (scenario.parameters ?: [:]).each { name, value ->
+            if (definitions && !definitions.containsKey(name)) {
+                return
+            }
+            values[name] = value instanceof String ? value.trim() : value
+        }
+        return values
+    }
+
+    void recordFailure(Build b, Throwable t) {
+        if (t instanceof FlowInterruptedException) {
+            b.println("Rejected/aborted: ${t.message}")
+            b.setResult(((FlowInterruptedException) t).result)
+            return
+        }
+        if (t instanceof AbortException) {
+            b.println("ERROR: ${t.message}")
+        } else {
+            StringWriter sw = new StringWriter()
+            t.printStackTrace(new PrintWriter(sw))
+            b.println(sw.toString())
+            b.groovyErrors << "${t.getClass().name}: ${t.message}"
+        }
+        b.setResult('FAILURE')
+    }
+
+    // --- declarative execution -------------------------------------------------------------------
+    void executeDeclarative(Build b) {
+        Map agent = b.agentClosure ? (Map) b.agentClosure.call() : [any: true]
+        if (agent.label != null && !(agent.label in (b.scenario.agentLabels ?: ['bakery']))) {
+            throw new AbortException("There are no nodes with the label '${agent.label}' (the build would wait forever)")
+        }
+        if (b.scenario.abort?.stage == null && b.scenario.abort?.afterSeconds != null) {  // from the start
+            b.interruptAt = System.currentTimeMillis() + (long) (b.scenario.abort.afterSeconds * 1000)
+        }
+        Map layer = [:]
+        b.envStack << layer
+        try {
+            if (b.environmentClosure) {
+                Closure env = b.environmentClosure.rehydrate(new EnvironmentDelegate(b, layer), b.script, b.script)
+                env.resolveStrategy = Closure.DELEGATE_FIRST
+                env.call()
+            }
+            withOptions(b, b.pipelineOptions, 'pipeline') {
+                runStages(b, b.stages)
+                runPost(b, b.post, 'pipeline')
+            }
+        } finally {
+            b.envStack.remove(layer)
+        }
+    }
+
+    Object withOptions(Build b, List options, String label, Closure body) {
+        Closure wrapped = body
+        options.reverse().each { Map option ->
+            Closure inner = wrapped
+            if (option.type == 'timeout') {
+                wrapped = { -> withTimeout(b, option.args, inner, label) }
+            } else if (option.type == 'withFolderProperties') {
+                wrapped = { -> b.folderPropertiesDepth++; try { inner.call() } finally { b.folderPropertiesDepth-- } }
+            }
+        }
+        return wrapped.call()
+    }
+
+    Object withTimeout(Build b, Map args, Closure body, String label = 'timeout step') {
+        String unit = (args.unit ?: 'MINUTES').toString()
+        long millis = TimeUnit.valueOf(unit).toMillis(args.time as long)
+        double scale = (b.scenario.timeScale ?: 1.0) as double
+        Map deadline = [at: System.currentTimeMillis() + (long) (millis * scale), fired: false, label: label]
+        b.deadlines << deadline
+        try {
+            return body.call()
+        } finally {
+            b.deadlines.remove(deadline)
+        }
+    }
+
+    void runStages(Build b, List<StageModel> stages) {
+        stages.each { StageModel s -> runStage(b, s) }
+    }
+
+    void markSkipped(Build b, StageModel s) {
+        b.stagesRun << [name: s.name, status: 'SKIPPED']
+        (s.children ?: []).each { StageModel c -> markSkipped(b, c) }
+    }
+
+    void runStage(Build b, StageModel s) {
+        if (b.skipRest) {
+            b.println("Stage \"${s.name}\" skipped due to earlier failure(s)")
+            markSkipped(b, s)
+            return
+        }
+        Map record = [name: s.name, status: 'SUCCESS']
+        b.stagesRun << record
+        b.stageStack << record
+        b.println("[Pipeline] { (${s.name})")
+        Map abort = b.scenario.abort
+        if (abort?.stage == s.name) {
+            b.interruptAt = System.currentTimeMillis() + (long) ((abort.afterSeconds ?: 0) * 1000)
+        }
+        try {
+            withOptions(b, s.options, "stage ${s.name}") {
+                if (s.children != null) {
+                    int first = b.stagesRun.size()
+                    runStages(b, s.children)
+                    // a nested stage's failure is its parent's too (the error propagates through it)
+                    b.stagesRun.drop(first).each { Map child ->
+                        if (child.status != 'SKIPPED') { record.status = Results.worse(record.status, child.status) }
+                    }
+                } else if (s.steps != null) {
+                    Closure steps = s.steps.rehydrate(b.script, b.script, b.script)
+                    steps.call()
+                }
+            }
+        } catch (FlowInterruptedException e) {
+            b.println("${e.message}")
+            record.status = Results.worse(record.status, e.result)
+            b.setResult(e.result)
+            b.skipRest = true
+        } catch (Throwable t) {
+            recordFailure(b, t)
+            record.status = 'FAILURE'
+            b.skipRest = true
+        } finally {
+            b.stageStack.remove(record)
+        }
+        if (s.post) {
+            runPost(b, s.post, "stage ${s.name}")
+        }
+        b.println('[Pipeline] }')
+    }
+
+    boolean conditionHolds(String condition, String result, String previous) {
+        String r = result ?: 'SUCCESS'
+        switch (condition) {
+            case 'always': case 'cleanup': return true
+            case 'changed': return previous != null && previous != r
+            case 'fixed': return previous in ['FAILURE', 'UNSTABLE'] && r == 'SUCCESS'
+            case 'regression': return previous == 'SUCCESS' && r in ['FAILURE', 'UNSTABLE', 'ABORTED']
+            case 'aborted': return r == 'ABORTED'
+            case 'failure': return r == 'FAILURE'
+            case 'success': return r == 'SUCCESS'
+            case 'unstable': return r == 'UNSTABLE'
+            case 'unsuccessful': return r != 'SUCCESS'
+        }
+        return false
+    }
+
+    void runPost(Build b, Map post, String where) {
+        PostDelegate.CONDITIONS.each { String condition ->
+            Closure body = post[condition]
+            if (body == null || !conditionHolds(condition, b.result, b.scenario.previousResult)) {
+                return
+            }
+            b.postRan << "${where}:${condition}"
+            b.println("[Pipeline] ${condition} (post of ${where})")
+            try {
+                body.rehydrate(b.script, b.script, b.script).call()
+            } catch (Throwable t) {
+                recordFailure(b, t)
+            }
+        }
+    }
+
+    // --- sh --------------------------------------------------------------------------------------
+    Object runShell(Build b, Map args) {
+        String script = args.script.toString()
+        File dir = b.resolve('.')
+        dir.mkdirs()
+        File tmp = new File(b.workspace.path + '@tmp')
+        tmp.mkdirs()
+        File scriptFile = File.createTempFile('script', '.sh', tmp)
+        scriptFile.text = script
+        List command = script.startsWith('#!') ? ['setsid', scriptFile.path] : ['setsid', 'sh', '-xe', scriptFile.path]
+        scriptFile.setExecutable(true)
+        ProcessBuilder pb = new ProcessBuilder(command).directory(dir).redirectErrorStream(true)
+        pb.environment().clear()
+        b.environment().each { k, v -> if (v != null) { pb.environment().put(k.toString(), v.toString()) } }
+        StringBuilder output = new StringBuilder()
+        Map stream = [open: true]
+        Process p = pb.start()
+        long pid = p.pid()
+        Thread reader = Thread.start {
+            p.inputStream.withReader('UTF-8') { Reader r ->
+                r.eachLine { String line ->
+                    synchronized (output) { output.append(line).append('\n') }
+                    if (!args.returnStdout && stream.open) { synchronized (b.log) { b.log << line } }
+                }
+            }
+        }
+        while (!p.waitFor(100, TimeUnit.MILLISECONDS)) {
+            Map d = b.currentDeadline()
+            if (d != null) {
+                stopProcess(b, p, pid, stream, d)
+            }
+        }
+        reader.join(5000)
+        scriptFile.delete()
+        int code = p.exitValue()
+        if (args.returnStatus) { return code }
+        if (code != 0) { throw new AbortException("script returned exit code ${code}") }
+        return args.returnStdout ? output.toString() : null
+    }
+
+    /** Whether any process of the group still runs (zombies do not count: PID 1 of a container may never
+     * reap an orphan, and `kill -0` would see it for ever). */
+    static boolean groupAlive(long pgid) {
+        String table = ['ps', '-e', '-o', 'pgid=,stat='].execute().text
+        return table.readLines().any { String line ->
+            List cols = line.trim().split(/\s+/) as List
+            cols.size() == 2 && cols[0] == "${pgid}".toString() && !cols[1].startsWith('Z')
+        }
+    }
+
+    /** DurableTaskStep.Execution.stop: SIGTERM to the process tree, then give up after REMOTE_TIMEOUT. The
+     * step is over only when every process of the tree has ended (the shell dying first is not enough). */
+    void stopProcess(Build b, Process p, long pid, Map stream, Map cause) {
+        b.println('Sending interrupt signal to process')
+        ['kill', '-s', 'TERM', '--', "-${pid}".toString()].execute().waitFor()
+        int grace = (b.scenario.stopGraceSeconds ?: 20) as int
+        long end = System.currentTimeMillis() + grace * 1000L
+        while (groupAlive(pid) && System.currentTimeMillis() < end) {
+            Thread.sleep(100)
+        }
+        if (groupAlive(pid)) {
+            b.println("After ${grace}s process did not stop")
+            stream.open = false  // Jenkins stops following the output of a step it gave up
+            b.orphans << [pid: pid, process: p]
+        }
+        throw new FlowInterruptedException(cause.result, cause.message)
+    }
+
+    void waitForOrphans(Build b) {
+        b.orphans = b.orphans.collect { Map o ->
+            boolean stillRunningAtEnd = groupAlive(o.pid as long)
+            long end = System.currentTimeMillis() + 120000
+            while (groupAlive(o.pid as long) && System.currentTimeMillis() < end) { Thread.sleep(100) }
+            if (groupAlive(o.pid as long)) {
+                ['kill', '-s', 'KILL', '--', "-${o.pid}".toString()].execute().waitFor()
+            }
+            return [pid: o.pid, runningWhenBuildEnded: stillRunningAtEnd]
+        }
+    }
+
+    // --- publishers ------------------------------------------------------------------------------
+    static List<File> matching(Build b, String patterns, String excludes = null) {
+        List<PathMatcher> includes = patterns.split(',').collect { FileSystems.default.getPathMatcher("glob:${it.trim()}") }
+        List<PathMatcher> exclude = (excludes ?: '').split(',').findAll { it.trim() }.collect {
+            FileSystems.default.getPathMatcher("glob:${it.trim()}")
+        }
+        List<File> found = []
+        File base = b.resolve('.')
+        if (!base.exists()) { return found }
+        Files.walk(base.toPath()).each { java.nio.file.Path path ->
+            if (Files.isRegularFile(path)) {
+                java.nio.file.Path rel = base.toPath().relativize(path)
+                if (includes.any { it.matches(rel) } && !exclude.any { it.matches(rel) }) { found << path.toFile() }
+            }
+        }
+        return found.sort { it.path }
+    }
+
+    Map junit(Build b, Map args) {
+        List<File> files = matching(b, args.testResults.toString())
+        if (!files) {
+            if (args.allowEmptyResults) {
+                b.println('None of the test reports contained any result')
+                return [totalCount: 0, failCount: 0]
+            }
+            throw new AbortException('No test report files were found. Configuration error?')
+        }
+        List<File> fresh = files.findAll { it.lastModified() >= b.startMillis - 3000 }
+        if (!fresh) {
+            throw new AbortException("Test reports were found but none of them are new. Did tests run? For example, ${files[0]} is ${(System.currentTimeMillis() - files[0].lastModified()).intdiv(1000)} s old")
+        }
+        int total = 0
+        int failed = 0
+        List cases = []
+        fresh.each { File f ->
+            Node root = new XmlParser().parse(f)
+            List suites = root.name() == 'testsuite' ? [root] : root.testsuite
+            suites.each { Node suite ->
+                suite.testcase.each { Node tc ->
+                    total++
+                    boolean bad = tc.failure || tc.error
+                    if (bad) { failed++ }
+                    cases << [suite: suite.@name, name: tc.@name, failed: bad,
+                              message: bad ? ((tc.failure ?: tc.error)[0].@message) : null]
+                }
+            }
+        }
+        if (total == 0 && !args.allowEmptyResults) {
+            throw new AbortException('None of the test reports contained any result')
+        }
+        b.junit << [files: fresh.collect { b.workspace.toPath().relativize(it.toPath()).toString() }, cases: cases,
+                    total: total, failed: failed]
+        if (failed > 0) {
+            b.setResult('UNSTABLE')
+            b.stageResult('UNSTABLE')
+        }
+        return [totalCount: total, failCount: failed]
+    }
+
+    void archive(Build b, Map args) {
+        List<File> files = matching(b, args.artifacts.toString(), args.excludes)
+        if (!files) {
+            if (args.allowEmptyArchive) {
+                b.println("No artifacts found that match the file pattern \"${args.artifacts}\"")
+                return
+            }
+            throw new AbortException("No artifacts found that match the file pattern \"${args.artifacts}\". Configuration error?")
+        }
+        File into = new File(b.buildDir, 'archive')
+        files.each { File f ->
+            String rel = b.resolve('.').toPath().relativize(f.toPath()).toString()
+            File target = new File(into, rel)
+            target.parentFile.mkdirs()
+            target.bytes = f.bytes
+            b.archived << rel
+        }
+    }
+
+    // --- build -----------------------------------------------------------------------------------
+    Object triggerDownstream(Build b, Map args) {
+        String job = args.job.toString()
+        Map spec = (b.scenario.downstream ?: [:])[job]
+        if (spec == null) {
+            throw new AbortException("No item named ${job} found")
+        }
+        Map given = [:]
+        (args.parameters ?: []).each { Map p -> given[p.name] = p.value }
+        boolean wait = args.containsKey('wait') ? args.wait : true
+        boolean propagate = args.containsKey('propagate') ? args.propagate : true
+        Map definitions = spec.parameterDefinitions ?: [:]
+        given.keySet().findAll { definitions && !definitions.containsKey(it) }.each {
+            b.println("WARNING: parameter '${it}' is not defined by ${job}: it is dropped")
+        }
+        int number = b.triggered.count { it.job == job } + 1
+        Map record = [job: job, parameters: given, wait: wait]
+        b.triggered << record
+        b.println("Scheduling project: ${job}")
+        if (!wait) { return null }
+        Map result
+        if (spec.jenkinsfile) {
+            Map child = new LinkedHashMap(spec)
+            child.job = job
+            child.number = number
+            child.parameters = given
+            child.workspace = "${spec.workspace}/${number}"
+            child.buildDir = "${spec.workspace}/${number}@build"
+            result = run(child)
+        } else {
+            result = [result: spec.result ?: 'SUCCESS', buildVariables: spec.buildVariables ?: [:]]
+        }
+        record.result = result
+        RunWrapper wrapper = new RunWrapper([kind: 'pipeline', fullProjectName: job, number: number,
+                                             envOverrides: result.buildVariables, result: result.result])
+        if (propagate && result.result != 'SUCCESS') {
+            throw new FlowInterruptedException(result.result,
+                "${job} #${number} completed with status ${result.result} (propagate: false to ignore)")
+        }
+        return wrapper
+    }
+}
+
+Harness harness = new Harness(this.class.classLoader)
+Closure runOne = { String path ->
+    Map scenario = (Map) new JsonSlurper().parse(new File(path))
+    Map result
+    try {
+        result = harness.run(scenario)
+    } catch (Throwable t) {
+        StringWriter sw = new StringWriter()
+        t.printStackTrace(new PrintWriter(sw))
+        result = [result: 'HARNESS_ERROR', log: [sw.toString()], groovyErrors: ["${t.getClass().name}: ${t.message}"]]
+    }
+    new File(scenario.resultFile as String).setText(JsonOutput.toJson(result), 'UTF-8')
+}
+
+if (args && args[0] == '--serve') {
+    BufferedReader input = new BufferedReader(new InputStreamReader(System.in, 'UTF-8'))
+    String line
+    while ((line = input.readLine()) != null) {
+        if (line.trim()) {
+            runOne(line.trim())
+            System.out.println("DONE ${line.trim()}")
+            System.out.flush()
+        }
+    }
+} else {
+    args.each { runOne(it) }
+}

@@ -155,8 +155,6 @@ class Aws:
         self.bakes_in_flight = Batcher(self._fetch_bakes_in_flight, linger=0.05)
         # Available bakery AMIs, by bake key (preflight's look-up for a reusable AMI).
         self.amis_by_bake_key = Batcher(self._fetch_amis_by_bake_key, linger=0.05)
-        self._memo: dict[Any, Any] = {}
-        self._memo_locks: dict[Any, threading.Lock] = collections.defaultdict(threading.Lock)
 
     def add_hook(self, event: str, handler: Callable[..., Any]) -> None:
         """Register a botocore event handler on every client (existing and future): fault injection."""
@@ -277,21 +275,6 @@ class Aws:
     def account_id(self, region: str) -> str:
         return self.call("sts", region, "GetCallerIdentity")["Account"]
 
-    def once(self, key: Any, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per process for ``key``, however many bakes ask at the same moment.
-
-        For facts that do not change during one run and are the same for every role: a region's
-        default VPC, the resolution of a shared base-AMI filter (every role of a release then bakes
-        from the same image even if a newer one is published halfway through). A failure is not
-        remembered: the next caller tries again.
-        """
-        with self._lock:
-            lock = self._memo_locks[key]
-        with lock:
-            if key not in self._memo:
-                self._memo[key] = compute()
-            return self._memo[key]
-
     # --- EC2 helpers shared by stages, cleanup, reap and prune ------------------------------------
 
     def describe_instances(self, region: str, instance_ids: Iterable[str] = (), filters: list[dict] | None = None) -> list[dict]:
@@ -340,6 +323,8 @@ class Aws:
         found = self.describe_images(region, Owners=["self"], Filters=[
             {"Name": "tag:bakery:bake-key", "Values": keys},
             {"Name": "tag:bakery:imds-support", "Values": ["v2.0"]},  # wait-image finished it
+            # boot-test passed it (or the role opted out: preflight takes that only for such a role)
+            {"Name": "tag:bakery:boot-test", "Values": ["passed", "disabled"]},
             {"Name": "state", "Values": ["available"]},
         ])
         return _group_by_tag(found, "bakery:bake-key")

@@ -91,6 +91,24 @@ class ChefSettings:
 
 
 @dataclass(frozen=True)
+class BootTestSettings:
+    """``boot_test``: the instance launched from every new AMI before it is published (stage boot-test).
+
+    ``run_list`` empty: the role's launch run list from S3 (what production first boots run);
+    ``why_run``: chef-client ``--why-run`` (resolves everything, converges nothing); ``command``: a
+    health check run after it (shell on Linux, PowerShell on Windows); ``instance_type`` None: the
+    role's own types. Not part of the bake key: the test does not shape the image.
+    """
+
+    enabled: bool = True
+    run_list: tuple[str, ...] = ()
+    why_run: bool = True
+    command: str | None = None
+    timeout: int = 15 * 60
+    instance_type: str | None = None
+
+
+@dataclass(frozen=True)
 class RoleSpec:
     """One role with the catalogue defaults merged in."""
 
@@ -124,6 +142,7 @@ class RoleSpec:
     region_kms_keys: tuple[tuple[str, str], ...] = ()
     launch_template: str | None = None
     keep: int = 5
+    boot_test: BootTestSettings = BootTestSettings()
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -402,6 +421,47 @@ _CHEF_KEYS: dict[str, Callable[[Any, _Ctx], Any]] = {
     "preinstalled": _bool,
 }
 
+# A boot test's health command: free text (several lines are fine), carried base64 in the user data.
+BOOT_TEST_COMMAND_MAX = 4096
+_COMMAND_RE = re.compile(r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
+
+
+def _command(value: Any, ctx: _Ctx) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ctx.fail(f"expected a non-empty string (a shell / PowerShell command), got {value!r}")
+    if len(value) > BOOT_TEST_COMMAND_MAX or not _COMMAND_RE.match(value):
+        raise ctx.fail(f"must be at most {BOOT_TEST_COMMAND_MAX} characters without control characters "
+                       "(newlines and tabs are fine)")
+    return value
+
+
+_RUN_LIST_ITEM = _text(RUN_LIST_ITEM_RE, "a run list item like recipe[cookbook::recipe] or role[name]")
+
+
+def _run_list(value: Any, ctx: _Ctx) -> tuple[str, ...]:
+    items = _list(_RUN_LIST_ITEM, max_len=100)(value, ctx)
+    if not items:
+        raise ctx.fail("a run list must not be empty (leave the key out for the default)")
+    return items
+
+
+_BOOT_TEST_KEYS: dict[str, Callable[[Any, _Ctx], Any]] = {
+    "enabled": _bool,
+    "run_list": _run_list,
+    "why_run": _bool,
+    "command": _command,
+    "timeout": _duration,
+    "instance_type": _text(INSTANCE_TYPE_RE, "an instance type"),
+}
+
+
+def _boot_test(value: Any, ctx: _Ctx) -> dict[str, Any]:
+    """The keys a ``boot_test`` mapping sets (merged per key: a role's keys over the defaults')."""
+    m = _mapping(value if value is not None else {}, ctx)
+    _no_unknown(m, set(_BOOT_TEST_KEYS), ctx)
+    return {k: _BOOT_TEST_KEYS[k](v, ctx.sub(k)) for k, v in m.items()}
+
+
 # Keys settable under defaults and under each role, with their validators.
 _ROLE_KEYS: dict[str, Callable[[Any, _Ctx], Any]] = {
     "region": _text(REGION_RE, "an AWS region"),
@@ -500,8 +560,9 @@ def parse_catalog(data: Any, path: str = "<catalogue>") -> Catalog:
 
     defaults_raw = _mapping(data.get("defaults") or {}, top.sub("defaults"))
     dctx = top.sub("defaults")
-    _no_unknown(defaults_raw, set(_ROLE_KEYS) | {"chef"}, dctx)
-    defaults = {k: _ROLE_KEYS[k](v, dctx.sub(k)) for k, v in defaults_raw.items() if k != "chef"}
+    _no_unknown(defaults_raw, set(_ROLE_KEYS) | {"chef", "boot_test"}, dctx)
+    defaults = {k: _ROLE_KEYS[k](v, dctx.sub(k)) for k, v in defaults_raw.items() if k not in ("chef", "boot_test")}
+    boot_test_defaults = _boot_test(defaults_raw.get("boot_test"), dctx.sub("boot_test"))
     chef_defaults = _mapping(defaults_raw.get("chef") or {}, dctx.sub("chef"))
     _no_unknown(chef_defaults, set(_CHEF_KEYS), dctx.sub("chef"))
     chef_defaults = {k: _CHEF_KEYS[k](v, dctx.sub("chef").sub(k)) for k, v in chef_defaults.items()}
@@ -517,7 +578,7 @@ def parse_catalog(data: Any, path: str = "<catalogue>") -> Catalog:
     roles: dict[str, RoleSpec] = {}
     for name, raw in roles_raw.items():
         check_role_name(name, path)
-        roles[name] = _parse_role(name, raw, defaults, chef_defaults, path)
+        roles[name] = _parse_role(name, raw, defaults, chef_defaults, path, boot_test_defaults)
     _no_artifact_collisions(roles, path)
     return Catalog(path=path, roles=roles, jenkins=jenkins, raw=data)
 
@@ -601,10 +662,11 @@ def _parse_jenkins(raw: Any, ctx: _Ctx) -> JenkinsSettings:
     return JenkinsSettings(**values)
 
 
-def _parse_role(name: str, raw: Any, defaults: dict[str, Any], chef_defaults: dict[str, Any], path: str) -> RoleSpec:
+def _parse_role(name: str, raw: Any, defaults: dict[str, Any], chef_defaults: dict[str, Any], path: str,
+                boot_test_defaults: dict[str, Any] | None = None) -> RoleSpec:
     ctx = _Ctx(path, name, "")
     m = _mapping(raw if raw is not None else {}, ctx)
-    _no_unknown(m, set(_ROLE_KEYS) | _ROLE_ONLY_KEYS | {"chef"}, ctx)
+    _no_unknown(m, set(_ROLE_KEYS) | _ROLE_ONLY_KEYS | {"chef", "boot_test"}, ctx)
     values: dict[str, Any] = {"instance_type": "t3.medium", **defaults}
     for k, v in m.items():
         if k in _ROLE_KEYS:
@@ -654,6 +716,8 @@ def _parse_role(name: str, raw: Any, defaults: dict[str, Any], chef_defaults: di
         platform=platform,
         base_ami=base_ami,
         chef=ChefSettings(**chef_raw),
+        boot_test=BootTestSettings(**{**(boot_test_defaults or {}),
+                                      **_boot_test(m.get("boot_test"), ctx.sub("boot_test"))}),
         run_list_ami=ami_list,
         run_list_launch=launch_list,
         **values,

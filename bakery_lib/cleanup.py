@@ -1,30 +1,54 @@
 """Tear a bake down: the one loop over the stages' cleanups, in reverse pipeline order.
 
-Used by ``bakery cleanup`` (Jenkins ``post { always }``; ``--bake-id`` of a bake of this workspace
-too) and by ``bakery bake`` after a failed or interrupted role. A bake with no record here (another
-workspace, a lost one) is ``reap``'s: it finds the same resources by their tags and removes them with
-the same building blocks (``bakery_lib.resources``). Each stage's
-``cleanup(ctx, report)`` removes what that stage created, from the state (and by the
+Three callers, one loop (``teardown``):
+
+- ``bakery cleanup`` (Jenkins ``post { always }``; ``--bake-id`` of a bake of this workspace too) and
+  ``bakery bake`` after a failed or interrupted role: ``cleanup(ctx)`` on the workspace's record.
+- ``bakery reap`` (and ``cleanup --bake-id`` of a bake of no workspace): ``bakery_lib.lifecycle``
+  builds the record of an abandoned bake from its tags and hands a ``TagContext`` to the same loop,
+  which writes no state file; ``--dry-run`` runs it with a display-only executor.
+
+Each stage's ``cleanup(ctx, report)`` removes what that stage created, from the record (and by the
 ``bakery:bake-id`` tag, so what a killed run created but never recorded is found too):
 
     publish   unfinished copies in other regions (and their snapshots)
     image     an image wait-image did not finish, and the bake's snapshots (a finished AMI is kept)
-    launch    the instance, then the Chef node/client it registered (kept with --keep-on-failure)
+    launch    the bake instance, then the Chef client and node it registered (kept with --keep-on-failure)
 
-The other stages create nothing a bake owns (security group and IAM role belong to the role).
-Each removal is retried a few times; what still fails is listed with the exact command to run by
-hand, and the command exits 1: a teardown never fails silently. A complete teardown closes the bake.
+The other stages create nothing a bake owns (security group and IAM role belong to the role); a new
+stage that creates something (a boot test's instance) removes it in its own ``cleanup``, finding it
+by the bake id, and is then torn down by every caller above.
+Each removal goes through the report (``CleanupReport.attempt``): retried a few times; what still
+fails is listed with the exact command to run by hand, and the command exits 1: a teardown never
+fails silently. A complete teardown closes the bake.
 """
 
 from __future__ import annotations
 
-from .aws import Clock
-from .stages import MODULES, ORDER
-from .stages.base import CleanupReport, Context
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["CleanupReport", "TEARDOWN_ORDER", "cleanup"]
+from .aws import Aws, Clock
+from .errors import BakeryError
+from .stages import MODULES, ORDER
+from .stages.base import CleanupReport, Context, Teardown
+from .state import BakeState
+
+if TYPE_CHECKING:
+    from .chef import ChefClient
+
+__all__ = ["CleanupReport", "TEARDOWN_ORDER", "TagContext", "cleanup", "teardown"]
 
 TEARDOWN_ORDER: tuple[str, ...] = tuple(reversed(ORDER))
+
+
+def teardown(ctx: Teardown, report: CleanupReport) -> None:
+    """The one teardown loop: every stage's cleanup, last stage first."""
+    for name in TEARDOWN_ORDER:
+        MODULES[name].cleanup(ctx, report)
 
 
 def cleanup(ctx: Context, *, keep_instance: bool = False) -> CleanupReport:
@@ -36,11 +60,70 @@ def cleanup(ctx: Context, *, keep_instance: bool = False) -> CleanupReport:
         return report
     # A teardown must finish even when the bake was interrupted: it gets a clock nobody cancels.
     ctx.clock = Clock()
-    for name in TEARDOWN_ORDER:
-        MODULES[name].cleanup(ctx, report)
-    kept_instance = bool(report.keep_instance and state.instance_id and not state.instance_terminated)
+    teardown(ctx, report)
+    kept_instance = bool(report.keep_instance and (
+        (state.instance_id and not state.instance_terminated)
+        or (state.test_instance_id and not state.test_instance_terminated)))  # a boot test's, kept
     if not report.errors and not kept_instance and not state.closed:
         state.closed = True
         state.outcome = state.outcome or "cleaned"
     report.save(ctx)
     return report
+
+
+def _no_log(_message: str) -> None:
+    pass
+
+
+@dataclass(kw_only=True)
+class TagContext:
+    """A bake known only by its tags (no workspace holds it): what ``teardown`` needs, and no catalogue.
+
+    ``state`` is the record ``reap`` built from the tags; ``save`` writes nothing (the record lives
+    in AWS and Chef only). ``chef`` None: the Chef part is skipped, and a cleanup asking for it fails
+    with ``chef_error``.
+    """
+
+    aws: Aws
+    state: BakeState | None
+    chef_client: ChefClient | None = None
+    chef_error: str = "Chef is not used by this run"
+    poll: float = 2.0
+    sleep_fn: Callable[[float], None] = time.sleep
+    log_fn: Callable[[str], None] = _no_log
+    clock: Clock = field(default_factory=Clock)
+    state_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def role_name(self) -> str:
+        return self.require_state().role
+
+    @property
+    def region(self) -> str:
+        return self.require_state().region
+
+    @property
+    def poll_interval(self) -> float:
+        return self.poll
+
+    def log(self, message: str) -> None:
+        self.log_fn(f"{self.role_name}: {message}")
+
+    def sleep(self, seconds: float | None = None) -> None:
+        self.sleep_fn(self.poll if seconds is None else seconds)
+
+    def ec2(self, operation: str, **params: Any) -> dict[str, Any]:
+        return self.aws.call("ec2", self.region, operation, **params)
+
+    def chef(self) -> ChefClient:
+        if self.chef_client is None:
+            raise BakeryError(self.chef_error)
+        return self.chef_client
+
+    def require_state(self) -> BakeState:
+        if self.state is None:
+            raise BakeryError("no bake record to tear down")
+        return self.state
+
+    def save(self) -> None:
+        """Nothing to write: the bake lives in no workspace."""

@@ -1,8 +1,8 @@
 """AMI lifecycle: ``bakery prune`` (old AMIs of a role) and ``bakery reap`` (what killed runs left behind).
 
-Both decide first and act second: every resource looked at gets one report line with the action
-taken (or, with ``dry_run``, the action that would be taken) and the reason. A dry run makes only
-Describe/Get/List calls.
+Both decide first and act second: every removal goes through one executor (``CleanupReport``), which
+carries it out or, with ``dry_run``, only shows it; every resource looked at gets one report line with
+the action taken (or that would be taken) and the reason. A dry run makes only Describe/Get/List calls.
 
 prune, per region of the role:
   DescribeImages (Owners=self, tags ``bakery:role`` and ``bakery:created-by=bakery``), then for the
@@ -14,40 +14,45 @@ prune, per region of the role:
   DeleteSnapshot for each snapshot of the image's block device mappings.
   When any protection cannot be checked in a region, nothing is deleted there.
 
-reap, per region, then Chef:
-  1. bake instances (``bakery:purpose=bake``) expired for longer than ``older_than`` -> TerminateInstances.
-  2. pending/failed bakery AMIs (``bakery:created-by=bakery``) that no bake still owns -> deregister and
-     delete their snapshots; snapshots tagged ``bakery:bake-id`` whose image is gone -> DeleteSnapshot.
-     A bake still owns its image when a workspace state of that bake is open, when its bake instance
-     is alive and not expired, or when the same bake has an available AMI (a cross-region copy still
-     in progress after publish).
-  3. Chef nodes and clients named ``bake-ROLE-BAKEID`` (the bakery's own naming) with no live instance
-     tagged ``bakery:chef-node=NAME`` -> delete both. Chef unreachable: the AWS part still runs, the
-     report says why Chef was skipped, and the exit code is 1.
+reap: look, decide, then act.
+  1. Look (Describe/List calls only), per region: live instances tagged ``bakery:bake-id`` (any purpose
+     but ``launch``: the bake instance, a boot test's), bakery images (``bakery:created-by=bakery``),
+     snapshots tagged ``bakery:bake-id`` and the images that use them; then the Chef nodes and clients.
+  2. Decide per bake and region. A bake stays when a workspace state of it is open, when one of its
+     instances is alive and not expired (``bakery:expires-at`` + ``older_than``), when it has an
+     available AMI and a pending one (a copy in progress), when another image uses one of its
+     snapshots, or, once it has no instance, when its leftovers are younger than ``older_than``.
+     Every resource of a bake that stays gets a "kept" line with the reason.
+  3. Act: each abandoned bake goes through the same teardown loop as ``bakery cleanup``
+     (``bakery_lib.cleanup.teardown``: every stage's cleanup, in reverse), on a record built from its
+     tags (``TagContext``: no state file is written). Its stages' cleanups find what they made by the
+     bake id, so a new stage's leftovers (a boot test's instance) are reaped as soon as it is registered.
+     ``--dry-run`` runs the same loop with a display-only executor.
+  Chef: names ``bake-ROLE-BAKEID`` (the bakery's own naming) go with their bake's teardown, or on their
+  own when nothing of the bake is left in AWS; a name a live instance is tagged with
+  (``bakery:chef-node``), or of a bake that stays, is kept. Chef unreachable: the AWS part still runs,
+  the report says why Chef was skipped, and the exit code is 1.
   Instances of purpose ``launch``, available AMIs and anything without the bakery's tags are never
   touched. Every removal tolerates "already gone", so reap is idempotent and safe in a cron job.
-  The Chef node/client of an instance reap terminates goes in the same run, whatever its age.
-  ``bake_id`` (``bakery reap --bake-id ID``): only that bake's instance, unfinished image, snapshots and
-  Chef identity, whatever their expiry (the operator says the bake is abandoned), from any workspace.
-
-Reap decides, then acts: each removal is an ``Action`` handed to one executor, which carries it out
-or, with ``dry_run``, only reports it. Removals go through ``bakery_lib.resources``.
+  ``bake_id`` (``bakery reap --bake-id ID``): only that bake, whatever its expiry and age (the operator
+  says the bake is abandoned), from any workspace.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .aws import Aws, tags_of
 from .catalog import RoleSpec
+from .cleanup import TagContext, teardown
 from .errors import AwsError, BakeryError, UsageError
-from .resources import delete_snapshot, deregister_with_snapshots, snapshot_ids, terminate_instance
+from .resources import deregister_with_snapshots, snapshot_ids
+from .stages.base import CleanupReport, Removal
 from .state import BakeState
 
 if TYPE_CHECKING:
@@ -63,7 +68,7 @@ UNFINISHED_IMAGE_STATES = {"pending"}
 BROKEN_IMAGE_STATES = {"failed", "invalid", "error"}
 # ``bake-ROLE-BAKEID`` with the bake id of ``state.new_bake_id`` (UTC stamp + 6 hex digits). Only names of
 # exactly this shape are the bakery's: a hand-made node called ``bake-server-01`` is never deleted.
-CHEF_NODE_RE = re.compile(r"^bake-(?P<role>[a-z][a-z0-9_-]{0,62})-(?P<stamp>\d{14})-[0-9a-f]{6}$")
+CHEF_NODE_RE = re.compile(r"^bake-(?P<role>[a-z][a-z0-9_-]{0,62})-(?P<bake>(?P<stamp>\d{14})-[0-9a-f]{6})$")
 _CHUNK = 195  # DescribeInstances accepts at most 200 values per filter
 
 
@@ -131,6 +136,28 @@ def _newest_first_key(image: dict[str, Any]) -> tuple[str, str, str]:
     return (image.get("CreationDate") or "", tags_of(image).get("bakery:bake-id", ""), image["ImageId"])
 
 
+# --- the executor's pacing --------------------------------------------------------------------------
+
+
+@dataclass
+class _Pace:
+    """What the removal executor (``CleanupReport.attempt``) needs from prune: a log and a paced sleep."""
+
+    log_fn: Log
+    sleep_fn: Callable[[float], None]
+    poll: float
+
+    @property
+    def poll_interval(self) -> float:
+        return self.poll
+
+    def log(self, message: str) -> None:
+        self.log_fn(message)
+
+    def sleep(self, seconds: float | None = None) -> None:
+        self.sleep_fn(self.poll if seconds is None else seconds)
+
+
 # --- prune -----------------------------------------------------------------------------------------
 
 
@@ -189,36 +216,39 @@ def _decision(region: str, image: dict[str, Any], action: str, reason: str) -> A
                        image.get("State") or "?", action, reason, tuple(snapshot_ids(image)))
 
 
-def _prune_one(aws: Aws, region: str, role: RoleSpec, image: dict[str, Any],
-               protected: dict[str, list[str]] | None, *, keep: int, dry_run: bool, report: PruneReport,
-               log: Log, sleep: Callable[[float], None]) -> AmiDecision:
-    image_id = image["ImageId"]
+def _why_delete(image: dict[str, Any], protected: dict[str, list[str]] | None, keep: int) -> tuple[bool, str]:
+    """The decision for one candidate: (delete?, why)."""
     if protected is None:
-        return _decision(region, image, "kept", "what uses it could not be checked (see the errors)")
-    why = protected.get(image_id)
+        return False, "what uses it could not be checked (see the errors)"
+    why = protected.get(image["ImageId"])
     if why:
-        return _decision(region, image, "kept", "; ".join(why))
-    old = f"older than the newest {keep}" if image.get("State") == "available" else f"{image.get('State')} image"
-    return _delete_ami(aws, region, role, image, old, dry_run=dry_run, report=report, log=log, sleep=sleep)
+        return False, "; ".join(why)
+    return True, f"older than the newest {keep}" if image.get("State") == "available" else f"{image.get('State')} image"
 
 
-def _delete_ami(aws: Aws, region: str, role: RoleSpec, image: dict[str, Any], why: str, *, dry_run: bool,
-                report: PruneReport, log: Log, sleep: Callable[[float], None]) -> AmiDecision:
-    """The executor of one decided deletion; ``dry_run`` only displays it."""
+def _delete_ami(aws: Aws, region: str, role: RoleSpec, image: dict[str, Any], why: str, *, executor: CleanupReport,
+                pace: _Pace, report: PruneReport) -> AmiDecision:
+    """Hand one decided deletion to the executor (which carries it out, or only shows it)."""
     image_id = image["ImageId"]
     snaps = snapshot_ids(image)
-    if dry_run:
+
+    def remove() -> str:
+        gone = deregister_with_snapshots(aws, region, image, pace.sleep_fn)
+        pace.log(f"prune {role.name}: {region} deregistered {image_id} ({image.get('Name')}), "
+                 f"snapshots {', '.join(gone) or 'none'}")
+        return f"snapshots deleted: {', '.join(gone) or 'none'}"
+
+    manual = (f"aws ec2 deregister-image --region {region} --image-id {image_id}"
+              + "".join(f" && aws ec2 delete-snapshot --region {region} --snapshot-id {s}" for s in snaps))
+    errors_before = len(executor.errors)
+    executor.attempt(pace, Removal("image", image_id, region, "deregister", "deregistered", manual, remove))
+    outcome = executor.outcomes[-1]
+    if outcome.status == "would":
         return _decision(region, image, "would delete", f"{why}; snapshots {', '.join(snaps) or 'none'}")
-    try:
-        gone = deregister_with_snapshots(aws, region, image, sleep)
-    except BakeryError as exc:
-        report.errors.append(
-            f"{region} {image_id}: {exc}. Remove it by hand: aws ec2 deregister-image --region {region} "
-            f"--image-id {image_id}"
-            + "".join(f" && aws ec2 delete-snapshot --region {region} --snapshot-id {s}" for s in snaps))
-        return _decision(region, image, "failed", str(exc))
-    log(f"prune {role.name}: {region} deregistered {image_id} ({image.get('Name')}), snapshots {', '.join(gone) or 'none'}")
-    return _decision(region, image, "deleted", f"{why}; snapshots deleted: {', '.join(gone) or 'none'}")
+    if outcome.status == "failed":
+        report.errors.extend(f"{region} {e}" for e in executor.errors[errors_before:])
+        return _decision(region, image, "failed", outcome.detail)
+    return _decision(region, image, "deleted", f"{why}; {outcome.detail}")
 
 
 def _protections(aws: Aws, region: str, role: RoleSpec, candidates: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -291,11 +321,15 @@ def _rank(region: str, images: list[dict[str, Any]], keep: int) -> tuple[dict[st
 
 
 def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _quiet,
-          sleep: Callable[[float], None] = time.sleep) -> PruneReport:
-    """Deregister the role's bakery AMIs older than the newest ``keep`` (per region) and their snapshots."""
+          sleep: Callable[[float], None] = time.sleep, poll_interval: float = 2.0) -> PruneReport:
+    """Deregister the role's bakery AMIs older than the newest ``keep`` (per region) and their snapshots.
+
+    Decides first (listing and protections: Describe/Get calls only), then hands each deletion to the
+    executor; ``dry_run`` makes that a display-only executor."""
     if keep < 1:
         raise UsageError(f"--keep {keep}: at least 1 (the newest AMI of role {role.name} is never pruned)")
     report = PruneReport(role.name, keep, dry_run)
+    executor, pace = CleanupReport(dry_run=dry_run), _Pace(log, sleep, poll_interval)
     for region in role.regions:
         try:
             images = aws.describe_images(region, Owners=["self"], Filters=[
@@ -315,8 +349,10 @@ def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _qui
                                      f"so none was deleted there: {exc}")
                 protected = None
         for image in candidates:
-            decisions[image["ImageId"]] = _prune_one(aws, region, role, image, protected, keep=keep,
-                                                     dry_run=dry_run, report=report, log=log, sleep=sleep)
+            delete, why = _why_delete(image, protected, keep)
+            decisions[image["ImageId"]] = (
+                _delete_ami(aws, region, role, image, why, executor=executor, pace=pace, report=report)
+                if delete else _decision(region, image, "kept", why))
         # Report in the order the images were listed: newest first.
         report.decisions.extend(decisions[i["ImageId"]] for i in images if i["ImageId"] in decisions)
     return report
@@ -327,7 +363,7 @@ def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _qui
 
 @dataclass(frozen=True)
 class ReapLine:
-    kind: str  # instance | image | snapshot | chef-node | chef-client
+    kind: str  # instance | image | snapshot | copy | chef-node | chef-client (or a later stage's kind)
     resource: str
     region: str  # "" for Chef objects
     action: str  # terminated | deregistered | deleted | would terminate | would deregister | would delete | kept | failed
@@ -372,65 +408,58 @@ class ReapReport:
         return "\n".join(out)
 
 
-@dataclass(frozen=True)
-class Action:
-    """One removal reap decided on: ``remove()`` carries it out; ``manual`` is the command to do it by hand."""
+@dataclass
+class _BakeHere:
+    """What the survey found of one bake in one region."""
 
-    kind: str
-    resource: str
+    bake_id: str
     region: str
-    doing: str  # terminate | deregister | delete
-    done: str  # terminated | deregistered | deleted
-    reason: str
-    remove: Callable[[], Any]
-    manual: str
-    kept_on: Callable[[BakeryError], str | None] | None = None  # an error that means "keep it", and why
+    instances: list[dict[str, Any]] = field(default_factory=list)  # live, of any purpose but launch
+    unfinished: list[dict[str, Any]] = field(default_factory=list)  # pending or broken images
+    available: list[str] = field(default_factory=list)  # its good AMIs here: prune's, never reap's
+    orphans: list[dict[str, Any]] = field(default_factory=list)  # its snapshots whose image is gone
+    held: list[str] = field(default_factory=list)  # its snapshots another image uses
+
+    @property
+    def candidate(self) -> bool:
+        """Something here may be a leftover (a bake with only good AMIs here is not reap's business)."""
+        return bool(self.instances or self.unfinished or self.orphans)
+
+    def tags(self) -> dict[str, str]:
+        for resource in (*self.instances, *self.unfinished, *self.orphans):
+            return tags_of(resource)
+        return {}
+
+    def bake_instance(self) -> dict[str, Any] | None:
+        return next((i for i in self.instances if tags_of(i).get("bakery:purpose") == "bake"), None)
 
 
-class _Executor:
-    """Carries out reap's decisions and reports each; ``dry_run`` makes it a display-only executor."""
+@dataclass
+class _Survey:
+    """Everything reap looked at (Describe/List calls only), before it decides anything."""
 
-    def __init__(self, report: ReapReport, *, dry_run: bool, log: Log):
-        self.report, self.dry_run, self.log = report, dry_run, log
+    bakes: dict[tuple[str, str], _BakeHere] = field(default_factory=dict)  # (bake id, region)
+    finished: set[str] = field(default_factory=set)  # bakes with an available AMI in some region
+    chef_tagged: list[tuple[str, str]] = field(default_factory=list)  # (instance id, node) of live instances
+    unnamed: list[ReapLine] = field(default_factory=list)  # bakery images without a bake id: left alone
 
-    def keep(self, kind: str, resource: str, region: str, reason: str) -> None:
-        self.report.add(kind, resource, region, "kept", reason, self.log)
-
-    def act(self, action: Action) -> bool:
-        """True when the resource is (or, in a dry run, would be) gone."""
-        a = action
-        if self.dry_run:
-            self.report.add(a.kind, a.resource, a.region, f"would {a.doing}", a.reason, self.log)
-            return True
-        try:
-            a.remove()
-        except BakeryError as exc:
-            kept = a.kept_on(exc) if a.kept_on is not None else None
-            if kept is not None:
-                self.keep(a.kind, a.resource, a.region, kept)
-                return False
-            self.report.add(a.kind, a.resource, a.region, "failed", str(exc), self.log)
-            where = f"{a.region} " if a.region else ""
-            self.report.errors.append(f"{where}{a.kind} {a.resource}: {exc}. Remove it by hand: {a.manual}")
-            return False
-        self.report.add(a.kind, a.resource, a.region, a.done, a.reason, self.log)
-        return True
+    def here(self, bake_id: str, region: str) -> _BakeHere:
+        return self.bakes.setdefault((bake_id, region), _BakeHere(bake_id, region))
 
 
 @dataclass
 class _Reap:
-    """One reap run: its inputs, and what it learnt so far (bakes still alive, Chef nodes in use)."""
+    """One reap run: its inputs, and what it decided."""
 
     aws: Aws
-    ex: _Executor
+    report: ReapReport
     older_than: float
     now: float
     open_bakes: dict[str, BakeState]
     sleep: Callable[[float], None]
+    log: Log
+    poll_interval: float
     bake_id: str | None = None  # --bake-id: only this bake, whatever its expiry
-    running_bakes: dict[str, str] = field(default_factory=dict)  # bake id -> why it is alive
-    live_nodes: set[str] = field(default_factory=set)
-    ended_nodes: set[str] = field(default_factory=set)  # nodes of instances this run terminated
 
     def mine(self, bake_id: str) -> bool:
         return self.bake_id is None or bake_id == self.bake_id
@@ -441,12 +470,8 @@ class _Reap:
             return f"created {_age(self.now - created)} ago, within --older-than"
         return None
 
-    def owner_alive(self, bake_id: str) -> str | None:
-        if bake_id in self.open_bakes:
-            return f"bake {bake_id} of role {self.open_bakes[bake_id].role} is open in the workspace"
-        if bake_id and bake_id in self.running_bakes:
-            return f"bake {bake_id} is still running: {self.running_bakes[bake_id]}"
-        return None
+    def keep(self, kind: str, resource: str, region: str, reason: str) -> None:
+        self.report.add(kind, resource, region, "kept", reason, self.log)
 
 
 def reap(
@@ -462,6 +487,7 @@ def reap(
     chef_error: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
     bake_id: str | None = None,
+    poll_interval: float = 2.0,
 ) -> ReapReport:
     """Remove what killed bakes left behind. See the module docstring for exactly what and when.
 
@@ -470,54 +496,71 @@ def reap(
     resources, removed whatever their expiry (the operator says it is abandoned), from any workspace.
     """
     report = ReapReport(dry_run)
-    run = _Reap(aws, _Executor(report, dry_run=dry_run, log=log), max(0.0, float(older_than)),
-                time.time() if now is None else now,
+    run = _Reap(aws, report, max(0.0, float(older_than)), time.time() if now is None else now,
                 # Bakes a workspace state still has open: their resources are not leftovers.
-                {s.bake_id: s for s in workspace_states if not s.closed and s.bake_id != bake_id}, sleep, bake_id)
-    aws_complete = True
+                {s.bake_id: s for s in workspace_states if not s.closed and s.bake_id != bake_id},
+                sleep, log, poll_interval, bake_id)
+    # 1. Look (Describe/List only).
+    survey, aws_complete = _Survey(), True
     for region in dict.fromkeys(regions):
         try:
-            _reap_region(run, region)
+            _survey_region(aws, region, survey)
         except BakeryError as exc:
             aws_complete = False
             report.errors.append(f"{region}: {exc}")
-    # A bake between preflight and launch has a node name but no instance yet.
-    run.live_nodes |= {s.chef_node for s in run.open_bakes.values() if s.chef_node}
-    if chef is None:
-        report.chef_skipped = chef_error or "not asked to (--no-chef)"
-        report.chef_failed = chef_error is not None
-    elif not aws_complete:
-        report.chef_skipped = ("the live bake instances could not be listed in every region, so no Chef node "
-                               "can be proven orphaned")
-        report.chef_failed = True
-    else:
-        try:
-            _reap_chef(chef, run)
-        except BakeryError as exc:
-            report.chef_skipped = str(exc)
-            report.chef_failed = True
+    # 2. Decide.
+    abandoned, kept_why = _decide_aws(run, survey)
+    names = _chef_names(run, chef, chef_error, aws_complete)
+    records = [(_record(here), _why_abandoned(run, here)) for here in abandoned]
+    if names is not None:
+        records += _decide_chef(run, survey, names, abandoned, records, kept_why, regions)
     if report.chef_skipped:
         log(f"reap: Chef skipped: {report.chef_skipped}")
+    # 3. Act: each abandoned bake through the stages' teardown loop (display-only in a dry run).
+    for record, reason in records:
+        _tear_down(run, record, reason, chef)
     return report
 
 
-def _reap_region(run: _Reap, region: str) -> None:
-    """Instances, images and snapshots of one region; then the Chef node names still alive there."""
-    terminated = _reap_instances(run, region)
-    images = run.aws.describe_images(region, Owners=["self"], Filters=[
-        {"Name": "tag:bakery:created-by", "Values": ["bakery"]}])
-    images = [i for i in images if i.get("State") != "deregistered"]
-    referenced = _reap_images(run, region, images)
-    _reap_snapshots(run, region, referenced)
-    # Any live instance carrying a Chef node name keeps that node (launch instances too, whatever
-    # their name looks like).
-    for inst in run.aws.describe_instances(region, filters=[
-            {"Name": "tag-key", "Values": ["bakery:chef-node"]},
+def _survey_region(aws: Aws, region: str, survey: _Survey) -> None:
+    """Instances, images and snapshots of one region, by bake id; and the Chef node names live there."""
+    for inst in aws.describe_instances(region, filters=[
+            {"Name": "tag-key", "Values": ["bakery:bake-id"]},
             {"Name": "instance-state-name", "Values": LIVE_STATES}]):
-        if inst["InstanceId"] not in terminated:
-            run.live_nodes.add(tags_of(inst).get("bakery:chef-node", ""))
-    run.live_nodes.discard("")
-    run.running_bakes.pop("", None)
+        tags = tags_of(inst)
+        # A bake's own instances (its bake instance, a boot test's): never create-instance's launch ones.
+        if tags.get("bakery:purpose") and tags.get("bakery:purpose") != "launch" and tags.get("bakery:bake-id"):
+            survey.here(tags["bakery:bake-id"], region).instances.append(inst)
+    # Any live instance carrying a Chef node name keeps that node (launch instances too).
+    survey.chef_tagged += [(i["InstanceId"], tags_of(i).get("bakery:chef-node", "")) for i in aws.describe_instances(
+        region, filters=[{"Name": "tag-key", "Values": ["bakery:chef-node"]},
+                         {"Name": "instance-state-name", "Values": LIVE_STATES}])]
+    for image in aws.describe_images(region, Owners=["self"], Filters=[
+            {"Name": "tag:bakery:created-by", "Values": ["bakery"]}]):
+        state, image_bake = image.get("State"), tags_of(image).get("bakery:bake-id", "")
+        if state == "available" and image_bake:
+            survey.here(image_bake, region).available.append(image["ImageId"])
+            survey.finished.add(image_bake)
+        elif state in UNFINISHED_IMAGE_STATES | BROKEN_IMAGE_STATES:
+            if image_bake:
+                survey.here(image_bake, region).unfinished.append(image)
+            else:
+                survey.unnamed.append(ReapLine("image", image["ImageId"], region, "kept",
+                                               f"{state}, without a bakery:bake-id tag: remove it by hand if abandoned"))
+    snapshots = aws.paginate("ec2", region, "DescribeSnapshots", "Snapshots", OwnerIds=["self"],
+                             Filters=[{"Name": "tag-key", "Values": ["bakery:bake-id"]}])
+    if snapshots:
+        # Any image of this account counts, bakery or not; disabled AMIs are listed only on request.
+        users = {s: i for i in aws.describe_images(region, Owners=["self"], IncludeDisabled=True,
+                                                   IncludeDeprecated=True)
+                 if i.get("State") != "deregistered" for s in snapshot_ids(i)}
+        for snap in snapshots:
+            snap_bake, user = tags_of(snap).get("bakery:bake-id", ""), users.get(snap["SnapshotId"])
+            if user is None:
+                survey.here(snap_bake, region).orphans.append(snap)
+            elif tags_of(user).get("bakery:bake-id") != snap_bake:
+                survey.here(snap_bake, region).held.append(
+                    f"its snapshot {snap['SnapshotId']} is used by image {user['ImageId']}")
 
 
 def _instance_keep_reason(run: _Reap, inst: dict[str, Any]) -> str | None:
@@ -534,112 +577,134 @@ def _instance_keep_reason(run: _Reap, inst: dict[str, Any]) -> str | None:
     return None
 
 
-def _reap_instances(run: _Reap, region: str) -> set[str]:
-    """1. Bake instances past their expiry (+ older_than). Returns the ids terminated (or to be)."""
-    terminated: set[str] = set()
-    for inst in run.aws.describe_instances(region, filters=[
-            {"Name": "tag:bakery:purpose", "Values": ["bake"]},
-            {"Name": "instance-state-name", "Values": LIVE_STATES}]):
-        tags = tags_of(inst)
-        instance_id, bake_id, node = inst["InstanceId"], tags.get("bakery:bake-id", ""), tags.get("bakery:chef-node", "")
-        if tags.get("bakery:purpose") != "bake" or not run.mine(bake_id):  # never a launch instance
+def _running(run: _Reap, survey: _Survey) -> dict[str, str]:
+    """Bake id -> why it is still running: one of its instances (any region) is alive and not expired."""
+    running: dict[str, str] = {}
+    for here in survey.bakes.values():
+        for inst in here.instances:
+            why = _instance_keep_reason(run, inst)
+            if why is not None:
+                running.setdefault(here.bake_id, f"its {tags_of(inst).get('bakery:purpose')} instance "
+                                                  f"{inst['InstanceId']} is alive ({why})")
+    return running
+
+
+def _keep_reason(run: _Reap, here: _BakeHere, running: dict[str, str], finished: set[str]) -> str | None:
+    """Why nothing of this bake goes in this region (None: abandoned, tear it down)."""
+    bake_id = here.bake_id
+    if bake_id in run.open_bakes:
+        return f"bake {bake_id} of role {run.open_bakes[bake_id].role} is open in the workspace"
+    if bake_id in running:
+        return f"bake {bake_id} is still running: {running[bake_id]}"
+    pending = [i for i in here.unfinished if i.get("State") in UNFINISHED_IMAGE_STATES]
+    if pending and bake_id in finished:
+        return f"bake {bake_id} has an available AMI: its pending image {pending[0]['ImageId']} is a copy in progress"
+    if here.held:
+        return f"bake {bake_id}: {'; '.join(here.held)}"
+    creating = [s["SnapshotId"] for s in here.orphans if s.get("State") == "pending"]
+    if creating:
+        return f"its snapshot {creating[0]} is still being created"
+    if here.instances:
+        return None  # its instances expired: that is the bake's deadline, whatever the age of the rest
+    created = [parse_time(i.get("CreationDate")) for i in here.unfinished]
+    created += [parse_time(s.get("StartTime")) for s in here.orphans]
+    return run.young(max((c for c in created if c is not None), default=None))
+
+
+def _report_kept(run: _Reap, here: _BakeHere, why: str) -> None:
+    for inst in here.instances:
+        run.keep("instance", inst["InstanceId"], here.region, _instance_keep_reason(run, inst) or why)
+    for image in here.unfinished:
+        run.keep("image", image["ImageId"], here.region, f"{image.get('State')}: {why}")
+    for snap in here.orphans:
+        run.keep("snapshot", snap["SnapshotId"], here.region, f"image gone but {why}")
+
+
+def _decide_aws(run: _Reap, survey: _Survey) -> tuple[list[_BakeHere], dict[str, str]]:
+    """The bakes (per region) to tear down, and why the others stay (bake id -> reason)."""
+    running = _running(run, survey)
+    abandoned: list[_BakeHere] = []
+    kept_why: dict[str, str] = {}
+    for key in sorted(survey.bakes):
+        here = survey.bakes[key]
+        if not here.candidate or not run.mine(here.bake_id):
             continue
-        why = _instance_keep_reason(run, inst)
-        if why is not None:
-            run.ex.keep("instance", instance_id, region, why)
-            run.running_bakes[bake_id] = f"its bake instance {instance_id} is alive ({why})"
-            run.live_nodes.add(node)
-            continue
-        expires_raw = tags.get("bakery:expires-at", "")
-        expires = parse_time(expires_raw)
-        age = f"expired {_age(run.now - expires)} ago ({expires_raw})" if expires is not None else "named by --bake-id"
-        action = Action("instance", instance_id, region, "terminate", "terminated",
-                        f"bake {bake_id or '?'} {age}, {inst['State']['Name']}",
-                        functools.partial(terminate_instance, run.aws, region, instance_id),
-                        f"aws ec2 terminate-instances --region {region} --instance-ids {instance_id}")
-        if run.ex.act(action):
-            terminated.add(instance_id)
-            run.ended_nodes.add(node)
+        why = _keep_reason(run, here, running, survey.finished)
+        if why is None:
+            abandoned.append(here)
         else:
-            run.live_nodes.add(node)  # still alive: its node is not an orphan
-    run.ended_nodes.discard("")
-    return terminated
+            _report_kept(run, here, why)
+            kept_why.setdefault(here.bake_id, why)
+    for line in survey.unnamed:
+        if run.bake_id is None:
+            run.report.lines.append(line)
+    return abandoned, kept_why
 
 
-def _reap_images(run: _Reap, region: str, images: list[dict[str, Any]]) -> set[str]:
-    """2. Unfinished/broken images no bake still owns. Returns the snapshots images still reference."""
-    finished_bakes = {tags_of(i).get("bakery:bake-id") for i in images if i.get("State") == "available"}
-    referenced = {s for i in images for s in snapshot_ids(i)}
-    for image in sorted(images, key=lambda i: i["ImageId"]):
-        state = image.get("State")
-        image_id, bake_id = image["ImageId"], tags_of(image).get("bakery:bake-id", "")
-        if state not in UNFINISHED_IMAGE_STATES | BROKEN_IMAGE_STATES or not run.mine(bake_id):
-            continue  # available AMIs are prune's business, never reap's
+def _why_abandoned(run: _Reap, here: _BakeHere) -> str:
+    named = "named by --bake-id; " if run.bake_id is not None else ""
+    inst = here.bake_instance() or (here.instances[0] if here.instances else None)
+    if inst is not None:
+        expires_raw = tags_of(inst).get("bakery:expires-at", "")
+        expires = parse_time(expires_raw)
+        age = (f"expired {_age(run.now - expires)} ago ({expires_raw})" if expires is not None and not named
+               else "named by --bake-id")
+        return f"bake {here.bake_id} {age}, {inst['State']['Name']}"
+    if here.unfinished:
+        image = here.unfinished[0]
         created = parse_time(image.get("CreationDate"))
-        keep_reason = run.owner_alive(bake_id)
-        if keep_reason is None and state in UNFINISHED_IMAGE_STATES and bake_id and bake_id in finished_bakes:
-            keep_reason = f"bake {bake_id} has an available AMI: this is a copy in progress"
-        keep_reason = keep_reason or run.young(created)
-        if keep_reason:
-            run.ex.keep("image", image_id, region, f"{state}: {keep_reason}")
-            continue
-        snaps = snapshot_ids(image)
-        reason = (f"{state} image of bake {bake_id or '?'} ({image.get('Name')}), created "
-                  f"{_age(run.now - created) + ' ago' if created is not None else 'at an unknown time'}; "
-                  f"snapshots {', '.join(snaps) or 'none'}")
-        action = Action("image", image_id, region, "deregister", "deregistered", reason,
-                        functools.partial(deregister_with_snapshots, run.aws, region, image, run.sleep),
-                        f"aws ec2 deregister-image --region {region} --image-id {image_id}")
-        if run.ex.act(action) and not run.ex.dry_run:
-            referenced -= set(snaps)
-    return referenced
+        when = f"{_age(run.now - created)} ago" if created is not None else "at an unknown time"
+        return f"{named}{image.get('State')} image of bake {here.bake_id} ({image.get('Name')}), created {when}"
+    return f"{named}of bake {here.bake_id}, its image is gone"
 
 
-def _reap_snapshots(run: _Reap, region: str, referenced: set[str]) -> None:
-    """Snapshots the bakery tagged whose image no longer exists (an image deregistered by a killed
-    cleanup before it deleted the snapshots). Any image owned by this account counts, bakery or not."""
-    snapshots = run.aws.paginate("ec2", region, "DescribeSnapshots", "Snapshots", OwnerIds=["self"],
-                                 Filters=[{"Name": "tag-key", "Values": ["bakery:bake-id"]}])
-    if snapshots:
-        # Disabled AMIs are listed only on request, and still hold their snapshots.
-        all_own = run.aws.describe_images(region, Owners=["self"], IncludeDisabled=True, IncludeDeprecated=True)
-        referenced = referenced | {s for i in all_own if i.get("State") != "deregistered" for s in snapshot_ids(i)}
-    for snap in sorted(snapshots, key=lambda s: s["SnapshotId"]):
-        snap_id, bake_id = snap["SnapshotId"], tags_of(snap).get("bakery:bake-id", "")
-        if snap_id in referenced or not run.mine(bake_id):
-            continue  # belongs to an existing image: that image decides
-        keep_reason = run.owner_alive(bake_id)
-        if keep_reason is None and snap.get("State") == "pending":
-            keep_reason = "still being created"
-        keep_reason = keep_reason or run.young(parse_time(snap.get("StartTime")))
-        if keep_reason:
-            run.ex.keep("snapshot", snap_id, region, f"image gone but {keep_reason}")
-            continue
-        _delete_orphan_snapshot(run, region, snap_id, bake_id)
+def _record(here: _BakeHere, chef_node: str | None = None) -> BakeState:
+    """The record of a bake that lives in no workspace, built from its tags: what its stages' cleanups read."""
+    tags = here.tags()
+    inst = here.bake_instance()
+    image = here.unfinished[0] if here.unfinished else None
+    windows = any(r.get("Platform") == "windows" for r in (*here.instances, *here.unfinished))
+    return BakeState(role=tags.get("bakery:role") or "?", bake_id=here.bake_id, release=tags.get("bakery:release", ""),
+                     region=here.region, platform="windows" if windows else "linux", chef_node=chef_node,
+                     instance_id=inst["InstanceId"] if inst else None,
+                     image_id=image["ImageId"] if image else None, image_state=image.get("State") if image else None,
+                     snapshot_ids=sorted(s["SnapshotId"] for s in here.orphans),
+                     amis={here.region: here.available[0]} if here.available else {})
 
 
-def _delete_orphan_snapshot(run: _Reap, region: str, snap_id: str, bake_id: str) -> None:
-    def in_use(exc: BakeryError) -> str | None:
-        # AWS knows of an image this listing missed: keep it (and so no retry on InUse here).
-        if isinstance(exc, AwsError) and exc.code == "InvalidSnapshot.InUse":
-            return f"AWS says an image still uses it: {exc}"
+def _chef_names(run: _Reap, chef: ChefClient | None, chef_error: str | None,
+                aws_complete: bool) -> dict[str, set[str]] | None:
+    """Bakery-looking Chef names -> kinds present (chef-client, chef-node); None when Chef is skipped."""
+    report = run.report
+    if chef is None:
+        report.chef_skipped = chef_error or "not asked to (--no-chef)"
+        report.chef_failed = chef_error is not None
         return None
+    if not aws_complete:
+        report.chef_skipped = ("the live bake instances could not be listed in every region, so no Chef node "
+                               "can be proven orphaned")
+        report.chef_failed = True
+        return None
+    try:
+        nodes, clients = set(chef.list_nodes()), set(chef.list_clients())
+    except BakeryError as exc:
+        report.chef_skipped, report.chef_failed = str(exc), True
+        return None
+    return {n: {k for k, present in (("chef-client", n in clients), ("chef-node", n in nodes)) if present}
+            for n in sorted(nodes | clients) if n.startswith("bake-")}
 
-    run.ex.act(Action("snapshot", snap_id, region, "delete", "deleted", f"of bake {bake_id}, its image is gone",
-                      lambda: delete_snapshot(run.aws, region, snap_id, run.sleep, retry_in_use=False),
-                      f"aws ec2 delete-snapshot --region {region} --snapshot-id {snap_id}", kept_on=in_use))
 
-
-def _chef_keep_reason(run: _Reap, name: str) -> str | None:
+def _chef_keep_reason(run: _Reap, name: str, live: set[str], kept_why: dict[str, str],
+                      ending: Container[str]) -> str | None:
     m = CHEF_NODE_RE.match(name)
     if m is None:
         return "not a bakery bake name (bake-ROLE-YYYYMMDDHHMMSS-xxxxxx)"
-    if run.bake_id is not None and not name.endswith(f"-{run.bake_id}"):
-        return f"not of bake {run.bake_id}"
-    if name in run.live_nodes:
+    if name in live:
         return "a live instance is tagged with it"
-    if name in run.ended_nodes:
-        return None  # its instance was terminated by this run: the identity goes with it
+    if m.group("bake") in ending:
+        return None  # its bake is torn down in this run: the identity goes with it, whatever its age
+    if m.group("bake") in kept_why:
+        return f"kept with the rest of its bake: {kept_why[m.group('bake')]}"
     try:
         made = datetime.strptime(m.group("stamp"), "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc).timestamp()
     except ValueError:
@@ -648,22 +713,58 @@ def _chef_keep_reason(run: _Reap, name: str) -> str | None:
     return young.replace("created", "bake started") if young else None
 
 
-def _reap_chef(chef: ChefClient, run: _Reap) -> None:
-    """3. Chef nodes/clients of bakes with no live instance (client first, as everywhere)."""
-    nodes = set(chef.list_nodes())
-    clients = set(chef.list_clients())
-    for name in sorted(n for n in nodes | clients if n.startswith("bake-")):
-        kinds = [k for k, present in (("chef-client", name in clients), ("chef-node", name in nodes)) if present]
-        why = _chef_keep_reason(run, name)
-        if why is not None:
-            for kind in kinds:
-                if run.bake_id is None or not why.startswith("not of bake"):
-                    run.ex.keep(kind, name, "", why)
+def _decide_chef(run: _Reap, survey: _Survey, names: dict[str, set[str]], abandoned: list[_BakeHere],
+                 records: list[tuple[BakeState, str]], kept_why: dict[str, str],
+                 regions: Sequence[str]) -> list[tuple[BakeState, str]]:
+    """Give each abandoned bake its Chef identity; the identities of bakes with nothing left in AWS
+    become records of their own. Returns those new records."""
+    ending = {i["InstanceId"]: tags_of(i) for here in abandoned for i in here.instances}
+    live = {node for iid, node in survey.chef_tagged if iid not in ending and node}
+    live |= {s.chef_node for s in run.open_bakes.values() if s.chef_node}
+    # The identity of a torn-down bake's other instance (a boot test's) goes with that stage's cleanup.
+    other_stages = {t.get("bakery:chef-node") for t in ending.values() if t.get("bakery:purpose") != "bake"}
+    by_bake = {r.bake_id: r for r, _ in reversed(records)}  # the first record of each bake takes the identity
+    for record, _ in records:
+        tagged = ending.get(record.instance_id or "", {}).get("bakery:chef-node", "")
+        if tagged in names and tagged not in live and by_bake[record.bake_id].chef_node is None:
+            by_bake[record.bake_id].chef_node = tagged
+    taken = {r.chef_node for r in by_bake.values()}
+    chef_only: list[tuple[BakeState, str]] = []
+    for name, kinds in names.items():
+        m = CHEF_NODE_RE.match(name)
+        if name in taken or name in other_stages or (m is not None and not run.mine(m.group("bake"))):
             continue
-        reason = ("its bake instance was terminated by this reap" if name in run.ended_nodes
-                  else "no live instance is tagged bakery:chef-node with it")
-        for kind in kinds:
-            what = "node" if kind == "chef-node" else "client"
-            delete = chef.delete_node if kind == "chef-node" else chef.delete_client
-            run.ex.act(Action(kind, name, "", "delete", "deleted", reason, functools.partial(delete, name),
-                              f"knife {what} delete {name} -y"))
+        why = _chef_keep_reason(run, name, live, kept_why, by_bake)
+        if why is not None:
+            for kind in sorted(kinds):
+                run.keep(kind, name, "", why)
+            continue
+        bake = m.group("bake") if m else ""
+        if bake in by_bake and by_bake[bake].chef_node is None:
+            by_bake[bake].chef_node = name
+            continue
+        # Nothing of the bake is left in AWS: a record of the identity alone (in a region where the bake
+        # has at most good AMIs, which its image cleanup keeps).
+        here = survey.bakes.get((bake, regions[0])) or _BakeHere(bake, regions[0])
+        state = _record(_BakeHere(bake, regions[0], available=here.available), name)
+        state.role = m.group("role") if m else "?"
+        chef_only.append((state, "no live instance is tagged bakery:chef-node with it"))
+    return chef_only
+
+
+def _tear_down(run: _Reap, record: BakeState, reason: str, chef: ChefClient | None) -> None:
+    """One abandoned bake through the stages' teardown loop; its removals become report lines."""
+    executor = CleanupReport(dry_run=run.report.dry_run)
+    ctx = TagContext(aws=run.aws, state=record, chef_client=chef if record.chef_node else None,
+                     poll=run.poll_interval, sleep_fn=run.sleep, log_fn=run.log)
+    teardown(ctx, executor)
+    for outcome in executor.outcomes:
+        removal = outcome.removal
+        line_why = reason
+        if removal.kind.startswith("chef-"):
+            line_why = ("its bake instance was terminated by this reap" if record.instance_id
+                        else "no live instance is tagged bakery:chef-node with it")
+        action = {"done": removal.done, "would": f"would {removal.doing}"}.get(outcome.status, "failed")
+        run.report.add(removal.kind, removal.resource, removal.region, action,
+                       line_why if action != "failed" else outcome.detail, run.log)
+    run.report.errors += [f"bake {record.bake_id}: {e}" for e in executor.errors]

@@ -51,6 +51,8 @@ def role_artifact(state: BakeState) -> dict[str, Any]:
         "image_name": state.image_name,
         "bake_key": state.bake_key,
         "reused": state.reused,
+        # passed | disabled (the role opts out: boot_test.enabled false, the AMI was never booted before use)
+        "boot_test": state.boot_test,
         # Where the bake instance ran (launch's capacity fallback over instance_types x subnet_ids).
         "instance_type": state.instance_type,
         "subnet_id": state.subnet_id,

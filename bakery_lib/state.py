@@ -72,6 +72,13 @@ class BakeState:
     pending_copies: dict[str, str] = field(default_factory=dict)  # region -> copy not yet available
     reused: bool = False
     chef_cleaned: bool = False
+    # boot-test: the instance launched from the new AMI (recorded the moment RunInstances returns), the
+    # Chef identity its first boot registers, and the result (passed | failed | disabled).
+    test_instance_id: str | None = None
+    test_instance_terminated: bool = False
+    test_chef_node: str | None = None
+    test_chef_cleaned: bool = False
+    boot_test: str | None = None
     closed: bool = False  # the bake ended (published, or cleaned up after a failure)
     outcome: str | None = None  # succeeded | failed | reused | cleaned
     stages: dict[str, StageRecord] = field(default_factory=dict)

@@ -14,6 +14,9 @@ EC2Launch v2) with :func:`bakery_lib.render.environment`; every catalogue value 
   gzip+base64 to stay under 16 KiB.
 - :func:`launch_userdata` — ``create-instance`` without a baked image: Chef + the ``launch`` run list.
 - :func:`firstboot_trigger_userdata` — instances launched from a baked image: the image does the work.
+- :func:`boot_test_userdata` — the ``boot-test`` stage's instance: the image's first boot in test mode
+  (``# bakery:boot-test`` lines the first-boot script reads through IMDSv2: Chef node, why-run, run list
+  and health command, base64), tagging ``bakery:boot-test`` instead of alerting.
 - :func:`render_role_scripts` — ``bakery render``: every file above, for review, into ``DIR/ROLE/``.
 
 User data carries no secret (the validator key is fetched from S3 by the instance role) and must
@@ -67,6 +70,17 @@ WINDOWS_FILES = (
     InstanceFile("C:\\ProgramData\\bakery\\register-firstboot-task.ps1", "windows/register-firstboot-task.ps1.j2",
                  0o644, "register-firstboot-task.ps1"),
 )
+
+
+# The Chef node (= client) a boot test registers: reap's ``bake-ROLE-BAKEID`` shape (the "role" part
+# being ``ROLE-boot-test``), so an orphan left by a killed run is found like a bake's.
+BOOT_TEST_NODE_INFIX = "boot-test"
+CHEF_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+
+
+def boot_test_node_name(role: str, bake_id: str) -> str:
+    """The boot test's Chef node (and client) name: ``bake-ROLE-boot-test-BAKEID``."""
+    return node_name(f"{role}-{BOOT_TEST_NODE_INFIX}", bake_id)
 
 
 def node_name(role: str, bake_id: str) -> str:
@@ -229,21 +243,41 @@ def firstboot_trigger_userdata(role: RoleSpec) -> str:
     return _checked(role, "first-boot", _wrap_powershell(_render("windows/userdata-from-ami.ps1.j2", context)))
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def boot_test_userdata(role: RoleSpec, *, node: str) -> str:
+    """User data of the boot-test instance: marks the first boot as a test (see the module docstring).
+
+    Only ``# bakery:boot-test...`` comment lines carry settings, base64 where free text goes, so no
+    catalogue value is ever shell or PowerShell code here; the image's first-boot script reads them."""
+    if not CHEF_NAME_RE.match(node):
+        raise BakeryError(f"role {role.name!r}: invalid boot-test Chef node name {node!r}")
+    test = role.boot_test
+    context = _context(role, node=node, why_run=test.why_run, run_list_b64=_b64(",".join(test.run_list)),
+                       command_b64=_b64(test.command or ""))
+    if role.platform == "linux":
+        return _checked(role, "boot-test", _render("linux/userdata-boot-test.sh.j2", context))
+    return _checked(role, "boot-test", _wrap_powershell(_render("windows/userdata-boot-test.ps1.j2", context)))
+
+
 def render_role_scripts(
     role: RoleSpec, output_dir: Path, *, bake_id: str = "render", release: str = "unreleased"
 ) -> list[Path]:
     """``bakery render``: write the role's instance-side scripts to ``output_dir/ROLE/``.
 
-    Linux: userdata-bake.sh, userdata-launch.sh, userdata-from-ami.sh (user data), and the image's
+    Linux: userdata-bake.sh, userdata-launch.sh, userdata-from-ami.sh, userdata-boot-test.sh (user data), and the image's
     bakery-lib.sh, firstboot.sh, bakery-firstboot.init, bakery-firstboot.service. Windows:
     userdata-bake.ps1, userdata-launch.ps1, userdata-from-ami.ps1, bakery-lib.ps1, firstboot.ps1,
-    register-firstboot-task.ps1. Returns the paths written.
+    register-firstboot-task.ps1 (and userdata-boot-test.ps1). Returns the paths written.
     """
     ext = "sh" if role.platform == "linux" else "ps1"
     outputs: list[tuple[str, str, int]] = [
         (f"userdata-bake.{ext}", bake_userdata(role, bake_id=bake_id, release=release), 0o755),
         (f"userdata-launch.{ext}", launch_userdata(role), 0o755),
         (f"userdata-from-ami.{ext}", firstboot_trigger_userdata(role), 0o755),
+        (f"userdata-boot-test.{ext}", boot_test_userdata(role, node=boot_test_node_name(role.name, bake_id)), 0o755),
     ]
     context = _context(role)
     outputs.append((f"bake.{ext}", bake_script(role, bake_id=bake_id, release=release), 0o700))

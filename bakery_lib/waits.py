@@ -37,9 +37,10 @@ R = TypeVar("R")
 # costs about one call per region every 2 s however many bakes run, and a wait notices within ~2 s.
 DEFAULT_INTERVAL = 2.0
 HEARTBEAT_EVERY = 60.0
-# How long a resource we just created may stay invisible before it counts as gone. AWS documents
-# no bound; seconds are normal, a minute or two under heavy load has been reported. Five minutes
-# keeps a real deletion from hanging a bake for long while never mistaking propagation for it.
+# How long a resource we just created may stay invisible before it counts as gone. AWS documents no
+# bound; its EC2 guide advises describing with back-off "starting with a couple of seconds" and
+# "up to a few minutes". Five minutes never mistakes propagation for a deletion, and a real deletion
+# right after a create (rare: it was never seen) costs a bake at most that long.
 ABSENT_GRACE = 300.0
 
 

@@ -23,7 +23,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .jenkins_double import JenkinsDouble
+from .jenkins_double import JenkinsDouble, deploy_job_xml
 from .stack import JENKINS_TOKEN, JENKINS_USER, DevStack, env_script, playground_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.runner(workdir / "instances", boot_delay=args.boot_delay) as runner, \
             JenkinsDouble({JENKINS_USER: JENKINS_TOKEN}) as jenkins:
         catalog = stack.write_example_catalog(workdir / "bakery.yaml", args.catalog)
+        jenkins.put_item("deploy-release", deploy_job_xml())  # the deploy job the catalogue's upstream_jobs names
         env = playground_env(stack, jenkins.url, catalog)
         env_file = workdir / "env.sh"
         env_file.write_text(env_script(env), encoding="utf-8")

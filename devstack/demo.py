@@ -36,7 +36,7 @@ import yaml
 from bakery_lib.catalog import load_catalog
 from bakery_lib.errors import BakeryError
 
-from .jenkins_double import JenkinsDouble
+from .jenkins_double import JenkinsDouble, deploy_job_xml
 from .moto import isolated_env
 from .stack import JENKINS_TOKEN, JENKINS_USER, DevStack, env_script, playground_env
 
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs_dir = ws / "jobs"
         _run(["generate-jobs", *wsq, "--output-dir", str(jobs_dir)], run_env, ws)
         sync = ["generate-jobs", *wsq]
+        jenkins.put_item("deploy-release", deploy_job_xml())  # the deploy job the catalogue's upstream_jobs names
         _run(sync, run_env, ws)
         print("(second sync: nothing changed, so nothing is written)")
         _run(sync, run_env, ws)

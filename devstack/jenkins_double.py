@@ -22,6 +22,20 @@ No Jenkins server can be had here, so tests, the benchmark and the demo talk to 
   plugin other than its parent's. A config read back is therefore *not* byte-equal to what was
   posted, exactly the trap a naive "compare and update" falls into.
 
+Item names are case-insensitive (Jenkins keeps items in a CaseInsensitiveComparator map), and a
+refusal is answered as Jenkins' ``Failure`` error page: HTTP 400, a generic page titled "Jenkins",
+the reason in the ``X-Error`` header (written ISO-8859-1, as Jetty does).
+
+Builds, where the post-deploy flow depends on them (core ``Queue``, ``ParametersAction``,
+``CauseAction``, ``ParameterizedJobMixIn``, ``jenkins.triggers.ReverseBuildTrigger``, workflow-cps
+``ReplayAction``): ``schedule`` queues a request, filling in parameter defaults as
+``scheduleBuild2`` does and folding it into a waiting item of the same job with equal parameters
+(only its cause is added); ``start_next`` starts the oldest waiting item when the job is not
+building (no concurrent builds); ``finish`` ends a build and queues, WITHOUT parameters, every job
+whose ReverseBuildTrigger watches it; ``replay`` queues a build with the same parameters but only a
+user and a replay cause; ``upstream_builds`` gives a build's upstream causes in the form the pipeline
+harness (tests/pipeline) models ``currentBuild.upstreamBuilds`` from.
+
 For assertions: ``log`` records every request (method, path, query, status, user); ``ui_edit``
 changes a job as a person in the web UI would (not logged as an API request); ``simulate_build``
 adds the action a declarative Pipeline run stores in the job's config; ``fail_next`` injects an
@@ -122,6 +136,52 @@ class _Items(dict):  # type: ignore[type-arg]
 
 
 @dataclass
+class QueueItem:
+    """A waiting build request: its job, its parameter values and every cause folded into it."""
+
+    job: str
+    parameters: dict[str, str]
+    causes: list[dict[str, Any]]
+
+
+@dataclass
+class BuildRecord:
+    job: str
+    number: int
+    parameters: dict[str, str]
+    causes: list[dict[str, Any]]
+    started: float
+    result: str | None = None
+    env_overrides: dict[str, str] = field(default_factory=dict)
+
+
+def _parameter_definitions(config: str) -> dict[str, str]:
+    """name -> default of the job's parameters (ParametersDefinitionProperty), in order."""
+    root = ET.fromstring(config)
+    found: dict[str, str] = {}
+    for definitions in root.iter("parameterDefinitions"):
+        for definition in definitions:
+            name = definition.findtext("name")
+            if name:
+                choices = [c.text or "" for c in definition.iter("string")]
+                default = definition.findtext("defaultValue")
+                found[name] = default if default is not None else (choices[0] if choices else "")
+    return found
+
+
+def _resolve(name: str, folder: str) -> str:
+    """An item name relative to a folder as Items.getItem resolves it (``..``, leading ``/``)."""
+    parts = [] if name.startswith("/") else [p for p in folder.split("/") if p]
+    for part in name.strip("/").split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part and part != ".":
+            parts.append(part)
+    return "/".join(parts)
+
+
+@dataclass
 class _Node:
     """A job, a folder or the Jenkins root. Folders and the root hold items and views."""
 
@@ -142,6 +202,81 @@ def plugin_of(class_name: str) -> str | None:
         if class_name.startswith(prefix) and (best is None or len(prefix) > len(best[0])):
             best = (prefix, plugin)
     return best[1] if best else None
+
+
+# What XStream can read, for the classes the bakery's templates use: class -> its fields. Jenkins reads a
+# config.xml with XStream2's Robust converters: a field the class does not have is skipped (and reported
+# by the "old data" monitor), an element naming a class that does not exist (a typo, or a plugin that is
+# not installed) is dropped from its list, and the saved config no longer has them. Only an unknown ROOT
+# class makes the whole config unreadable. Classes not listed here are taken as they are.
+SCHEMA: dict[str, frozenset[str]] = {k: frozenset(v.split()) for k, v in {
+    "org.jenkinsci.plugins.workflow.job.WorkflowJob": "actions description displayName keepDependencies properties "
+    "definition triggers disabled quietPeriod authToken concurrentBuild resumeBlocked",
+    "hudson.model.FreeStyleProject": "actions description displayName keepDependencies properties scm canRoam "
+    "disabled blockBuildWhenDownstreamBuilding blockBuildWhenUpstreamBuilding triggers concurrentBuild builders "
+    "publishers buildWrappers assignedNode quietPeriod",
+    "com.cloudbees.hudson.plugins.folder.Folder": "actions description displayName properties folderViews "
+    "healthMetrics icon",
+    "hudson.model.ParametersDefinitionProperty": "parameterDefinitions",
+    "hudson.model.StringParameterDefinition": "name description defaultValue trim",
+    "hudson.model.ChoiceParameterDefinition": "name description choices",
+    "org.jenkinsci.plugins.workflow.job.properties.PipelineTriggersJobProperty": "triggers",
+    "jenkins.triggers.ReverseBuildTrigger": "spec upstreamProjects threshold",
+    "hudson.model.Result": "name ordinal color completeBuild",
+    "jenkins.model.BuildDiscarderProperty": "strategy",
+    "hudson.tasks.LogRotator": "daysToKeep numToKeep artifactDaysToKeep artifactNumToKeep removeLastBuild",
+    "org.jenkinsci.plugins.workflow.job.properties.DisableConcurrentBuildsJobProperty": "abortPrevious",
+    "org.jenkinsci.plugins.workflow.cps.CpsScmFlowDefinition": "scm scriptPath lightweight",
+    "org.jenkinsci.plugins.workflow.cps.CpsFlowDefinition": "script sandbox",
+    "hudson.plugins.git.GitSCM": "configVersion userRemoteConfigs branches doGenerateSubmoduleConfigurations "
+    "submoduleCfg extensions gitTool browser",
+    "hudson.plugins.git.UserRemoteConfig": "url credentialsId name refspec",
+    "hudson.plugins.git.BranchSpec": "name",
+    "hudson.model.ListView": "name description filterExecutors filterQueue properties jobNames jobFilters columns "
+    "recurse includeRegex statusFilter",
+}.items()}
+# Fields whose value is an object of a fixed class (no class attribute needed).
+FIELD_CLASSES = {"threshold": "hudson.model.Result"}
+# Lists of objects, each element named by its class.
+LISTS = {"properties", "triggers", "parameterDefinitions", "userRemoteConfigs", "branches"}
+KNOWN_CLASSES = frozenset(SCHEMA) | {
+    "org.jenkinsci.plugins.workflow.job.properties.DurabilityHintJobProperty",
+    "com.cloudbees.hudson.plugins.folder.properties.FolderCredentialsProvider$FolderCredentialsProperty",
+    "hudson.model.BooleanParameterDefinition", "hudson.triggers.TimerTrigger", "hudson.triggers.SCMTrigger",
+}
+
+
+def _drop_unreadable(el: ET.Element, cls: str | None, dropped: list[str]) -> None:
+    """Remove what XStream would skip or drop when reading ``el`` (an object of class ``cls``)."""
+    fields = SCHEMA.get(cls or "")
+    for child in list(el):
+        if fields is not None and child.tag not in fields:
+            dropped.append(f"{cls}.{child.tag}")
+            el.remove(child)
+            continue
+        if child.tag in LISTS:
+            for entry in list(child):
+                entry_cls = entry.get("class") or entry.tag
+                if entry_cls not in KNOWN_CLASSES:
+                    dropped.append(entry_cls)
+                    child.remove(entry)
+                else:
+                    _drop_unreadable(entry, entry_cls, dropped)
+        elif child.get("class") or child.tag in FIELD_CLASSES:
+            _drop_unreadable(child, child.get("class") or FIELD_CLASSES[child.tag], dropped)
+
+
+def jenkins_read(xml: str) -> tuple[str, list[str]]:
+    """The config as Jenkins keeps it after reading ``xml`` (what it drops removed), and what was dropped.
+    Raises _HttpError 500 for an unknown root class, as Jenkins' "Unable to read" does."""
+    root = ET.fromstring(xml)
+    cls = ROOT_CLASSES.get(root.tag, root.tag)
+    if cls not in KNOWN_CLASSES and not _FQCN.match(cls):
+        raise _HttpError(500, f"java.io.IOException: Unable to read: com.thoughtworks.xstream.mapper."
+                              f"CannotResolveClassException: {root.tag}")
+    dropped: list[str] = []
+    _drop_unreadable(root, cls, dropped)
+    return jenkins_serialize(ET.tostring(root, encoding="unicode")), dropped
 
 
 def jenkins_serialize(xml: str) -> str:
@@ -276,6 +411,9 @@ class JenkinsDouble(LoopbackHTTPServer):
         self.crumb_issuer_status = 200  # set to e.g. 500 to break the crumb issuer
         self.reject_crumbs = False  # every POST fails as if the crumb header had been stripped
         self.latency = 0.0  # seconds added to every request (a remote Jenkins is never instant)
+        self.queue: list[QueueItem] = []
+        self.dropped: list[str] = []  # fields and classes Jenkins' XStream would have dropped on save
+        self.builds: dict[str, list[BuildRecord]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -304,6 +442,8 @@ class JenkinsDouble(LoopbackHTTPServer):
             self._faults.clear()
             self.crumb_issuer_status = 200
             self.reject_crumbs = False
+            self.queue.clear()
+            self.builds.clear()
 
     def clear_log(self) -> None:
         with self._lock:
@@ -399,6 +539,99 @@ class JenkinsDouble(LoopbackHTTPServer):
 
         self.ui_edit(full_name, add_actions)
 
+    # -- builds: queue, ReverseBuildTrigger, Replay ------------------------------------------------
+
+    def schedule(self, full_name: str, parameters: dict[str, str] | None = None,
+                 cause: dict[str, Any] | None = None) -> QueueItem:
+        """Queue a build as ``ParameterizedJobMixIn.scheduleBuild2`` and ``Queue.schedule2`` do.
+
+        Without parameters (ReverseBuildTrigger, timer, SCM) a parameterized job gets its defaults.
+        An item of the same job already waiting in the queue with equal parameters absorbs the request
+        (ParametersAction.shouldSchedule says no, CauseAction.foldIntoExisting adds the cause): no new
+        build. Running builds never absorb anything.
+        """
+        with self._lock:
+            node = self._find(full_name)
+            if node is None or node.kind != "job":
+                raise KeyError(f"no job {full_name!r}")
+            definitions = _parameter_definitions(node.config)
+            values = dict(definitions)
+            values.update({k: v for k, v in (parameters or {}).items() if k in definitions})
+            causes = [cause or {"_class": "hudson.model.Cause$UserIdCause"}]
+            for item in self.queue:
+                if item.job.lower() == full_name.lower() and item.parameters == values:
+                    item.causes.extend(causes)
+                    return item
+            item = QueueItem(full_name, values, causes)
+            self.queue.append(item)
+            return item
+
+    def start_next(self, full_name: str) -> BuildRecord | None:
+        """The job's executor takes the oldest waiting item (one build at a time: no concurrent builds)."""
+        with self._lock:
+            if any(b.result is None for b in self.builds.get(full_name, [])):
+                return None
+            item = next((i for i in self.queue if i.job.lower() == full_name.lower()), None)
+            if item is None:
+                return None
+            self.queue.remove(item)
+            history = self.builds.setdefault(full_name, [])
+            build = BuildRecord(full_name, len(history) + 1, item.parameters, item.causes, time.time())
+            history.append(build)
+            return build
+
+    def finish(self, build: BuildRecord, result: str = "SUCCESS", env_overrides: dict[str, str] | None = None) -> None:
+        """End a build; jobs whose ReverseBuildTrigger watches it (threshold SUCCESS) are queued without
+        parameters, each with an UpstreamCause naming this build."""
+        with self._lock:
+            build.result = result
+            build.env_overrides = dict(env_overrides or {})
+            if result != "SUCCESS":
+                return
+            for downstream in self._watchers(build.job):
+                self.schedule(downstream, None, {"_class": "hudson.model.Cause$UpstreamCause",
+                                                 "upstreamProject": build.job, "upstreamBuild": build.number})
+
+    def replay(self, build: BuildRecord) -> QueueItem:
+        """workflow-cps ReplayAction: a new build with the same parameters; its causes are the user and
+        the replay, NOT the original build's causes (an upstream cause is lost)."""
+        with self._lock:
+            item = QueueItem(build.job, dict(build.parameters),
+                             [{"_class": "hudson.model.Cause$UserIdCause"},
+                              {"_class": "org.jenkinsci.plugins.workflow.cps.replay.ReplayCause",
+                               "originalNumber": build.number}])
+            self.queue.append(item)
+            return item
+
+    def upstream_builds(self, build: BuildRecord) -> list[dict[str, Any]]:
+        """The build's UpstreamCauses as the pipeline harness takes them (tests/pipeline): kind, number,
+        parameters, env overrides and start time of each upstream build."""
+        found = []
+        for cause in build.causes:
+            if cause.get("_class") != "hudson.model.Cause$UpstreamCause":
+                continue
+            up = self.builds[cause["upstreamProject"]][int(cause["upstreamBuild"]) - 1]
+            kind = "pipeline" if _class_of_config(self.config(up.job)).endswith("WorkflowJob") else "freestyle"
+            found.append({"fullProjectName": up.job, "number": up.number, "kind": kind,
+                          "parameters": up.parameters, "envOverrides": up.env_overrides,
+                          "environment": {"JOB_NAME": up.job, "BUILD_NUMBER": str(up.number)},
+                          "startTimeInMillis": int(up.started * 1000), "result": up.result})
+        return found
+
+    def _watchers(self, upstream: str) -> list[str]:
+        """Jobs with a ReverseBuildTrigger naming ``upstream`` (resolved from their folder, any case)."""
+        watchers = []
+        for name in self.job_names():
+            node = self._find(name)
+            if node is None or node.kind != "job":
+                continue
+            spec = ET.fromstring(node.config).findtext(".//jenkins.triggers.ReverseBuildTrigger/upstreamProjects")
+            folder = name.rpartition("/")[0]
+            for entry in (spec or "").split(","):
+                if entry.strip() and _resolve(entry.strip(), folder).lower() == upstream.lower():
+                    watchers.append(name)
+        return watchers
+
     # -- internals -------------------------------------------------------------------------------
 
     @staticmethod
@@ -463,6 +696,19 @@ _ALL_VIEW = (
     "<name>All</name><filterExecutors>false</filterExecutors><filterQueue>false</filterQueue>"
     "<properties class='hudson.model.View$PropertyList'/></hudson.model.AllView>"
 )
+
+
+def deploy_job_xml(description: str = "deploys a release of the application") -> str:
+    """A freestyle deploy job with a RELEASE parameter: the upstream job of the example catalogue, as an
+    estate that runs the bakery already has it."""
+    return ("<?xml version='1.1' encoding='UTF-8'?>\n<project><description>" + html.escape(description) +
+            "</description><keepDependencies>false</keepDependencies><properties>"
+            "<hudson.model.ParametersDefinitionProperty><parameterDefinitions>"
+            "<hudson.model.StringParameterDefinition><name>RELEASE</name><defaultValue></defaultValue>"
+            "<trim>true</trim></hudson.model.StringParameterDefinition></parameterDefinitions>"
+            "</hudson.model.ParametersDefinitionProperty></properties><canRoam>true</canRoam>"
+            "<disabled>false</disabled><triggers/><concurrentBuild>false</concurrentBuild><builders/>"
+            "<publishers/><buildWrappers/></project>\n")
 
 
 def folder_xml(description: str = "") -> str:
@@ -770,9 +1016,10 @@ class _Handler(BaseHTTPRequestHandler):
             if "xml" not in ctype:
                 raise _HttpError(400, "No mode given and no XML body")
             try:
-                stored = jenkins_serialize(body.decode("utf-8"))
+                stored, dropped = jenkins_read(body.decode("utf-8"))
             except (ET.ParseError, UnicodeDecodeError) as exc:
                 raise _HttpError(500, f"java.io.IOException: Failed to parse XML for {name}: {exc}") from None
+            d.dropped.extend(dropped)
             if _class_of_config(stored) == FOLDER_CLASS:
                 node = _Node("folder", name)
                 d._store_folder_config(node, stored)
@@ -787,9 +1034,10 @@ class _Handler(BaseHTTPRequestHandler):
             with d._lock:
                 return 200, "application/xml;charset=UTF-8", d._config_of(node).encode("utf-8"), {}
         try:
-            stored = jenkins_serialize(body.decode("utf-8"))
+            stored, dropped = jenkins_read(body.decode("utf-8"))
         except (ET.ParseError, UnicodeDecodeError) as exc:
             raise _HttpError(500, f"java.io.IOException: Unable to read config.xml: {exc}") from None
+        d.dropped.extend(dropped)
         with d._lock:
             old_cls = FOLDER_CLASS if node.kind == "folder" else _class_of_config(node.config)
             new_cls = _class_of_config(stored)

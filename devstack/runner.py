@@ -39,6 +39,17 @@ stops the instance (``StopInstances`` from here, as the shutdown would). With
 ``windows_sysprep_exit`` != 0 sysprep "fails": the instance tags ``failed`` and keeps running. A
 user data without that shape (``--block``, ``<detach>``, no generalizing tag before sysprep) is tagged
 ``failed`` with the runner's reason, so a bake with a broken script fails as it would on EC2.
+
+Boot tests (the bakery's ``boot-test`` stage). Linux: a test instance is launched from a baked AMI, so
+it boots as above -- a copy of the bake's root, its user data (which only carries the
+``# bakery:boot-test`` lines), then ``bakery-firstboot start``, whose real script reads those lines from
+the IMDS double (``/latest/user-data``; 404 when an instance has none, as IMDS answers) and tags
+``bakery:boot-test`` itself. Windows: the startup task's ``firstboot.ps1`` cannot run here, so its test
+mode is played with the image's own settings (read from the bake script this runner played): the run
+list and validator key from S3, ``client.rb`` with the user data's node name, the stub client with
+``--why-run`` (unless ``why-run=no``) and ``-o`` for a run list override, then the ``bakery:boot-test``
+tag, ``failed`` with the script's detail on a client failure. A health command (PowerShell) cannot be
+run here: such a test is tagged ``failed`` saying so, never passed unchecked.
 """
 
 from __future__ import annotations
@@ -67,6 +78,7 @@ PURPOSE_TAG = "bakery:purpose"
 # Where an image's first-boot init script may be: Debian-style and Red Hat-style SysV paths.
 FIRSTBOOT_SCRIPTS = ("etc/init.d/bakery-firstboot", "etc/rc.d/init.d/bakery-firstboot")
 WANTS_DIR = "etc/systemd/system/multi-user.target.wants"
+BOOT_TEST_MARK = b"# bakery:boot-test"  # the line that makes an instance's first boot a boot test
 MAX_REBOOTS = 6
 
 
@@ -103,6 +115,7 @@ class InstanceRunner:
         self._seen: set[str] = set()
         self._bake_roots: dict[str, Path] = {}  # bake id -> root of the bake instance we ran
         self._image_bake_ids: dict[str, str | None] = {}
+        self._windows_scripts: dict[str, str] = {}  # bake id -> the Windows bake script played
         self._procs: dict[str, subprocess.Popen] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -264,6 +277,10 @@ class InstanceRunner:
             fh.write(f"[instance-runner] {iid} booting ({kind}) from {image_id}, root {root}\n")
         stripped = (user_data or b"").lstrip()
         if stripped[:12].lower() == b"<powershell>" or stripped[:8].lower() == b"<script>":
+            if BOOT_TEST_MARK in [line.strip() for line in stripped.splitlines()]:
+                return {**result, **self._play_windows_boot_test(iid, baked_from, stripped, root, console)}
+            if kind == "bake" and BAKE_ID_TAG in tags:
+                self._windows_scripts[tags[BAKE_ID_TAG]] = _unpacked_ps(stripped.decode("utf-8", "replace"))
             return {**result, **self._windows_boot(iid, kind, stripped, root, console)}
         if user_data and not stripped.startswith(b"#!"):
             self._note(console, "user data is not a script (cloud-config/MIME): not executed")
@@ -409,6 +426,58 @@ class InstanceRunner:
         validator.unlink(missing_ok=True)
         (chef / "client.pem").unlink(missing_ok=True)
         return "" if code == 0 else f"{v['ChefBin']} exited {code} running the ami run list {v['RunList']}"
+
+    # --- Windows boot test: played, not executed -------------------------------------------------------
+    def _play_windows_boot_test(self, iid: str, baked_from: str | None, user_data: bytes, root: Path,
+                                console: Path) -> dict[str, Any]:
+        """firstboot.ps1 in test mode (see the module docstring); tags bakery:boot-test as it would."""
+        lines = user_data.decode("utf-8", errors="replace").splitlines()
+        setting = {ln.split("=", 1)[0][len("# bakery:boot-test-"):]: ln.split("=", 1)[1].strip()
+                   for ln in lines if ln.startswith("# bakery:boot-test-") and "=" in ln}
+
+        def tag(status: str, detail: str) -> dict[str, Any]:
+            self._ec2.create_tags(Resources=[iid], Tags=[{"Key": "bakery:boot-test", "Value": status},
+                                                         {"Key": "bakery:boot-test-detail", "Value": detail[:255]}])
+            self._note(console, f"Windows boot test played: {status}: {detail}")
+            return {"kind": "windows-boot-test", "exit_code": 0 if status == "passed" else 1, "detail": detail}
+
+        script = self._windows_scripts.get(baked_from or "")
+        if script is None:
+            self._note(console, "Windows boot test: the image's bake was not played here: its first boot cannot be")
+            return {"kind": "skipped", "detail": "Windows image whose bake this runner did not play"}
+        names = ("ChefServerUrl", "ChefValidator", "ValidatorBucket", "ValidatorKey", "ChefBin", "RunlistBucket",
+                 "RunlistKey")
+        v = {n: _ps_value(script, n) for n in names}
+        if None in v.values():
+            return tag("failed", f"instance runner: cannot read {[n for n, x in v.items() if x is None]} from the image")
+        run_list = base64.b64decode(setting.get("run-list", "")).decode()
+        command = base64.b64decode(setting.get("command", "")).decode()
+        chef = root / "chef"
+        chef.mkdir(parents=True, exist_ok=True)
+        try:
+            body = self._s3.get_object(Bucket=v["RunlistBucket"], Key=v["RunlistKey"])["Body"].read()
+        except Exception as exc:  # what Read-S3Object would throw, as the script reports it
+            return tag("failed", f"the run list s3://{v['RunlistBucket']}/{v['RunlistKey']} is missing or unreadable: "
+                                 f"{exc} (step: fetching the run list)")
+        (chef / "first-boot.json").write_bytes(body)
+        validator = chef / "validation.pem"
+        validator.write_bytes(self._s3.get_object(Bucket=v["ValidatorBucket"], Key=v["ValidatorKey"])["Body"].read())
+        rb = [f"chef_server_url '{v['ChefServerUrl']}'", f"node_name '{setting.get('node', '')}'",
+              f"validation_client_name '{v['ChefValidator']}'", "validation_key '/chef/validation.pem'",
+              "client_key '/chef/client.pem'", "log_location STDOUT"]
+        (chef / "client.rb").write_text("\n".join(rb) + "\n", encoding="utf-8")
+        extra = ([] if setting.get("why-run") == "no" else ["--why-run"]) + (["-o", run_list] if run_list else [])
+        argv = [str(self.stub_bin / str(v["ChefBin"])), "-c", str(chef / "client.rb"), "-j",
+                str(chef / "first-boot.json"), *extra]
+        code = self._exec(iid, argv, root, self._env(root, "http://127.0.0.1:9"), console, "first boot (boot test)")
+        validator.unlink(missing_ok=True)
+        mode = "".join(f" {a}" for a in extra)
+        if code != 0:
+            return tag("failed", f"{v['ChefBin']}{mode} exited {code} (step: running {v['ChefBin']}{mode})")
+        if command:
+            return tag("failed", "instance runner: a PowerShell health command cannot be run here "
+                                 "(step: boot test: running the health command)")
+        return tag("passed", f"{v['ChefBin']}{mode} succeeded as {setting.get('node', '')}")
 
     def _env(self, root: Path, imds_url: str) -> dict[str, str]:
         venv_bin = os.path.dirname(sys.executable)

@@ -16,6 +16,12 @@ name for the same client, the catalogue's default distribution) on the instance 
    for this run only and, as with the real chef-client, is not saved in the node's run list (its
    expansion is in the node's ``automatic.recipes``/``roles``).
 
+``--why-run`` (``-W``), as the real client does (chef/chef ``lib/chef/node.rb``: ``Node.find_or_create``
+POSTs a new node, ``Node#save`` logs "In why-run mode, so NOT performing node save." and saves
+nothing): it registers the client, creates the node if absent (with an empty run list: the run list
+given is applied in memory only), expands the run list and resolves its cookbooks, converges
+nothing, and does not save the node at the end.
+
 It fails (exit 1, FATAL lines on stderr, after registering) when a run list item contains the word
 ``fail`` (e.g. ``recipe[fail]``) or ``BAKERY_STUB_CHEF_FAIL=1``, and on any server error. Every run
 appends ``{argv, node_name, run_list, ok, ...}`` to ``$BAKERY_ROOT/var/log/stub-chef-client.jsonl``.
@@ -77,6 +83,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("-l", "--log_level")
     p.add_argument("-F", "--format")
     p.add_argument("--chef-license")
+    p.add_argument("-W", "--why-run", action="store_true")
     p.add_argument("-v", "--version", action="store_true")
     # --once, --no-fork, --no-color, -z... : accepted and ignored, as they change nothing here.
     args, _unknown = p.parse_known_args(argv)
@@ -187,9 +194,11 @@ def _run(args: argparse.Namespace, root: str, record: dict[str, Any]) -> None:
         if exc.status != 404:
             raise
         node = {"name": node_name, "json_class": "Chef::Node", "chef_type": "node",
-                "chef_environment": args.environment or "_default", "run_list": persistent or [],
+                "chef_environment": args.environment or "_default",
+                "run_list": [] if args.why_run else (persistent or []),
                 "normal": {}, "default": {}, "override": {}, "automatic": {}}
         client.request("POST", "/nodes", node)
+        node = dict(node)
         _log(f"INFO: Created node[{node_name}]")
     if persistent is not None:
         node["run_list"] = persistent
@@ -216,6 +225,11 @@ def _run(args: argparse.Namespace, root: str, record: dict[str, Any]) -> None:
     automatic.update({"recipes": recipes, "roles": roles, "ohai_time": time.time(),
                       "chef_packages": {"chef": {"version": VERSION, "stub": True}}})
     node["automatic"] = automatic
+    record["why_run"] = bool(args.why_run)
+    if args.why_run:
+        _log("WARN: In why-run mode, so NOT performing node save.")
+        _log("Chef Infra Client finished, 0/0 resources would have been updated")
+        return
     client.request("PUT", f"/nodes/{node_name}", node)
     _log("INFO: Chef Infra Client Run complete in 0.1 seconds")
     _log("Chef Infra Client finished, 0/0 resources updated in 00 seconds")
@@ -235,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         record["ok"] = True
         reboot_exit = os.environ.get("BAKERY_STUB_CHEF_REBOOT_EXIT")
         marker = Path(in_root("/var/lib/stub-chef/reboot-requested", root))
-        if reboot_exit and not marker.exists():
+        # A why-run converges nothing, so no reboot resource fires either.
+        if reboot_exit and not args.why_run and not marker.exists():
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text("1\n", encoding="utf-8")
             record["exit"] = int(reboot_exit)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from bakery_lib.stages import ORDER
+
 REPO = Path(__file__).resolve().parent.parent
 LINTER = REPO / ".tools" / "node_modules" / ".bin" / "npm-groovy-lint"
 JENKINSFILES = [REPO / "jenkins" / "Jenkinsfile", REPO / "jenkins" / "release.Jenkinsfile"]
-STAGES = ["preflight", "security-groups", "iam-role", "launch", "bootstrap", "stop", "image", "wait-image",
-          "terminate", "chef-cleanup", "publish"]
+STAGES = list(ORDER)  # the bakery's stages, in order: one Jenkinsfile stage each
 
 
 def lint(*files: Path) -> tuple[int, dict]:
@@ -71,10 +72,11 @@ def test_per_role_jenkinsfile_runs_every_stage_in_order_one_line_each() -> None:
     assert re.search(r"String command = \"\.bakery-venv/bin/bakery \$\{args\}\"", text)
     post = text[text.index("    post {"):]
     always = post[post.index("always {"):post.index("success {")]
-    assert always.index("cleanupBake()") < always.index("junit testResults: 'reports/*.xml'")
-    assert "archiveArtifacts artifacts: 'artifacts/**', fingerprint: true" in always
-    assert "bakery 'cleanup --role \"$ROLE\"'" in text
-    for needle in ("timeout(time:", "timestamps()", "credentials('bakery-chef-client-key')",
+    assert "finishBake()" in always
+    finish = text[text.index("void finishBake()"):text.index("// \"AMI_WEB_US_EAST_1")]
+    assert finish.index("bakery 'cleanup --role \"$ROLE\"'") < finish.index("junit testResults: 'reports/*.xml'")
+    assert "archiveArtifacts artifacts: 'artifacts/**', fingerprint: true" in finish
+    for needle in ("timeout(time:", "timestamps()", "withFolderProperties()", "'bakery-chef-client-key'",
                    "BAKERY_AWS_CREDENTIALS_ID", "artifacts/amis.properties", "currentBuild.description",
                    "pip install"):
         assert needle in text, needle

@@ -29,8 +29,9 @@ from pipeline.driver import (
     agent_tools,
 )
 
-BAKE_STAGES = ["preflight", "security-groups", "iam-role", "launch", "bootstrap", "stop", "image", "wait-image",
-               "terminate", "chef-cleanup", "publish"]
+from bakery_lib.stages import ORDER
+
+BAKE_STAGES = list(ORDER)  # the bakery's stages, in order: one Jenkinsfile stage each
 README = REPO / "jenkins" / "README.md"
 
 
@@ -51,8 +52,9 @@ class Agent:
     """A bake agent: its environment (devstack endpoints, no Chef key: that comes from the credential)."""
 
     def __init__(self, devstack: Any, tmp_path: Path, roles: dict[str, dict[str, Any]]):
+        # The instance runner's sandbox has a chef-client on PATH (its stub): nothing to install.
         self.catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles=roles,
-                                              **json.loads(os.environ.get("D_CATALOG_DEFAULTS", "{}")))
+                                              chef={"distribution": "chef", "preinstalled": True})
         env = {k: v for k, v in devstack.env.items() if k != "CHEF_CLIENT_KEY"}
         env.update(BAKERY_CATALOG=str(self.catalog), BAKERY_POLL_INTERVAL="0.2", HOME=str(tmp_path),
                    PATH=os.environ["PATH"], LANG="C.UTF-8")
@@ -91,11 +93,11 @@ def test_role_baked_end_to_end_through_the_jenkinsfile(harness, devstack, instan
 
 @pytest.mark.e2e
 def test_failing_stage_cleans_up_and_publishes_only_this_builds_reports(harness, devstack, instance_runner, tmp_path):
-    agent = Agent(devstack, tmp_path, {"web": {"platform": "linux", "run_lists": {"ami": ["recipe[roles::fail]"]}}})
+    agent = Agent(devstack, tmp_path, {"broken": {"platform": "linux", "run_lists": {"ami": ["recipe[roles::fail]"]}}})
     ws = tmp_path / "ws"
     (ws / "artifacts").mkdir(parents=True)
-    (ws / "artifacts" / "amis.properties").write_text("AMI_WEB=ami-0000000000000000f\n")  # an earlier build's
-    build = bake(harness, agent, ws, parameters={"RELEASE": "2026.11.2"})
+    (ws / "artifacts" / "amis.properties").write_text("AMI_BROKEN=ami-0000000000000000f\n")  # an earlier build's
+    build = bake(harness, agent, ws, parameters={"ROLE": "broken", "RELEASE": "2026.11.2"})
 
     assert build.result == "FAILURE", build.log
     assert build.stages["bootstrap"] == "FAILURE", build.log
@@ -106,7 +108,7 @@ def test_failing_stage_cleans_up_and_publishes_only_this_builds_reports(harness,
     assert "Chef role_ami run failed" in (failed[0]["message"] or "")
     assert "artifacts/amis.properties" not in build.archived  # the stale one was not archived again
     ec2 = devstack.moto.client("ec2")
-    left = ec2.describe_instances(Filters=[{"Name": "tag:bakery:role", "Values": ["web"]},
+    left = ec2.describe_instances(Filters=[{"Name": "tag:bakery:role", "Values": ["broken"]},
                                            {"Name": "tag:bakery:release", "Values": ["2026.11.2"]},
                                            {"Name": "instance-state-name", "Values": ["pending", "running", "stopped"]}])
     assert not [i for r in left["Reservations"] for i in r["Instances"]], "post cleanup left the bake instance"
@@ -219,10 +221,36 @@ def test_plugins_listed_in_the_readme_are_exactly_enough(harness, tmp_path):
     assert build.stages == {} and build.data["postRan"] == []
 
 
-def test_timeout_does_not_wrap_post(harness, tmp_path):
-    """Defect 4 (second half): options { timeout } of the pipeline also cut `post` short."""
-    build = release_of(harness, tmp_path, parameters={"ROLE": "web", "RELEASE": "r"})
-    assert "timeout" not in build.data["pipelineOptions"]
+def stub_bakery(tmp_path: Path, script: str) -> dict[str, str]:
+    """An agent whose .bakery-venv/bin/bakery is ``script`` (sh), for what needs no AWS."""
+    tools = tmp_path / "tools"
+    env = agent_tools(tools, {"PATH": os.environ["PATH"]})
+    body = tmp_path / "bakery.sh"
+    body.write_text(script)
+    (tools / "python3").write_text(f'#!/bin/sh\nmkdir -p "$3/bin"\ncp {body} "$3/bin/bakery"\n'
+                                   'printf \'#!/bin/sh\\n\' > "$3/bin/pip"\nchmod +x "$3/bin/bakery" "$3/bin/pip"\n')
+    return env
+
+
+def test_timeout_stops_the_bake_but_never_cuts_post_short(harness, tmp_path):
+    """Defect 4 (second half): `options { timeout }` of the pipeline wraps `post` too, so after the time
+    is up `post` got only Jenkins' grace period (60 s, here 1 s) before being killed mid-cleanup."""
+    env = stub_bakery(tmp_path, '#!/bin/sh\ncase "$1" in\n'
+                                '  stage) sleep 60 ;;\n'
+                                '  cleanup) sleep 2; mkdir -p reports\n'
+                                '    echo \'<testsuite name="bakery.web"><testcase name="cleanup"/></testsuite>\' '
+                                '> reports/web-cleanup.xml; echo "cleanup finished" ;;\n'
+                                'esac\n')
+    key = tmp_path / "chef.pem"
+    key.write_text("PEM")
+    build = harness.run(JENKINSFILE, tmp_path / "ws", parameters={"ROLE": "web", "RELEASE": "r"}, agent_env=env,
+                        plugins=readme_plugins(), credentials={"bakery-chef-client-key": {"type": "file",
+                                                                                           "path": str(key)}},
+                        time_scales={"HOURS": 1 / 3600}, timeout_grace_seconds=1, stop_grace_seconds=1)
+    assert build.result == "ABORTED", build.log
+    assert build.stages["preflight"] == "ABORTED" and "Timeout has been exceeded" in build.log
+    assert "cleanup finished" in build.log and "extreme prejudice" not in build.log
+    assert [c["name"] for c in build.junit_cases] == ["cleanup"]  # published after the cleanup ended
 
 
 @pytest.mark.e2e
@@ -231,17 +259,17 @@ def test_abort_waits_for_the_bakery_to_finish_before_cleaning_and_publishing(har
     """Defect 4: Jenkins gives an aborted `sh` up after 20 s (here 1 s) without killing it, so `post` starts
     while the bakery still holds the role's lock. Here the bakery is inside an AWS call (held 4 s by the
     proxy) when the abort comes: `post`'s cleanup must wait for it, then clean up, then publish."""
-    agent = Agent(devstack, tmp_path, {"web": {"platform": "linux"}})
+    agent = Agent(devstack, tmp_path, {"halted": {"platform": "linux"}})
     agent.env["AWS_ENDPOINT_URL"] = proxy.url
     ws = tmp_path / "ws"
     trigger = tmp_path / "abort-now"
     result: dict[str, Build] = {}
     runner = threading.Thread(target=lambda: result.setdefault("build", bake(
-        harness, agent, ws, parameters={"RELEASE": "2026.11.6"}, abort={"whenFileExists": str(trigger)},
+        harness, agent, ws, parameters={"ROLE": "halted", "RELEASE": "2026.11.6"}, abort={"whenFileExists": str(trigger)},
         stop_grace_seconds=1)))
     runner.start()
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and _stage_status(ws, "launch") != "succeeded":
+    while time.monotonic() < deadline and _stage_status(ws, "halted", "launch") != "succeeded":
         time.sleep(0.1)
     hold = Hold("DescribeInstances", forward_first=False, times=1)
 
@@ -258,7 +286,7 @@ def test_abort_waits_for_the_bakery_to_finish_before_cleaning_and_publishing(har
     assert build.stages["publish"] == "SKIPPED"
     assert "After 1s process did not stop" in build.log, build.log  # post began while the bakery still ran
     post = build.log.split("always (post of pipeline)")[1]
-    assert "web cleanup:" in post and "ERROR" not in post, post  # cleanup waited for the lock, then ran
+    assert "halted cleanup:" in post and "ERROR" not in post, post  # cleanup waited for the lock, then ran
     assert build.data["orphans"] and not build.data["orphans"][0]["runningWhenBuildEnded"]
     assert "artifacts/amis.properties" not in build.archived
     ec2 = devstack.moto.client("ec2")
@@ -267,9 +295,9 @@ def test_abort_waits_for_the_bakery_to_finish_before_cleaning_and_publishing(har
     assert not [i for r in left["Reservations"] for i in r["Instances"]]
 
 
-def _stage_status(ws: Path, stage: str) -> str | None:
+def _stage_status(ws: Path, role: str, stage: str) -> str | None:
     try:
-        return json.loads((ws / ".bakery" / "web.json").read_text())["stages"][stage]["status"]
+        return json.loads((ws / ".bakery" / f"{role}.json").read_text())["stages"][stage]["status"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -296,27 +324,99 @@ def test_raw_build_is_refused_by_the_sandbox(harness, tmp_path):
 @pytest.mark.e2e
 @pytest.mark.parametrize("mode", ["bake", "jobs"])
 def test_release_job(harness, devstack, instance_runner, tmp_path, mode):
-    agent = Agent(devstack, tmp_path, {"web": {"platform": "linux"}, "worker": {"platform": "linux"}})
+    roles = [f"{mode}-api", f"{mode}-worker"]  # own roles per mode: an equal bake would reuse the other's AMI
+    agent = Agent(devstack, tmp_path, {role: {"platform": "linux"} for role in roles})
     downstream = {f"ami-bake-{role}": {"jenkinsfile": str(JENKINSFILE), "workspace": str(tmp_path / f"job-{role}"),
                                        "parameterDefinitions": {"ROLE": role, "RELEASE": "", "AGENT_LABEL": "bakery"},
                                        "agentEnv": agent.env, "credentials": agent.credentials,
                                        "plugins": readme_plugins()}
-                  for role in ("web", "worker")}
+                  for role in roles}
     build = harness.run(RELEASE_JENKINSFILE, tmp_path / "release-ws", job="ami-bake-release",
                         parameter_definitions=RELEASE_JOB_PARAMETERS,
-                        parameters={"RELEASE": f"2026.12.{mode}", "MODE": mode, "ROLES": "web worker", "JOBS": "2"},
+                        parameters={"RELEASE": f"2026.12.{mode}", "MODE": mode, "ROLES": " ".join(roles), "JOBS": "2"},
                         agent_env=agent.env, credentials=agent.credentials, plugins=readme_plugins(),
                         downstream=downstream)
-    assert build.result == "SUCCESS", build.log
+    downstream_logs = "\n".join("\n".join(t.get("result", {}).get("log", [])) for t in build.data["triggered"])
+    assert build.result == "SUCCESS", build.log + "\n--- downstream ---\n" + downstream_logs
     assert "artifacts/amis.json" in build.archived
     amis = json.loads(build.archived_text("artifacts/amis.json"))
-    assert amis["release"] == f"2026.12.{mode}" and set(amis["amis"]) == {"web", "worker"}
-    for role in ("web", "worker"):
+    assert amis["release"] == f"2026.12.{mode}" and set(amis["amis"]) == set(roles)
+    for role in roles:
         ami = amis["amis"][role]["us-east-1"]
         image = devstack.moto.client("ec2").describe_images(ImageIds=[ami])["Images"][0]
         assert {t["Key"]: t["Value"] for t in image["Tags"]}["bakery:release"] == f"2026.12.{mode}"
     if mode == "jobs":
         assert [t["parameters"] for t in build.data["triggered"]] == [
-            {"ROLE": "web", "RELEASE": "2026.12.jobs"}, {"ROLE": "worker", "RELEASE": "2026.12.jobs"}]
+            {"ROLE": role, "RELEASE": "2026.12.jobs"} for role in roles]
         assert all(t["result"]["result"] == "SUCCESS" for t in build.data["triggered"])
+    else:
+        assert build.data["html"] and build.data["html"][0]["name"] == "Bake summary"
 
+
+# --- the Jenkins double's build model feeding the Jenkinsfile -----------------------------------------
+
+FREESTYLE_DEPLOY = """<?xml version='1.1' encoding='UTF-8'?>
+<project><description>deploy</description><properties><hudson.model.ParametersDefinitionProperty>
+<parameterDefinitions><hudson.model.StringParameterDefinition><name>RELEASE</name><defaultValue></defaultValue>
+</hudson.model.StringParameterDefinition></parameterDefinitions></hudson.model.ParametersDefinitionProperty>
+</properties><builders/><publishers/></project>"""
+
+
+@pytest.fixture()
+def double(tmp_path: Path) -> Iterator[Any]:
+    import yaml
+
+    from bakery_lib.catalog import load_catalog
+    from bakery_lib.jobs.render import render_items
+    from devstack.jenkins_double import JenkinsDouble
+    from devstack.samples import offline_catalog_data
+
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump(offline_catalog_data(["web"])))
+    jenkins = JenkinsDouble()
+    jenkins.put_item("deploy-release", FREESTYLE_DEPLOY)
+    for item in render_items(load_catalog(path)):
+        jenkins.put_item(item.full_name, item.xml)
+    yield jenkins
+
+
+def deploy(double: Any, release: str) -> None:
+    double.schedule("deploy-release", {"RELEASE": release})
+    double.finish(double.start_next("deploy-release"))
+    time.sleep(0.01)  # distinct start times
+
+
+def test_queue_merges_triggered_deploys_and_the_jenkinsfile_bakes_the_newest(harness, double, tmp_path):
+    """Defect 2 end to end: ReverseBuildTrigger queues without parameters, the queue merges the waiting
+    bakes, and the one build left bakes the newest release, naming the ones it supersedes."""
+    deploy(double, "2026.11.1")
+    first = double.start_next("ami-bake-web")  # bakes 2026.11.1 ...
+    deploy(double, "2026.11.2")  # ... while these two deploys' bakes wait in the queue
+    deploy(double, "2026.11.3")
+    assert len(double.queue) == 1 and len(double.queue[0].causes) == 2
+    assert double.queue[0].parameters == {"ROLE": "web", "RELEASE": "", "AGENT_LABEL": "bakery"}
+    double.finish(first)
+    merged = double.start_next("ami-bake-web")
+    build = release_of(harness, tmp_path, parameters=merged.parameters,
+                       upstream_builds=double.upstream_builds(merged))
+    assert build.data["displayName"] == "#1 web 2026.11.3"
+    assert build.description == "2026.11.3 (supersedes 2026.11.2 (deploy-release #2))"
+
+    # the recommended way: the deploy passes RELEASE, and different releases are never merged
+    double.schedule("ami-bake-web", {"RELEASE": "2026.11.4"})
+    double.schedule("ami-bake-web", {"RELEASE": "2026.11.5"})
+    double.schedule("ami-bake-web", {"RELEASE": "2026.11.5"})  # the same release twice: one bake
+    assert [i.parameters["RELEASE"] for i in double.queue] == ["2026.11.4", "2026.11.5"]
+
+
+def test_replay_of_a_triggered_bake_through_the_double(harness, double, tmp_path):
+    """Defect 5: Replay keeps the parameters (RELEASE empty) but not the upstream cause."""
+    deploy(double, "2026.11.7")
+    triggered = double.start_next("ami-bake-web")
+    double.finish(triggered)
+    double.replay(triggered)
+    replayed = double.start_next("ami-bake-web")
+    assert double.upstream_builds(replayed) == []
+    build = release_of(harness, tmp_path, parameters=replayed.parameters,
+                       upstream_builds=double.upstream_builds(replayed))
+    assert build.result == "FAILURE" and "A Replay, Rebuild or restart" in build.log

@@ -499,3 +499,25 @@ def test_sync_prints_the_deploy_pipeline_line(jenkins: JenkinsDouble, tmp_path: 
     assert run.code == 0
     assert ("build job: 'ami-bake-web', wait: false, parameters: [string(name: 'RELEASE', value: params.RELEASE)]"
             in run.out)
+
+
+def test_jenkins_keeps_every_element_the_templates_write(jenkins: JenkinsDouble, tmp_path: Path) -> None:
+    """Jenkins (XStream) silently drops a field its class does not have and an element of an unknown
+    class: a misspelled template element would be lost on save and every sync would "update" the job."""
+    cat = catalogue(tmp_path, ["web", "worker"], folder="amis", release_job="ami-bake-release", view="Bakes")
+    assert sync(jenkins, cat).code == 0
+    assert jenkins.dropped == []
+    again = sync(jenkins, cat)
+    assert again.code == 0 and "0 created, 0 updated, 0 deleted" in again.out
+
+    from bakery_lib.jobs.manager import JenkinsManager
+
+    rendered = next(i for i in render_items(load_catalog(cat)) if i.name == "ami-bake-web").xml
+    for typo in (("<upstreamProjects>", "<upstreamProject>", "</upstreamProjects>", "</upstreamProject>"),
+                 ("<jenkins.triggers.ReverseBuildTrigger>", "<jenkins.triggers.ReverseBuildTriger>",
+                  "</jenkins.triggers.ReverseBuildTrigger>", "</jenkins.triggers.ReverseBuildTriger>")):
+        misspelled = rendered.replace(typo[0], typo[1]).replace(typo[2], typo[3])
+        JenkinsManager(jenkins.url, "admin", TOKEN).update("amis/ami-bake-web", misspelled)
+        assert not same_config(misspelled, jenkins.config("amis/ami-bake-web")), typo[1]
+        assert jenkins.dropped, typo[1]
+        jenkins.dropped.clear()

@@ -346,7 +346,9 @@ def test_reap_unfinished_images_and_orphan_snapshots(moto_server):
 
     aws = aws_with_states()
     dry = reap(aws, regions, None, workspace_states=workspace, now=now, dry_run=True)
-    assert {(r.resource, r.action) for r in dry.removed} == {(abandoned, "would deregister"), (orphan, "would delete")}
+    # The display-only executor shows what the teardown loop would remove: the image, then its snapshots.
+    assert {(r.resource, r.action) for r in dry.removed} == {
+        (abandoned, "would deregister"), (orphan, "would delete")} | {(s, "would delete") for s in snaps[abandoned]}
     assert mutations(aws) == {} and acct.image_exists(abandoned) and acct.snapshot_exists(orphan)
 
     report = reap(aws_with_states(), regions, None, workspace_states=workspace, now=now, dry_run=False)
@@ -354,6 +356,7 @@ def test_reap_unfinished_images_and_orphan_snapshots(moto_server):
     lines = by_resource(report)
     assert lines[abandoned].action == "deregistered" and "pending image of bake" in lines[abandoned].reason
     assert not acct.image_exists(abandoned) and not any(acct.snapshot_exists(s) for s in snaps[abandoned])
+    assert all(lines[s].action == "deleted" for s in snaps[abandoned])
     assert lines[orphan].action == "deleted" and not acct.snapshot_exists(orphan)
     assert lines[claimed].action == "kept" and "open in the workspace" in lines[claimed].reason
     assert lines[running].action == "kept" and "still running" in lines[running].reason
@@ -465,7 +468,8 @@ def test_reap_bake_id_removes_one_bake_whatever_its_expiry(moto_server, chef_ser
     dry = reap(aws, ["ca-central-1"], chef, now=now, dry_run=True, bake_id=target)
     assert {(r.kind, r.resource) for r in dry.removed} == {
         ("instance", target_instance), ("image", pending),
-        ("chef-client", f"bake-web-{target}"), ("chef-node", f"bake-web-{target}")}
+        ("chef-client", f"bake-web-{target}"), ("chef-node", f"bake-web-{target}")} | {
+        ("snapshot", s) for s in pending_snaps}
     assert mutations(aws) == {}
 
     report = reap(aws, ["ca-central-1"], chef, now=now, dry_run=False, bake_id=target)

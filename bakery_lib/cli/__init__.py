@@ -318,7 +318,8 @@ def cmd_prune(rt: _Runtime) -> int:
     for name in names:
         role = catalog.role(name)
         keep = rt.args.keep if rt.args.keep is not None else role.keep
-        reports.append(prune(aws, role, keep, dry_run=rt.args.dry_run, log=default_log))
+        reports.append(prune(aws, role, keep, dry_run=rt.args.dry_run, log=default_log,
+                             poll_interval=rt.settings.poll_interval))
         print(reports[-1].text(), flush=True)
     return max((r.exit_code for r in reports), default=0)
 
@@ -343,7 +344,8 @@ def _reap(rt: _Runtime, *, regions: list[str] | None, older_than: float, bake_id
         except BakeryError as exc:
             chef_error = str(exc)
     report = reap(rt.aws(), regions, chef, older_than=older_than, workspace_states=states, now=time.time(),
-                  dry_run=dry_run, log=default_log, chef_error=chef_error, bake_id=bake_id)
+                  dry_run=dry_run, log=default_log, chef_error=chef_error, bake_id=bake_id,
+                  poll_interval=rt.settings.poll_interval)
     print(report.text())
     return report.exit_code
 

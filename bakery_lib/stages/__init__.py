@@ -19,6 +19,7 @@ from ..errors import AwsError, BakeryError, UsageError
 from ..reports import write_junit
 from ..state import BakeState
 from . import (
+    boot_test,
     bootstrap,
     chef_cleanup,
     iam_role,
@@ -44,6 +45,7 @@ MODULES: dict[str, ModuleType] = {
     "wait-image": wait_image,
     "terminate": terminate,
     "chef-cleanup": chef_cleanup,
+    "boot-test": boot_test,
     "publish": publish,
 }
 ORDER: tuple[str, ...] = tuple(MODULES)

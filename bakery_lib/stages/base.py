@@ -6,8 +6,15 @@ converge functions of ``security_groups``/``iam_role``, ``launch.run_instance``)
 create-instance and lifecycle call them without pretending to be a bake. ``Context`` adds the
 workspace and the ``BakeState`` every stage reads and writes.
 
-``Session`` is the per-run memo (one per process run, shared by the roles a ``bakery bake`` runs in
-parallel): facts that do not change during one run are asked once, not once per role.
+``Session`` is the one per-run memo (one per process run, shared by the roles a ``bakery bake`` runs in
+parallel): facts that do not change during one run are asked once, not once per role (a region's
+default VPC, the base AMI a filter resolves to, the Chef server's answers).
+
+``Teardown`` is what a stage's ``cleanup`` may use: the bake's record and the means to remove things,
+never the catalogue, so the same cleanups tear down a bake of this workspace (a ``Context``) and a
+bake ``reap`` knows only by its tags (``bakery_lib.cleanup.TagContext``, whose role may have left
+the catalogue). ``CleanupReport`` is the executor every removal goes through: it carries a
+``Removal`` out (retrying what AWS or Chef briefly refuse) or, with ``dry_run``, only shows it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..aws import Aws, Clock
 from ..catalog import Catalog, RoleSpec
@@ -78,6 +85,10 @@ class RoleContext:
         self.log_fn(f"{self.role.name}: {message}")
 
     @property
+    def role_name(self) -> str:
+        return self.role.name
+
+    @property
     def region(self) -> str:
         return self.role.region
 
@@ -126,19 +137,82 @@ class Context(RoleContext):
                 self.ws.save(self.state)
 
 
+class Paced(Protocol):
+    """What the removal executor needs of its caller: a log, and a pause no longer than the poll interval."""
+
+    @property
+    def poll_interval(self) -> float: ...
+
+    def log(self, message: str) -> None: ...
+
+    def sleep(self, seconds: float | None = None) -> None: ...
+
+
+class Teardown(Paced, Protocol):
+    """What a stage's ``cleanup`` may use (a ``Context``, or a bake known only by its tags)."""
+
+    aws: Aws
+    state: BakeState | None
+    clock: Clock
+    state_lock: threading.RLock
+
+    @property
+    def role_name(self) -> str: ...
+
+    @property
+    def region(self) -> str: ...
+
+    def ec2(self, operation: str, **params: Any) -> dict[str, Any]: ...
+
+    def chef(self) -> ChefClient: ...
+
+    def require_state(self) -> BakeState: ...
+
+    def save(self) -> None: ...
+
+
 # A removal AWS refuses is tried this many times (pauses of up to RETRY_PAUSES seconds, never longer
 # than the poll interval: the operator chose how fast this bakery paces its calls).
 RETRY_PAUSES = (2.0, 5.0)
 
 
+@dataclass(frozen=True)
+class Removal:
+    """One thing a cleanup decided to remove: ``remove()`` does it and returns a line for the report."""
+
+    kind: str  # instance | image | snapshot | copy | chef-client | chef-node | ... (a new stage may add its own)
+    resource: str
+    region: str  # "" for Chef objects
+    doing: str  # terminate | deregister | delete
+    done: str  # terminated | deregistered | deleted
+    manual: str  # the command that does it by hand
+    remove: Callable[[], str] = field(compare=False)
+
+    @property
+    def what(self) -> str:
+        return f"{self.kind} {self.resource}" + (f" in {self.region}" if self.kind == "copy" else "")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one ``Removal``: done | would | failed."""
+
+    removal: Removal
+    status: str
+    detail: str
+
+
 @dataclass
 class CleanupReport:
-    """What a teardown removed, kept and could not remove (with the command to do it by hand)."""
+    """The executor of a teardown, and what it removed, kept and could not remove (with the command to
+    do it by hand). ``dry_run``: a display-only executor; it shows each removal and changes nothing."""
 
     keep_instance: bool = False  # --keep-on-failure: the instance (and its Chef identity) stay
+    dry_run: bool = False
     done: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
 
     def text(self) -> str:
         parts = self.done + [f"kept {k}" for k in self.kept]
@@ -146,25 +220,36 @@ class CleanupReport:
             parts += [f"NOT REMOVED: {e}" for e in self.errors]
         return "; ".join(parts) or "nothing to clean up"
 
-    def attempt(self, ctx: Context, what: str, manual: str, remove: Callable[[], str]) -> bool:
-        """Run ``remove`` (returns a line for the report, "" for nothing done), retrying what AWS or Chef
-        briefly refuse; on the last failure record ``what`` and the ``manual`` command. Never raises."""
+    def attempt(self, ctx: Paced, what: str | Removal, manual: str = "",
+                remove: Callable[[], str] | None = None) -> bool:
+        """Carry out a removal (``remove`` returns a line for the report, "" for nothing done), retrying
+        what AWS or Chef briefly refuse; on the last failure record it with the ``manual`` command.
+        True when it is gone (or, in a dry run, would be). Never raises.
+
+        ``what`` is a ``Removal``, or (older form) a description with ``manual`` and ``remove``."""
+        removal = what if isinstance(what, Removal) else _removal(what, manual, remove)
+        if self.dry_run:
+            self.done.append(f"would {removal.doing} {removal.what}")
+            self.outcomes.append(Outcome(removal, "would", f"would {removal.doing}"))
+            return True
         for pause in (*RETRY_PAUSES, None):
             try:
-                result = remove()
+                result = removal.remove()
             except BakeryError as exc:
                 if pause is None:
-                    self.errors.append(f"{what}: {exc}. Remove it by hand: {manual}")
+                    self.errors.append(f"{removal.what}: {exc}. Remove it by hand: {removal.manual}")
+                    self.outcomes.append(Outcome(removal, "failed", str(exc)))
                     return False
-                ctx.log(f"cleanup: {what} failed ({exc}); retrying")
+                ctx.log(f"cleanup: {removal.what} failed ({exc}); retrying")
                 ctx.sleep(min(pause, ctx.poll_interval))
                 continue
             if result:
                 self.done.append(result)
+            self.outcomes.append(Outcome(removal, "done", result))
             return True
         return False  # not reached
 
-    def save(self, ctx: Context) -> None:
+    def save(self, ctx: Teardown) -> None:
         """Write the state, noting (not raising) a failure: the teardown goes on."""
         try:
             ctx.save()
@@ -172,7 +257,14 @@ class CleanupReport:
             self.errors.append(f"could not write the state file: {exc}")
 
 
-def no_cleanup(ctx: Context, report: CleanupReport) -> None:
+def _removal(what: str, manual: str, remove: Callable[[], str] | None) -> Removal:
+    if remove is None:
+        raise TypeError("attempt(ctx, what, manual, remove): remove is missing")
+    kind, _, resource = what.partition(" ")
+    return Removal(kind, resource or what, "", "remove", "removed", manual, remove)
+
+
+def no_cleanup(ctx: Teardown, report: CleanupReport) -> None:
     """For stages that create nothing a bake owns."""
 
 

@@ -53,14 +53,16 @@ def instance_policy(role: RoleSpec) -> dict[str, Any]:
             },
             {"Sid": "AlertOnFailure", "Effect": "Allow", "Action": "sns:Publish", "Resource": role.alert_topic_arn},
             {
-                # An instance may only tag itself, and only with the bootstrap result keys.
+                # An instance may only tag itself, and only with the result keys of a bake (bootstrap)
+                # or of a boot test (boot-test).
                 "Sid": "TagOnlyItself",
                 "Effect": "Allow",
                 "Action": "ec2:CreateTags",
                 "Resource": f"arn:{part}:ec2:*:*:instance/*",
                 "Condition": {
                     "StringEquals": {"aws:ARN": "${ec2:SourceInstanceARN}"},
-                    "ForAllValues:StringEquals": {"aws:TagKeys": ["bakery:bootstrap", "bakery:bootstrap-detail"]},
+                    "ForAllValues:StringEquals": {"aws:TagKeys": ["bakery:bootstrap", "bakery:bootstrap-detail",
+                                                                  "bakery:boot-test", "bakery:boot-test-detail"]},
                 },
             },
         ],

@@ -20,7 +20,7 @@ from ..aws import tag_list
 from ..errors import BakeryError
 from ..resources import delete_snapshot, deregister_image, snapshot_ids
 from ..waits import while_propagating
-from .base import CleanupReport, Context
+from .base import CleanupReport, Context, Removal, Teardown
 
 
 def image_name(role: str, release: str, bake_id: str) -> str:
@@ -43,7 +43,7 @@ def image_tags(ctx: Context) -> dict[str, str]:
     return tags
 
 
-def find_own_image(ctx: Context, bake_id: str) -> dict | None:
+def find_own_image(ctx: Teardown, bake_id: str) -> dict | None:
     images = ctx.aws.describe_images(ctx.region, Owners=["self"], Filters=[
         {"Name": "tag:bakery:bake-id", "Values": [bake_id]}])
     images = [i for i in images if i.get("State") not in ("deregistered",)]
@@ -105,7 +105,7 @@ def run(ctx: Context) -> str:
     return f"image {image_id} ({state.image_name}) requested"
 
 
-def _unfinished_image(ctx: Context, report: CleanupReport) -> dict[str, Any] | None:
+def _unfinished_image(ctx: Teardown, report: CleanupReport) -> dict[str, Any] | None:
     state = ctx.require_state()
     if state.reused:
         return None  # the reused AMI belongs to an earlier bake
@@ -126,7 +126,7 @@ def _unfinished_image(ctx: Context, report: CleanupReport) -> dict[str, Any] | N
     return image
 
 
-def _bake_snapshots(ctx: Context, report: CleanupReport) -> set[str]:
+def _bake_snapshots(ctx: Teardown, report: CleanupReport) -> set[str]:
     """Snapshots the state recorded or that carry the bake's tag (a killed run may have recorded none)."""
     state = ctx.require_state()
     snaps = set(state.snapshot_ids)
@@ -139,7 +139,7 @@ def _bake_snapshots(ctx: Context, report: CleanupReport) -> set[str]:
     return snaps
 
 
-def cleanup(ctx: Context, report: CleanupReport) -> None:
+def cleanup(ctx: Teardown, report: CleanupReport) -> None:
     state = ctx.require_state()
     region = state.region
     image = _unfinished_image(ctx, report)
@@ -152,17 +152,18 @@ def cleanup(ctx: Context, report: CleanupReport) -> None:
             state.image_state = "deregistered"
             report.save(ctx)
             return f"deregistered {image.get('State')} image {image_id}"
-        report.attempt(ctx, f"image {image_id}", f"aws ec2 deregister-image --region {region} --image-id {image_id}",
-                       dereg)
-    if not (state.image_state == "deregistered" or (image is None and not state.amis)):
-        return
+        gone = report.attempt(ctx, Removal("image", image_id, region, "deregister", "deregistered",
+                                           f"aws ec2 deregister-image --region {region} --image-id {image_id}", dereg))
+    else:
+        gone = state.image_state == "deregistered" or not state.amis
+    if not gone:
+        return  # an image still holds the snapshots (or is the bake's good AMI)
     errors_before = len(report.errors)
     for snap in sorted(_bake_snapshots(ctx, report)):
         def delete(snap: str = snap) -> str:
-            gone = delete_snapshot(ctx.aws, region, snap, ctx.sleep, max_delay=ctx.poll_interval)
-            return f"deleted snapshot {snap}" if gone else ""
-        report.attempt(ctx, f"snapshot {snap}", f"aws ec2 delete-snapshot --region {region} --snapshot-id {snap}",
-                       delete)
-    if len(report.errors) == errors_before:
+            deleted = delete_snapshot(ctx.aws, region, snap, ctx.sleep, max_delay=ctx.poll_interval)
+            return f"deleted snapshot {snap}" if deleted else ""
+        report.attempt(ctx, Removal("snapshot", snap, region, "delete", "deleted",
+                                    f"aws ec2 delete-snapshot --region {region} --snapshot-id {snap}", delete))
+    if len(report.errors) == errors_before and not report.dry_run:
         state.snapshot_ids = []
-

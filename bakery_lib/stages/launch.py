@@ -23,10 +23,10 @@ from typing import Any
 from ..aws import tags_of
 from ..catalog import RoleSpec
 from ..errors import AwsError, BakeryError, StageTimeout
-from ..resources import delete_chef_identity, terminate_instance
+from ..resources import terminate_instance
 from ..userdata import bake_userdata
 from ..waits import Gone, Wait
-from .base import CleanupReport, Context, RoleContext, iso_utc
+from .base import CleanupReport, Context, Removal, RoleContext, Teardown, iso_utc
 from .preflight import bakes_in_flight
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -68,9 +68,12 @@ def block_devices(ctx: RoleContext, image_id: str, root_device: str | None = Non
     return [{"DeviceName": root, "Ebs": ebs}]
 
 
-def find_by_bake_id(ctx: Context, bake_id: str) -> dict[str, Any] | None:
+def find_by_bake_id(ctx: Teardown, bake_id: str) -> dict[str, Any] | None:
+    """The bake instance of ``bake_id`` (purpose ``bake``: other stages' instances of the bake, such as a
+    boot test's, carry the same bake id and are theirs to remove)."""
     found = ctx.aws.describe_instances(ctx.region, filters=[
         {"Name": "tag:bakery:bake-id", "Values": [bake_id]},
+        {"Name": "tag:bakery:purpose", "Values": ["bake"]},
         {"Name": "instance-state-name", "Values": LIVE_STATES},
     ])
     return found[0] if found else None
@@ -260,7 +263,7 @@ def _recorded_instance(ctx: Context, instance_id: str) -> dict[str, Any] | None:
     return found if found["State"]["Name"] in LIVE_STATES else None
 
 
-def _own_instance(ctx: Context, report: CleanupReport) -> str | None:
+def _own_instance(ctx: Teardown, report: CleanupReport) -> str | None:
     """The bake's instance: from the state, or found by its ``bakery:bake-id`` tag (and recorded)."""
     state = ctx.require_state()
     if state.instance_id and state.instance_terminated:
@@ -276,12 +279,12 @@ def _own_instance(ctx: Context, report: CleanupReport) -> str | None:
     return state.instance_id
 
 
-def cleanup(ctx: Context, report: CleanupReport) -> None:
+def cleanup(ctx: Teardown, report: CleanupReport) -> None:
     state = ctx.require_state()
     instance_id = _own_instance(ctx, report)
     if report.keep_instance and instance_id and not state.instance_terminated:
         report.kept.append(f"instance {instance_id} and its Chef node/client {state.chef_node} (--keep-on-failure); "
-                           f"remove them later with `bakery cleanup --role {ctx.role.name}`")
+                           f"remove them later with `bakery cleanup --role {ctx.role_name}`")
         return
     if instance_id and not state.instance_terminated:
         def term() -> str:
@@ -289,17 +292,28 @@ def cleanup(ctx: Context, report: CleanupReport) -> None:
             state.instance_terminated = True
             report.save(ctx)
             return f"{instance_id} terminated (shutting down)" if gone else f"{instance_id} was already gone"
-        report.attempt(ctx, f"instance {instance_id}", f"aws ec2 terminate-instances --region {state.region} "
-                       f"--instance-ids {instance_id}", term)
+        report.attempt(ctx, Removal("instance", instance_id, ctx.region, "terminate", "terminated",
+                                    f"aws ec2 terminate-instances --region {ctx.region} --instance-ids {instance_id}",
+                                    term))
     # After the instance: a chef-client still running there could otherwise register it again.
     if state.chef_node and not state.chef_cleaned:
-        node = state.chef_node
+        _remove_chef_identity(ctx, report, state.chef_node)
 
-        def chef() -> str:
-            message = delete_chef_identity(ctx.chef(), node)
-            state.chef_cleaned = True
-            report.save(ctx)
-            return message
-        report.attempt(ctx, f"Chef node/client {node}",
-                       f"knife client delete {node} -y && knife node delete {node} -y", chef)
 
+def _remove_chef_identity(ctx: Teardown, report: CleanupReport, node: str) -> None:
+    """The client first (that revokes the key a chef-client still running would use), then the node."""
+    state = ctx.require_state()
+
+    def client() -> str:
+        return f"client {node} {'deleted' if ctx.chef().delete_client(node) else 'already absent'}"
+
+    def node_() -> str:
+        message = f"node {node} {'deleted' if ctx.chef().delete_node(node) else 'already absent'}"
+        state.chef_cleaned = True
+        report.save(ctx)
+        return message
+
+    if report.attempt(ctx, Removal("chef-client", node, "", "delete", "deleted",
+                                   f"knife client delete {node} -y && knife node delete {node} -y", client)):
+        report.attempt(ctx, Removal("chef-node", node, "", "delete", "deleted", f"knife node delete {node} -y",
+                                    node_))

@@ -53,8 +53,8 @@ def resolve_base_image(ctx: RoleContext) -> dict[str, Any]:
     role = ctx.role
     if isinstance(role.base_ami, AmiFilter):
         owners, pattern = list(role.base_ami.owners), role.base_ami.name
-        # Once per process: the roles of one release bake from the same image.
-        images = ctx.aws.once(("base-ami", role.region, tuple(owners), pattern), lambda: ctx.aws.describe_images(
+        # Once per run: the roles of one release bake from the same image.
+        images = ctx.session.once(("base-ami", role.region, tuple(owners), pattern), lambda: ctx.aws.describe_images(
             role.region, Owners=owners,
             Filters=[{"Name": "name", "Values": [pattern]}, {"Name": "state", "Values": ["available"]}],
         ))
@@ -65,7 +65,7 @@ def resolve_base_image(ctx: RoleContext) -> dict[str, Any]:
             )
         return max(images, key=lambda i: (i.get("CreationDate") or "", i["ImageId"]))
     ami = role.base_ami
-    images = ctx.aws.once(("base-ami", role.region, ami), lambda: ctx.aws.describe_images(role.region, [ami]))
+    images = ctx.session.once(("base-ami", role.region, ami), lambda: ctx.aws.describe_images(role.region, [ami]))
     if not images or images[0].get("State") != "available":
         state = images[0].get("State") if images else "not found"
         raise BakeryError(
@@ -188,6 +188,7 @@ def run(ctx: Context, release: str | None) -> str:
         state.image_name = reused.get("Name")
         state.image_state = "available"
         state.amis = {role.region: reused["ImageId"]}
+        state.boot_test = tags_of(reused).get("bakery:boot-test")  # passed (or disabled) by the bake that made it
         ctx.save()  # run_stage marks the stages a reused AMI makes unnecessary
         # Today's catalogue tags on the reused AMI (tags are not in the bake key); its copies: publish.
         retagged = retag_image(ctx, role.region, reused)
@@ -209,13 +210,16 @@ def bakes_in_flight(ctx: Context) -> list[dict]:
 
 
 def find_reusable(ctx: Context, key: str) -> dict | None:
-    """An available AMI of this role baked from exactly the same inputs, if there is one."""
+    """An available AMI of this role baked from exactly the same inputs, if there is one (and boot-tested)."""
     batcher = ctx.aws.amis_by_bake_key
     try:
         found = batcher.get(ctx.region, key, max_age=0) or []
     finally:
         batcher.forget(ctx.region, key)
-    images = [i for i in found if tags_of(i).get("bakery:role") == ctx.role.name]
+    # Only an AMI that passed its boot test, unless the role opts out of boot tests (then also an untested one).
+    tested = ("passed", "disabled") if not ctx.role.boot_test.enabled else ("passed",)
+    images = [i for i in found if tags_of(i).get("bakery:role") == ctx.role.name
+              and tags_of(i).get("bakery:boot-test") in tested]
     if not images:
         return None
     return max(images, key=lambda i: (i.get("CreationDate") or "", i["ImageId"]))

@@ -29,7 +29,7 @@ from ..errors import AwsError, BakeryError, StageTimeout
 from ..reports import write_artifacts
 from ..resources import delete_snapshots, deregister_image, snapshot_ids
 from ..waits import Wait, while_propagating
-from .base import CleanupReport, Context
+from .base import CleanupReport, Context, Removal, Teardown
 
 COPY_TIMEOUT = 90 * 60
 
@@ -260,7 +260,7 @@ def run(ctx: Context) -> str:
     return f"published {amis}; " + "; ".join(messages)
 
 
-def cleanup(ctx: Context, report: CleanupReport) -> None:
+def cleanup(ctx: Teardown, report: CleanupReport) -> None:
     state = ctx.require_state()
     for copy_region, copy_id in sorted(state.pending_copies.items()):
         def dereg_copy(copy_region: str = copy_region, copy_id: str = copy_id) -> str:
@@ -272,6 +272,5 @@ def cleanup(ctx: Context, report: CleanupReport) -> None:
                 state.pending_copies.pop(copy_region, None)
                 report.save(ctx)
             return f"deregistered unfinished copy {copy_id} in {copy_region}"
-        report.attempt(ctx, f"copy {copy_id} in {copy_region}", f"aws ec2 deregister-image --region {copy_region} "
-                       f"--image-id {copy_id}", dereg_copy)
-
+        report.attempt(ctx, Removal("copy", copy_id, copy_region, "deregister", "deregistered",
+                                    f"aws ec2 deregister-image --region {copy_region} --image-id {copy_id}", dereg_copy))

@@ -88,8 +88,8 @@ def vpc_for(ctx: RoleContext) -> str | None:
     if role.subnet_id:
         subnets = ctx.ec2("DescribeSubnets", SubnetIds=[role.subnet_id])["Subnets"]
         return subnets[0]["VpcId"]
-    # Once per process and region, however many roles converge their groups at the same moment.
-    vpcs = ctx.aws.once(("default-vpc", role.region), lambda: ctx.ec2(
+    # Once per run and region, however many roles converge their groups at the same moment.
+    vpcs = ctx.session.once(("default-vpc", role.region), lambda: ctx.ec2(
         "DescribeVpcs", Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"])
     if not vpcs:
         raise BakeryError(

@@ -31,6 +31,7 @@ import boto3
 
 from bakery_lib.aws import Aws, Clock
 from bakery_lib.catalog import load_catalog
+from bakery_lib.chef import ChefHTTPError
 from bakery_lib.settings import Settings
 from bakery_lib.stages import ORDER, run_stage
 from bakery_lib.stages.base import Context
@@ -160,11 +161,17 @@ def simulate_bootstrap(devstack: DevStack, instance_id: str, node: str, *, finis
     node and client with the Chef server and (``finish``) tag the instance ``bakery:bootstrap=succeeded``.
     Without ``finish`` the instance stays "in the middle of its Chef run" for ever."""
     admin = devstack.goiardi.client()
-    if not admin.client_exists(node):
-        admin.create_client(node)
-    if not admin.node_exists(node):
-        admin.request("POST", "/nodes", {"name": node, "json_class": "Chef::Node", "chef_type": "node",
-                                         "chef_environment": "_default", "run_list": [], "normal": {}})
+    # Two players may register the same instance at once (prepare's in-process bootstrap and a
+    # SimulatedBoot thread): 409 Conflict means the other one was first, which is fine.
+    try:
+        if not admin.client_exists(node):
+            admin.create_client(node)
+        if not admin.node_exists(node):
+            admin.request("POST", "/nodes", {"name": node, "json_class": "Chef::Node", "chef_type": "node",
+                                             "chef_environment": "_default", "run_list": [], "normal": {}})
+    except ChefHTTPError as exc:
+        if exc.status != 409:
+            raise
     if not finish:
         return
     devstack.moto.client("ec2").create_tags(Resources=[instance_id], Tags=[

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ HARNESS = HERE / "harness.groovy"
 JENKINSFILE = REPO / "jenkins" / "Jenkinsfile"
 RELEASE_JENKINSFILE = REPO / "jenkins" / "release.Jenkinsfile"
 
-# Plugins README's list must contain; the harness refuses options and steps of plugins not given.
+# The parameters generate-jobs gives the role and release jobs (name -> default), as the harness needs them.
 ROLE_JOB_PARAMETERS = {"ROLE": "", "RELEASE": "", "AGENT_LABEL": "bakery"}
 RELEASE_JOB_PARAMETERS = {"RELEASE": "", "MODE": "jobs", "JOBS": "4", "ROLES": "", "JOB_PREFIX": "ami-bake-",
                           "AGENT_LABEL": "bakery"}
@@ -170,7 +170,3 @@ def agent_tools(directory: Path, env: Mapping[str, str]) -> dict[str, str]:
     full["PATH"] = f"{directory}{os.pathsep}{env.get('PATH', os.environ.get('PATH', ''))}"
     full["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     return full
-
-
-def sequence(*items: Sequence[str]) -> list[str]:
-    return [x for group in items for x in group]

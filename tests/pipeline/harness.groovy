@@ -11,6 +11,10 @@
  *
  * How Jenkins behaves, and how this models it (sources named; checked against their code):
  *
+ * - `timeout` (workflow-basic-steps TimeoutStepExecution): when the time is up the body is interrupted
+ *   (ABORTED, "Timeout has been exceeded"); whatever still runs inside it (for a pipeline-level timeout:
+ *   `post`) is interrupted again after a grace period of 60 s ("terminating with extreme prejudice").
+ *   Scenarios may scale a unit (`timeScales: {HOURS: 0.001}`) and shorten that grace.
  * - Declarative execution order (pipeline-model-definition ModelInterpreter): the agent is allocated,
  *   then the pipeline-level `environment` (credentials first, then the variables, in order, each seeing
  *   the ones before) and the `options` wrappers (timeout, timestamps, withFolderProperties) wrap BOTH the
@@ -459,7 +463,12 @@ class Build {
         for (Map d : deadlines) {
             if (!d.fired && now >= d.at) {
                 d.fired = true
+                d.forcibleAt = now + ((scenario.timeoutGraceSeconds ?: 60) as long) * 1000L
                 return [result: 'ABORTED', message: "Timeout has been exceeded (${d.label})"]
+            }
+            if (d.fired && d.forcibleAt != null && now >= d.forcibleAt) {
+                d.forcibleAt = null
+                return [result: 'ABORTED', message: 'Body did not finish within grace period; terminating with extreme prejudice']
             }
         }
         return null
@@ -821,7 +830,7 @@ class Harness {
     Object withTimeout(Build b, Map args, Closure body, String label = 'timeout step') {
         String unit = (args.unit ?: 'MINUTES').toString()
         long millis = TimeUnit.valueOf(unit).toMillis(args.time as long)
-        double scale = (b.scenario.timeScale ?: 1.0) as double
+        double scale = ((b.scenario.timeScales ?: [:])[unit] ?: 1.0) as double
         Map deadline = [at: System.currentTimeMillis() + (long) (millis * scale), fired: false, label: label]
         b.deadlines << deadline
         try {

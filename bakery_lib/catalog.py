@@ -662,11 +662,8 @@ def _parse_jenkins(raw: Any, ctx: _Ctx) -> JenkinsSettings:
     return JenkinsSettings(**values)
 
 
-def _parse_role(name: str, raw: Any, defaults: dict[str, Any], chef_defaults: dict[str, Any], path: str,
-                boot_test_defaults: dict[str, Any] | None = None) -> RoleSpec:
-    ctx = _Ctx(path, name, "")
-    m = _mapping(raw if raw is not None else {}, ctx)
-    _no_unknown(m, set(_ROLE_KEYS) | _ROLE_ONLY_KEYS | {"chef", "boot_test"}, ctx)
+def _role_values(m: Mapping[str, Any], defaults: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
+    """The role's plain keys over the defaults' (placement lists and tags merged)."""
     values: dict[str, Any] = {"instance_type": "t3.medium", **defaults}
     for k, v in m.items():
         if k in _ROLE_KEYS:
@@ -678,6 +675,44 @@ def _parse_role(name: str, raw: Any, defaults: dict[str, Any], chef_defaults: di
         raise ctx.sub("tags").fail(
             f"{len(values['tags'])} tags with defaults.tags; at most {MAX_USER_TAGS} (AWS allows 50 per "
             f"resource and the bakery sets {50 - MAX_USER_TAGS})")
+    return values
+
+
+def _role_chef(m: Mapping[str, Any], chef_defaults: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
+    """The role's ``chef`` keys over ``defaults.chef``, with the client choice checked."""
+    chef_raw = dict(chef_defaults)
+    role_chef = _mapping(m.get("chef") or {}, ctx.sub("chef"))
+    _no_unknown(role_chef, set(_CHEF_KEYS), ctx.sub("chef"))
+    chef_raw.update({k: _CHEF_KEYS[k](v, ctx.sub("chef").sub(k)) for k, v in role_chef.items()})
+    for key in ("server_url", "validation_client_name", "validation_key_s3"):
+        if key not in chef_raw:
+            raise ctx.sub(f"chef.{key}").fail("missing (set it under defaults.chef or on the role)")
+    _chef_client_choice(chef_raw, ctx, set(role_chef))
+    return chef_raw
+
+
+def _role_run_lists(name: str, m: Mapping[str, Any], ctx: _Ctx) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The ami and launch run lists (defaults: ``recipe[roles::ROLE_ami]`` / ``_launch``); never empty."""
+    run_lists = _mapping(m.get("run_lists") or {}, ctx.sub("run_lists"))
+    _no_unknown(run_lists, {"ami", "launch"}, ctx.sub("run_lists"))
+    item = _text(RUN_LIST_ITEM_RE, "a run list item like recipe[cookbook::recipe] or role[name]")
+    out: list[tuple[str, ...]] = []
+    for kind in ("ami", "launch"):
+        key = f"run_lists.{kind}"
+        lst = _list(item, max_len=100)(run_lists[kind], ctx.sub(key)) if kind in run_lists else (
+            f"recipe[roles::{name}_{kind}]",)
+        if not lst:
+            raise ctx.sub(key).fail("a run list must not be empty")
+        out.append(tuple(lst))
+    return out[0], out[1]
+
+
+def _parse_role(name: str, raw: Any, defaults: dict[str, Any], chef_defaults: dict[str, Any], path: str,
+                boot_test_defaults: dict[str, Any]) -> RoleSpec:
+    ctx = _Ctx(path, name, "")
+    m = _mapping(raw if raw is not None else {}, ctx)
+    _no_unknown(m, set(_ROLE_KEYS) | _ROLE_ONLY_KEYS | {"chef", "boot_test"}, ctx)
+    values = _role_values(m, defaults, ctx)
     if "platform" not in m:
         raise ctx.sub("platform").fail("missing (linux or windows)")
     platform = _choice("linux", "windows")(m["platform"], ctx.sub("platform"))
@@ -688,36 +723,15 @@ def _parse_role(name: str, raw: Any, defaults: dict[str, Any], chef_defaults: di
         if key not in values:
             raise ctx.sub(key).fail("missing (set it under defaults or on the role)")
 
-    chef_raw = dict(chef_defaults)
-    role_chef = _mapping(m.get("chef") or {}, ctx.sub("chef"))
-    _no_unknown(role_chef, set(_CHEF_KEYS), ctx.sub("chef"))
-    chef_raw.update({k: _CHEF_KEYS[k](v, ctx.sub("chef").sub(k)) for k, v in role_chef.items()})
-    for key in ("server_url", "validation_client_name", "validation_key_s3"):
-        if key not in chef_raw:
-            raise ctx.sub(f"chef.{key}").fail("missing (set it under defaults.chef or on the role)")
-    _chef_client_choice(chef_raw, ctx, set(role_chef))
-
-    run_lists = _mapping(m.get("run_lists") or {}, ctx.sub("run_lists"))
-    _no_unknown(run_lists, {"ami", "launch"}, ctx.sub("run_lists"))
-    item = _text(RUN_LIST_ITEM_RE, "a run list item like recipe[cookbook::recipe] or role[name]")
-    ami_list = _list(item, max_len=100)(run_lists["ami"], ctx.sub("run_lists.ami")) if "ami" in run_lists else (
-        f"recipe[roles::{name}_ami]",
-    )
-    launch_list = _list(item, max_len=100)(run_lists["launch"], ctx.sub("run_lists.launch")) if "launch" in run_lists else (
-        f"recipe[roles::{name}_launch]",
-    )
-    for key, lst in (("run_lists.ami", ami_list), ("run_lists.launch", launch_list)):
-        if not lst:
-            raise ctx.sub(key).fail("a run list must not be empty")
-    if values.get("subnet_id") and not values.get("vpc_id"):
-        pass  # the VPC is looked up from the subnet at run time
+    chef_raw = _role_chef(m, chef_defaults, ctx)
+    ami_list, launch_list = _role_run_lists(name, m, ctx)
+    # A subnet without a vpc_id is fine: the VPC is looked up from the subnet at run time.
     return RoleSpec(
         name=name,
         platform=platform,
         base_ami=base_ami,
         chef=ChefSettings(**chef_raw),
-        boot_test=BootTestSettings(**{**(boot_test_defaults or {}),
-                                      **_boot_test(m.get("boot_test"), ctx.sub("boot_test"))}),
+        boot_test=BootTestSettings(**{**boot_test_defaults, **_boot_test(m.get("boot_test"), ctx.sub("boot_test"))}),
         run_list_ami=ami_list,
         run_list_launch=launch_list,
         **values,

@@ -718,16 +718,8 @@ def _decide_chef(run: _Reap, survey: _Survey, names: dict[str, set[str]], abando
                  regions: Sequence[str]) -> list[tuple[BakeState, str]]:
     """Give each abandoned bake its Chef identity; the identities of bakes with nothing left in AWS
     become records of their own. Returns those new records."""
-    ending = {i["InstanceId"]: tags_of(i) for here in abandoned for i in here.instances}
-    live = {node for iid, node in survey.chef_tagged if iid not in ending and node}
-    live |= {s.chef_node for s in run.open_bakes.values() if s.chef_node}
-    # The identity of a torn-down bake's other instance (a boot test's) goes with that stage's cleanup.
-    other_stages = {t.get("bakery:chef-node") for t in ending.values() if t.get("bakery:purpose") != "bake"}
-    by_bake = {r.bake_id: r for r, _ in reversed(records)}  # the first record of each bake takes the identity
-    for record, _ in records:
-        tagged = ending.get(record.instance_id or "", {}).get("bakery:chef-node", "")
-        if tagged in names and tagged not in live and by_bake[record.bake_id].chef_node is None:
-            by_bake[record.bake_id].chef_node = tagged
+    ending, live, other_stages = _chef_in_use(run, survey, abandoned)
+    by_bake = _identities_of_instances(records, ending, names, live)
     taken = {r.chef_node for r in by_bake.values()}
     chef_only: list[tuple[BakeState, str]] = []
     for name, kinds in names.items():
@@ -743,13 +735,41 @@ def _decide_chef(run: _Reap, survey: _Survey, names: dict[str, set[str]], abando
         if bake in by_bake and by_bake[bake].chef_node is None:
             by_bake[bake].chef_node = name
             continue
-        # Nothing of the bake is left in AWS: a record of the identity alone (in a region where the bake
-        # has at most good AMIs, which its image cleanup keeps).
-        here = survey.bakes.get((bake, regions[0])) or _BakeHere(bake, regions[0])
-        state = _record(_BakeHere(bake, regions[0], available=here.available), name)
-        state.role = m.group("role") if m else "?"
-        chef_only.append((state, "no live instance is tagged bakery:chef-node with it"))
+        chef_only.append((_identity_record(survey, bake, name, m, regions[0]),
+                          "no live instance is tagged bakery:chef-node with it"))
     return chef_only
+
+
+def _chef_in_use(run: _Reap, survey: _Survey,
+                 abandoned: list[_BakeHere]) -> tuple[dict[str, dict[str, str]], set[str], set[str]]:
+    """The tags of the instances this run ends (by id); the node names still in use (a live instance
+    this run keeps is tagged with it, or a bake open in the workspace has it); and the names of the
+    ended bakes' other instances (a boot test's), which go with that stage's cleanup."""
+    ending = {i["InstanceId"]: tags_of(i) for here in abandoned for i in here.instances}
+    live = {node for iid, node in survey.chef_tagged if iid not in ending and node}
+    live |= {s.chef_node for s in run.open_bakes.values() if s.chef_node}
+    other_stages = {t.get("bakery:chef-node", "") for t in ending.values() if t.get("bakery:purpose") != "bake"}
+    return ending, live, other_stages
+
+
+def _identities_of_instances(records: list[tuple[BakeState, str]], ending: dict[str, dict[str, str]],
+                             names: Container[str], live: Container[str]) -> dict[str, BakeState]:
+    """Bake id -> its first record, which takes the Chef identity its bake instance is tagged with."""
+    by_bake = {r.bake_id: r for r, _ in reversed(records)}
+    for record, _ in records:
+        tagged = ending.get(record.instance_id or "", {}).get("bakery:chef-node", "")
+        if tagged in names and tagged not in live and by_bake[record.bake_id].chef_node is None:
+            by_bake[record.bake_id].chef_node = tagged
+    return by_bake
+
+
+def _identity_record(survey: _Survey, bake: str, name: str, m: re.Match[str] | None, region: str) -> BakeState:
+    """Nothing of the bake is left in AWS: a record of its Chef identity alone (in a region where the
+    bake has at most good AMIs, which its image cleanup keeps)."""
+    here = survey.bakes.get((bake, region)) or _BakeHere(bake, region)
+    state = _record(_BakeHere(bake, region, available=here.available), name)
+    state.role = m.group("role") if m else "?"
+    return state
 
 
 def _tear_down(run: _Reap, record: BakeState, reason: str, chef: ChefClient | None) -> None:
@@ -758,12 +778,15 @@ def _tear_down(run: _Reap, record: BakeState, reason: str, chef: ChefClient | No
     ctx = TagContext(aws=run.aws, state=record, chef_client=chef if record.chef_node else None,
                      poll=run.poll_interval, sleep_fn=run.sleep, log_fn=run.log)
     teardown(ctx, executor)
+    ended = any(o.removal.kind == "instance" for o in executor.outcomes)
+    was = "would be" if run.report.dry_run else "was"
     for outcome in executor.outcomes:
         removal = outcome.removal
         line_why = reason
-        if removal.kind.startswith("chef-"):
-            line_why = ("its bake instance was terminated by this reap" if record.instance_id
-                        else "no live instance is tagged bakery:chef-node with it")
+        if removal.kind.startswith("chef-") and ended:
+            line_why = f"its {'bake ' if record.instance_id else ''}instance {was} terminated by this reap"
+        elif removal.kind.startswith("chef-"):
+            line_why = "no live instance is tagged bakery:chef-node with it"
         action = {"done": removal.done, "would": f"would {removal.doing}"}.get(outcome.status, "failed")
         run.report.add(removal.kind, removal.resource, removal.region, action,
                        line_why if action != "failed" else outcome.detail, run.log)

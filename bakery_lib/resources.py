@@ -1,7 +1,8 @@
 """State-free building blocks: remove one AWS or Chef resource, the same way wherever it is removed.
 
-Stages' cleanups, ``bakery cleanup``, ``create-instance``, ``prune`` and ``reap`` all call these, so
-"already gone" is tolerated, and AWS's brief refusals are retried, in one place:
+Stages (and so the one teardown loop that ``bakery cleanup``, a failed bake and ``reap`` share),
+``create-instance`` and ``prune`` call these, so "already gone" is tolerated, and AWS's brief refusals
+are retried, in one place:
 
 - ``terminate_instance``: TerminateInstances; ``InvalidInstanceID.NotFound`` is success once it lasts
   (``TERMINATE_NOT_FOUND_GRACE``: a just-launched instance answers NotFound while it propagates). It does not wait
@@ -9,7 +10,8 @@ Stages' cleanups, ``bakery cleanup``, ``create-instance``, ``prune`` and ``reap`
 - ``deregister_image``: DeregisterImage; ``InvalidAMIID.NotFound``/``Unavailable`` is success.
 - ``delete_snapshot``: DeleteSnapshot; ``InvalidSnapshot.NotFound`` is success. Right after
   DeregisterImage, AWS may still answer ``InvalidSnapshot.InUse`` for a few seconds: retried
-  (``SNAPSHOT_RETRY_DELAYS``) unless the caller says an InUse means "really in use" (reap's orphans).
+  (``SNAPSHOT_RETRY_DELAYS``). (reap never hands over a snapshot another image uses: it keeps that
+  bake, having listed which images use which snapshots.)
 - ``deregister_with_snapshots``: an image and the snapshots of its block device mappings.
 - ``delete_chef_identity``: the Chef client, then the node (client first: that revokes the key, so a
   chef-client still running on a terminating instance can no longer re-create the node).
@@ -76,7 +78,7 @@ def deregister_image(aws: Aws, region: str, image_id: str) -> bool:
     return True
 
 
-def delete_snapshot(aws: Aws, region: str, snapshot_id: str, sleep: Sleep, *, retry_in_use: bool = True,
+def delete_snapshot(aws: Aws, region: str, snapshot_id: str, sleep: Sleep, *,
                     max_delay: float | None = None) -> bool:
     """True when deleted, False when it was already gone. ``max_delay`` caps each retry pause."""
     for delay in (*SNAPSHOT_RETRY_DELAYS, None):
@@ -86,7 +88,7 @@ def delete_snapshot(aws: Aws, region: str, snapshot_id: str, sleep: Sleep, *, re
         except AwsError as exc:
             if exc.code == "InvalidSnapshot.NotFound":
                 return False
-            if exc.code != "InvalidSnapshot.InUse" or not retry_in_use or delay is None:
+            if exc.code != "InvalidSnapshot.InUse" or delay is None:
                 raise
             sleep(delay if max_delay is None else min(delay, max_delay))
     return False  # not reached: the last round raises

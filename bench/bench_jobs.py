@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bakery_lib.jobs.normalize import same_config  # noqa: E402
-from devstack.jenkins_double import JenkinsDouble  # noqa: E402
+from devstack.jenkins_double import JenkinsDouble, deploy_job_xml  # noqa: E402
 from devstack.samples import offline_catalog_data  # noqa: E402
 
 USER, TOKEN = "bench", "bench-api-token"
@@ -78,7 +78,7 @@ def jjb_yaml(path: Path, roles: list[str]) -> None:
               - string:
                   name: RELEASE
                   default: ''
-                  description: 'Release to bake. Empty: the release of the upstream build that triggered this one.'
+                  description: 'Release to bake. Empty: the RELEASE of the newest upstream deploy that triggered this build.'
                   trim: true
               - string:
                   name: AGENT_LABEL
@@ -173,13 +173,14 @@ def main() -> int:
         for tool, cmd in (("ours", [*ours, "--jenkins-url", double.url, "--workers", str(args.workers)]),
                           ("jjb", [*jjb, "update", "--workers", str(args.workers), str(jobs_yaml)])):
             double.reset()
+            double.put_item("deploy-release", deploy_job_xml())  # the upstream job the catalogue names
             tool_results: dict[str, SyncResult] = {}
             for phase in ("first", "noop"):
                 double.clear_log()
                 t, p = run(cmd, env, work)
                 assert p.returncode == 0, f"{tool} {phase}: {p.stdout}\n{p.stderr}"
                 tool_results[phase] = SyncResult(t, len(double.log), len(double.writes()), p.returncode)
-            assert len(double.job_names()) == args.roles
+            assert len(double.job_names()) == args.roles + 1  # and the deploy job
             # An edit made in the web UI on a few jobs, then one more sync.
             edited = [f"ami-bake-{r}" for r in roles[:EDITED]]
             for name in edited:

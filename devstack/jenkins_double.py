@@ -444,6 +444,7 @@ class JenkinsDouble(LoopbackHTTPServer):
             self.reject_crumbs = False
             self.queue.clear()
             self.builds.clear()
+            self.dropped.clear()
 
     def clear_log(self) -> None:
         with self._lock:

@@ -50,6 +50,14 @@ list and validator key from S3, ``client.rb`` with the user data's node name, th
 ``--why-run`` (unless ``why-run=no``) and ``-o`` for a run list override, then the ``bakery:boot-test``
 tag, ``failed`` with the script's detail on a client failure. A health command (PowerShell) cannot be
 run here: such a test is tagged ``failed`` saying so, never passed unchecked.
+
+Two kinds of calls, two endpoints. What plays the hypervisor (finding running instances, reading
+their user data and AMI, the OS shutting down at the end of sysprep) goes to ``ec2_endpoint``: on EC2
+these are not API calls and see no eventual consistency. What the instance itself calls -- its
+scripts' AWS CLI and the tags the played Windows scripts set -- goes to ``instance_endpoint`` (default:
+the same), e.g. a proxy playing AWS's timing: on AWS an instance's own CreateTags right after boot can
+answer ``InvalidInstanceID.NotFound`` like anyone's (EC2 API reference, "Eventual consistency"). The
+played Windows tags therefore retry as the scripts' ``Invoke-Retry`` does (6 attempts, 2*i s apart).
 """
 
 from __future__ import annotations
@@ -98,8 +106,10 @@ class InstanceRunner:
         ignore_existing: bool = True,
         max_parallel: int = 8,
         windows_sysprep_exit: int = 0,
+        instance_endpoint: str | None = None,
     ):
         self.endpoint = ec2_endpoint
+        self.instance_endpoint = instance_endpoint or ec2_endpoint
         self.region = region
         self.workdir = Path(workdir)
         self.boot_delay = boot_delay
@@ -122,6 +132,7 @@ class InstanceRunner:
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._ec2: Any = None
+        self._instance_ec2: Any = None  # the instance's own EC2 calls (see the module docstring)
         self._s3: Any = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -135,6 +146,11 @@ class InstanceRunner:
             "ec2", endpoint_url=self.endpoint, region_name=self.region,
             aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY,
             config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32),
+        )
+        self._instance_ec2 = boto3.session.Session().client(
+            "ec2", endpoint_url=self.instance_endpoint, region_name=self.region,
+            aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY,
+            config=Config(retries={"max_attempts": 5, "mode": "legacy"}, max_pool_connections=32),
         )
         self._s3 = boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint, region_name=self.region,
@@ -378,9 +394,7 @@ class InstanceRunner:
             problem = f"instance runner: {problem}"
         else:
             problem = self._play_windows_converge(iid, user_data, root, console)
-        tag = lambda status, detail: self._ec2.create_tags(  # noqa: E731
-            Resources=[iid], Tags=[{"Key": "bakery:bootstrap", "Value": status},
-                                   {"Key": "bakery:bootstrap-detail", "Value": detail[:255]}])
+        tag = lambda status, detail: self._tag_self(iid, "bakery:bootstrap", status, detail)  # noqa: E731
         if problem:
             self._note(console, f"Windows bake user data refused: {problem}")
             tag("failed", problem)
@@ -436,8 +450,7 @@ class InstanceRunner:
                    for ln in lines if ln.startswith("# bakery:boot-test-") and "=" in ln}
 
         def tag(status: str, detail: str) -> dict[str, Any]:
-            self._ec2.create_tags(Resources=[iid], Tags=[{"Key": "bakery:boot-test", "Value": status},
-                                                         {"Key": "bakery:boot-test-detail", "Value": detail[:255]}])
+            self._tag_self(iid, "bakery:boot-test", status, detail)
             self._note(console, f"Windows boot test played: {status}: {detail}")
             return {"kind": "windows-boot-test", "exit_code": 0 if status == "passed" else 1, "detail": detail}
 
@@ -479,6 +492,17 @@ class InstanceRunner:
                                  "(step: boot test: running the health command)")
         return tag("passed", f"{v['ChefBin']}{mode} succeeded as {setting.get('node', '')}")
 
+    def _tag_self(self, iid: str, key: str, status: str, detail: str) -> None:
+        """``Set-ResultTag`` of bakery-lib.ps1: New-EC2Tag in ``Invoke-Retry`` (6 attempts, 2*i s apart)."""
+        tags = [{"Key": key, "Value": status}, {"Key": f"{key}-detail", "Value": detail[:255]}]
+        for attempt in range(1, 7):
+            try:
+                self._instance_ec2.create_tags(Resources=[iid], Tags=tags)
+                return
+            except Exception:  # what Invoke-Retry catches: any error, the last one rethrown
+                if attempt == 6 or self._stop.wait(2 * attempt):
+                    raise
+
     def _env(self, root: Path, imds_url: str) -> dict[str, str]:
         venv_bin = os.path.dirname(sys.executable)
         env = {
@@ -488,7 +512,7 @@ class InstanceRunner:
             "TERM": "dumb",
             "BAKERY_ROOT": str(root),
             "BAKERY_IMDS_URL": imds_url,
-            **aws_env(self.endpoint, self.region),
+            **aws_env(self.instance_endpoint, self.region),
         }
         env.update(self.extra_env)
         return env

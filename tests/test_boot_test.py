@@ -127,8 +127,6 @@ def test_passed_ami_is_published_and_only_then_reused(devstack, env, instance_ru
         assert tags["bakery:expires-at"] and tags["bakery:boot-test"] == "passed"
         assert test["MetadataOptions"]["HttpTokens"] == "required"
         assert [g["GroupId"] for g in test["SecurityGroups"]] == [state["security_group_id"]]
-        vol_id = test["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
-        assert ec2.describe_volumes(VolumeIds=[vol_id])["Volumes"][0]["Encrypted"] is True
         # It registered with Chef (checked by the stage), and its identity was removed afterwards.
         assert not chef.client_exists(node) and not chef.node_exists(node)
         assert junit_failure(ws, role, "boot-test") == ""
@@ -198,7 +196,10 @@ def test_failing_health_command_fails_the_stage_by_stage_bake(devstack, env, ins
     proc = bakery(env, ws, catalog, "stage", "boot-test", "--role", "api")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "the health command exited 3" in proc.stderr
-    assert "port 8080 closed" in junit_failure(ws, "api", "boot-test")  # the console tail
+    failure = junit_failure(ws, "api", "boot-test")
+    assert "the health command exited 3" in failure and "console output (tail)" in failure
+    # The health command's output is in the instance's console (moto's GetConsoleOutput serves its own text).
+    assert "port 8080 closed" in instance_runner.console(state_of(ws, "api")["test_instance_id"])
     proc = bakery(env, ws, catalog, "stage", "publish", "--role", "api")
     assert proc.returncode == 2 and "'boot-test' must run first" in proc.stderr
     state = state_of(ws, "api")
@@ -262,7 +263,13 @@ def test_keep_on_failure_keeps_the_test_instance_and_says_how_to_remove_it(devst
     ami = state["amis"][REGION]
     assert f"boot-test instance {state['test_instance_id']}" in out and f"image {ami}" in out
     assert f"bakery --workspace {ws} cleanup --role dbg" in out
-    assert instance(devstack, state["test_instance_id"])["State"]["Name"] == "running"
+    test = instance(devstack, state["test_instance_id"])
+    assert test["State"]["Name"] == "running"
+    # Launched with the role's settings, as a production instance would be (seen on the live instance).
+    assert test["IamInstanceProfile"]["Arn"].endswith("/bakery-dbg")
+    assert test["MetadataOptions"]["HttpTokens"] == "required" and test["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
+    vol_id = test["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    assert devstack.moto.client("ec2").describe_volumes(VolumeIds=[vol_id])["Volumes"][0]["Encrypted"] is True
     assert image(devstack, ami) is not None and devstack.goiardi.client().client_exists(state["test_chef_node"])
     assert not state["closed"]  # the kept test instance is still the bake's
     proc = bakery(env, ws, catalog, "cleanup", "--role", "dbg")

@@ -160,3 +160,38 @@ def test_reap_bake_id_is_checked(run_cli, devstack, tmp_path):
     assert proc.returncode == 2 and "--bake-id" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli(["--catalog", str(catalog), "cleanup", "--bake-id", "20260101000000-abcdef", "--region", "x"])
     assert proc.returncode == 2  # cleanup --bake-id takes no reap options
+
+
+def test_reap_dry_run_then_cleanup_bake_id_of_a_bake_in_no_workspace(run_cli, devstack, tmp_path, workspace):
+    """A bake known only by its tags: the dry run shows its teardown and changes nothing; ``cleanup
+    --bake-id`` from an empty workspace tears it down through the same loop and writes no state file."""
+    region, bid = "me-south-1", "20260101000000-0badc0"
+    catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={"web": {"platform": "linux", "region": region}})
+    ec2 = devstack.moto.client("ec2", region)
+    from devstack.moto import seed_base_image
+
+    base = seed_base_image(ec2, name="cli-reap-base")
+    tags = {"bakery:bake-id": bid, "bakery:role": "web", "bakery:release": "1.0", "bakery:purpose": "bake",
+            "bakery:chef-node": f"bake-web-{bid}", "bakery:expires-at": "2099-01-01T00:00:00Z"}
+    instance = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1, TagSpecifications=[{
+        "ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}])["Instances"][0]["InstanceId"]
+
+    def state() -> str:
+        return ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+    # Not expired: reap keeps it; named by --bake-id, the dry run shows it would go, and changes nothing.
+    kept = run_cli(["--catalog", str(catalog), "reap", "--no-chef"])
+    assert kept.returncode == 0 and f"{region} instance {instance}: kept: bake {bid}: expires" in kept.stdout
+    dry = run_cli(["--catalog", str(catalog), "reap", "--dry-run", "--no-chef", "--bake-id", bid])
+    assert dry.returncode == 0, dry.stderr
+    assert f"{region} instance {instance}: would terminate: bake {bid} named by --bake-id" in dry.stdout
+    assert "reap (dry run): 1 resource(s) to remove" in dry.stdout
+    assert state() == "running"
+
+    gone = run_cli(["--catalog", str(catalog), "cleanup", "--bake-id", bid])
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert f"{region} instance {instance}: terminated: bake {bid} named by --bake-id" in gone.stdout
+    assert state() in ("shutting-down", "terminated")
+    assert not (workspace / ".bakery").exists()  # a bake of no workspace: no state file written
+    again = run_cli(["--catalog", str(catalog), "reap", "--bake-id", bid, "--no-chef"])
+    assert again.returncode == 0 and "reap: 0 resource(s) removed" in again.stdout, again.stdout

@@ -299,7 +299,8 @@ def linux_catalogues(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
 
 STUB_BIN = {"curl": "#!/bin/sh\nexit 7\n", "sleep": "#!/bin/sh\nexit 0\n", "aws": "#!/bin/sh\nexit 1\n"}
 # Everything the catalogue's values land in.
-CHECKED = ["userdata-bake.sh", "userdata-launch.sh", "userdata-from-ami.sh", "bakery-lib.sh", "firstboot.sh",
+CHECKED = ["userdata-bake.sh", "userdata-launch.sh", "userdata-from-ami.sh", "userdata-boot-test.sh", "bakery-lib.sh",
+           "firstboot.sh",
            "bakery-firstboot.init"]
 
 

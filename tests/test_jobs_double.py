@@ -151,3 +151,35 @@ def test_fault_injection(client: python_jenkins.Jenkins, double: JenkinsDouble) 
     with pytest.raises(python_jenkins.BadHTTPException):
         client.get_info()
     assert client.get_info()["_class"] == "hudson.model.Hudson"  # only the next one
+
+
+def _post(client: python_jenkins.Jenkins, url: str, body: str) -> requests.Response:
+    client.get_whoami()  # an authenticated session
+    client.maybe_add_crumb(requests.Request("GET", url))
+    crumb = client.crumb
+    return client._session.post(url, data=body.encode(), timeout=5, headers={
+        "Content-Type": "text/xml", crumb["crumbRequestField"]: crumb["crumb"]})
+
+
+def test_names_ignore_case_and_refusals_carry_x_error(client: python_jenkins.Jenkins, double: JenkinsDouble) -> None:
+    client.create_job("AMI-bake-web", PIPELINE)
+    assert client.get_job_config("ami-bake-web") == double.config("AMI-bake-web")  # one item, any case
+    dup = _post(client, double.url + "createItem?name=ami-bake-web", PIPELINE)
+    assert dup.status_code == 400
+    assert dup.headers["X-Error"] == "A job already exists with the name ?ami-bake-web?"  # Jetty: ISO-8859-1
+    assert "<title>Jenkins</title>" in dup.text
+    assert double.job_names() == ["AMI-bake-web"]
+
+
+def test_config_read_as_xstream_does(client: python_jenkins.Jenkins, double: JenkinsDouble) -> None:
+    typo = PIPELINE.replace("<scriptPath>Jenkinsfile</scriptPath>", "<scriptPth>Jenkinsfile</scriptPth>")
+    unknown = typo.replace("<description>d</description>", "<description>d</description><properties>"
+                           "<org.example.NotInstalledProperty/></properties>")
+    client.create_job("j", unknown)
+    stored = ET.fromstring(double.config("j"))
+    assert stored.find("definition/scriptPth") is None and stored.find("properties/*") is None  # dropped on save
+    assert sorted(double.dropped) == ["org.example.NotInstalledProperty",
+                                      "org.jenkinsci.plugins.workflow.cps.CpsScmFlowDefinition.scriptPth"]
+    bad_root = _post(client, double.url + "createItem?name=k", PIPELINE.replace("flow-definition", "flow-defintion"))
+    assert bad_root.status_code == 500 and "CannotResolveClassException" in bad_root.text
+    assert "k" not in double.job_names()

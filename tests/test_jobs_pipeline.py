@@ -140,11 +140,14 @@ def upstream(job: str, number: int, kind: str, *, release: str | None = None, st
 
 
 def release_of(harness: PipelineHarness, tmp_path: Path, **kw: Any) -> Build:
-    """Runs only as far as the release decision: the agent has no python3 stand-in, so `prepare`
-    stops at the venv step (exit 127) once RELEASE is decided."""
+    """Runs only as far as the release decision: the agent's python3 refuses to make the venv (exit 3),
+    so `prepare` stops right after RELEASE is decided."""
     ws = tmp_path / f"ws-{time.monotonic_ns()}"
-    return harness.run(JENKINSFILE, ws, agent_env={"PATH": "/usr/bin:/bin", "BAKERY_NO_PYTHON": "1"},
-                       plugins=readme_plugins(), **kw)
+    tools = tmp_path / "no-python"
+    tools.mkdir(exist_ok=True)
+    (tools / "python3").write_text("#!/bin/sh\nexit 3\n")
+    (tools / "python3").chmod(0o755)
+    return harness.run(JENKINSFILE, ws, agent_env={"PATH": f"{tools}:/usr/bin:/bin"}, plugins=readme_plugins(), **kw)
 
 
 def test_pipeline_deploy_without_release_fails_clearly_never_with_the_display_name(harness, tmp_path):
@@ -216,7 +219,7 @@ def test_plugins_listed_in_the_readme_are_exactly_enough(harness, tmp_path):
                    "credentials-binding", "junit", "pipeline-build-step", "htmlpublisher", "aws-credentials"):
         assert needed in plugins
     build = harness.run(JENKINSFILE, tmp_path / "ws", parameters={"ROLE": "web", "RELEASE": "r"},
-                        agent_env={"PATH": "/usr/bin:/bin"}, plugins=[p for p in plugins if p != "timestamper"])
+                        agent_env={"PATH": "/nowhere"}, plugins=[p for p in plugins if p != "timestamper"])
     assert build.result == "FAILURE" and 'Invalid option type "timestamps"' in build.log
     assert build.stages == {} and build.data["postRan"] == []
 
@@ -309,7 +312,7 @@ def test_groovy_error_in_a_helper_fails_the_test(harness, tmp_path):
     assert broken.read_text() != JENKINSFILE.read_text()
     with pytest.raises(AssertionError, match="Groovy error in the Jenkinsfile"):
         harness.run(broken, tmp_path / "ws", parameters={"ROLE": "web"}, agent_env={"PATH": "/usr/bin:/bin"},
-                    plugins=readme_plugins())
+                    plugins=readme_plugins(), upstream_builds=[upstream("deploy-release", 1, "pipeline")])
 
 
 def test_raw_build_is_refused_by_the_sandbox(harness, tmp_path):

@@ -478,3 +478,46 @@ def test_reap_bake_id_removes_one_bake_whatever_its_expiry(moto_server, chef_ser
     assert acct.instance_state(other_instance) == "running"
     assert not acct.image_exists(pending) and not any(acct.snapshot_exists(s) for s in pending_snaps)
     assert not chef.node_exists(f"bake-web-{target}") and chef.node_exists(f"bake-web-{other}")
+
+
+def test_reap_tears_a_bake_down_through_its_stages_cleanups_boot_test_included(moto_server, chef_server):
+    """reap knows nothing of a boot test: the abandoned bake's record goes through every stage's cleanup,
+    and the boot-test stage's own cleanup finds its instance by the bake id and removes it with its Chef
+    identity. A dry run shows the same removals and changes nothing."""
+    acct = Account(moto_server, "ap-northeast-2")
+    chef = chef_server.client()
+    now = time.time()
+    bid = bake_id(8, "b")
+    node, test_node = f"bake-web-{bid}", f"bake-web-boot-test-{bid}"
+    add_node_and_client(chef, node)
+    add_node_and_client(chef, test_node)
+    image = acct.ami("web", bid)  # available: the bake got as far as its boot test
+    snaps = acct.snapshots(image)
+    test_tags = dict(bake_tags(bid, "web", now - 2 * 3600, purpose="boot-test"), **{"bakery:chef-node": test_node})
+    tester = acct.instance(test_tags, image_id=image)
+    regions = ["ap-northeast-2"]
+
+    aws = new_aws(moto_server)
+    dry = reap(aws, regions, chef, now=now, dry_run=True)
+    # (Chef leftovers of the other tests on this module's Chef server are reaped too: not looked at here.)
+    mine = {tester, node, test_node}
+    assert {(r.kind, r.resource, r.action) for r in dry.removed if r.resource in mine} == {
+        ("instance", tester, "would terminate"),
+        ("chef-client", test_node, "would delete"), ("chef-node", test_node, "would delete"),
+        ("chef-client", node, "would delete"), ("chef-node", node, "would delete")}, dry.text()
+    assert mutations(aws) == {} and acct.instance_state(tester) == "running" and chef.node_exists(test_node)
+
+    report = reap(aws, regions, chef, now=now, dry_run=False)
+    assert report.exit_code == 0, report.text()
+    assert by_resource(report)[tester].action == "terminated"
+    assert "expired 2.0 h ago" in by_resource(report)[tester].reason
+    assert acct.instance_state(tester) in ("shutting-down", "terminated")
+    for name in (node, test_node):
+        assert not chef.node_exists(name) and not chef.client_exists(name)
+    assert f"chef-node {test_node}: deleted: its instance was terminated by this reap" in report.text()
+    # The good AMI is prune's business: it and its snapshots stay.
+    assert acct.image_exists(image) and all(acct.snapshot_exists(s) for s in snaps)
+
+    aws = new_aws(moto_server)
+    again = reap(aws, regions, chef, now=now, dry_run=False)
+    assert again.removed == [] and mutations(aws) == {}

@@ -236,11 +236,12 @@ def test_chef_and_aws_credentials_never_printed(devstack, tmp_path: Path):
 
 
 def test_jenkins_token_never_printed(tmp_path: Path, devstack):
-    from devstack.jenkins_double import JenkinsDouble  # only this test needs the Jenkins double
+    from devstack.jenkins_double import JenkinsDouble, deploy_job_xml  # only this test needs the Jenkins double
 
     token = "JenkinsTokenThatMustNeverBePrinted42"
     catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles=["web"])
     with JenkinsDouble({"admin": token}) as jenkins:
+        jenkins.put_item("deploy-release", deploy_job_xml())  # the upstream job the catalogue names must exist
         for given_token, expect in (("wrong-" + token[:8], 1), (token, 0)):
             env = cli_env(devstack, JENKINS_URL=jenkins.url, JENKINS_USER="admin", JENKINS_API_TOKEN=given_token)
             proc = subprocess.run([sys.executable, "-c", "import sys; from bakery_lib.cli import generate_jobs_main "

@@ -60,9 +60,11 @@ CATALOGUE: dict[str, Any] = {
     },
 }
 
-LINUX_FILES = ["userdata-bake.sh", "userdata-launch.sh", "userdata-from-ami.sh", "bake.sh", "bakery-lib.sh",
+LINUX_FILES = ["userdata-bake.sh", "userdata-launch.sh", "userdata-from-ami.sh", "userdata-boot-test.sh", "bake.sh",
+               "bakery-lib.sh",
                "firstboot.sh", "bakery-firstboot.init", "bakery-firstboot.service"]
-WINDOWS_FILES = ["userdata-bake.ps1", "userdata-launch.ps1", "userdata-from-ami.ps1", "bake.ps1", "generalize.ps1",
+WINDOWS_FILES = ["userdata-bake.ps1", "userdata-launch.ps1", "userdata-from-ami.ps1", "userdata-boot-test.ps1",
+                 "bake.ps1", "generalize.ps1",
                  "bakery-lib.ps1",
                  "firstboot.ps1", "register-firstboot-task.ps1"]
 
@@ -271,11 +273,12 @@ def test_windows_first_boot_enforces_its_own_timeout_before_the_task_backstop():
     lib = files["C:\\ProgramData\\bakery\\bakery-lib.ps1"]
     task = files["C:\\ProgramData\\bakery\\register-firstboot-task.ps1"]
     assert "$ChefTimeoutSeconds = 2700" in firstboot  # the role's bootstrap_timeout (45 min)
-    assert "Invoke-ChefWithin @('-c', $ClientRb, '-j', $RunListJson) $ChefTimeoutSeconds" in firstboot
+    assert "$chefArgs = @('-c', $ClientRb, '-j', $RunListJson)" in firstboot
+    assert "Invoke-ChefWithin $chefArgs $ChefTimeoutSeconds" in firstboot
     within = lib[lib.index("function Invoke-ChefWithin"):]
     assert "$p.WaitForExit($Seconds * 1000)" in within and "taskkill.exe /PID $p.Id /T /F" in within
     assert within.index("taskkill.exe") < within.index("throw")  # killed, then the caller's catch alerts
-    catch, final = firstboot.split("} catch {", 1)[1].split("} finally {", 1)
+    catch, final = firstboot.rsplit("} catch {", 1)[1].split("} finally {", 1)  # the main run's
     assert "Send-Alert" in catch and "Remove-Item -Force -ErrorAction SilentlyContinue -Path $ValidatorPem" in final
     assert "-ExecutionTimeLimit (New-TimeSpan -Seconds 4500)" in task  # 30 min after our own deadline
 

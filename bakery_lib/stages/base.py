@@ -187,10 +187,11 @@ class Removal:
     done: str  # terminated | deregistered | deleted
     manual: str  # the command that does it by hand
     remove: Callable[[], str] = field(compare=False)
+    label: str = ""  # how a person calls it, when not "KIND RESOURCE"
 
     @property
     def what(self) -> str:
-        return f"{self.kind} {self.resource}" + (f" in {self.region}" if self.kind == "copy" else "")
+        return self.label or f"{self.kind} {self.resource}" + (f" in {self.region}" if self.kind == "copy" else "")
 
 
 @dataclass(frozen=True)

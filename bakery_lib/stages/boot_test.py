@@ -42,7 +42,7 @@ from typing import Any
 
 from ..aws import tag_list, tags_of
 from ..errors import BakeryError, Interrupted, StageTimeout
-from ..resources import deregister_with_snapshots, terminate_instance
+from ..resources import delete_chef_identity, deregister_with_snapshots, terminate_instance
 from ..userdata import boot_test_node_name, boot_test_userdata
 from ..waits import Wait
 from .base import CleanupReport, Context, Removal, Teardown
@@ -175,6 +175,9 @@ def run(ctx: Context) -> str:
         raise BakeryError("no available AMI recorded for this bake; run wait-image first")
     if not ctx.role.boot_test.enabled:
         return _disabled(ctx, image_id)
+    if state.boot_test == "passed":
+        # A rerun after the removal of a passed test's instance failed: only that is left to do.
+        return f"{image_id} already passed its boot test; " + (_remove_after_pass(ctx) or "nothing left to remove")
     if state.test_instance_id or state.test_chef_node:
         # A rerun after a failed test: its instance and Chef identity go first (a stale client would
         # make the new registration fail with 409), then a new instance tests the same image.
@@ -205,11 +208,26 @@ def run(ctx: Context) -> str:
     _tag_image(ctx, image_id, "passed")
     state.boot_test = "passed"
     ctx.save()
-    report = CleanupReport()
-    _remove_test_instance(ctx, report)
-    removed = "; ".join(report.done + [f"NOT REMOVED: {e}" for e in report.errors])
+    removed = _remove_after_pass(ctx)
     return (f"{image_id} passed its boot test on {instance_id} after {ctx.clock.now() - start:.0f} s ({detail}); "
             f"{removed}")
+
+
+def _remove_after_pass(ctx: Context) -> str:
+    """The passed test's instance and Chef identity, at once. A refusal fails the stage (the AMI stays
+    passed and available; a rerun or ``bakery cleanup`` removes them), never passes silently."""
+    state = ctx.require_state()
+    done = []
+    if state.test_instance_id and not state.test_instance_terminated:
+        gone = terminate_instance(ctx.aws, ctx.region, state.test_instance_id)
+        state.test_instance_terminated = True
+        ctx.save()
+        done.append(f"{state.test_instance_id} " + ("terminated" if gone else "was already gone"))
+    if state.test_chef_node and not state.test_chef_cleaned:
+        done.append(delete_chef_identity(ctx.chef(), state.test_chef_node))
+        state.test_chef_cleaned = True
+        ctx.save()
+    return "; ".join(done)
 
 
 # --- cleanup -------------------------------------------------------------------------------------------

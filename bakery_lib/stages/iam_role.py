@@ -1,8 +1,16 @@
 """iam-role: create or update the role's IAM role, inline policy and instance profile.
 
 Least privilege for what the instance does itself: read its run list object and the validator key
-in S3, publish to the alert topic, and tag only itself (the bootstrap result). Managed policies
-named in the catalogue are attached; managed policies no longer named are detached.
+in S3, publish to the alert topic, and tag only itself (the bootstrap result). Licensed Chef
+(``chef.license_key_s3`` / ``chef.license_key_ssm``): ``s3:GetObject`` on exactly that object, or
+``ssm:GetParameter`` (``ssm:GetParameters`` too on Windows: ``Get-SSMParameterValue`` calls
+GetParameters) on exactly that parameter, in each region of the role (an instance reads it in its own
+region) and this account (one STS GetCallerIdentity, only for such a role). No ``kms:Decrypt``: a
+SecureString under the AWS managed key ``aws/ssm`` needs none (that key's policy lets every principal of
+the account decrypt through Parameter Store; AWS Systems Manager User Guide, "Restricting decryption of
+SecureString parameter values"); a parameter or object under a customer managed key needs that key's
+policy to allow this role, which is where the key's owner decides it.
+Managed policies named in the catalogue are attached; managed policies no longer named are detached.
 Writes ``iam_role_name``/``instance_profile_name`` to the state as soon as each exists.
 Calls: IAM GetRole, CreateRole, UpdateAssumeRolePolicy, PutRolePolicy, ListAttachedRolePolicies,
 AttachRolePolicy, DetachRolePolicy, GetInstanceProfile, CreateInstanceProfile,
@@ -37,11 +45,32 @@ def partition_of(arn: str) -> str:
     return arn.split(":")[1]
 
 
-def instance_policy(role: RoleSpec) -> dict[str, Any]:
-    part = partition_of(role.alert_topic_arn)
-    m = S3_URL_RE.match(role.chef.validation_key_s3)
+def _s3_object_arn(part: str, url: str) -> str:
+    m = S3_URL_RE.match(url)
     assert m, "validated by the catalogue"
-    validator_arn = f"arn:{part}:s3:::{m.group(1)}/{m.group(2)}"
+    return f"arn:{part}:s3:::{m.group(1)}/{m.group(2)}"
+
+
+def license_statements(role: RoleSpec, account: str | None) -> list[dict[str, Any]]:
+    """What licensed Chef needs to read its key: exactly that S3 object or SSM parameter, nothing more."""
+    part = partition_of(role.alert_topic_arn)
+    if role.chef.license_key_s3:
+        return [{"Sid": "ReadChefLicenseKey", "Effect": "Allow", "Action": "s3:GetObject",
+                 "Resource": _s3_object_arn(part, role.chef.license_key_s3)}]
+    if role.chef.license_key_ssm:
+        if not account:
+            raise BakeryError(f"role {role.name!r}: the account id is needed to grant the SSM license parameter")
+        name = role.chef.license_key_ssm.lstrip("/")
+        actions = ["ssm:GetParameter", "ssm:GetParameters"] if role.platform == "windows" else "ssm:GetParameter"
+        return [{"Sid": "ReadChefLicenseKey", "Effect": "Allow", "Action": actions,
+                 "Resource": sorted(f"arn:{part}:ssm:{r}:{account}:parameter/{name}" for r in role.regions)}]
+    return []
+
+
+def instance_policy(role: RoleSpec, account: str | None = None) -> dict[str, Any]:
+    """The role's inline instance policy; ``account`` is needed only with ``chef.license_key_ssm``."""
+    part = partition_of(role.alert_topic_arn)
+    validator_arn = _s3_object_arn(part, role.chef.validation_key_s3)
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -65,6 +94,7 @@ def instance_policy(role: RoleSpec) -> dict[str, Any]:
                                                                   "bakery:boot-test", "bakery:boot-test-detail"]},
                 },
             },
+            *license_statements(role, account),
         ],
     }
 
@@ -99,7 +129,11 @@ def _ensure_role(ctx: RoleContext, name: str, tags: list[dict[str, str]], action
 
 
 def _converge_inline(ctx: RoleContext, name: str, created: bool, actions: list[str]) -> None:
-    policy = instance_policy(ctx.role)
+    account = None
+    if ctx.role.chef.license_key_ssm:
+        # Once per run: the parameter's ARN names the account (SSM has no account wildcard worth granting).
+        account = ctx.session.once(("account",), lambda: ctx.aws.account_id(ctx.region))
+    policy = instance_policy(ctx.role, account)
     current = None
     if not created:  # a role created just now has no policies: skip the reads
         try:

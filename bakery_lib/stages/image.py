@@ -100,8 +100,8 @@ def run(ctx: Context) -> str:
     state.image_id = image_id
     state.image_state = "pending"
     ctx.save()
-    ctx.log(f"creating image {image_id} ({state.image_name})")
-    # Its snapshots appear while the image is pending: wait-image tags them.
+    # Its snapshots appear while the image is pending: wait-image tags them. The result line says it
+    # once (no progress line before it: CreateImage returns at once).
     return f"image {image_id} ({state.image_name}) requested"
 
 

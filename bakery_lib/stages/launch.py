@@ -237,7 +237,7 @@ def run(ctx: Context) -> str:
     where = f"{state.instance_type} in {state.subnet_id or 'the default subnet'}"
     zone = instance.get("Placement", {}).get("AvailabilityZone")
     where += f" ({zone})" if zone else ""
-    ctx.log(f"launched {state.instance_id} as {where} from {state.base_ami}")
+    # Said once, as the stage's result (a failure of the check below names the instance itself).
     refuse_concurrent_bake(ctx)
     return f"launched {state.instance_id} as {where} from {state.base_ami}"
 
@@ -313,7 +313,9 @@ def _remove_chef_identity(ctx: Teardown, report: CleanupReport, node: str) -> No
         report.save(ctx)
         return message
 
+    # Named for both: when the client cannot be deleted, the node is not tried either.
     if report.attempt(ctx, Removal("chef-client", node, "", "delete", "deleted",
-                                   f"knife client delete {node} -y && knife node delete {node} -y", client)):
+                                   f"knife client delete {node} -y && knife node delete {node} -y", client,
+                                   label=f"Chef node/client {node}")):
         report.attempt(ctx, Removal("chef-node", node, "", "delete", "deleted", f"knife node delete {node} -y",
                                     node_))

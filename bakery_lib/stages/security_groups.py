@@ -150,7 +150,6 @@ def converge(ctx: RoleContext, on_created: Callable[[str], None] | None = None) 
         group_id = ctx.ec2("CreateSecurityGroup", **params)["GroupId"]
         if on_created is not None:
             on_created(group_id)
-        ctx.log(f"created security group {group_id} ({p.group_name})")
     assert group_id is not None  # found by the plan, or created just now
     if p.revoke:
         ctx.ec2("RevokeSecurityGroupIngress", GroupId=group_id, IpPermissions=[x.to_api() for x in p.revoke])
@@ -161,7 +160,8 @@ def converge(ctx: RoleContext, on_created: Callable[[str], None] | None = None) 
                                           IpPermissions=[x.to_api() for x in p.add]),
                           what=f"adding rules to {group_id}", clock=ctx.clock, log=ctx.log)
     verb = "created" if p.create else "converged"
-    return group_id, f"{verb} {group_id}: {len(p.add)} rule(s) added, {len(p.revoke)} revoked"
+    # The one line about the group (its result): a progress line saying "created" as well would repeat it.
+    return group_id, f"{verb} {group_id} ({p.group_name}): {len(p.add)} rule(s) added, {len(p.revoke)} revoked"
 
 
 def run(ctx: Context) -> str:

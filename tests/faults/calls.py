@@ -31,7 +31,7 @@ class BakeCall:
     @property
     def role(self) -> str:
         """A role name of its own for this case (roles are shared state on the session's moto)."""
-        short = {"security-groups": "sg", "wait-image": "wi", "chef-cleanup": "cc"}.get(self.stage, self.stage)
+        short = {"security-groups": "sg", "wait-image": "wi", "chef-cleanup": "cc", "boot-test": "bt"}.get(self.stage, self.stage)
         return f"f-{short}-{'r' if self.rerun else ''}{self.operation.lower()}-{self.occurrence}"[:60]
 
 
@@ -59,6 +59,12 @@ BAKE_CALLS: tuple[BakeCall, ...] = (
     BakeCall("wait-image", "ModifyImageAttribute", why="ImdsSupport v2.0: refused, the image is not kept"),
     BakeCall("wait-image", "CreateTags", why="tag the snapshots, and the image bakery:imds-support"),
     BakeCall("terminate", "TerminateInstances"),
+    BakeCall("boot-test", "PutObject", service="s3", why="the first-boot run list the test instance reads"),
+    BakeCall("boot-test", "DescribeImages", why="the new AMI's root device, for the encrypted volume"),
+    BakeCall("boot-test", "RunInstances", why="the test instance, from the new AMI"),
+    BakeCall("boot-test", "DescribeInstances", why="poll for bakery:boot-test (batched)"),
+    BakeCall("boot-test", "CreateTags", why="the AMI: bakery:boot-test=passed"),
+    BakeCall("boot-test", "TerminateInstances", why="the passed test's instance"),
     BakeCall("publish", "PutParameter", service="ssm", why="/bakery/ROLE/latest"),
     BakeCall("publish", "PutObject", service="s3", why="write the first-boot run list (no read first)"),
 )

@@ -179,6 +179,15 @@ def simulate_bootstrap(devstack: DevStack, instance_id: str, node: str, *, finis
         {"Key": "bakery:bootstrap-detail", "Value": "simulated by the fault tests"}])
 
 
+def simulate_boot_test(devstack: DevStack, instance_id: str, node: str) -> None:
+    """What the image's first boot does in test mode when it passes: the Chef client registered (a
+    why-run creates the node too), then ``bakery:boot-test=passed`` on the instance."""
+    simulate_bootstrap(devstack, instance_id, node, finish=False)
+    devstack.moto.client("ec2").create_tags(Resources=[instance_id], Tags=[
+        {"Key": "bakery:boot-test", "Value": "passed"},
+        {"Key": "bakery:boot-test-detail", "Value": "simulated by the fault tests"}])
+
+
 def prepare(devstack: DevStack, ws: Path, catalog: Path, role: str, upto: str) -> dict[str, Any] | None:
     """Run every stage before ``upto`` in process, directly against moto; returns the state (if any)."""
     ctx = context(devstack, ws, catalog, role)
@@ -187,7 +196,11 @@ def prepare(devstack: DevStack, ws: Path, catalog: Path, role: str, upto: str) -
             state = ctx.ws.load(role)
             assert state is not None and state.instance_id and state.chef_node
             simulate_bootstrap(devstack, state.instance_id, state.chef_node)
-        result = run_stage(ctx, name, release=RELEASE if name == "preflight" else None)
+        if name == "boot-test":
+            with SimulatedBoot(devstack, [role]):  # the test instance's first boot passes
+                result = run_stage(ctx, name)
+        else:
+            result = run_stage(ctx, name, release=RELEASE if name == "preflight" else None)
         assert result.exit_code == 0, f"set-up stage {name} failed: {result.message}"
     return read_state(ws, role) if upto != "preflight" else None
 
@@ -368,6 +381,9 @@ class SimulatedBoot:
     Roles in ``windows`` play the EC2Launch v2 sequence instead: registered, tagged
     ``bakery:bootstrap=generalizing``, and ``sysprep`` seconds later the instance stops itself (sysprep
     ``--shutdown``; the bake instance's shutdown behaviour is ``stop``).
+
+    Boot-test instances (``bakery:purpose=boot-test``) get what the image's first boot does in test
+    mode when it passes: the test's Chef client (and node) registered, ``bakery:boot-test=passed``.
     """
 
     def __init__(self, devstack: DevStack, roles: list[str], *, interval: float = 0.1, finish: bool = True,
@@ -406,7 +422,7 @@ class SimulatedBoot:
             try:
                 found = ec2.describe_instances(Filters=[
                     {"Name": "tag:bakery:role", "Values": self.roles},
-                    {"Name": "tag:bakery:purpose", "Values": ["bake"]},
+                    {"Name": "tag:bakery:purpose", "Values": ["bake", "boot-test"]},
                     {"Name": "instance-state-name", "Values": ["running"]}])
                 for res in found["Reservations"]:
                     for inst in res["Instances"]:
@@ -414,6 +430,10 @@ class SimulatedBoot:
                         if inst["InstanceId"] in self.booted or "bakery:bootstrap" in tags:
                             continue
                         node = tags["bakery:chef-node"]
+                        if tags.get("bakery:purpose") == "boot-test":
+                            simulate_boot_test(self.devstack, inst["InstanceId"], node)
+                            self.booted.append(inst["InstanceId"])
+                            continue
                         if tags.get("bakery:role") in self.windows:
                             self._generalize(ec2, inst["InstanceId"], node)
                             continue

@@ -28,6 +28,7 @@ from .proxy import THROTTLE, FaultProxy, Rule
 from .support import (
     RELEASE,
     Census,
+    SimulatedBoot,
     FaultTable,
     assert_junit_failure,
     check_state,
@@ -59,8 +60,10 @@ def test_permission_error_fails_the_stage_and_cleanup_leaves_nothing(
     proxy.add(Rule(call.operation, kind="throttle", skip=call.occurrence - 1),
               Rule(call.operation, kind="denied", skip=call.occurrence - 1))
     extra = ["--release", RELEASE] if call.stage == "preflight" else []
-    code_, out, err = run_in_process(["--workspace", str(ws), "--catalog", str(catalog), "stage", call.stage,
-                                      "--role", role, *extra], env, capsys, monkeypatch)
+    # boot-test: its test instance's first boot is played (and passes) while the stage runs.
+    with SimulatedBoot(devstack, [role] if call.stage == "boot-test" else []):
+        code_, out, err = run_in_process(["--workspace", str(ws), "--catalog", str(catalog), "stage", call.stage,
+                                          "--role", role, *extra], env, capsys, monkeypatch)
     calls = proxy.calls_since()
     injected = [c for c in calls if c.injected]
     assert [c.operation for c in injected] == [call.operation] * 2, (

@@ -576,7 +576,8 @@ abstract class PipelineScript extends Script {
             b.println("Caught: ${e.message}")
             if (buildResult) { b.setResult(buildResult) }
             if (stageResult) { b.stageResult(stageResult) }
-        } catch (AbortException e) {
+        } catch (Throwable e) {  // catchError catches any error, a Groovy one too (still reported to the test)
+            if (Harness.isGroovyError(e)) { b.groovyErrors << "${e.getClass().name}: ${e.message}" }
             b.println("ERROR: ${e.message}")
             if (args.message) { b.println(args.message) }
             if (buildResult) { b.setResult(buildResult) }

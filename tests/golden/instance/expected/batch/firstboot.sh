@@ -2,6 +2,9 @@
 # bakery-firstboot (AMI Bakery, role 'batch'): while /firstboot.txt exists, register this instance
 # with Chef as ROLE-INSTANCE_ID and run the role's run list from S3; success removes the file,
 # failure keeps it (the next boot retries) and sends one SNS alert. Log /var/log/bakery-firstboot.log.
+# Boot test (the user data says "# bakery:boot-test"): the same path with the node name, run list and
+# why-run mode the user data gives, then its health command; the result is tagged on the instance
+# (bakery:boot-test=passed|failed) instead of alerting, and /firstboot.txt stays.
 set -Eeuo pipefail
 umask 022
 PROG=bakery-firstboot
@@ -15,6 +18,55 @@ LOG="$ROOT/var/log/bakery-firstboot.log"
 LOCK="$ROOT/var/lock/bakery-firstboot.lock"
 WHAT="first boot"
 ALERT_NOTE="$SENTINEL is kept: the next boot retries."
+
+# Boot test (the bakery's boot-test stage): the instance's own user data says so, in lines
+# "# bakery:boot-test" and "# bakery:boot-test-KEY=VALUE" (run list and command base64). Read through
+# IMDSv2 when the first boot starts, so the mode never depends on boot order (cloud-init runs user data
+# after the init services). 404 is "no user data": an ordinary instance. Any other answer is retried,
+# then fails the run: a test instance must never run as a production one.
+BOOT_TEST=no
+BOOT_TEST_NODE=""
+BOOT_TEST_WHY_RUN=yes
+BOOT_TEST_RUN_LIST=""
+BOOT_TEST_COMMAND=""
+imds_user_data() {
+  local code
+  code=$(curl -sS --max-time 5 -o "$1" -w '%{http_code}' -H "X-aws-ec2-metadata-token: $IMDS_TOKEN" \
+    "$IMDS/latest/user-data") || return 1
+  case "$code" in
+    200 | 404) printf '%s' "$code" ;;
+    *) return 1 ;;
+  esac
+}
+boot_test_value() {
+  sed -n "s/^# bakery:boot-test-$1=//p" "$2" | head -n 1
+}
+read_boot_test() {
+  local ud code
+  ud=$(mktemp)
+  code=$(retry imds_user_data "$ud") || { rm -f "$ud"; fail "cannot read the user data from $IMDS"; }
+  if [ "$code" != 200 ] || ! grep -qx '# bakery:boot-test' "$ud"; then
+    rm -f "$ud"
+    return 0
+  fi
+  BOOT_TEST=yes
+  BOOT_TEST_NODE=$(boot_test_value node "$ud")
+  BOOT_TEST_WHY_RUN=$(boot_test_value why-run "$ud")
+  BOOT_TEST_RUN_LIST=$(boot_test_value run-list "$ud" | base64 -d) || BOOT_TEST_RUN_LIST=""
+  BOOT_TEST_COMMAND=$(boot_test_value command "$ud" | base64 -d) || BOOT_TEST_COMMAND=""
+  rm -f "$ud"
+  case "$BOOT_TEST_NODE" in
+    "" | *[!A-Za-z0-9_.:-]*) fail "boot test: the user data names no valid Chef node (bakery:boot-test-node)" ;;
+  esac
+  local health=none
+  [ -z "$BOOT_TEST_COMMAND" ] || health=given
+  log "boot test: Chef node $BOOT_TEST_NODE, why-run $BOOT_TEST_WHY_RUN, run list ${BOOT_TEST_RUN_LIST:-from S3}, health command $health"
+}
+tag_boot_test() {
+  retry awsc ec2 create-tags --region "$REGION" --resources "$INSTANCE_ID" --tags \
+    "$(printf '[{"Key":"bakery:boot-test","Value":"%s"},{"Key":"bakery:boot-test-detail","Value":"%s"}]' \
+      "$(clean "$1")" "$(clean "$2")")"
+}
 
 if [ ! -e "$SENTINEL" ]; then
   log "no $SENTINEL: first boot is done, nothing to do"
@@ -59,7 +111,12 @@ on_exit() {
   rm -f "$VALIDATOR_PEM"
   if [ "$rc" -ne 0 ]; then
     [ -n "$FAIL" ] || FAIL="$STEP failed (exit $rc)"
-    alert "$rc"
+    if [ "$BOOT_TEST" = yes ]; then
+      # A test pages nobody: the bakery reads the result from the tag.
+      tag_boot_test failed "$FAIL" || log "could not tag bakery:boot-test=failed on $INSTANCE_ID"
+    else
+      alert "$rc"
+    fi
   fi
   if [ -n "$LOCKDIR" ]; then
     rm -rf "$LOCKDIR"
@@ -72,7 +129,20 @@ trap 'exit 130' INT
 
 log "first boot of role $ROLE"
 read_metadata
+read_boot_test
 NODE_NAME="$ROLE-$INSTANCE_ID"
+# Extra client options of a boot test (bash 4.2, CentOS 7: an empty array is "unbound" under set -u,
+# hence the ${CHEF_ARGS[@]+...} forms below).
+CHEF_ARGS=()
+CHEF_MODE=""
+if [ "$BOOT_TEST" = yes ]; then
+  WHAT="boot test"
+  NODE_NAME=$BOOT_TEST_NODE
+  [ "$BOOT_TEST_WHY_RUN" = no ] || CHEF_ARGS+=(--why-run)
+  [ -z "$BOOT_TEST_RUN_LIST" ] || CHEF_ARGS+=(-o "$BOOT_TEST_RUN_LIST")
+  CHEF_MODE=" ${CHEF_ARGS[*]+${CHEF_ARGS[*]}}"
+  CHEF_MODE=${CHEF_MODE% }
+fi
 ensure_chef
 
 step "fetching the run list $RUNLIST_S3"
@@ -86,14 +156,30 @@ grep -q '"run_list"' "$RUNLIST_JSON" || fail "the run list $RUNLIST_S3 has no \"
 fetch_validator
 write_client_rb "$NODE_NAME"
 fetch_license_key
-step "running $CHEF_BIN as $NODE_NAME with the run list from $RUNLIST_S3"
+step "running $CHEF_BIN$CHEF_MODE as $NODE_NAME with the run list from $RUNLIST_S3"
 rc=0
 # 9>&-: a service Chef starts must not inherit (and so hold) the lock.
-chef_run -c "$CLIENT_RB" -j "$RUNLIST_JSON" 9>&- || rc=$?
+chef_run -c "$CLIENT_RB" -j "$RUNLIST_JSON" ${CHEF_ARGS[@]+"${CHEF_ARGS[@]}"} 9>&- || rc=$?
 if [ "$rc" -ne 0 ]; then
-  FAIL="$CHEF_BIN exited $rc"
+  FAIL="$CHEF_BIN$CHEF_MODE exited $rc"
+  fatal=$(grep -a 'FATAL: ' "$LOG" | tail -n 1 || true)
+  [ -z "$fatal" ] || FAIL="$FAIL: ${fatal##*FATAL: }"
   log "FAILED: $FAIL"
   exit "$rc"
+fi
+if [ "$BOOT_TEST" = yes ]; then
+  detail="$CHEF_BIN$CHEF_MODE succeeded as $NODE_NAME"
+  if [ -n "$BOOT_TEST_COMMAND" ]; then
+    step "boot test: running the health command"
+    rc=0
+    bash -c "$BOOT_TEST_COMMAND" 9>&- || rc=$?
+    [ "$rc" -eq 0 ] || fail "the health command exited $rc ($detail)"
+    detail="$detail; health command passed"
+  fi
+  tag_boot_test passed "$detail" || fail "cannot tag bakery:boot-test=passed on $INSTANCE_ID"
+  # The instance is terminated after the test: the sentinel stays, as on an untested copy of the image.
+  log "boot test of $NODE_NAME passed ($detail); $SENTINEL kept"
+  exit 0
 fi
 rm -f "$SENTINEL"
 log "first boot of $NODE_NAME succeeded; removed $SENTINEL"

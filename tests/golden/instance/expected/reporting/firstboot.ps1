@@ -1,7 +1,10 @@
 # bakery-firstboot (AMI Bakery, role 'reporting'), run at startup by Task Scheduler as SYSTEM: while
 # C:\firstboot.txt exists, register this instance with Chef as ROLE-INSTANCE_ID and run the role's run
 # list from S3; success removes the file, failure keeps it (the next boot retries) and sends one SNS
-# alert. Log: C:\ProgramData\bakery\firstboot.log.
+# alert. Log: C:\ProgramData\bakery\firstboot.log. Boot test (the user data says "# bakery:boot-test"): the
+# same path with the node name, run list and why-run mode the user data gives, then its health command;
+# the result is tagged on the instance (bakery:boot-test=passed|failed) instead of alerting, and
+# C:\firstboot.txt stays.
 $Prog = 'bakery-firstboot'
 $LibRoot = if ($env:BAKERY_ROOT) { $env:BAKERY_ROOT } else { 'C:\' }
 . (Join-Path $LibRoot 'ProgramData\bakery\bakery-lib.ps1')
@@ -13,6 +16,64 @@ $What = 'first boot'
 # Our own deadline for the Chef run (the role's bootstrap_timeout): past it the run is killed and the
 # catch/finally below alert and remove the validator. The task's ExecutionTimeLimit is a later backstop.
 $ChefTimeoutSeconds = 2700
+
+# Boot test (the bakery's boot-test stage): the instance's own user data says so, in lines
+# "# bakery:boot-test" and "# bakery:boot-test-KEY=VALUE" (run list and command base64). Read through
+# IMDSv2 when the first boot starts, so the mode never depends on boot order. 404 is "no user data":
+# an ordinary instance; any other failure is retried, then fails the run (a test instance must never
+# run as a production one).
+$BootTest = $false
+$BootTestNode = ''
+$BootTestWhyRun = $true
+$BootTestRunList = ''
+$BootTestCommand = ''
+function Get-UserData {
+  for ($i = 1; ; $i++) {
+    try {
+      $r = Invoke-WebRequest -Uri "$Imds/latest/user-data" -Headers @{ 'X-aws-ec2-metadata-token' = $script:ImdsToken } -TimeoutSec 5 -UseBasicParsing
+      $c = $r.Content
+      # IMDS serves user data as application/octet-stream, which Windows PowerShell returns as bytes.
+      if ($c -is [byte[]]) { $c = [Text.Encoding]::UTF8.GetString($c) }
+      return [string]$c
+    } catch {
+      $resp = $_.Exception.Response
+      if ($resp -and [int]$resp.StatusCode -eq 404) { return '' }
+      if ($i -ge 6) { throw "cannot read the user data from ${Imds}: $($_.Exception.Message)" }
+    }
+    Start-Sleep -Seconds (2 * $i)
+  }
+}
+function Get-BootTestValue([string[]]$Lines, [string]$Key) {
+  $prefix = "# bakery:boot-test-$Key="
+  $line = $Lines | Where-Object { $_.StartsWith($prefix) } | Select-Object -First 1
+  if ($line) { $line.Substring($prefix.Length).Trim() } else { '' }
+}
+function ConvertFrom-Base64Text([string]$Text) {
+  if ($Text) { [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($Text)) } else { '' }
+}
+function Read-BootTest {
+  $lines = (Get-UserData) -split "`r?`n"
+  if (-not ($lines | Where-Object { $_.Trim() -eq '# bakery:boot-test' })) { return }
+  $script:BootTest = $true
+  $script:BootTestNode = Get-BootTestValue $lines 'node'
+  $script:BootTestWhyRun = (Get-BootTestValue $lines 'why-run') -ne 'no'
+  $script:BootTestRunList = ConvertFrom-Base64Text (Get-BootTestValue $lines 'run-list')
+  $script:BootTestCommand = ConvertFrom-Base64Text (Get-BootTestValue $lines 'command')
+  if ($BootTestNode -notmatch '^[A-Za-z0-9_.:-]+$') {
+    throw 'boot test: the user data names no valid Chef node (bakery:boot-test-node)'
+  }
+  $health = if ($BootTestCommand) { 'given' } else { 'none' }
+  $list = if ($BootTestRunList) { $BootTestRunList } else { 'from S3' }
+  Write-Log "boot test: Chef node $BootTestNode, why-run $BootTestWhyRun, run list $list, health command $health"
+}
+# The health command in a PowerShell of its own (-EncodedCommand: no quoting); returns its exit code.
+function Invoke-HealthCommand([string]$Command) {
+  $ErrorActionPreference = 'Continue'  # its stderr lines must not become terminating errors here
+  $ps = Join-Path $env:SystemRoot 'System32\WindowsPowerShell\v1.0\powershell.exe'
+  $encoded = [Convert]::ToBase64String([Text.Encoding]::Unicode.GetBytes($Command))
+  & $ps -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand $encoded 2>&1 | ForEach-Object { Write-Log "$_" }
+  $LASTEXITCODE
+}
 
 if (-not (Test-Path $Sentinel)) {
   Write-Log "no ${Sentinel}: first boot is done, nothing to do"
@@ -37,7 +98,16 @@ try {
   }
   Write-Log "first boot of role $Role"
   Read-Metadata
+  Read-BootTest
   $node = "$Role-$InstanceId"
+  $chefArgs = @('-c', $ClientRb, '-j', $RunListJson)
+  $mode = ''
+  if ($BootTest) {
+    $What = 'boot test'
+    $node = $BootTestNode
+    if ($BootTestWhyRun) { $chefArgs += '--why-run'; $mode += ' --why-run' }
+    if ($BootTestRunList) { $chefArgs += @('-o', $BootTestRunList); $mode += " -o $BootTestRunList" }
+  }
   Install-ChefClient
   Set-Step "fetching the run list s3://$RunlistBucket/$RunlistKey"
   $aws = Get-AwsArgs $Region
@@ -48,17 +118,35 @@ try {
   }
   Get-ValidatorKey
   Write-ClientRb $node
-  Set-Step "running $ChefBin as $node with the run list from s3://$RunlistBucket/$RunlistKey"
+  Set-Step "running $ChefBin$mode as $node with the run list from s3://$RunlistBucket/$RunlistKey"
   Get-LicenseKey
-  $rc = Invoke-ChefWithin @('-c', $ClientRb, '-j', $RunListJson) $ChefTimeoutSeconds
-  if ($rc -ne 0) { throw "$ChefBin exited $rc" }
-  Remove-Item -Force -Path $Sentinel
-  Write-Log "first boot of $node succeeded; removed $Sentinel"
+  $rc = Invoke-ChefWithin $chefArgs $ChefTimeoutSeconds
+  if ($rc -ne 0) { throw "$ChefBin$mode exited $rc" }
+  if ($BootTest) {
+    $detail = "$ChefBin$mode succeeded as $node"
+    if ($BootTestCommand) {
+      Set-Step 'boot test: running the health command'
+      $rc = Invoke-HealthCommand $BootTestCommand
+      if ($rc -ne 0) { throw "the health command exited $rc ($detail)" }
+      $detail += '; health command passed'
+    }
+    Set-BootTestTag 'passed' $detail
+    # The instance is terminated after the test: the sentinel stays, as on an untested copy of the image.
+    Write-Log "boot test of $node passed ($detail); $Sentinel kept"
+  } else {
+    Remove-Item -Force -Path $Sentinel
+    Write-Log "first boot of $node succeeded; removed $Sentinel"
+  }
 } catch {
   if ($rc -eq 0) { $rc = 1 }
   $reason = "$($_.Exception.Message) (step: $Step)"
   Write-Log "FAILED: $reason"
-  Send-Alert $rc $reason "$Sentinel is kept: the next boot retries."
+  if ($BootTest) {
+    # A test pages nobody: the bakery reads the result from the tag.
+    try { Set-BootTestTag 'failed' $reason } catch { Write-Log "could not tag bakery:boot-test=failed: $($_.Exception.Message)" }
+  } else {
+    Send-Alert $rc $reason "$Sentinel is kept: the next boot retries."
+  }
 } finally {
   # The validator key is only needed to register: never leave it on disk.
   Remove-Item -Force -ErrorAction SilentlyContinue -Path $ValidatorPem

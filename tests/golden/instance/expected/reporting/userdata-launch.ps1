@@ -80,12 +80,14 @@ function Read-Metadata {
   }
 }
 
-function Set-BootstrapTag([string]$Status, [string]$Detail) {
+function Set-ResultTag([string]$Key, [string]$Status, [string]$Detail) {
   $d = $Detail -replace '[^\x20-\x7E]', ' '
   $d = $d.Substring(0, [Math]::Min(255, $d.Length))
   $aws = Get-AwsArgs $Region
-  Invoke-Retry { New-EC2Tag -Resource $InstanceId -Tag @(@{ Key = 'bakery:bootstrap'; Value = $Status }, @{ Key = 'bakery:bootstrap-detail'; Value = $d }) @aws }
+  Invoke-Retry { New-EC2Tag -Resource $InstanceId -Tag @(@{ Key = $Key; Value = $Status }, @{ Key = "$Key-detail"; Value = $d }) @aws }
 }
+function Set-BootstrapTag([string]$Status, [string]$Detail) { Set-ResultTag 'bakery:bootstrap' $Status $Detail }
+function Set-BootTestTag([string]$Status, [string]$Detail) { Set-ResultTag 'bakery:boot-test' $Status $Detail }
 
 # One SNS alert: role, instance, region, exit code, reason, last log lines. A single attempt (the SDK
 # retries throttling): a blind retry could alert twice.

@@ -33,6 +33,7 @@ from typing import Any
 import boto3
 import botocore
 import botocore.exceptions
+import botocore.parsers
 from botocore.config import Config
 
 from . import __version__
@@ -241,6 +242,10 @@ class Aws:
             raise BakeryError(f"AWS {operation}: invalid request: {exc}") from None
         except botocore.exceptions.BotoCoreError as exc:
             raise AwsError(operation, type(exc).__name__, str(exc)) from None
+        except botocore.parsers.ResponseParserError as exc:
+            # Not a BotoCoreError: an answer that is not the service's XML/JSON (an HTML error page from
+            # something in between); its text carries the whole body, so only its start is kept.
+            raise AwsError(operation, "ResponseParserError", str(exc)[:300]) from None
         finally:
             if mutating:
                 self.mutations.release()

@@ -36,6 +36,11 @@ reap: look, decide, then act.
   touched. Every removal tolerates "already gone", so reap is idempotent and safe in a cron job.
   ``bake_id`` (``bakery reap --bake-id ID``): only that bake, whatever its expiry and age (the operator
   says the bake is abandoned), from any workspace.
+  Not yet listed (EC2 eventual consistency: an instance launched seconds ago is missing from filtered
+  describes and answers NotFound by id): an instance a workspace state records but the survey did not
+  list is looked up by id (found: it joins the survey); one not found, or a ``--bake-id`` bake started
+  less than ``ABSENT_GRACE`` ago of which nothing is listed (no instance, not even a terminated one), is
+  an error (exit 1, "run reap again"): reap never calls such a bake clean, and a later run gets it.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from .errors import AwsError, BakeryError, UsageError
 from .resources import deregister_with_snapshots, snapshot_ids
 from .stages.base import CleanupReport, Removal
 from .state import BakeState
+from .waits import ABSENT_GRACE
 
 if TYPE_CHECKING:
     from .chef import ChefClient
@@ -446,6 +452,12 @@ class _Survey:
     def here(self, bake_id: str, region: str) -> _BakeHere:
         return self.bakes.setdefault((bake_id, region), _BakeHere(bake_id, region))
 
+    def merge(self, other: _Survey) -> None:
+        self.bakes.update(other.bakes)
+        self.finished |= other.finished
+        self.chef_tagged += other.chef_tagged
+        self.unnamed += other.unnamed
+
 
 @dataclass
 class _Reap:
@@ -460,6 +472,7 @@ class _Reap:
     log: Log
     poll_interval: float
     bake_id: str | None = None  # --bake-id: only this bake, whatever its expiry
+    regions: Sequence[str] = ()
 
     def mine(self, bake_id: str) -> bool:
         return self.bake_id is None or bake_id == self.bake_id
@@ -499,15 +512,24 @@ def reap(
     run = _Reap(aws, report, max(0.0, float(older_than)), time.time() if now is None else now,
                 # Bakes a workspace state still has open: their resources are not leftovers.
                 {s.bake_id: s for s in workspace_states if not s.closed and s.bake_id != bake_id},
-                sleep, log, poll_interval, bake_id)
+                sleep, log, poll_interval, bake_id, list(dict.fromkeys(regions)))
     # 1. Look (Describe/List only).
     survey, aws_complete = _Survey(), True
     for region in dict.fromkeys(regions):
+        seen = _Survey()
         try:
-            _survey_region(aws, region, survey)
+            _survey_region(aws, region, seen)
         except BakeryError as exc:
+            # Nothing is decided on half a look: that region's bakes wait for the next run.
             aws_complete = False
             report.errors.append(f"{region}: {exc}")
+            continue
+        survey.merge(seen)
+    if aws_complete:
+        try:
+            _not_yet_listed(run, survey, workspace_states)
+        except BakeryError as exc:
+            report.errors.append(f"looking up instances not listed yet: {exc}")
     # 2. Decide.
     abandoned, kept_why = _decide_aws(run, survey)
     names = _chef_names(run, chef, chef_error, aws_complete)
@@ -520,6 +542,62 @@ def reap(
     for record, reason in records:
         _tear_down(run, record, reason, chef)
     return report
+
+
+def _bake_started(bake_id: str, state: BakeState | None) -> float | None:
+    """When the bake started (its launch, when the state has it; else the bake id's UTC stamp)."""
+    launch = state.stages.get("launch") if state is not None else None
+    if launch is not None and launch.started_at:
+        return launch.started_at
+    try:
+        return datetime.strptime(bake_id[:14], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+def _not_listed_yet(run: _Reap, bake_id: str, what: str, started: float | None) -> None:
+    age = f"started {_age(run.now - started)} ago" if started is not None else "of unknown age"
+    run.report.errors.append(
+        f"bake {bake_id} ({age}): {what} not listed by EC2 yet (a new instance can take seconds to minutes "
+        f"to appear): the bake is not declared clean; run reap again in a minute")
+
+
+def _not_yet_listed(run: _Reap, survey: _Survey, states: Sequence[BakeState]) -> None:
+    """Evidence of an instance the tag survey could not show yet (see the module docstring)."""
+    recorded = {s.bake_id: s for s in states if s.instance_id and not s.instance_terminated and not s.closed
+                and s.bake_id not in run.open_bakes and run.mine(s.bake_id)}
+    _recorded_by_id(run, survey, list(recorded.values()))
+    bake_id = run.bake_id
+    if bake_id is not None and bake_id not in recorded and not any(k[0] == bake_id for k in survey.bakes):
+        _young_and_unseen(run, survey, bake_id)
+
+
+def _recorded_by_id(run: _Reap, survey: _Survey, recorded: list[BakeState]) -> None:
+    """The recorded instances the survey did not list, looked up by id."""
+    listed = {i["InstanceId"] for here in survey.bakes.values() for i in here.instances}
+    for s in recorded:
+        if s.instance_id in listed:
+            continue
+        found = run.aws.describe_instances(s.region, [s.instance_id or ""])
+        started = _bake_started(s.bake_id, s)
+        if found and found[0].get("State", {}).get("Name") in LIVE_STATES:
+            survey.here(s.bake_id, s.region).instances.append(found[0])
+        elif not found and started is not None and run.now - started < ABSENT_GRACE:
+            _not_listed_yet(run, s.bake_id, f"its instance {s.instance_id} (recorded by the workspace state "
+                                            f"of role {s.role}) is", started)
+
+
+def _young_and_unseen(run: _Reap, survey: _Survey, bake_id: str) -> None:
+    """A --bake-id bake of which nothing is listed: an error while it is young, unless an instance of it is seen."""
+    started = _bake_started(bake_id, None)
+    if started is None or run.now - started >= ABSENT_GRACE:
+        return
+    # Nothing of a young bake: proven clean only if one of its instances is seen gone.
+    regions = sorted({r for _, r in survey.bakes} | set(run.regions))
+    ended = [i for r in regions for i in run.aws.describe_instances(r, filters=[
+        {"Name": "tag:bakery:bake-id", "Values": [bake_id]}])]
+    if not ended:
+        _not_listed_yet(run, bake_id, "nothing of it is", started)
 
 
 def _survey_region(aws: Aws, region: str, survey: _Survey) -> None:
@@ -556,6 +634,8 @@ def _survey_region(aws: Aws, region: str, survey: _Survey) -> None:
                  if i.get("State") != "deregistered" for s in snapshot_ids(i)}
         for snap in snapshots:
             snap_bake, user = tags_of(snap).get("bakery:bake-id", ""), users.get(snap["SnapshotId"])
+            if not snap_bake:
+                continue  # an empty tag names no bake: nothing to tear down by it
             if user is None:
                 survey.here(snap_bake, region).orphans.append(snap)
             elif tags_of(user).get("bakery:bake-id") != snap_bake:

@@ -147,20 +147,32 @@ class BenchRunner(InstanceRunner):
     roles in ``real_roles`` (whose user data runs for real, as in the e2e tests), a bake instance is
     answered the way its user data ends: after the boot delay, the ``bakery:bootstrap=succeeded`` tag is
     set on it (through the instance-side proxy). The bakery sees exactly what it sees on AWS.
+    A boot-test instance (``bakery:purpose=boot-test``) is answered the way the image's first boot in test
+    mode ends: after the boot delay its Chef client is registered (``register``: what its chef-client
+    does) and ``bakery:boot-test=passed`` is set.
     Overrides ``InstanceRunner._boot`` (a devstack internal): if that changes, this breaks loudly.
     """
 
-    def __init__(self, *args: Any, real_roles: Sequence[str] = (), all_real: bool = False, **kwargs: Any):
+    def __init__(self, *args: Any, real_roles: Sequence[str] = (), all_real: bool = False,
+                 register: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.real_roles = set(real_roles)
         self.all_real = all_real
+        self.register = register
 
     def _boot(self, instance: dict[str, Any]) -> dict[str, Any]:
         tags = {t["Key"]: t["Value"] for t in instance.get("Tags") or []}
-        if self.all_real or tags.get("bakery:purpose") != "bake" or tags.get("bakery:role") in self.real_roles:
+        purpose = tags.get("bakery:purpose")
+        if self.all_real or purpose not in ("bake", "boot-test") or tags.get("bakery:role") in self.real_roles:
             return super()._boot(instance)
         if self._stop.wait(self.boot_delay):
             return {"kind": "skipped", "exit_code": None, "detail": "runner stopped during the boot delay"}
+        if purpose == "boot-test":
+            self.register(tags["bakery:chef-node"])
+            self._ec2.create_tags(Resources=[instance["InstanceId"]], Tags=[
+                {"Key": "bakery:boot-test", "Value": "passed"},
+                {"Key": "bakery:boot-test-detail", "Value": "benchmark: answered after the fixed boot delay"}])
+            return {"kind": "boot-test", "exit_code": 0, "detail": "fixed-delay answer (first boot not run)"}
         self._ec2.create_tags(Resources=[instance["InstanceId"]], Tags=[
             {"Key": "bakery:bootstrap", "Value": "succeeded"},
             {"Key": "bakery:bootstrap-detail", "Value": "benchmark: answered after the fixed boot delay"}])
@@ -319,11 +331,20 @@ class Bench:
         self.solos = [f"solo-{r}" for r in range(1, args.repeat + 1)]
         self.fleets = [[f"r{r}-fleet{i:02d}" for i in range(1, args.roles + 1)] for r in range(1, args.repeat + 1)]
         names = [self.solo_real, *self.solos, *(n for f in self.fleets for n in f)]
-        self.catalog = stack.write_catalog(tmp / "bakery.yaml", roles={n: {"base_ami": self.base_ami} for n in names})
+        boot_test = {"enabled": args.boot_test == "on"}  # --boot-test off: the bake alone, for comparison
+        self.catalog = stack.write_catalog(tmp / "bakery.yaml", roles={
+            n: {"base_ami": self.base_ami, "boot_test": boot_test} for n in names})
         self.runner: BenchRunner | None = None
         # moto's pid, to read its CPU time: a devstack internal, so optional (0 = not shown).
         proc = getattr(stack.moto, "_proc", None)
         self.moto_pid: int | None = getattr(proc, "pid", None)
+
+    def _register(self, node: str) -> None:
+        """What a boot-test instance's chef-client does on the Chef server: its client (and node)."""
+        admin = self.stack.goiardi.client()
+        admin.create_client(node)
+        admin.request("POST", "/nodes", {"name": node, "json_class": "Chef::Node", "chef_type": "node",
+                                         "chef_environment": "_default", "run_list": [], "normal": {}})
 
     def _instances(self) -> set[str]:
         out = set()
@@ -442,7 +463,7 @@ class Bench:
         self.runner = BenchRunner(self.inst_proxy.url, self.stack.region, self.tmp / "instances",
                                   boot_delay=a.boot_delay, poll_interval=RUNNER_POLL, max_parallel=max(8, a.roles + 2),
                                   extra_env=self.guard.env(), real_roles=[self.solo_real],
-                                  all_real=a.instance_work == "real").start()
+                                  all_real=a.instance_work == "real", register=self._register).start()
         for r in range(1, a.repeat + 1):
             tag = f"[{r}/{a.repeat}] "
             ws_solo, ws_fleet = self.tmp / f"ws-solo-{r}", self.tmp / f"ws-fleet-{r}"
@@ -709,6 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance-work", choices=("fixed", "real"), default="fixed",
                    help="fixed (default): bake instances are answered after exactly --boot-delay, except one role "
                         "in (a) whose real user data runs; real: every bake's user data runs on this machine")
+    p.add_argument("--boot-test", choices=("on", "off"), default="off",
+                   help="off (default): the bake alone, what Packer's amazon-ebs does too (roles with boot_test.enabled "
+                        "false); on: every new AMI boot-tested, as the catalogue's default, to measure what that adds")
     p.add_argument("--roles", type=int, default=20, metavar="N", help="roles baked at once in (b) and (c) (default 20)")
     p.add_argument("--jobs", type=int, default=None, metavar="N", help="--jobs for (b) and (c) (default: --roles)")
     p.add_argument("--repeat", type=int, default=3, metavar="N",

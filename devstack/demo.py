@@ -70,7 +70,8 @@ def _show_images(stack: DevStack, amis: dict[str, dict[str, str]]) -> None:
             image = stack.moto.client("ec2", region).describe_images(ImageIds=[ami])["Images"][0]
             tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
             own = ", ".join(f"{k}={v}" for k, v in sorted(tags.items()) if not k.startswith("bakery:"))
-            print(f"  {role:<12} {region} {ami}  tags: {own}; bakery:release={tags.get('bakery:release')}")
+            print(f"  {role:<12} {region} {ami}  tags: {own}; bakery:release={tags.get('bakery:release')}, "
+                  f"bakery:boot-test={tags.get('bakery:boot-test')}")
 
 
 def _show_instance(stack: DevStack, region: str, instance_id: str) -> None:

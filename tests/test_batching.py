@@ -80,6 +80,9 @@ def test_reuse_look_up_wants_an_image_wait_image_finished(moto_server):
               session=boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing"))
     assert aws.amis_by_bake_key.get("us-east-1", key) is None
     ec2.create_tags(Resources=[image], Tags=[{"Key": "bakery:imds-support", "Value": "v2.0"}])
+    # ... and once it passed its boot test (boot-test tags it; an untested image is never reused).
+    assert aws.amis_by_bake_key.get("us-east-1", key, max_age=0) is None
+    ec2.create_tags(Resources=[image], Tags=[{"Key": "bakery:boot-test", "Value": "passed"}])
     found = aws.amis_by_bake_key.get("us-east-1", key, max_age=0)
     assert [i["ImageId"] for i in found] == [image]
     ec2.deregister_image(ImageId=image)

@@ -9,11 +9,12 @@ the test, ``--keep-on-failure``, a role that opts out, and the catalogue's valid
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -21,11 +22,25 @@ from typing import Any
 
 import pytest
 import yaml
+from faults.support import FaultTable, context, prepare
+from test_firstboot_linux import (  # the sandbox of the first-boot tests, shared
+    Sandbox,
+    alerts,  # noqa: F401  (fixture)
+    aws,  # noqa: F401  (fixture)
+    imds_for,
+    make_role,
+    new_instance,
+    output,
+)
+from test_firstboot_linux import instance_tags as sandbox_tags
 
-from bakery_lib.catalog import parse_catalog
+from bakery_lib.catalog import load_catalog, parse_catalog
+from bakery_lib.cleanup import cleanup
 from bakery_lib.errors import CatalogError
-from bakery_lib.stages import ORDER
-from bakery_lib.userdata import boot_test_node_name
+from bakery_lib.stages import ORDER, run_stage
+from bakery_lib.userdata import boot_test_node_name, boot_test_userdata, render_role_scripts
+from devstack import isolated_env
+from devstack.imds import ImdsDouble
 
 pytestmark = pytest.mark.e2e
 REGION = "us-east-1"
@@ -38,8 +53,6 @@ def bakery(env: dict[str, str], ws: Path, catalog: Path, *args: str, timeout: fl
 
 @pytest.fixture()
 def env(devstack) -> dict[str, str]:
-    from devstack import isolated_env
-
     out = isolated_env(devstack.env)
     out["BAKERY_POLL_INTERVAL"] = "0.2"
     return out
@@ -101,17 +114,20 @@ def test_the_stage_sits_between_chef_cleanup_and_publish():
 
 
 def test_passed_ami_is_published_and_only_then_reused(devstack, env, instance_runner, tmp_path):
-    """Linux (the real first-boot script, with a health command) and Windows (played) in one bake."""
+    """Linux (the real first-boot script, with a health command) and Windows (played) in one bake.
+
+    Role names of their own: the AMIs this test leaves on the shared moto server must not be reused
+    by the bake-key look-up of another test's ``web`` bake."""
     ws = tmp_path / "ws"
     catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={
-        "web": {"boot_test": {"command": "echo health-check-ran; test -e \"$BAKERY_ROOT/firstboot.txt\""}},
-        "reporting": {"platform": "windows"}})
+        "bt-web": {"boot_test": {"command": "echo health-check-ran; test -e \"$BAKERY_ROOT/firstboot.txt\""}},
+        "bt-win": {"platform": "windows"}})
     proc = bakery(env, ws, catalog, "bake", "--all", "--release", "1.0", "--jobs", "2")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
     ec2 = devstack.moto.client("ec2")
     chef = devstack.goiardi.client()
-    for role in ("web", "reporting"):
+    for role in ("bt-web", "bt-win"):
         state = state_of(ws, role)
         ami = state["amis"][REGION]
         assert state["boot_test"] == "passed" and tags_of(image(devstack, ami))["bakery:boot-test"] == "passed"
@@ -133,27 +149,27 @@ def test_passed_ami_is_published_and_only_then_reused(devstack, env, instance_ru
         assert "passed its boot test" in state["stages"]["boot-test"]["message"]
 
     # What the real Linux first-boot script did in test mode, from the sandbox of the test instance.
-    web = state_of(ws, "web")
+    web = state_of(ws, "bt-web")
     runs = [json.loads(line) for line in
             (instance_runner.root(web["test_instance_id"]) / "var/log/stub-chef-client.jsonl").read_text().splitlines()]
     (run,) = [r for r in runs if r["node_name"] == web["test_chef_node"]]
     assert run["ok"] and run["why_run"] and run["registered"] and "--why-run" in run["argv"]
-    assert run["run_list"] == ["recipe[roles::web_launch]"]  # from s3://.../runlists/web.json
+    assert run["run_list"] == ["recipe[roles::bt-web_launch]"]  # from s3://.../runlists/bt-web.json
     console = instance_runner.console(web["test_instance_id"])
     assert "health-check-ran" in console and "alert published" not in console
     assert (instance_runner.root(web["test_instance_id"]) / "firstboot.txt").exists()  # a test keeps the sentinel
-    assert "boot test of bake-web-boot-test-" in console
+    assert "boot test of bake-bt-web-boot-test-" in console
 
     # Same inputs, new release: the passed AMIs are reused, nothing is launched.
     before = sum(len(r["Instances"]) for r in ec2.describe_instances()["Reservations"])
-    proc = bakery(env, ws, catalog, "bake", "--role", "web", "--release", "1.1")
+    proc = bakery(env, ws, catalog, "bake", "--role", "bt-web", "--release", "1.1")
     assert proc.returncode == 0 and "reused" in proc.stdout, proc.stderr
     assert sum(len(r["Instances"]) for r in ec2.describe_instances()["Reservations"]) == before
     # An AMI that has not passed is never reused: without the tag, the next bake bakes again.
     ec2.delete_tags(Resources=[web["amis"][REGION]], Tags=[{"Key": "bakery:boot-test"}])
-    proc = bakery(env, ws, catalog, "bake", "--role", "web", "--release", "1.2")
+    proc = bakery(env, ws, catalog, "bake", "--role", "bt-web", "--release", "1.2")
     assert proc.returncode == 0, proc.stderr
-    assert "reused" not in proc.stdout and state_of(ws, "web")["amis"][REGION] != web["amis"][REGION]
+    assert "reused" not in proc.stdout and state_of(ws, "bt-web")["amis"][REGION] != web["amis"][REGION]
 
 
 def test_chef_failure_at_first_boot_publishes_nothing_then_a_rerun_passes(devstack, env, instance_runner, tmp_path):
@@ -181,6 +197,9 @@ def test_chef_failure_at_first_boot_publishes_nothing_then_a_rerun_passes(devsta
     again = state_of(ws, "shop")
     assert again["bake_id"] != state["bake_id"] and again["boot_test"] == "passed"
     assert ssm_latest(devstack, "shop") == again["amis"][REGION] != ami
+    FaultTable.add("boot-test", "the launch run list fails at first boot (Chef why-run exits 1), then a fixed rerun",
+                   "bake exits 1 with Chef's FATAL line and the console tail in JUnit; nothing published; the AMI "
+                   "deregistered with its snapshots; the rerun bakes and publishes a new AMI that passed", "nothing")
 
 
 def test_failing_health_command_fails_the_stage_by_stage_bake(devstack, env, instance_runner, tmp_path):
@@ -209,6 +228,9 @@ def test_failing_health_command_fails_the_stage_by_stage_bake(devstack, env, ins
     assert proc.returncode == 0, proc.stderr
     assert_nothing_left(devstack, state_of(ws, "api"), ami)
     assert ssm_latest(devstack, "api") is None
+    FaultTable.add("boot-test", "health command exits 3 (stage mode)",
+                   "stage exits 1 \"the health command exited 3\"; publish refused (exit 2); AMI tagged "
+                   "`bakery:boot-test=failed`; `bakery cleanup` removes instance, Chef identity, AMI", "nothing")
 
 
 def test_a_test_instance_that_never_answers_times_out(devstack, env, instance_runner, tmp_path):
@@ -221,6 +243,9 @@ def test_a_test_instance_that_never_answers_times_out(devstack, env, instance_ru
     assert "within 4 s (catalogue key boot_test.timeout)" in out and "never answered" in out
     state = state_of(ws, "mute")
     assert_nothing_left(devstack, state, state["image_id"])
+    FaultTable.add("boot-test", "the test instance never answers (`boot_test.timeout: 4s`)",
+                   "bake exits 1 naming `boot_test.timeout`, console tail; its own cleanup removes the rest",
+                   "nothing")
 
 
 def test_sigterm_during_the_boot_test_cleans_up(devstack, env, instance_runner, tmp_path):
@@ -245,11 +270,15 @@ def test_sigterm_during_the_boot_test_cleans_up(devstack, env, instance_runner, 
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and time.monotonic() - t0 < 30, err
+    elapsed = time.monotonic() - t0
+    assert proc.returncode != 0 and elapsed < 30, err
     assert "Traceback" not in err
     state = state_of(ws, "slow")
     assert state["closed"] and state["outcome"] == "cleaned"
     assert_nothing_left(devstack, state, state["image_id"])
+    FaultTable.add("interrupt", "SIGTERM during `boot-test` (bake mode, the test instance registered)",
+                   f"exit after {elapsed:.1f} s; the bake's cleanup terminated the test instance, "
+                   "deleted its Chef client and node and deregistered the untested AMI", "nothing")
 
 
 def test_keep_on_failure_keeps_the_test_instance_and_says_how_to_remove_it(devstack, env, instance_runner, tmp_path):
@@ -275,6 +304,9 @@ def test_keep_on_failure_keeps_the_test_instance_and_says_how_to_remove_it(devst
     proc = bakery(env, ws, catalog, "cleanup", "--role", "dbg")
     assert proc.returncode == 0, proc.stderr
     assert_nothing_left(devstack, state_of(ws, "dbg"), ami)
+    FaultTable.add("boot-test", "health command fails with `--keep-on-failure`",
+                   "bake exits 1; test instance, its Chef identity and the AMI kept, with the cleanup command; "
+                   "the bake stays open; `bakery cleanup` then removes all three", "nothing")
 
 
 def test_a_role_that_opts_out_is_published_untested_and_says_so(devstack, env, instance_runner, tmp_path):
@@ -335,9 +367,6 @@ def test_catalogue_defaults_merge_per_key_and_bad_input_exits_2(tmp_path, env):
 
 
 def test_boot_test_user_data_carries_settings_only_as_inert_base64(devstack, tmp_path):
-    from bakery_lib.catalog import load_catalog
-    from bakery_lib.userdata import boot_test_userdata, render_role_scripts
-
     hostile = "$(touch /tmp/x); `id`; echo '\"'\n</powershell>"
     path = devstack.write_catalog(tmp_path / "bakery.yaml", roles={
         "web": {"boot_test": {"command": hostile, "run_list": ["recipe[roles::web_smoke]"]}},
@@ -353,5 +382,115 @@ def test_boot_test_user_data_carries_settings_only_as_inert_base64(devstack, tmp
     proc = subprocess.run(["shellcheck", "-s", "bash", "-x", "userdata-boot-test.sh", "firstboot.sh", "bakery-lib.sh"],
                           cwd=out, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    if os.environ.get("BAKERY_SHOW"):
-        print((out / "userdata-boot-test.sh").read_text())
+
+
+def test_a_pass_without_a_registered_chef_client_fails(devstack, tmp_path):
+    """The stage believes the tag only with the Chef server's word: a test instance that says passed
+    but never registered its client fails the boot test (in process, the instance side played)."""
+    role = "bt-unregistered"
+    ws = tmp_path / "ws"
+    catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={role: {}})
+    prepare(devstack, ws, catalog, role, "boot-test")
+    ec2 = devstack.moto.client("ec2")
+    stop = threading.Event()
+
+    def liar() -> None:  # tags passed, registers nothing
+        while not stop.wait(0.1):
+            found = ec2.describe_instances(Filters=[{"Name": "tag:bakery:role", "Values": [role]},
+                                                    {"Name": "tag:bakery:purpose", "Values": ["boot-test"]},
+                                                    {"Name": "instance-state-name", "Values": ["running"]}])
+            for inst in (i for r in found["Reservations"] for i in r["Instances"]):
+                ec2.create_tags(Resources=[inst["InstanceId"]], Tags=[{"Key": "bakery:boot-test", "Value": "passed"}])
+
+    thread = threading.Thread(target=liar, daemon=True)
+    thread.start()
+    try:
+        result = run_stage(context(devstack, ws, catalog, role), "boot-test", announce=False)
+    finally:
+        stop.set()
+        thread.join(5)
+    state = state_of(ws, role)
+    assert result.exit_code == 1 and "is not registered" in result.message, result.message
+    assert state["boot_test"] == "failed"
+    assert tags_of(image(devstack, state["amis"][REGION]))["bakery:boot-test"] == "failed"
+    ctx = context(devstack, ws, catalog, role)
+    ctx.state = ctx.ws.load(role)
+    report = cleanup(ctx)
+    assert not report.errors, report.text()
+    assert_nothing_left(devstack, state_of(ws, role), state["image_id"])
+
+
+# --- the first-boot script in test mode, in the sandbox of tests/test_firstboot_linux.py -----------------
+# (its stub chef-client records every call: argv, client.rb, -j JSON)
+
+class _FailingUserData(ImdsDouble):
+    """IMDS answering 500 for the user data (everything else as usual)."""
+
+    def _lookup(self, path: str) -> tuple[int, str, str]:
+        if path == "/latest/user-data":
+            return 500, "text/plain", "Internal Server Error"
+        return super()._lookup(path)
+
+
+@pytest.fixture()
+def boot_box(tmp_path, aws, alerts):  # noqa: F811
+    started: list[ImdsDouble] = []
+
+    def make(user_data: str | None, *, failing: bool = False) -> tuple[Sandbox, str]:
+        instance_id = new_instance(aws)
+        imds = imds_for(instance_id)
+        if failing:
+            imds.__class__ = _FailingUserData
+        imds.user_data = user_data.encode() if user_data is not None else None
+        started.append(imds.start())
+        box = Sandbox(tmp_path / instance_id, aws["url"], imds)
+        box.install_image(make_role(alerts))
+        return box, instance_id
+
+    yield make
+    for imds in started:
+        imds.stop()
+
+
+def _test_role(alerts, **boot_test):  # noqa: F811
+    role = make_role(alerts)
+    return dataclasses.replace(role, boot_test=dataclasses.replace(role.boot_test, **boot_test))
+
+
+def test_first_boot_in_test_mode_runs_why_run_then_the_command_and_tags_instead_of_alerting(boot_box, alerts,  # noqa: F811
+                                                                                            aws):  # noqa: F811
+    role = _test_role(alerts, run_list=("recipe[web::smoke]",), command="echo probe-ran >&2; true")
+    box, instance_id = boot_box(boot_test_userdata(role, node="bake-web-boot-test-1"))
+    proc = box.run([str(box.root / "usr/local/sbin/bakery-firstboot")])
+    assert proc.returncode == 0, output(proc)
+    (call,) = box.chef_calls()
+    assert call.client_rb["node_name"] == "bake-web-boot-test-1"
+    assert "--why-run" in call.argv and call.argv[call.argv.index("-o") + 1] == "recipe[web::smoke]"
+    assert call.json is not None and "run_list" in call.json  # the S3 run list was read, as in production
+    tags = sandbox_tags(aws, instance_id)
+    assert tags["bakery:boot-test"] == "passed" and "health command passed" in tags["bakery:boot-test-detail"]
+    assert "probe-ran" in output(proc)
+    assert box.sentinel.exists() and not (box.root / "etc/chef/validation.pem").exists()
+    assert alerts.received() == []  # a test pages nobody
+
+
+def test_first_boot_in_test_mode_reports_a_chef_failure_by_tag_only(boot_box, alerts, aws):  # noqa: F811
+    role = _test_role(alerts, why_run=False)
+    box, instance_id = boot_box(boot_test_userdata(role, node="bake-web-boot-test-2"))
+    proc = box.run([str(box.root / "usr/local/sbin/bakery-firstboot")], STUB_CHEF_EXIT="4")
+    assert proc.returncode == 4, output(proc)
+    (call,) = box.chef_calls()
+    assert "--why-run" not in call.argv and "-o" not in call.argv  # why_run: false, the S3 run list
+    tags = sandbox_tags(aws, instance_id)
+    assert tags["bakery:boot-test"] == "failed" and "cinc-client exited 4" in tags["bakery:boot-test-detail"]
+    assert alerts.received() == []
+
+
+def test_an_unreadable_user_data_never_runs_the_first_boot_as_production(boot_box, alerts, aws):  # noqa: F811
+    box, instance_id = boot_box("ignored", failing=True)
+    (box.bin / "sleep").write_text("#!/bin/sh\nexit 0\n")  # the script's retry pauses: not worth waiting here
+    (box.bin / "sleep").chmod(0o755)
+    proc = box.run([str(box.root / "usr/local/sbin/bakery-firstboot")])
+    assert proc.returncode != 0 and "cannot read the user data" in output(proc)
+    assert box.chef_calls() == [] and box.sentinel.exists()
+    assert "bakery:boot-test" not in sandbox_tags(aws, instance_id)

@@ -8,7 +8,9 @@ that the bake has just written. The benchmark (``bench/bench_bake.py``) measures
 latency added; this test keeps a regression from landing unnoticed.
 
 The bootstrap is simulated as in the fault tests (the instance tags itself and registers its Chef
-node): the instance side is not what is counted here.
+node): the instance side is not what is counted here. So is each new AMI's boot test (its first boot
+registers and tags ``bakery:boot-test=passed``): Packer has no such stage, so its calls are counted on
+their own (``BOOT_TEST_CALLS_PER_ROLE``), next to the bake's.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults.support import direct_aws, fast_settings, simulate_bootstrap
+from faults.support import direct_aws, fast_settings, simulate_boot_test, simulate_bootstrap
 
 from bakery_lib.aws import tags_of
 from bakery_lib.bake import bake_many
@@ -28,6 +30,9 @@ from bakery_lib.state import Workspace
 
 PACKER_CALLS_PER_BAKE = 19  # Packer 1.6.6 amazon-ebs, communicator none, on the same moto (bench/README.md)
 ROLES = [f"budget{i}" for i in range(6)]
+# boot-test per role: PutObject (run list), DescribeImages (root device), RunInstances, CreateTags (the
+# AMI), TerminateInstances, plus its batched polls.
+BOOT_TEST_CALLS_PER_ROLE = 7
 
 
 _STAGE = threading.local()
@@ -64,7 +69,8 @@ class Recorder:
 
 
 class Bootstrapper(threading.Thread):
-    """Plays the bake instances' user data: each running bake instance of ``roles`` reports success."""
+    """Plays the bake instances' user data: each running bake instance of ``roles`` reports success,
+    and each boot-test instance passes."""
 
     def __init__(self, devstack, roles: list[str]):
         super().__init__(daemon=True)
@@ -75,11 +81,14 @@ class Bootstrapper(threading.Thread):
         while not self.stop.wait(0.1):
             found = self.ec2.describe_instances(Filters=[
                 {"Name": "tag:bakery:role", "Values": self.roles},
-                {"Name": "tag:bakery:purpose", "Values": ["bake"]},
+                {"Name": "tag:bakery:purpose", "Values": ["bake", "boot-test"]},
                 {"Name": "instance-state-name", "Values": ["running"]}])
             for inst in (i for r in found["Reservations"] for i in r["Instances"]):
                 tags = tags_of(inst)
-                if "bakery:bootstrap" not in tags:
+                if tags.get("bakery:purpose") == "boot-test":
+                    if "bakery:boot-test" not in tags:
+                        simulate_boot_test(self.devstack, inst["InstanceId"], tags["bakery:chef-node"])
+                elif "bakery:bootstrap" not in tags:
                     simulate_bootstrap(self.devstack, inst["InstanceId"], tags["bakery:chef-node"])
 
 
@@ -131,11 +140,14 @@ def test_roles_baked_together_stay_within_packers_calls(baked_twice):
     per_op = collections.Counter(op for op, _, _ in calls)
     # The goal: Packer's calls per bake, plus the polls for the instance's Chef run (their number is
     # the Chef run's time over the poll interval; here 0.2 s, against 15 s by default).
-    counted = [c for c in calls if c[2] != "bootstrap"]
+    counted = [c for c in calls if c[2] not in ("bootstrap", "boot-test")]
     per_role = len(counted) / len(ROLES)
     by_stage = collections.Counter(f"{stage}:{op}" for op, _, stage in counted)
     assert per_role <= PACKER_CALLS_PER_BAKE, f"{per_role:.1f} AWS calls per role besides bootstrap polls: {by_stage}"
     assert all(op == "ec2.DescribeInstances" for op, _, stage in calls if stage == "bootstrap")
+    # The boot test (no Packer counterpart): a few calls per role besides its batched polls.
+    boot_test = [c for c in calls if c[2] == "boot-test"]
+    assert len(boot_test) / len(ROLES) <= BOOT_TEST_CALLS_PER_ROLE + 2, collections.Counter(c[0] for c in boot_test)
     # The same for every role: asked once per run.
     assert rec.count("ec2.DescribeVpcs") == 1
     assert rec.count("ec2.DescribeImages", filter_name="name") == 1  # base AMI resolution
@@ -145,7 +157,7 @@ def test_roles_baked_together_stay_within_packers_calls(baked_twice):
     # Nothing read back that the bake has just written or is about to overwrite.
     assert per_op["iam.GetInstanceProfile"] == 0
     assert per_op["s3.GetObject"] == 0
-    assert per_op["ec2.RunInstances"] == len(ROLES)
+    assert per_op["ec2.RunInstances"] == 2 * len(ROLES)  # the bake instance and the boot test's
 
 
 def test_unchanged_roles_cost_a_few_calls_each(baked_twice):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from devstack.moto import seed_base_image
+
 
 def test_prune_cli(run_cli, devstack, tmp_path):
     catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={"lonely": {"platform": "linux"}})
@@ -168,8 +170,6 @@ def test_reap_dry_run_then_cleanup_bake_id_of_a_bake_in_no_workspace(run_cli, de
     region, bid = "me-south-1", "20260101000000-0badc0"
     catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={"web": {"platform": "linux", "region": region}})
     ec2 = devstack.moto.client("ec2", region)
-    from devstack.moto import seed_base_image
-
     base = seed_base_image(ec2, name="cli-reap-base")
     tags = {"bakery:bake-id": bid, "bakery:role": "web", "bakery:release": "1.0", "bakery:purpose": "bake",
             "bakery:chef-node": f"bake-web-{bid}", "bakery:expires-at": "2099-01-01T00:00:00Z"}

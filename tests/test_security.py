@@ -139,11 +139,12 @@ def test_instance_role_policy_is_scoped(devstack, baked):
     tag = by_sid["TagOnlyItself"]
     assert tag["Action"] == "ec2:CreateTags"
     assert tag["Condition"]["StringEquals"] == {"aws:ARN": "${ec2:SourceInstanceARN}"}
-    assert tag["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"] == ["bakery:bootstrap", "bakery:bootstrap-detail"]
+    assert tag["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"] == [
+        "bakery:bootstrap", "bakery:bootstrap-detail", "bakery:boot-test", "bakery:boot-test-detail"]
     assert iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"] == []
     FaultTable.add("security", "the instance role's inline policy",
                    "s3:GetObject on the run list and validator key, sns:Publish on the topic, ec2:CreateTags on "
-                   "itself with the two bootstrap keys; no `*`", "—")
+                   "itself with the two bootstrap and two boot-test keys; no `*`", "—")
 
 
 def unpacked(userdata: str) -> str:
@@ -236,7 +237,10 @@ def test_chef_and_aws_credentials_never_printed(devstack, tmp_path: Path):
 
 
 def test_jenkins_token_never_printed(tmp_path: Path, devstack):
-    from devstack.jenkins_double import JenkinsDouble, deploy_job_xml  # only this test needs the Jenkins double
+    from devstack.jenkins_double import (  # only this test needs the Jenkins double
+        JenkinsDouble,
+        deploy_job_xml,
+    )
 
     token = "JenkinsTokenThatMustNeverBePrinted42"
     catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles=["web"])

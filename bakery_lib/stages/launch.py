@@ -10,7 +10,8 @@ RunInstances refused while a new instance profile or security group propagates i
 Writes ``instance_id``, ``instance_type`` and ``subnet_id`` to the state the moment RunInstances
 returns (before any wait), then stands down if another bake of the role launched at the same moment
 (``refuse_concurrent_bake``).
-Calls: DescribeInstances (rerun only), RunInstances, DescribeInstances (other bakes of the role).
+Calls: DescribeInstances (rerun only), RunInstances, DescribeInstances (other bakes of the role, until
+the listing shows our own instance: a new instance is missing from filtered describes for seconds).
 Cleanup: terminate the instance (found by its ``bakery:bake-id`` tag too: a kill may have come before the
 state write), then delete the Chef node/client it registered. With ``--keep-on-failure`` both stay.
 """
@@ -18,6 +19,7 @@ state write), then delete the Chef node/client it registered. With ``--keep-on-f
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 from ..aws import tags_of
@@ -194,12 +196,16 @@ def refuse_concurrent_bake(ctx: Context) -> None:
     """Stand down if another bake of the role launched too.
 
     preflight refuses to open a bake while one is in flight, but two bakes that pass preflight at the
-    same moment (two workspaces, two agents) would both launch. Checked once our own instance
-    exists, so of two racing bakes at least the later one sees the other: it fails (its cleanup
-    removes its instance) and at most one carries on.
+    same moment (two workspaces, two agents) would both launch. Checked once our own instance is
+    listed, so of two racing bakes the later one sees the other: it fails (its cleanup removes its
+    instance) and the earlier one carries on. Launched in the same second, the order is unknown: each
+    that sees the other stands down (both, at worst), never both carry on.
     """
     state = ctx.require_state()
-    others = [i for i in bakes_in_flight(ctx) if tags_of(i).get("bakery:bake-id") != state.bake_id]
+    listing = _in_flight_listing_us(ctx)
+    ours = next((i for i in listing if i["InstanceId"] == state.instance_id), None)
+    others = [i for i in listing if tags_of(i).get("bakery:bake-id") != state.bake_id
+              and (ours is None or _launched(i) <= _launched(ours))]
     if others:
         other = others[0]
         tags = tags_of(other)
@@ -209,6 +215,35 @@ def refuse_concurrent_bake(ctx: Context) -> None:
             f"({state.bake_id}) stands down and its instance {state.instance_id} is removed by cleanup. "
             "Bake again once the other one is done"
         )
+
+
+def _launched(instance: dict[str, Any]) -> str:
+    """When an instance launched, comparable (EC2 gives whole seconds: two racing bakes may tie)."""
+    launched = instance.get("LaunchTime")
+    return launched.isoformat() if isinstance(launched, datetime) else str(launched or "")
+
+
+def _in_flight_listing_us(ctx: Context) -> list[dict[str, Any]]:
+    """The role's bakes in flight, from a listing that already shows our own instance.
+
+    A new instance is missing from filtered describes for seconds (EC2 eventual consistency): a
+    listing made before ours shows would miss another bake's instance launched just before ours too,
+    and both bakes would carry on. Once ours is listed, one launched earlier normally is as well.
+    """
+    own = ctx.require_state().instance_id
+
+    def probe() -> list[dict[str, Any]] | None:
+        found = bakes_in_flight(ctx)
+        return found if any(i["InstanceId"] == own for i in found) else None
+
+    wait: Wait[list[dict[str, Any]], list[dict[str, Any]]] = Wait(
+        what=f"instance {own} in the listing of the role's bakes", clock=ctx.clock, log=ctx.log,
+        timeout=RECORDED_GRACE, interval=ctx.poll_interval, absent_grace=RECORDED_GRACE)
+    try:
+        return wait.run(probe, lambda listing: listing)
+    except (Gone, StageTimeout):
+        # Still not listed after the grace (or gone): judge on what the listing shows now.
+        return bakes_in_flight(ctx)
 
 
 def run(ctx: Context) -> str:

@@ -17,7 +17,10 @@ What AWS does (and moto 5.2 does not), as documented, and what this layer plays:
   ``pending`` before ``running``, ``stopping`` before ``stopped``, ``shutting-down`` before
   ``terminated``; CreateImage/CopyImage answer an id whose image stays ``pending`` for minutes.
   moto settles at once; played: the state shown lags by ``pending`` / ``stopping`` / ``image_pending``
-  seconds after the call that started the transition.
+  seconds after the call that started the transition. An instance that shuts itself down (sysprep
+  ``--shutdown``, ``InstanceInitiatedShutdownBehavior=stop``) passes through ``stopping`` too: no API
+  call tells the layer, so a ``stopped`` it sees an instance reach without a StopInstances is shown
+  ``stopping`` for ``stopping`` seconds from then.
 - **IAM propagation** (IAM User Guide, "Troubleshooting IAM" — changes are "eventually consistent" and
   "may take time to become visible"; EC2 answers RunInstances with ``InvalidParameterValue`` "Invalid
   IAM Instance Profile name" while a new profile propagates, which Packer's amazon plugin retries for
@@ -81,6 +84,7 @@ class Realism:
     created: dict[str, float] = field(default_factory=dict)  # id -> when its create call answered
     transitions: dict[str, tuple[str, float, float]] = field(default_factory=dict)  # id -> (shown, since, for)
     profiles: dict[str, float] = field(default_factory=dict)  # instance profile -> last change
+    seen: dict[str, str] = field(default_factory=dict)  # instance id -> its real state at the last describe
     played: list[str] = field(default_factory=list)  # what the layer did, for assertions
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _storm_calls: int = 0
@@ -244,10 +248,26 @@ class Realism:
             state = inst.find(_q("instanceState"))
             if iid is None or state is None:
                 continue
-            shown = self._shown_state(iid, state.findtext(_q("name")) or "")
+            actual = state.findtext(_q("name")) or ""
+            self._stopped_by_itself(iid, actual)
+            shown = self._shown_state(iid, actual)
             if shown:
                 changed |= self._set_state(state, shown)
         return changed
+
+    def _stopped_by_itself(self, iid: str, actual: str) -> None:
+        """A stop no StopInstances started (the OS shut down): ``stopping`` from the moment it is seen."""
+        with self._lock:
+            before, self.seen[iid] = self.seen.get(iid), actual
+            t = self.transitions.get(iid)
+            launched = iid in self.created
+        # Seen running before, or launched through the layer and not seen since (it may stop before any describe).
+        if before is None and launched:
+            before = "running"
+        if actual == "stopped" and before in ("pending", "running") and self.stopping and (
+                t is None or t[0] != "stopping"):
+            self._transition(iid, "stopping", time.monotonic(), self.stopping)
+            self._play(f"stopping: {iid} shut itself down")
 
     def _rewrite_images(self, root: ET.Element) -> bool:
         changed = self._drop_items(root, "imagesSet", "imageId")

@@ -342,8 +342,15 @@ def assert_junit_failure(ws: Path, role: str, stage: str, code: str) -> str:
 
 
 class FaultTable:
-    """Rows of what was tried and what happened; written to ``$BAKERY_FAULT_TABLE`` when it is set."""
+    """Rows of what was tried and what happened, written where ``$BAKERY_FAULT_TABLE`` says.
 
+    ``BAKERY_FAULT_TABLE`` is one path or several joined by ``os.pathsep`` (``notes/fault-table.md:README.md``).
+    In a file that already has the table (its header line), only the table is replaced and the text around
+    it is kept; otherwise the file becomes the table. Rows are grouped by area, in the order the areas
+    first appear; within an area, in the order the cases ran.
+    """
+
+    HEADER = "| area | fault / input tried | what the bakery did | left behind after cleanup |"
     _rows: list[tuple[str, str, str, str]] = []
     _lock = threading.Lock()
 
@@ -351,19 +358,31 @@ class FaultTable:
     def add(cls, area: str, tried: str, outcome: str, left: str) -> None:
         with cls._lock:
             cls._rows.append((area, tried, outcome, left))
-        path = os.environ.get("BAKERY_FAULT_TABLE")
-        if path:
+        for path in filter(None, os.environ.get("BAKERY_FAULT_TABLE", "").split(os.pathsep)):
             cls.write(Path(path))
 
     @classmethod
-    def write(cls, path: Path) -> None:
+    def table(cls) -> list[str]:
         with cls._lock:
             rows = list(cls._rows)
-        lines = ["| area | fault / input tried | what the bakery did | left behind after cleanup |",
-                 "|---|---|---|---|"]
-        lines += [f"| {a} | {t} | {o} | {lft} |" for a, t, o, lft in rows]
+        areas = list(dict.fromkeys(r[0] for r in rows))
+        rows.sort(key=lambda r: areas.index(r[0]))  # stable: each area's cases stay in run order
+        return [cls.HEADER, "|---|---|---|---|", *(f"| {a} | {t} | {o} | {lft} |" for a, t, o, lft in rows)]
+
+    @classmethod
+    def write(cls, path: Path) -> None:
+        table = cls.table()
+        old = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        if cls.HEADER in old:
+            start = old.index(cls.HEADER)
+            end = next((i for i in range(start, len(old)) if not old[i].startswith("|")), len(old))
+            lines = old[:start] + table + old[end:]
+        else:
+            lines = table
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tmp.replace(path)
 
 
 def leftover_text(leaks: list[str]) -> str:
@@ -376,7 +395,7 @@ class SimulatedBoot:
     Every running bake instance of ``roles`` gets, once, what its user data would do on success:
     its Chef node/client registered and the tag ``bakery:bootstrap=succeeded`` (see
     :func:`simulate_bootstrap`; ``finish=False``: registered, never tagged: a bake stuck in bootstrap). The real :class:`~devstack.InstanceRunner` is used where
-    the instance's own behaviour is under test (e2e, security, the throttled bake).
+    the instance's own behaviour is under test (e2e, security, the throttled bake, the realism bakes).
 
     Roles in ``windows`` play the EC2Launch v2 sequence instead: registered, tagged
     ``bakery:bootstrap=generalizing``, and ``sysprep`` seconds later the instance stops itself (sysprep

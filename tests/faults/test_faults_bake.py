@@ -13,6 +13,8 @@
 - A capacity error that persists fails the launch: RunInstances is not retried by botocore for it (it
   persists), the one placement is tried in 3 rounds, and the message names it and the catalogue keys
   ``instance_types``/``subnet_ids`` (the fallback itself: ``test_realism``).
+- An answer that is not the service's XML (an HTML page with status 200) is an AWS error with a
+  short message, not a traceback.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 
 from bakery_lib.bake import bake_role
 from bakery_lib.catalog import load_catalog
+from bakery_lib.errors import AwsError
 from bakery_lib.state import Workspace
 
 from .calls import BAKE_CALLS
@@ -191,3 +194,19 @@ def test_capacity_error_through_every_retry_fails_the_launch(devstack, proxy: Fa
     FaultTable.add("bake", "`launch:RunInstances` → `InsufficientInstanceCapacity` 500 on every attempt",
                    "no SDK retries (it persists); 3 rounds over the placements, then the launch fails naming them "
                    "and `instance_types`/`subnet_ids`; cleanup", "nothing")
+
+
+def test_an_answer_that_is_not_the_services_xml_is_an_aws_error_not_a_traceback(devstack, proxy: FaultProxy):
+    # Something between the bakery and AWS (a proxy, a load balancer) answers 200 with an HTML page:
+    # botocore's ResponseParserError is not a BotoCoreError, and once ended a bake in a traceback.
+    proxy.add(Rewrite("DescribeVpcs", "<?xml", "<html><body><p>The server encountered an internal error.</p>"
+                      "</body></html><?xml", times=1))
+    aws = direct_aws(devstack, proxy.url, max_attempts=0)
+    with pytest.raises(AwsError) as info:
+        aws.call("ec2", devstack.region, "DescribeVpcs")
+    assert info.value.code == "ResponseParserError"
+    assert len(str(info.value)) < 600, "the whole body in the message"
+    assert aws.call("ec2", devstack.region, "DescribeVpcs")["Vpcs"]  # the next answer is read as usual
+    FaultTable.add("bake", "an answer that is not the service's XML (HTML page with status 200)",
+                   "AWS error `ResponseParserError` with the start of the body, failing the stage like any "
+                   "other (was: a traceback)", "nothing")

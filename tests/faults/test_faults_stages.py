@@ -28,8 +28,8 @@ from .proxy import THROTTLE, FaultProxy, Rule
 from .support import (
     RELEASE,
     Census,
-    SimulatedBoot,
     FaultTable,
+    SimulatedBoot,
     assert_junit_failure,
     check_state,
     cli_env,

@@ -1,19 +1,28 @@
 """Bakes through the realism layer: AWS's timing played in front of moto (see :mod:`faults.realism`).
 
+The instances are played by the devstack instance runner executing the real bake user data (stub
+``cinc-client`` registering with goiardi, the real AWS CLI; the Windows bake's EC2Launch v2 sequence
+played). The runner's own view of EC2 (which instances run, their user data, the OS shutting down) goes
+straight to moto -- on EC2 that is the hypervisor, not an API call -- while everything the instance
+itself calls (its scripts' ``aws ec2 create-tags``, the played Windows tags) goes through the realism
+proxy: on AWS an instance's CreateTags on itself right after boot can answer
+``InvalidInstanceID.NotFound`` like anyone's, and the scripts' retries must cope.
+
 - A release bake of three roles in one ``bakery bake`` (the CLI in a subprocess, talking to the proxy):
   new instances, images and groups invisible for 2 s after their create call, ``pending``/``stopping``
-  transitions, images ``pending`` for 3 s, new instance profiles refused by RunInstances for 3 s, a
-  throttling storm every few seconds, and no capacity for ``t3.medium`` in either subnet of one role
-  (it must fall back to its second instance type and say so). The instances' part is played by
-  :class:`~faults.support.SimulatedBoot` at the AWS API (what is under test is the bakery against AWS's
-  timing, not the user data): Linux roles register with Chef and tag ``succeeded``; the Windows role plays
-  EC2Launch v2's sequence (``generalizing``, then it stops itself 1.5 s later). The bake must succeed with nothing leaked, exactly one instance
-  and one image per role, and no StopInstances sent to the Windows instance mid-sysprep.
+  transitions (an OS shutdown too), images ``pending`` for 3 s, new instance profiles refused by
+  RunInstances for 3 s, a throttling storm every few seconds, and no capacity for ``t3.medium`` in either
+  subnet of one role (it must fall back to its second instance type and say so). The Windows role plays
+  EC2Launch v2's sequence (``generalizing``, then it stops itself). The bake must succeed with nothing
+  leaked, exactly one bake instance and one image per role, and no StopInstances sent to the Windows
+  instance mid-sysprep.
 - A stage-by-stage bake (each stage one CLI run, as Jenkins runs them) through the same layer.
 - A bake that fails right after its launch (the instance still invisible): its cleanup must not take
   ``InvalidInstanceID.NotFound`` from TerminateInstances for "already gone" and leave it running.
 - Capacity that never comes back: the launch fails after trying every placement, naming them.
-- A bake SIGKILLed right after its launch, reaped by bake id while its instance is still ``pending``.
+- Two bakes of one role launched within the propagation window: at most one carries on.
+- A bake SIGKILLed right after its launch, reaped by bake id while its instance is still invisible to
+  filtered describes (reap must not call the bake clean) and again once it shows (``pending``).
 - A throttling storm that outlasts botocore's retries: the process-wide gate (shared by every bake of
   the process, per service and region) backs off and tries again, a bounded number of rounds.
 """
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +40,7 @@ import pytest
 
 from bakery_lib.aws import STORM_ROUNDS
 from bakery_lib.errors import AwsError
-from bakery_lib.stages import ORDER
+from bakery_lib.stages import ORDER, run_stage
 
 from .proxy import FaultProxy, Rule
 from .realism import Realism
@@ -38,12 +48,13 @@ from .support import (
     RELEASE,
     Census,
     FaultTable,
-    SimulatedBoot,
     bakery,
     check_state,
     cli_env,
+    context,
     direct_aws,
     popen_bakery,
+    prepare,
     read_state,
     run_in_process,
     wait_for,
@@ -68,6 +79,22 @@ def bake_resources(devstack, role: str) -> tuple[list[dict[str, Any]], list[dict
     return inst, images["Images"]
 
 
+def bake_instances(devstack, role: str) -> list[dict[str, Any]]:
+    return [i for i in bake_resources(devstack, role)[0] if tags(i).get("bakery:purpose") == "bake"]
+
+
+def tags(resource: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in resource.get("Tags") or []}
+
+
+def played_by_the_instance(runner, devstack, role: str, expected: str) -> None:
+    """The bake instance ran its user data to the end and tagged itself (through the realism proxy)."""
+    (inst,) = bake_instances(devstack, role)
+    result = runner.wait(inst["InstanceId"], timeout=30)
+    assert result["exit_code"] == 0, (role, result, runner.console(inst["InstanceId"])[-2000:])
+    assert tags(inst).get("bakery:bootstrap") == expected, (role, tags(inst))
+
+
 def test_release_bake_of_several_roles_through_aws_timing(devstack, proxy: FaultProxy, tmp_path: Path):
     web, api, win = "rl-web", "rl-api", "rl-win"
     sub_a, sub_b = subnets(devstack)
@@ -81,16 +108,19 @@ def test_release_bake_of_several_roles_through_aws_timing(devstack, proxy: Fault
                       no_capacity={("t3.medium", sub_a), ("t3.medium", sub_b)})
     proxy.realism = realism
     ws = tmp_path / "ws"
-    with SimulatedBoot(devstack, [web, api, win], windows=(win,), sysprep=1.5):
+    with devstack.runner(tmp_path / "instances", instance_endpoint=proxy.url) as runner:
         proc = bakery(cli_env(devstack, proxy.url), ws, catalog, "bake", "--role", web, "--role", api,
                       "--role", win, "--release", RELEASE, "--jobs", "3", timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        for role in (web, api):
+            played_by_the_instance(runner, devstack, role, "succeeded")
+        played_by_the_instance(runner, devstack, win, "generalizing")
     for role in (web, api, win):
         state = check_state(devstack, ws, role, closed=True)
         assert state["outcome"] == "succeeded" and state["amis"], (role, state["outcome"])
-        instances, images = bake_resources(devstack, role)
-        assert len(instances) == 1, f"{role}: {len(instances)} bake instances (a duplicate launch)"
+        assert len(bake_instances(devstack, role)) == 1, f"{role}: more than one bake instance (a duplicate launch)"
+        images = bake_resources(devstack, role)[1]
         assert len(images) == 1, f"{role}: {len(images)} images (a duplicate CreateImage)"
     # The fallback: t3.medium refused in both subnets, t3a.medium used, and the user is told.
     api_state = read_state(ws, api)
@@ -99,19 +129,24 @@ def test_release_bake_of_several_roles_through_aws_timing(devstack, proxy: Fault
     artifact = json.loads((ws / "artifacts" / f"{api}.json").read_text())
     assert (artifact["instance_type"], artifact["subnet_id"]) == ("t3a.medium", sub_a)
     assert f"RunInstances refused t3.medium in {sub_a} (InsufficientInstanceCapacity)" in proc.stderr
-    # Windows: generalizing then stopped by itself; never StopInstances on it.
+    # Windows: generalizing then stopped by itself (seen `stopping` first); never StopInstances on it.
     win_state = read_state(ws, win)
     assert "sysprep" in win_state["stages"]["bootstrap"]["message"], win_state["stages"]["bootstrap"]
     stops = [c for c in proxy.calls_since() if c.operation == "StopInstances"
              and win_state["instance_id"] in c.params.values()]
     assert stops == [], "StopInstances sent to a Windows instance in the middle of sysprep"
+    # The instances' own tags (bootstrap, boot test) met the propagation window, and their retries coped.
+    own = [c for c in proxy.calls_since() if c.operation == "CreateTags" and c.injected == "InvalidInstanceID.NotFound"
+           and str(c.params.get("ResourceId.1", "")).startswith("i-")]
+    assert own, "no instance tagged itself while it was still invisible: the windows are too short to matter"
     # The layer really played AWS: each behaviour happened at least once.
-    for what in ("invisible", "capacity", "iam", "storm"):
+    for what in ("invisible", "capacity", "iam", "storm", "stopping"):
         assert realism.count(what) > 0, f"realism never played {what!r}: {realism.played[:20]}"
     assert census.leaks() == []
-    FaultTable.add("realism", "release bake of 3 roles (one Windows) with AWS timing: ids invisible 2 s after "
-                   "create, pending/stopping, image pending 3 s, new profile refused 3 s, throttling storms, "
-                   "no `t3.medium` capacity in either subnet",
+    FaultTable.add("realism", "release bake of 3 roles (one Windows) with AWS timing, the instances running their "
+                   "real user data through it: ids invisible 2 s after create (to the instances' own CreateTags "
+                   "too), pending/stopping (an OS shutdown too), image pending 3 s, new profile refused 3 s, "
+                   "throttling storms, no `t3.medium` capacity in either subnet",
                    "bake succeeds; falls back to `t3a.medium` and says so; Windows self-stop accepted", "nothing")
 
 
@@ -123,20 +158,21 @@ def test_stage_by_stage_bake_through_aws_timing(devstack, proxy: FaultProxy, tmp
     proxy.realism = realism
     env = cli_env(devstack, proxy.url)
     ws = tmp_path / "ws"
-    with SimulatedBoot(devstack, [role]):
+    with devstack.runner(tmp_path / "instances", instance_endpoint=proxy.url) as runner:
         for stage in ORDER:
             args = ["--workspace", str(ws), "--catalog", str(catalog), "stage", stage, "--role", role]
             if stage == "preflight":
                 args += ["--release", RELEASE]
             code, out, err = run_in_process(args, env, capsys, monkeypatch)
             assert code == 0, f"{stage}: {out}\n{err}"
+        played_by_the_instance(runner, devstack, role, "succeeded")
     state = check_state(devstack, ws, role, closed=True)
     assert state["outcome"] == "succeeded"
-    instances, images = bake_resources(devstack, role)
-    assert len(instances) == 1 and len(images) == 1
+    assert len(bake_instances(devstack, role)) == 1 and len(bake_resources(devstack, role)[1]) == 1
     assert realism.count("invisible") > 0
     assert census.leaks() == []
-    FaultTable.add("realism", "stage-by-stage bake (one CLI run per stage) with AWS timing",
+    FaultTable.add("realism", "stage-by-stage bake (one CLI run per stage) with AWS timing, the instance running "
+                   "its real user data through it",
                    "every stage succeeds: a resource not yet visible is waited for, not taken for gone", "nothing")
 
 
@@ -144,6 +180,7 @@ def test_cleanup_right_after_launch_does_not_leak_the_invisible_instance(devstac
     role = "rl-early-fail"
     catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={role: {"platform": "linux"}})
     census = Census.take(devstack)
+    prepare(devstack, tmp_path / "set-up", catalog, role, "launch")  # the role's group and profile: not new
     realism = Realism(invisible=3.0, iam=0)
     proxy.realism = realism
     # The first DescribeInstances after RunInstances is refused: the bake fails at once and cleans up
@@ -186,7 +223,9 @@ def test_reap_of_a_bake_killed_right_after_its_launch(devstack, proxy: FaultProx
     role = "rl-reap"
     catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={role: {"platform": "linux"}})
     census = Census.take(devstack)
-    proxy.realism = Realism(invisible=1.0, pending=6.0, iam=0)
+    prepare(devstack, tmp_path / "set-up", catalog, role, "launch")  # the role's group and profile: not new
+    realism = Realism(invisible=6.0, pending=10.0, iam=0)
+    proxy.realism = realism
     env = cli_env(devstack, proxy.url)
     ws = tmp_path / "ws"
     proc = popen_bakery(env, ws, catalog, "bake", "--role", role, "--release", RELEASE)
@@ -195,18 +234,66 @@ def test_reap_of_a_bake_killed_right_after_its_launch(devstack, proxy: FaultProx
     finally:
         proc.kill()  # SIGKILL: no cleanup of its own
         proc.communicate()
-    bake_id = read_state(ws, role)["bake_id"]
-    # From another workspace, as the message of an interrupted bake advises, once the new id has
-    # propagated but while the instance is still `pending`: a pending bake instance is live, not skipped.
-    # (Within the first second, when filtered describes do not show it yet, tag-based discovery cannot
-    # find it; the workspace's `bakery cleanup`, which knows the id from the state, can: see above.)
-    time.sleep(1.2)
+    state = read_state(ws, role)
+    bake_id, iid = state["bake_id"], state["instance_id"]
+    # At once, while filtered describes do not list the new instance (and by id it answers NotFound):
+    # from another workspace, as the message of an interrupted bake advises, and from the bake's own
+    # workspace, whose state records the instance. Neither may call the bake clean.
+    early = [popen_bakery(env, where, catalog, "reap", "--bake-id", bake_id) for where in (tmp_path / "elsewhere", ws)]
+    outs = [run.communicate(timeout=60) for run in early]
+    assert realism.invisible_now(iid), "the instance became visible before the early reaps: make the window longer"
+    for run, (stdout, stderr) in zip(early, outs, strict=True):
+        assert run.returncode == 1, f"reap declared the bake clean while its instance was not yet listed:\n{stdout}{stderr}"
+        assert "Traceback" not in stderr
+        assert "not listed by EC2 yet" in stdout and "run reap again" in stdout, stdout + stderr
+    assert iid in outs[1][0]  # the workspace's run names the recorded instance
+    # A later run, once the id has propagated but while the instance is still `pending`, gets it.
+    wait_for(lambda: not realism.invisible_now(iid), "the end of the propagation window", timeout=20)
     reaped = bakery(env, tmp_path / "elsewhere", catalog, "reap", "--bake-id", bake_id)
     assert reaped.returncode == 0, reaped.stdout + reaped.stderr
-    assert "Traceback" not in reaped.stderr
+    assert f"instance {iid}: terminated" in reaped.stdout, reaped.stdout
     assert census.leaks() == [], reaped.stdout + reaped.stderr
-    FaultTable.add("realism", "bake SIGKILLed right after RunInstances; `bakery reap --bake-id` while the instance "
-                   "is still `pending`", "the pending instance is found and terminated", "nothing")
+    FaultTable.add("realism", "bake SIGKILLed right after RunInstances; `bakery reap --bake-id` at once (instance "
+                   "not yet listed), from another workspace and from its own, then again later while it is "
+                   "still `pending`",
+                   "the early runs exit 1 saying the instance is not listed yet (never \"clean\"); the later run "
+                   "finds the pending instance and terminates it", "nothing")
+
+
+def test_two_bakes_of_one_role_launched_within_the_propagation_window(devstack, proxy: FaultProxy, tmp_path: Path):
+    role = "rl-race"
+    catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={role: {"platform": "linux"}})
+    census = Census.take(devstack)
+    # Both pass preflight (nothing in flight yet), then launch at the same moment.
+    wss = [tmp_path / "a", tmp_path / "b"]
+    for ws in wss:
+        prepare(devstack, ws, catalog, role, "launch")
+    proxy.realism = Realism(invisible=3.0, pending=1.0, iam=0)
+    aws = direct_aws(devstack, proxy.url)
+    results: list[Any] = [None, None]
+
+    def launch(n: int) -> None:
+        results[n] = run_stage(context(devstack, wss[n], catalog, role, aws=aws), "launch")
+
+    threads = [threading.Thread(target=launch, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+        time.sleep(1.0)  # the second RunInstances well inside the first instance's propagation window
+    for t in threads:
+        t.join(60)
+    messages = [r.message for r in results]
+    carried_on = [r for r in results if r.exit_code == 0]
+    assert len(carried_on) <= 1, f"both bakes of one role carried on: {messages}"
+    # The later one stood down; launched in the same second (EC2 gives whole seconds), both may.
+    assert all("launched at the same time" in r.message for r in results if r.exit_code), messages
+    for ws in wss:
+        cleaned = bakery(cli_env(devstack), ws, catalog, "cleanup", "--role", role)
+        assert cleaned.returncode == 0, cleaned.stderr
+    assert census.leaks() == []
+    FaultTable.add("realism", "two bakes of one role (two workspaces) launch 1 s apart, each instance invisible "
+                   "to filtered describes for 3 s",
+                   "each launch checks for other bakes once its own instance is listed: the later one stands down",
+                   "nothing")
 
 
 def test_a_throttling_storm_beyond_botocore_retries_is_absorbed_by_the_shared_gate(devstack, proxy: FaultProxy):

@@ -5,7 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TOOLS := .tools
 APT_PACKAGES := goiardi shellcheck packer groovy default-jre-headless
-PYTEST_ARGS ?=
+# Three workers on two cores: most of a bake test is spent waiting on polls and subprocesses.
+# One file per worker (--dist loadfile) keeps each file's shared servers and fixtures together.
+PYTEST_ARGS ?= -n 3 --dist loadfile
 
 .PHONY: all deps system-deps venv node-deps test lint demo bench clean
 

@@ -166,6 +166,8 @@ def test_unchanged_roles_cost_a_few_calls_each(baked_twice):
     assert [o.status for o in outcomes] == ["reused"] * len(ROLES), [o.message for o in outcomes]
     per_op = collections.Counter(op for op, _, _ in calls)
     assert per_op["ec2.RunInstances"] == 0
-    # Per role: the SSM parameter and the run list; shared: base AMI, in-flight check, bake-key look-up.
+    # Per role: the SSM parameter (who wrote it last, so latest never moves backwards; then the write)
+    # and the run list; shared: base AMI, in-flight check, bake-key look-up.
     assert per_op["ssm.PutParameter"] == len(ROLES) and per_op["s3.PutObject"] == len(ROLES)
-    assert len(calls) <= 2 * len(ROLES) + 2 * 3, per_op
+    assert per_op["ssm.DescribeParameters"] == len(ROLES)
+    assert len(calls) <= 3 * len(ROLES) + 2 * 3, per_op

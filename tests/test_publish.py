@@ -147,3 +147,34 @@ def test_reused_ami_gets_the_catalogues_tags_of_today(moto_server, tmp_path, bak
     image_tags = {t["Key"]: t["Value"] for t in image["Tags"]}
     assert image_tags["bakery:role"] == role and image_tags["bakery:created-by"] == "bakery"
     assert publish.retag_image(ctx, "us-east-1", image) == ""  # unchanged catalogue: no call, no note
+
+
+def test_an_older_bake_finishing_late_never_moves_latest_backwards(moto_server, tmp_path, baked):
+    """Two deploys in quick succession: the bake of the older release finishes after the newer one's.
+    The newer image stays /bakery/ROLE/latest and the launch template's default; the older bake says so."""
+    role, older_image = baked
+    ec2 = moto_server.client("ec2")
+    ssm = moto_server.client("ssm")
+    base = seed_base_image(ec2, name="publish-base-1")
+    inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    newer_image = ec2.create_image(InstanceId=inst, Name=f"bakery-{role}-2.0-x")["ImageId"]
+    lt = ec2.create_launch_template(LaunchTemplateName=f"lt-{role}", LaunchTemplateData={"ImageId": base})
+    lt_id = lt["LaunchTemplate"]["LaunchTemplateId"]
+
+    def bake(image_id, bake_id, release, where):
+        ctx = _ctx(moto_server, tmp_path / where, role, image_id, launch_template=f"lt-{role}")
+        ctx.state.bake_id, ctx.state.release = bake_id, release
+        ctx.save()
+        return publish.run(ctx)
+
+    bake(newer_image, "20261129110000-bbbbbb", "2.0", "newer")
+    message = bake(older_image, "20261129100000-aaaaaa", "1.0", "older")
+    latest = ssm.get_parameter(Name=f"/bakery/{role}/latest")["Parameter"]["Value"]
+    assert latest == newer_image, message
+    assert "kept: bake 20261129110000-bbbbbb of release 2.0 published after this bake started" in message
+    default = ec2.describe_launch_template_versions(LaunchTemplateId=lt_id, Versions=["$Default"])
+    assert default["LaunchTemplateVersions"][0]["LaunchTemplateData"]["ImageId"] == newer_image
+
+    # A later bake (a newer deploy, or a deliberate rebuild of an old release) moves it on.
+    bake(older_image, "20261129120000-cccccc", "1.0", "rebuild")
+    assert ssm.get_parameter(Name=f"/bakery/{role}/latest")["Parameter"]["Value"] == older_image

@@ -7,12 +7,16 @@
 2. Only then: share launch permission (and snapshot create-volume permission) with
    ``share_with_accounts``; write the SSM parameter ``/bakery/ROLE/latest`` (data type
    ``aws:ec2:image``) in every region; optionally make a new default version of ``launch_template``.
+   Never backwards: the parameter's description names the bake that wrote it, and a bake that started
+   before that one (an older release whose bake finished late) leaves the parameter and the launch
+   template as they are and says so. Bake ids sort by start time, and one role's Jenkins bakes start in
+   deploy order, so the newest deploy's image stays ``latest``.
 3. ``s3://BUCKET/runlists/ROLE.json`` = ``{"run_list": [...]}`` from the role's launch run list (what
    first boot runs), written without reading it first (the same bytes when nothing changed).
 4. Artifacts: ``artifacts/ROLE.json``, ``artifacts/amis.json``, ``artifacts/amis.properties``.
 Closes the bake record (outcome ``succeeded``, or ``reused``).
 Calls: EC2 CopyImage, DescribeImages, CreateTags, ModifyImageAttribute, ModifySnapshotAttribute,
-CreateLaunchTemplateVersion, ModifyLaunchTemplate; SSM PutParameter; S3 PutObject; for a reused AMI
+CreateLaunchTemplateVersion, ModifyLaunchTemplate; SSM DescribeParameters, PutParameter; S3 PutObject; for a reused AMI
 whose catalogue tags changed, CreateTags/DeleteTags on its copies (see ``retag_image``).
 Cleanup: copies that publish did not finish (pending, or available but IMDSv2 not yet required on them)
 are deregistered and their snapshots deleted.
@@ -21,6 +25,7 @@ are deregistered and their snapshots deleted.
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -196,10 +201,51 @@ def share(ctx: Context, region: str, image_id: str) -> None:
                      OperationType="add", UserIds=accounts)
 
 
+def latest_parameter(role: str) -> str:
+    return f"/bakery/{role}/latest"
+
+
+# The description PutParameter writes ends with the bake that wrote it: "(release V, bake ID)".
+_WRITER_RE = re.compile(r"\(release (?P<release>.*), bake (?P<bake>\d{14}-[0-9a-f]+)\)$")
+
+
+def newer_publisher(ctx: Context, region: str) -> str | None:
+    """Who published ``latest`` in ``region`` if that bake started after this one, else None.
+
+    The parameter's description carries the writer's bake id; a parameter written by an older
+    version of the bakery (no bake id) or by an older bake is not newer.
+    """
+    state = ctx.require_state()
+    found = ctx.aws.call("ssm", region, "DescribeParameters", ParameterFilters=[
+        {"Key": "Name", "Option": "Equals", "Values": [latest_parameter(ctx.role.name)]}]).get("Parameters", [])
+    match = _WRITER_RE.search(found[0].get("Description", "")) if found else None
+    # Compare start times only (the id's first 14 digits): two bakes started within the same second
+    # are not ordered, and then the later writer wins as it always did.
+    if match and match.group("bake")[:14] > state.bake_id[:14]:
+        return f"bake {match.group('bake')} of release {match.group('release')}"
+    return None
+
+
 def put_ssm(ctx: Context, region: str, image_id: str) -> None:
-    ctx.aws.call("ssm", region, "PutParameter", Name=f"/bakery/{ctx.role.name}/latest", Value=image_id,
-                 Type="String", DataType="aws:ec2:image", Overwrite=True,
-                 Description=f"Latest AMI Bakery image of role {ctx.role.name}")
+    state = ctx.require_state()
+    description = f"Latest AMI Bakery image of role {ctx.role.name} (release {state.release}, bake {state.bake_id})"
+    ctx.aws.call("ssm", region, "PutParameter", Name=latest_parameter(ctx.role.name), Value=image_id,
+                 Type="String", DataType="aws:ec2:image", Overwrite=True, Description=description[-1024:])
+
+
+def _publish_latest(ctx: Context, amis: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Point ``latest`` at the new AMIs where no newer bake already did; (regions written, notes)."""
+    written: list[str] = []
+    notes: list[str] = []
+    for region, image_id in sorted(amis.items()):
+        newer = newer_publisher(ctx, region)
+        if newer:
+            notes.append(f"{latest_parameter(ctx.role.name)} in {region} kept: {newer} published after this "
+                         "bake started")
+            continue
+        put_ssm(ctx, region, image_id)
+        written.append(region)
+    return written, notes
 
 
 def update_launch_template(ctx: Context, image_id: str) -> str:
@@ -218,39 +264,54 @@ def update_launch_template(ctx: Context, image_id: str) -> str:
     return f"launch template {name} default version {version} -> {image_id}"
 
 
+def _copy_everywhere(ctx: Context, primary: str) -> None:
+    """Copy the AMI to every region of the role that has none yet, in parallel; all or an error."""
+    state = ctx.require_state()
+    targets = [r for r in ctx.role.regions if r != ctx.region and r not in state.amis]
+    if not targets:
+        return
+    images = ctx.aws.describe_images(ctx.region, [primary])
+    if not images or images[0].get("State") != "available":
+        raise BakeryError(f"AMI {primary} is not available in {ctx.region}")
+    source = images[0]
+    with ThreadPoolExecutor(max_workers=min(8, len(targets)), thread_name_prefix="copy") as pool:
+        futures = {r: pool.submit(copy_to, ctx, r, source) for r in targets}
+        errors = []
+        for region, fut in futures.items():
+            try:
+                fut.result()  # the copies' ids are in the "published" list of the message
+            except BakeryError as exc:
+                errors.append(f"{region}: {exc}")
+    if errors:
+        raise BakeryError("copying the AMI failed: " + "; ".join(errors))
+
+
+def _point_at(ctx: Context, primary: str) -> list[str]:
+    """Sharing, ``latest`` and the launch template, once the AMI is available in every region."""
+    state = ctx.require_state()
+    messages = _retag_copies(ctx, state.amis) if state.reused else []
+    for region, image_id in sorted(state.amis.items()):
+        share(ctx, region, image_id)
+    if ctx.role.share_with_accounts:
+        messages.append(f"shared with {', '.join(ctx.role.share_with_accounts)}")
+    written, notes = _publish_latest(ctx, state.amis)
+    if written:
+        messages.append(f"{latest_parameter(ctx.role.name)} in {', '.join(written)}")
+    messages.extend(notes)
+    if ctx.role.launch_template and ctx.region in written:
+        messages.append(update_launch_template(ctx, primary))
+    elif ctx.role.launch_template:
+        messages.append(f"launch template {ctx.role.launch_template} kept (a newer bake published)")
+    return messages
+
+
 def run(ctx: Context) -> str:
     state = ctx.require_state()
     primary = state.amis.get(ctx.region)
     if not primary:
         raise BakeryError("no available AMI recorded for this bake; run wait-image first")
-    messages: list[str] = []
-    targets = [r for r in ctx.role.regions if r != ctx.region and r not in state.amis]
-    if targets:
-        images = ctx.aws.describe_images(ctx.region, [primary])
-        if not images or images[0].get("State") != "available":
-            raise BakeryError(f"AMI {primary} is not available in {ctx.region}")
-        source = images[0]
-        with ThreadPoolExecutor(max_workers=min(8, len(targets)), thread_name_prefix="copy") as pool:
-            futures = {r: pool.submit(copy_to, ctx, r, source) for r in targets}
-            errors = []
-            for region, fut in futures.items():
-                try:
-                    fut.result()  # the copies' ids are in the "published" list of the message
-                except BakeryError as exc:
-                    errors.append(f"{region}: {exc}")
-            if errors:
-                raise BakeryError("copying the AMI failed: " + "; ".join(errors))
-    # Everything below only once the AMI is available in every region.
-    if state.reused:
-        messages.extend(_retag_copies(ctx, state.amis))
-    for region, image_id in sorted(state.amis.items()):
-        share(ctx, region, image_id)
-        put_ssm(ctx, region, image_id)
-    if ctx.role.share_with_accounts:
-        messages.append(f"shared with {', '.join(ctx.role.share_with_accounts)}")
-    messages.append(f"/bakery/{ctx.role.name}/latest in {', '.join(sorted(state.amis))}")
-    if ctx.role.launch_template:
-        messages.append(update_launch_template(ctx, primary))
+    _copy_everywhere(ctx, primary)
+    messages = _point_at(ctx, primary)
     messages.append(publish_runlist(ctx, only_if_changed=False))
     write_artifacts(ctx.ws, state)
     state.closed = True

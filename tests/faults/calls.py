@@ -65,6 +65,7 @@ BAKE_CALLS: tuple[BakeCall, ...] = (
     BakeCall("boot-test", "DescribeInstances", why="poll for bakery:boot-test (batched)"),
     BakeCall("boot-test", "CreateTags", why="the AMI: bakery:boot-test=passed"),
     BakeCall("boot-test", "TerminateInstances", why="the passed test's instance"),
+    BakeCall("publish", "DescribeParameters", service="ssm", why="who wrote /bakery/ROLE/latest (never backwards)"),
     BakeCall("publish", "PutParameter", service="ssm", why="/bakery/ROLE/latest"),
     BakeCall("publish", "PutObject", service="s3", why="write the first-boot run list (no read first)"),
 )

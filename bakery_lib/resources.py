@@ -113,5 +113,6 @@ def delete_chef_identity(chef: ChefClient, name: str) -> str:
     """Delete the Chef client and node ``name``; absent is fine. Returns what happened, for the log."""
     client = chef.delete_client(name)
     node = chef.delete_node(name)
-    return (f"node {name} {'deleted' if node else 'already absent'}, "
-            f"client {name} {'deleted' if client else 'already absent'}")
+    # Said in the order it was done: the client first (its key stops working), then the node.
+    return (f"client {name} {'deleted' if client else 'already absent'}, "
+            f"node {name} {'deleted' if node else 'already absent'}")

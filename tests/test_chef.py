@@ -221,6 +221,6 @@ def test_cleanup_revokes_the_bake_identity_before_deleting_its_node(admin: ChefC
             return result
 
     message = delete_identity(SimpleNamespace(chef=RacingChef), name)  # type: ignore[arg-type]
-    assert message == f"node {name} deleted, client {name} deleted"
+    assert message == f"client {name} deleted, node {name} deleted"
     assert len(refused) == 2 and all("401" in r for r in refused), refused
     assert not admin.node_exists(name) and not admin.client_exists(name)

@@ -47,7 +47,7 @@ from ..userdata import boot_test_node_name, boot_test_userdata
 from ..waits import Wait
 from .base import CleanupReport, Context, Removal, Teardown
 from .bootstrap import TAG_GRACE, last_console_line, with_console
-from .launch import LIVE_STATES, instance_tags, launch_params, run_instance
+from .launch import LIVE_STATES, instance_tags, launch_params, remove_chef_identity, run_instance
 from .publish import runlist_document
 
 NAME = "boot-test"
@@ -278,18 +278,7 @@ def _remove_test_instance(ctx: Teardown, report: CleanupReport) -> None:
                                     term))
     node = state.test_chef_node
     if node and not state.test_chef_cleaned:
-        def client() -> str:
-            return f"client {node} {'deleted' if ctx.chef().delete_client(node) else 'already absent'}"
-
-        def node_() -> str:
-            message = f"node {node} {'deleted' if ctx.chef().delete_node(node) else 'already absent'}"
-            state.test_chef_cleaned = True
-            report.save(ctx)
-            return message
-        if report.attempt(ctx, Removal("chef-client", node, "", "delete", "deleted",
-                                       f"knife client delete {node} -y && knife node delete {node} -y", client)):
-            report.attempt(ctx, Removal("chef-node", node, "", "delete", "deleted", f"knife node delete {node} -y",
-                                        node_))
+        remove_chef_identity(ctx, report, node, lambda: setattr(state, "test_chef_cleaned", True))
 
 
 def _failed_image(ctx: Teardown) -> str | None:

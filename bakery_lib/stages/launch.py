@@ -19,6 +19,7 @@ state write), then delete the Chef node/client it registered. With ``--keep-on-f
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -332,19 +333,20 @@ def cleanup(ctx: Teardown, report: CleanupReport) -> None:
                                     term))
     # After the instance: a chef-client still running there could otherwise register it again.
     if state.chef_node and not state.chef_cleaned:
-        _remove_chef_identity(ctx, report, state.chef_node)
+        remove_chef_identity(ctx, report, state.chef_node, lambda: setattr(state, "chef_cleaned", True))
 
 
-def _remove_chef_identity(ctx: Teardown, report: CleanupReport, node: str) -> None:
-    """The client first (that revokes the key a chef-client still running would use), then the node."""
-    state = ctx.require_state()
+def remove_chef_identity(ctx: Teardown, report: CleanupReport, node: str, removed: Callable[[], None]) -> None:
+    """The client first (that revokes the key a chef-client still running would use), then the node.
+
+    ``removed`` records in the state that both are gone (the bake's node, or the boot test's)."""
 
     def client() -> str:
         return f"client {node} {'deleted' if ctx.chef().delete_client(node) else 'already absent'}"
 
     def node_() -> str:
         message = f"node {node} {'deleted' if ctx.chef().delete_node(node) else 'already absent'}"
-        state.chef_cleaned = True
+        removed()
         report.save(ctx)
         return message
 

@@ -32,7 +32,8 @@ reap: look, decide, then act.
   own when nothing of the bake is left in AWS; a name a live instance is tagged with
   (``bakery:chef-node``), or of a bake that stays, is kept. Chef unreachable: the AWS part still runs,
   the report says why Chef was skipped, and the exit code is 1.
-  Instances of purpose ``launch``, available AMIs and anything without the bakery's tags are never
+  Instances of purpose ``launch``, available AMIs (except one that failed its boot test, or whose bake
+  was stopped during it: nothing may use those) and anything without the bakery's tags are never
   touched. Every removal tolerates "already gone", so reap is idempotent and safe in a cron job.
   ``bake_id`` (``bakery reap --bake-id ID``): only that bake, whatever its expiry and age (the operator
   says the bake is abandoned), from any workspace.
@@ -613,10 +614,19 @@ def _survey_region(aws: Aws, region: str, survey: _Survey) -> None:
     survey.chef_tagged += [(i["InstanceId"], tags_of(i).get("bakery:chef-node", "")) for i in aws.describe_instances(
         region, filters=[{"Name": "tag-key", "Values": ["bakery:chef-node"]},
                          {"Name": "instance-state-name", "Values": LIVE_STATES}])]
+    _survey_images(aws, region, survey)
+    _survey_snapshots(aws, region, survey)
+
+
+def _survey_images(aws: Aws, region: str, survey: _Survey) -> None:
+    """The bakery's images of the region: good AMIs apart from the leftovers (unfinished or untested)."""
     for image in aws.describe_images(region, Owners=["self"], Filters=[
             {"Name": "tag:bakery:created-by", "Values": ["bakery"]}]):
         state, image_bake = image.get("State"), tags_of(image).get("bakery:bake-id", "")
-        if state == "available" and image_bake:
+        if state == "available" and image_bake and _untested(image, survey.here(image_bake, region)):
+            # Never published or reused (only a passed boot test does that): a leftover like a failed image.
+            survey.here(image_bake, region).unfinished.append(image)
+        elif state == "available" and image_bake:
             survey.here(image_bake, region).available.append(image["ImageId"])
             survey.finished.add(image_bake)
         elif state in UNFINISHED_IMAGE_STATES | BROKEN_IMAGE_STATES:
@@ -625,6 +635,10 @@ def _survey_region(aws: Aws, region: str, survey: _Survey) -> None:
             else:
                 survey.unnamed.append(ReapLine("image", image["ImageId"], region, "kept",
                                                f"{state}, without a bakery:bake-id tag: remove it by hand if abandoned"))
+
+
+def _survey_snapshots(aws: Aws, region: str, survey: _Survey) -> None:
+    """Snapshots tagged with a bake id: orphans (no image uses them) and those another image holds."""
     snapshots = aws.paginate("ec2", region, "DescribeSnapshots", "Snapshots", OwnerIds=["self"],
                              Filters=[{"Name": "tag-key", "Values": ["bakery:bake-id"]}])
     if snapshots:
@@ -641,6 +655,21 @@ def _survey_region(aws: Aws, region: str, survey: _Survey) -> None:
             elif tags_of(user).get("bakery:bake-id") != snap_bake:
                 survey.here(snap_bake, region).held.append(
                     f"its snapshot {snap['SnapshotId']} is used by image {user['ImageId']}")
+
+
+def _untested(image: dict[str, Any], here: _BakeHere) -> bool:
+    """An available AMI whose boot test failed, or whose bake was stopped during its boot test.
+
+    Instances are surveyed before images, so ``here`` already holds the bake's live instances. An AMI
+    with no ``bakery:boot-test`` tag and no boot-test instance is an AMI of a bakery from before the
+    boot test (or of a role that opted out before the tag existed): a good AMI, prune's business.
+    """
+    verdict = tags_of(image).get("bakery:boot-test")
+    if verdict in ("passed", "disabled"):
+        return False
+    if verdict == "failed":
+        return True
+    return any(tags_of(i).get("bakery:purpose") == "boot-test" for i in here.instances)
 
 
 def _instance_keep_reason(run: _Reap, inst: dict[str, Any]) -> str | None:

@@ -326,9 +326,14 @@ def test_reap_unfinished_images_and_orphan_snapshots(moto_server):
     acct.instance(bake_tags(bake_id(5, "e"), "web", now + 3600))
     copy_src = acct.ami("web", bake_id(6, "f"))  # available ...
     copying = acct.ami("web", bake_id(6, "f"), name="bakery-web-1.0-copy")  # ... and its copy still pending
+    failed_test = acct.ami("web", bake_id(9, "1"))  # available, but its boot test failed: never usable
+    passed_test = acct.ami("web", bake_id(9, "2"))  # available and passed: prune's business
+    acct.ec2.create_tags(Resources=[failed_test], Tags=[{"Key": "bakery:boot-test", "Value": "failed"}])
+    acct.ec2.create_tags(Resources=[passed_test], Tags=[{"Key": "bakery:boot-test", "Value": "passed"}])
     orphan = acct.orphan_snapshot({"bakery:bake-id": bake_id(7, "0"), "bakery:role": "web"})
     untagged = acct.orphan_snapshot({"Name": "hand-made"})
-    snaps = {i: acct.snapshots(i) for i in (abandoned, claimed, good, unmanaged, running, copy_src, copying)}
+    snaps = {i: acct.snapshots(i) for i in (abandoned, claimed, good, unmanaged, running, copy_src, copying,
+                                            failed_test, passed_test)}
     states = {abandoned: "pending", claimed: "failed", unmanaged: "pending", running: "pending", copying: "pending"}
     workspace = [open_state("web", bake_id(2, "b"))]
     regions = ["eu-north-1"]
@@ -348,7 +353,8 @@ def test_reap_unfinished_images_and_orphan_snapshots(moto_server):
     dry = reap(aws, regions, None, workspace_states=workspace, now=now, dry_run=True)
     # The display-only executor shows what the teardown loop would remove: the image, then its snapshots.
     assert {(r.resource, r.action) for r in dry.removed} == {
-        (abandoned, "would deregister"), (orphan, "would delete")} | {(s, "would delete") for s in snaps[abandoned]}
+        (abandoned, "would deregister"), (failed_test, "would deregister"), (orphan, "would delete")} | {
+        (s, "would delete") for s in snaps[abandoned] + snaps[failed_test]}
     assert mutations(aws) == {} and acct.image_exists(abandoned) and acct.snapshot_exists(orphan)
 
     report = reap(aws_with_states(), regions, None, workspace_states=workspace, now=now, dry_run=False)
@@ -361,9 +367,11 @@ def test_reap_unfinished_images_and_orphan_snapshots(moto_server):
     assert lines[claimed].action == "kept" and "open in the workspace" in lines[claimed].reason
     assert lines[running].action == "kept" and "still running" in lines[running].reason
     assert lines[copying].action == "kept" and "copy in progress" in lines[copying].reason
-    for image_id in (claimed, good, unmanaged, running, copy_src, copying):
+    assert lines[failed_test].action == "deregistered" and not acct.image_exists(failed_test)
+    assert not any(acct.snapshot_exists(s) for s in snaps[failed_test])
+    for image_id in (claimed, good, unmanaged, running, copy_src, copying, passed_test):
         assert acct.image_exists(image_id) and all(acct.snapshot_exists(s) for s in snaps[image_id])
-    assert good not in lines and unmanaged not in lines and untagged not in lines
+    assert good not in lines and passed_test not in lines and unmanaged not in lines and untagged not in lines
     assert acct.snapshot_exists(untagged)
 
     aws = aws_with_states()
@@ -491,7 +499,7 @@ def test_reap_tears_a_bake_down_through_its_stages_cleanups_boot_test_included(m
     node, test_node = f"bake-web-{bid}", f"bake-web-boot-test-{bid}"
     add_node_and_client(chef, node)
     add_node_and_client(chef, test_node)
-    image = acct.ami("web", bid)  # available: the bake got as far as its boot test
+    image = acct.ami("web", bid)  # available, untested: the bake was stopped during its boot test
     snaps = acct.snapshots(image)
     test_tags = dict(bake_tags(bid, "web", now - 2 * 3600, purpose="boot-test"), **{"bakery:chef-node": test_node})
     tester = acct.instance(test_tags, image_id=image)
@@ -501,10 +509,12 @@ def test_reap_tears_a_bake_down_through_its_stages_cleanups_boot_test_included(m
     dry = reap(aws, regions, chef, now=now, dry_run=True)
     # (Chef leftovers of the other tests on this module's Chef server are reaped too: not looked at here.)
     mine = {tester, node, test_node}
+    mine |= {image, *snaps}
     assert {(r.kind, r.resource, r.action) for r in dry.removed if r.resource in mine} == {
         ("instance", tester, "would terminate"),
         ("chef-client", test_node, "would delete"), ("chef-node", test_node, "would delete"),
-        ("chef-client", node, "would delete"), ("chef-node", node, "would delete")}, dry.text()
+        ("chef-client", node, "would delete"), ("chef-node", node, "would delete"),
+        ("image", image, "would deregister"), *{("snapshot", s, "would delete") for s in snaps}}, dry.text()
     assert mutations(aws) == {} and acct.instance_state(tester) == "running" and chef.node_exists(test_node)
 
     report = reap(aws, regions, chef, now=now, dry_run=False)
@@ -515,8 +525,8 @@ def test_reap_tears_a_bake_down_through_its_stages_cleanups_boot_test_included(m
     for name in (node, test_node):
         assert not chef.node_exists(name) and not chef.client_exists(name)
     assert f"chef-node {test_node}: deleted: its instance was terminated by this reap" in report.text()
-    # The good AMI is prune's business: it and its snapshots stay.
-    assert acct.image_exists(image) and all(acct.snapshot_exists(s) for s in snaps)
+    # Its AMI never passed the boot test, so nothing may ever use it: it goes, with its snapshots.
+    assert not acct.image_exists(image) and not any(acct.snapshot_exists(s) for s in snaps)
 
     aws = new_aws(moto_server)
     again = reap(aws, regions, chef, now=now, dry_run=False)

@@ -8,38 +8,24 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
-import boto3
+from test_lifecycle import new_aws
 
-from bakery_lib.aws import Aws
 from bakery_lib.catalog import parse_catalog
 from bakery_lib.settings import Settings
 from bakery_lib.stages import iam_role
 from bakery_lib.stages.base import RoleContext
-
-CATALOG: dict[str, Any] = {
-    "defaults": {
-        "region": "us-east-1",
-        "runlist_bucket": "acme-bakery",
-        "alert_topic_arn": "arn:aws:sns:us-east-1:123456789012:bakery-alerts",
-        "chef": {"server_url": "http://127.0.0.1:1", "validation_client_name": "acme-validator",
-                 "validation_key_s3": "s3://acme-bakery/chef/validator.pem"},
-    },
-    "roles": {},
-}
+from devstack.samples import SAMPLE_BASE_AMI, offline_catalog_data
 
 
 def converge(moto_server, tmp_path, name: str, **role: Any) -> dict[str, Any]:
     """Converge the role's IAM role as a bake does; return the inline policy as IAM stores it."""
-    data = copy.deepcopy(CATALOG)
-    data["roles"] = {name: {"platform": "linux", "base_ami": "ami-0123456789abcdef0", **role}}
+    data = offline_catalog_data({name: {"platform": "linux", "base_ami": SAMPLE_BASE_AMI, **role}})
     catalog = parse_catalog(data, str(tmp_path / "bakery.yaml"))
-    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing")
     ctx = RoleContext(catalog=catalog, role=catalog.roles[name], settings=Settings(poll_interval=0.05),
-                      aws=Aws(endpoint_url=moto_server.url, session=session), log_fn=lambda m: None)
+                      aws=new_aws(moto_server), log_fn=lambda m: None)
     iam_role.converge(ctx)
     policy = moto_server.client("iam").get_role_policy(RoleName=f"bakery-{name}",
                                                        PolicyName=iam_role.POLICY_NAME)["PolicyDocument"]

@@ -44,9 +44,8 @@ from ..aws import tag_list, tags_of
 from ..errors import BakeryError, Interrupted, StageTimeout
 from ..resources import delete_chef_identity, deregister_with_snapshots, terminate_instance
 from ..userdata import boot_test_node_name, boot_test_userdata
-from ..waits import Wait
 from .base import CleanupReport, Context, Removal, Teardown
-from .bootstrap import TAG_GRACE, last_console_line, with_console
+from .bootstrap import TAG_GRACE, wait_for_instance, with_console
 from .launch import LIVE_STATES, instance_tags, launch_params, remove_chef_identity, run_instance
 from .publish import runlist_document
 
@@ -139,16 +138,10 @@ def _wait_result(ctx: Context, instance_id: str, image_id: str) -> str:
             ctx, f"boot test of {image_id}: no result from {instance_id} within {timeout} s (catalogue key "
                  "boot_test.timeout): the image's first boot never answered", instance_id))
 
-    wait: Wait[dict[str, Any], str] = Wait(
-        what=f"{RESULT_TAG} on {instance_id}", clock=ctx.clock, log=ctx.log, timeout=timeout,
-        interval=ctx.poll_interval, status=_status, on_timeout=on_timeout,
-        detail=lambda: last_console_line(ctx, instance_id),
-        gone_message=f"boot-test instance {instance_id} no longer exists")
-    try:
-        return wait.run(lambda: ctx.aws.instances.get(ctx.region, instance_id, max_age=ctx.poll_interval * 0.9),
-                        _Watch(ctx, instance_id, image_id).check)
-    finally:
-        ctx.aws.instances.forget(ctx.region, instance_id)
+    return wait_for_instance(
+        ctx, instance_id, what=RESULT_TAG, timeout=timeout, status=_status, on_timeout=on_timeout,
+        gone_message=f"boot-test instance {instance_id} no longer exists",
+        check=_Watch(ctx, instance_id, image_id).check)
 
 
 def _check_registered(ctx: Context, node: str, instance_id: str) -> None:

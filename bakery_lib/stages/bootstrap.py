@@ -22,6 +22,7 @@ Cleanup: none of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,27 @@ class Watch:
         return None
 
 
+def wait_for_instance(ctx: Context, instance_id: str, *, what: str, timeout: float,
+                      status: Callable[[dict[str, Any]], str],
+                      on_timeout: Callable[[float, Any], BaseException], gone_message: str,
+                      check: Callable[[dict[str, Any]], str | None]) -> str:
+    """Poll one instance (batched with every other bake's polls) until ``check`` returns a result.
+
+    Shared by the waits for an instance's own report: the bake's ``bakery:bootstrap`` and the boot
+    test's ``bakery:boot-test``. Launch saw the instance in RunInstances' answer, but describes may
+    not show it yet: ``Wait`` counts it gone only once it was seen (``gone_message``).
+    """
+    wait: Wait[dict[str, Any], str] = Wait(
+        what=f"{what} on {instance_id}", clock=ctx.clock, log=ctx.log, timeout=timeout,
+        interval=ctx.poll_interval, status=status, on_timeout=on_timeout,
+        detail=lambda: last_console_line(ctx, instance_id), gone_message=gone_message)
+    try:
+        return wait.run(lambda: ctx.aws.instances.get(ctx.region, instance_id, max_age=ctx.poll_interval * 0.9),
+                        check)
+    finally:
+        ctx.aws.instances.forget(ctx.region, instance_id)
+
+
 def run(ctx: Context) -> str:
     state = ctx.require_state()
     instance_id = state.instance_id
@@ -114,15 +136,7 @@ def run(ctx: Context) -> str:
             ctx, f"no bootstrap result from {instance_id} within {timeout} s (catalogue key bootstrap_timeout)",
             instance_id))
 
-    wait: Wait[dict[str, Any], str] = Wait(
-        what=f"bakery:bootstrap on {instance_id}", clock=ctx.clock, log=ctx.log, timeout=timeout,
-        interval=ctx.poll_interval, status=instance_status, on_timeout=on_timeout,
-        detail=lambda: last_console_line(ctx, instance_id),
-        # launch saw the instance in RunInstances' answer, but describes may not show it yet.
-        gone_message=f"instance {instance_id} no longer exists")
-    try:
-        outcome = wait.run(lambda: ctx.aws.instances.get(ctx.region, instance_id, max_age=ctx.poll_interval * 0.9),
-                           watch.check)
-    finally:
-        ctx.aws.instances.forget(ctx.region, instance_id)
+    outcome = wait_for_instance(
+        ctx, instance_id, what="bakery:bootstrap", timeout=timeout, status=instance_status,
+        on_timeout=on_timeout, gone_message=f"instance {instance_id} no longer exists", check=watch.check)
     return f"Chef role_ami run on {instance_id} {outcome} (after {ctx.clock.now() - start:.0f} s)"

@@ -56,16 +56,34 @@ class Problems:
             self.add(message, key=".".join(parts) or None)
 
     def raise_if_any(self) -> None:
+        """Raise one CatalogError for all the problems, on one line (a build log's line, a script's
+        ``2>`` capture): the first problem in full, then "; " and each further one without the file."""
         if not self.items:
             return
-        lines = [str(CatalogError(self.path, m, role=r, key=k)) for r, k, m in self.items[:MAX_SHOWN]]
-        if len(self.items) > MAX_SHOWN:
-            lines.append(f"... and {len(self.items) - MAX_SHOWN} more problems in catalogue {self.path}")
-        role, key, message = self.items[0]
-        error = CatalogError(self.path, message, role=role, key=key)
-        error.args = ("\n".join(lines),)
-        error.problems = [CatalogError(self.path, m, role=r, key=k) for r, k, m in self.items]  # type: ignore[attr-defined]
+        shown = self._first_per_key()
+        errors = [CatalogError(self.path, m, role=r, key=k) for r, k, m in shown]
+        text = str(errors[0])
+        for err in errors[1:MAX_SHOWN]:
+            text += "; " + str(err)[len(f"catalogue {self.path}, "):]
+        if len(errors) > MAX_SHOWN:
+            text += f"; and {len(errors) - MAX_SHOWN} more problems"
+        error = CatalogError(self.path, shown[0][2], role=shown[0][0], key=shown[0][1])
+        error.args = (text,)
+        error.problems = errors  # type: ignore[attr-defined]
         raise error
+
+    def _first_per_key(self) -> list[tuple[str | None, str | None, str]]:
+        """One problem per role and list: nine bad items of one list are one problem to fix."""
+        seen: set[tuple[str | None, str]] = set()
+        out = []
+        for role, key, message in self.items:
+            parts = (key or "").split(".")
+            cut = next((i for i, p in enumerate(parts) if p.isdigit()), len(parts))
+            top = (role, ".".join(parts[:cut]))
+            if top not in seen:
+                seen.add(top)
+                out.append((role, key, message))
+        return out
 
 
 def _user_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -21,7 +21,7 @@ from ..errors import CatalogError
 from .merge import RoleProblem, check_defaults, given, merge_role
 from .models import BOOT_TEST_COMMAND_MAX, CatalogIn, DefaultsIn, JenkinsIn, RoleIn
 from .problems import Problems
-from .reference import json_schema, reference_markdown
+from .reference import json_schema, reference_markdown, schema_text
 from .specs import (
     ACCOUNT_RE,
     AMI_ID_RE,
@@ -62,7 +62,7 @@ __all__ = [
     "ROLE_NAME_RE", "RUN_LIST_ITEM_RE", "S3_URL_RE", "SAFE_TEXT_RE", "SG_ID_RE", "SNS_ARN_RE",
     "SSM_PARAMETER_RE", "SUBNET_RE", "URL_RE", "VPC_RE", "AmiFilter", "BootTestSettings", "Catalog",
     "ChefSettings", "IngressRule", "JenkinsSettings", "RoleSpec", "check_role_name", "json_schema",
-    "load_catalog", "parse_catalog", "prop_key", "reference_markdown",
+    "load_catalog", "parse_catalog", "prop_key", "reference_markdown", "schema_text",
 ]
 
 
@@ -78,6 +78,8 @@ def parse_catalog(data: Any, path: str = "<catalogue>") -> Catalog:
     problems = Problems(path)
     roles_raw = data.get("roles")
     bad_names = _bad_role_names(roles_raw, path, problems)
+    defaults: DefaultsIn | None
+    jenkins: JenkinsIn | None
     try:
         top = CatalogIn.model_validate(data)
         defaults, jenkins, roles_in = top.defaults or DefaultsIn(), top.jenkins, top.roles

@@ -1,3 +1,6 @@
+# The key types are made by factories (Text(PATTERN), Int(LO, HI), ...): pydantic reads them, mypy cannot
+# (a call in an annotation); a key left out is None, which no value type admits (a null is refused).
+# mypy: disable-error-code="valid-type,assignment"
 """The catalogue's keys, declared once: pydantic models of what a user writes in ``bakery.yaml``.
 
 Each key has its type (``types``), its description (for the JSON Schema and the generated reference)
@@ -150,14 +153,18 @@ BaseAmi = Annotated[
 UNION_TAGS = frozenset({"id", "filter"})
 
 
+# A port, or an ICMP type or code: its range depends on the protocol (checked by IngressIn.ports).
+Port = Annotated[Any, WithJsonSchema({"type": "integer", "minimum": -1, "maximum": 65535})]
+
+
 class IngressIn(Strict):
     """One inbound rule of the bake instance's security group (given to AWS as written)."""
 
     protocol: Annotated[Choice("tcp", "udp", "icmp", "-1"),
                         Field(description="tcp, udp, icmp, or -1 for all traffic (then no ports)")] = "tcp"
-    port: Annotated[Any, Field(description="one port (tcp/udp 0..65535; icmp: the ICMP type)")] = None
-    from_port: Annotated[Any, Field(description="first port of a range (with to_port)")] = None
-    to_port: Annotated[Any, Field(description="last port of a range (icmp: the ICMP code, -1 all)")] = None
+    port: Annotated[Port, Field(description="one port (tcp/udp 0..65535; icmp: the ICMP type)")] = None
+    from_port: Annotated[Port, Field(description="first port of a range (with to_port)")] = None
+    to_port: Annotated[Port, Field(description="last port of a range (icmp: the ICMP code, -1 all)")] = None
     cidr: Annotated[Cidr, Field(description="IPv4 network the rule admits, as AWS stores it")] = None
     source_group: Annotated[Text(SG_ID_RE, "a security group id"),
                             Field(description="security group the rule admits (instead of cidr)")] = None

@@ -32,15 +32,18 @@ SCHEMA_ID = "https://ami-bakery.invalid/schema/bakery.schema.json"
 _SPEC_OF: dict[type[BaseModel], Any] = {RoleKeys: RoleSpec, DefaultsIn: RoleSpec, RoleIn: RoleSpec,
                                         ChefIn: ChefSettings, BootTestIn: BootTestSettings,
                                         JenkinsIn: JenkinsSettings, IngressIn: IngressRule}
-# Defaults the merge computes rather than a spec field holds.
-_COMPUTED = {
+# Defaults the merge or a model computes rather than a spec field holds.
+_COMPUTED: dict[tuple[type, str], Any] = {
     (RoleKeys, "instance_type"): "t3.medium",
+    (AmiFilterIn, "owners"): ["self"],
+    (IngressIn, "protocol"): "tcp",
+}
+# Defaults that depend on other keys: said in the reference, not in the schema.
+_SAID: dict[tuple[type, str], str] = {
     (ChefIn, "installer_url"): "the distribution's",
     (ChefIn, "windows_installer_url"): "the distribution's",
-    (RunListsIn, "ami"): "[recipe[roles::ROLE_ami]]",
-    (RunListsIn, "launch"): "[recipe[roles::ROLE_launch]]",
-    (AmiFilterIn, "owners"): "[self]",
-    (IngressIn, "protocol"): "tcp",
+    (RunListsIn, "ami"): "`[recipe[roles::ROLE_ami]]`",
+    (RunListsIn, "launch"): "`[recipe[roles::ROLE_launch]]`",
 }
 _SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Top level", CatalogIn, ""),
@@ -63,10 +66,8 @@ def json_schema() -> dict[str, Any]:
         for key, prop in sub.get("properties", {}).items():
             prop.pop("default", None)
             default = _default(model, key) if model is not None else None
-            if default is not None and not isinstance(default, str | bool | int | list):
-                continue
-            if default is not None and model not in (RoleIn,) and key not in ("platform", "base_ami"):
-                prop["default"] = default
+            if default is not None:
+                prop["default"] = {} if default == [] and prop.get("type") == "object" else default
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
             "title": "AMI Bakery roles catalogue (bakery.yaml)", **schema}
 
@@ -76,7 +77,8 @@ def schema_text() -> str:
 
 
 def _model_named(name: str) -> type[BaseModel] | None:
-    for model in (CatalogIn, *_SPEC_OF, RunListsIn, AmiFilterIn):
+    models: list[type[BaseModel]] = [CatalogIn, *_SPEC_OF, RunListsIn, AmiFilterIn]
+    for model in models:
         if model.__name__ == name:
             return model
     return None
@@ -124,7 +126,7 @@ def _type_text(prop: dict[str, Any], defs: dict[str, Any]) -> str:
     if kind == "string":
         if prop.get("format") == "ipv4-network":
             return "IPv4 network (CIDR, no host bits)"
-        return f"string matching `{prop['pattern']}`" if "pattern" in prop else "string"
+        return f"string matching {_code(prop['pattern'])}" if "pattern" in prop else "string"
     return "any"
 
 
@@ -138,6 +140,8 @@ def _section_of(def_name: str) -> str:
 def _show_default(model: type[BaseModel], key: str, prop: dict[str, Any]) -> str:
     if key in model.model_fields and model.model_fields[key].is_required():
         return "required"
+    if (model, key) in _SAID:
+        return _SAID[(model, key)]
     value = _default(model, key)
     if value is None:
         return "—"
@@ -145,25 +149,33 @@ def _show_default(model: type[BaseModel], key: str, prop: dict[str, Any]) -> str
         return f"{value // 3600}h" if value % 3600 == 0 else f"{value // 60}m"
     if isinstance(value, bool):
         return "true" if value else "false"
-    return f"`{value}`" if not isinstance(value, list) else ("`[]`" if not value else f"`{value}`")
+    if value == []:
+        return "`{}`" if prop.get("type") == "object" else "`[]`"
+    if value == "":
+        return "empty"
+    return _code(str(value))
+
+
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span (a pattern may hold a backtick itself)."""
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
 def reference_markdown() -> str:
     """The catalogue reference page, every key with its type, default and description."""
-    schema = CatalogIn.model_json_schema()
-    defs = schema.get("$defs", {})
     lines = [
         "# Catalogue reference (`bakery.yaml`)",
         "",
         "<!-- Generated from the catalogue's models by bakery_lib.catalog.reference_markdown();",
-        "     regenerate with: python -m bakery_lib.catalog.reference > docs/reference/catalogue.md -->",
+        "     regenerate with: python -m bakery_lib.catalog > docs/reference/catalogue.md -->",
         "",
         "Every key a catalogue may hold. Unknown keys are refused (with a did-you-mean hint); a role's own",
         "value wins over `defaults`; `tags`, `chef` and `boot_test` merge per key. Durations are minutes",
         "(an integer) or a string like `90s`, `45m`, `2h`. `bakery schema` writes the same as JSON Schema.",
     ]
     for title, model, where in _SECTIONS:
-        props = (defs.get(model.__name__) or (schema if model is CatalogIn else {})).get("properties", {})
+        schema = model.model_json_schema()
+        props, defs = schema.get("properties", {}), schema.get("$defs", {})
         own = [k for k in model.model_fields if model is not RoleIn or k not in RoleKeys.model_fields]
         if model is RoleIn:
             own = [k for k in own if k not in ("chef", "boot_test")] + ["chef", "boot_test"]
@@ -174,10 +186,6 @@ def reference_markdown() -> str:
         for key in own:
             prop = props.get(key, {})
             desc = model.model_fields[key].description or ""
-            cells = [f"`{key}`", _type_text(prop, defs), _show_default(model, key, prop), desc]
+            cells = [_code(key), _type_text(prop, defs), _show_default(model, key, prop), desc]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    print(reference_markdown(), end="")

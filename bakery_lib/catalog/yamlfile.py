@@ -80,8 +80,20 @@ def read_yaml(path: Path, loader: type | None = None) -> Any:
 def parse_yaml(text: str, shown: str, loader: type | None = None) -> Any:
     if _too_deep(text):
         raise CatalogError(shown, "invalid YAML: nested too deeply")
+    loader = loader or StrictLoader
     try:
-        return yaml.load(text, Loader=loader or StrictLoader)  # noqa: S506 (SafeLoader subclasses)
+        return _load(text, shown, loader)
+    except CatalogError:
+        if loader is StrictPyLoader:
+            raise
+        # libyaml words its syntax errors its own way: say what PyYAML says, whichever loader read it
+        # (a file that fails is read twice; one that loads, once).
+        return _load(text, shown, StrictPyLoader)
+
+
+def _load(text: str, shown: str, loader: type) -> Any:
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 (SafeLoader subclasses)
     except RecursionError:
         raise CatalogError(shown, "invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:

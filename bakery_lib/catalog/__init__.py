@@ -122,7 +122,7 @@ def _bad_role_names(roles: Any, path: str, problems: Problems) -> set[str]:
 def _valid_parts(data: Mapping[str, Any], failed: set[tuple[Any, ...]]
                  ) -> tuple[DefaultsIn | None, JenkinsIn | None, dict[str, RoleIn]]:
     """After a failed validation: the parts that passed, so the merge still reports its own problems."""
-    defaults = None if ("defaults",) in failed or () in failed else DefaultsIn.model_validate(data.get("defaults"))
+    defaults = None if ("defaults",) in failed or () in failed else DefaultsIn.model_validate(data.get("defaults") or {})
     jenkins = None
     roles_raw = data.get("roles")
     roles: dict[str, RoleIn] = {}

@@ -73,12 +73,20 @@ _COMMAND_RE = re.compile(r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
 class Strict(BaseModel):
     """A mapping of known keys: anything else is an unknown key (with a did-you-mean hint)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, defer_build=True)
 
     @model_validator(mode="before")
     @classmethod
     def _a_mapping(cls, value: Any) -> Any:
-        return check_mapping({} if value is None else value)
+        return check_mapping(value)
+
+
+def _none_is_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+# A mapping key that may be left empty (`chef:` with nothing under it): the same as no key.
+MaybeEmpty = BeforeValidator(_none_is_empty)
 
 
 RunListItem = Text(RUN_LIST_ITEM_RE, "a run list item like recipe[cookbook::recipe] or role[name]")
@@ -143,7 +151,7 @@ class AmiFilterIn(Strict):
 
 
 def _ami_kind(value: Any) -> str:
-    return "id" if isinstance(value, str) or not isinstance(value, dict) else "filter"
+    return "id" if isinstance(value, str) else "filter"
 
 
 BaseAmi = Annotated[
@@ -316,8 +324,8 @@ class RoleKeys(Strict):
 class DefaultsIn(RoleKeys):
     """``defaults``: values for every role."""
 
-    chef: Annotated[ChefIn, Field(description="Chef settings (merged per key)")] = None
-    boot_test: Annotated[BootTestIn, Field(description="boot test settings (merged per key)")] = None
+    chef: Annotated[ChefIn, MaybeEmpty, Field(description="Chef settings (merged per key)")] = None
+    boot_test: Annotated[BootTestIn, MaybeEmpty, Field(description="boot test settings (merged per key)")] = None
 
 
 class RunListsIn(Strict):
@@ -335,7 +343,7 @@ class RoleIn(DefaultsIn):
 
     platform: Annotated[Choice("linux", "windows"), Field(description="linux or windows")]
     base_ami: Annotated[BaseAmi, Field(description="an AMI id, or {name: PATTERN, owners: [...]}")]
-    run_lists: Annotated[RunListsIn, Field(description="the role's Chef run lists")] = None
+    run_lists: Annotated[RunListsIn, MaybeEmpty, Field(description="the role's Chef run lists")] = None
 
 
 class JenkinsIn(Strict):
@@ -375,16 +383,12 @@ def _roles_mapping(value: Any) -> Any:
     return value
 
 
-def _role_or_empty(value: Any) -> Any:
-    return {} if value is None else value
-
-
 class CatalogIn(Strict):
     """A roles catalogue (``bakery.yaml``)."""
 
-    defaults: Annotated[DefaultsIn, Field(description="values for every role")] = None
-    jenkins: Annotated[JenkinsIn, Field(description="the generated Jenkins jobs")] = None
+    defaults: Annotated[DefaultsIn, MaybeEmpty, Field(description="values for every role")] = None
+    jenkins: Annotated[JenkinsIn, MaybeEmpty, Field(description="the generated Jenkins jobs")] = None
     roles: Annotated[
-        dict[str, Annotated[RoleIn, BeforeValidator(_role_or_empty)]], BeforeValidator(_roles_mapping),
+        dict[str, Annotated[RoleIn, MaybeEmpty]], BeforeValidator(_roles_mapping),
         Field(description="role name (lower case, digits, - and _) to its settings")]
 

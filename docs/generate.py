@@ -9,6 +9,10 @@ written elsewhere) is reported as skipped instead of breaking the others; once t
 the page is rendered and checked like the rest. ``tests/unit/test_docs_reference.py`` runs the check
 in ``make test``, so a parser change without the regenerated page fails the suite.
 
+``--check`` also checks every relative link of ``README.md`` and ``docs/**/*.md``: the file must exist
+and, with ``#anchor``, so must the heading (GitHub's anchors); a link to a generated page whose
+renderer does not exist yet is accepted until it does (``tests/unit/test_docs_links.py`` runs it).
+
 The CLI reference is rendered from the argparse parsers themselves (``bakery_lib.cli.build_parser``,
 ``build_create_instance_parser``, ``bakery_lib.cli.generate_jobs.build_parser``), from their actions
 rather than from ``format_help()``: argparse's help text wraps to the terminal's width and changes
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +52,8 @@ class Program:
 
 
 PROGRAMS = (
-    Program("bakery", "bakery_lib.cli:build_parser", "bakes, one stage at a time or whole, and keeps the estate clean"),
+    Program("bakery", "bakery_lib.cli:build_parser",
+            "bakes, one stage at a time or whole, and keeps the estate clean"),
     Program("create-instance", "bakery_lib.cli:build_create_instance_parser",
             "launches an instance of a role (or bakes its AMI)"),
     Program("generate-jobs", "bakery_lib.cli.generate_jobs:build_parser",
@@ -195,18 +202,18 @@ def program_section(program: Program) -> list[str]:
     top_flags = {flag for a in parser._actions for flag in a.option_strings}
     for name, text, sub in subcommands:
         prog = f"{program.name} {name}"
-        lines += [f"### {prog}", "", _cell(sub.description or text), "", "```", usage(prog, sub, top_flags), "```",
-                  "", *options_table(sub, top_flags), ""]
+        lines += [f"### {prog}", "", _cell(sub.description or text), "",
+                  "```", usage(prog, sub, top_flags), "```", "", *options_table(sub, top_flags), ""]
     return lines
 
 
 def cli_reference() -> str:
     sources = ", ".join(f"`{p.builder.replace(':', '.')}()`" for p in PROGRAMS)
     lines = [GENERATED_NOTE.format(source=sources), "", "# CLI reference", "",
-             "Every console script, command and argument, rendered from the parsers the programs use. What the "
-             "commands do, with examples, is in [Commands](../commands.md); exit codes: **0** success, **1** the "
-             "stage, bake or sync failed (a reason, no traceback), **2** bad usage or a bad catalogue "
-             "(nothing done).", ""]
+             "Every console script, command and argument, rendered from the parsers the programs use. "
+             "What the commands do, with examples, is in [Commands](../commands.md); exit codes: **0** "
+             "success, **1** the stage, bake or sync failed (a reason, no traceback), **2** bad usage or a "
+             "bad catalogue (nothing done).", ""]
     lines += [f"- [`{p.name}`](#{slug(p.name)}): {p.summary}" for p in PROGRAMS]
     lines.append("")
     for program in PROGRAMS:
@@ -280,9 +287,116 @@ def write_pages() -> list[str]:
     return written
 
 
+# --- links ---------------------------------------------------------------------------------------------
+
+FENCE = re.compile(r"^\s*(```|~~~)")
+CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
+HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+INLINE_LINK = re.compile(r"!?\[((?:[^\]\\]|\\.)*)\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
+DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$")
+HTML_ANCHOR = re.compile(r"<a\s+(?:id|name)=\"([^\"]+)\"")
+SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^//")
+
+
+@dataclass(frozen=True)
+class Link:
+    source: Path
+    line: int
+    target: str
+
+
+def prose_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) outside fenced code blocks, code spans blanked out."""
+    fenced = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        if FENCE.match(line):
+            fenced = not fenced
+            continue
+        if not fenced:
+            yield number, CODE_SPAN.sub("code", line)
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page: one per heading (a repeated one gets -1, -2, ...), and <a id>."""
+    found: set[str] = set()
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in text.splitlines():
+        if FENCE.match(line):
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
+        found.update(HTML_ANCHOR.findall(line))
+        heading = HEADING.match(line)
+        if heading is None:
+            continue
+        # The anchor is made from the heading's text as shown: link targets and markup dropped.
+        shown = re.sub(r"<[^>]+>", "", INLINE_LINK.sub(lambda m: m.group(1), heading.group(2)))
+        base = slug(shown)
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        found.add(base if count == 0 else f"{base}-{count}")
+    return found
+
+
+def links(path: Path) -> list[Link]:
+    found = []
+    for number, line in prose_lines(path.read_text(encoding="utf-8")):
+        targets = [m.group(2) for m in INLINE_LINK.finditer(line)]
+        definition = DEFINITION.match(line)
+        if definition is not None:
+            targets.append(definition.group(1))
+        found += [Link(path, number, target) for target in targets]
+    return found
+
+
+def documentation_files() -> list[Path]:
+    return [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def pending_pages() -> set[Path]:
+    """Generated pages whose render function does not exist yet: links to them are accepted meanwhile."""
+    return {DOCS / page for page in PAGES.keys() - available_pages().keys()}
+
+
+def broken_link(link: Link, pending: set[Path]) -> str | None:
+    """Why a relative link leads nowhere, or None when it is fine (or not relative)."""
+    if not link.target or SCHEME.match(link.target):
+        return None if link.target else "empty link"
+    path_part, _, anchor = link.target.partition("#")
+    target = (link.source.parent / urllib.parse.unquote(path_part)).resolve() if path_part else link.source
+    if target in pending:
+        return None
+    if REPO not in target.parents and target != REPO:
+        return f"{link.target}: outside the repository"
+    if not target.exists():
+        return f"{link.target}: no such file"
+    if anchor and target.suffix != ".md":
+        return f"{link.target}: an anchor into a file that is not Markdown"
+    if anchor and urllib.parse.unquote(anchor) not in anchors(target.read_text(encoding="utf-8")):
+        return f"{link.target}: no heading with the anchor #{anchor} in {target.relative_to(REPO)}"
+    return None
+
+
+def broken_links(files: list[Path] | None = None) -> list[str]:
+    """One line per broken relative link of the documentation: FILE:LINE: TARGET: why."""
+    pending = pending_pages()
+    problems = []
+    for path in files if files is not None else documentation_files():
+        for link in links(path):
+            why = broken_link(link, pending)
+            if why is not None:
+                shown = path.relative_to(REPO) if REPO in path.parents else path
+                problems.append(f"{shown}:{link.line}: {why}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="docs/generate.py", description="Render the generated documentation pages.")
-    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a page is not current")
+    parser = argparse.ArgumentParser(prog="docs/generate.py",
+                                     description="Render the generated documentation pages.")
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 if a generated page is not current or a link is broken")
     args = parser.parse_args(argv)
     for page in PAGES.keys() - available_pages().keys():
         print(f"skipped docs/{page}: {PAGES[page]} does not exist yet")
@@ -290,7 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         stale = stale_pages()
         for page in stale:
             print(f"docs/{page} is not what the code renders: run .venv/bin/python docs/generate.py")
-        return 1 if stale else 0
+        broken = broken_links()
+        for problem in broken:
+            print(f"broken link: {problem}")
+        return 1 if stale or broken else 0
     for page in write_pages():
         print(f"wrote docs/{page}")
     return 0

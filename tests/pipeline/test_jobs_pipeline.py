@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults.proxy import Hold
-from pipeline.driver import (
+from support.pipeline import (
     JENKINSFILE,
     RELEASE_JENKINSFILE,
     RELEASE_JOB_PARAMETERS,
@@ -28,6 +27,7 @@ from pipeline.driver import (
     PipelineHarness,
     agent_tools,
 )
+from support.proxy import Hold
 
 from bakery_lib.stages import ORDER
 

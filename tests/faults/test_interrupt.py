@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from faults.proxy import FaultProxy, Hold, Rewrite
-from faults.support import (
+from support.bakes import (
     RELEASE,
     Census,
     FaultTable,
@@ -39,6 +38,7 @@ from faults.support import (
     stage_status,
     wait_for,
 )
+from support.proxy import FaultProxy, Hold, Rewrite
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

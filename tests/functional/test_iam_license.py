@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from test_lifecycle import new_aws
+from support.stages import new_aws
 
 from bakery_lib.catalog import parse_catalog
 from bakery_lib.settings import Settings

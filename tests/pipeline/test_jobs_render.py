@@ -24,15 +24,11 @@ from bakery_lib.catalog import parse_catalog
 from bakery_lib.cli.generate_jobs import main
 from bakery_lib.jobs.normalize import normalized, parse_marker, same_config
 from bakery_lib.jobs.render import render_items
+from devstack.jenkins_double import jenkins_serialize
 from devstack.samples import offline_catalog_data
 
-try:
-    from devstack.jenkins_double import jenkins_serialize
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from jenkins_double import jenkins_serialize
-
-REPO = Path(__file__).resolve().parent.parent
-GOLDEN = REPO / "tests" / "golden" / "jenkins"
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).resolve().parent / "golden" / "jenkins"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "bakery.yaml").exists())
 
 

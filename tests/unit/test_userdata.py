@@ -39,7 +39,7 @@ from bakery_lib.userdata import (
     render_role_scripts,
 )
 
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "support" / "scripts"
 BAKE_ID = "20260101000000-abc123"
 
 CATALOGUE: dict[str, Any] = {

@@ -20,7 +20,7 @@ import yaml
 from bakery_lib.catalog import AmiFilter, load_catalog
 from devstack.stack import BASE_IMAGE_FILTER, WINDOWS_IMAGE_FILTER
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "bakery.yaml"
 
 

@@ -16,7 +16,7 @@ exposed. A :class:`Rewrite` edits response bodies instead: e.g. DescribeImages a
 :class:`Hold` keeps a call (before or after moto carried it out) until the test releases it: the
 moment to SIGKILL the bakery or to take the Chef server away. ``proxy.realism = Realism(...)`` plays
 AWS's timing (eventual consistency, state transitions, IAM propagation, throttling storms, capacity):
-see :mod:`faults.realism`.
+see :mod:`support.realism`.
 
 Error codes botocore treats as throttling (``RequestLimitExceeded``, ``Throttling``,
 ``ThrottlingException``, ``SlowDown``) and 5xx statuses are retried by the client; 4xx codes such as

@@ -17,9 +17,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import botocore.exceptions
 import pytest
+from support.stages import new_aws
 
 from bakery_lib.aws import Aws
 from bakery_lib.catalog import RoleSpec, parse_catalog
@@ -51,11 +51,6 @@ def role_spec(tmp_path, name: str, **overrides: Any) -> RoleSpec:
     data = copy.deepcopy(CATALOG)
     data["roles"] = {name: {"platform": "linux", "base_ami": "ami-0123456789abcdef0", **overrides}}
     return parse_catalog(data, str(tmp_path / "bakery.yaml")).roles[name]
-
-
-def new_aws(moto: MotoServer) -> Aws:
-    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing")
-    return Aws(endpoint_url=moto.url, session=session)
 
 
 def mutations(aws: Aws) -> dict[str, int]:

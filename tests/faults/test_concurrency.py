@@ -21,8 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults.proxy import FaultProxy, Hold
-from faults.support import (
+from support.bakes import (
     Census,
     FaultTable,
     SimulatedBoot,
@@ -35,6 +34,7 @@ from faults.support import (
     stage_status,
     wait_for,
 )
+from support.proxy import FaultProxy, Hold
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

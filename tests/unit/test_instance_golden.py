@@ -5,7 +5,7 @@ They make every change to what runs on the instances visible in review (the bake
 scripts of both platforms, the unpacked bake scripts, the units and the scheduled task). After an
 intended template change, regenerate them and review the diff::
 
-    BAKERY_UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_instance_golden.py
+    BAKERY_UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/unit/test_instance_golden.py
 """
 
 from __future__ import annotations

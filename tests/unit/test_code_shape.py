@@ -17,7 +17,7 @@ from radon.complexity import cc_rank, cc_visit
 
 from bakery_lib import stages
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "bakery_lib"
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
 

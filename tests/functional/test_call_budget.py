@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults.support import direct_aws, fast_settings, simulate_boot_test, simulate_bootstrap
+from support.bakes import direct_aws, fast_settings, simulate_boot_test, simulate_bootstrap
 
 from bakery_lib.aws import tags_of
 from bakery_lib.bake import bake_many

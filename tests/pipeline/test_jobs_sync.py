@@ -23,14 +23,10 @@ from bakery_lib.catalog import load_catalog
 from bakery_lib.cli.generate_jobs import main
 from bakery_lib.jobs.normalize import normalized, parse_marker, same_config
 from bakery_lib.jobs.render import render_items
+from devstack.jenkins_double import JenkinsDouble
 from devstack.samples import offline_catalog_data
 
-try:
-    from devstack.jenkins_double import JenkinsDouble
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from jenkins_double import JenkinsDouble
-
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOKEN = "s3cr3t-api-token-1234567890"
 
 

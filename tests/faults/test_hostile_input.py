@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 import yaml
-from faults.proxy import FaultProxy
-from faults.support import Census, FaultTable, bakery, cli_env, run_in_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.bakes import Census, FaultTable, bakery, cli_env, run_in_process
+from support.proxy import FaultProxy
 
 from bakery_lib.catalog import (
     BUCKET_RE,

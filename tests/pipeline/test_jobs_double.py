@@ -13,10 +13,7 @@ import jenkins as python_jenkins
 import pytest
 import requests
 
-try:
-    from devstack.jenkins_double import JenkinsDouble, jenkins_serialize, parse_tree
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from jenkins_double import JenkinsDouble, jenkins_serialize, parse_tree
+from devstack.jenkins_double import JenkinsDouble, jenkins_serialize, parse_tree
 
 PIPELINE = (
     "<flow-definition><description>d</description>"

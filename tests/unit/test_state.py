@@ -59,8 +59,13 @@ def test_lock_refuses_second_holder(tmp_path):
 
 
 def test_kill_during_writes_never_corrupts(tmp_path):
-    """SIGKILL a process that rewrites the state in a tight loop: the file always parses."""
+    """SIGKILL a process that rewrites the state in a tight loop: the file always parses.
+
+    The child says when it has saved (every 25th save); each kill follows a different number of such
+    lines, so it lands at a different point of a write, whatever the machine's speed.
+    """
     script = textwrap.dedent(f"""
+        import sys
         from bakery_lib.state import BakeState, Workspace
         ws = Workspace({str(tmp_path)!r})
         st = BakeState(role="web", bake_id="b", release="1", region="us-east-1", platform="linux")
@@ -68,14 +73,18 @@ def test_kill_during_writes_never_corrupts(tmp_path):
         while True:
             st.snapshot_ids = ["snap-%d" % j for j in range(i % 500)]
             ws.save(st)
+            if i % 25 == 0:
+                print("saved", i, flush=True)
             i += 1
     """)
-    for _ in range(5):
-        proc = subprocess.Popen([sys.executable, "-c", script])
-        import time
-        time.sleep(0.4)
+    for kill in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        for _ in range(1 + kill * 3):
+            assert proc.stdout.readline().startswith("saved")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
         data = json.loads((tmp_path / ".bakery" / "web.json").read_text())
         assert data["role"] == "web"
     leftovers = [p for p in (tmp_path / ".bakery").iterdir() if p.suffix == ".tmp"]
@@ -130,8 +139,12 @@ def test_lock_wait_says_so_and_takes_the_lock_once_released(tmp_path):
         with ws.lock("web", wait=0.3, on_wait=notices.append):
             pass
     assert notices and "waiting for another bakery process working on role 'web'" in notices[0]
-    threading.Timer(0.3, release.set).start()
-    with ws.lock("web", wait=10, on_wait=notices.append):
+    # The holder lets go once the second wait has begun (its notice is the event), never on a timer.
+    def notice_then_release(message: str) -> None:
+        notices.append(message)
+        release.set()
+
+    with ws.lock("web", wait=60, on_wait=notice_then_release):
         entered = True
     assert entered
     t.join(5)

@@ -16,7 +16,7 @@ import pytest
 
 from bakery_lib.stages import ORDER
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LINTER = REPO / ".tools" / "node_modules" / ".bin" / "npm-groovy-lint"
 JENKINSFILES = [REPO / "jenkins" / "Jenkinsfile", REPO / "jenkins" / "release.Jenkinsfile"]
 STAGES = list(ORDER)  # the bakery's stages, in order: one Jenkinsfile stage each

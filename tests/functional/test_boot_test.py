@@ -22,17 +22,15 @@ from typing import Any
 
 import pytest
 import yaml
-from faults.support import FaultTable, context, prepare
-from test_firstboot_linux import (  # the sandbox of the first-boot tests, shared
+from support.bakes import FaultTable, context, prepare
+from support.sandbox import (  # the sandbox of the first-boot tests, shared
     Sandbox,
-    alerts,  # noqa: F401  (fixture)
-    aws,  # noqa: F401  (fixture)
     imds_for,
     make_role,
     new_instance,
     output,
 )
-from test_firstboot_linux import instance_tags as sandbox_tags
+from support.sandbox import instance_tags as sandbox_tags
 
 from bakery_lib.catalog import load_catalog, parse_catalog
 from bakery_lib.cleanup import cleanup

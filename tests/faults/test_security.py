@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults.proxy import FaultProxy
-from faults.support import RELEASE, FaultTable, bakery, cli_env, prepare, read_state
+from support.bakes import RELEASE, FaultTable, bakery, cli_env, prepare, read_state
+from support.proxy import FaultProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -14,7 +14,7 @@ from bakery_lib.catalog import AmiFilter, load_catalog, parse_catalog
 from bakery_lib.errors import CatalogError
 from devstack.samples import offline_catalog_data
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bakery.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bakery.yaml"
 
 BASE = offline_catalog_data({
     "web": {"platform": "linux", "base_ami": "ami-0123456789abcdef0"},

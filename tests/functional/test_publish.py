@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_stages_aws import make_ctx, open_bake, unique_role
+from support.stages import make_ctx, open_bake, unique_role
 
 from bakery_lib.cleanup import cleanup
 from bakery_lib.errors import BakeryError

@@ -11,7 +11,9 @@ in ``make test``, so a parser change without the regenerated page fails the suit
 
 ``--check`` also checks every relative link of ``README.md`` and ``docs/**/*.md``: the file must exist
 and, with ``#anchor``, so must the heading (GitHub's anchors); a link to a generated page whose
-renderer does not exist yet is accepted until it does (``tests/unit/test_docs_links.py`` runs it).
+renderer does not exist yet is accepted until it does. So must every repository path the pages name
+in code (`` `tests/support/proxy.py` ``): a file that moves without its docs fails the check
+(``tests/unit/test_docs_links.py`` runs both).
 
 The CLI reference is rendered from the argparse parsers themselves (``bakery_lib.cli.build_parser``,
 ``build_create_instance_parser``, ``bakery_lib.cli.generate_jobs.build_parser``), from their actions
@@ -392,6 +394,50 @@ def broken_links(files: list[Path] | None = None) -> list[str]:
     return problems
 
 
+# Code spans naming a path under one of these are checked; any other span (`/var/lib/bakery`,
+# `reports/*.xml` in a workspace, a command line) is not a repository path.
+SOURCE_DIRS = ("bakery_lib", "bench", "devstack", "docs", "examples", "jenkins", "templates", "tests")
+PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]+$")  # NAME in `bakery_lib/stages/NAME.py`
+
+
+def repository_paths(path: Path) -> list[Link]:
+    """The single-word code spans of a page that name a file or folder of the repository."""
+    found = []
+    fenced = False
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if FENCE.match(line):
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
+        for span in CODE_SPAN.finditer(line):
+            word = span.group(0).strip("`").strip()
+            if " " not in word and "<" not in word and word.split("/", 1)[0] in SOURCE_DIRS and "/" in word:
+                found.append(Link(path, number, word))
+    return found
+
+
+def path_exists(word: str) -> bool:
+    """True when the path exists; `*` and placeholder components (NAME, ROLE) must match something."""
+    relative = word.split("#", 1)[0].rstrip("/")
+    if (REPO / relative).exists():
+        return True
+    pattern = "/".join("*" + Path(part).suffix if PLACEHOLDER.match(Path(part).stem) else part
+                       for part in relative.split("/"))
+    return "*" in pattern and any(REPO.glob(pattern))
+
+
+def missing_paths(files: list[Path] | None = None) -> list[str]:
+    """One line per repository path a page names in code that does not exist: FILE:LINE: PATH."""
+    problems = []
+    for path in files if files is not None else documentation_files():
+        for named in repository_paths(path):
+            if not path_exists(named.target):
+                shown = path.relative_to(REPO) if REPO in path.parents else path
+                problems.append(f"{shown}:{named.line}: {named.target}: no such file in the repository")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="docs/generate.py",
                                      description="Render the generated documentation pages.")
@@ -404,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         stale = stale_pages()
         for page in stale:
             print(f"docs/{page} is not what the code renders: run .venv/bin/python docs/generate.py")
-        broken = broken_links()
+        broken = broken_links() + missing_paths()
         for problem in broken:
             print(f"broken link: {problem}")
         return 1 if stale or broken else 0

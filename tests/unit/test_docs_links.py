@@ -38,6 +38,31 @@ def test_every_relative_link_leads_to_a_file_and_heading() -> None:
     assert generate.broken_links() == []
 
 
+def test_every_repository_path_named_in_the_docs_exists() -> None:
+    assert generate.missing_paths() == []
+
+
+def test_the_path_check_finds_a_moved_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(generate, "REPO", tmp_path)
+    (tmp_path / "tests" / "support").mkdir(parents=True)
+    (tmp_path / "tests" / "support" / "proxy.py").write_text("", encoding="utf-8")
+    (tmp_path / "bakery_lib" / "stages").mkdir(parents=True)
+    (tmp_path / "bakery_lib" / "stages" / "launch.py").write_text("", encoding="utf-8")
+    page = tmp_path / "page.md"
+    page.write_text("\n".join([
+        "`tests/support/proxy.py` and `tests/support/` and `bakery_lib/stages/NAME.py` and `tests/*/proxy.py`",
+        "`tests/faults/proxy.py` moved; `bakery_lib/stages/NAME.sh` matches nothing",
+        "not repository paths: `reports/ROLE-STAGE.xml`, `/var/lib/bakery`, `tests/<layer>/`, `pytest tests/x.py`",
+        "```",
+        "tests/in/a/fence.py `tests/in/a/fence.py`",
+        "```",
+    ]) + "\n", encoding="utf-8")
+    assert generate.missing_paths([page]) == [
+        "page.md:2: tests/faults/proxy.py: no such file in the repository",
+        "page.md:2: bakery_lib/stages/NAME.sh: no such file in the repository",
+    ]
+
+
 def test_the_readme_is_a_front_door() -> None:
     text = README.read_text(encoding="utf-8")
     assert len(text.splitlines()) <= MAX_README_LINES

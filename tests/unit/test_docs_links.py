@@ -50,9 +50,9 @@ def test_the_path_check_finds_a_moved_file(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "bakery_lib" / "stages" / "launch.py").write_text("", encoding="utf-8")
     page = tmp_path / "page.md"
     page.write_text("\n".join([
-        "`tests/support/proxy.py` and `tests/support/` and `bakery_lib/stages/NAME.py` and `tests/*/proxy.py`",
+        "`tests/support/proxy.py`, `tests/support/`, `bakery_lib/stages/NAME.py`, `tests/*/proxy.py`",
         "`tests/faults/proxy.py` moved; `bakery_lib/stages/NAME.sh` matches nothing",
-        "not repository paths: `reports/ROLE-STAGE.xml`, `/var/lib/bakery`, `tests/<layer>/`, `pytest tests/x.py`",
+        "not paths here: `reports/ROLE-STAGE.xml`, `/var/lib/bakery`, `tests/<layer>/`, `pytest tests/x.py`",
         "```",
         "tests/in/a/fence.py `tests/in/a/fence.py`",
         "```",

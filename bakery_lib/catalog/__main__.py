@@ -1,4 +1,4 @@
-"""``python -m bakery_lib.catalog``: print the catalogue reference (docs/reference/catalogue.md)."""
+"""``python -m bakery_lib.catalog``: print the catalogue reference (docs/generate.py writes it to docs/)."""
 
 from . import reference_markdown
 

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..aws import Aws, tags_of
+from ..ec2.instances import LIVE_STATES
 from ..errors import BakeryError
 from ..resources import snapshot_ids
 from ..state import BakeState
@@ -26,9 +27,6 @@ from ..waits import ABSENT_GRACE
 from .durations import span
 from .prune import BROKEN_IMAGE_STATES, UNFINISHED_IMAGE_STATES
 from .report import ReapLine, ReapRun
-
-# States of a bake instance that reap may terminate, and that keep a Chef node alive.
-LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
 
 @dataclass

@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..aws import tags_of
+from ..ec2.watch import instance_status, last_console_line, with_console
 from ..errors import AwsError, BakeryError, StageTimeout
 from ..waits import Wait
 from .base import Context, no_cleanup
-from .bootstrap import instance_status, last_console_line, with_console
 
 cleanup = no_cleanup  # see the module docstring
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..ec2.images import tag_snapshots
 from ..errors import AwsError, BakeryError, StageTimeout
 from ..waits import Wait
 from .base import Context, no_cleanup
-from .image import tag_snapshots
 
 cleanup = no_cleanup  # see the module docstring
 

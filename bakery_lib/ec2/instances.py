@@ -179,6 +179,6 @@ def bakes_in_flight(ctx: Context) -> list[dict]:
     was asked for; the roles of a ``bakery bake`` share it)."""
     batcher = ctx.aws.bakes_in_flight
     try:
-        return list(batcher.get(ctx.region, ctx.role.name, max_age=0) or [])
+        return list(batcher.get(ctx.region, ctx.role.name, max_age=0, clock=ctx.clock) or [])
     finally:
         batcher.forget(ctx.region, ctx.role.name)

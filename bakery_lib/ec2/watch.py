@@ -52,7 +52,8 @@ def wait_for_instance(ctx: Context, instance_id: str, *, what: str, timeout: flo
         interval=ctx.poll_interval, status=status, on_timeout=on_timeout,
         detail=lambda: last_console_line(ctx, instance_id), gone_message=gone_message)
     try:
-        return wait.run(lambda: ctx.aws.instances.get(ctx.region, instance_id, max_age=ctx.poll_interval * 0.9),
+        return wait.run(lambda: ctx.aws.instances.get(ctx.region, instance_id, max_age=ctx.poll_interval * 0.9,
+                                                              clock=ctx.clock),
                         check)
     finally:
         ctx.aws.instances.forget(ctx.region, instance_id)

@@ -13,13 +13,13 @@ deleted there. Decided first (Describe/Get calls only), then each deletion goes 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..aws import Aws, tags_of
 from ..catalog import RoleSpec
+from ..clock import Clock, Pace
 from ..errors import AwsError, BakeryError, UsageError
 from ..resources import deregister_with_snapshots, snapshot_ids
 from ..stages.base import CleanupReport, Removal
@@ -47,25 +47,6 @@ def _newest_first_key(image: dict[str, Any]) -> tuple[str, str, str]:
     return (image.get("CreationDate") or "", tags_of(image).get("bakery:bake-id", ""), image["ImageId"])
 
 
-
-@dataclass
-@dataclass
-class _Pace:
-    """What the removal executor (``CleanupReport.attempt``) needs from prune: a log and a paced sleep."""
-
-    log_fn: Log
-    sleep_fn: Callable[[float], None]
-    poll: float
-
-    @property
-    def poll_interval(self) -> float:
-        return self.poll
-
-    def log(self, message: str) -> None:
-        self.log_fn(message)
-
-    def sleep(self, seconds: float | None = None) -> None:
-        self.sleep_fn(self.poll if seconds is None else seconds)
 
 
 @dataclass(frozen=True)
@@ -134,13 +115,13 @@ def _why_delete(image: dict[str, Any], protected: dict[str, list[str]] | None, k
 
 
 def _delete_ami(aws: Aws, region: str, role: RoleSpec, image: dict[str, Any], why: str, *, executor: CleanupReport,
-                pace: _Pace, report: PruneReport) -> AmiDecision:
+                pace: Pace, report: PruneReport) -> AmiDecision:
     """Hand one decided deletion to the executor (which carries it out, or only shows it)."""
     image_id = image["ImageId"]
     snaps = snapshot_ids(image)
 
     def remove() -> str:
-        gone = deregister_with_snapshots(aws, region, image, pace.sleep_fn)
+        gone = deregister_with_snapshots(aws, region, image, pace.sleep)
         pace.log(f"prune {role.name}: {region} deregistered {image_id} ({image.get('Name')}), "
                  f"snapshots {', '.join(gone) or 'none'}")
         return f"snapshots deleted: {', '.join(gone) or 'none'}"
@@ -228,15 +209,15 @@ def _rank(region: str, images: list[dict[str, Any]], keep: int) -> tuple[dict[st
 
 
 def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _quiet,
-          sleep: Callable[[float], None] = time.sleep, poll_interval: float = 2.0) -> PruneReport:
+          clock: Clock | None = None, poll_interval: float = 2.0) -> PruneReport:
     """Deregister the role's bakery AMIs older than the newest ``keep`` (per region) and their snapshots.
 
     Decides first (listing and protections: Describe/Get calls only), then hands each deletion to the
-    executor; ``dry_run`` makes that a display-only executor."""
+    executor; ``dry_run`` makes that a display-only executor. Retries sleep on ``clock`` (an abort ends them)."""
     if keep < 1:
         raise UsageError(f"--keep {keep}: at least 1 (the newest AMI of role {role.name} is never pruned)")
     report = PruneReport(role.name, keep, dry_run)
-    executor, pace = CleanupReport(dry_run=dry_run), _Pace(log, sleep, poll_interval)
+    executor, pace = CleanupReport(dry_run=dry_run), Pace(clock or Clock(), poll_interval, log)
     for region in role.regions:
         try:
             images = aws.describe_images(region, Owners=["self"], Filters=[

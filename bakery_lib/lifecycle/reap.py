@@ -13,11 +13,12 @@ is abandoned), from any workspace.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..aws import Aws
 from ..cleanup import TagContext, teardown
+from ..clock import Clock, Pace
 from ..stages.base import CleanupReport
 from ..state import BakeState
 from .plan import ReapPlan, decide
@@ -43,7 +44,7 @@ def reap(
     dry_run: bool,
     log: Log = _quiet,
     chef_error: str | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    clock: Clock | None = None,
     bake_id: str | None = None,
     poll_interval: float = 2.0,
 ) -> ReapReport:
@@ -60,18 +61,11 @@ def reap(
                   bake_id, list(dict.fromkeys(regions)))
     found, aws_complete = look(run, workspace_states)
     plan = decide(run, found, chef, chef_error, aws_complete)
-    _act(run, plan, chef, _Pacing(sleep, log, poll_interval))
+    _act(run, plan, chef, Pace(clock or Clock(), poll_interval, log))
     return report
 
 
-class _Pacing:
-    """What a teardown needs besides the record: the log, the sleep and the poll interval."""
-
-    def __init__(self, sleep: Callable[[float], None], log: Log, poll_interval: float):
-        self.sleep, self.log, self.poll_interval = sleep, log, poll_interval
-
-
-def _act(run: ReapRun, plan: ReapPlan, chef: ChefClient | None, pacing: _Pacing) -> None:
+def _act(run: ReapRun, plan: ReapPlan, chef: ChefClient | None, pacing: Pace) -> None:
     """Carry out the plan (display-only in a dry run): the kept lines, then each teardown's removals."""
     report = run.report
     report.lines += plan.kept
@@ -82,11 +76,11 @@ def _act(run: ReapRun, plan: ReapPlan, chef: ChefClient | None, pacing: _Pacing)
         _tear_down(run, item.record, item.reason, chef, pacing)
 
 
-def _tear_down(run: ReapRun, record: BakeState, reason: str, chef: ChefClient | None, pacing: _Pacing) -> None:
+def _tear_down(run: ReapRun, record: BakeState, reason: str, chef: ChefClient | None, pacing: Pace) -> None:
     """One abandoned bake through the stages' teardown loop; its removals become report lines."""
     executor = CleanupReport(dry_run=run.report.dry_run)
     ctx = TagContext(aws=run.aws, state=record, chef_client=chef if record.chef_node else None,
-                     poll=pacing.poll_interval, sleep_fn=pacing.sleep, log_fn=pacing.log)
+                     poll=pacing.poll, clock=pacing.clock, log_fn=pacing.log)
     teardown(ctx, executor)
     ended = any(o.removal.kind == "instance" for o in executor.outcomes)
     was = "would be" if run.report.dry_run else "was"

@@ -27,8 +27,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ..aws import Aws, Clock
+from ..aws import Aws
 from ..catalog import Catalog, RoleSpec
+from ..clock import Clock
 from ..errors import BakeryError, UsageError
 from ..settings import Settings
 from ..state import BakeState, Workspace

@@ -204,7 +204,7 @@ def find_reusable(ctx: Context, key: str) -> dict | None:
     """An available AMI of this role baked from exactly the same inputs, if there is one (and boot-tested)."""
     batcher = ctx.aws.amis_by_bake_key
     try:
-        found = batcher.get(ctx.region, key, max_age=0) or []
+        found = batcher.get(ctx.region, key, max_age=0, clock=ctx.clock) or []
     finally:
         batcher.forget(ctx.region, key)
     # Only an AMI that passed its boot test, unless the role opts out of boot tests (then also an untested one).

@@ -134,7 +134,7 @@ def _wait_copy(ctx: Context, region: str, image_id: str, source_id: str) -> dict
         interval=ctx.poll_interval, status=lambda image: str(image.get("State")), on_timeout=on_timeout,
         gone_message=f"copy {image_id} of {source_id} to {region} no longer exists (deregistered?)")
     try:
-        return wait.run(lambda: ctx.aws.images.get(region, image_id, max_age=ctx.poll_interval * 0.9), check)
+        return wait.run(lambda: ctx.aws.images.get(region, image_id, max_age=ctx.poll_interval * 0.9, clock=ctx.clock), check)
     finally:
         ctx.aws.images.forget(region, image_id)
 

@@ -48,11 +48,12 @@ def reap(
     bake_id: str | None = None,
     poll_interval: float = 2.0,
 ) -> ReapReport:
-    """Remove what killed bakes left behind. See the module docstring for exactly what and when.
+    """Remove what killed bakes left behind: what is looked at (``survey``), what goes and why (``plan``).
 
     ``chef`` None with ``chef_error`` (why the client could not be made) skips Chef and exits 1;
     ``chef`` None without it skips Chef on purpose (``--no-chef``). ``bake_id``: only that bake's
     resources, removed whatever their expiry (the operator says it is abandoned), from any workspace.
+    Pauses between a removal's tries sleep on ``clock`` (an abort ends them).
     """
     report = ReapReport(dry_run)
     run = ReapRun(aws, report, max(0.0, float(older_than)), time.time() if now is None else now,

@@ -21,10 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..aws import Aws, Clock
+from ..aws import Aws
 from ..bake import bake_many, summary_lines
 from ..catalog import REGION_RE, Catalog, check_role_name, load_catalog, schema_text
 from ..cleanup import cleanup
+from ..clock import Clock
 from ..errors import BakeryError, UsageError
 from ..fsutil import atomic_write_text
 from ..launcher import launch_instance
@@ -154,8 +155,9 @@ class _Runtime:
         return Aws(endpoint_url=self.settings.endpoint_url)
 
     def context(self, role_name: str, cancel: threading.Event | None = None) -> Context:
-        return Context(ws=self.ws(), catalog=self.catalog(), role=self.catalog().role(role_name), aws=self.aws(),
-                       clock=Clock(cancel), settings=self.settings)
+        aws = self.aws()
+        return Context(ws=self.ws(), catalog=self.catalog(), role=self.catalog().role(role_name), aws=aws,
+                       clock=Clock(cancel, rounds=aws.rounds), settings=self.settings)
 
 
 def _install_signal_handlers(cancel: threading.Event, after: str = "cleaning up") -> None:

@@ -1,8 +1,13 @@
 """The only module that imports boto3/botocore.
 
-- Clients per (service, region) with adaptive retries (throttling such as ``RequestLimitExceeded`` is
-  retried with backoff by botocore) and an endpoint override (``AWS_ENDPOINT_URL``, honoured by
-  botocore itself; passed explicitly too so older botocore behaves the same).
+- Clients per (service, region) with botocore's ``standard`` retry mode (throttling such as
+  ``RequestLimitExceeded`` and transient 5xx errors are retried with jittered exponential backoff and a
+  retry quota; the AWS SDKs and Tools Reference Guide, "Retry behavior", recommends ``standard`` and calls
+  ``adaptive`` a specialised mode for a single resource and client, which the bakery's many bakes per
+  account are not) and an endpoint override (``AWS_ENDPOINT_URL``, honoured by botocore itself; passed
+  explicitly too so older botocore behaves the same).
+- An error AWS answers for a missing permission names the IAM action to grant (``iam_action``), and
+  ``bakery iam-policy`` prints the whole policy.
 - ``call()`` turns ``ClientError`` and connection/credential errors into the bakery's own errors that
   say which operation failed, the AWS error code, and what to do next.
 - A shared cap on concurrent mutating calls keeps parallel bakes from tripping account-wide rate limits.
@@ -11,7 +16,9 @@
   throttled after botocore's retries (the storm outlasted them, or the retry quota is spent), the
   :class:`ThrottleGate` of that (service, region) pauses *every* bake's calls there with a growing,
   jittered back-off and the call is tried again, a few rounds: the bakes slow down together instead of
-  each failing on its own.
+  each failing on its own. Transient server errors (``InternalError``, ``ServiceUnavailable``, HTTP
+  5xx) that outlast botocore's retries share that budget: a service having a bad minute pauses the
+  bakes instead of failing them (EC2 API reference, "Error codes": "retry the request").
 - Capacity errors (``InsufficientInstanceCapacity``, ``Unsupported``) persist: RunInstances goes
   through a client without botocore retries (those would only add a minute of back-off per refused
   placement); throttling and 5xx of RunInstances are retried here instead, and launch falls back to the
@@ -54,7 +61,8 @@ THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingExc
                             "RequestThrottled", "RequestThrottledException", "TooManyRequestsException",
                             "SlowDown", "PriorRequestNotComplete", "EC2ThrottledException"})
 # Transient server errors: botocore retries them, except on the calls made without SDK retries.
-TRANSIENT_CODES = frozenset({"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "500", "503"})
+TRANSIENT_CODES = frozenset({"InternalError", "InternalFailure", "InternalServerError", "ServiceUnavailable",
+                             "Unavailable", "500", "502", "503", "504"})
 # Calls whose errors botocore must not retry (see the module docstring).
 NO_SDK_RETRY = frozenset({"RunInstances"})
 STORM_ROUNDS = 4
@@ -136,7 +144,7 @@ class Aws:
         self.endpoint_url = endpoint_url or None
         self._session = session or boto3.session.Session()
         self._config = Config(
-            retries={"mode": "adaptive", "max_attempts": max_attempts},
+            retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=10,
             read_timeout=60,
             user_agent_extra=f"ami-bakery/{__version__}",
@@ -214,7 +222,7 @@ class Aws:
             try:
                 result = self._call_once(service, region, operation, sdk_retries, params)
             except AwsError as exc:
-                retry = exc.code in THROTTLE_CODES or (not sdk_retries and exc.code in TRANSIENT_CODES)
+                retry = exc.code in THROTTLE_CODES or exc.code in TRANSIENT_CODES
                 if not retry or round_no == STORM_ROUNDS - 1:
                     raise
                 self.gate.trip(key)
@@ -236,7 +244,8 @@ class Aws:
         except botocore.exceptions.ClientError as exc:
             err = exc.response.get("Error", {})
             code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "Unknown")
-            raise AwsError(operation, code, str(err.get("Message") or exc), hint=_hint(code)) from None
+            raise AwsError(operation, code, str(err.get("Message") or exc),
+                           hint=_hint(code, iam_action(service, operation))) from None
         except botocore.exceptions.NoCredentialsError:
             raise UsageError(NO_CREDENTIALS) from None
         except botocore.exceptions.EndpointConnectionError as exc:
@@ -389,8 +398,23 @@ def _snake(operation: str) -> str:
     return "".join(out)
 
 
-def _hint(code: str) -> str:
-    if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
+# Operations whose IAM action has another name (Service Authorization Reference).
+_ACTION_NAMES = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectsV2": "s3:ListBucket",
+                 "s3:HeadBucket": "s3:ListBucket"}
+DENIED_CODES = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
+
+
+def iam_action(service: str, operation: str) -> str:
+    """The IAM action an API operation needs, e.g. ``ec2:RunInstances``."""
+    action = f"{service}:{operation}"
+    return _ACTION_NAMES.get(action, action)
+
+
+def _hint(code: str, action: str = "") -> str:
+    if code in DENIED_CODES:
+        if action:
+            return (f"the bakery's AWS identity lacks the permission {action}; "
+                    "`bakery iam-policy` prints the policy it needs")
         return "the bakery's AWS identity lacks this permission"
     if code in ("AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken"):
         return "the AWS credentials are invalid or expired"

@@ -20,6 +20,9 @@ from typing import Any
 from ._proc import LOOPBACK, free_port, stop_process, wait_until
 
 ACCOUNT_ID = "123456789012"  # moto's default account
+# Requests a moto started with iam_enforcement answers unauthenticated before enforce_iam(): more than
+# any seeding makes, so enforcement starts when the test says, not at a count.
+FREE_SEEDING_REQUESTS = 1_000_000
 REGION = "us-east-1"
 DUMMY_ACCESS_KEY = "testing"
 DUMMY_SECRET_KEY = "testing"  # moto accepts any credentials; these are not secrets
@@ -63,8 +66,12 @@ def isolated_env(extra: Mapping[str, str], base: Mapping[str, str] | None = None
 class MotoServer:
     """``with MotoServer() as m:`` -> ``m.url``, ``m.env()``, ``m.client("ec2")``."""
 
-    def __init__(self, *, region: str = REGION, startup_timeout: float = 30):
+    def __init__(self, *, region: str = REGION, startup_timeout: float = 30, iam_enforcement: bool = False):
         self.region = region
+        # moto evaluates the callers' IAM policies once INITIAL_NO_AUTH_ACTION_COUNT requests were made
+        # (moto/core/authorization.py): started with a count no seeding reaches, then enforce_iam()
+        # resets the count to 0 (moto's /moto-api/reset-auth) once the account and its users exist.
+        self.iam_enforcement = iam_enforcement
         self.startup_timeout = startup_timeout
         self.port = 0
         self.url = ""
@@ -84,7 +91,7 @@ class MotoServer:
                 self._proc = subprocess.Popen(
                     [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True, env=isolated_env({}),
+                    start_new_session=True, env=isolated_env(self._server_env()),
                 )
             try:
                 wait_until(self._answers, timeout=self.startup_timeout, what=f"moto server on {self.url}",
@@ -95,6 +102,18 @@ class MotoServer:
                 if attempt == 2:
                     raise
         return self
+
+    def _server_env(self) -> dict[str, str]:
+        return {"INITIAL_NO_AUTH_ACTION_COUNT": str(FREE_SEEDING_REQUESTS)} if self.iam_enforcement else {}
+
+    def enforce_iam(self) -> None:
+        """From now on every request must be signed by an IAM user's key and allowed by its policies."""
+        if not self.iam_enforcement:
+            raise RuntimeError("this moto server was not started with iam_enforcement=True")
+        request = urllib.request.Request(f"{self.url}/moto-api/reset-auth", data=b"0", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            if response.status != 200:
+                raise RuntimeError(f"moto reset-auth answered {response.status}")
 
     def _answers(self) -> bool:
         with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2) as response:

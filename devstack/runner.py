@@ -107,8 +107,11 @@ class InstanceRunner:
         max_parallel: int = 8,
         windows_sysprep_exit: int = 0,
         instance_endpoint: str | None = None,
+        credentials: tuple[str, str] | None = None,
     ):
         self.endpoint = ec2_endpoint
+        # The hypervisor's own identity (an access key pair) on a moto enforcing IAM; dummy keys elsewhere.
+        self.credentials = credentials or (DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY)
         self.instance_endpoint = instance_endpoint or ec2_endpoint
         self.region = region
         self.workdir = Path(workdir)
@@ -144,17 +147,17 @@ class InstanceRunner:
         write_stub_bin(self.stub_bin)
         self._ec2 = boto3.session.Session().client(
             "ec2", endpoint_url=self.endpoint, region_name=self.region,
-            aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY,
+            aws_access_key_id=self.credentials[0], aws_secret_access_key=self.credentials[1],
             config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32),
         )
         self._instance_ec2 = boto3.session.Session().client(
             "ec2", endpoint_url=self.instance_endpoint, region_name=self.region,
-            aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY,
+            aws_access_key_id=self.credentials[0], aws_secret_access_key=self.credentials[1],
             config=Config(retries={"max_attempts": 5, "mode": "legacy"}, max_pool_connections=32),
         )
         self._s3 = boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint, region_name=self.region,
-            aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY)
+            aws_access_key_id=self.credentials[0], aws_secret_access_key=self.credentials[1])
         if self.ignore_existing:
             # Instances left by earlier tests or runs on a shared moto are not ours to boot.
             self._seen.update(i["InstanceId"] for i in self._describe())

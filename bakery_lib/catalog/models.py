@@ -303,6 +303,9 @@ class RoleKeys(Strict):
                        Field(description="inbound rules of the bake instance's security group")] = None
     managed_policies: Annotated[List(Text(POLICY_ARN_RE, "an IAM policy ARN"), 10),
                                 Field(description="IAM policies attached to the instance role")] = None
+    permissions_boundary: Annotated[
+        Text(POLICY_ARN_RE, "an IAM policy ARN"),
+        Field(description="managed policy set as the permissions boundary of the instance role")] = None
     tags: Annotated[Tags,
                     Field(description="tags of every resource (merged over defaults.tags)")] = None
     bootstrap_timeout: Annotated[Duration, Field(description="how long the Chef bootstrap may take")] = None

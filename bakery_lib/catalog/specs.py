@@ -126,6 +126,8 @@ class RoleSpec:
     kms_key_id: str | None = None
     ingress: tuple[IngressRule, ...] = ()
     managed_policies: tuple[str, ...] = ()
+    # The ceiling of the instance role: whatever the policies say, the role can do no more than this.
+    permissions_boundary: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
     bootstrap_timeout: int = 45 * 60
     image_timeout: int = 60 * 60

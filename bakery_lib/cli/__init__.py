@@ -28,6 +28,7 @@ from ..cleanup import cleanup
 from ..clock import Clock
 from ..errors import BakeryError, UsageError
 from ..fsutil import atomic_write_text
+from ..iam_policy import bakery_policy, instance_policy
 from ..launcher import launch_instance
 from ..lifecycle import PruneReport, parse_duration, prune, reap
 from ..reports import write_junit
@@ -118,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("publish-runlist", "write s3://BUCKET/runlists/ROLE.json from the role's launch run list")
     p.add_argument("--role", required=True)
+
+    p = add("iam-policy", "print the IAM policy the bakery's identity needs for this catalogue (JSON)")
+    p.add_argument("--instance-role", metavar="ROLE",
+                   help="print the inline policy of ROLE's instance role instead")
 
     p = add("schema", "write the catalogue's JSON Schema (for editors' YAML completion and checks)")
     p.add_argument("--output", metavar="FILE", help="write it to FILE (default: standard output)")
@@ -382,6 +387,17 @@ def cmd_schema(rt: _Runtime) -> int:
     return 0
 
 
+def cmd_iam_policy(rt: _Runtime) -> int:
+    catalog = rt.catalog()
+    if rt.args.instance_role:
+        role = catalog.role(rt.args.instance_role)
+        policy = instance_policy(role, role.alert_topic_arn.split(":")[4])
+    else:
+        policy = bakery_policy(catalog)
+    sys.stdout.write(json.dumps(policy, indent=2) + "\n")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[_Runtime], int]] = {
     "stage": cmd_stage,
     "cleanup": cmd_cleanup,
@@ -393,6 +409,7 @@ COMMANDS: dict[str, Callable[[_Runtime], int]] = {
     "reap": cmd_reap,
     "summary": cmd_summary,
     "schema": cmd_schema,
+    "iam-policy": cmd_iam_policy,
 }
 
 

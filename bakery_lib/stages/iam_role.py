@@ -12,7 +12,11 @@ SecureString parameter values"); a parameter or object under a customer managed 
 policy to allow this role, which is where the key's owner decides it.
 Managed policies named in the catalogue are attached; managed policies no longer named are detached.
 Writes ``iam_role_name``/``instance_profile_name`` to the state as soon as each exists.
-Calls: IAM GetRole, CreateRole, UpdateAssumeRolePolicy, PutRolePolicy, ListAttachedRolePolicies,
+Permissions boundary (``permissions_boundary``): CreateRole sets it, an existing role without it (or
+with another) gets it with PutRolePermissionsBoundary before its policies are written; whatever the
+inline and managed policies say, the instance can do no more than the boundary allows (IAM User Guide,
+"Permissions boundaries for IAM entities"), and the bakery's own policy lets it create roles only so.
+Calls: IAM GetRole, CreateRole, UpdateAssumeRolePolicy, PutRolePermissionsBoundary, PutRolePolicy, ListAttachedRolePolicies,
 AttachRolePolicy, DetachRolePolicy, GetInstanceProfile, CreateInstanceProfile,
 AddRoleToInstanceProfile. On a role's first bake: GetRole, CreateRole, PutRolePolicy,
 CreateInstanceProfile, AddRoleToInstanceProfile and nothing else.
@@ -113,8 +117,13 @@ def _ensure_role(ctx: RoleContext, name: str, tags: list[dict[str, str]], action
     except AwsError as exc:
         if exc.code != "NoSuchEntity":
             raise
+        params: dict[str, Any] = {}
+        if ctx.role.permissions_boundary:
+            # Set in the creating call: the bakery's policy allows CreateRole only with the boundary.
+            params["PermissionsBoundary"] = ctx.role.permissions_boundary
         ctx.iam("CreateRole", RoleName=name, AssumeRolePolicyDocument=json.dumps(TRUST_POLICY),
-                Description=f"AMI Bakery instances of role {ctx.role.name}", Tags=tags, MaxSessionDuration=3600)
+                Description=f"AMI Bakery instances of role {ctx.role.name}", Tags=tags, MaxSessionDuration=3600,
+                **params)
         actions.append("created role")
         return True
     existing_tags = {t["Key"]: t["Value"] for t in existing.get("Tags", [])}
@@ -125,6 +134,12 @@ def _ensure_role(ctx: RoleContext, name: str, tags: list[dict[str, str]], action
     if _doc(existing.get("AssumeRolePolicyDocument")) != TRUST_POLICY:
         ctx.iam("UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(TRUST_POLICY))
         actions.append("trust policy updated")
+    boundary = (existing.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
+    if ctx.role.permissions_boundary and boundary != ctx.role.permissions_boundary:
+        # A role made before the catalogue named a boundary (or with another one) gets it first,
+        # before any policy is written to it. A boundary is never removed by the bakery.
+        ctx.iam("PutRolePermissionsBoundary", RoleName=name, PermissionsBoundary=ctx.role.permissions_boundary)
+        actions.append("permissions boundary set")
     return False
 
 

@@ -110,7 +110,9 @@ class MotoServer:
         """From now on every request must be signed by an IAM user's key and allowed by its policies."""
         if not self.iam_enforcement:
             raise RuntimeError("this moto server was not started with iam_enforcement=True")
-        request = urllib.request.Request(f"{self.url}/moto-api/reset-auth", data=b"0", method="POST")
+        # text/plain: as a form body flask would consume it and moto would read an empty count.
+        request = urllib.request.Request(f"{self.url}/moto-api/reset-auth", data=b"0", method="POST",
+                                         headers={"Content-Type": "text/plain"})
         with urllib.request.urlopen(request, timeout=10) as response:
             if response.status != 200:
                 raise RuntimeError(f"moto reset-auth answered {response.status}")

@@ -16,7 +16,8 @@
 4. Artifacts: ``artifacts/ROLE.json``, ``artifacts/amis.json``, ``artifacts/amis.properties``.
 Closes the bake record (outcome ``succeeded``, or ``reused``).
 Calls: EC2 CopyImage, DescribeImages, CreateTags, ModifyImageAttribute, ModifySnapshotAttribute,
-CreateLaunchTemplateVersion, ModifyLaunchTemplate; SSM DescribeParameters, PutParameter; S3 PutObject; for a reused AMI
+CreateLaunchTemplateVersion, ModifyLaunchTemplate (in every region, from ``$Default``); SSM
+DescribeParameters, PutParameter, GetParameter (the value read back); S3 PutObject; for a reused AMI
 whose catalogue tags changed, CreateTags/DeleteTags on its copies (see ``retag_image``).
 Cleanup: copies that publish did not finish (pending, or available but IMDSv2 not yet required on them)
 are deregistered and their snapshots deleted.
@@ -38,6 +39,8 @@ from ..waits import Wait, while_propagating
 from .base import CleanupReport, Context, Removal, Teardown
 
 COPY_TIMEOUT = 90 * 60
+# How long SSM may take to validate an aws:ec2:image value (asynchronous; seconds on AWS).
+SSM_VALIDATION_TIMEOUT = 5 * 60
 
 
 def _retag_copies(ctx: Context, amis: dict[str, str]) -> list[str]:
@@ -199,10 +202,31 @@ def newer_publisher(ctx: Context, region: str) -> str | None:
 
 
 def put_ssm(ctx: Context, region: str, image_id: str) -> None:
+    """Write ``latest`` and read it back: with data type ``aws:ec2:image`` SSM validates the image id
+    asynchronously after PutParameter returns, and a value that fails validation is never stored (AWS
+    Systems Manager User Guide, "Native parameter support for Amazon Machine Image IDs")."""
     state = ctx.require_state()
+    name = latest_parameter(ctx.role.name)
     description = f"Latest AMI Bakery image of role {ctx.role.name} (release {state.release}, bake {state.bake_id})"
-    ctx.aws.call("ssm", region, "PutParameter", Name=latest_parameter(ctx.role.name), Value=image_id,
+    ctx.aws.call("ssm", region, "PutParameter", Name=name, Value=image_id,
                  Type="String", DataType="aws:ec2:image", Overwrite=True, Description=description[-1024:])
+
+    def probe() -> str | None:
+        try:
+            return str(ctx.aws.call("ssm", region, "GetParameter", Name=name)["Parameter"]["Value"])
+        except AwsError as exc:
+            if exc.code == "ParameterNotFound":
+                return None
+            raise
+
+    def on_timeout(elapsed: float, last: str | None) -> BaseException:
+        return BakeryError(f"SSM parameter {name} in {region} still reads {last or 'nothing'} {elapsed:.0f} s after "
+                           f"writing {image_id}: SSM did not accept it as an aws:ec2:image value (is the AMI "
+                           "available in that region?)")
+
+    Wait(what=f"SSM parameter {name} in {region}", clock=ctx.clock, log=ctx.log, timeout=SSM_VALIDATION_TIMEOUT,
+         interval=ctx.poll_interval, absent_grace=SSM_VALIDATION_TIMEOUT, on_timeout=on_timeout,
+         ).run(probe, lambda value: True if value == image_id else None)
 
 
 def _publish_latest(ctx: Context, amis: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -220,20 +244,26 @@ def _publish_latest(ctx: Context, amis: dict[str, str]) -> tuple[list[str], list
     return written, notes
 
 
-def update_launch_template(ctx: Context, image_id: str) -> str:
+def update_launch_template(ctx: Context, region: str, image_id: str) -> str:
+    """A new default version of the role's launch template in ``region``, based on ``$Default``: the
+    version the estate launches today (``$Latest`` may be someone's unfinished draft), with only the
+    image changed. Missing in the build region: a catalogue error; missing in a copy region: noted."""
     name = ctx.role.launch_template
     assert name
     try:
-        version = ctx.ec2("CreateLaunchTemplateVersion", LaunchTemplateName=name, SourceVersion="$Latest",
-                          VersionDescription=f"bakery {ctx.require_state().release}"[:255],
-                          LaunchTemplateData={"ImageId": image_id})["LaunchTemplateVersion"]["VersionNumber"]
+        version = ctx.aws.call("ec2", region, "CreateLaunchTemplateVersion", LaunchTemplateName=name,
+                               SourceVersion="$Default",
+                               VersionDescription=f"bakery {ctx.require_state().release}"[:255],
+                               LaunchTemplateData={"ImageId": image_id})["LaunchTemplateVersion"]["VersionNumber"]
     except AwsError as exc:
         if exc.code.startswith("InvalidLaunchTemplateName") or exc.code.startswith("InvalidLaunchTemplateId"):
+            if region != ctx.region:
+                return f"launch template {name} not in {region}: left alone"
             raise BakeryError(f"catalogue {ctx.catalog.path}, role {ctx.role.name!r}, key 'launch_template': "
                               f"launch template {name!r} does not exist in {ctx.region}") from None
         raise
-    ctx.ec2("ModifyLaunchTemplate", LaunchTemplateName=name, DefaultVersion=str(version))
-    return f"launch template {name} default version {version} -> {image_id}"
+    ctx.aws.call("ec2", region, "ModifyLaunchTemplate", LaunchTemplateName=name, DefaultVersion=str(version))
+    return f"launch template {name} in {region} default version {version} -> {image_id}"
 
 
 def _copy_everywhere(ctx: Context, primary: str) -> None:
@@ -270,10 +300,12 @@ def _point_at(ctx: Context, primary: str) -> list[str]:
     if written:
         messages.append(f"{latest_parameter(ctx.role.name)} in {', '.join(written)}")
     messages.extend(notes)
-    if ctx.role.launch_template and ctx.region in written:
-        messages.append(update_launch_template(ctx, primary))
-    elif ctx.role.launch_template:
-        messages.append(f"launch template {ctx.role.launch_template} kept (a newer bake published)")
+    if ctx.role.launch_template:
+        # The build region first: a template missing there is a catalogue error before any copy changes.
+        for region in sorted(written, key=lambda r: r != ctx.region):
+            messages.append(update_launch_template(ctx, region, state.amis[region]))
+        for region in sorted(set(state.amis) - set(written)):
+            messages.append(f"launch template {ctx.role.launch_template} in {region} kept (a newer bake published)")
     return messages
 
 

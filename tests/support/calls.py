@@ -67,5 +67,6 @@ BAKE_CALLS: tuple[BakeCall, ...] = (
     BakeCall("boot-test", "TerminateInstances", why="the passed test's instance"),
     BakeCall("publish", "DescribeParameters", service="ssm", why="who wrote /bakery/ROLE/latest (never backwards)"),
     BakeCall("publish", "PutParameter", service="ssm", why="/bakery/ROLE/latest"),
+    BakeCall("publish", "GetParameter", service="ssm", why="read back: SSM validates aws:ec2:image asynchronously"),
     BakeCall("publish", "PutObject", service="s3", why="write the first-boot run list (no read first)"),
 )

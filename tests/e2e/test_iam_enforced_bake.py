@@ -1,0 +1,176 @@
+"""The whole bake as an IAM user holding only ``bakery iam-policy``'s policy, on a moto server that
+enforces IAM (its own server: the session's moto stays unauthenticated for every other test).
+
+moto checks the actions of every call (and S3 and IAM-role resources); see
+``devstack/iam_enforcement.py`` for what it evaluates and what it does not, and
+``tests/unit/test_iam_policy.py`` for the scoping moto cannot check.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bakery_lib.catalog import load_catalog
+from bakery_lib.iam_policy import bakery_policy
+from devstack import DevStack, MotoServer, isolated_env
+from devstack.iam_enforcement import (
+    ADMIN_POLICY,
+    as_moto_evaluates,
+    create_user,
+    credentials_env,
+    replace_user_policy,
+)
+from devstack.moto import ACCOUNT_ID
+
+pytestmark = pytest.mark.e2e
+
+REGION = "us-east-1"
+COPY_REGION = "us-west-2"
+SHARE_WITH = "210987654321"
+BOUNDARY = f"arn:aws:iam::{ACCOUNT_ID}:policy/bakery-instance-boundary"
+ROLES = ["iam", "iam-runinstances", "iam-createimage", "iam-stopinstances", "iam-putrolepolicy",
+         "iam-putparameter"]
+
+
+class Enforced:
+    """The enforcing moto, its devstack, the catalogue, and the identities on it."""
+
+    def __init__(self, stack: DevStack, catalog: Path, bakery_keys: tuple[str, str], admin_keys: tuple[str, str]):
+        self.stack = stack
+        self.catalog = catalog
+        self.bakery_keys = bakery_keys
+        self.admin_keys = admin_keys
+        self.policy = as_moto_evaluates(bakery_policy(load_catalog(str(catalog))))
+
+    def admin(self, service: str, region: str = REGION) -> Any:
+        import boto3
+
+        return boto3.session.Session().client(
+            service, endpoint_url=self.stack.moto.url, region_name=region,
+            aws_access_key_id=self.admin_keys[0], aws_secret_access_key=self.admin_keys[1])
+
+    def env(self) -> dict[str, str]:
+        env = isolated_env({**self.stack.env, **credentials_env(self.bakery_keys), "BAKERY_POLL_INTERVAL": "0.2"})
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+        return env
+
+    def bakery(self, ws: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "bakery_lib", "--workspace", str(ws), "--catalog", str(self.catalog), *args],
+            env=self.env(), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def enforced(goiardi, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enforced]:
+    workdir = tmp_path_factory.mktemp("iam-enforced")
+    with MotoServer(iam_enforcement=True) as moto:
+        stack = DevStack(workdir, moto=moto, goiardi=goiardi).start()
+        iam = moto.client("iam")
+        boundary = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["s3:GetObject", "sns:Publish", "ec2:CreateTags"], "Resource": "*"}]}
+        iam.create_policy(PolicyName="bakery-instance-boundary", PolicyDocument=json.dumps(boundary))
+        for region in (REGION, COPY_REGION):
+            moto.client("ec2", region).create_launch_template(
+                LaunchTemplateName="iam-web", LaunchTemplateData={"ImageId": stack.base_image_id})
+        catalog = stack.write_catalog(
+            workdir / "bakery.yaml", roles=ROLES, copy_to_regions=[COPY_REGION], share_with_accounts=[SHARE_WITH],
+            launch_template="iam-web", permissions_boundary=BOUNDARY)
+        policy = as_moto_evaluates(bakery_policy(load_catalog(str(catalog))))
+        bakery_keys = create_user(moto, "bakery", policy)
+        # The instance runner plays EC2 itself (the hypervisor and, for now, the instances' own calls).
+        admin_keys = create_user(moto, "ec2-hypervisor", ADMIN_POLICY)
+        moto.enforce_iam()
+        yield Enforced(stack, catalog, bakery_keys, admin_keys)
+        stack.stop()
+
+
+@pytest.fixture()
+def runner(enforced: Enforced, tmp_path: Path) -> Iterator[Any]:
+    with enforced.stack.runner(tmp_path / "instances", credentials=enforced.admin_keys,
+                               extra_env=credentials_env(enforced.admin_keys)) as r:
+        yield r
+
+
+def _bakery_images(enforced: Enforced, role: str, region: str = REGION) -> list[dict[str, Any]]:
+    return enforced.admin("ec2", region).describe_images(
+        Owners=["self"], Filters=[{"Name": "tag:bakery:role", "Values": [role]}])["Images"]
+
+
+def _live_instances(enforced: Enforced, role: str) -> list[dict[str, Any]]:
+    reservations = enforced.admin("ec2").describe_instances(Filters=[
+        {"Name": "tag:bakery:role", "Values": [role]},
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])["Reservations"]
+    return [i for r in reservations for i in r["Instances"]]
+
+
+def test_the_policy_is_enforced_at_all(enforced: Enforced):
+    """The user is really confined: something the policy does not grant is refused by moto."""
+    import boto3
+    import botocore.exceptions
+
+    s3 = boto3.session.Session().client("s3", endpoint_url=enforced.stack.moto.url, region_name=REGION,
+                                        aws_access_key_id=enforced.bakery_keys[0],
+                                        aws_secret_access_key=enforced.bakery_keys[1])
+    with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
+        s3.get_object(Bucket=enforced.stack.bucket, Key="chef/validator.pem")
+    with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
+        s3.list_buckets()
+
+
+def test_bake_publish_prune_reap_with_only_the_shipped_policy(enforced: Enforced, runner, tmp_path: Path):
+    ws = tmp_path / "ws"
+    first = enforced.bakery(ws, "bake", "--role", "iam", "--release", "1.0")
+    assert first.returncode == 0, first.stderr + first.stdout
+    second = enforced.bakery(ws, "bake", "--role", "iam", "--release", "1.1", "--force")
+    assert second.returncode == 0, second.stderr + second.stdout
+    amis = json.loads((ws / "artifacts" / "iam.json").read_text())["amis"]
+    assert set(amis) == {REGION, COPY_REGION}
+    for region, ami in amis.items():
+        ec2 = enforced.admin("ec2", region)
+        image = ec2.describe_images(ImageIds=[ami])["Images"][0]
+        tags = {t["Key"]: t["Value"] for t in image["Tags"]}
+        assert image["State"] == "available" and tags["bakery:boot-test"] in ("passed", "disabled")
+        perms = ec2.describe_image_attribute(ImageId=ami, Attribute="launchPermission")["LaunchPermissions"]
+        assert {"UserId": SHARE_WITH} in perms
+        assert enforced.admin("ssm", region).get_parameter(Name="/bakery/iam/latest")["Parameter"]["Value"] == ami
+        default = ec2.describe_launch_template_versions(LaunchTemplateName="iam-web", Versions=["$Default"])
+        assert default["LaunchTemplateVersions"][0]["LaunchTemplateData"]["ImageId"] == ami
+    role = enforced.admin("iam").get_role(RoleName="bakery-iam")["Role"]
+    assert role["PermissionsBoundary"]["PermissionsBoundaryArn"] == BOUNDARY
+
+    pruned = enforced.bakery(ws, "prune", "--role", "iam", "--keep", "1")
+    assert pruned.returncode == 0, pruned.stderr + pruned.stdout
+    left = _bakery_images(enforced, "iam")
+    assert [i["ImageId"] for i in left] == [amis[REGION]]
+    reaped = enforced.bakery(ws, "reap")
+    assert reaped.returncode == 0, reaped.stderr + reaped.stdout
+    assert "AccessDenied" not in reaped.stderr + pruned.stderr and "UnauthorizedOperation" not in reaped.stderr
+
+
+@pytest.mark.parametrize("action", ["ec2:RunInstances", "ec2:CreateImage", "ec2:StopInstances",
+                                    "iam:PutRolePolicy", "ssm:PutParameter"])
+def test_one_action_less_fails_naming_it_and_leaves_nothing(enforced: Enforced, runner, tmp_path: Path, action: str):
+    role = "iam-" + action.split(":")[1].lower()
+    admin_iam = enforced.admin("iam")
+    reduced = json.loads(json.dumps(enforced.policy))
+    for st in reduced["Statement"]:
+        acts = [st["Action"]] if isinstance(st["Action"], str) else st["Action"]
+        st["Action"] = [a for a in acts if a != action] or ["ec2:DescribeRegions"]
+    replace_user_policy(admin_iam, "bakery", reduced)
+    try:
+        proc = enforced.bakery(tmp_path / "ws", "bake", "--role", role, "--release", "1.0")
+    finally:
+        replace_user_policy(admin_iam, "bakery", enforced.policy)
+    assert proc.returncode == 1, proc.stderr + proc.stdout
+    assert f"lacks the permission {action}" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert _live_instances(enforced, role) == []
+    for region in (REGION, COPY_REGION):
+        assert [i["ImageId"] for i in _bakery_images(enforced, role, region)] == []

@@ -244,7 +244,12 @@ class Aws:
         except botocore.exceptions.ClientError as exc:
             err = exc.response.get("Error", {})
             code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "Unknown")
-            raise AwsError(operation, code, str(err.get("Message") or exc),
+            message = str(err.get("Message") or exc)
+            if code == "403":
+                # A refusal whose body the protocol could not parse (an XML error to a JSON API): the
+                # status says enough, the body would only be noise in the one-paragraph reason.
+                message = "access denied (HTTP 403)"
+            raise AwsError(operation, code, message,
                            hint=_hint(code, iam_action(service, operation))) from None
         except botocore.exceptions.NoCredentialsError:
             raise UsageError(NO_CREDENTIALS) from None
@@ -401,7 +406,7 @@ def _snake(operation: str) -> str:
 # Operations whose IAM action has another name (Service Authorization Reference).
 _ACTION_NAMES = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectsV2": "s3:ListBucket",
                  "s3:HeadBucket": "s3:ListBucket"}
-DENIED_CODES = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
+DENIED_CODES = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "403"})
 
 
 def iam_action(service: str, operation: str) -> str:

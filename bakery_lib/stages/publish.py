@@ -339,3 +339,8 @@ def cleanup(ctx: Teardown, report: CleanupReport) -> None:
             return f"deregistered unfinished copy {copy_id} in {copy_region}"
         report.attempt(ctx, Removal("copy", copy_id, copy_region, "deregister", "deregistered",
                                     f"aws ec2 deregister-image --region {copy_region} --image-id {copy_id}", dereg_copy))
+    if not state.reused:
+        # Finished copies stay with the bake's available image (a rerun of publish adopts them); say so.
+        for copy_region, copy_id in sorted(state.amis.items()):
+            if copy_region != state.region and copy_region not in state.pending_copies:
+                report.kept.append(f"available copy {copy_id} in {copy_region}")

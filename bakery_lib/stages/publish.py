@@ -224,9 +224,10 @@ def put_ssm(ctx: Context, region: str, image_id: str) -> None:
                            f"writing {image_id}: SSM did not accept it as an aws:ec2:image value (is the AMI "
                            "available in that region?)")
 
-    Wait(what=f"SSM parameter {name} in {region}", clock=ctx.clock, log=ctx.log, timeout=SSM_VALIDATION_TIMEOUT,
-         interval=ctx.poll_interval, absent_grace=SSM_VALIDATION_TIMEOUT, on_timeout=on_timeout,
-         ).run(probe, lambda value: True if value == image_id else None)
+    wait: Wait[str, bool] = Wait(
+        what=f"SSM parameter {name} in {region}", clock=ctx.clock, log=ctx.log, timeout=SSM_VALIDATION_TIMEOUT,
+        interval=ctx.poll_interval, absent_grace=SSM_VALIDATION_TIMEOUT, on_timeout=on_timeout)
+    wait.run(probe, lambda value: True if value == image_id else None)
 
 
 def _publish_latest(ctx: Context, amis: dict[str, str]) -> tuple[list[str], list[str]]:

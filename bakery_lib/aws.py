@@ -63,6 +63,8 @@ THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingExc
 # Transient server errors: botocore retries them, except on the calls made without SDK retries.
 TRANSIENT_CODES = frozenset({"InternalError", "InternalFailure", "InternalServerError", "ServiceUnavailable",
                              "Unavailable", "500", "502", "503", "504"})
+# The request went out and no answer came back: retried only for calls made idempotent by a ClientToken.
+TIMEOUT_CODES = frozenset({"ReadTimeoutError", "ConnectionClosedError"})
 # Calls whose errors botocore must not retry (see the module docstring).
 NO_SDK_RETRY = frozenset({"RunInstances"})
 STORM_ROUNDS = 4
@@ -161,6 +163,8 @@ class Aws:
         self.mutations = threading.BoundedSemaphore(mutating_concurrency)
         self._hooks: list[tuple[str, Callable[..., Any]]] = []
         self._regions: set[str] | None = None
+        # Regions whose CreateImage refused snapshot TagSpecifications (moto answers 500 to them).
+        self.no_snapshot_tag_specs: set[str] = set()
         # Polls and look-ups of many concurrent bakes share one Describe call per region (see Batcher).
         self.instances = Batcher(self._fetch_instances, min_gap=POLL_MIN_GAP)
         self.images = Batcher(self._fetch_images, min_gap=POLL_MIN_GAP)
@@ -222,7 +226,10 @@ class Aws:
             try:
                 result = self._call_once(service, region, operation, sdk_retries, params)
             except AwsError as exc:
-                retry = exc.code in THROTTLE_CODES or exc.code in TRANSIENT_CODES
+                retry = (exc.code in THROTTLE_CODES or exc.code in TRANSIENT_CODES
+                         # No answer to a call carrying a ClientToken: the same call again is safe
+                         # (AWS answers a replay with the first call's result).
+                         or (exc.code in TIMEOUT_CODES and "ClientToken" in params))
                 if not retry or round_no == STORM_ROUNDS - 1:
                     raise
                 self.gate.trip(key)

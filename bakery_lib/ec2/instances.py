@@ -9,6 +9,7 @@ RunInstances refused while a new instance profile or security group propagates i
 
 from __future__ import annotations
 
+import calendar
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +39,21 @@ def instance_tags(ctx: Context, purpose: str = "bake") -> dict[str, str]:
         "bakery:release": state.release,
         "bakery:purpose": purpose,
         "bakery:chef-node": state.chef_node or "",
-        "bakery:expires-at": iso_utc(time.time() + role.bake_ttl),
+        "bakery:expires-at": iso_utc(bake_started(state.bake_id) + role.bake_ttl),
     })
     return tags
+
+
+def bake_started(bake_id: str) -> float:
+    """When the bake started, from its id (``YYYYMMDDHHMMSS-xxxxxx``, UTC); now for an id without it.
+
+    Tags derived from the bake id, not from the clock, make a replayed RunInstances (same ClientToken)
+    identical to the first: AWS answers IdempotentParameterMismatch to the same token with other
+    parameters (EC2 API reference, "Ensuring idempotency")."""
+    try:
+        return float(calendar.timegm(time.strptime(bake_id[:14], "%Y%m%d%H%M%S")))
+    except ValueError:
+        return time.time()
 
 
 def block_devices(ctx: RoleContext, image_id: str, root_device: str | None = None) -> list[dict[str, Any]]:

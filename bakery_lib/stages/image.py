@@ -1,10 +1,11 @@
 """image: create the AMI from the stopped bake instance.
 
-The name is unique per bake (``bakery-ROLE-RELEASE-BAKEID``); the image carries DESIGN's tags from
-CreateImage on, and its snapshots are tagged with CreateTags (a ``snapshot`` TagSpecification on
-CreateImage is not supported everywhere). The image id is saved the moment CreateImage returns.
-An image of this bake that already exists (found by its ``bakery:bake-id`` tag) is adopted, so a
-rerun never creates a second one.
+The name is unique per bake (``bakery-ROLE-RELEASE-BAKEID``); the image and its snapshots carry
+DESIGN's tags from CreateImage on (``TagSpecifications``; where a ``snapshot`` specification is refused,
+as moto does with a 500, the snapshots are tagged with CreateTags by wait-image). The image id is saved
+the moment CreateImage returns. An image of this bake that already exists (found by its
+``bakery:bake-id`` tag, or by ``InvalidAMIName.Duplicate`` on its name) is adopted, so a rerun never
+creates a second one.
 Calls: DescribeImages, CreateImage, CreateTags.
 Cleanup: an image of the bake that ``wait-image`` did not finish (pending, failed, or available but not
 recorded in ``amis``) is deregistered and its snapshots (from the image, the state and the
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..aws import tag_list, tags_of
 from ..ec2.images import image_name, image_tags, tag_snapshots
-from ..errors import BakeryError
+from ..errors import AwsError, BakeryError
 from ..resources import delete_snapshot, deregister_image, snapshot_ids
 from .base import CleanupReport, Context, Removal, Teardown
 
@@ -26,6 +28,49 @@ def find_own_image(ctx: Teardown, bake_id: str) -> dict | None:
         {"Name": "tag:bakery:bake-id", "Values": [bake_id]}])
     images = [i for i in images if i.get("State") not in ("deregistered",)]
     return images[0] if images else None
+
+
+# What a service answers to a parameter it does not implement: moto's HTML 500 page (a parse error).
+_UNSUPPORTED = ("ResponseParserError", "500", "InternalError", "InternalFailure")
+
+
+def _create_image(ctx: Context) -> str:
+    """CreateImage with the image and its snapshots tagged from birth (a kill right after it leaves
+    nothing untagged for reap to miss). moto answers 500 to a ``snapshot`` TagSpecification (not
+    implemented there): then the image alone is tagged here and wait-image tags the snapshots, and
+    that region is not asked again in this process."""
+    state = ctx.require_state()
+    tags = tag_list(image_tags(ctx))
+    params: dict[str, Any] = {
+        "InstanceId": state.instance_id, "Name": state.image_name,
+        "Description": f"AMI Bakery: role {ctx.role.name}, release {state.release}, bake {state.bake_id}"[:255]}
+    image_only = [{"ResourceType": "image", "Tags": tags}]
+    if ctx.region not in ctx.aws.no_snapshot_tag_specs:
+        try:
+            # moto's 500 is an HTML page: a parse error, which neither botocore nor the gate retries.
+            return str(ctx.ec2("CreateImage", **params, TagSpecifications=[
+                *image_only, {"ResourceType": "snapshot", "Tags": tags}])["ImageId"])
+        except AwsError as exc:
+            if exc.code not in _UNSUPPORTED:
+                raise
+            ctx.aws.no_snapshot_tag_specs.add(ctx.region)
+            ctx.log(f"CreateImage refused snapshot tags ({exc.code}); tagging the snapshots afterwards")
+    return str(ctx.ec2("CreateImage", **params, TagSpecifications=image_only)["ImageId"])
+
+
+def _adopt_duplicate(ctx: Context) -> str:
+    """The name is taken: by this bake's own image (a CreateImage whose answer was lost, a retried
+    500) it is adopted; by anything else it is an error naming the owner. Names are unique per bake."""
+    state = ctx.require_state()
+    found = ctx.aws.describe_images(ctx.region, Owners=["self"], Filters=[
+        {"Name": "name", "Values": [state.image_name or ""]}])
+    for image in found:
+        if tags_of(image).get("bakery:bake-id") == state.bake_id:
+            ctx.log(f"image name {state.image_name} is taken by this bake's own {image['ImageId']}: adopted")
+            return str(image["ImageId"])
+    owner = tags_of(found[0]).get("bakery:bake-id", "no bakery:bake-id tag") if found else "not visible"
+    raise BakeryError(f"an image named {state.image_name} already exists and is not this bake's "
+                      f"({found[0]['ImageId'] if found else '?'}: {owner}); deregister it or bake again")
 
 
 def run(ctx: Context) -> str:
@@ -42,14 +87,12 @@ def run(ctx: Context) -> str:
         tag_snapshots(ctx, existing)
         return f"image {existing['ImageId']} of bake {state.bake_id} already exists ({existing.get('State')})"
     state.image_name = image_name(ctx.role.name, state.release, state.bake_id)
-    tags = image_tags(ctx)
-    image_id = ctx.ec2(
-        "CreateImage",
-        InstanceId=state.instance_id,
-        Name=state.image_name,
-        Description=f"AMI Bakery: role {ctx.role.name}, release {state.release}, bake {state.bake_id}"[:255],
-        TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
-    )["ImageId"]
+    try:
+        image_id = _create_image(ctx)
+    except AwsError as exc:
+        if exc.code != "InvalidAMIName.Duplicate":
+            raise
+        image_id = _adopt_duplicate(ctx)
     state.image_id = image_id
     state.image_state = "pending"
     ctx.save()

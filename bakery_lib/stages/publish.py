@@ -98,9 +98,16 @@ def _start_copy(ctx: Context, region: str, source: dict[str, Any], tags: dict[st
     if found is not None:
         image_id: str = found["ImageId"]
     else:
+        # ClientToken: a CopyImage replayed after a lost answer (a kill, a read timeout) returns the
+        # first copy instead of making a second (EC2 API reference, CopyImage; moto ignores it, hence
+        # the look-up by tag above). TagSpecifications: the copy and its snapshots are the bakery's
+        # from birth, so reap finds them even when the process dies before the CreateTags below.
         params: dict[str, Any] = {"SourceImageId": source["ImageId"], "SourceRegion": ctx.region,
                                   "Name": source["Name"], "Encrypted": True,
-                                  "Description": (source.get("Description") or "")[:255]}
+                                  "Description": (source.get("Description") or "")[:255],
+                                  "ClientToken": copy_token(state.bake_id, region),
+                                  "TagSpecifications": [{"ResourceType": kind, "Tags": tag_list(tags)}
+                                                        for kind in ("image", "snapshot")]}
         kms = dict(ctx.role.region_kms_keys).get(region)
         if kms:
             params["KmsKeyId"] = kms
@@ -113,6 +120,11 @@ def _start_copy(ctx: Context, region: str, source: dict[str, Any], tags: dict[st
     while_propagating(lambda: ctx.aws.call("ec2", region, "CreateTags", Resources=[image_id], Tags=tag_list(tags)),
                       what=f"tagging copy {image_id}", clock=ctx.clock, log=ctx.log)
     return image_id
+
+
+def copy_token(bake_id: str, region: str) -> str:
+    """The CopyImage ClientToken of a bake's copy to ``region`` (at most 64 ASCII characters)."""
+    return f"copy-{bake_id}-{region}"[:64]
 
 
 def _wait_copy(ctx: Context, region: str, image_id: str, source_id: str) -> dict[str, Any]:

@@ -138,7 +138,8 @@ class Hold:
     """Hold a matching call: ``reached`` is set when it arrives; the answer waits for ``release``.
 
     With ``forward_first`` the call is carried out by moto before the answer is held: the resource
-    exists but the bakery has not heard of it (the moment a SIGKILL leaves the worst state behind).
+    exists but the bakery has not heard of it (the moment a SIGKILL leaves the worst state behind); a
+    call moto refused is not held (the next matching one is).
     ``callback`` runs when the call is reached (e.g. take the Chef server away).
     """
 
@@ -249,10 +250,10 @@ class FaultProxy(LoopbackHTTPServer):
                 return status, code, rule.message
         return None
 
-    def _hold(self, operation: str) -> Hold | None:
+    def _hold(self, operation: str, forward_first: bool) -> Hold | None:
         with self._lock:
             for hold in self.holds:
-                if hold.operation == operation and hold.fired < hold.times and (
+                if hold.operation == operation and hold.forward_first == forward_first and hold.fired < hold.times and (
                         not hold.after or hold.after in self._seen_ok):
                     hold.fired += 1
                     return hold
@@ -367,8 +368,8 @@ class _Handler(BaseHTTPRequestHandler):
             proxy._record(call)
             self._reply(status, [("Content-Type", ctype), ("x-amzn-RequestId", str(uuid.uuid4()))], payload)
             return
-        hold = proxy._hold(operation)
-        if hold is not None and not hold.forward_first:
+        hold = proxy._hold(operation, forward_first=False)
+        if hold is not None:
             self._wait(hold)
         try:
             status, headers, payload = self._forward(body)
@@ -377,7 +378,10 @@ class _Handler(BaseHTTPRequestHandler):
             proxy._record(call)
             self._reply(502, [("Content-Type", "text/plain")], f"fault proxy: upstream unreachable: {exc}".encode())
             return
-        if hold is not None and hold.forward_first:
+        # Held after forwarding only when moto carried the call out: a refused call (moto's 500 to a
+        # CreateImage snapshot TagSpecification, answered by a retry without it) made nothing.
+        hold = proxy._hold(operation, forward_first=True) if status < 400 else None
+        if hold is not None:
             self._wait(hold)
         if status < 400:
             payload, call.rewritten = proxy._rewrite(operation, payload)

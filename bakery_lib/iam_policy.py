@@ -64,6 +64,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "LatestParameters": ("ssm:PutParameter", "ssm:GetParameter"),
     "EncryptWithCatalogueKeys": ("kms:DescribeKey", "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom",
                                  "kms:ReEncryptTo", "kms:GenerateDataKeyWithoutPlaintext"),
+    "ReadCatalogueKeyPolicies": ("kms:DescribeKey", "kms:GetKeyPolicy", "kms:ListGrants"),
     "GrantCatalogueKeysToEbs": ("kms:CreateGrant",),
 }
 
@@ -158,14 +159,31 @@ def _iam_statements(iam: str, boundaries: list[str], managed: list[str]) -> list
     return out
 
 
-def _kms_statements(keys: list[str], regions: list[str]) -> list[dict[str, Any]]:
+def _kms_statements(keys: list[str], regions: list[str], sharing: bool) -> list[dict[str, Any]]:
+    """Key ARNs as resources; an alias cannot be a key operation's resource, so an alias key is any key
+    of its region whose aliases include it (``kms:ResourceAliases``; AWS KMS Developer Guide, "Use
+    aliases to control access to KMS keys")."""
     if not keys:
         return []
     via = {"StringEquals": {"kms:ViaService": sorted(f"ec2.{r}.amazonaws.com" for r in regions)}}
-    return [
-        _statement("EncryptWithCatalogueKeys", keys, via),
-        _statement("GrantCatalogueKeysToEbs", keys, {**via, "Bool": {"kms:GrantIsForAWSResource": "true"}}),
-    ]
+    grant = {**via, "Bool": {"kms:GrantIsForAWSResource": "true"}}
+    by_arn = [k for k in keys if ":alias/" not in k]
+    aliases = [k for k in keys if ":alias/" in k]
+    out = []
+    for suffix, resources, extra in (("", by_arn, {}), ("ByAlias", sorted({k.split(":alias/")[0] + ":key/*"
+                                                                          for k in aliases}),
+                                                        {"ForAnyValue:StringEquals": {"kms:ResourceAliases": sorted(
+                                                            "alias/" + k.split(":alias/")[1] for k in aliases)}})):
+        if not resources:
+            continue
+        out.append(_statement("EncryptWithCatalogueKeys", resources, {**via, **extra}) | {
+            "Sid": "EncryptWithCatalogueKeys" + suffix})
+        out.append(_statement("GrantCatalogueKeysToEbs", resources, {**grant, **extra}) | {
+            "Sid": "GrantCatalogueKeysToEbs" + suffix})
+        if sharing:  # preflight reads the key policies of a shared AMI's keys (bakery_lib.kms)
+            out.append(_statement("ReadCatalogueKeyPolicies", resources, extra or None) | {
+                "Sid": "ReadCatalogueKeyPolicies" + suffix})
+    return out
 
 
 def bakery_policy(catalog: Catalog) -> dict[str, Any]:
@@ -183,7 +201,8 @@ def bakery_policy(catalog: Catalog) -> dict[str, Any]:
     statements.append(_statement("RunLists", [f"arn:{part}:s3:::{b}/runlists/*" for b in buckets]))
     statements.append(_statement("LatestParameters", sorted(
         f"arn:{part}:ssm:{r}:{account}:parameter/bakery/*" for r in regions)))
-    statements += _kms_statements(_key_arns(roles, part, account), regions)
+    sharing = any(r.share_with_accounts or r.share_with_organizations for r in roles)
+    statements += _kms_statements(_key_arns(roles, part, account), regions, sharing)
     return {"Version": "2012-10-17", "Statement": statements}
 
 

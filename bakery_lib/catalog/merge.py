@@ -52,6 +52,7 @@ def merge_role(name: str, role: RoleIn, defaults: DefaultsIn) -> RoleSpec:
         if key not in values:
             raise RoleProblem(key, ROLE_MISSING)
     values["ingress"] = tuple(_rule(r) for r in values.get("ingress", ()))
+    _check_sharing_keys(values)
     base_ami = role.base_ami
     return RoleSpec(
         name=name,
@@ -63,6 +64,27 @@ def merge_role(name: str, role: RoleIn, defaults: DefaultsIn) -> RoleSpec:
         run_list_launch=_run_list(name, role, "launch"),
         **values,
     )
+
+
+DEFAULT_EBS_KEYS = ("alias/aws/ebs",)
+
+
+def _check_sharing_keys(values: Mapping[str, Any]) -> None:
+    """Sharing needs a customer managed key in every region of the role: another account cannot
+    launch an AMI whose snapshots are encrypted with the default ``aws/ebs`` key, whose policy cannot
+    be changed (EC2 User Guide, "Share an AMI with specific AWS accounts": "You can't share an AMI that
+    has volumes that are encrypted with an AWS managed key")."""
+    if not (values.get("share_with_accounts") or values.get("share_with_organizations")):
+        return
+    key = values.get("kms_key_id")
+    if not key or key in DEFAULT_EBS_KEYS:
+        raise RoleProblem("kms_key_id", f"sharing the AMI needs a customer managed KMS key in {values['region']}: "
+                          "AWS cannot share AMIs encrypted with the default aws/ebs key; set kms_key_id")
+    regional = dict(values.get("region_kms_keys", ()))
+    for region in values.get("copy_to_regions", ()):
+        if region != values["region"] and regional.get(region, "alias/aws/ebs") in DEFAULT_EBS_KEYS:
+            raise RoleProblem("region_kms_keys", f"sharing the AMI needs a customer managed KMS key in {region} "
+                              f"(a copy region): set region_kms_keys: {{{region}: KEY}}")
 
 
 def _rule(rule: IngressIn) -> IngressRule:

@@ -33,6 +33,7 @@ from .specs import (
     CHEF_INSTALLERS,
     INSTANCE_TYPE_RE,
     JOB_NAME_RE,
+    ORG_ARN_RE,
     POLICY_ARN_RE,
     REGION_RE,
     RUN_LIST_ITEM_RE,
@@ -316,6 +317,11 @@ class RoleKeys(Strict):
                                Field(description="regions the AMI is copied to")] = None
     share_with_accounts: Annotated[List(Text(ACCOUNT_RE, "a 12-digit account id"), 100),
                                    Field(description="accounts the AMI is shared with")] = None
+    share_with_organizations: Annotated[
+        List(Text(ORG_ARN_RE, "an AWS Organizations organization or OU ARN"), 50),
+        Field(description="organizations / OUs the AMI is shared with (their ARNs)")] = None
+    share_snapshots: Annotated[
+        Bool, Field(description="also let the accounts copy the raw snapshots (createVolumePermission)")] = None
     region_kms_keys: Annotated[RegionKeys,
                                Field(description="KMS key per copy region (region: key)")] = None
     launch_template: Annotated[

@@ -22,6 +22,9 @@ S3_URL_RE = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(\S+)$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 RUN_LIST_ITEM_RE = re.compile(r"^(recipe|role)\[[A-Za-z0-9_.:@-]+\]$")
 SNS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$")
+# arn:aws:organizations::MGMT_ACCOUNT:organization/o-xxx or .../ou/o-xxx/ou-xxxx-xxxxxxxx
+ORG_ARN_RE = re.compile(r"^arn:aws[a-z-]*:organizations::\d{12}:(organization/o-[a-z0-9]{10,32}"
+                        r"|ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32})$")
 POLICY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::(aws|\d{12}):policy/[\w+=,.@/-]+$")
 URL_RE = re.compile(r"^https?://[^\s'\"`$\\]+$")
 # Tag keys/values and free text that ends up in scripts: printable, no control characters.
@@ -134,6 +137,9 @@ class RoleSpec:
     bake_ttl: int = 4 * 60 * 60
     copy_to_regions: tuple[str, ...] = ()
     share_with_accounts: tuple[str, ...] = ()
+    share_with_organizations: tuple[str, ...] = ()
+    # createVolumePermission on the snapshots too: the other accounts may copy the raw disk.
+    share_snapshots: bool = False
     region_kms_keys: tuple[tuple[str, str], ...] = ()
     launch_template: str | None = None
     keep: int = 5

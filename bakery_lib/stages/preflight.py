@@ -22,6 +22,7 @@ from ..catalog import AmiFilter, RoleSpec
 from ..ec2.images import retag_image
 from ..ec2.instances import bakes_in_flight
 from ..errors import BakeryError, UsageError
+from ..kms import check_sharing_keys
 from ..state import BakeState, new_bake_id
 from ..userdata import bake_userdata, node_name
 from .base import Context, RoleContext, no_cleanup
@@ -166,6 +167,7 @@ def run(ctx: Context, release: str | None) -> str:
     base_image = resolve_base_image(ctx)
     base_ami = base_image["ImageId"]
     _refuse_in_flight(ctx)
+    check_sharing_keys(ctx)  # the accounts an AMI is shared with can use its keys (see bakery_lib.kms)
 
     if existing is not None:
         ctx.ws.archive(existing)

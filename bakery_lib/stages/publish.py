@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..aws import tag_list, tags_of
+from ..catalog import RoleSpec
 from ..ec2.images import retag_image
 from ..errors import AwsError, BakeryError, StageTimeout
 from ..reports import write_artifacts
@@ -176,12 +177,26 @@ def copy_to(ctx: Context, region: str, source: dict[str, Any]) -> str:
     return image_id
 
 
+def launch_permissions(role: RoleSpec) -> list[dict[str, str]]:
+    """LaunchPermission entries for the role's accounts, organizations and OUs."""
+    perms = [{"UserId": a} for a in role.share_with_accounts]
+    for arn in role.share_with_organizations:
+        perms.append({"OrganizationalUnitArn": arn} if ":ou/" in arn else {"OrganizationArn": arn})
+    return perms
+
+
 def share(ctx: Context, region: str, image_id: str) -> None:
-    accounts = list(ctx.role.share_with_accounts)
-    if not accounts:
+    """Launch permission for the accounts / organizations / OUs; to launch it they use the role's key,
+    whose policy preflight checked. The snapshots' createVolumePermission (which lets the other account
+    copy the raw disk, not only launch the AMI) only with ``share_snapshots`` and only to accounts
+    (snapshots cannot be shared with an organization)."""
+    perms = launch_permissions(ctx.role)
+    if not perms:
         return
-    perms = [{"UserId": a} for a in accounts]
     ctx.aws.call("ec2", region, "ModifyImageAttribute", ImageId=image_id, LaunchPermission={"Add": perms})
+    accounts = list(ctx.role.share_with_accounts)
+    if not (ctx.role.share_snapshots and accounts):
+        return
     images = ctx.aws.describe_images(region, [image_id])
     for snap in snapshot_ids(images[0]) if images else []:
         ctx.aws.call("ec2", region, "ModifySnapshotAttribute", SnapshotId=snap, Attribute="createVolumePermission",
@@ -307,8 +322,10 @@ def _point_at(ctx: Context, primary: str) -> list[str]:
     messages = _retag_copies(ctx, state.amis) if state.reused else []
     for region, image_id in sorted(state.amis.items()):
         share(ctx, region, image_id)
-    if ctx.role.share_with_accounts:
-        messages.append(f"shared with {', '.join(ctx.role.share_with_accounts)}")
+    shared_with = [*ctx.role.share_with_accounts, *ctx.role.share_with_organizations]
+    if shared_with:
+        messages.append(f"shared with {', '.join(shared_with)}"
+                        + (" (snapshots too)" if ctx.role.share_snapshots and ctx.role.share_with_accounts else ""))
     written, notes = _publish_latest(ctx, state.amis)
     if written:
         messages.append(f"{latest_parameter(ctx.role.name)} in {', '.join(written)}")

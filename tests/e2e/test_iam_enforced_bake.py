@@ -68,6 +68,16 @@ class Enforced:
             env=self.env(), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def _shareable_key(moto: MotoServer, region: str) -> str:
+    """A customer managed key the shared account may use (the statement preflight asks for)."""
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{SHARE_WITH}:root"}, "Resource": "*",
+         "Action": ["kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKeyWithoutPlaintext",
+                    "kms:ReEncrypt*"]}]}
+    return str(moto.client("kms", region).create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"])
+
+
 @pytest.fixture(scope="module")
 def enforced(goiardi, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enforced]:
     workdir = tmp_path_factory.mktemp("iam-enforced")
@@ -80,9 +90,11 @@ def enforced(goiardi, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enfo
         for region in (REGION, COPY_REGION):
             moto.client("ec2", region).create_launch_template(
                 LaunchTemplateName="iam-web", LaunchTemplateData={"ImageId": stack.base_image_id})
+        keys = {region: _shareable_key(moto, region) for region in (REGION, COPY_REGION)}
         catalog = stack.write_catalog(
             workdir / "bakery.yaml", roles=ROLES, copy_to_regions=[COPY_REGION], share_with_accounts=[SHARE_WITH],
-            launch_template="iam-web", permissions_boundary=BOUNDARY)
+            launch_template="iam-web", permissions_boundary=BOUNDARY, kms_key_id=keys[REGION],
+            region_kms_keys={COPY_REGION: keys[COPY_REGION]})
         policy = as_moto_evaluates(bakery_policy(load_catalog(str(catalog))))
         bakery_keys = create_user(moto, "bakery", policy)
         # The instance runner plays EC2 itself (the hypervisor and, for now, the instances' own calls).

@@ -53,7 +53,9 @@ def test_publish_copies_shares_and_writes_ssm_everywhere(moto_server, tmp_path, 
     lt = ec2.create_launch_template(LaunchTemplateName=f"lt-{role}",
                                     LaunchTemplateData={"ImageId": image_id, "InstanceType": "t3.small"})
     ctx = _ctx(moto_server, tmp_path, role, image_id, copy_to_regions=["eu-west-1", "ap-south-1"],
-               share_with_accounts=[ACCOUNT], launch_template=f"lt-{role}")
+               share_with_accounts=[ACCOUNT], launch_template=f"lt-{role}", share_snapshots=True,
+               kms_key_id="alias/bakery-ebs",
+               region_kms_keys={"eu-west-1": "alias/bakery-ebs", "ap-south-1": "alias/bakery-ebs"})
     message = publish.run(ctx)
     assert "published" in message
     amis = ctx.state.amis

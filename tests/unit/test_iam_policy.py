@@ -47,6 +47,7 @@ defaults:
   kms_key_id: alias/bakery-ebs
   region_kms_keys: {eu-west-1: arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555}
   launch_template: web-template
+  share_with_accounts: ["210987654321"]
   tags: {team: platform}
   chef:
     server_url: https://chef.example.com/organizations/acme
@@ -122,9 +123,15 @@ def test_bakery_instances_and_images_by_tag(catalog):
 
 def test_catalogue_keys_only_through_ec2(catalog):
     by_sid = statements(bakery_policy(catalog))
-    keys = ["arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555",
-            "arn:aws:kms:us-east-1:123456789012:alias/bakery-ebs"]
-    assert by_sid["EncryptWithCatalogueKeys"]["Resource"] == keys
+    assert by_sid["EncryptWithCatalogueKeys"]["Resource"] == [
+        "arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555"]
+    # An alias is no key operation's resource: any key of the region that carries the alias.
+    by_alias = by_sid["EncryptWithCatalogueKeysByAlias"]
+    assert by_alias["Resource"] == ["arn:aws:kms:us-east-1:123456789012:key/*"]
+    assert by_alias["Condition"]["ForAnyValue:StringEquals"] == {"kms:ResourceAliases": ["alias/bakery-ebs"]}
+    # preflight reads the key policies of a shared AMI's keys
+    assert by_sid["ReadCatalogueKeyPoliciesByAlias"]["Action"] == ["kms:DescribeKey", "kms:GetKeyPolicy",
+                                                                   "kms:ListGrants"]
     grant = by_sid["GrantCatalogueKeysToEbs"]
     assert grant["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
     assert grant["Condition"]["StringEquals"]["kms:ViaService"] == ["ec2.eu-west-1.amazonaws.com",

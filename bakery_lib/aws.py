@@ -292,13 +292,14 @@ class Aws:
             raise AwsError(what, type(exc).__name__, str(exc)) from None
 
     def paginate(self, service: str, region: str, operation: str, key: str, **params: Any) -> list[Any]:
+        """Every page of a list call: ``NextToken`` (EC2, SSM...), or IAM's ``Marker`` / ``IsTruncated``."""
         out: list[Any] = []
-        token_name = "NextToken"
+        token_name = "Marker" if service == "iam" else "NextToken"
         while True:
             page = self.call(service, region, operation, **params)
             out.extend(page.get(key, []))
             token = page.get(token_name)
-            if not token:
+            if not token or (service == "iam" and not page.get("IsTruncated")):
                 return out
             params[token_name] = token
 
@@ -326,8 +327,11 @@ class Aws:
         ids = list(image_ids)
         if ids:
             params["ImageIds"] = ids
+        else:
+            # Accounts hold thousands of AMIs: page through them (EC2 refuses MaxResults with ImageIds).
+            params.setdefault("MaxResults", 1000)
         try:
-            return self.call("ec2", region, "DescribeImages", **params).get("Images", [])
+            return self.paginate("ec2", region, "DescribeImages", "Images", **params)
         except AwsError as exc:
             if exc.code in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
                 return []

@@ -128,7 +128,8 @@ def _ensure_role(ctx: RoleContext, name: str, tags: list[dict[str, str]], action
         return True
     existing_tags = {t["Key"]: t["Value"] for t in existing.get("Tags", [])}
     if not existing_tags:
-        existing_tags = {t["Key"]: t["Value"] for t in ctx.iam("ListRoleTags", RoleName=name).get("Tags", [])}
+        existing_tags = {t["Key"]: t["Value"] for t in ctx.aws.paginate("iam", ctx.region, "ListRoleTags", "Tags",
+                                                                          RoleName=name)}
     if existing_tags.get("bakery:managed") != "true":
         raise BakeryError(f"IAM role {name} exists but is not managed by the bakery (no tag bakery:managed=true)")
     if _doc(existing.get("AssumeRolePolicyDocument")) != TRUST_POLICY:
@@ -161,7 +162,7 @@ def _converge_inline(ctx: RoleContext, name: str, created: bool, actions: list[s
         actions.append("inline policy written")
     if created:
         return
-    for extra in ctx.iam("ListRolePolicies", RoleName=name).get("PolicyNames", []):
+    for extra in ctx.aws.paginate("iam", ctx.region, "ListRolePolicies", "PolicyNames", RoleName=name):
         if extra != POLICY_NAME:
             ctx.iam("DeleteRolePolicy", RoleName=name, PolicyName=extra)
             actions.append(f"inline policy {extra} removed")
@@ -169,7 +170,8 @@ def _converge_inline(ctx: RoleContext, name: str, created: bool, actions: list[s
 
 def _converge_managed(ctx: RoleContext, name: str, created: bool, actions: list[str]) -> None:
     attached = set() if created else {
-        p["PolicyArn"] for p in ctx.iam("ListAttachedRolePolicies", RoleName=name).get("AttachedPolicies", [])}
+        p["PolicyArn"] for p in ctx.aws.paginate("iam", ctx.region, "ListAttachedRolePolicies", "AttachedPolicies",
+                                                 RoleName=name)}
     for arn in ctx.role.managed_policies:
         if arn not in attached:
             ctx.iam("AttachRolePolicy", RoleName=name, PolicyArn=arn)

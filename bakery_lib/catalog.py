@@ -71,6 +71,9 @@ CHEF_INSTALLERS = {
     "chef": ("https://chefdownload-commercial.chef.io/install.sh",
              "https://chefdownload-commercial.chef.io/install.ps1"),
 }
+# AWS's documented bundled installer of the AWS CLI v2 ("Installing or updating to the latest version of
+# the AWS CLI"), for a Linux base that has no CLI and no distribution package of it; {arch} is uname -m.
+AWS_CLI_INSTALLER = "https://awscli.amazonaws.com/awscli-exe-linux-{arch}.zip"
 SSM_PARAMETER_RE = re.compile(r"^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,14}$")
 
 
@@ -143,6 +146,7 @@ class RoleSpec:
     launch_template: str | None = None
     keep: int = 5
     boot_test: BootTestSettings = BootTestSettings()
+    aws_cli_installer_url: str = AWS_CLI_INSTALLER
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -165,6 +169,9 @@ class RoleSpec:
             "chef": dataclasses.asdict(self.chef),
             "runlist_bucket": self.runlist_bucket,
             "alert_topic_arn": self.alert_topic_arn,
+            # Only when set: the bake keys of catalogues that never name it stay as they were.
+            **({"aws_cli_installer_url": self.aws_cli_installer_url}
+               if self.aws_cli_installer_url != AWS_CLI_INSTALLER else {}),
         }
 
 
@@ -472,6 +479,7 @@ _ROLE_KEYS: dict[str, Callable[[Any, _Ctx], Any]] = {
     "instance_types": _list(_text(INSTANCE_TYPE_RE, "an instance type"), max_len=20),
     "subnet_ids": _list(_text(SUBNET_RE, "a subnet id"), max_len=20),
     "sysprep_timeout": _duration,
+    "aws_cli_installer_url": _text(URL_RE, "an http(s) URL"),
     "vpc_id": _text(VPC_RE, "a VPC id"),
     "volume_size": _int(8, 16384),
     "volume_type": _choice("gp2", "gp3", "io1", "io2"),

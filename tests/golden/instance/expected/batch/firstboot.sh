@@ -73,6 +73,9 @@ if [ ! -e "$SENTINEL" ]; then
   exit 0
 fi
 mkdir -p "${LOG%/*}" "${LOCK%/*}"
+# The log holds Chef's whole output (diffs of templated files included): root only, like the bake log.
+(umask 077 && touch "$LOG")
+chmod 600 "$LOG"
 exec > >(tee -a "$LOG") 2>&1
 
 # One run at a time: a second start steps aside (exit 0).
@@ -130,6 +133,7 @@ trap 'exit 130' INT
 log "first boot of role $ROLE"
 read_metadata
 read_boot_test
+ensure_aws_cli || fail "no AWS CLI on this image and none could be installed"
 NODE_NAME="$ROLE-$INSTANCE_ID"
 # Extra client options of a boot test (bash 4.2, CentOS 7: an empty array is "unbound" under set -u,
 # hence the ${CHEF_ARGS[@]+...} forms below).

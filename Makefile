@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TOOLS := .tools
-APT_PACKAGES := goiardi shellcheck packer groovy default-jre-headless
+# debootstrap, systemd-container (systemd-nspawn), dpkg-dev (dpkg-scanpackages) and insserv: the real-init
+# instances (devstack/realinit.py) -- a Debian 12 booted under systemd and cloud-init -- and their checks.
+APT_PACKAGES := goiardi shellcheck packer groovy default-jre-headless debootstrap systemd-container dpkg-dev insserv
 # Three workers on two cores: most of a bake test is spent waiting on polls and subprocesses.
 # One file per worker (--dist loadfile) keeps each file's shared servers and fixtures together.
 PYTEST_ARGS ?= -n 3 --dist loadfile

@@ -107,7 +107,8 @@ class BootTestSettings:
     run_list: tuple[str, ...] = ()
     why_run: bool = True
     command: str | None = None
-    timeout: int = 15 * 60
+    # None: per platform, see RoleSpec.boot_test_timeout.
+    timeout: int | None = None
     instance_type: str | None = None
 
 
@@ -147,6 +148,18 @@ class RoleSpec:
     keep: int = 5
     boot_test: BootTestSettings = BootTestSettings()
     aws_cli_installer_url: str = AWS_CLI_INSTALLER
+
+    @property
+    def boot_test_timeout(self) -> int:
+        """``boot_test.timeout`` if set, else per platform: 15 minutes on Linux; on Windows the test
+        instance first goes through specialize and OOBE (up to 20 minutes), then its first boot waits
+        up to 10 minutes for the metadata service and gives Chef the role's own first-boot deadline
+        (``bootstrap_timeout``)."""
+        if self.boot_test.timeout is not None:
+            return self.boot_test.timeout
+        if self.platform == "windows":
+            return 30 * 60 + self.bootstrap_timeout
+        return 15 * 60
 
     @property
     def regions(self) -> tuple[str, ...]:

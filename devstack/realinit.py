@@ -29,17 +29,20 @@ Same interface as :class:`devstack.runner.InstanceRunner` (a context manager sta
   StartInstances of a stopped instance boots its tree again (a second boot).
 
 Booting here (systemd 252, no systemd on the host, root): ``systemd-nspawn --register=no --keep-unit
--q -b --console=pipe -D TREE`` works as is; ``--register=no`` because no machined runs on the host and
-``--keep-unit`` because there is no host manager to create a scope; ``--console=pipe`` because the
-console goes to a file (no TTY); ``SYSTEMD_NSPAWN_LOCK=0``: the trees are overlays the runner owns,
-nspawn's image lock is not needed. The repository is bind-mounted read-only at
+-q -b -D TREE`` works as is -- found out on this machine kind: ``--register=no`` because no machined
+runs on the host, ``--keep-unit`` because there is no host manager to make a scope (without it even a
+non-booting nspawn fails "Failed to open system bus"); the default console (a pseudo-TTY whose output
+nspawn copies to its stdout, here the console file) shows the boot, while ``--console=pipe`` showed
+nothing of it; ``SYSTEMD_NSPAWN_LOCK=0``: the trees are overlays the runner owns, nspawn's image lock
+is not needed; ``--private-users`` is not needed (root, no user namespace). The harmless "Attempted to
+remove disk file system under /run/systemd/nspawn/propagate" at exit is nspawn cleaning up. The repository is bind-mounted read-only at
 ``/opt/bakery-test/src`` and the venv's packages at ``/opt/bakery-test/site-packages`` for the stub
 Chef client of the base (see :mod:`devstack.realinit_base`).
 
 ``results[iid]``: ``kind`` (bake, firstboot, launch), ``running`` (booted and not powered off),
 ``boots`` (how many times nspawn booted it), ``exit_code`` (nspawn's last), ``root`` and ``console``.
-``wait(iid)`` returns once the instance is powered off; ``wait_for(iid, path)`` once a file exists in
-its tree (an event, not a timer).
+``wait(iid)`` returns once the instance is powered off; ``wait_until(iid, what, check)`` once a condition
+on the runner (a console line, a file in the tree) holds, checked on each poll round.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,16 +178,15 @@ class RealInitRunner:
                 self._cond.wait(min(left, 1.0))
             return dict(self.results[instance_id])
 
-    def wait_for(self, instance_id: str, path: str, timeout: float = 300.0) -> Path:
-        """``path`` inside the instance's tree, once it exists (checked whenever the runner polls)."""
+    def wait_until(self, instance_id: str, what: str, check: Callable[[RealInitRunner], bool],
+                   timeout: float = 300.0) -> None:
+        """Until ``check(self)`` holds (checked on each poll round: an event, e.g. a line on the console
+        or a file in the tree, never a sleep); ``what`` names it in the timeout's message."""
         deadline = time.monotonic() + timeout
-        while True:
-            target = self.root(instance_id) / path.lstrip("/")
-            if target.exists():
-                return target
+        while not check(self):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"real-init runner: no {path} in {instance_id} after {timeout:.0f}s; "
-                                   f"console:\n{self.console(instance_id)[-3000:]}")
+                raise TimeoutError(f"real-init runner: {what} not seen on {instance_id} after {timeout:.0f}s; "
+                                   f"errors: {self.errors[-3:]}; console:\n{self.console(instance_id)[-4000:]}")
             with self._cond:
                 self._cond.wait(1.0)
 
@@ -351,7 +353,7 @@ class RealInitRunner:
             self.results[inst.iid]["boots"] += 1
             n = self.results[inst.iid]["boots"]
         self._note(inst, f"boot {n} of {inst.iid} ({inst.layers[0].name} ...)")
-        argv = ["systemd-nspawn", "--register=no", "--keep-unit", "-q", "-b", "--console=pipe",
+        argv = ["systemd-nspawn", "--register=no", "--keep-unit", "-q", "-b",
                 f"--machine={inst.iid}", "-D", str(inst.merged),
                 f"--bind-ro={REPO_ROOT}:{SRC_MOUNT}", f"--bind-ro={site_packages()}:{SITE_MOUNT}"]
         env = {**os.environ, "SYSTEMD_NSPAWN_LOCK": "0"}

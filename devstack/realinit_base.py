@@ -52,13 +52,14 @@ CLOUD_CFG = """\
 # fetched from a metadata address; the container shares the host's network, which stays as it is.
 datasource_list: [ NoCloud, None ]
 network: {config: disabled}
+locale: C.UTF-8
 apt:
   preserve_sources_list: true
 """
 
 STUB_CLIENT = f"""#!/bin/sh
 # AMI Bakery test base: the devstack stub Chef client (registers with the test Chef server, runs no recipe).
-PYTHONPATH={SRC_MOUNT}:{SITE_MOUNT} exec /usr/bin/python3 -m devstack.stub_chef_client "$@"
+PYTHONPATH={SRC_MOUNT}:{SITE_MOUNT} exec /usr/bin/python3 -c 'import sys; from devstack.stub_chef_client import main; sys.exit(main())' "$@"
 """
 
 
@@ -129,16 +130,26 @@ def _build_nocli(dest: Path) -> None:
     _write(tmp, "/etc/apt/sources.list.d/bakery-test.list", f"deb [trusted=yes] file:{LOCAL_REPO} ./\n")
     shutil.rmtree(tmp / "var/lib/apt/lists", ignore_errors=True)
     (tmp / "var/lib/apt/lists/partial").mkdir(parents=True)
-    _write(tmp, "/etc/cloud/cloud.cfg.d/90-bakery-test.cfg", CLOUD_CFG)
-    for path in ("/opt/cinc/bin/cinc-client", "/opt/chef/bin/chef-client"):
-        _write(tmp, path, STUB_CLIENT, 0o755)
-    (tmp / SRC_MOUNT.lstrip("/")).mkdir(parents=True, exist_ok=True)
-    (tmp / SITE_MOUNT.lstrip("/")).mkdir(parents=True, exist_ok=True)
     machine_id = tmp / "etc/machine-id"
     if not machine_id.exists() or len(machine_id.read_text().strip()) != 32:
         _run(["systemd-machine-id-setup", f"--root={tmp}"], "systemd-machine-id-setup")
     (tmp / "etc/hostname").write_text("bakery-test-base\n")
     tmp.rename(dest)
+
+
+def _configure(root: Path) -> None:
+    """What a test AMI carries besides its packages; idempotent, applied to the cached base on each use
+    (so changing it needs no new debootstrap)."""
+    _write(root, "/etc/cloud/cloud.cfg.d/90-bakery-test.cfg", CLOUD_CFG)
+    for path in ("/opt/cinc/bin/cinc-client", "/opt/chef/bin/chef-client"):
+        _write(root, path, STUB_CLIENT, 0o755)
+    for mount in (SRC_MOUNT, SITE_MOUNT):
+        (root / mount.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    # The stub client's pychef loads libcrypto by its development name (ctypes: "libcrypto.so").
+    for lib in root.glob("usr/lib/*-linux-gnu/libcrypto.so.3"):
+        link = lib.with_name("libcrypto.so")
+        if not link.is_symlink():
+            link.symlink_to(lib.name)
 
 
 def _build_awscli(dest: Path, lower: Path) -> None:
@@ -191,6 +202,7 @@ def base_layers(variant: str, cache: Path = CACHE) -> list[Path]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not nocli.is_dir():
             _build_nocli(nocli)
+        _configure(nocli)
         if variant == "awscli" and not awscli.is_dir():
             _build_awscli(awscli, nocli)
     return [nocli] if variant == "nocli" else [awscli, nocli]

@@ -55,6 +55,14 @@ REGION=""
 STEP="starting"
 FAIL=""
 
+# Ends the script (from its EXIT trap) once the log's tee has written everything: when a service's main
+# process exits, systemd kills what is left in its control group -- a tee still holding the last lines
+# included. TEE_PID is $! right after `exec > >(tee ...)`; bash before 4.4 cannot wait for it.
+finish() {
+  exec >&- 2>&-
+  [ -z "${TEE_PID:-}" ] || wait "$TEE_PID" 2>/dev/null || true
+  exit "$1"
+}
 log() { printf '%s %s: %s\n' "$(date -u +%FT%TZ)" "$PROG" "$*"; }
 step() {
   STEP=$*
@@ -104,6 +112,8 @@ read_metadata() {
 # Returns non-zero (the caller decides) when neither gives a working `aws`.
 ensure_aws_cli() {
   command -v aws >/dev/null 2>&1 && return 0
+  # Packages install into the running system only, never a mounted image or sandbox (BAKERY_ROOT).
+  [ -z "$ROOT" ] || { log "no aws on PATH, and $ROOT is not the running system: not installing it"; return 1; }
   step "installing the AWS CLI (the base image has none)"
   local rc=0
   if command -v apt-get >/dev/null 2>&1; then
@@ -254,10 +264,12 @@ RESUME_UNIT=bakery-bake-resume.service
 MAX_REBOOTS=5
 REBOOTING=no
 POWER_OFF=no
+REPORTED=no
 mkdir -p "${LOG%/*}"
 # The full log (Chef's diffs included) is root-only while it exists; it becomes a summary at the end.
 (umask 077 && touch "$LOG")
 exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
 
 # What the image keeps of this bake: a few lines, root only. Chef's output stays on the console.
 summarize_logs() {
@@ -276,14 +288,17 @@ on_exit() {
   local rc=$?
   trap - EXIT
   rm -f "$VALIDATOR_PEM"
+  if [ "$REPORTED" = yes ]; then
+    finish 0  # tagged succeeded; what the shutdown did to the log afterwards changes nothing
+  fi
   if [ "$REBOOTING" = yes ] && [ "$rc" -eq 0 ]; then
-    exit 0  # the resumed run reports
+    finish 0  # the resumed run reports
   fi
   if [ "$rc" -eq 143 ] && resume_armed; then
     # Stopped by the OS going down (chef-client's `shutdown -r` runs in the background, so the shutdown
     # can overtake the script): the armed resume unit continues the bake at the next boot.
     log "terminated by the shutdown during: $STEP; the bake continues after the reboot"
-    exit 0
+    finish 0
   fi
   if [ "$rc" -ne 0 ]; then
     [ -n "$FAIL" ] || FAIL="$STEP failed (exit $rc)"
@@ -301,7 +316,7 @@ on_exit() {
       poweroff || true
     fi
   fi
-  exit "$rc"
+  finish "$rc"
 }
 trap on_exit EXIT
 trap 'exit 143' TERM
@@ -469,6 +484,7 @@ ALERT_NOTE="$SENTINEL is kept: the next boot retries."
 # after the init services). 404 is "no user data": an ordinary instance. Any other answer is retried,
 # then fails the run: a test instance must never run as a production one.
 BOOT_TEST=no
+REPORTED=no
 BOOT_TEST_NODE=""
 BOOT_TEST_WHY_RUN=yes
 BOOT_TEST_RUN_LIST=""
@@ -521,6 +537,7 @@ mkdir -p "${LOG%/*}" "${LOCK%/*}"
 (umask 077 && touch "$LOG")
 chmod 600 "$LOG"
 exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
 
 # One run at a time: a second start steps aside (exit 0).
 LOCKDIR=""
@@ -556,6 +573,9 @@ on_exit() {
   trap - EXIT
   # The validator key is only needed to register: never leave it on disk.
   rm -f "$VALIDATOR_PEM"
+  if [ "$REPORTED" = yes ]; then
+    rc=0  # the result is tagged; what the shutdown did to the log afterwards changes nothing
+  fi
   if [ "$rc" -ne 0 ]; then
     [ -n "$FAIL" ] || FAIL="$STEP failed (exit $rc)"
     if [ "$BOOT_TEST" = yes ]; then
@@ -568,7 +588,7 @@ on_exit() {
   if [ -n "$LOCKDIR" ]; then
     rm -rf "$LOCKDIR"
   fi
-  exit "$rc"
+  finish "$rc"
 }
 trap on_exit EXIT
 trap 'exit 143' TERM
@@ -624,7 +644,12 @@ if [ "$BOOT_TEST" = yes ]; then
     [ "$rc" -eq 0 ] || fail "the health command exited $rc ($detail)"
     detail="$detail; health command passed"
   fi
+  # Once tagged, the bakery terminates this instance at once: neither the shutdown's SIGTERM (ignored,
+  # by the CLI too) nor a failed write to the log's tee it killed (systemd ignores SIGPIPE, so writes
+  # fail and set -e ends the script) may turn the reported result into "failed".
+  trap '' TERM
   tag_boot_test passed "$detail" || fail "cannot tag bakery:boot-test=passed on $INSTANCE_ID"
+  REPORTED=yes
   # The instance is terminated after the test: the sentinel stays, as on an untested copy of the image.
   log "boot test of $NODE_NAME passed ($detail); $SENTINEL kept"
   exit 0
@@ -739,5 +764,10 @@ log "bake of $ROLE succeeded: the bakery now stops and images $INSTANCE_ID"
 # Before the tag: once it is set, the bakery may stop this instance at any moment.
 summarize_logs succeeded
 rm -f "$RESUME_SCRIPT" "$RESUME_COUNT"
+# Once tagged, the bakery stops this instance at once: neither the shutdown's SIGTERM (ignored, by the
+# CLI too) nor a failed write to the log's tee it killed (systemd ignores SIGPIPE, so writes fail and
+# set -e ends the script) may turn the reported result into "failed".
+trap '' TERM
 tag_self succeeded "ami run list converged as $NODE_NAME; first boot installed" ||
   fail "could not tag $INSTANCE_ID bakery:bootstrap=succeeded"
+REPORTED=yes

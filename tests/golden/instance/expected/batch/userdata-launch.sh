@@ -47,6 +47,14 @@ REGION=""
 STEP="starting"
 FAIL=""
 
+# Ends the script (from its EXIT trap) once the log's tee has written everything: when a service's main
+# process exits, systemd kills what is left in its control group -- a tee still holding the last lines
+# included. TEE_PID is $! right after `exec > >(tee ...)`; bash before 4.4 cannot wait for it.
+finish() {
+  exec >&- 2>&-
+  [ -z "${TEE_PID:-}" ] || wait "$TEE_PID" 2>/dev/null || true
+  exit "$1"
+}
 log() { printf '%s %s: %s\n' "$(date -u +%FT%TZ)" "$PROG" "$*"; }
 step() {
   STEP=$*
@@ -96,6 +104,8 @@ read_metadata() {
 # Returns non-zero (the caller decides) when neither gives a working `aws`.
 ensure_aws_cli() {
   command -v aws >/dev/null 2>&1 && return 0
+  # Packages install into the running system only, never a mounted image or sandbox (BAKERY_ROOT).
+  [ -z "$ROOT" ] || { log "no aws on PATH, and $ROOT is not the running system: not installing it"; return 1; }
   step "installing the AWS CLI (the base image has none)"
   local rc=0
   if command -v apt-get >/dev/null 2>&1; then
@@ -240,6 +250,7 @@ mkdir -p "${LOG%/*}"
 (umask 077 && touch "$LOG")
 chmod 600 "$LOG"
 exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
 
 on_exit() {
   local rc=$?
@@ -253,7 +264,7 @@ on_exit() {
       tag_self failed "$FAIL" || log "could not tag $INSTANCE_ID"
     fi
   fi
-  exit "$rc"
+  finish "$rc"
 }
 trap on_exit EXIT
 trap 'exit 143' TERM

@@ -36,9 +36,16 @@ $Sentinel = Join-Path $Root 'firstboot.txt'
 $Step = 'starting'
 $InstanceId = ''
 $Region = ''
-New-Item -ItemType Directory -Force -Path $ChefDir, $BakeryDir | Out-Null
-# SYSTEM and Administrators only (well-known SIDs): the logs here are not for every user of the image.
-& icacls.exe $BakeryDir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' | Out-Null
+# Chef's own folder of the distribution (cache, backups): C:\chef, or C:\cinc for Cinc.
+$ChefDataDir = Join-Path $Root $ChefDistribution
+# SYSTEM and Administrators only (well-known SIDs: the names are localized), inheritance removed, before
+# anything is written: a new folder under C:\ inherits read for Users (and create/append for them), so
+# the node's client.pem would be readable and client.rb writable by any local user.
+foreach ($dir in @($ChefDir, $ChefDataDir, $BakeryDir) | Select-Object -Unique) {
+  New-Item -ItemType Directory -Force -Path $dir | Out-Null
+  & icacls.exe $dir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' | Out-Null
+  if ($LASTEXITCODE -ne 0) { throw "icacls could not restrict $dir to SYSTEM and Administrators (exit $LASTEXITCODE)" }
+}
 
 function Write-Log([string]$Message) {
   $line = '{0} {1}: {2}' -f [DateTime]::UtcNow.ToString('yyyy-MM-ddTHH:mm:ssZ'), $Prog, $Message
@@ -65,9 +72,20 @@ function Get-AwsArgs([string]$In) {
 function Get-Imds([string]$Path) {
   Invoke-Retry { Invoke-RestMethod -Uri "$Imds/latest/$Path" -Headers @{ 'X-aws-ec2-metadata-token' = $script:ImdsToken } -TimeoutSec 5 -UseBasicParsing }
 }
+# At startup the network and the metadata service can take minutes (specialize, OOBE, a slow ENI):
+# wait for a token with a deadline ($ImdsWaitSeconds) rather than a fixed number of tries.
+$ImdsWaitSeconds = 600
+function Get-ImdsToken {
+  $deadline = [DateTime]::UtcNow.AddSeconds($ImdsWaitSeconds)
+  for ($i = 1; ; $i++) {
+    try { return (Invoke-RestMethod -Method Put -Uri "$Imds/latest/api/token" -Headers @{ 'X-aws-ec2-metadata-token-ttl-seconds' = '21600' } -TimeoutSec 5 -UseBasicParsing) }
+    catch { if ([DateTime]::UtcNow -ge $deadline) { throw "no IMDSv2 token from $Imds within $ImdsWaitSeconds s: $($_.Exception.Message)" } }
+    Start-Sleep -Seconds ([Math]::Min(2 * $i, 15))
+  }
+}
 function Read-Metadata {
   Set-Step "reading instance metadata from $Imds"
-  $script:ImdsToken = Invoke-Retry { Invoke-RestMethod -Method Put -Uri "$Imds/latest/api/token" -Headers @{ 'X-aws-ec2-metadata-token-ttl-seconds' = '21600' } -TimeoutSec 5 -UseBasicParsing }
+  $script:ImdsToken = Get-ImdsToken
   $script:InstanceId = Get-Imds 'meta-data/instance-id'
   $script:Region = Get-Imds 'meta-data/placement/region'
   Write-Log "instance $InstanceId in $Region"
@@ -132,7 +150,13 @@ function Install-ChefClient {
   # Omnitruck's install.ps1 (Cinc's and Chef's) defines Install-Project (alias install), which installs the MSI.
   $code = Invoke-Retry { (New-Object Net.WebClient).DownloadString($url) }
   . ([scriptblock]::Create($code))
-  install -project $ChefDistribution -version $ChefVersion
+  try { install -project $ChefDistribution -version $ChefVersion }
+  catch {
+    # install.ps1 throws on any msiexec exit code but 0, yet 3010 (ERROR_SUCCESS_REBOOT_REQUIRED) and 1641
+    # (ERROR_SUCCESS_REBOOT_INITIATED) mean installed, reboot pending: the client is checked below.
+    if ("$($_.Exception.Message)" -notmatch '\b(3010|1641)\b') { throw }
+    Write-Log "the $ChefDistribution installer reports: installed, a reboot is pending ($($_.Exception.Message))"
+  }
   $script:ChefClient = Find-ChefClient
   if (-not $ChefClient) { throw "$ChefBin not found after installing" }
 }

@@ -254,8 +254,9 @@ class RealInitRunner:
         image_id = instance.get("ImageId", "")
         source = self._source_of(image_id)
         if source is not None:
+            if not source.off.is_set():
+                return None  # CreateImage of a stopped instance: its tree must be at rest (next round)
             kind = "firstboot"
-            source.off.wait()  # CreateImage of a stopped instance: its tree must be at rest
             layers = [source.upper, *source.layers]
         else:
             kind = "bake" if tags.get(PURPOSE_TAG) == "bake" else "launch"

@@ -211,3 +211,8 @@ def base_layers(variant: str, cache: Path = CACHE) -> list[Path]:
 def site_packages() -> str:
     """This venv's site-packages (bind-mounted into instances for the stub Chef client)."""
     return sysconfig.get_paths()["purelib"]
+
+
+if __name__ == "__main__":  # `make deps`: build (or find) both bases before any test needs them
+    for name in ("nocli", "awscli"):
+        print(f"real-init base {name}: {' over '.join(str(p) for p in base_layers(name))}")

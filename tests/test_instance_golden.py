@@ -87,7 +87,7 @@ def test_golden_files_show_the_issue_18_behaviour() -> None:
     task = (reporting / "register-firstboot-task.ps1").read_text()
     assert "PT30S" not in task and "-RestartCount 3" in task
     first_ps = (reporting / "firstboot.ps1").read_text()
-    assert first_ps.index("Send-Alert $rc") < first_ps.index("Register-Retry }")
+    assert first_ps.index("Send-Alert $rc") < first_ps.index("    Register-Retry\n")
     assert "Clear-Retry" in first_ps.split("Remove-Item -Force -Path $Sentinel", 1)[1].split("}", 1)[0]
     # MSI 3010/1641 from install.ps1 are "installed, reboot pending": the client is checked again.
     install = ps_lib.split("function Install-ChefClient", 1)[1].split("\n}\n", 1)[0]
@@ -104,3 +104,16 @@ def test_golden_files_show_the_issue_18_behaviour() -> None:
     # The resume unit is armed before the converge, not after chef-client returned 35 (the OS is going down).
     assert bake.index("\narm_resume\nrc=0\nchef_run") < bake.index("35 | 37) reboot_and_resume")
     assert "printf 'uninitialized\\n' >\"$ROOT/etc/machine-id\"" in bake
+
+
+def test_a_windows_bake_reboots_only_through_ec2launch() -> None:
+    """A cookbook's reboot on Windows: Chef's rebooter would run shutdown.exe itself; the bake's client.rb
+    leaves only its exit 35, which the bake turns into exit 3010 for EC2Launch v2 to reboot."""
+    reporting = GOLDEN / "expected" / "reporting"
+    lib, bake = (reporting / "bakery-lib.ps1").read_text(), (reporting / "bake.ps1").read_text()
+    assert "Write-ClientRb $NodeName -NoSelfReboot" in bake
+    assert "'Chef::Platform::Rebooter.singleton_class.prepend(Module.new do'" in lib
+    assert "raise Chef::Exceptions::Reboot," in lib and "shutdown" not in lib.split("NoSelfReboot) {", 1)[1]
+    first = (reporting / "firstboot.ps1").read_text()
+    assert "Write-ClientRb $node\n" in first  # first boots keep Chef's own reboot behaviour
+    assert bake.index("$rc = 3010") > bake.index("Write-ClientRb $NodeName -NoSelfReboot")

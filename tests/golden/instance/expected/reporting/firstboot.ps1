@@ -82,6 +82,9 @@ $RetryCount = Join-Path $BakeryDir 'firstboot-retries'
 $MaxRetries = 3
 $RetryMinutes = 5
 function Register-Retry {
+  try { Register-RetryTask } catch { Write-Log "could not schedule a retry: $($_.Exception.Message)" }
+}
+function Register-RetryTask {
   $count = 1 + $(if (Test-Path $RetryCount) { [int](Get-Content -Path $RetryCount) } else { 0 })
   if ($count -gt $MaxRetries) { Write-Log "first boot failed $MaxRetries times after boot: the next boot retries"; return }
   Set-Content -Path $RetryCount -Value $count
@@ -169,7 +172,7 @@ try {
     try { Set-BootTestTag 'failed' $reason } catch { Write-Log "could not tag bakery:boot-test=failed: $($_.Exception.Message)" }
   } else {
     Send-Alert $rc $reason "$Sentinel is kept: the first boot is retried."
-    try { Register-Retry } catch { Write-Log "could not schedule a retry: $($_.Exception.Message)" }
+    Register-Retry
   }
 } finally {
   # The validator key is only needed to register: never leave it on disk.

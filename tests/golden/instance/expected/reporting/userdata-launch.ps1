@@ -40,11 +40,10 @@ $Sentinel = Join-Path $Root 'firstboot.txt'
 $Step = 'starting'
 $InstanceId = ''
 $Region = ''
-# Chef's own folder of the distribution (cache, backups): C:\chef, or C:\cinc for Cinc.
+# Chef's cache/backups folder: C:\chef, or C:\cinc for Cinc.
 $ChefDataDir = Join-Path $Root $ChefDistribution
-# SYSTEM and Administrators only (well-known SIDs: the names are localized), inheritance removed, before
-# anything is written: a new folder under C:\ inherits read for Users (and create/append for them), so
-# the node's client.pem would be readable and client.rb writable by any local user.
+# SYSTEM and Administrators only (well-known SIDs), inheritance removed, before anything is written:
+# under C:\ Users inherit read and create, so client.pem would be readable, client.rb writable.
 foreach ($dir in @($ChefDir, $ChefDataDir, $BakeryDir) | Select-Object -Unique) {
   New-Item -ItemType Directory -Force -Path $dir | Out-Null
   & icacls.exe $dir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' | Out-Null
@@ -76,8 +75,7 @@ function Get-AwsArgs([string]$In) {
 function Get-Imds([string]$Path) {
   Invoke-Retry { Invoke-RestMethod -Uri "$Imds/latest/$Path" -Headers @{ 'X-aws-ec2-metadata-token' = $script:ImdsToken } -TimeoutSec 5 -UseBasicParsing }
 }
-# At startup the network and the metadata service can take minutes (specialize, OOBE, a slow ENI):
-# wait for a token with a deadline ($ImdsWaitSeconds) rather than a fixed number of tries.
+# At startup IMDS can take minutes to answer: wait for a token with a deadline, not a number of tries.
 $ImdsWaitSeconds = 600
 function Get-ImdsToken {
   $deadline = [DateTime]::UtcNow.AddSeconds($ImdsWaitSeconds)
@@ -156,8 +154,7 @@ function Install-ChefClient {
   . ([scriptblock]::Create($code))
   try { install -project $ChefDistribution -version $ChefVersion }
   catch {
-    # install.ps1 throws on any msiexec exit code but 0, yet 3010 (ERROR_SUCCESS_REBOOT_REQUIRED) and 1641
-    # (ERROR_SUCCESS_REBOOT_INITIATED) mean installed, reboot pending: the client is checked below.
+    # install.ps1 throws on any msiexec code but 0; 3010/1641 mean installed, reboot pending.
     if ("$($_.Exception.Message)" -notmatch '\b(3010|1641)\b') { throw }
     Write-Log "the $ChefDistribution installer reports: installed, a reboot is pending ($($_.Exception.Message))"
   }
@@ -176,7 +173,9 @@ function Get-ValidatorKey {
 
 # A Ruby single-quoted string: only \ and ' are special there.
 function ConvertTo-Rb([string]$Text) { "'" + $Text.Replace('\', '\\').Replace("'", "\'") + "'" }
-function Write-ClientRb([string]$NodeName) {
+# -NoSelfReboot (bake): reboots go through EC2Launch v2 (exit 3010) only. Chef's rebooter runs
+# shutdown.exe before raising Reboot (exit 35): client.rb keeps only the raise.
+function Write-ClientRb([string]$NodeName, [switch]$NoSelfReboot) {
   $rb = @(
     "chef_server_url $(ConvertTo-Rb $ChefServerUrl)"
     "node_name $(ConvertTo-Rb $NodeName)"
@@ -185,6 +184,16 @@ function Write-ClientRb([string]$NodeName) {
     "client_key $(ConvertTo-Rb $ClientPem.Replace('\', '/'))"
     'log_location STDOUT'
   )
+  if ($NoSelfReboot) {
+    $rb += @(
+      "require 'chef/platform/rebooter'"
+      'Chef::Platform::Rebooter.singleton_class.prepend(Module.new do'
+      '  def reboot!(node)'
+      "    raise Chef::Exceptions::Reboot, 'AMI Bakery: reboot requested; EC2Launch v2 reboots on exit 3010'"
+      '  end'
+      'end)'
+    )
+  }
   # Written without a BOM, which Ruby would read as code.
   [IO.File]::WriteAllText($ClientRb, ($rb -join "`n") + "`n")
   Write-Log "wrote $ClientRb for Chef node $NodeName"

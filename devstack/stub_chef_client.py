@@ -31,9 +31,9 @@ scheduled") or 37 ("reboot needed") -- Chef RFC 062 exit codes (``lib/chef/appli
 -- and a run after the reboot converges normally. For 35, ``Chef::Platform::Rebooter.reboot!``
 (``lib/chef/platform/rebooter.rb``) first runs ``shutdown -r +DELAY "REASON" &`` through a shell: the
 OS is already going down while the client exits. ``BAKERY_STUB_CHEF_REBOOT_EXIT=35`` (or 37) plays
-that: the first successful run of a root runs that ``shutdown`` (35 only; under real init it reboots
-the instance, in a sandbox it is the recorded no-op stub) and exits 35, later runs exit 0 (the marker
-is ``$BAKERY_ROOT/var/lib/stub-chef/reboot-requested``).
+that: the first successful run of a root runs that ``shutdown`` (35 only, and only inside a real-init
+container, where it reboots the instance; in a sandbox the runner plays the reboot) and exits 35,
+later runs exit 0 (the marker is ``$BAKERY_ROOT/var/lib/stub-chef/reboot-requested``).
 """
 
 from __future__ import annotations
@@ -276,17 +276,33 @@ def _run(args: argparse.Namespace, root: str, record: dict[str, Any]) -> None:
     _log("Chef Infra Client finished, 0/0 resources updated in 00 seconds")
 
 
-def _request_reboot(code: int) -> int:
+def _request_reboot(code: int, root: str) -> int:
     """What chef-client does when a ``reboot`` resource asked for one (lib/chef/platform/rebooter.rb):
     exit 35 after running ``shutdown -r +0 "REASON" &`` through a shell -- the shutdown is under way
-    while the client exits; exit 37 (``RebootPending``) schedules nothing."""
+    while the client exits; exit 37 (``RebootPending``) schedules nothing. The shutdown is only run
+    inside a real-init instance (``/`` is the instance's and ``/run/systemd/container`` says so),
+    never on a sandbox's host."""
     _log("INFO: Chef Infra Client: a reboot is requested (bakery stub)")
-    if code == 35:
+    if code == 35 and root in ("", "/") and Path("/run/systemd/container").exists():
         reason = "Reboot by Chef Infra Client"
         _log(f"WARN: Rebooting server at a recipe's request. Details: {{:delay_mins=>0, :reason=>\"{reason}\"}}")
         subprocess.run(["/bin/sh", "-c", f'shutdown -r +0 "{reason}" &'], check=False,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _until_stopping()
     return code
+
+
+def _until_stopping(limit: float = 120.0) -> None:
+    """Chef raises Reboot after the shutdown command, then runs its exception and report handlers
+    (seconds on a real node) before it exits: the OS is typically going down already when the
+    caller sees 35. Played as its worst case, deterministically: return once systemd says
+    ``stopping`` (or the shutdown's SIGTERM ends this process first)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        state = subprocess.run(["systemctl", "is-system-running"], capture_output=True, text=True, check=False)
+        if state.stdout.strip() == "stopping":
+            return
+        time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text("1\n", encoding="utf-8")
             record["exit"] = int(reboot_exit)
-            return _request_reboot(int(reboot_exit))
+            return _request_reboot(int(reboot_exit), root)
         return 0
     except (RunFailed, BakeryError) as exc:
         record["error"] = str(exc)

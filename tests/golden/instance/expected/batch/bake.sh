@@ -452,6 +452,7 @@ chef_run -c "$CLIENT_RB" -o "$RUN_LIST" || rc=$?
 case "$rc" in
   0) disarm_resume ;;
   35 | 37) reboot_and_resume "$rc" ;;
+  143) exit 143 ;; # chef-client ended by SIGTERM: the OS is going down (on_exit keeps the resume)
   *) fail "$CHEF_BIN exited $rc running the ami run list $RUN_LIST" ;;
 esac
 

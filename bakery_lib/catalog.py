@@ -181,6 +181,7 @@ class JenkinsSettings:
     keep_builds: int = 30
     release_job: str | None = None
     view: str | None = None
+    allow_built_in_node: bool = False  # agent_label / AGENT_LABEL may be the controller's node (built-in, master)
 
     def job_name(self, role: str) -> str:
         return f"{self.job_prefix}{role}"
@@ -500,10 +501,12 @@ _JENKINS_KEYS: dict[str, Callable[[Any, _Ctx], Any]] = {
     "scm_branch": _text(re.compile(r"^[^\x00-\x20\x7f~^:?*\[\\]{1,200}$"), "a branch name"),
     "script_path": _text(re.compile(r"^[A-Za-z0-9_./-]{1,200}$"), "a path in the repository"),
     "scm_credentials_id": _text(),
-    "agent_label": _text(),
+    # One label name, as the Jenkinsfiles accept AGENT_LABEL (no label expressions).
+    "agent_label": _text(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"), "a Jenkins label name"),
     "keep_builds": _int(1, 10000),
     "release_job": _text(JOB_NAME_RE, "a job name"),
     "view": _text(),
+    "allow_built_in_node": _bool,
 }
 
 
@@ -659,6 +662,11 @@ def _parse_jenkins(raw: Any, ctx: _Ctx) -> JenkinsSettings:
     m = _mapping(raw, ctx)
     _no_unknown(m, set(_JENKINS_KEYS), ctx)
     values = {k: _JENKINS_KEYS[k](v, ctx.sub(k)) for k, v in m.items()}
+    label = str(values.get("agent_label") or "")
+    if ".." in label or (label.lower() in ("built-in", "master") and not values.get("allow_built_in_node")):
+        raise ctx.sub("agent_label").fail(
+            f"{label!r} is not an agent label (no '..'; built-in and master are the controller's own node: "
+            "set jenkins.allow_built_in_node: true to bake there)")
     return JenkinsSettings(**values)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 
 from bakery_lib.catalog import parse_catalog
 from bakery_lib.cli.generate_jobs import main
+from bakery_lib.errors import CatalogError
 from bakery_lib.jobs.normalize import normalized, parse_marker, same_config
 from bakery_lib.jobs.render import render_items
 from devstack.samples import offline_catalog_data
@@ -106,7 +108,7 @@ def test_role_job_structure_and_escaped_values_round_trip() -> None:
     assert list(params) == ["ROLE", "RELEASE", "AGENT_LABEL"]
     assert params["ROLE"].findtext("defaultValue") == "web"
     assert params["RELEASE"].findtext("defaultValue") in ("", None)
-    assert params["AGENT_LABEL"].findtext("defaultValue") == "linux && docker-'x' <ami>"
+    assert params["AGENT_LABEL"].findtext("defaultValue") == "linux-docker.x_1"
 
     trigger = root.find(
         "properties/org.jenkinsci.plugins.workflow.job.properties.PipelineTriggersJobProperty/triggers/"
@@ -180,8 +182,12 @@ _TEXT = st.lists(st.one_of(_XML_HOSTILE, st.characters(min_codepoint=0x20, exclu
                                                        exclude_categories=("Cs",))), min_size=1, max_size=12).map("".join)
 
 
+# agent_label is one label name (the Jenkinsfiles refuse label expressions: `!bakery` reaches the controller)
+_LABEL = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,20}\Z").filter(lambda s: s.lower() not in ("built-in", "master"))
+
+
 @settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scm_url=_TEXT, upstream=st.lists(_TEXT, min_size=1, max_size=3), label=_TEXT, creds=_TEXT)
+@given(scm_url=_TEXT, upstream=st.lists(_TEXT, min_size=1, max_size=3), label=_LABEL, creds=_TEXT)
 def test_any_catalogue_text_stays_text_in_valid_xml(scm_url: str, upstream: list[str], label: str, creds: str) -> None:
     catalog = parse_catalog(
         base_catalogue(scm_url=scm_url, upstream_jobs=upstream, agent_label=label, scm_credentials_id=creds), "c.yaml"
@@ -276,3 +282,30 @@ def test_catalogue_from_environment_and_exit_codes_in_a_subprocess(tmp_path: Pat
     usage = subprocess.run([sys.executable, "-c", code, "--workers", "0"], env=env,
                            capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert usage.returncode == 2 and "--workers" in usage.stderr
+
+
+@pytest.mark.parametrize(("label", "allowed", "error"), [
+    ("built-in", False, "built-in and master are the controller's own node"),
+    ("Master", False, "built-in and master are the controller's own node"),
+    ("bakery || built-in", False, "is not a Jenkins label name"),
+    ("!bakery", False, "is not a Jenkins label name"),
+    ("a..b", False, "no '..'"),
+    ("built-in", True, None),
+])
+def test_agent_label_is_one_label_and_the_controller_only_when_allowed(label: str, allowed: bool,
+                                                                       error: str | None) -> None:
+    """Issue 23 item 6: the label a bake runs on, and BUILT_IN_NODE_ALLOWED defined only when allowed."""
+    data = base_catalogue(agent_label=label)
+    if allowed:
+        data["jenkins"]["allow_built_in_node"] = True
+    if error:
+        with pytest.raises(CatalogError, match=re.escape(error)) as caught:
+            parse_catalog(data, "c.yaml")
+        assert "jenkins.agent_label" in str(caught.value)
+        return
+    for item in render_items(parse_catalog(data, "c.yaml")):
+        if item.kind == "job":
+            names = [p.findtext("name") for p in ET.fromstring(item.xml).iter("hudson.model.BooleanParameterDefinition")]
+            assert names == ["BUILT_IN_NODE_ALLOWED"]
+    plain = render_items(parse_catalog(base_catalogue(), "c.yaml"))
+    assert all("BUILT_IN_NODE_ALLOWED" not in i.xml for i in plain)

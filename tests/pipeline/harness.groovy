@@ -92,6 +92,20 @@ class RejectedAccessException extends SecurityException {
     }
 }
 
+/** The build can never go on: core's Queue keeps its item waiting for ever (no node has the label, or every
+ * executor of those that have it is held by a build that waits for this one). Reported as result HANG. */
+class HangException extends Error {
+    HangException(String message) { super(message) }
+}
+
+/** A step that needs a workspace outside `node`/an agent (workflow-support MissingContextVariableException). */
+class MissingContextVariableException extends RuntimeException {
+    MissingContextVariableException(String step) {
+        super("Required context class hudson.FilePath is missing (step ${step})\nPerhaps you forgot to surround " +
+              'the code with a step that provides this, such as: node')
+    }
+}
+
 /** The compile-time failure of a declarative file (validation before anything runs). */
 class CompileError extends RuntimeException {
     CompileError(String message) { super(message) }
@@ -176,6 +190,9 @@ class ParamsProxy {
         throw new UnsupportedOperationException('params are read-only')
     }
     Object getAt(String name) { return values.get(name) }
+    // `params` is a Map (workflow-cps ParamsVariable): whitelisted Map methods work on it
+    boolean containsKey(Object name) { return values.containsKey(name) }
+    Set keySet() { return values.keySet() }
 }
 
 class StageModel {
@@ -329,6 +346,10 @@ class Build {
     List postRan = []
     List orphans = []
     List milestones = []
+    List checks = []
+    String hang
+    int nodeDepth = 0  // inside an agent or a `node` step: a workspace is there
+    String nodeName
     List jobPropertyOptions = []
     List pipelineOptions = []
     List<StageModel> stages = []
@@ -402,7 +423,7 @@ class Build {
         env.JOB_BASE_NAME = job.tokenize('/').last()
         env.BUILD_TAG = "jenkins-${job.replace('/', '-')}-${number}"
         env.WORKSPACE = workspace.path
-        env.NODE_NAME = 'agent-1'
+        env.NODE_NAME = nodeName ?: 'built-in'
         env.JENKINS_URL = 'http://jenkins.invalid/'
         env.JOB_URL = "http://jenkins.invalid/job/${job}/"
         env.BUILD_URL = "http://jenkins.invalid/job/${job}/${number}/"
@@ -456,6 +477,14 @@ class Build {
             new File(trigger).delete()
             return [result: interruptResult, message: interruptMessage]
         }
+        // A second click on abort (or `post`'s own timeout): the step running then, in `post` too, is
+        // interrupted the same way (CpsFlowExecution.interrupt -> DurableTaskStep stop: SIGTERM to the
+        // processes carrying the build's cookie, which is every process of the build's workspace)
+        String second = scenario.abort?.secondWhenFileExists
+        if (second && new File(second).exists()) {
+            new File(second).delete()
+            return [result: 'ABORTED', message: 'Aborted by user (second abort)']
+        }
         if (interruptAt != null && now >= interruptAt) {
             interruptAt = null
             return [result: interruptResult, message: interruptMessage]
@@ -475,6 +504,11 @@ class Build {
     }
 
     Map currentStage() { return stageStack ? stageStack.last() : null }
+
+    /** Steps that work on files need a workspace: an agent, or inside `node`. */
+    void requireWorkspace(String step) {
+        if (nodeDepth == 0) { throw new MissingContextVariableException(step) }
+    }
 
     void stageResult(String r) {
         Map s = currentStage()
@@ -514,10 +548,11 @@ abstract class PipelineScript extends Script {
 
     boolean isUnix() { return true }
 
-    boolean fileExists(String path) { b.checkInterrupt(); return b.resolve(path).exists() }
+    boolean fileExists(String path) { b.checkInterrupt(); b.requireWorkspace('fileExists'); return b.resolve(path).exists() }
 
     String readFile(Object arg) {
         b.checkInterrupt()
+        b.requireWorkspace('readFile')
         String path = arg instanceof Map ? arg.file : arg.toString()
         File f = b.resolve(path)
         if (!f.exists()) { throw new java.nio.file.NoSuchFileException(f.path) }
@@ -526,6 +561,7 @@ abstract class PipelineScript extends Script {
 
     void writeFile(Map args) {
         b.checkInterrupt()
+        b.requireWorkspace('writeFile')
         File f = b.resolve(args.file.toString())
         f.parentFile.mkdirs()
         f.setText(args.text.toString(), 'UTF-8')
@@ -576,6 +612,8 @@ abstract class PipelineScript extends Script {
             b.println("Caught: ${e.message}")
             if (buildResult) { b.setResult(buildResult) }
             if (stageResult) { b.stageResult(stageResult) }
+        } catch (HangException h) {
+            throw h
         } catch (Throwable e) {  // catchError catches any error, a Groovy one too (still reported to the test)
             if (Harness.isGroovyError(e)) { b.groovyErrors << "${e.getClass().name}: ${e.message}" }
             b.println("ERROR: ${e.message}")
@@ -597,6 +635,7 @@ abstract class PipelineScript extends Script {
 
     Object sh(Map args) {
         b.checkInterrupt()
+        b.requireWorkspace('sh')
         return b.harness.runShell(b, args)
     }
 
@@ -612,6 +651,7 @@ abstract class PipelineScript extends Script {
 
     Object withCredentials(List bindings, Closure body) {
         b.requireStep('credentials-binding', 'withCredentials')
+        b.requireWorkspace('withCredentials')  // a secret file is written into the workspace's @tmp
         Map layer = [:]
         List temporary = []
         bindings.each { Map binding ->
@@ -647,18 +687,21 @@ abstract class PipelineScript extends Script {
     Object junit(Object args) {
         b.requireStep('junit', 'junit')
         b.checkInterrupt()
+        b.requireWorkspace('junit')
         Map a = args instanceof Map ? args : [testResults: args.toString()]
         return b.harness.junit(b, a)
     }
 
     void archiveArtifacts(Object args) {
         b.checkInterrupt()
+        b.requireWorkspace('archiveArtifacts')
         Map a = args instanceof Map ? args : [artifacts: args.toString()]
         b.harness.archive(b, a)
     }
 
     void publishHTML(Map args) {
         b.requireStep('htmlpublisher', 'publishHTML')
+        b.requireWorkspace('publishHTML')
         Map t = args.target ?: args
         File dir = b.resolve(t.reportDir.toString())
         if (!dir.isDirectory()) {
@@ -669,6 +712,11 @@ abstract class PipelineScript extends Script {
         List files = t.reportFiles.toString().split(',').collect { it.trim() }.findAll { new File(dir, it).exists() }
         b.html << [name: t.reportName, files: files]
     }
+
+    // --- nodes ---------------------------------------------------------------------------------
+    Object node(String label, Closure body) { b.checkInterrupt(); return b.harness.onNode(b, label, body) }
+
+    Object node(Closure body) { return node((String) null, body) }
 
     // --- other builds --------------------------------------------------------------------------
     Object build(Map args) {
@@ -685,6 +733,8 @@ abstract class PipelineScript extends Script {
         copy.each { name, Closure body ->
             try {
                 body.call()
+            } catch (HangException h) {
+                throw h
             } catch (Throwable t) {
                 b.println("Failed in branch ${name}")
                 if (first == null) { first = t }
@@ -724,6 +774,9 @@ class Harness {
         b.number = (scenario.number ?: 1) as int
         b.startMillis = System.currentTimeMillis()
         b.params = effectiveParams(scenario)
+        if (scenario.restart) {  // a restarted build: the original's parameters, and its env.X assignments
+            b.overrides.putAll(scenario.restart.envOverrides ?: [:])
+        }
         b.envProxy = new EnvProxy(b)
         b.paramsProxy = new ParamsProxy(b.params)
         b.currentBuild = new CurrentBuild(b)
@@ -743,12 +796,15 @@ class Harness {
         } catch (CompileError e) {
             b.println("org.codehaus.groovy.control.MultipleCompilationErrorsException: startup failed:\n${e.message}")
             b.setResult('FAILURE')
+        } catch (HangException h) {
+            b.println(h.message)
+            b.hang = h.message
         } catch (Throwable t) {
             recordFailure(b, t)
         }
         waitForOrphans(b)
         return [
-            result: b.result ?: 'SUCCESS', displayName: b.displayName ?: "#${b.number}", description: b.description,
+            result: b.hang != null ? 'HANG' : (b.result ?: 'SUCCESS'), hang: b.hang, checks: b.checks, displayName: b.displayName ?: "#${b.number}", description: b.description,
             stages: b.stagesRun, log: b.log, junit: b.junit, archived: b.archived, html: b.html,
             triggered: b.triggered, groovyErrors: b.groovyErrors, postRan: b.postRan, orphans: b.orphans,
             buildVariables: b.overrides, params: b.params, milestones: b.milestones,
@@ -767,7 +823,9 @@ class Harness {
             if (definitions && !definitions.containsKey(name)) {
                 return
             }
-            values[name] = value instanceof String ? value.trim() : value
+            // The form (Build with Parameters) trims a StringParameterDefinition with trim (ours all have
+            // it); the `build` step passes its values as given (pipeline-build-step), untrimmed.
+            values[name] = value instanceof String && !scenario.untrimmedParameters ? value.trim() : value
         }
         return values
     }
@@ -792,9 +850,53 @@ class Harness {
     // --- declarative execution -------------------------------------------------------------------
     void executeDeclarative(Build b) {
         Map agent = b.agentClosure ? (Map) b.agentClosure.call() : [any: true]
-        if (agent.label != null && !(agent.label in (b.scenario.agentLabels ?: ['bakery']))) {
-            throw new AbortException("There are no nodes with the label '${agent.label}' (the build would wait forever)")
+        if (agent.none) {
+            runDeclarative(b)
+            return
         }
+        onNode(b, agent.label as String) { -> runDeclarative(b) }
+    }
+
+    // --- nodes and executors (core Queue, LoadBalancer; workflow-durable-task-step ExecutorStepExecution) ----
+    /** The Jenkins' nodes: scenario.nodes, else one agent `agent-1` with scenario.agentLabels (default
+     * `bakery`) and 2 executors, plus the built-in node (labels `built-in` and, as older Jenkins name it,
+     * `master`; 2 executors, core's default). A node also carries its own name as a label. */
+    static List nodesOf(Map scenario) {
+        if (scenario.nodes != null) { return scenario.nodes as List }
+        return [[name: 'agent-1', labels: scenario.agentLabels ?: ['bakery'], executors: 2],
+                [name: 'built-in', labels: ['built-in', 'master'], executors: 2]]
+    }
+
+    Map busy = [:]  // node name -> executors taken, over the whole build tree (one Jenkins)
+
+    /** `agent { label }` / `node(label)`: takes one executor of a node with the label for the body, as the
+     * queue would. The harness runs one thing at a time, so an executor that is taken now is held by a
+     * build that is waiting (for this one, through `build`): waiting for it would be for ever. */
+    Object onNode(Build b, String label, Closure body) {
+        List nodes = nodesOf(b.scenario).findAll { Map n -> label == null || label in ((n.labels ?: []) + [n.name]) }
+        if (!nodes) {
+            throw new HangException("Still waiting to schedule task\nThere are no nodes with the label \u2018${label}\u2019")
+        }
+        Map node = nodes.find { Map n -> ((busy[n.name] ?: 0) as int) < ((n.executors ?: 1) as int) }
+        if (node == null) {
+            throw new HangException("Still waiting to schedule task\nWaiting for next available executor on " +
+                                    "\u2018${label}\u2019 (each is held by a build that waits for this one)")
+        }
+        busy[node.name] = ((busy[node.name] ?: 0) as int) + 1
+        String before = b.nodeName
+        b.nodeName = node.name
+        b.nodeDepth++
+        b.println("Running on ${node.name} in ${b.workspace}")
+        try {
+            return body.call()
+        } finally {
+            b.nodeDepth--
+            b.nodeName = before
+            busy[node.name] = ((busy[node.name] as int) - 1)
+        }
+    }
+
+    void runDeclarative(Build b) {
         if (b.scenario.abort?.stage == null && b.scenario.abort?.afterSeconds != null) {  // from the start
             b.interruptAt = System.currentTimeMillis() + (long) (b.scenario.abort.afterSeconds * 1000)
         }
@@ -842,6 +944,19 @@ class Harness {
     }
 
     void runStages(Build b, List<StageModel> stages) {
+        String restartAt = b.scenario.restart?.fromStage
+        if (stages.is(b.stages) && restartAt) {
+            int at = stages.findIndexOf { StageModel s -> s.name == restartAt }
+            if (at < 0) {  // RestartDeclarativePipelineAction offers the top-level stages only
+                throw new AbortException("Stage \"${restartAt}\" cannot be restarted: only top-level stages can")
+            }
+            stages.take(at).each { StageModel s ->
+                b.println("Stage \"${s.name}\" skipped due to this build restarting at stage \"${restartAt}\"")
+                markSkipped(b, s)
+            }
+            stages.drop(at).each { StageModel s -> runStage(b, s) }
+            return
+        }
         stages.each { StageModel s -> runStage(b, s) }
     }
 
@@ -883,6 +998,8 @@ class Harness {
             record.status = Results.worse(record.status, e.result)
             b.setResult(e.result)
             b.skipRest = true
+        } catch (HangException h) {
+            throw h
         } catch (Throwable t) {
             recordFailure(b, t)
             record.status = 'FAILURE'
@@ -922,6 +1039,8 @@ class Harness {
             b.println("[Pipeline] ${condition} (post of ${where})")
             try {
                 body.rehydrate(b.script, b.script, b.script).call()
+            } catch (HangException h) {
+                throw h
             } catch (Throwable t) {
                 recordFailure(b, t)
             }
@@ -1035,9 +1154,15 @@ class Harness {
             }
             throw new AbortException('No test report files were found. Configuration error?')
         }
-        List<File> fresh = files.findAll { it.lastModified() >= b.startMillis - 3000 }
+        // junit >= 1.64 (TestResult.parse): every matching file is parsed, old ones too, unless
+        // skipOldReports (then files older than the build start, less FILE_TIME_PRECISION_MARGIN 3 s, are not)
+        List<File> fresh = args.skipOldReports ? files.findAll { it.lastModified() >= b.startMillis - 3000 } : files
         if (!fresh) {
-            throw new AbortException("Test reports were found but none of them are new. Did tests run? For example, ${files[0]} is ${(System.currentTimeMillis() - files[0].lastModified()).intdiv(1000)} s old")
+            if (args.allowEmptyResults) {
+                b.println('None of the test reports contained any result')
+                return [totalCount: 0, failCount: 0]
+            }
+            throw new AbortException('None of the test reports contained any result')
         }
         int total = 0
         int failed = 0
@@ -1063,6 +1188,11 @@ class Harness {
         if (failed > 0) {
             b.setResult('UNSTABLE')
             b.stageResult('UNSTABLE')
+        }
+        // JUnitResultArchiver: unless skipPublishingChecks, the result is published as a check named
+        // checksName (default "Tests") through whatever checks-api publisher is installed (GitHub...)
+        if (!args.skipPublishingChecks && b.scenario.checksPublisher) {
+            b.checks << (args.checksName ?: 'Tests')
         }
         return [totalCount: total, failCount: failed]
     }
@@ -1114,7 +1244,13 @@ class Harness {
             child.parameters = given
             child.workspace = "${spec.workspace}/${number}"
             child.buildDir = "${spec.workspace}/${number}@build"
+            child.nodes = nodesOf(b.scenario)  // one Jenkins: the same nodes and executors
+            child.checksPublisher = b.scenario.checksPublisher
+            child.untrimmedParameters = true  // `build` hands its StringParameterValues over as they are
             result = run(child)
+            if (result.result == 'HANG') {  // the downstream waits for ever, and this build with it
+                throw new HangException("${job} #${number} never starts: ${result.hang}")
+            }
         } else {
             result = [result: spec.result ?: 'SUCCESS', buildVariables: spec.buildVariables ?: [:]]
         }

@@ -497,11 +497,25 @@ def test_missing_upstream_job_is_an_error_not_a_silent_never_triggered_job(jenki
     assert sync(jenkins, fixed).code == 0 and "amis/ami-bake-web" in bake_jobs(jenkins)
 
 
-def test_sync_prints_the_deploy_pipeline_line(jenkins: JenkinsDouble, tmp_path: Path) -> None:
-    run = sync(jenkins, catalogue(tmp_path, ["web"]))
-    assert run.code == 0
+def test_sync_prints_the_deploy_pipeline_line_only_when_it_is_the_hand_over(jenkins: JenkinsDouble,
+                                                                             tmp_path: Path) -> None:
+    """Issue 23 item 7: with upstream_jobs the trigger already starts the bake; the `build job:` line
+    printed beside it had people add both, and every deploy baked twice."""
+    triggered = sync(jenkins, catalogue(tmp_path, ["web"]))  # the sample catalogue has upstream_jobs
+    assert triggered.code == 0
+    assert "build job: '" not in triggered.out  # no snippet to copy
+    assert "hand-over in use: the upstream trigger (jenkins.upstream_jobs: deploy-release)" in triggered.out
+    data = offline_catalog_data(["web"], upstream_jobs=None)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(data))
+    run = sync(jenkins, plain)
+    assert run.code == 0 and "hand-over in use: the deploy pipeline's `build` step" in run.out
     assert ("build job: 'ami-bake-web', wait: false, parameters: [string(name: 'RELEASE', value: params.RELEASE)]"
             in run.out)
+    # the double agrees: a job without upstream_jobs is queued by no deploy
+    jenkins.schedule("deploy-release")
+    jenkins.finish(jenkins.start_next("deploy-release"))  # type: ignore[arg-type]
+    assert jenkins.queue == []
 
 
 def test_jenkins_keeps_every_element_the_templates_write(jenkins: JenkinsDouble, tmp_path: Path) -> None:
@@ -588,8 +602,7 @@ def test_a_managed_job_property_removed_from_the_catalogue_goes(jenkins: Jenkins
     while a plugin's property next to it stays."""
     assert sync(jenkins, catalogue(tmp_path, ["web"], upstream_jobs=["deploy-release"])).code == 0
     jenkins.ui_edit("ami-bake-web", lambda x: _add_property(x, REBUILD))
-    data = offline_catalog_data(["web"])
-    data["jenkins"].pop("upstream_jobs", None)
+    data = offline_catalog_data(["web"], upstream_jobs=None)
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump(data))
     assert sync(jenkins, plain).code == 0

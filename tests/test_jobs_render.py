@@ -309,3 +309,17 @@ def test_agent_label_is_one_label_and_the_controller_only_when_allowed(label: st
             assert names == ["BUILT_IN_NODE_ALLOWED"]
     plain = render_items(parse_catalog(base_catalogue(), "c.yaml"))
     assert all("BUILT_IN_NODE_ALLOWED" not in i.xml for i in plain)
+
+
+def test_output_dir_is_written_atomically_without_an_fsync_per_file(tmp_path: Path, monkeypatch) -> None:
+    """Issue 21 item 6: 600 fsyncs were most of rendering 300 jobs. The files are the catalogue rendered
+    (a re-run makes them again): atomic (temp file + rename), not fsynced."""
+    from bakery_lib.jobs.render import write_output_dir
+
+    fsyncs: list[int] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd))
+    items = render_items(parse_catalog(base_catalogue(), "c.yaml"))
+    paths = write_output_dir(items, tmp_path / "out")
+    assert fsyncs == []
+    assert [p.read_text() for p in paths] == [i.xml for i in items]
+    assert not list((tmp_path / "out").rglob("*.tmp"))

@@ -39,10 +39,32 @@
  *   process has not ended after REMOTE_TIMEOUT (20 s), prints "After 20s process did not stop" and gives
  *   the step up WITHOUT killing it: the process keeps running while `post` starts. Modelled exactly
  *   (the 20 s may be shortened per scenario to keep tests fast; the processes left running are reported).
- * - `junit` (junit plugin JUnitResultArchiver/JUnitParser): files older than the build start (3 s margin)
- *   are not new and are ignored ("Test reports were found but none of them are new"); no matching file
- *   is an error unless allowEmptyResults; a failed or errored test case makes the build and the stage
- *   UNSTABLE (it does not stop the build).
+ * - `junit` as current junit (>= 1.64; checked in its tags: TestResult.parse, JUnitResultArchiver) does it:
+ *   EVERY matching file is parsed, old ones too, unless `skipOldReports: true` (then files older than the
+ *   build start, less FILE_TIME_PRECISION_MARGIN 3 s, are skipped; junit <= 1.63 ignored them always);
+ *   no matching file is an error unless allowEmptyResults; a failed or errored test case makes the build
+ *   and the stage UNSTABLE (it does not stop the build); unless `skipPublishingChecks: true` the result is
+ *   published as a check named checksName (default "Tests") where a checks-api publisher is installed
+ *   (scenario `checksPublisher`), i.e. on the commits of the repository the Jenkinsfile came from.
+ * - Nodes and executors (core Queue, workflow-durable-task-step ExecutorStepExecution): `agent { label }`
+ *   and `node(label)` take one executor of a node carrying the label (a node also carries its own name)
+ *   for their body; `agent none` takes none (the build itself runs on a flyweight executor). Scenario
+ *   `nodes` ([{name, labels, executors}]), by default `agent-1` (`bakery`, 2 executors) and the built-in
+ *   node (`built-in`, `master`, 2 executors), shared by a build and the builds it starts. A label no node
+ *   has ("There are no nodes with the label") or a node whose executors are all held by builds that wait
+ *   for this one ("Waiting for next available executor") waits for ever in Jenkins: the harness, which
+ *   runs one thing at a time, reports the build tree as result HANG with that message.
+ * - Steps that work on files (sh, readFile, writeFile, fileExists, junit, archiveArtifacts, publishHTML,
+ *   withCredentials) need a workspace: outside an agent or `node` they fail with workflow-support's
+ *   MissingContextVariableException ("Required context class hudson.FilePath is missing").
+ * - Restart from stage (pipeline-model-definition RestartDeclarativePipelineAction; scenario
+ *   `restart: {fromStage, envOverrides}`): offered for top-level stages only; the stages before it are
+ *   'skipped due to this build restarting at stage "X"' (so their steps, a workspace reset included, do
+ *   not run), the workspace is what the restarted build left; `envOverrides` are env.X values the
+ *   restart carries over (the Jenkinsfiles do not rely on them).
+ * - A second abort (scenario `abort.secondWhenFileExists`, or `post`'s own timeout) interrupts the step
+ *   running then, in `post` too: DurableTaskStep stop sends SIGTERM to the build's processes, found by
+ *   the build's cookie (durable-task ProcessTree.killAll), so `bakery cleanup` in `post` gets it.
  * - `archiveArtifacts`: Ant-style patterns relative to the workspace; nothing matched is an error
  *   unless allowEmptyArchive.
  * - `currentBuild` / `build` return values are RunWrapper (workflow-support): `upstreamBuilds` walks the
@@ -53,7 +75,8 @@
  *   `getRawBuild()` is refused by the script-security sandbox without script approval.
  * - `build` (pipeline-build-step): parameters the downstream job does not define are dropped with a
  *   warning (core ParametersAction, SECURITY-170); parameters it defines but that are not given take their
- *   defaults; with propagate a non-SUCCESS downstream fails the step with the downstream's result.
+ *   defaults; the values are passed as given, NOT trimmed (trimming is the form's, StringParameterDefinition
+ *   with trim); with propagate a non-SUCCESS downstream fails the step with the downstream's result.
  * - `params`: the job's parameter definitions with their defaults, overridden by what the build was
  *   started with; a build started by ReverseBuildTrigger gets only defaults; Replay and Rebuild keep the
  *   parameters but not the causes (workflow-cps ReplayAction copies ParametersAction, not CauseAction).

@@ -98,7 +98,24 @@ import java.nio.file.FileSystems
 import java.nio.file.Files
 import java.nio.file.PathMatcher
 import java.util.concurrent.TimeUnit
+import org.codehaus.groovy.ast.ClassCodeExpressionTransformer
+import org.codehaus.groovy.ast.ClassNode
+import org.codehaus.groovy.ast.expr.ArgumentListExpression
+import org.codehaus.groovy.ast.expr.ClassExpression
+import org.codehaus.groovy.ast.expr.ClosureExpression
+import org.codehaus.groovy.ast.expr.ConstantExpression
+import org.codehaus.groovy.ast.expr.ConstructorCallExpression
+import org.codehaus.groovy.ast.expr.Expression
+import org.codehaus.groovy.ast.expr.MethodCallExpression
+import org.codehaus.groovy.ast.expr.PropertyExpression
+import org.codehaus.groovy.ast.expr.StaticMethodCallExpression
+import org.codehaus.groovy.ast.expr.TupleExpression
+import org.codehaus.groovy.ast.expr.VariableExpression
+import org.codehaus.groovy.classgen.GeneratorContext
+import org.codehaus.groovy.control.CompilePhase
 import org.codehaus.groovy.control.CompilerConfiguration
+import org.codehaus.groovy.control.SourceUnit
+import org.codehaus.groovy.control.customizers.CompilationCustomizer
 
 class AbortException extends RuntimeException {
     AbortException(String message) { super(message) }
@@ -126,6 +143,89 @@ class MissingContextVariableException extends RuntimeException {
     MissingContextVariableException(String step) {
         super("Required context class hudson.FilePath is missing (step ${step})\nPerhaps you forgot to surround " +
               'the code with a step that provides this, such as: node')
+    }
+}
+
+/**
+ * The script-security sandbox, for what can be known from the source: every constructor call, every
+ * static method call or static property of a class, and the instance methods the blacklist names, are
+ * checked against the whitelist below; a call that is not on it is replaced by one that throws
+ * RejectedAccessException WHEN REACHED ("Scripts not permitted to use new java.io.File java.lang.String"),
+ * as the sandbox's GroovyInterceptor does at run time. The whitelist is the part of script-security's
+ * generic-whitelist the Jenkinsfiles may use (groovy.json.JsonOutput's prettyPrint(String) and
+ * toJson(Map|String|Number|Boolean)); nothing is constructed with `new`, no other class is called
+ * statically (System.getenv, Jenkins.instance...), and the blacklisted instance methods (execute,
+ * getClass/class, evaluate, getRawBuild/rawBuild, getMetaClass) are refused. Calls on values
+ * (String, List, Map methods, DefaultGroovyMethods) are not checked here: their receiver's type is only
+ * known at run time.
+ */
+class SandboxCustomizer extends CompilationCustomizer {
+    SandboxCustomizer() { super(CompilePhase.SEMANTIC_ANALYSIS) }
+
+    void call(SourceUnit source, GeneratorContext context, ClassNode classNode) {
+        new SandboxTransformer(source: source).visitClass(classNode)
+    }
+}
+
+class SandboxTransformer extends ClassCodeExpressionTransformer {
+    static final Map STATIC_WHITELIST = ['groovy.json.JsonOutput': ['prettyPrint', 'toJson']]
+    static final List BLACKLISTED_METHODS = ['execute', 'getClass', 'evaluate', 'getRawBuild', 'getMetaClass',
+                                             'setMetaClass', 'invokeMethod']
+    static final List BLACKLISTED_PROPERTIES = ['class', 'rawBuild', 'metaClass']
+    SourceUnit source
+
+    SourceUnit getSourceUnit() { return source }
+
+    static String argTypes(Expression args) {
+        List exprs = args instanceof TupleExpression ? ((TupleExpression) args).expressions : [args]
+        return exprs.collect { Expression e -> e instanceof ConstantExpression && e.value != null ?
+            e.value.getClass().name : e.type.name }.join(' ')
+    }
+
+    Expression rejected(String signature, Expression at) {
+        Expression call = new MethodCallExpression(new VariableExpression('this'), '__sandboxRejected',
+                                                   new ArgumentListExpression(new ConstantExpression(signature)))
+        call.sourcePosition = at
+        return call
+    }
+
+    Expression transform(Expression e) {
+        if (e instanceof ClosureExpression) {  // a closure's body is code too (the steps blocks are closures)
+            ((ClosureExpression) e).code.visit(this)
+            return e
+        }
+        if (e instanceof ConstructorCallExpression && !((ConstructorCallExpression) e).specialCall) {
+            return rejected("new ${e.type.name} ${argTypes(((ConstructorCallExpression) e).arguments)}".trim(), e)
+        }
+        if (e instanceof StaticMethodCallExpression) {
+            StaticMethodCallExpression call = (StaticMethodCallExpression) e
+            if (!(call.method in (STATIC_WHITELIST[call.ownerType.name] ?: []))) {
+                return rejected("staticMethod ${call.ownerType.name} ${call.method}", e)
+            }
+        }
+        if (e instanceof MethodCallExpression) {
+            MethodCallExpression call = (MethodCallExpression) e
+            String name = call.methodAsString
+            if (call.objectExpression instanceof ClassExpression &&
+                    !(name in (STATIC_WHITELIST[call.objectExpression.type.name] ?: []))) {
+                return rejected("staticMethod ${call.objectExpression.type.name} ${name} " +
+                                argTypes(call.arguments), e)
+            }
+            if (name in BLACKLISTED_METHODS && !(call.objectExpression instanceof VariableExpression &&
+                                                   ((VariableExpression) call.objectExpression).thisExpression)) {
+                return rejected("method ${call.objectExpression.type.name} ${name}", e)
+            }
+        }
+        if (e instanceof PropertyExpression && !(e.class.simpleName in ['AttributeExpression'])) {
+            PropertyExpression prop = (PropertyExpression) e
+            if (prop.objectExpression instanceof ClassExpression) {
+                return rejected("staticField ${prop.objectExpression.type.name} ${prop.propertyAsString}", e)
+            }
+            if (prop.propertyAsString in BLACKLISTED_PROPERTIES) {
+                return rejected("method ${prop.objectExpression.type.name} get${prop.propertyAsString.capitalize()}", e)
+            }
+        }
+        return e.transformExpression(this)
     }
 }
 
@@ -770,6 +870,11 @@ abstract class PipelineScript extends Script {
     Object methodMissing(String name, Object args) {
         throw new MissingMethodException(name, PipelineScript, (Object[]) args)
     }
+
+    /** What SandboxTransformer puts where the sandbox refuses a call: it fails when reached. */
+    Object __sandboxRejected(String signature) {
+        throw new RejectedAccessException(signature)
+    }
 }
 
 class Harness {
@@ -779,6 +884,7 @@ class Harness {
     Harness(ClassLoader loader) {
         config = new CompilerConfiguration()
         config.scriptBaseClass = 'PipelineScript'
+        config.addCompilationCustomizers(new SandboxCustomizer())
         parentLoader = new GroovyClassLoader(loader)
     }
 

@@ -240,3 +240,32 @@ esac
     build = result["build"]
     assert build.result == "ABORTED", build.log
     assert "cleanup got SIGTERM" in build.log.split("always (post of pipeline)")[1]
+
+
+# --- the script-security sandbox --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "signature"), [
+    ("new File('/etc/passwd').text", "new java.io.File java.lang.String"),
+    ("System.getenv('HOME')", "staticMethod java.lang.System getenv"),
+    ("'id'.execute().text", "execute"),
+    ("Thread.currentThread().name", "staticMethod java.lang.Thread currentThread"),
+    ("currentBuild.rawBuild.toString()", "getRawBuild"),
+    ("params.getClass().name", "getClass"),
+])
+def test_the_sandbox_refuses_what_script_security_refuses_when_it_is_reached(harness, tmp_path, code, signature):
+    script = tmp_path / "Jenkinsfile"
+    script.write_text("pipeline {\n  agent any\n  stages {\n    stage('x') {\n      steps {\n        echo 'before'\n"
+                      f"        echo(({code}).toString())\n        echo 'after'\n      }}\n    }}\n  }}\n}}\n")
+    build = harness.run(script, tmp_path / "ws", agent_env={}, expect_groovy_errors=True,
+                        upstream_builds=[{"fullProjectName": "d", "number": 1, "kind": "pipeline"}])
+    assert build.result == "FAILURE", build.log
+    refused = [line for line in build.log.splitlines() if "Scripts not permitted to use" in line]
+    assert refused and signature in refused[0], build.log
+    assert "before" in build.log and "after" not in build.log  # refused when reached, as at run time
+
+
+def test_the_jenkinsfiles_use_only_what_the_sandbox_allows(harness, tmp_path):
+    """JsonOutput.prettyPrint(String) and toJson(Map) are on script-security's generic whitelist."""
+    build = release_build(harness, tmp_path, parameters={"MODE": "jobs"})
+    assert build.result == "SUCCESS" and not build.data["groovyErrors"], build.log

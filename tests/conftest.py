@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from faults.proxy import FaultProxy
+from support.proxy import FaultProxy
 
 from devstack import DevStack, GoiardiServer, InstanceRunner, MotoServer, isolated_env
 

@@ -4,7 +4,7 @@
   ``RequestLimitExceeded`` 503, IAM ``Throttling`` 400, SSM ``ThrottlingException``, S3 ``SlowDown``
   503), and RunInstances also with ``InsufficientInstanceCapacity`` 500 once. botocore's adaptive
   retries must absorb all of it: the bake succeeds. Its calls, attributed to stages by the stage
-  times in the state, must be exactly :data:`~faults.calls.BAKE_CALLS`, so that list (the parameters
+  times in the state, must be exactly :data:`~support.calls.BAKE_CALLS`, so that list (the parameters
   of ``test_faults_stages``, where each stage process also gets a throttled call) is proven complete.
 - Hard errors in ``bakery bake``: a representative call of six stages fails with a permission error
   (aimed inside the single process with ``after=``: e.g. the first DescribeInstances after
@@ -25,15 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from bakery_lib.bake import bake_role
-from bakery_lib.catalog import load_catalog
-from bakery_lib.errors import AwsError
-from bakery_lib.state import Workspace
-
-from .calls import BAKE_CALLS
-from .proxy import FaultProxy, Rewrite, Rule
-from .support import (
+from support.bakes import (
     RELEASE,
     Census,
     FaultTable,
@@ -48,6 +40,13 @@ from .support import (
     leftover_text,
     read_state,
 )
+from support.calls import BAKE_CALLS
+from support.proxy import FaultProxy, Rewrite, Rule
+
+from bakery_lib.bake import bake_role
+from bakery_lib.catalog import load_catalog
+from bakery_lib.errors import AwsError
+from bakery_lib.state import Workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

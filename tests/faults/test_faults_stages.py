@@ -1,6 +1,6 @@
 """Stage by stage, as Jenkins runs it: every AWS call of a bake throttled, then refused.
 
-One case per entry of :data:`~faults.calls.BAKE_CALLS` (every call of every stage, the calls a rerun
+One case per entry of :data:`~support.calls.BAKE_CALLS` (every call of every stage, the calls a rerun
 makes included). Each case starts a fresh bake of its own role, brings it up to the stage in process
 (cheap set-up, straight to moto), then runs ``bakery stage STAGE`` with its AWS endpoint set to the
 fault proxy: the chosen call is first throttled (``RequestLimitExceeded`` 503 / ``Throttling`` 400 /
@@ -22,10 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from .calls import BAKE_CALLS, BakeCall
-from .proxy import THROTTLE, FaultProxy, Rule
-from .support import (
+from support.bakes import (
     RELEASE,
     Census,
     FaultTable,
@@ -39,6 +36,8 @@ from .support import (
     read_state,
     run_in_process,
 )
+from support.calls import BAKE_CALLS, BakeCall
+from support.proxy import THROTTLE, FaultProxy, Rule
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 THROTTLE_CODES = {code for _status, code in THROTTLE.values()}

@@ -10,10 +10,9 @@ import boto3
 import botocore.exceptions
 import pytest
 from botocore.config import Config
+from support.proxy import FaultProxy, Hold, Rewrite, Rule
 
 from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
-
-from .proxy import FaultProxy, Hold, Rewrite, Rule
 
 
 def client(proxy: FaultProxy, service: str, *, attempts: int = 1):

@@ -1,4 +1,4 @@
-"""Bakes through the realism layer: AWS's timing played in front of moto (see :mod:`faults.realism`).
+"""Bakes through the realism layer: AWS's timing played in front of moto (see :mod:`support.realism`).
 
 The instances are played by the devstack instance runner executing the real bake user data (stub
 ``cinc-client`` registering with goiardi, the real AWS CLI; the Windows bake's EC2Launch v2 sequence
@@ -37,14 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from bakery_lib.aws import STORM_ROUNDS
-from bakery_lib.errors import AwsError
-from bakery_lib.stages import ORDER, run_stage
-
-from .proxy import FaultProxy, Rule
-from .realism import Realism
-from .support import (
+from support.bakes import (
     RELEASE,
     Census,
     FaultTable,
@@ -59,6 +52,12 @@ from .support import (
     run_in_process,
     wait_for,
 )
+from support.proxy import FaultProxy, Rule
+from support.realism import Realism
+
+from bakery_lib.aws import STORM_ROUNDS
+from bakery_lib.errors import AwsError
+from bakery_lib.stages import ORDER, run_stage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -1,1 +1,0 @@
-"""The declarative-Pipeline harness (harness.groovy) and its pytest driver (driver.py)."""

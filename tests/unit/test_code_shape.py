@@ -1,0 +1,172 @@
+"""The shape of the product code, checked: complexity, import graph, stage contract, environment.
+
+- no function in bakery_lib ranks worse than C in radon's cyclomatic complexity (its Python API);
+- no import cycle between bakery_lib modules (the AST's imports, top-level and in functions, except
+  those only for type checking), and no import inside a function without a comment saying why;
+- every stage module has ``run`` and ``cleanup``, and ``stages.ORDER`` names each module once;
+- below the CLI, no module reads ``os.environ`` (the settings object carries what the CLI read).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from radon.complexity import cc_rank, cc_visit
+
+from bakery_lib import stages
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "bakery_lib"
+SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def is_package(path: Path) -> bool:
+    return path.name == "__init__.py"
+
+
+def _type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def imports_of(path: Path) -> list[tuple[ast.stmt, bool]]:
+    """(import statement, inside a function) for every runtime import of the module."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: list[tuple[ast.stmt, bool]] = []
+
+    def walk(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if _type_checking_block(child):
+                continue
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                found.append((child, in_function))
+            walk(child, in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef))
+
+    walk(tree, False)
+    return found
+
+
+def resolve(path: Path, node: ast.stmt) -> set[str]:
+    """The bakery_lib modules an import statement loads."""
+    known = {module_name(p) for p in SOURCES}
+    names: set[str] = set()
+    if isinstance(node, ast.Import):
+        names = {a.name for a in node.names}
+    elif isinstance(node, ast.ImportFrom):
+        if node.level:
+            base = module_name(path).split(".")
+            base = base if is_package(path) else base[:-1]
+            base = base[: len(base) - (node.level - 1)]
+            prefix = ".".join(base + ([node.module] if node.module else []))
+        else:
+            prefix = node.module or ""
+        names = {prefix} | {f"{prefix}.{a.name}" for a in node.names}
+    return {n for n in names if n in known}
+
+
+def import_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in SOURCES:
+        me = module_name(path)
+        graph[me] = set()
+        for node, _ in imports_of(path):
+            graph[me] |= resolve(path, node) - {me}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle (as a path of modules) if the graph has one. A package importing its own submodules
+    is not a cycle unless a submodule imports the package back."""
+    white, grey, black = 0, 1, 2
+    colour = dict.fromkeys(graph, white)
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        colour[node] = grey
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if colour.get(nxt) == grey:
+                return stack[stack.index(nxt):] + [nxt]
+            if colour.get(nxt) == white:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        colour[node] = black
+        return None
+
+    for start in sorted(graph):
+        if colour[start] == white:
+            found = visit(start)
+            if found:
+                return found
+    return None
+
+
+def test_no_function_in_bakery_lib_is_worse_than_radon_c() -> None:
+    worse = []
+    for path in SOURCES:
+        for block in cc_visit(path.read_text(encoding="utf-8")):
+            rank = cc_rank(block.complexity)
+            if rank > "C":
+                worse.append(f"{path.relative_to(ROOT)}:{block.lineno} {block.fullname} {rank} ({block.complexity})")
+    assert worse == [], "functions worse than radon C:\n" + "\n".join(worse)
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    # The check below must be able to fail.
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_between_bakery_lib_modules() -> None:
+    graph = import_graph()
+    assert "bakery_lib.stages.preflight" in graph and graph["bakery_lib.cli"], "the graph was not read"
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
+
+
+def test_every_import_inside_a_function_says_why() -> None:
+    unexplained = []
+    for path in SOURCES:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for node, in_function in imports_of(path):
+            if not in_function:
+                continue
+            same = lines[node.lineno - 1]
+            # A run of imports shares the comment above its first line.
+            first = node.lineno - 1
+            while first > 0 and lines[first - 1].strip().startswith(("import ", "from ")):
+                first -= 1
+            before = lines[first - 1].strip() if first >= 1 else ""
+            if not (before.startswith("#") or "#" in same):
+                unexplained.append(f"{path.relative_to(ROOT)}:{node.lineno}: {same.strip()}")
+    assert unexplained == [], "imports inside functions without a comment saying why:\n" + "\n".join(unexplained)
+
+
+@pytest.mark.parametrize("name", stages.ORDER)
+def test_every_stage_module_has_run_and_cleanup(name: str) -> None:
+    module = stages.MODULES[name]
+    assert callable(getattr(module, "run", None)), f"stage {name}: no run()"
+    assert callable(getattr(module, "cleanup", None)), f"stage {name}: no cleanup(ctx, report)"
+    assert (module.__doc__ or "").strip(), f"stage {name}: no module docstring"
+
+
+def test_only_the_cli_reads_the_environment() -> None:
+    readers = []
+    for path in SOURCES:
+        if module_name(path).startswith("bakery_lib.cli"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv") and \
+                    isinstance(node.value, ast.Name) and node.value.id == "os":
+                readers.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert readers == [], "modules below the CLI reading os.environ:\n" + "\n".join(readers)

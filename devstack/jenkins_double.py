@@ -49,7 +49,7 @@ Builds, where the post-deploy flow depends on them (core ``Queue``, ``Parameters
 building (no concurrent builds); ``finish`` ends a build and queues, WITHOUT parameters, every job
 whose ReverseBuildTrigger watches it; ``replay`` queues a build with the same parameters but only a
 user and a replay cause; ``upstream_builds`` gives a build's upstream causes in the form the pipeline
-harness (tests/pipeline) models ``currentBuild.upstreamBuilds`` from.
+harness (tests/support/harness.groovy) models ``currentBuild.upstreamBuilds`` from.
 
 For assertions: ``log`` records every request (method, path, query, status, user); ``ui_edit``
 changes a job as a person in the web UI would (not logged as an API request); ``simulate_build``
@@ -620,7 +620,7 @@ class JenkinsDouble(LoopbackHTTPServer):
             return item
 
     def upstream_builds(self, build: BuildRecord) -> list[dict[str, Any]]:
-        """The build's UpstreamCauses as the pipeline harness takes them (tests/pipeline): kind, number,
+        """The build's UpstreamCauses as the pipeline harness takes them (tests/support/harness.groovy): kind, number,
         parameters, env overrides and start time of each upstream build."""
         found = []
         for cause in build.causes:

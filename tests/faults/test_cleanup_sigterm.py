@@ -11,9 +11,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from faults.proxy import FaultProxy, Hold
-from faults.support import Census, bakery, check_state, cli_env, junit_case, popen_bakery, prepare, read_state
+from support.bakes import Census, bakery, check_state, cli_env, junit_case, popen_bakery, prepare, read_state
+from support.proxy import FaultProxy, Hold
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

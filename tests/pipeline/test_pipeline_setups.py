@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from pipeline.driver import (
+from support.pipeline import (
     JENKINSFILE,
     RELEASE_JENKINSFILE,
     RELEASE_JOB_PARAMETERS,

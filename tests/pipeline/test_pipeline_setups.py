@@ -268,3 +268,23 @@ def test_the_jenkinsfiles_use_only_what_the_sandbox_allows(harness, tmp_path):
     """JsonOutput.prettyPrint(String) and toJson(Map) are on script-security's generic whitelist."""
     build = release_build(harness, tmp_path, parameters={"MODE": "jobs"})
     assert build.result == "SUCCESS" and not build.data["groovyErrors"], build.log
+
+
+# --- CPS ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "translated"), [
+    ("[3, 1, 2].sort { a, b -> a <=> b }", False),  # a comparator: ClosureComparator, not CPS-translated
+    ("[3, 1, 2].toSorted { a, b -> b <=> a }", False),
+    ("[1, 2, 1].unique { a, b -> a <=> b }", False),
+    ("[3, 1, 2].sort { i -> -i }", True),  # a key: CpsDefaultGroovyMethods translates it
+    ("[3, 1, 2].findAll { i -> i > 1 }", True),
+])
+def test_comparator_closures_are_not_cps_translated(harness, tmp_path, code, translated):
+    script = tmp_path / "Jenkinsfile"
+    script.write_text("pipeline {\n  agent any\n  stages {\n    stage('x') {\n      steps {\n"
+                      f"        echo(({code}).toString())\n      }}\n    }}\n  }}\n}}\n")
+    build = harness.run(script, tmp_path / "ws", agent_env={}, expect_groovy_errors=not translated)
+    assert (build.result == "SUCCESS") is translated, build.log
+    if not translated:
+        assert "wound up catching org.jenkinsci.plugins.workflow.cps.CpsClosure2.call" in build.log

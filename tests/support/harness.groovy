@@ -1,9 +1,11 @@
 /*
  * A declarative-Pipeline harness: EXECUTES jenkins/Jenkinsfile and jenkins/release.Jenkinsfile with the
  * semantics of Jenkins, in the spirit of JenkinsPipelineUnit (not obtainable here). Groovy 2.4.21 is the
- * Groovy Jenkins core bundles, so what parses and runs here parses and runs there (CPS aside: the
- * harness does not CPS-transform, so it cannot find CPS-only mistakes such as a @NonCPS method calling
- * a step).
+ * Groovy Jenkins core bundles, so what parses and runs here parses and runs there. The script-security
+ * sandbox and one CPS rule are modelled at compile time (SandboxCustomizer, below: refused calls fail
+ * when reached; a comparator closure given to sort/toSorted/unique/max/min, which groovy-cps does not
+ * translate, fails there). Not modelled: the rest of CPS (a @NonCPS method calling a step, a
+ * non-serializable local held across a step), and calls on values are not checked against the whitelist.
  *
  * Usage:  groovy harness.groovy SCENARIO.json        one build, result written to scenario.resultFile
  *         groovy harness.groovy --serve               reads scenario paths on stdin, prints "DONE path"
@@ -189,6 +191,26 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
         return call
     }
 
+    /** CPS: workflow-cps translates the closure-taking DefaultGroovyMethods (CpsDefaultGroovyMethods), but
+     * not a two-parameter closure given to sort/toSorted/unique/max/min/toUnique: that one becomes a
+     * ClosureComparator/OrderBy, which groovy-cps does not translate (the TODOs in its
+     * CpsDefaultGroovyMethodsTest). Jenkins then logs "expected to call ... but wound up catching
+     * ...CpsClosure2.call" and the result is wrong; the harness fails there, as a Groovy error. */
+    Expression cpsMismatch(Expression e) {
+        if (!(e instanceof MethodCallExpression)) { return null }
+        MethodCallExpression call = (MethodCallExpression) e
+        String name = call.methodAsString
+        if (!(name in ['sort', 'toSorted', 'unique', 'toUnique', 'max', 'min'])) { return null }
+        List args = call.arguments instanceof TupleExpression ? ((TupleExpression) call.arguments).expressions : []
+        boolean comparator = args.any { Expression a ->
+            a instanceof ClosureExpression && (((ClosureExpression) a).parameters?.length ?: 0) == 2 }
+        if (!comparator) { return null }
+        Expression fail = new MethodCallExpression(new VariableExpression('this'), '__cpsMismatch',
+                                                   new ArgumentListExpression(new ConstantExpression(name)))
+        fail.sourcePosition = e
+        return fail
+    }
+
     Expression transform(Expression e) {
         if (e instanceof ClosureExpression) {  // a closure's body is code too (the steps blocks are closures)
             ((ClosureExpression) e).code.visit(this)
@@ -215,6 +237,10 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
                                                    ((VariableExpression) call.objectExpression).thisExpression)) {
                 return rejected("method ${call.objectExpression.type.name} ${name}", e)
             }
+        }
+        Expression mismatch = cpsMismatch(e)
+        if (mismatch != null) {
+            return mismatch
         }
         if (e instanceof PropertyExpression && !(e.class.simpleName in ['AttributeExpression'])) {
             PropertyExpression prop = (PropertyExpression) e
@@ -869,6 +895,13 @@ abstract class PipelineScript extends Script {
 
     Object methodMissing(String name, Object args) {
         throw new MissingMethodException(name, PipelineScript, (Object[]) args)
+    }
+
+    /** What SandboxTransformer puts where CPS would not translate a comparator closure. */
+    Object __cpsMismatch(String method) {
+        throw new IllegalStateException("expected to call java.util.Collection.${method} but wound up catching " +
+            'org.jenkinsci.plugins.workflow.cps.CpsClosure2.call; see: ' +
+            'https://jenkins.io/redirect/pipeline-cps-method-mismatches/ (a comparator closure is not CPS-translated)')
     }
 
     /** What SandboxTransformer puts where the sandbox refuses a call: it fails when reached. */

@@ -4,6 +4,7 @@
 - no import cycle between bakery_lib modules (the AST's imports, top-level and in functions, except
   those only for type checking), and no import inside a function without a comment saying why;
 - every stage module has ``run`` and ``cleanup``, and ``stages.ORDER`` names each module once;
+- no stage module imports another (what stages share lives in ``bakery_lib.ec2``, ``stages.base``...);
 - below the CLI, no module reads ``os.environ`` (the settings object carries what the CLI read).
 """
 
@@ -157,6 +158,24 @@ def test_every_stage_module_has_run_and_cleanup(name: str) -> None:
     assert callable(getattr(module, "run", None)), f"stage {name}: no run()"
     assert callable(getattr(module, "cleanup", None)), f"stage {name}: no cleanup(ctx, report)"
     assert (module.__doc__ or "").strip(), f"stage {name}: no module docstring"
+
+
+def stage_imports(graph: dict[str, set[str]]) -> list[str]:
+    """"stage -> stage" for every import of one stage module by another."""
+    names = {f"bakery_lib.stages.{m.__name__.rsplit('.', 1)[-1]}" for m in stages.MODULES.values()}
+    return sorted(f"{me} -> {other}" for me in names & set(graph) for other in graph[me] & names)
+
+
+def test_the_stage_import_finder_finds_one() -> None:
+    # The check below must be able to fail.
+    graph = {"bakery_lib.stages.launch": {"bakery_lib.stages.preflight", "bakery_lib.stages.base"}}
+    assert stage_imports(graph) == ["bakery_lib.stages.launch -> bakery_lib.stages.preflight"]
+
+
+def test_no_stage_module_imports_another() -> None:
+    crossings = stage_imports(import_graph())
+    assert crossings == [], "stages importing other stages (move the shared helper to bakery_lib/ec2/ " \
+                            "or stages/base.py):\n" + "\n".join(crossings)
 
 
 def test_only_the_cli_reads_the_environment() -> None:

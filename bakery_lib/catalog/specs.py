@@ -194,6 +194,7 @@ class JenkinsSettings:
     keep_builds: int = 30
     release_job: str | None = None
     view: str | None = None
+    allow_built_in_node: bool = False  # agent_label / AGENT_LABEL may be the controller's node (built-in, master)
 
     def job_name(self, role: str) -> str:
         return f"{self.job_prefix}{role}"

@@ -411,6 +411,7 @@ class JenkinsDouble(LoopbackHTTPServer):
         self._tokens = dict(users if users is not None else {"admin": "admin-api-token"})
         self._readonly = dict(readonly_users or {})
         self._secret = secrets.token_bytes(16)
+        self._sessions: set[str] = set()  # live HTTP sessions: Jetty keeps them server side
         self._lock = threading.RLock()
         self.root = _Node("root", "")
         self.root.views["all"] = jenkins_serialize(
@@ -445,6 +446,15 @@ class JenkinsDouble(LoopbackHTTPServer):
 
     def add_user(self, name: str, token: str, *, readonly: bool = False) -> None:
         (self._readonly if readonly else self._tokens)[name] = token
+
+    def expire_sessions(self) -> None:
+        """End every HTTP session, as Jenkins does after a session's idle timeout or a restart.
+
+        A crumb is bound to its session (``DefaultCrumbIssuer`` hashes the session id since 2.176.2),
+        so every crumb issued so far stops being valid; a client must ask the crumb issuer again.
+        """
+        with self._lock:
+            self._sessions.clear()
 
     def reset(self) -> None:
         """Forget every job, folder and view and the request log."""
@@ -938,9 +948,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _session(self) -> str:
         cookie = SimpleCookie(self.headers.get("Cookie", ""))
         for key, morsel in cookie.items():
-            if key.startswith("JSESSIONID."):
+            if key.startswith("JSESSIONID.") and morsel.value in self.double._sessions:
                 return morsel.value
+        # No session, or one that has ended: Jetty starts a new one.
         session = secrets.token_hex(12)
+        with self.double._lock:
+            self.double._sessions.add(session)
         self._set_cookie = f"JSESSIONID.a1b2c3d4={session}; Path=/; HttpOnly"
         return session
 
@@ -952,7 +965,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         crumb = self.headers.get(CRUMB_FIELD, "")
         cookie = SimpleCookie(self.headers.get("Cookie", ""))
-        sessions = [m.value for k, m in cookie.items() if k.startswith("JSESSIONID.")]
+        with d._lock:
+            sessions = [m.value for k, m in cookie.items() if k.startswith("JSESSIONID.") and m.value in d._sessions]
         valid = any(hmac.compare_digest(d._crumb(user or "", s), crumb) for s in sessions)
         if d.reject_crumbs or not valid:
             raise _HttpError(

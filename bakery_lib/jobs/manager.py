@@ -86,7 +86,18 @@ class JenkinsManager:
         req = requests.Request(method, self.url + path, data=data, headers=headers or {})
         # Jenkins wants a crumb only on requests that change something; reads go without one, so
         # a sync with nothing to change never asks the crumb issuer.
-        return self._call(what, lambda: client.jenkins_open(req, add_crumb=method != "GET"))
+        if method == "GET":
+            return self._call(what, lambda: client.jenkins_open(req, add_crumb=False))
+        try:
+            return self._call(what, lambda: client.jenkins_open(req, add_crumb=True))
+        except JenkinsError as exc:
+            if exc.status != 403 or "CSRF crumb" not in str(exc):
+                raise
+        # Jenkins binds a crumb to the HTTP session, and sessions end (idle timeout, a restart of the
+        # controller): a refused crumb means nothing was done, so ask for a new one once and resend.
+        client.crumb = None
+        client._session.cookies.clear()
+        return self._call(what, lambda: client.jenkins_open(req, add_crumb=True))
 
     def _call(self, what: str, fn: Any) -> Any:
         try:

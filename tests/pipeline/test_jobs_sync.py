@@ -636,3 +636,20 @@ def test_upstream_names_resolve_as_jenkins_resolves_them(jenkins: JenkinsDouble,
     else:
         assert "do not exist on Jenkins" in run.err and "Jenkins.getItem" in run.err
         assert jenkins.get_item(upstream, "amis") is None
+
+
+def test_a_crumb_of_an_ended_session_is_refused_and_the_sync_asks_for_a_new_one(jenkins: JenkinsDouble) -> None:
+    """Jenkins binds a crumb to the HTTP session; sessions end (idle timeout, restart). A write refused
+    for its crumb did nothing, so the manager asks the issuer once more and resends; the double refuses
+    the old crumb exactly as Jenkins would."""
+    from bakery_lib.jobs.manager import JenkinsManager
+
+    manager = JenkinsManager(jenkins.url, "admin", TOKEN)
+    manager.check_crumb()
+    manager.create("", "first", DEPLOY_JOB)
+    jenkins.expire_sessions()
+    manager.create("", "second", DEPLOY_JOB)
+    assert {"first", "second"} <= set(jenkins.root.items)
+    refused = [r for r in jenkins.writes() if r.status == 403]
+    assert len(refused) == 1 and "second" in refused[0].path + refused[0].query
+    assert len([r for r in jenkins.requests("GET") if "crumbIssuer" in r.path]) == 2

@@ -361,6 +361,12 @@ class _Handler(BaseHTTPRequestHandler):
         realism = proxy.realism
         if decision is None and realism is not None:
             decision = realism.refuse(service, operation, params)
+        replayed = realism.replay(service, operation, params) if decision is None and realism is not None else None
+        if replayed is not None:  # a ClientToken seen before, same request: AWS's first answer again
+            call.status, call.rewritten = 200, True
+            proxy._record(call)
+            self._reply(200, [("Content-Type", "text/xml"), ("x-amzn-RequestId", str(uuid.uuid4()))], replayed)
+            return
         if decision is not None:
             status, code, message = decision
             payload, ctype = error_body(service, code, message)

@@ -34,6 +34,17 @@ What AWS does (and moto 5.2 does not), as documented, and what this layer plays:
   offered in the AZ): RunInstances with an (instance type, subnet) in ``no_capacity`` answers
   ``InsufficientInstanceCapacity`` (500) every time: it persists until the request changes.
 
+- **Idempotency** (EC2 API reference, "Ensuring idempotency of mutating API requests"): a RunInstances
+  or CopyImage repeated with the same ``ClientToken`` and the same parameters answers what the first
+  call answered and creates nothing; the same token with other parameters answers
+  ``IdempotentParameterMismatch`` (400). moto creates again: played, by keeping each token's request
+  and answer (``replay``).
+- **The slow profile** (:meth:`Realism.slow`): AWS's own durations, scaled by ``scale`` so a test stays
+  short: NotFound windows "up to a few minutes" (EC2 eventual consistency, above: 5 min), images
+  pending for many polls (AMI creation takes minutes: 10 min), instances pending ~1 min and stopping
+  ~2 min (EC2 User Guide, "Instance lifecycle"), IAM profiles usable after up to ~10 s (IAM
+  propagation, above).
+
 The layer keeps the ids it saw created and when; it rewrites EC2 query-protocol XML with ElementTree
 (namespaces dropped: botocore's parser ignores them). Everything else is forwarded to moto untouched.
 """
@@ -90,6 +101,43 @@ class Realism:
     _storm_calls: int = 0
     _start: float = field(default_factory=time.monotonic)
 
+    tokens: dict[tuple[str, str], tuple[dict[str, Any], bytes | None]] = field(default_factory=dict)
+
+    @classmethod
+    def slow(cls, scale: float = 0.02, **overrides: Any) -> Realism:
+        """AWS at its documented pace, every duration times ``scale`` (see the module docstring)."""
+        real = {"invisible": 300.0, "pending": 60.0, "stopping": 120.0, "shutting_down": 60.0,
+                "image_pending": 600.0, "iam": 10.0}
+        return cls(**{**{k: v * scale for k, v in real.items()}, **overrides})
+
+    # --- idempotency: ClientToken -----------------------------------------------------------------------
+    def replay(self, service: str, operation: str, params: dict[str, Any]) -> bytes | None:
+        """The first answer to a repeated token with the same request, else None (forward it)."""
+        token = str(params.get("ClientToken") or "")
+        if service != "ec2" or operation not in ("RunInstances", "CopyImage") or not token:
+            return None
+        with self._lock:
+            seen = self.tokens.get((operation, token))
+        if seen is None or seen[0] != params or seen[1] is None:
+            return None
+        self._play(f"replay: {operation} token {token}")
+        return seen[1]
+
+    def _mismatch(self, operation: str, params: dict[str, Any]) -> tuple[int, str, str] | None:
+        token = str(params.get("ClientToken") or "")
+        if operation not in ("RunInstances", "CopyImage") or not token:
+            return None
+        with self._lock:
+            seen = self.tokens.get((operation, token))
+            if seen is None:
+                self.tokens[(operation, token)] = (dict(params), None)
+                return None
+        if seen[0] == params:
+            return None
+        self._play(f"mismatch: {operation} token {token}")
+        return (400, "IdempotentParameterMismatch",
+                f"Client token {token} is already used with other parameters (realism)")
+
     # --- before forwarding: refuse ------------------------------------------------------------------
     def refuse(self, service: str, operation: str, params: dict[str, Any]) -> tuple[int, str, str] | None:
         if service == "iam":
@@ -97,8 +145,8 @@ class Realism:
             return None
         if service != "ec2":
             return None
-        return (self._storm(operation) or self._capacity(operation, params) or self._iam_refusal(operation, params)
-                or self._not_yet_visible(operation, params))
+        return (self._storm(operation) or self._mismatch(operation, params) or self._capacity(operation, params)
+                or self._iam_refusal(operation, params) or self._not_yet_visible(operation, params))
 
     def _note_profile(self, operation: str, params: dict[str, Any]) -> None:
         if operation in ("CreateInstanceProfile", "AddRoleToInstanceProfile") and params.get("InstanceProfileName"):
@@ -170,6 +218,11 @@ class Realism:
             return payload
         for el in root.iter():
             el.tag = el.tag.rsplit("}", 1)[-1]
+        token = str(params.get("ClientToken") or "")
+        if token and operation in ("RunInstances", "CopyImage"):
+            with self._lock:
+                if self.tokens.get((operation, token), (None, None))[1] is None:
+                    self.tokens[(operation, token)] = (dict(params), payload)
         changed = self._remember(operation, params, root)
         if operation == "DescribeInstances":
             changed |= self._rewrite_instances(root)

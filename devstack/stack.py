@@ -134,7 +134,8 @@ class DevStack:
         ec2 = self.moto.client("ec2", self.region)
         self.base_image_id = seed_base_image(ec2, BASE_IMAGE_NAME)
         self.windows_image_id = seed_base_image(ec2, WINDOWS_IMAGE_NAME,
-                                                description="Windows Server 2022 (bakery demo base)")
+                                                description="Windows Server 2022 (bakery demo base)",
+                                                platform="windows")
 
     def stop(self) -> None:
         if self._own_goiardi:

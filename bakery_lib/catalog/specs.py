@@ -7,8 +7,9 @@ merged results the stages read (and the defaults of keys a catalogue leaves out)
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,8 +192,23 @@ class Catalog:
         try:
             return self.roles[name]
         except KeyError:
-            known = ", ".join(sorted(self.roles)) or "none"
-            raise CatalogError(self.path, f"no such role (known roles: {known})", role=name) from None
+            raise CatalogError(self.path, f"no such role ({known_roles(name, self.roles)})", role=name) from None
+
+
+# How many role names an error lists: a catalogue of 200 roles must not answer with one 1,800-character line.
+KNOWN_ROLES_SHOWN = 8
+
+
+def known_roles(name: str, roles: Iterable[str]) -> str:
+    """``did you mean web, web2? known roles: a, b, ... (200 in all)`` for an unknown role ``name``."""
+    names = sorted(roles)
+    if not names:
+        return "the catalogue has no roles"
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    shown = ", ".join(names[:KNOWN_ROLES_SHOWN]) + (f", ... ({len(names)} in all; `bakery validate` lists them)"
+                                                    if len(names) > KNOWN_ROLES_SHOWN else "")
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"{hint}known roles: {shown}"
 
 
 def check_role_name(name: str, path: str = "<command line>") -> str:

@@ -26,6 +26,7 @@ from ..bake import bake_many, summary_lines
 from ..catalog import REGION_RE, Catalog, check_role_name, load_catalog, schema_text
 from ..cleanup import cleanup
 from ..clock import Clock
+from ..dryrun import plan_lines, plan_many
 from ..errors import BakeryError, UsageError
 from ..fsutil import atomic_write_text
 from ..launcher import launch_instance
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=4, metavar="N", help="roles baked at once (default 4)")
     _bake_options(p)
     p.add_argument("--force", action="store_true", help="rebake even when an AMI with the same bake key exists")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show per role what a bake would do (reuse AMI X / bake because Y / refused because Z); "
+                        "create and write nothing")
+
+    p = add("validate", "check the catalogue and everything a bake needs, creating nothing (for pull requests)")
+    p.add_argument("--role", action="append", dest="roles", metavar="ROLE", help="default: every role")
+    p.add_argument("--offline", action="store_true", help="check the catalogue file only; ask neither AWS nor Chef")
 
     p = add("render", "write a role's instance-side scripts to DIR/ROLE/")
     p.add_argument("--role", required=True)
@@ -254,9 +262,35 @@ def _bake(settings: Settings, ws: Workspace, catalog: Catalog, roles: list[str],
     return 0
 
 
+def _plan(rt: _Runtime, roles: list[str], release: str, *, validate: bool) -> int:
+    catalog = rt.catalog()
+    for r in roles:
+        catalog.role(check_role_name(r))
+    jobs = getattr(rt.args, "jobs", 4)
+    if jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    plans = plan_many(rt.ws(), catalog, roles, release, rt.aws(), jobs=jobs, force=getattr(rt.args, "force", False),
+                      validate=validate, settings=rt.settings)
+    print("\n".join(plan_lines(plans)))
+    return max((p.exit_code for p in plans), default=0)
+
+
+def cmd_validate(rt: _Runtime) -> int:
+    catalog = rt.catalog()  # a bad catalogue: exit 2 here, naming file, role and key
+    roles = list(dict.fromkeys(rt.args.roles)) if rt.args.roles else sorted(catalog.roles)
+    if rt.args.offline:
+        for r in roles:
+            catalog.role(check_role_name(r))
+        print(f"catalogue {catalog.path}: {len(roles)} role(s) valid: {', '.join(roles)}")
+        return 0
+    return _plan(rt, roles, "0", validate=True)
+
+
 def cmd_bake(rt: _Runtime) -> int:
     catalog = rt.catalog()
     roles = sorted(catalog.roles) if rt.args.all else list(dict.fromkeys(rt.args.roles))
+    if rt.args.dry_run:
+        return _plan(rt, roles, check_release(rt.args.release), validate=False)
     return _bake(rt.settings, rt.ws(), catalog, roles, rt.args.release, jobs=rt.args.jobs,
                  keep_on_failure=rt.args.keep_on_failure, force=rt.args.force)
 
@@ -386,6 +420,7 @@ COMMANDS: dict[str, Callable[[_Runtime], int]] = {
     "stage": cmd_stage,
     "cleanup": cmd_cleanup,
     "bake": cmd_bake,
+    "validate": cmd_validate,
     "render": cmd_render,
     "status": cmd_status,
     "publish-runlist": cmd_publish_runlist,

@@ -9,6 +9,7 @@ role never stops the others. The roles share one run ``Session`` (Chef checks, c
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from .aws import Aws
 from .catalog import Catalog
 from .cleanup import cleanup
 from .clock import Clock
-from .errors import BakeryError
+from .errors import BakeryError, WorkspaceWriteError
 from .reports import write_junit, write_summary_artifacts
 from .settings import Settings
 from .stages import ORDER, StageResult, run_stage
@@ -49,11 +50,15 @@ def _teardown_after_failure(ctx: Context, failed: StageResult, keep_on_failure: 
         # Preflight creates nothing; a state it refused (another bake in progress here) is not ours.
         return "nothing to clean up (preflight creates nothing)"
     c0 = time.monotonic()
-    ctx.state = ctx.ws.load(role_name)
+    # The record in memory is the newest (this process holds the role's lock); the file may lag
+    # behind it when the disk filled up. Only without one is the file read.
+    if ctx.state is None:
+        ctx.state = ctx.ws.load(role_name)
     report = cleanup(ctx, keep_instance=keep_on_failure)
     text = report.text()
-    write_junit(ctx.ws, role_name, "cleanup", time.monotonic() - c0, output=text,
-                failure=text if report.errors else None)
+    with contextlib.suppress(WorkspaceWriteError):  # a full disk: the teardown's own result still counts
+        write_junit(ctx.ws, role_name, "cleanup", time.monotonic() - c0, output=text,
+                    failure=text if report.errors else None)
     if keep_on_failure:
         text += (f"; to remove the kept instance and its Chef identity later: "
                  f"bakery --workspace {ctx.ws.root} cleanup --role {role_name}")
@@ -100,7 +105,7 @@ def bake_role(
                                results, {}, text, failed.exit_code or 1)
     except BakeryError as exc:  # e.g. the workspace lock is held by another process
         return RoleOutcome(role_name, "failed", str(exc), time.monotonic() - t0, results, {}, "", exc.exit_code,
-                           refused=not results)
+                           refused=not results and not isinstance(exc, WorkspaceWriteError))
 
 
 def bake_many(
@@ -113,16 +118,24 @@ def bake_many(
     *,
     jobs: int = 4,
     log: Callable[[str], None] = default_log,
+    write_errors: list[str] | None = None,
     **options: Any,
 ) -> list[RoleOutcome]:
-    """``bake_role`` for each role, ``jobs`` at a time, sharing one AWS client and one run session."""
+    """``bake_role`` for each role, ``jobs`` at a time, sharing one AWS client and one run session.
+
+    ``write_errors`` collects what could not be written after the bakes (the artifacts, on a full disk)."""
     options.setdefault("session", Session())
     outcomes: list[RoleOutcome] = []
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(roles))), thread_name_prefix="bake") as pool:
         futures = [pool.submit(bake_role, ws, catalog, r, release, aws, cancel, log=log, **options) for r in roles]
         for fut in futures:
             outcomes.append(fut.result())
-    write_summary_artifacts(ws)
+    try:
+        write_summary_artifacts(ws)
+    except WorkspaceWriteError as exc:
+        log(f"artifacts not written: {exc}")
+        if write_errors is not None:
+            write_errors.append(f"artifacts not written: {exc}")
     return outcomes
 
 

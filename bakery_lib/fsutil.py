@@ -3,6 +3,8 @@ directory.
 
 A kill (or a full disk) at any moment leaves either the old file or the new one, never a torn one:
 bake state, JUnit reports, artifacts, the summary and rendered job XML are all written through here.
+A write that fails (``ENOSPC``, ``EROFS``, ``EACCES``...) raises ``WorkspaceWriteError`` naming the
+file: a bake fails on it like on any stage failure (exit 1, torn down), never with a traceback.
 """
 
 from __future__ import annotations
@@ -14,9 +16,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import WorkspaceWriteError
+
 
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and durably; returns ``path``."""
+    try:
+        return _write(path, text)
+    except OSError as exc:
+        raise WorkspaceWriteError(path, exc) from None
+
+
+def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -27,7 +27,7 @@ from ..catalog import REGION_RE, Catalog, check_role_name, load_catalog, schema_
 from ..cleanup import cleanup
 from ..clock import Clock
 from ..dryrun import plan_lines, plan_many
-from ..errors import BakeryError, UsageError
+from ..errors import BakeryError, UsageError, WorkspaceWriteError
 from ..fsutil import atomic_write_text
 from ..launcher import launch_instance
 from ..lifecycle import PruneReport, parse_duration, prune, reap
@@ -243,8 +243,9 @@ def _bake(settings: Settings, ws: Workspace, catalog: Catalog, roles: list[str],
     cancel = threading.Event()
     _install_signal_handlers(cancel)
     aws = Aws(endpoint_url=settings.endpoint_url)
+    write_errors: list[str] = []
     outcomes = bake_many(ws, catalog, roles, release, aws, cancel, jobs=jobs, keep_on_failure=keep_on_failure,
-                         force=force, settings=settings)
+                         force=force, settings=settings, write_errors=write_errors)
     print("\n".join(summary_lines(outcomes)))
     # What the run cost against the account's API rate limits (polls and look-ups are shared by roles).
     print(f"AWS API calls: {aws.counter.total} ({aws.counter.total / len(outcomes):.1f} per role)")
@@ -252,14 +253,19 @@ def _bake(settings: Settings, ws: Workspace, catalog: Catalog, roles: list[str],
         # Every role was refused (another process is baking it): its summary is that process's to write.
         print("summary: not written (every role was refused; the process baking them writes it)")
     else:
-        html, md = write_summary(ws, outcomes, release=release)
-        print(f"summary: {html} and {md}")
+        try:
+            html, md = write_summary(ws, outcomes, release=release)
+            print(f"summary: {html} and {md}")
+        except WorkspaceWriteError as exc:
+            write_errors.append(f"summary not written: {exc}")
+    for problem in write_errors:
+        print(f"bakery: {problem}", file=sys.stderr)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         print(f"bakery: {len(failed)} of {len(outcomes)} role(s) failed: {', '.join(o.role for o in failed)}",
               file=sys.stderr)
         return max(o.exit_code for o in failed)
-    return 0
+    return 1 if write_errors else 0
 
 
 def _plan(rt: _Runtime, roles: list[str], release: str, *, validate: bool) -> int:
@@ -453,8 +459,22 @@ def _guard(fn: Callable[[], int], prog: str) -> int:
         return EXIT_BROKEN_PIPE
 
 
+def check_workspace(path: str | None) -> str:
+    """The workspace directory, refused (exit 2, nothing done) when it, or what would hold it, is not a directory."""
+    root = Path(path or os.getcwd())
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is" if probe == root else f"would be inside {probe}, which is"
+        raise UsageError(f"--workspace {root}: {what} not a directory (give a directory: .bakery/, reports/ and "
+                         "artifacts/ are written there)")
+    return str(root)
+
+
 def _bakery(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    args.workspace = check_workspace(args.workspace)
     return COMMANDS[args.command](_Runtime(args, os.environ))
 
 
@@ -480,6 +500,7 @@ def build_create_instance_parser() -> argparse.ArgumentParser:
 
 def _create_instance(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     role_name = check_role_name(args.role)
+    args.workspace = check_workspace(args.workspace)
     settings = Settings.from_env(env, catalog=args.catalog, chef_config=args.chef_config)
     if args.bake:
         if args.from_ami:

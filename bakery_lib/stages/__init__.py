@@ -11,11 +11,12 @@ the state, and always writes the stage's JUnit report, on failure too.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from types import ModuleType
 
-from ..errors import AwsError, BakeryError, UsageError
+from ..errors import AwsError, BakeryError, UsageError, WorkspaceWriteError
 from ..reports import write_junit
 from ..state import BakeState
 from . import (
@@ -154,12 +155,13 @@ def run_stage(ctx: Context, name: str, *, release: str | None = None, announce: 
         message = str(exc)
         code = exc.code if isinstance(exc, AwsError) else None
         rec = ctx.state.stages.get(name) if ctx.state is not None else None
+        # Best effort: on a full disk these writes fail too, and the failure must still reach the caller.
         if rec is not None and rec.status == "running":
-            try:
+            with contextlib.suppress(WorkspaceWriteError):
                 _record(ctx, name, "failed", started, duration, message)
-            except OSError:
-                pass
-        write_junit(ctx.ws, ctx.role.name, name, duration, failure=message, failure_type=code or type(exc).__name__)
+        with contextlib.suppress(WorkspaceWriteError):
+            write_junit(ctx.ws, ctx.role.name, name, duration, failure=message,
+                        failure_type=code or type(exc).__name__)
         if announce:
             ctx.log(f"{name} FAILED: {message}")
         return StageResult(ctx.role.name, name, "failed", message, duration, exc.exit_code, code)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from ..aws import Aws
 from ..catalog import Catalog, RoleSpec
 from ..clock import Clock
-from ..errors import BakeryError, UsageError
+from ..errors import BakeryError, UsageError, WorkspaceWriteError
 from ..settings import Settings
 from ..state import BakeState, Workspace
 
@@ -255,8 +255,11 @@ class CleanupReport:
         """Write the state, noting (not raising) a failure: the teardown goes on."""
         try:
             ctx.save()
-        except OSError as exc:
-            self.errors.append(f"could not write the state file: {exc}")
+        except (OSError, WorkspaceWriteError) as exc:
+            # Noted once: the teardown goes on without the disk (the resources carry the bake-id tag).
+            note = f"could not write the state file: {exc}"
+            if note not in self.errors:
+                self.errors.append(note)
 
 
 def _removal(what: str, manual: str, remove: Callable[[], str] | None) -> Removal:

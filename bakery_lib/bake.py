@@ -22,6 +22,7 @@ from .catalog import Catalog
 from .cleanup import cleanup
 from .clock import Clock
 from .errors import BakeryError, WorkspaceWriteError
+from .lifecycle.heartbeat import Heartbeat
 from .reports import write_junit, write_summary_artifacts
 from .settings import Settings
 from .stages import ORDER, StageResult, run_stage
@@ -78,6 +79,7 @@ def bake_role(
     settings: Settings | None = None,
     session: Session | None = None,
     log: Callable[[str], None] = default_log,
+    heartbeat: Heartbeat | None = None,
 ) -> RoleOutcome:
     """Every stage of one role in order; on a failure (or SIGTERM) the bake's teardown. Never raises."""
     t0 = time.monotonic()
@@ -85,6 +87,8 @@ def bake_role(
                   log_fn=log,
                   settings=settings or Settings(), session=session or Session(), force=force)
     results: list[StageResult] = []
+    if heartbeat is not None:
+        heartbeat.track(ctx)
     try:
         with ws.lock(role_name):
             for name in ORDER:
@@ -100,12 +104,24 @@ def bake_role(
                 return RoleOutcome(role_name, status, f"{status}: {', '.join(f'{r} {a}' for r, a in amis.items())}",
                                    time.monotonic() - t0, results, amis)
             text = _teardown_after_failure(ctx, failed, keep_on_failure)
+            _mark_kept(ctx, heartbeat, keep_on_failure)
             log(f"{role_name}: cleanup after failure: {text}")
             return RoleOutcome(role_name, "failed", f"{failed.stage}: {failed.message}", time.monotonic() - t0,
                                results, {}, text, failed.exit_code or 1)
     except BakeryError as exc:  # e.g. the workspace lock is held by another process
         return RoleOutcome(role_name, "failed", str(exc), time.monotonic() - t0, results, {}, "", exc.exit_code,
                            refused=not results and not isinstance(exc, WorkspaceWriteError))
+    finally:
+        if heartbeat is not None:
+            heartbeat.untrack(ctx)
+
+
+def _mark_kept(ctx: Context, heartbeat: Heartbeat | None, keep_on_failure: bool) -> None:
+    """A bake kept for debugging stops beating: its expiry, not a missed heartbeat, decides when reap removes it."""
+    state = ctx.state
+    if heartbeat is not None and keep_on_failure and state is not None and state.instance_id \
+            and not state.instance_terminated:
+        heartbeat.mark_kept(state.region, state.instance_id)
 
 
 def bake_many(
@@ -126,8 +142,10 @@ def bake_many(
     ``write_errors`` collects what could not be written after the bakes (the artifacts, on a full disk)."""
     options.setdefault("session", Session())
     outcomes: list[RoleOutcome] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(roles))), thread_name_prefix="bake") as pool:
-        futures = [pool.submit(bake_role, ws, catalog, r, release, aws, cancel, log=log, **options) for r in roles]
+    heartbeat = options.pop("heartbeat", None) or Heartbeat(aws, log=log)
+    with heartbeat, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(roles))), thread_name_prefix="bake") as pool:
+        futures = [pool.submit(bake_role, ws, catalog, r, release, aws, cancel, log=log, heartbeat=heartbeat,
+                               **options) for r in roles]
         for fut in futures:
             outcomes.append(fut.result())
     try:

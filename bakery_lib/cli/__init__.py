@@ -31,6 +31,7 @@ from ..errors import BakeryError, UsageError, WorkspaceWriteError
 from ..fsutil import atomic_write_text
 from ..launcher import launch_instance
 from ..lifecycle import PruneReport, parse_duration, prune, reap
+from ..lifecycle.heartbeat import Heartbeat
 from ..reports import write_junit
 from ..settings import DEFAULT_LOCK_WAIT, Settings
 from ..stages import ORDER, run_stage
@@ -187,7 +188,10 @@ def cmd_stage(rt: _Runtime) -> int:
     cancel = ctx.clock.cancel
     _install_signal_handlers(cancel, f"leaving this bake as it is; to remove what it created run: {how}")
     ctx.force = rt.args.force
-    with ctx.ws.lock(role):
+    heartbeat = Heartbeat(ctx.aws, log=default_log)
+    heartbeat.track(ctx)
+    with ctx.ws.lock(role), heartbeat:
+        # A long stage (bootstrap, wait-image) beats while it runs (every heartbeat interval).
         # The result is printed once, below (stdout, or stderr on failure), not also as a log line.
         result = run_stage(ctx, rt.args.stage, release=rt.args.release, announce=False)
     if result.exit_code:

@@ -23,11 +23,16 @@ from .cleanup import cleanup
 from .clock import Clock
 from .errors import BakeryError, WorkspaceWriteError
 from .lifecycle.heartbeat import Heartbeat
+from .progress import Progress
 from .reports import write_junit, write_summary_artifacts
 from .settings import Settings
 from .stages import ORDER, StageResult, run_stage
 from .stages.base import Context, Session, default_log
 from .state import Workspace
+
+# Above this many roles a bake prints no line per stage (a failure still at once), only progress lines
+# and the final table: 200 roles in a few hundred lines, not thousands.
+QUIET_ABOVE = 10
 
 
 @dataclass
@@ -80,11 +85,14 @@ def bake_role(
     session: Session | None = None,
     log: Callable[[str], None] = default_log,
     heartbeat: Heartbeat | None = None,
+    quiet: bool = False,
 ) -> RoleOutcome:
-    """Every stage of one role in order; on a failure (or SIGTERM) the bake's teardown. Never raises."""
+    """Every stage of one role in order; on a failure (or SIGTERM) the bake's teardown. Never raises.
+
+    ``quiet`` (many roles): no line per stage; a failure and its cleanup are still said at once."""
     t0 = time.monotonic()
     ctx = Context(ws=ws, catalog=catalog, role=catalog.role(role_name), aws=aws, clock=Clock(cancel, rounds=aws.rounds),
-                  log_fn=log,
+                  log_fn=_silent if quiet else log,
                   settings=settings or Settings(), session=session or Session(), force=force)
     results: list[StageResult] = []
     if heartbeat is not None:
@@ -103,6 +111,8 @@ def bake_role(
                 amis = dict(state.amis)
                 return RoleOutcome(role_name, status, f"{status}: {', '.join(f'{r} {a}' for r, a in amis.items())}",
                                    time.monotonic() - t0, results, amis)
+            if quiet:
+                log(f"{role_name}: {failed.stage} FAILED: {failed.message}")
             text = _teardown_after_failure(ctx, failed, keep_on_failure)
             _mark_kept(ctx, heartbeat, keep_on_failure)
             log(f"{role_name}: cleanup after failure: {text}")
@@ -114,6 +124,10 @@ def bake_role(
     finally:
         if heartbeat is not None:
             heartbeat.untrack(ctx)
+
+
+def _silent(_message: str) -> None:
+    pass
 
 
 def _mark_kept(ctx: Context, heartbeat: Heartbeat | None, keep_on_failure: bool) -> None:
@@ -143,9 +157,14 @@ def bake_many(
     options.setdefault("session", Session())
     outcomes: list[RoleOutcome] = []
     heartbeat = options.pop("heartbeat", None) or Heartbeat(aws, log=log)
+    options.setdefault("quiet", len(roles) > QUIET_ABOVE)
+    progress = Progress(len(roles), log, clock=options.pop("progress_clock", time.monotonic))
     with heartbeat, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(roles))), thread_name_prefix="bake") as pool:
         futures = [pool.submit(bake_role, ws, catalog, r, release, aws, cancel, log=log, heartbeat=heartbeat,
                                **options) for r in roles]
+        if len(roles) > 1:
+            for fut in futures:
+                fut.add_done_callback(lambda f: progress.finished(f.result().status == "failed"))
         for fut in futures:
             outcomes.append(fut.result())
     try:
@@ -158,9 +177,10 @@ def bake_many(
 
 
 def summary_lines(outcomes: list[RoleOutcome]) -> list[str]:
+    """The final table: one row per role, failures first (what a reader must act on), then the others."""
     width = max((len(o.role) for o in outcomes), default=4)
     lines = []
-    for o in outcomes:
+    for o in sorted(outcomes, key=lambda o: o.status != "failed"):
         # The whole message: its advice (what to run next) is at the end, never cut off.
         first, *rest = o.message.splitlines() or [""]
         status = "refused" if o.refused else o.status

@@ -146,8 +146,9 @@ def run_stage(ctx: Context, name: str, *, release: str | None = None, announce: 
         duration = time.monotonic() - t0
         if not noop:
             _record(ctx, name, "succeeded", started, duration, message)
-        write_junit(ctx.ws, ctx.role.name, name, duration, output=message, skipped=_skipped(ctx, name, noop))
-        if announce:
+        skipped = _skipped(ctx, name, noop)
+        write_junit(ctx.ws, ctx.role.name, name, duration, output=message, skipped=skipped)
+        if announce and skipped is None:  # a reused AMI: preflight's line says it once, not ten skipped lines
             ctx.log(f"{name}: {message} ({duration:.1f} s)")
         return StageResult(ctx.role.name, name, "noop" if noop else "succeeded", message, duration, 0)
     except BakeryError as exc:

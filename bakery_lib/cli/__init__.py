@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .. import __version__
+from .. import setup as account_setup
 from ..aws import Aws
 from ..bake import bake_many, summary_lines
 from ..catalog import REGION_RE, Catalog, check_role_name, load_catalog, schema_text
@@ -127,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("publish-runlist", "write s3://BUCKET/runlists/ROLE.json from the role's launch run list")
     p.add_argument("--role", required=True)
+
+    p = add("setup", "create or check what bakes need in the account (buckets, validator key, alert topic); "
+                     "plans first")
+    p.add_argument("--validator-key", metavar="PATH", help="the Chef validator's PEM, uploaded encrypted to "
+                   "chef.validation_key_s3 when that object does not exist")
+    p.add_argument("--dry-run", action="store_true", help="show the plan and every call it would make; change nothing")
 
     p = add("schema", "write the catalogue's JSON Schema (for editors' YAML completion and checks)")
     p.add_argument("--output", metavar="FILE", help="write it to FILE (default: standard output)")
@@ -417,6 +424,19 @@ def cmd_publish_runlist(rt: _Runtime) -> int:
     return 0
 
 
+def cmd_setup(rt: _Runtime) -> int:
+    catalog = rt.catalog()
+    aws = rt.aws()
+    key = Path(rt.args.validator_key) if rt.args.validator_key else None
+    steps = account_setup.plan(aws, catalog, key)
+    print("\n".join(account_setup.plan_lines(steps)))
+    if not rt.args.dry_run:
+        account_setup.apply(aws, steps, print)
+    print("the bakery identity's IAM policy (attach it to the role or user the bakery runs as):")
+    print(account_setup.policy_text(catalog))
+    return 0
+
+
 def cmd_schema(rt: _Runtime) -> int:
     text = schema_text()
     if rt.args.output:
@@ -438,6 +458,7 @@ COMMANDS: dict[str, Callable[[_Runtime], int]] = {
     "reap": cmd_reap,
     "summary": cmd_summary,
     "schema": cmd_schema,
+    "setup": cmd_setup,
 }
 
 

@@ -40,7 +40,7 @@ from ..stages.base import Context, RoleContext, default_log
 from ..stages.preflight import check_release
 from ..stages.publish import publish_runlist
 from ..state import BAKE_ID_RE, BakeState, Workspace
-from ..summary import write_summary
+from ..summary import RoleRow, rows_from_images, write_summary
 from ..userdata import render_role_scripts
 from .generate_jobs import main as generate_jobs_cli
 
@@ -265,7 +265,7 @@ def _bake(settings: Settings, ws: Workspace, catalog: Catalog, roles: list[str],
         print("summary: not written (every role was refused; the process baking them writes it)")
     else:
         try:
-            html, md = write_summary(ws, outcomes, release=release)
+            html, md = write_summary(ws, outcomes, release=release, tagged=_tagged_rows(aws, catalog, release))
             print(f"summary: {html} and {md}")
         except WorkspaceWriteError as exc:
             write_errors.append(f"summary not written: {exc}")
@@ -277,6 +277,21 @@ def _bake(settings: Settings, ws: Workspace, catalog: Catalog, roles: list[str],
               file=sys.stderr)
         return max(o.exit_code for o in failed)
     return 1 if write_errors else 0
+
+
+def _tagged_rows(aws: Aws, catalog: Catalog, release: str) -> list[RoleRow]:
+    """The release's bakes of other workspaces and processes, from their AMIs' tags (one call per region)."""
+    images: list[dict] = []
+    for region in sorted({r.region for r in catalog.roles.values()}):
+        try:
+            found = aws.describe_images(region, Owners=["self"], Filters=[
+                {"Name": "tag:bakery:release", "Values": [release]},
+                {"Name": "tag:bakery:created-by", "Values": ["bakery"]}])
+        except BakeryError as exc:  # the summary is a report: it never fails the bake
+            print(f"bakery: the summary lacks other runs' bakes in {region}: {exc}", file=sys.stderr)
+            continue
+        images += [{**i, "Region": region} for i in found if i.get("State") in ("available", "failed")]
+    return rows_from_images(images)
 
 
 def _plan(rt: _Runtime, roles: list[str], release: str, *, validate: bool) -> int:

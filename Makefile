@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TOOLS := .tools
-APT_PACKAGES := goiardi shellcheck packer groovy default-jre-headless
+APT_PACKAGES := goiardi shellcheck packer groovy default-jre-headless chromium
 # Three workers on two cores: most of a bake test is spent waiting on polls and subprocesses.
 # One file per worker (--dist loadfile) keeps each file's shared servers and fixtures together.
 PYTEST_ARGS ?= -n 3 --dist loadfile

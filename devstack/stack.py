@@ -227,6 +227,11 @@ class DevStack:
         data["roles"] = roles
         return data
 
+    def example_rewrites(self, example_path: str | os.PathLike[str]) -> list[str]:
+        """What :meth:`write_example_catalog` changes in the user's catalogue, one line per key."""
+        example = yaml.safe_load(Path(example_path).read_text(encoding="utf-8")) or {}
+        return catalog_changes(example, self.example_catalog_data(example))
+
     def write_example_catalog(self, path: str | os.PathLike[str], example_path: str | os.PathLike[str]) -> Path:
         """Write :meth:`example_catalog_data` of the YAML file ``example_path`` to ``path``; returns the path."""
         example = yaml.safe_load(Path(example_path).read_text(encoding="utf-8")) or {}
@@ -238,3 +243,19 @@ class DevStack:
     def runner(self, workdir: str | os.PathLike[str] | None = None, **kwargs: Any) -> InstanceRunner:
         """An InstanceRunner on this stack's moto (not started: use it as a context manager)."""
         return InstanceRunner(self.moto.url, self.region, workdir or self.workdir / "instances", **kwargs)
+
+
+def catalog_changes(before: Any, after: Any, path: str = "") -> list[str]:
+    """``KEY.PATH: OLD -> NEW`` / ``removed`` / ``added`` for every leaf that differs between two catalogues."""
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        lines: list[str] = []
+        for key in list(before) + [k for k in after if k not in before]:
+            where = f"{path}.{key}" if path else str(key)
+            if key not in after:
+                lines.append(f"{where}: removed (was {before[key]!r})")
+            elif key not in before:
+                lines.append(f"{where}: added {after[key]!r}")
+            else:
+                lines.extend(catalog_changes(before[key], after[key], where))
+        return lines
+    return [] if before == after else [f"{path}: {before!r} -> {after!r}"]

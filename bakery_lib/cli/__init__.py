@@ -30,7 +30,7 @@ from ..clock import Clock
 from ..dryrun import plan_lines, plan_many
 from ..errors import BakeryError, UsageError, WorkspaceWriteError
 from ..fsutil import atomic_write_text
-from ..launcher import launch_instance
+from ..launcher import launch_instance, wait_launched
 from ..lifecycle import PruneReport, parse_duration, prune, reap
 from ..lifecycle.heartbeat import Heartbeat
 from ..reports import write_junit
@@ -531,6 +531,8 @@ def build_create_instance_parser() -> argparse.ArgumentParser:
     p.add_argument("--bake", action="store_true", help="bake the role's AMI instead (needs --release)")
     p.add_argument("--release", help="with --bake: the release to bake; with --from-ami latest: newest AMI of this release")
     p.add_argument("--from-ami", metavar="latest|AMI_ID", help="launch from a baked AMI of the role")
+    p.add_argument("--wait", action="store_true", help="wait until the instance says how its first run went "
+                   "(from the base AMI: the bakery:bootstrap tag, up to bootstrap_timeout; from a baked AMI: running)")
     p.add_argument("--workspace", metavar="DIR")
     p.add_argument("--catalog", metavar="PATH")
     p.add_argument("--chef-config", metavar="PATH")
@@ -543,6 +545,8 @@ def _create_instance(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     args.workspace = check_workspace(args.workspace)
     settings = Settings.from_env(env, catalog=args.catalog, chef_config=args.chef_config)
     if args.bake:
+        if args.wait:
+            raise UsageError("--wait is for a launch (a bake always waits)")
         if args.from_ami:
             raise UsageError("--bake and --from-ami cannot be combined")
         return _bake(settings, Workspace(args.workspace or os.getcwd()), load_catalog(settings.catalog_path),
@@ -556,7 +560,9 @@ def _create_instance(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     ctx = RoleContext(catalog=catalog, role=catalog.role(role_name), aws=Aws(endpoint_url=settings.endpoint_url),
                       settings=settings)
     instance = launch_instance(ctx, from_ami=args.from_ami, release=args.release)
-    print(instance["InstanceId"])
+    print(instance["InstanceId"], flush=True)
+    if args.wait:
+        print(wait_launched(ctx, instance["InstanceId"], from_ami=bool(args.from_ami)))
     return 0
 
 

@@ -156,7 +156,8 @@ def bake_many(
     ``write_errors`` collects what could not be written after the bakes (the artifacts, on a full disk)."""
     options.setdefault("session", Session())
     outcomes: list[RoleOutcome] = []
-    heartbeat = options.pop("heartbeat", None) or Heartbeat(aws, log=log)
+    settings = options.get("settings") or Settings()
+    heartbeat = options.pop("heartbeat", None) or Heartbeat(aws, log=log, interval=settings.heartbeat_interval)
     options.setdefault("quiet", len(roles) > QUIET_ABOVE)
     progress = Progress(len(roles), log, clock=options.pop("progress_clock", time.monotonic))
     with heartbeat, ThreadPoolExecutor(max_workers=max(1, min(jobs, len(roles))), thread_name_prefix="bake") as pool:

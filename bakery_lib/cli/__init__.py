@@ -195,7 +195,7 @@ def cmd_stage(rt: _Runtime) -> int:
     cancel = ctx.clock.cancel
     _install_signal_handlers(cancel, f"leaving this bake as it is; to remove what it created run: {how}")
     ctx.force = rt.args.force
-    heartbeat = Heartbeat(ctx.aws, log=default_log)
+    heartbeat = Heartbeat(ctx.aws, log=default_log, interval=rt.settings.heartbeat_interval)
     heartbeat.track(ctx)
     with ctx.ws.lock(role), heartbeat:
         # A long stage (bootstrap, wait-image) beats while it runs (every heartbeat interval).

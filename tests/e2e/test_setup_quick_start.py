@@ -71,3 +71,10 @@ def test_the_quick_start_from_an_empty_account_to_the_first_bake(devstack, proxy
     code, out, _ = run_in_process(["--workspace", str(ws), "--catalog", str(catalog), "setup"], env, capsys,
                                   monkeypatch)
     assert code == 0 and "nothing to do: everything is in place" in out
+    # The next release with nothing changed: the plan says the AMI just baked is reused.
+    mark = proxy.mark()
+    code, out, err = run_in_process(["--workspace", str(ws), "--catalog", str(catalog), "bake", "--role", "qsweb",
+                                     "--release", "1.1", "--dry-run"], env, capsys, monkeypatch)
+    assert code == 0, out + err
+    assert re.search(r"^qsweb\s+reuse\s+reuse ami-\w+ \(.*\): same bake key", out, re.M), out
+    assert [o for o in proxy.operations(mark) if not o.startswith(READ_ONLY)] == []

@@ -170,8 +170,8 @@ def refuse_open_bake(ctx: Context, release: str | None) -> str | None:
         return f"already done: bake {existing.bake_id} of release {existing.release} is open"
     raise BakeryError(
         f"bake {existing.bake_id} of role {ctx.role.name!r} (release {existing.release}) is still in progress "
-        f"in {ctx.ws.root}; finish it, or run `bakery --workspace {ctx.ws.root} cleanup --role {ctx.role.name}` "
-        "to abandon it"
+        f"in {ctx.ws.root}; finish it, or run `bakery cleanup --role {ctx.role.name}` there to abandon it "
+        f"(from elsewhere: `bakery --workspace {ctx.ws.root} cleanup --role {ctx.role.name}`)"
     )
 
 

@@ -46,11 +46,11 @@ def test_a_full_disk_fails_the_bake_clearly_and_tears_it_down(devstack, tmp_path
     real_write = fsutil._write
     failed: list[Path] = []
 
-    def write(path: Path, text: str) -> Path:
+    def write(path: Path, text: str, *args: object) -> Path:
         if failed or TRIGGERS[trigger](path, text):
             failed.append(path)
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_write(path, text)
+        return real_write(path, text, *args)
 
     monkeypatch.setattr(fsutil, "_write", write)
     with SimulatedBoot(devstack, [role]):

@@ -153,7 +153,7 @@ class AmiLayer:
                 if extras.protected and extras.cooldown:
                     extras.disabled_until = now + COOLDOWN
                 extras.protected = False
-        return f"<return>true</return>"
+        return "<return>true</return>"
 
     @staticmethod
     def _deprecate_at(raw: str | None, now: datetime) -> datetime:

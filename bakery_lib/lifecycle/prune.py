@@ -1,4 +1,4 @@
-"""``bakery prune``: the AMIs of a role older than its newest ``keep``, and their snapshots.
+"""``bakery prune``: the deprecated AMIs of a role older than its newest ``keep``, and their snapshots.
 
 Per region of the role: DescribeImages (Owners=self, tags ``bakery:role`` and ``bakery:created-by=bakery``),
 then for the candidates: DescribeInstances (filter image-id; an AMI that an existing instance runs is kept),
@@ -7,7 +7,10 @@ SSM GetParameter ``/bakery/ROLE/latest``. The newest ``keep`` *available* AMIs a
 never a rollback target, so it does not use up a place); pending ones belong to a bake in progress and
 are left to that bake or to ``reap``. Deleting is DeregisterImage, then DeleteSnapshot for each snapshot
 of the image's block device mappings. When any protection cannot be checked in a region, nothing is
-deleted there. Decided first (Describe/Get calls only), then each deletion goes to the executor
+deleted there. An available AMI whose deprecation time is still ahead is kept (publish deprecates
+the AMIs a newer one supersedes); an AMI to delete that is protected from deregistration gets its
+protection lifted first and, with AWS's cooldown, stays until a later prune (``amis.protection``).
+Decided first (Describe/Get calls only), then each deletion goes to the executor
 (``CleanupReport``), which carries it out or, in a dry run, only shows it.
 """
 
@@ -17,6 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..amis.protection import deprecation_hold, protection_hold
+from ..amis.retire import Now, utcnow
 from ..aws import Aws, tags_of
 from ..catalog import RoleSpec
 from ..clock import Clock, Pace
@@ -208,8 +213,22 @@ def _rank(region: str, images: list[dict[str, Any]], keep: int) -> tuple[dict[st
     return decisions, candidates
 
 
+def _hold(aws: Aws, region: str, image: dict[str, Any], delete: bool, why: str, *, dry_run: bool,
+          now: Now) -> tuple[bool, str]:
+    """The deprecation and protection gates after the decision from age and uses: (delete?, why)."""
+    if not delete:
+        return delete, why
+    wait = deprecation_hold(image, now())
+    if wait is None:
+        try:
+            wait = protection_hold(aws, region, image, dry_run=dry_run, now=now)
+        except BakeryError as exc:
+            wait = f"its deregistration protection could not be lifted: {exc}"
+    return (False, wait) if wait else (True, why)
+
+
 def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _quiet,
-          clock: Clock | None = None, poll_interval: float = 2.0) -> PruneReport:
+          clock: Clock | None = None, poll_interval: float = 2.0, now: Now = utcnow) -> PruneReport:
     """Deregister the role's bakery AMIs older than the newest ``keep`` (per region) and their snapshots.
 
     Decides first (listing and protections: Describe/Get calls only), then hands each deletion to the
@@ -237,7 +256,7 @@ def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _qui
                                      f"so none was deleted there: {exc}")
                 protected = None
         for image in candidates:
-            delete, why = _why_delete(image, protected, keep)
+            delete, why = _hold(aws, region, image, *_why_delete(image, protected, keep), dry_run=dry_run, now=now)
             decisions[image["ImageId"]] = (
                 _delete_ami(aws, region, role, image, why, executor=executor, pace=pace, report=report)
                 if delete else _decision(region, image, "kept", why))

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import botocore.exceptions
 import pytest
+from support import stages as support_stages
 from support.proxy import FaultProxy, Rule
 from support.stages import make_ctx, new_aws, open_bake, unique_role
 
@@ -25,7 +26,6 @@ from bakery_lib.lifecycle import prune
 from bakery_lib.stages import preflight, publish
 from devstack.ami_layer import LayeredMoto
 from devstack.moto import seed_base_image
-from support import stages as support_stages
 
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 

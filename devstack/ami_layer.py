@@ -20,6 +20,10 @@ How AWS behaves, from the EC2 API reference (docs.aws.amazon.com/AWSEC2/latest/A
   cooldown "you won't immediately be able to deregister the AMI". DescribeImages reports the state as
   ``deregistrationProtection`` (the Image shape, ``API_Image``): ``enabled-with-cooldown``,
   ``enabled-without-cooldown`` or ``disabled-until TIME`` during the cooldown.
+- ``LastLaunchedTime`` (``API_Image``, ``API_DescribeImageAttribute`` attribute ``lastLaunchedTime``):
+  "When the AMI is used to launch an instance, there is a 24-hour delay before that usage is
+  reported." The layer notes every RunInstances that moto carried out and reports its time once a
+  day has passed on the layer's clock, in DescribeImages and in DescribeImageAttribute.
 - DeregisterImage of a protected AMI (or one in its cooldown) is refused; the reference does not name
   the error code, the layer answers ``OperationNotPermitted`` (EC2's code for a refused state change)
   and a message naming the protection.
@@ -59,6 +63,7 @@ from ._proc import LOOPBACK, free_port, stop_process, wait_until
 from .moto import REGION, MotoServer, isolated_env
 
 COOLDOWN = timedelta(hours=24)
+REPORT_DELAY = timedelta(hours=24)  # LastLaunchedTime is reported a day after the launch
 MAX_DEPRECATION = timedelta(days=3650)
 _SCOPE_RE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
 _AMI_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
@@ -91,6 +96,7 @@ class ImageExtras:
     """What AWS keeps about an AMI that moto does not."""
 
     deprecation: datetime | None = None
+    launched: datetime | None = None
     protected: bool = False
     cooldown: bool = False
     disabled_until: datetime | None = None
@@ -101,6 +107,9 @@ class ImageExtras:
         if self.disabled_until is not None and self.disabled_until > now:
             return f"disabled-until {_iso(self.disabled_until)}"
         return None
+
+    def last_launched(self, now: datetime) -> datetime | None:
+        return self.launched if self.launched is not None and self.launched + REPORT_DELAY <= now else None
 
 
 class AmiLayer:
@@ -169,6 +178,37 @@ class AmiLayer:
             raise ApiError("InvalidParameterValue", "DeprecateAt: the upper limit is 10 years from now")
         return rounded
 
+    def launched(self, region: str, params: dict[str, str]) -> None:
+        with self.lock:
+            self.images.setdefault((region, params.get("ImageId", "")), ImageExtras()).launched = self.now()
+
+    def last_launched_attribute(self, region: str, params: dict[str, str], headers: dict[str, str]) -> str:
+        image_id = params.get("ImageId", "")
+        self._exists(region, image_id, headers)
+        with self.lock:
+            extras = self.images.get((region, image_id))
+            launched = extras.last_launched(self.now()) if extras else None
+        value = f"<value>{_iso(launched)}</value>" if launched else ""
+        return f"<imageId>{image_id}</imageId><lastLaunchedTime>{value}</lastLaunchedTime>"
+
+    def answer(self, action: str, region: str, params: dict[str, str], headers: dict[str, str]) -> str | None:
+        """The layer's own answer to a call (its response elements), or None to forward it to moto."""
+        if action in OWN_ACTIONS:
+            return self.own(action, region, params, headers)
+        if action == "DescribeImageAttribute" and params.get("Attribute") == "lastLaunchedTime":
+            return self.last_launched_attribute(region, params, headers)
+        if action == "DeregisterImage":
+            self.refuse_protected(region, params)
+        return None
+
+    def after(self, action: str, region: str, params: dict[str, str], status: int, body: bytes) -> bytes:
+        """moto's answer, with what AWS adds (DescribeImages), noting launches (RunInstances)."""
+        if action == "DescribeImages" and status == 200:
+            return self.decorate(region, body)
+        if action == "RunInstances" and status == 200:
+            self.launched(region, params)
+        return body
+
     def refuse_protected(self, region: str, params: dict[str, str]) -> None:
         image_id = params.get("ImageId", "")
         with self.lock:
@@ -191,6 +231,8 @@ class AmiLayer:
             extra = ""
             if extras.deprecation is not None:
                 extra += f"<deprecationTime>{_iso(extras.deprecation)}</deprecationTime>"
+            if (launched := extras.last_launched(now)) is not None:
+                extra += f"<lastLaunchedTime>{_iso(launched)}</lastLaunchedTime>"
             if (state := extras.protection(now)) is not None:
                 extra += f"<deregistrationProtection>{escape(state)}</deregistrationProtection>"
             return match.group(1) + extra
@@ -234,20 +276,16 @@ def _handler(layer: AmiLayer) -> type[BaseHTTPRequestHandler]:
                       if service == "ec2" and self.command == "POST" else {})
             action = params.get("Action", "")
             try:
-                if action in OWN_ACTIONS:
-                    answer = layer.own(action, region, params, headers)
-                    self._send(200, (f'<?xml version="1.0" encoding="UTF-8"?><{action}Response>'
-                                     f"<requestId>{uuid.uuid4()}</requestId>{answer}</{action}Response>").encode())
-                    return
-                if action == "DeregisterImage":
-                    layer.refuse_protected(region, params)
+                answer = layer.answer(action, region, params, headers)
             except ApiError as exc:
                 self._send(exc.status, _error(exc.code, exc.message))
                 return
-            status, out_headers, answer = layer.forward(self.command, self.path, headers, body)
-            if action == "DescribeImages" and status == 200:
-                answer = layer.decorate(region, answer)
-            self._send(status, answer, out_headers)
+            if answer is not None:
+                self._send(200, (f'<?xml version="1.0" encoding="UTF-8"?><{action}Response>'
+                                 f"<requestId>{uuid.uuid4()}</requestId>{answer}</{action}Response>").encode())
+                return
+            status, out_headers, answer_body = layer.forward(self.command, self.path, headers, body)
+            self._send(status, layer.after(action, region, params, status, answer_body), out_headers)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle  # noqa: N815
 
@@ -266,6 +304,7 @@ class LayeredMoto(MotoServer):
 
     _layer: subprocess.Popen | None = None
     moto_url = ""
+    offset = 0.0  # seconds the layer's clock was moved forward
 
     def start(self) -> LayeredMoto:
         super().start()
@@ -286,6 +325,7 @@ class LayeredMoto(MotoServer):
         request = urllib.request.Request(f"{self.url}/_ami-layer/advance?seconds={seconds}", method="POST")
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
+        self.offset += seconds
 
     def stop(self) -> None:
         stop_process(self._layer)

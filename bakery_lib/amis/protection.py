@@ -6,6 +6,7 @@ only from an AMI that nothing points at any more (prune decided that before aski
   EC2 rounds a deprecation time to the nearest minute, so "deprecated at once" may read up to 30 s
   ahead: :data:`ROUNDING` of slack. An AMI without any deprecation time was published before the
   bakery deprecated AMIs and is pruned by age as before (the next publish deprecates it anyway).
+- ``keep_if_launched_within``: an AMI whose ``LastLaunchedTime`` (in the listing) is that recent stays.
 - ``DeregistrationProtection``: ``enabled-with-cooldown`` -> DisableImageDeregistrationProtection, and
   the AMI stays until the cooldown AWS applies (24 h) is over: a later prune deletes it;
   ``enabled-without-cooldown`` -> disabled, then deleted at once; ``disabled-until T`` -> kept until T.
@@ -34,6 +35,17 @@ def deprecation_hold(image: dict[str, Any], now: datetime) -> str | None:
     if when is not None and when > now + ROUNDING:
         return f"not deprecated (deprecates {aws_time(when)}; a newer AMI of the role deprecates it at once)"
     return None
+
+
+def launch_hold(image: dict[str, Any], within_days: int | None, now: datetime) -> str | None:
+    """Why an AMI launched from recently stays (``keep_if_launched_within``), or None.
+
+    EC2 reports ``LastLaunchedTime`` about a day after the launch, so a launch of the last day may not
+    show yet: a value of at least 2 days is what makes sense (the catalogue reference says so)."""
+    last = parse_aws_time(image.get("LastLaunchedTime"))
+    if within_days is None or last is None or now - last > timedelta(days=within_days):
+        return None
+    return f"launched {aws_time(last)}, within keep_if_launched_within ({within_days} days)"
 
 
 def _cooldown_end(state: str) -> datetime | None:

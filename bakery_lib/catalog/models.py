@@ -331,6 +331,10 @@ class RoleKeys(Strict):
         Days(1, 3650),
         Field(description="days (or like '90d') after publish at which EC2 deprecates the AMI (default 90; "
                           "superseded AMIs are deprecated at once)")] = None
+    keep_if_launched_within: Annotated[
+        Days(1, 3650),
+        Field(description="prune keeps an AMI an instance was launched from within this many days "
+                          "(EC2's LastLaunchedTime; default: not kept for that)")] = None
 
 
 class DefaultsIn(RoleKeys):

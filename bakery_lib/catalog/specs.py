@@ -141,6 +141,8 @@ class RoleSpec:
     keep: int = 5
     # Days after publish at which EC2 deprecates the AMI (a newer AMI of the role deprecates it at once).
     deprecate_after: int = 90
+    # Days: prune keeps an AMI launched from within them (EC2's LastLaunchedTime); None: no such rule.
+    keep_if_launched_within: int | None = None
     boot_test: BootTestSettings = BootTestSettings()
 
     @property

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..amis.protection import deprecation_hold, protection_hold
+from ..amis.protection import deprecation_hold, launch_hold, protection_hold
 from ..amis.retire import Now, utcnow
 from ..aws import Aws, tags_of
 from ..catalog import RoleSpec
@@ -213,12 +213,12 @@ def _rank(region: str, images: list[dict[str, Any]], keep: int) -> tuple[dict[st
     return decisions, candidates
 
 
-def _hold(aws: Aws, region: str, image: dict[str, Any], delete: bool, why: str, *, dry_run: bool,
-          now: Now) -> tuple[bool, str]:
-    """The deprecation and protection gates after the decision from age and uses: (delete?, why)."""
+def _hold(aws: Aws, role: RoleSpec, region: str, image: dict[str, Any], delete: bool, why: str, *,
+          dry_run: bool, now: Now) -> tuple[bool, str]:
+    """The deprecation, recent-launch and protection gates after the decision from age and uses."""
     if not delete:
         return delete, why
-    wait = deprecation_hold(image, now())
+    wait = deprecation_hold(image, now()) or launch_hold(image, role.keep_if_launched_within, now())
     if wait is None:
         try:
             wait = protection_hold(aws, region, image, dry_run=dry_run, now=now)
@@ -256,7 +256,7 @@ def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _qui
                                      f"so none was deleted there: {exc}")
                 protected = None
         for image in candidates:
-            delete, why = _hold(aws, region, image, *_why_delete(image, protected, keep), dry_run=dry_run, now=now)
+            delete, why = _hold(aws, role, region, image, *_why_delete(image, protected, keep), dry_run=dry_run, now=now)
             decisions[image["ImageId"]] = (
                 _delete_ami(aws, region, role, image, why, executor=executor, pace=pace, report=report)
                 if delete else _decision(region, image, "kept", why))

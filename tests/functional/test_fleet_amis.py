@@ -243,3 +243,26 @@ def test_prune_keeps_an_available_ami_not_yet_deprecated(own_moto, tmp_path):
     assert decisions[amis[0]].action == "kept" and "not deprecated (deprecates" in decisions[amis[0]].reason
     # No deprecation time at all: published before the bakery deprecated AMIs, pruned by age as before.
     assert decisions[amis[1]].action == "would delete"
+
+
+def test_prune_keeps_an_ami_launched_within_keep_if_launched_within(own_moto, tmp_path):
+    role = "prune-launched"
+    amis = [_baked_ami(own_moto, role, n) for n in range(1, 4)]
+    ec2 = own_moto.client("ec2")
+    instance = ec2.run_instances(ImageId=amis[0], MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    ec2.terminate_instances(InstanceIds=[instance])  # no instance holds it: only the launch time can
+    spec = make_ctx(own_moto, tmp_path, {"keep_if_launched_within": "7d"}, role=role).role
+
+    def decisions() -> dict:
+        report = prune(new_aws(own_moto), spec, 1, dry_run=True,
+                       now=lambda: _now() + timedelta(seconds=own_moto.offset))
+        return {d.image_id: d for d in report.decisions}
+
+    # EC2 reports a launch a day later: until then nothing keeps the AMI.
+    assert decisions()[amis[0]].action == "would delete"
+    own_moto.advance(25 * 3600)
+    seen = decisions()
+    assert seen[amis[0]].action == "kept"
+    assert "within keep_if_launched_within (7 days)" in seen[amis[0]].reason
+    assert seen[amis[1]].action == "would delete"
+    assert "LastLaunchedTime" in _image(own_moto, amis[0])

@@ -24,6 +24,13 @@ How AWS behaves, from the EC2 API reference (docs.aws.amazon.com/AWSEC2/latest/A
   "When the AMI is used to launch an instance, there is a 24-hour delay before that usage is
   reported." The layer notes every RunInstances that moto carried out and reports its time once a
   day has passed on the layer's clock, in DescribeImages and in DescribeImageAttribute.
+- ``API_DescribeImageReferences``: "Either IncludeAllResourceTypes or ResourceTypes must be
+  specified" (else ``MissingParameter``); answers ``imageReferenceSet`` items (``imageId``,
+  ``resourceType``, ``arn``) for the account's ``ec2:Instance`` (option ``state-name``; default here:
+  every state but terminated), ``ec2:LaunchTemplate`` (option ``version-depth``, the most recent
+  versions; default here 20: the user guide's defaults page could not be read here) and
+  ``ssm:Parameter`` (parameters of data type ``aws:ec2:image``), read from moto; the Image Builder
+  types are accepted and have no references (moto has no Image Builder).
 - DeregisterImage of a protected AMI (or one in its cooldown) is refused; the reference does not name
   the error code, the layer answers ``OperationNotPermitted`` (EC2's code for a refused state change)
   and a message naming the protection.
@@ -191,10 +198,26 @@ class AmiLayer:
         value = f"<value>{_iso(launched)}</value>" if launched else ""
         return f"<imageId>{image_id}</imageId><lastLaunchedTime>{value}</lastLaunchedTime>"
 
+    def references(self, region: str, params: dict[str, str]) -> str:
+        from . import ami_references  # boto3 clients to moto: only for this call
+
+        image_ids = [v for k, v in sorted(params.items()) if re.match(r"^ImageId\.\d+$", k)]
+        types = {v for k, v in params.items() if re.match(r"^ResourceType\.\d+\.ResourceType$", k)}
+        if params.get("IncludeAllResourceTypes", "false").lower() != "true" and not types:
+            raise ApiError("MissingParameter", "Either IncludeAllResourceTypes or ResourceTypes must be specified")
+        if not image_ids:
+            raise ApiError("MissingParameter", "The request must contain the parameter ImageIds")
+        found = ami_references.find(self.upstream.geturl(), region, image_ids, types or None)
+        items = "".join(f"<item><imageId>{escape(i)}</imageId><resourceType>{escape(t)}</resourceType>"
+                        f"<arn>{escape(a)}</arn></item>" for i, t, a in found)
+        return f"<imageReferenceSet>{items}</imageReferenceSet>"
+
     def answer(self, action: str, region: str, params: dict[str, str], headers: dict[str, str]) -> str | None:
         """The layer's own answer to a call (its response elements), or None to forward it to moto."""
         if action in OWN_ACTIONS:
             return self.own(action, region, params, headers)
+        if action == "DescribeImageReferences":
+            return self.references(region, params)
         if action == "DescribeImageAttribute" and params.get("Attribute") == "lastLaunchedTime":
             return self.last_launched_attribute(region, params, headers)
         if action == "DeregisterImage":

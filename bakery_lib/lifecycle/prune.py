@@ -1,7 +1,9 @@
 """``bakery prune``: the deprecated AMIs of a role older than its newest ``keep``, and their snapshots.
 
 Per region of the role: DescribeImages (Owners=self, tags ``bakery:role`` and ``bakery:created-by=bakery``),
-then for the candidates: DescribeInstances (filter image-id; an AMI that an existing instance runs is kept),
+then for the candidates: DescribeImageReferences (any instance, launch template or ``aws:ec2:image``
+SSM parameter of the account that references one keeps it); when that call fails, the bakery's own
+scan: DescribeInstances (filter image-id; an AMI that an existing instance runs is kept),
 DescribeLaunchTemplateVersions ($Default and $Latest of ``launch_template``; a missing template is fine),
 SSM GetParameter ``/bakery/ROLE/latest``. The newest ``keep`` *available* AMIs are kept (a failed AMI is
 never a rollback target, so it does not use up a place); pending ones belong to a bake in progress and
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..amis.protection import deprecation_hold, launch_hold, protection_hold
+from ..amis.references import referenced_by
 from ..amis.retire import Now, utcnow
 from ..aws import Aws, tags_of
 from ..catalog import RoleSpec
@@ -78,6 +81,7 @@ class PruneReport:
     dry_run: bool
     decisions: list[AmiDecision] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def deleted(self) -> list[AmiDecision]:
@@ -97,6 +101,7 @@ class PruneReport:
         out.append(f"prune of role {self.role} (keep {self.keep}{', dry run' if self.dry_run else ''}): "
                    f"{len(self.deleted)} AMI(s) {verb}, {len(self.kept)} kept"
                    + (f", {len(self.errors)} error(s)" if self.errors else ""))
+        out += [f"note: {n}" for n in self.notes]
         out += [f"ERROR: {e}" for e in self.errors]
         return out
 
@@ -189,6 +194,17 @@ def _protections(aws: Aws, region: str, role: RoleSpec, candidates: list[dict[st
     return reasons
 
 
+def _uses(aws: Aws, region: str, role: RoleSpec, candidates: list[dict[str, Any]],
+          report: PruneReport) -> dict[str, list[str]]:
+    """What points at the candidates: EC2's DescribeImageReferences, else the bakery's own scan."""
+    try:
+        return referenced_by(aws, region, [i["ImageId"] for i in candidates])
+    except AwsError as exc:
+        report.notes.append(f"{region}: DescribeImageReferences failed ({exc.code}); checked instances, the "
+                            f"role's launch template and /bakery/{role.name}/latest instead")
+    return _protections(aws, region, role, candidates)
+
+
 def _rank(region: str, images: list[dict[str, Any]], keep: int) -> tuple[dict[str, AmiDecision], list[dict[str, Any]]]:
     """First decision, from the listing alone (newest first): what is kept, and the candidates to delete."""
     decisions: dict[str, AmiDecision] = {}
@@ -250,7 +266,7 @@ def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _qui
         protected: dict[str, list[str]] | None = {}
         if candidates:
             try:
-                protected = _protections(aws, region, role, candidates)
+                protected = _uses(aws, region, role, candidates, report)
             except BakeryError as exc:
                 report.errors.append(f"{region}: cannot check what still uses the AMIs of role {role.name}, "
                                      f"so none was deleted there: {exc}")

@@ -266,3 +266,26 @@ def test_prune_keeps_an_ami_launched_within_keep_if_launched_within(own_moto, tm
     assert "within keep_if_launched_within (7 days)" in seen[amis[0]].reason
     assert seen[amis[1]].action == "would delete"
     assert "LastLaunchedTime" in _image(own_moto, amis[0])
+
+
+def test_prune_keeps_what_ec2_says_references_an_ami(moto_server, tmp_path, request):
+    role = unique_role(request)
+    amis = [_baked_ami(moto_server, role, n) for n in range(1, 6)]
+    ec2, ssm = moto_server.client("ec2"), moto_server.client("ssm")
+    # References anywhere in the account, not only the role's own template and parameter.
+    instance = ec2.run_instances(ImageId=amis[0], MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    template = ec2.create_launch_template(LaunchTemplateName=f"other-{role}",
+                                          LaunchTemplateData={"ImageId": amis[1]})["LaunchTemplate"]
+    ssm.put_parameter(Name=f"/team/{role}/golden", Value=amis[2], Type="String", DataType="aws:ec2:image")
+    spec = make_ctx(moto_server, tmp_path, role=role).role
+    aws = new_aws(moto_server)
+    report = prune(aws, spec, 1, dry_run=True)
+    decisions = {d.image_id: d for d in report.decisions}
+    assert decisions[amis[0]].reason == f"referenced by instance {instance}"
+    assert decisions[amis[1]].reason == f"referenced by launch template {template['LaunchTemplateId']}"
+    assert decisions[amis[2]].reason == f"referenced by SSM parameter /team/{role}/golden"
+    assert decisions[amis[3]].action == "would delete" and decisions[amis[4]].action == "kept"
+    calls = aws.counter.counts
+    assert not any(k.endswith(("DescribeInstances", "DescribeLaunchTemplateVersions", "GetParameter")) for k in calls)
+    with pytest.raises(botocore.exceptions.ClientError, match="MissingParameter"):
+        ec2.describe_image_references(ImageIds=[amis[0]])

@@ -31,6 +31,7 @@ How AWS behaves, from the EC2 API reference (docs.aws.amazon.com/AWSEC2/latest/A
   versions; default here 20: the user guide's defaults page could not be read here) and
   ``ssm:Parameter`` (parameters of data type ``aws:ec2:image``), read from moto; the Image Builder
   types are accepted and have no references (moto has no Image Builder).
+- Recycle Bin retention rules (``CreateRule``, ``ListRules``; moto has no ``rbin``): ``ami_rbin``.
 - DeregisterImage of a protected AMI (or one in its cooldown) is refused; the reference does not name
   the error code, the layer answers ``OperationNotPermitted`` (EC2's code for a refused state change)
   and a message naming the protection.
@@ -67,6 +68,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from ._proc import LOOPBACK, free_port, stop_process, wait_until
+from .ami_rbin import RbinError, RecycleBin
 from .moto import REGION, MotoServer, isolated_env
 
 COOLDOWN = timedelta(hours=24)
@@ -127,6 +129,7 @@ class AmiLayer:
         self.lock = threading.Lock()
         self.images: dict[tuple[str, str], ImageExtras] = {}
         self.offset = timedelta()
+        self.rbin = RecycleBin()
 
     def now(self) -> datetime:
         return datetime.now(timezone.utc) + self.offset
@@ -295,6 +298,16 @@ def _handler(layer: AmiLayer) -> type[BaseHTTPRequestHandler]:
                 return
             scope = _SCOPE_RE.search(self.headers.get("Authorization", ""))
             region, service = (scope.group(1), scope.group(2)) if scope else (REGION, "")
+            if service == "rbin":
+                try:
+                    answered = layer.rbin.handle(self.path, region, body)
+                except RbinError as exc:
+                    self._send(exc.status, exc.body(), [("Content-Type", "application/json"),
+                                                        ("x-amzn-ErrorType", exc.code)])
+                    return
+                if answered is not None:
+                    self._send(answered[0], answered[1], [("Content-Type", "application/json")])
+                    return
             params = ({k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
                       if service == "ec2" and self.command == "POST" else {})
             action = params.get("Action", "")

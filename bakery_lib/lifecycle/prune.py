@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..amis.protection import deprecation_hold, launch_hold, protection_hold
+from ..amis.recycle_bin import retention_note
 from ..amis.references import referenced_by
 from ..amis.retire import Now, utcnow
 from ..aws import Aws, tags_of
@@ -278,4 +279,6 @@ def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _qui
                 if delete else _decision(region, image, "kept", why))
         # Report in the order the images were listed: newest first.
         report.decisions.extend(decisions[i["ImageId"]] for i in images if i["ImageId"] in decisions)
+        if any(d.action in ("deleted", "would delete") for d in decisions.values()):
+            report.notes.append(retention_note(aws, region))
     return report

@@ -289,3 +289,20 @@ def test_prune_keeps_what_ec2_says_references_an_ami(moto_server, tmp_path, requ
     assert not any(k.endswith(("DescribeInstances", "DescribeLaunchTemplateVersions", "GetParameter")) for k in calls)
     with pytest.raises(botocore.exceptions.ClientError, match="MissingParameter"):
         ec2.describe_image_references(ImageIds=[amis[0]])
+
+
+def test_prune_says_whether_the_recycle_bin_keeps_what_it_deletes(own_moto, tmp_path):
+    role = "prune-rbin"
+    for n in (1, 2):
+        _baked_ami(own_moto, role, n)
+    spec = make_ctx(own_moto, tmp_path, role=role).role
+    text = prune(new_aws(own_moto), spec, 1, dry_run=True).text()
+    assert "note: us-east-1: no Recycle Bin retention rule for EC2 images" in text
+    rbin = own_moto.client("rbin")
+    with pytest.raises(botocore.exceptions.ClientError, match="ValidationException"):
+        rbin.list_rules(ResourceType="EC2_AMI")
+    rule = rbin.create_rule(ResourceType="EC2_IMAGE", RetentionPeriod={
+        "RetentionPeriodValue": 7, "RetentionPeriodUnit": "DAYS"})["Identifier"]
+    text = prune(new_aws(own_moto), spec, 1, dry_run=True).text()
+    assert f"Recycle Bin retention rule {rule} (7 days) for EC2 images" in text
+    assert "restore-image-from-recycle-bin --region us-east-1" in text

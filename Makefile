@@ -4,12 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TOOLS := .tools
-APT_PACKAGES := goiardi shellcheck packer groovy default-jre-headless
+# debootstrap, systemd-container (systemd-nspawn), dpkg-dev (dpkg-scanpackages) and insserv: the real-init
+# instances (devstack/realinit.py) -- a Debian 12 booted under systemd and cloud-init -- and their checks.
+APT_PACKAGES := goiardi shellcheck packer groovy default-jre-headless debootstrap systemd-container dpkg-dev insserv
 # Three workers on two cores: most of a bake test is spent waiting on polls and subprocesses.
 # One file per worker (--dist loadfile) keeps each file's shared servers and fixtures together.
 PYTEST_ARGS ?= -n 3 --dist loadfile
 
-.PHONY: all deps system-deps venv node-deps test lint demo bench clean
+.PHONY: all deps system-deps venv node-deps realinit-base test lint demo bench clean
 
 all: test
 
@@ -35,7 +37,12 @@ $(TOOLS)/node_modules/.bin/npm-groovy-lint:
 
 node-deps: $(TOOLS)/node_modules/.bin/npm-groovy-lint
 
-deps: system-deps venv node-deps
+# The real-init instances' Debian 12 bases (debootstrap, then cached in .tools/realinit/): root only.
+realinit-base: system-deps venv
+	@if [ "$$(id -u)" = 0 ]; then $(PY) -m devstack.realinit_base; \
+	else echo "not root: the real-init bases are not built (tests/e2e/test_realinit_boot.py needs root)"; fi
+
+deps: system-deps venv node-deps realinit-base
 
 lint: venv
 	$(VENV)/bin/ruff check bakery_lib tests bench devstack docs

@@ -24,7 +24,22 @@ No Jenkins server can be had here, so tests, the benchmark and the demo talk to 
 
 Item names are case-insensitive (Jenkins keeps items in a CaseInsensitiveComparator map), and a
 refusal is answered as Jenkins' ``Failure`` error page: HTTP 400, a generic page titled "Jenkins",
-the reason in the ``X-Error`` header (written ISO-8859-1, as Jetty does).
+the reason in the ``X-Error`` header (written ISO-8859-1, as Jetty does). An exception that is no
+``Failure`` (an unreadable config, a class mismatch, an injected 500) is core's "Oops!" page
+(``jenkins/model/Jenkins/oops.jelly``): HTTP 500, "A problem occurred while processing the request"
+and a logging id, NO X-Error and no exception text (that goes to the Jenkins log: ``exceptions``).
+
+Posting ``config.xml`` REPLACES the item (core ``AbstractItem.updateByXml`` unmarshals with
+``XmlFile.unmarshalNullingOut(this)``): what the posted XML leaves out is gone, an empty
+``<properties/>`` empties the item's property list. Folders keep what people configure on them in
+``properties`` (folder-properties ``com.mig82.folders.properties.FolderProperties``, cloudbees-folder's
+``FolderCredentialsProvider$FolderCredentialsProperty`` store) and jobs keep plugin-added job
+properties (rebuild, matrix-auth, throttle-concurrents): the double knows those classes, keeps them
+and returns them, and replaces them exactly as Jenkins does when a post leaves them out.
+
+Names are resolved as core's ``Jenkins.getItem(pathName, context)`` does (``get_item``: relative,
+``..``, absolute, and the fall-back to the name as a full name from the top level), which is what
+``ReverseBuildTrigger`` (``Items.fromNameList``) and the ``build`` step use.
 
 Builds, where the post-deploy flow depends on them (core ``Queue``, ``ParametersAction``,
 ``CauseAction``, ``ParameterizedJobMixIn``, ``jenkins.triggers.ReverseBuildTrigger``, workflow-cps
@@ -34,7 +49,7 @@ Builds, where the post-deploy flow depends on them (core ``Queue``, ``Parameters
 building (no concurrent builds); ``finish`` ends a build and queues, WITHOUT parameters, every job
 whose ReverseBuildTrigger watches it; ``replay`` queues a build with the same parameters but only a
 user and a replay cause; ``upstream_builds`` gives a build's upstream causes in the form the pipeline
-harness (tests/pipeline) models ``currentBuild.upstreamBuilds`` from.
+harness (tests/support/harness.groovy) models ``currentBuild.upstreamBuilds`` from.
 
 For assertions: ``log`` records every request (method, path, query, status, user); ``ui_edit``
 changes a job as a person in the web UI would (not logged as an API request); ``simulate_build``
@@ -76,6 +91,8 @@ PLUGINS: dict[str, str] = {
     "hudson.plugins.git.": "git@5.2.2",
     "com.cloudbees.hudson.plugins.folder.": "cloudbees-folder@6.928.v7c780211d66e",
     "jenkins.branch.": "branch-api@2.1169.va_f810c56e895",
+    "com.mig82.folders.": "folder-properties@1.2.1",
+    "com.sonyericsson.rebuild.": "rebuild@332.va_1ee476d8f6d",
 }
 # Root tags that are not class names.
 ROOT_CLASSES = {
@@ -169,18 +186,6 @@ def _parameter_definitions(config: str) -> dict[str, str]:
     return found
 
 
-def _resolve(name: str, folder: str) -> str:
-    """An item name relative to a folder as Items.getItem resolves it (``..``, leading ``/``)."""
-    parts = [] if name.startswith("/") else [p for p in folder.split("/") if p]
-    for part in name.strip("/").split("/"):
-        if part == "..":
-            if parts:
-                parts.pop()
-        elif part and part != ".":
-            parts.append(part)
-    return "/".join(parts)
-
-
 @dataclass
 class _Node:
     """A job, a folder or the Jenkins root. Folders and the root hold items and views."""
@@ -242,6 +247,13 @@ LISTS = {"properties", "triggers", "parameterDefinitions", "userRemoteConfigs", 
 KNOWN_CLASSES = frozenset(SCHEMA) | {
     "org.jenkinsci.plugins.workflow.job.properties.DurabilityHintJobProperty",
     "com.cloudbees.hudson.plugins.folder.properties.FolderCredentialsProvider$FolderCredentialsProperty",
+    # XStream writes a nested class's "$" as "_-": this is the element name of the folder's credentials store
+    "com.cloudbees.hudson.plugins.folder.properties.FolderCredentialsProvider_-FolderCredentialsProperty",
+    # folder-properties plugin: the folder's own settings (read by withFolderProperties)
+    "com.mig82.folders.properties.FolderProperties", "com.mig82.folders.properties.StringProperty",
+    # job properties of plugins the bakery does not know (rebuild, matrix-auth, throttle-concurrents)
+    "com.sonyericsson.rebuild.RebuildSettings", "hudson.security.AuthorizationMatrixProperty",
+    "hudson.plugins.throttleconcurrents.ThrottleJobProperty",
     "hudson.model.BooleanParameterDefinition", "hudson.triggers.TimerTrigger", "hudson.triggers.SCMTrigger",
 }
 
@@ -272,8 +284,8 @@ def jenkins_read(xml: str) -> tuple[str, list[str]]:
     root = ET.fromstring(xml)
     cls = ROOT_CLASSES.get(root.tag, root.tag)
     if cls not in KNOWN_CLASSES and not _FQCN.match(cls):
-        raise _HttpError(500, f"java.io.IOException: Unable to read: com.thoughtworks.xstream.mapper."
-                              f"CannotResolveClassException: {root.tag}")
+        raise _oops(f"java.io.IOException: Unable to read: com.thoughtworks.xstream.mapper."
+                    f"CannotResolveClassException: {root.tag}")
     dropped: list[str] = []
     _drop_unreadable(root, cls, dropped)
     return jenkins_serialize(ET.tostring(root, encoding="unicode")), dropped
@@ -399,6 +411,7 @@ class JenkinsDouble(LoopbackHTTPServer):
         self._tokens = dict(users if users is not None else {"admin": "admin-api-token"})
         self._readonly = dict(readonly_users or {})
         self._secret = secrets.token_bytes(16)
+        self._sessions: set[str] = set()  # live HTTP sessions: Jetty keeps them server side
         self._lock = threading.RLock()
         self.root = _Node("root", "")
         self.root.views["all"] = jenkins_serialize(
@@ -413,6 +426,7 @@ class JenkinsDouble(LoopbackHTTPServer):
         self.latency = 0.0  # seconds added to every request (a remote Jenkins is never instant)
         self.queue: list[QueueItem] = []
         self.dropped: list[str] = []  # fields and classes Jenkins' XStream would have dropped on save
+        self.exceptions: list[str] = []  # what Jenkins would have logged behind each "Oops!" page
         self.builds: dict[str, list[BuildRecord]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -433,6 +447,15 @@ class JenkinsDouble(LoopbackHTTPServer):
     def add_user(self, name: str, token: str, *, readonly: bool = False) -> None:
         (self._readonly if readonly else self._tokens)[name] = token
 
+    def expire_sessions(self) -> None:
+        """End every HTTP session, as Jenkins does after a session's idle timeout or a restart.
+
+        A crumb is bound to its session (``DefaultCrumbIssuer`` hashes the session id since 2.176.2),
+        so every crumb issued so far stops being valid; a client must ask the crumb issuer again.
+        """
+        with self._lock:
+            self._sessions.clear()
+
     def reset(self) -> None:
         """Forget every job, folder and view and the request log."""
         with self._lock:
@@ -445,6 +468,7 @@ class JenkinsDouble(LoopbackHTTPServer):
             self.queue.clear()
             self.builds.clear()
             self.dropped.clear()
+            self.exceptions.clear()
 
     def clear_log(self) -> None:
         with self._lock:
@@ -459,9 +483,10 @@ class JenkinsDouble(LoopbackHTTPServer):
         return self.requests("POST")
 
     def fail_next(self, method: str, path_contains: str, status: int = 500, body: str = "", count: int = 1) -> None:
-        """The next ``count`` matching requests get ``status`` (after auth, before doing anything)."""
+        """The next ``count`` matching requests get ``status`` (after auth, before doing anything). A 500
+        without a ``body`` is Jenkins' "Oops!" page, as an exception in Jenkins renders it."""
         with self._lock:
-            self._faults.append(_Fault(method, path_contains, status, body or f"injected HTTP {status}", count))
+            self._faults.append(_Fault(method, path_contains, status, body, count))
 
     def exists(self, full_name: str) -> bool:
         with self._lock:
@@ -605,7 +630,7 @@ class JenkinsDouble(LoopbackHTTPServer):
             return item
 
     def upstream_builds(self, build: BuildRecord) -> list[dict[str, Any]]:
-        """The build's UpstreamCauses as the pipeline harness takes them (tests/pipeline): kind, number,
+        """The build's UpstreamCauses as the pipeline harness takes them (tests/support/harness.groovy): kind, number,
         parameters, env overrides and start time of each upstream build."""
         found = []
         for cause in build.causes:
@@ -619,8 +644,62 @@ class JenkinsDouble(LoopbackHTTPServer):
                           "startTimeInMillis": int(up.started * 1000), "result": up.result})
         return found
 
+    def get_item(self, name: str, folder: str = "") -> str | None:
+        """The full name of the item ``name`` names, seen from ``folder``, as core's
+        ``Jenkins.getItem(String pathName, ItemGroup context)`` resolves it (and with it
+        ReverseBuildTrigger through ``Items.fromNameList``, and the ``build`` step), or None:
+
+        - a leading ``/``: ``getItemByFullName`` (the name from the top level);
+        - else token by token (``StringTokenizer``: empty tokens skipped) from the folder: ``.`` stays,
+          ``..`` goes to the parent, and from the top level gives up; a name is looked up in the group
+          so far (case-insensitively), a missing one gives up; a name under a job gives None at once;
+        - given up (or ending on the top level itself): the classic interpretation,
+          ``getItemByFullName(pathName)``, i.e. the name as a full name from the top level. So
+          ``deploy-release`` seen from folder ``amis`` is the top-level ``deploy-release`` when the folder
+          has none; ``../..`` above the top level finds nothing (``..`` is no item name).
+        """
+        with self._lock:
+            if name.startswith("/"):
+                return self._by_full_name(name)
+            node: _Node | None = self._find(folder) if folder else self.root
+            path = [p for p in folder.split("/") if p]
+            for token in [t for t in name.split("/") if t]:
+                if token == ".":
+                    continue
+                if token == "..":
+                    if node is not None and node is not self.root:
+                        path.pop()
+                        node = self._find("/".join(path)) if path else self.root
+                        continue
+                    node = None
+                    break
+                assert node is not None
+                if not node.is_group:
+                    return None
+                child = node.items.get(token)
+                if child is None:
+                    node = None
+                    break
+                node = child
+                path.append(child.name)
+            if node is not None and node is not self.root:
+                return "/".join(path)
+            return self._by_full_name(name)
+
+    def _by_full_name(self, name: str) -> str | None:
+        """``Jenkins.getItemByFullName``: every token a name, from the top level (``..`` is no name)."""
+        node = self.root
+        path = []
+        for token in [t for t in name.split("/") if t]:
+            child = node.items.get(token) if node.is_group else None
+            if child is None:
+                return None
+            node = child
+            path.append(child.name)
+        return "/".join(path) if path else None
+
     def _watchers(self, upstream: str) -> list[str]:
-        """Jobs with a ReverseBuildTrigger naming ``upstream`` (resolved from their folder, any case)."""
+        """Jobs with a ReverseBuildTrigger naming ``upstream`` (resolved from their folder as Jenkins does)."""
         watchers = []
         for name in self.job_names():
             node = self._find(name)
@@ -629,7 +708,8 @@ class JenkinsDouble(LoopbackHTTPServer):
             spec = ET.fromstring(node.config).findtext(".//jenkins.triggers.ReverseBuildTrigger/upstreamProjects")
             folder = name.rpartition("/")[0]
             for entry in (spec or "").split(","):
-                if entry.strip() and _resolve(entry.strip(), folder).lower() == upstream.lower():
+                found = self.get_item(entry.strip(), folder) if entry.strip() else None
+                if found is not None and found.lower() == upstream.lower():
                     watchers.append(name)
         return watchers
 
@@ -727,12 +807,42 @@ def folder_xml(description: str = "") -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+Response = tuple[int, str, bytes, dict[str, str]]  # status, content type, body, headers
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One request, resolved: the item (or root) it addresses, the view if any, and the URL tail."""
+
+    method: str
+    node: _Node
+    item_path: list[str]
+    view: str | None
+    rest: str
+    base: str
+    query: dict[str, list[str]]
+    body: bytes
+    user: str | None
+
+
 class _HttpError(Exception):
-    def __init__(self, status: int, body: str = "", headers: dict[str, str] | None = None):
+    def __init__(self, status: int, body: str = "", headers: dict[str, str] | None = None, exception: str = ""):
         super().__init__(body)
         self.status = status
         self.body = body
         self.headers = headers or {}
+        self.exception = exception  # what Jenkins would write to its log (the double keeps it in .exceptions)
+
+
+def _oops(exception: str) -> _HttpError:
+    """An exception Jenkins did not turn into a Failure: HTTP 500 and core's "Oops!" page
+    (jenkins/model/Jenkins/oops.jelly), which says only that a problem occurred and gives a logging id
+    to find the stack trace in the Jenkins log. No X-Error header, no exception text on the page."""
+    logging_id = secrets.token_hex(16)
+    page = ("<!DOCTYPE html><html><head><title>Jenkins</title></head><body><div id=\"main-panel\">"
+            "<h1>Oops!</h1><p>A problem occurred while processing the request.</p>"
+            f"<p>Logging ID={logging_id}</p></div></body></html>")
+    return _HttpError(500, page, exception=exception)
 
 
 def _failure(message: str) -> _HttpError:
@@ -783,10 +893,15 @@ class _Handler(BaseHTTPRequestHandler):
             user = self._authenticate()
             fault = d._take_fault(method, path)
             if fault is not None:
-                raise _HttpError(fault.status, fault.body)
+                if fault.status == 500 and not fault.body:
+                    raise _oops("injected")
+                raise _HttpError(fault.status, fault.body or f"injected HTTP {fault.status}")
             status, ctype, payload, headers = self._route(method, path, parse_qs(query), body, user)
         except _HttpError as err:
             status, ctype, payload, headers = err.status, "text/html;charset=utf-8", err.body.encode(), err.headers
+            if err.exception:
+                with d._lock:
+                    d.exceptions.append(err.exception)
         except Exception as exc:  # a bug in the double must show up as a 500, like Jenkins' oops page
             status, ctype, payload, headers = 500, "text/plain;charset=utf-8", f"double error: {exc!r}".encode(), {}
         with d._lock:
@@ -833,9 +948,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _session(self) -> str:
         cookie = SimpleCookie(self.headers.get("Cookie", ""))
         for key, morsel in cookie.items():
-            if key.startswith("JSESSIONID."):
+            if key.startswith("JSESSIONID.") and morsel.value in self.double._sessions:
                 return morsel.value
+        # No session, or one that has ended: Jetty starts a new one.
         session = secrets.token_hex(12)
+        with self.double._lock:
+            self.double._sessions.add(session)
         self._set_cookie = f"JSESSIONID.a1b2c3d4={session}; Path=/; HttpOnly"
         return session
 
@@ -847,7 +965,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         crumb = self.headers.get(CRUMB_FIELD, "")
         cookie = SimpleCookie(self.headers.get("Cookie", ""))
-        sessions = [m.value for k, m in cookie.items() if k.startswith("JSESSIONID.")]
+        with d._lock:
+            sessions = [m.value for k, m in cookie.items() if k.startswith("JSESSIONID.") and m.value in d._sessions]
         valid = any(hmac.compare_digest(d._crumb(user or "", s), crumb) for s in sessions)
         if d.reject_crumbs or not valid:
             raise _HttpError(
@@ -860,10 +979,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(
         self, method: str, path: str, query: dict[str, list[str]], body: bytes, user: str | None
-    ) -> tuple[int, str, bytes, dict[str, str]]:
+    ) -> Response:
+        call = self._locate(method, path, query, body, user)
+        if method == "POST":
+            self._check_write(user)
+        route = ROUTES.get(call.rest)
+        if route is None or (route.root_only and call.node is not self.double.root):
+            raise _HttpError(404, "Not Found")
+        if route.methods and method not in route.methods:
+            raise _HttpError(route.wrong_method, "Method Not Allowed" if route.wrong_method == 405 else "Not Found")
+        return route.handler(self, call)
+
+    def _locate(self, method: str, path: str, query: dict[str, list[str]], body: bytes, user: str | None) -> _Call:
+        """Resolve ``job/NAME/job/NAME/.../view/NAME/REST`` from the root (404 for a missing item or view)."""
         d = self.double
         parts = [unquote(p) for p in path.split("/") if p]
-        # Resolve job/NAME/job/NAME/... from the root.
         node = d.root
         item_path: list[str] = []
         while len(parts) >= 2 and parts[0] == "job":
@@ -880,64 +1010,70 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HttpError(404, "Not Found")
             view = parts[1]
             parts = parts[2:]
-        rest = "/".join(parts)
         base = d.url + "".join(f"job/{quote(p)}/" for p in item_path)
+        return _Call(method, node, item_path, view, "/".join(parts), base, query, body, user)
 
-        if method == "POST":
-            self._check_write(user)
+    # -- the routes (ROUTES below maps each URL tail to one of these) ------------------------------
 
-        if rest == "crumbIssuer/api/json" and node is d.root and method == "GET":
-            if d.crumb_issuer_status != 200:
-                raise _HttpError(d.crumb_issuer_status, "crumb issuer failed")
-            crumb = d._crumb(user or "", self._session())
-            return self._json(
-                {"_class": "hudson.security.csrf.DefaultCrumbIssuer", "crumb": crumb, "crumbRequestField": CRUMB_FIELD}
-            )
-        if rest in ("api/json", "api/json/"):
-            if method != "GET":
+    def _crumb_issuer(self, call: _Call) -> Response:
+        d = self.double
+        if d.crumb_issuer_status != 200:
+            raise _HttpError(d.crumb_issuer_status, "crumb issuer failed")
+        crumb = d._crumb(call.user or "", self._session())
+        return self._json(
+            {"_class": "hudson.security.csrf.DefaultCrumbIssuer", "crumb": crumb, "crumbRequestField": CRUMB_FIELD}
+        )
+
+    def _api_json(self, call: _Call) -> Response:
+        if call.view is not None:
+            obj = self._view_json(call.node, call.view, call.base)
+        else:
+            obj = self._node_json(call.node, call.base)
+        return self._json(self._shape(obj, call.query))
+
+    def _plugin_manager(self, call: _Call) -> Response:
+        plugins = [
+            {"shortName": p.split("@")[0], "version": p.split("@")[1], "longName": p.split("@")[0], "active": True,
+             "enabled": True, "hasUpdate": False, "pinned": False, "bundled": False, "deleted": False,
+             "downgradable": False, "supportsDynamicLoad": "MAYBE", "url": "", "dependencies": []}
+            for p in PLUGINS.values()
+        ]
+        return self._json({"_class": "hudson.LocalPluginManager", "plugins": plugins})
+
+    def _me(self, call: _Call) -> Response:
+        return self._json({"_class": "hudson.model.User", "id": call.user, "fullName": call.user})
+
+    def _create_item_route(self, call: _Call) -> Response:
+        return self._create_item(call.node, call.item_path, call.query, call.body)
+
+    def _create_view_route(self, call: _Call) -> Response:
+        return self._create_view(call.node, call.query, call.body)
+
+    def _config_route(self, call: _Call) -> Response:
+        if call.view is not None:
+            return self._view_config(call.node, call.view, call.method, call.body)
+        if call.node is self.double.root:
+            raise _HttpError(404, "Not Found")
+        return self._item_config(call.node, call.method, call.body)
+
+    def _do_delete(self, call: _Call) -> Response:
+        d = self.double
+        parent_url = d.url + "".join(f"job/{quote(p)}/" for p in call.item_path[:-1])
+        with d._lock:
+            if call.view is not None:
+                del call.node.views[call.view]
+                return 302, "text/html", b"", {"Location": call.base}
+            if call.node is d.root:
                 raise _HttpError(405, "Method Not Allowed")
-            if view is not None:
-                obj = self._view_json(node, view, base)
-            else:
-                obj = self._node_json(node, base)
-            return self._json(self._shape(obj, query))
-        if rest == "pluginManager/api/json" and node is d.root:
-            plugins = [
-                {"shortName": p.split("@")[0], "version": p.split("@")[1], "longName": p.split("@")[0], "active": True,
-                 "enabled": True, "hasUpdate": False, "pinned": False, "bundled": False, "deleted": False,
-                 "downgradable": False, "supportsDynamicLoad": "MAYBE", "url": "", "dependencies": []}
-                for p in PLUGINS.values()
-            ]
-            return self._json({"_class": "hudson.LocalPluginManager", "plugins": plugins})
-        if rest == "me/api/json" and node is d.root:
-            return self._json({"_class": "hudson.model.User", "id": user, "fullName": user})
-        if rest == "createItem" and method == "POST":
-            return self._create_item(node, item_path, query, body)
-        if rest == "createView" and method == "POST":
-            return self._create_view(node, query, body)
-        if rest == "config.xml":
-            if view is not None:
-                return self._view_config(node, view, method, body)
-            if node is d.root:
-                raise _HttpError(404, "Not Found")
-            return self._item_config(node, method, body)
-        if rest == "doDelete" and method == "POST":
-            parent_url = d.url + "".join(f"job/{quote(p)}/" for p in item_path[:-1])
-            with d._lock:
-                if view is not None:
-                    del node.views[view]
-                    return 302, "text/html", b"", {"Location": base}
-                if node is d.root:
-                    raise _HttpError(405, "Method Not Allowed")
-                parent = d._find("/".join(item_path[:-1])) if len(item_path) > 1 else d.root
-                assert parent is not None
-                del parent.items[item_path[-1]]
-            return 302, "text/html", b"", {"Location": parent_url}
-        if rest == "" and method in ("GET", "HEAD"):
-            return 200, "text/html;charset=utf-8", b"<html><body>Jenkins</body></html>", {}
-        raise _HttpError(404, "Not Found")
+            parent = d._find("/".join(call.item_path[:-1])) if len(call.item_path) > 1 else d.root
+            assert parent is not None
+            del parent.items[call.item_path[-1]]
+        return 302, "text/html", b"", {"Location": parent_url}
 
-    def _json(self, obj: Any) -> tuple[int, str, bytes, dict[str, str]]:
+    def _home(self, call: _Call) -> Response:
+        return 200, "text/html;charset=utf-8", b"<html><body>Jenkins</body></html>", {}
+
+    def _json(self, obj: Any) -> Response:
         return 200, "application/json;charset=utf-8", json.dumps(obj).encode(), {}
 
     def _shape(self, obj: dict[str, Any], query: dict[str, list[str]]) -> Any:
@@ -993,7 +1129,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _create_item(
         self, group: _Node, item_path: list[str], query: dict[str, list[str]], body: bytes
-    ) -> tuple[int, str, bytes, dict[str, str]]:
+    ) -> Response:
         d = self.double
         if not group.is_group:
             raise _HttpError(404, "Not Found")
@@ -1019,7 +1155,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 stored, dropped = jenkins_read(body.decode("utf-8"))
             except (ET.ParseError, UnicodeDecodeError) as exc:
-                raise _HttpError(500, f"java.io.IOException: Failed to parse XML for {name}: {exc}") from None
+                raise _oops(f"java.io.IOException: Failed to parse XML for {name}: {exc}") from None
             d.dropped.extend(dropped)
             if _class_of_config(stored) == FOLDER_CLASS:
                 node = _Node("folder", name)
@@ -1029,7 +1165,7 @@ class _Handler(BaseHTTPRequestHandler):
             group.items[name] = node
         return 200, "text/html;charset=utf-8", b"", {}
 
-    def _item_config(self, node: _Node, method: str, body: bytes) -> tuple[int, str, bytes, dict[str, str]]:
+    def _item_config(self, node: _Node, method: str, body: bytes) -> Response:
         d = self.double
         if method == "GET":
             with d._lock:
@@ -1037,20 +1173,20 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             stored, dropped = jenkins_read(body.decode("utf-8"))
         except (ET.ParseError, UnicodeDecodeError) as exc:
-            raise _HttpError(500, f"java.io.IOException: Unable to read config.xml: {exc}") from None
+            raise _oops(f"java.io.IOException: Unable to read config.xml: {exc}") from None
         d.dropped.extend(dropped)
         with d._lock:
             old_cls = FOLDER_CLASS if node.kind == "folder" else _class_of_config(node.config)
             new_cls = _class_of_config(stored)
             if new_cls != old_cls:
-                raise _HttpError(500, f"java.io.IOException: Expecting class {old_cls} but got {new_cls} instead")
+                raise _oops(f"java.io.IOException: Expecting class {old_cls} but got {new_cls} instead")
             if node.kind == "folder":
                 d._store_folder_config(node, stored)
             else:
                 node.config = stored
         return 200, "text/html;charset=utf-8", b"", {}
 
-    def _create_view(self, group: _Node, query: dict[str, list[str]], body: bytes) -> tuple[int, str, bytes, dict[str, str]]:
+    def _create_view(self, group: _Node, query: dict[str, list[str]], body: bytes) -> Response:
         d = self.double
         name = (query.get("name") or [""])[0]
         if not group.is_group:
@@ -1071,7 +1207,7 @@ class _Handler(BaseHTTPRequestHandler):
             group.views[name] = jenkins_serialize(ET.tostring(root, encoding="unicode"))
         return 200, "text/html;charset=utf-8", b"", {}
 
-    def _view_config(self, group: _Node, name: str, method: str, body: bytes) -> tuple[int, str, bytes, dict[str, str]]:
+    def _view_config(self, group: _Node, name: str, method: str, body: bytes) -> Response:
         d = self.double
         with d._lock:
             if method == "GET":
@@ -1079,13 +1215,35 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 root = ET.fromstring(body.decode("utf-8"))
             except (ET.ParseError, UnicodeDecodeError) as exc:
-                raise _HttpError(500, f"java.io.IOException: Unable to read view config: {exc}") from None
+                raise _oops(f"java.io.IOException: Unable to read view config: {exc}") from None
             name_el = root.find("name")
             if name_el is None:
                 name_el = ET.SubElement(root, "name")
             name_el.text = name
             group.views[name] = jenkins_serialize(ET.tostring(root, encoding="unicode"))
         return 200, "text/html;charset=utf-8", b"", {}
+
+
+@dataclass(frozen=True)
+class _Route:
+    handler: Callable[[_Handler, _Call], Response]
+    methods: frozenset[str] = frozenset()  # empty: any method
+    root_only: bool = False
+    wrong_method: int = 404  # what another method gets (Stapler: 404 for a web method it has not; 405 for api)
+
+
+ROUTES: dict[str, _Route] = {
+    "crumbIssuer/api/json": _Route(_Handler._crumb_issuer, frozenset({"GET"}), root_only=True),
+    "api/json": _Route(_Handler._api_json, frozenset({"GET"}), wrong_method=405),
+    "api/json/": _Route(_Handler._api_json, frozenset({"GET"}), wrong_method=405),
+    "pluginManager/api/json": _Route(_Handler._plugin_manager, root_only=True),
+    "me/api/json": _Route(_Handler._me, root_only=True),
+    "createItem": _Route(_Handler._create_item_route, frozenset({"POST"})),
+    "createView": _Route(_Handler._create_view_route, frozenset({"POST"})),
+    "config.xml": _Route(_Handler._config_route),
+    "doDelete": _Route(_Handler._do_delete, frozenset({"POST"})),
+    "": _Route(_Handler._home, frozenset({"GET", "HEAD"})),
+}
 
 
 def _serve_forever() -> None:

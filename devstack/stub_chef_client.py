@@ -27,9 +27,13 @@ It fails (exit 1, FATAL lines on stderr, after registering) when a run list item
 appends ``{argv, node_name, run_list, ok, ...}`` to ``$BAKERY_ROOT/var/log/stub-chef-client.jsonl``.
 
 Reboot requests: a real converge with a ``reboot`` resource saves the node, then exits 35 ("reboot
-scheduled") or 37 ("reboot needed") -- Chef RFC 062 exit codes -- and a run after the reboot converges
-normally. ``BAKERY_STUB_CHEF_REBOOT_EXIT=35`` plays that: the first successful run of a root exits 35
-(after saving the node), later runs 0 (the marker is ``$BAKERY_ROOT/var/lib/stub-chef/reboot-requested``).
+scheduled") or 37 ("reboot needed") -- Chef RFC 062 exit codes (``lib/chef/application/exit_code.rb``)
+-- and a run after the reboot converges normally. For 35, ``Chef::Platform::Rebooter.reboot!``
+(``lib/chef/platform/rebooter.rb``) first runs ``shutdown -r +DELAY "REASON" &`` through a shell: the
+OS is already going down while the client exits. ``BAKERY_STUB_CHEF_REBOOT_EXIT=35`` (or 37) plays
+that: the first successful run of a root runs that ``shutdown`` (35 only, and only inside a real-init
+container, where it reboots the instance; in a sandbox the runner plays the reboot) and exits 35,
+later runs exit 0 (the marker is ``$BAKERY_ROOT/var/lib/stub-chef/reboot-requested``).
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +157,19 @@ def _register(server_url: str, node_name: str, validator: str, validation_key: s
         fh.write(pem)
 
 
-def _run(args: argparse.Namespace, root: str, record: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class _Config:
+    """What client.rb and the command line say, paths taken inside the root."""
+
+    path: str
+    server_url: str
+    node_name: str
+    validator: str
+    validation_key: str
+    client_key: str
+
+
+def _config(args: argparse.Namespace, root: str) -> _Config:
     config_path = in_root(args.config or "/etc/chef/client.rb", root)
     if not os.path.isfile(config_path):
         raise RunFailed(f"Chef::Exceptions::ConfigurationError: config file {config_path} does not exist")
@@ -159,14 +177,19 @@ def _run(args: argparse.Namespace, root: str, record: dict[str, Any]) -> None:
     server_url = args.server or settings.get("chef_server_url")
     if not server_url:
         raise RunFailed(f"Chef::Exceptions::ConfigurationError: no chef_server_url in {config_path}")
-    node_name = args.node_name or settings.get("node_name") or socket.gethostname()
-    record["node_name"] = node_name
-    validator = settings.get("validation_client_name") or "chef-validator"
-    validation_key = in_root(args.validation_key or settings.get("validation_key") or "/etc/chef/validation.pem", root)
-    client_key = in_root(args.client_key or settings.get("client_key") or "/etc/chef/client.pem", root)
+    return _Config(
+        path=config_path, server_url=server_url,
+        node_name=args.node_name or settings.get("node_name") or socket.gethostname(),
+        validator=settings.get("validation_client_name") or "chef-validator",
+        validation_key=in_root(args.validation_key or settings.get("validation_key") or "/etc/chef/validation.pem",
+                               root),
+        client_key=in_root(args.client_key or settings.get("client_key") or "/etc/chef/client.pem", root),
+    )
 
-    persistent: list[str] | None = None  # what the node's run list becomes
-    override: list[str] | None = None  # this run only
+
+def _run_lists(args: argparse.Namespace, root: str) -> tuple[list[str] | None, list[str] | None]:
+    """(what the node's run list becomes, this run's override): ``-j``/``-r`` and ``-o``."""
+    persistent: list[str] | None = None
     if args.json_attributes:
         json_path = in_root(args.json_attributes, root)
         try:
@@ -179,48 +202,66 @@ def _run(args: argparse.Namespace, root: str, record: dict[str, Any]) -> None:
             persistent = [str(i) for i in attrs["run_list"]]
     if args.runlist:
         persistent = _items(args.runlist)
-    if args.override_runlist:
-        override = _items(args.override_runlist)
+    return persistent, (_items(args.override_runlist) if args.override_runlist else None)
 
-    _log(f"INFO: *** Chef Infra Client {VERSION} (bakery stub) ***")
-    if not os.path.exists(client_key):
-        _register(server_url, node_name, validator, validation_key, client_key)
-        record["registered"] = True
-    client = ChefClient(server_url, node_name, client_key)
 
+def _find_or_create_node(client: ChefClient, name: str, args: argparse.Namespace,
+                         persistent: list[str] | None) -> dict[str, Any]:
+    """``Node.find_or_create``: a new node is POSTed (with an empty run list under why-run)."""
     try:
-        node = client.request("GET", f"/nodes/{node_name}")
+        return dict(client.request("GET", f"/nodes/{name}"))
     except ChefHTTPError as exc:
         if exc.status != 404:
             raise
-        node = {"name": node_name, "json_class": "Chef::Node", "chef_type": "node",
-                "chef_environment": args.environment or "_default",
-                "run_list": [] if args.why_run else (persistent or []),
-                "normal": {}, "default": {}, "override": {}, "automatic": {}}
-        client.request("POST", "/nodes", node)
-        node = dict(node)
-        _log(f"INFO: Created node[{node_name}]")
-    if persistent is not None:
-        node["run_list"] = persistent
-    run_list = override if override is not None else list(node.get("run_list") or [])
-    record["run_list"] = run_list
-    _log(f"INFO: Run List is [{', '.join(run_list)}]")
+    node = {"name": name, "json_class": "Chef::Node", "chef_type": "node",
+            "chef_environment": args.environment or "_default",
+            "run_list": [] if args.why_run else (persistent or []),
+            "normal": {}, "default": {}, "override": {}, "automatic": {}}
+    client.request("POST", "/nodes", node)
+    _log(f"INFO: Created node[{name}]")
+    return dict(node)
 
+
+def _check_not_failing(run_list: list[str]) -> None:
     failing = [i for i in run_list if FAIL_WORD_RE.search(i)]
     if failing or os.environ.get("BAKERY_STUB_CHEF_FAIL") == "1":
         why = f"{failing[0]} failed" if failing else "BAKERY_STUB_CHEF_FAIL=1"
         raise RunFailed(f"RuntimeError: {why} (bakery stub chef-client was asked to fail)")
 
+
+def _load_cookbooks(client: ChefClient, node: dict[str, Any], recipes: list[str]) -> None:
+    if not recipes:
+        return
+    try:
+        cookbooks = client.request("POST", f"/environments/{node.get('chef_environment') or '_default'}"
+                                   "/cookbook_versions", {"run_list": recipes})
+    except ChefHTTPError as exc:
+        if exc.status == 412:
+            raise RunFailed(f"Net::HTTPClientException: 412 \"Precondition Failed\": {exc}") from None
+        raise
+    _log("INFO: Loading cookbooks [" + ", ".join(f"{n}@{c.get('version')}" for n, c in sorted(cookbooks.items())) + "]")
+
+
+def _run(args: argparse.Namespace, root: str, record: dict[str, Any]) -> None:
+    cfg = _config(args, root)
+    record["node_name"] = cfg.node_name
+    persistent, override = _run_lists(args, root)
+
+    _log(f"INFO: *** Chef Infra Client {VERSION} (bakery stub) ***")
+    if not os.path.exists(cfg.client_key):
+        _register(cfg.server_url, cfg.node_name, cfg.validator, cfg.validation_key, cfg.client_key)
+        record["registered"] = True
+    client = ChefClient(cfg.server_url, cfg.node_name, cfg.client_key)
+    node = _find_or_create_node(client, cfg.node_name, args, persistent)
+    if persistent is not None:
+        node["run_list"] = persistent
+    run_list = override if override is not None else list(node.get("run_list") or [])
+    record["run_list"] = run_list
+    _log(f"INFO: Run List is [{', '.join(run_list)}]")
+    _check_not_failing(run_list)
+
     recipes, roles = _expand(client, run_list)
-    if recipes:
-        try:
-            cookbooks = client.request("POST", f"/environments/{node.get('chef_environment') or '_default'}"
-                                       "/cookbook_versions", {"run_list": recipes})
-        except ChefHTTPError as exc:
-            if exc.status == 412:
-                raise RunFailed(f"Net::HTTPClientException: 412 \"Precondition Failed\": {exc}") from None
-            raise
-        _log("INFO: Loading cookbooks [" + ", ".join(f"{n}@{c.get('version')}" for n, c in sorted(cookbooks.items())) + "]")
+    _load_cookbooks(client, node, recipes)
     automatic = dict(node.get("automatic") or {})
     automatic.update({"recipes": recipes, "roles": roles, "ohai_time": time.time(),
                       "chef_packages": {"chef": {"version": VERSION, "stub": True}}})
@@ -230,9 +271,38 @@ def _run(args: argparse.Namespace, root: str, record: dict[str, Any]) -> None:
         _log("WARN: In why-run mode, so NOT performing node save.")
         _log("Chef Infra Client finished, 0/0 resources would have been updated")
         return
-    client.request("PUT", f"/nodes/{node_name}", node)
+    client.request("PUT", f"/nodes/{cfg.node_name}", node)
     _log("INFO: Chef Infra Client Run complete in 0.1 seconds")
     _log("Chef Infra Client finished, 0/0 resources updated in 00 seconds")
+
+
+def _request_reboot(code: int, root: str) -> int:
+    """What chef-client does when a ``reboot`` resource asked for one (lib/chef/platform/rebooter.rb):
+    exit 35 after running ``shutdown -r +0 "REASON" &`` through a shell -- the shutdown is under way
+    while the client exits; exit 37 (``RebootPending``) schedules nothing. The shutdown is only run
+    inside a real-init instance (``/`` is the instance's and ``/run/systemd/container`` says so),
+    never on a sandbox's host."""
+    _log("INFO: Chef Infra Client: a reboot is requested (bakery stub)")
+    if code == 35 and root in ("", "/") and Path("/run/systemd/container").exists():
+        reason = "Reboot by Chef Infra Client"
+        _log(f"WARN: Rebooting server at a recipe's request. Details: {{:delay_mins=>0, :reason=>\"{reason}\"}}")
+        subprocess.run(["/bin/sh", "-c", f'shutdown -r +0 "{reason}" &'], check=False,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _until_stopping()
+    return code
+
+
+def _until_stopping(limit: float = 120.0) -> None:
+    """Chef raises Reboot after the shutdown command, then runs its exception and report handlers
+    (seconds on a real node) before it exits: the OS is typically going down already when the
+    caller sees 35. Played as its worst case, deterministically: return once systemd says
+    ``stopping`` (or the shutdown's SIGTERM ends this process first)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        state = subprocess.run(["systemctl", "is-system-running"], capture_output=True, text=True, check=False)
+        if state.stdout.strip() == "stopping":
+            return
+        time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,8 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text("1\n", encoding="utf-8")
             record["exit"] = int(reboot_exit)
-            _log("INFO: Chef Infra Client: a reboot is requested (bakery stub)")
-            return int(reboot_exit)
+            return _request_reboot(int(reboot_exit), root)
         return 0
     except (RunFailed, BakeryError) as exc:
         record["error"] = str(exc)

@@ -276,7 +276,8 @@ class BootTestIn(Strict):
                        Field(description="chef-client --why-run: resolve everything, converge nothing")] = None
     command: Annotated[Command,
                        Field(description="health check run after Chef (shell; PowerShell on Windows)")] = None
-    timeout: Annotated[Duration, Field(description="how long the test may take")] = None
+    timeout: Annotated[Duration, Field(
+        description="how long the test may take (default: 15m on Linux, 30m + bootstrap_timeout on Windows)")] = None
     instance_type: Annotated[InstanceType,
                              Field(description="the test instance's type (default: the role's)")] = None
 
@@ -313,7 +314,11 @@ class RoleKeys(Strict):
                                 Field(description="IAM policies attached to the instance role")] = None
     tags: Annotated[Tags,
                     Field(description="tags of every resource (merged over defaults.tags)")] = None
-    bootstrap_timeout: Annotated[Duration, Field(description="how long the Chef bootstrap may take")] = None
+    bootstrap_timeout: Annotated[Duration, Field(
+        description="how long the Chef bootstrap may take (also the first boot's deadline)")] = None
+    aws_cli_installer_url: Annotated[Text(URL_RE, "an http(s) URL"), Field(
+        description="Linux: AWS CLI v2 installer zip for a base without the CLI and no package of it "
+                    "({arch}: uname -m; default AWS's)")] = None
     image_timeout: Annotated[Duration, Field(description="how long AMI creation may take")] = None
     bake_ttl: Annotated[Duration,
                         Field(description="age after which reap may clean up an unfinished bake")] = None
@@ -381,11 +386,24 @@ class JenkinsIn(Strict):
     script_path: Annotated[Text(re.compile(r"^[A-Za-z0-9_./-]{1,200}$"), "a path in the repository"),
                            Field(description="path of the Jenkinsfile in the repository")] = None
     scm_credentials_id: Annotated[Text(), Field(description="Jenkins credentials of the repository")] = None
-    agent_label: Annotated[Text(), Field(description="label of the agents that run bakes")] = None
+    # One label name, as the Jenkinsfiles accept AGENT_LABEL (no label expressions: `!bakery` reaches
+    # the controller).
+    agent_label: Annotated[Text(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"), "a Jenkins label name"),
+                           Field(description="label of the agents that run bakes (one label name)")] = None
     keep_builds: Annotated[Int(1, 10000), Field(description="builds kept per job")] = None
     release_job: Annotated[Text(JOB_NAME_RE, "a job name"),
                            Field(description="a job that bakes every role in one release")] = None
     view: Annotated[Text(), Field(description="a list view holding the jobs")] = None
+    allow_built_in_node: Annotated[
+        Bool, Field(description="agent_label may be the controller's own node (built-in, master)")] = None
+
+    @model_validator(mode="after")
+    def _agents_not_the_controller(self) -> JenkinsIn:
+        label = self.agent_label or ""
+        if ".." in label or (label.lower() in ("built-in", "master") and not self.allow_built_in_node):
+            fail(f"{label!r} is not an agent label (no '..'; built-in and master are the controller's own node: "
+                 "set jenkins.allow_built_in_node: true to bake there)", "agent_label")
+        return self
 
 
 MAX_ROLES = 5000

@@ -68,6 +68,9 @@ CHEF_INSTALLERS = {
     "chef": ("https://chefdownload-commercial.chef.io/install.sh",
              "https://chefdownload-commercial.chef.io/install.ps1"),
 }
+# AWS's documented bundled installer of the AWS CLI v2 ("Installing or updating to the latest version of
+# the AWS CLI"), for a Linux base that has no CLI and no distribution package of it; {arch} is uname -m.
+AWS_CLI_INSTALLER = "https://awscli.amazonaws.com/awscli-exe-linux-{arch}.zip"
 SSM_PARAMETER_RE = re.compile(r"^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,14}$")
 
 
@@ -101,7 +104,8 @@ class BootTestSettings:
     run_list: tuple[str, ...] = ()
     why_run: bool = True
     command: str | None = None
-    timeout: int = 15 * 60
+    # None: per platform, see RoleSpec.boot_test_timeout.
+    timeout: int | None = None
     instance_type: str | None = None
 
 
@@ -144,6 +148,19 @@ class RoleSpec:
     # Days: prune keeps an AMI launched from within them (EC2's LastLaunchedTime); None: no such rule.
     keep_if_launched_within: int | None = None
     boot_test: BootTestSettings = BootTestSettings()
+    aws_cli_installer_url: str = AWS_CLI_INSTALLER
+
+    @property
+    def boot_test_timeout(self) -> int:
+        """``boot_test.timeout`` if set, else per platform: 15 minutes on Linux; on Windows the test
+        instance first goes through specialize and OOBE (up to 20 minutes), then its first boot waits
+        up to 10 minutes for the metadata service and gives Chef the role's own first-boot deadline
+        (``bootstrap_timeout``)."""
+        if self.boot_test.timeout is not None:
+            return self.boot_test.timeout
+        if self.platform == "windows":
+            return 30 * 60 + self.bootstrap_timeout
+        return 15 * 60
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -166,6 +183,9 @@ class RoleSpec:
             "chef": dataclasses.asdict(self.chef),
             "runlist_bucket": self.runlist_bucket,
             "alert_topic_arn": self.alert_topic_arn,
+            # Only when set: the bake keys of catalogues that never name it stay as they were.
+            **({"aws_cli_installer_url": self.aws_cli_installer_url}
+               if self.aws_cli_installer_url != AWS_CLI_INSTALLER else {}),
         }
 
 
@@ -182,6 +202,7 @@ class JenkinsSettings:
     keep_builds: int = 30
     release_job: str | None = None
     view: str | None = None
+    allow_built_in_node: bool = False  # agent_label / AGENT_LABEL may be the controller's node (built-in, master)
 
     def job_name(self, role: str) -> str:
         return f"{self.job_prefix}{role}"

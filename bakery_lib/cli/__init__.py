@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..aws import Aws
@@ -210,6 +211,8 @@ def cmd_cleanup(rt: _Runtime) -> int:
     if rt.args.lock_wait < 0:
         raise UsageError("--lock-wait takes a number of seconds, 0 or more")
     ctx = rt.context(role)
+    how = f"bakery --workspace {ctx.ws.root} cleanup --role {role}"
+    stopped = _stop_removals_on_signal(ctx, how)
     t0 = time.monotonic()
     with ctx.ws.lock(role, wait=rt.args.lock_wait, on_wait=lambda m: print(f"bakery: {m}", file=sys.stderr,
                                                                          flush=True)):
@@ -217,11 +220,62 @@ def cmd_cleanup(rt: _Runtime) -> int:
         report = cleanup(ctx)
     text = report.text()
     write_junit(ctx.ws, role, "cleanup", time.monotonic() - t0, output=text, failure=text if report.errors else None)
+    if stopped:
+        left = f"To remove what is left run: {how}" if report.errors else "Nothing is left."
+        print(f"bakery: cleanup of role {role} stopped by {stopped[0]} after the removal in progress: {text}. "
+              f"{left}", file=sys.stderr, flush=True)
+        return 1
     if report.errors:
         print(f"bakery: cleanup of role {role} incomplete: {text}", file=sys.stderr)
         return 1
     print(f"{role} cleanup: {text}")
     return 0
+
+
+def _stop_removals_on_signal(ctx: Context, how: str) -> list[str]:
+    """SIGTERM/SIGINT during ``bakery cleanup``: finish the AWS request in progress, then attempt no other.
+
+    Jenkins kills a build's processes by its cookie (every process of the workspace), so a second abort,
+    or `post`'s own timeout, reaches `bakery cleanup` too, and gives up on it 20 s later. Dying there
+    would say nothing of what is left; instead every later AWS request fails as "not attempted", so each
+    remaining removal is reported with its command, and the caller prints what is left and exits 1.
+    Returns the list the signal's name is put into when one came."""
+    received: list[str] = []
+
+    class _NoPause(Clock):  # stopped: retrying a refused request would only use up Jenkins' 20 s
+        def pause(self, seconds: float) -> bool:
+            return False
+
+        def sleep(self, seconds: float) -> None:
+            return None
+
+    def handler(signum: int, _frame: object) -> None:
+        if not received:
+            received.append(signal.Signals(signum).name)
+            ctx.clock = _NoPause(rounds=ctx.clock.rounds)
+            print(f"bakery: received {received[0]}; finishing the removal in progress, then stopping "
+                  f"(what is left is listed; to remove it later run: {how})", file=sys.stderr, flush=True)
+
+    aws_call = ctx.aws.call
+
+    def call(service: str, region: str, operation: str, **params: Any) -> dict[str, Any]:
+        if received:
+            raise BakeryError(f"not attempted: bakery cleanup was stopped by {received[0]}")
+        return aws_call(service, region, operation, **params)
+
+    chef = ctx.chef
+
+    def gated_chef() -> Any:
+        if received:
+            raise BakeryError(f"not attempted: bakery cleanup was stopped by {received[0]}")
+        return chef()
+
+    # This process's one AWS client and its Chef client: every request of the teardown passes here.
+    ctx.aws.call = call  # type: ignore[method-assign]
+    ctx.chef = gated_chef  # type: ignore[method-assign]
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return received
 
 
 def _bake(settings: Settings, ws: Workspace, catalog: Catalog, roles: list[str], release: str, *, jobs: int = 4,

@@ -122,12 +122,23 @@ def _connection(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[s
 
 
 def deploy_snippet(catalog: Catalog) -> str:
-    """What the deploy pipeline adds so that each deploy bakes its own release (jenkins/README.md)."""
+    """How each deploy hands over to its bake (jenkins/README.md), naming the one hand-over in use.
+
+    With ``upstream_jobs`` the trigger starts the bakes: printing the ``build job:`` lines as well would
+    have people add both, and every deploy would bake twice. Without it, the deploy pipeline's own
+    ``build`` step (which also passes the release) is the hand-over, and these are its lines."""
     jenkins = catalog.jenkins
+    if jenkins.upstream_jobs:
+        upstream = ", ".join(jenkins.upstream_jobs)
+        return (f"hand-over in use: the upstream trigger (jenkins.upstream_jobs: {upstream}) starts each bake after "
+                "a successful deploy; do not also add `build job:` lines for these jobs to the deploy pipeline "
+                "(every deploy would bake twice). To hand the release over with `build` instead, remove "
+                "jenkins.upstream_jobs (see jenkins/README.md)\n")
     folder = f"/{jenkins.folder}/" if jenkins.folder else ""
     lines = [f"    build job: '{folder}{jenkins.job_prefix}{role}', wait: false, "
              "parameters: [string(name: 'RELEASE', value: params.RELEASE)]\n" for role in catalog.roles]
-    return ("to bake each deployed release, end the deploy pipeline with (see jenkins/README.md):\n"
+    return ("hand-over in use: the deploy pipeline's `build` step (no jenkins.upstream_jobs); "
+            "to bake each deployed release, end the deploy pipeline with (see jenkins/README.md):\n"
             + "".join(lines))
 
 

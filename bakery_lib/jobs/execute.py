@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
@@ -99,29 +98,8 @@ def _apply(action: Action, manager: JenkinsManager) -> None:
             manager.update_view(action.parent, action.name, action.desired or "")
     elif action.op == "create":
         manager.create(action.parent, action.name, action.desired or "")
-    elif action.kind == "folder":
-        manager.update(action.full_name, keep_folder_views(action.desired or "", action.current or ""))
-    else:
+    else:  # the plan's desired config already carries over what the bakery does not manage
         manager.update(action.full_name, action.desired or "")
-
-
-def keep_folder_views(desired: str, current: str) -> str:
-    """Posting a folder's config replaces its views: carry the current ones over."""
-    try:
-        new = ET.fromstring(desired)
-        old_views = ET.fromstring(current).find("folderViews")
-    except ET.ParseError:
-        return desired
-    if old_views is None:
-        return desired
-    for i, child in enumerate(list(new)):
-        if child.tag == "folderViews":
-            new.remove(child)
-            new.insert(i, old_views)
-            break
-    else:
-        new.append(old_views)
-    return "<?xml version='1.0' encoding='UTF-8'?>\n" + ET.tostring(new, encoding="unicode") + "\n"
 
 
 def show_plan(plan: Plan, out: TextIO, *, diffs: bool = True) -> None:

@@ -86,7 +86,18 @@ class JenkinsManager:
         req = requests.Request(method, self.url + path, data=data, headers=headers or {})
         # Jenkins wants a crumb only on requests that change something; reads go without one, so
         # a sync with nothing to change never asks the crumb issuer.
-        return self._call(what, lambda: client.jenkins_open(req, add_crumb=method != "GET"))
+        if method == "GET":
+            return self._call(what, lambda: client.jenkins_open(req, add_crumb=False))
+        try:
+            return self._call(what, lambda: client.jenkins_open(req, add_crumb=True))
+        except JenkinsError as exc:
+            if exc.status != 403 or "CSRF crumb" not in str(exc):
+                raise
+        # Jenkins binds a crumb to the HTTP session, and sessions end (idle timeout, a restart of the
+        # controller): a refused crumb means nothing was done, so ask for a new one once and resend.
+        client.crumb = None
+        client._session.cookies.clear()
+        return self._call(what, lambda: client.jenkins_open(req, add_crumb=True))
 
     def _call(self, what: str, fn: Any) -> Any:
         try:
@@ -106,8 +117,9 @@ class JenkinsManager:
         except requests.exceptions.HTTPError as exc:
             response = exc.response
             status = response.status_code if response is not None else None
-            body = _error_text(response)
-            raise self._http_error(what, status, body) from None
+            reason = response.headers.get("X-Error") if response is not None else None
+            raise self._http_error(what, status, reason or (response.text if response is not None else ""),
+                                   explained=bool(reason)) from None
         except jenkins.JenkinsException as exc:
             text = str(exc)
             m = re.search(r"\[(\d{3})\]", text)
@@ -115,7 +127,8 @@ class JenkinsManager:
             body = text.split("\n", 1)[1] if "\n" in text else ""
             raise self._http_error(what, status, body if status else text) from None
 
-    def _http_error(self, what: str, status: int | None, body: str) -> JenkinsError:
+    def _http_error(self, what: str, status: int | None, body: str, *, explained: bool = False) -> JenkinsError:
+        """``explained``: Jenkins gave its reason (X-Error, a ``Failure``); else ``body`` is its page."""
         detail = self._redact(_first_line(body))
         if status == 401:
             return JenkinsError(
@@ -144,6 +157,12 @@ class JenkinsManager:
                 "on the folder",
                 403,
             )
+        if status == 500 and not explained:
+            # An exception inside Jenkins: its "Oops!" page says nothing but a logging id; the stack
+            # trace is in the Jenkins log.
+            m = re.search(r"Logging ID=([0-9A-Za-z-]+)", body)
+            logged = f" (Logging ID={m.group(1)})" if m else ""
+            return JenkinsError(f"{what}: Jenkins at {self.shown_url} failed (HTTP 500) \u2014 see its log{logged}", 500)
         shown = f"HTTP {status}" if status else "error"
         return JenkinsError(f"{what}: Jenkins at {self.shown_url} answered {shown}: {detail}", status)
 
@@ -230,15 +249,6 @@ class JenkinsManager:
     def update_view(self, parent: str, name: str, xml: str) -> None:
         self._open("POST", f"{folder_url(parent)}view/{quote(name, safe='')}/config.xml", f"update view {name}",
                    xml.encode("utf-8"), XML_HEADERS)
-
-
-def _error_text(response: requests.Response | None) -> str:
-    """Why Jenkins refused: its error pages are a generic "Error" HTML page that carries the reason
-    (e.g. "A job already exists with the name 'x'") in the X-Error header; the body is the fallback."""
-    if response is None:
-        return ""
-    reason = response.headers.get("X-Error")
-    return reason if reason else response.text
 
 
 def _reason(exc: Exception) -> str:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .carry import carried_over, item_class
 from .manager import JenkinsError, JenkinsManager
 from .normalize import Marker, config_diff, parse_marker, same_config
 from .render import Item
@@ -207,36 +208,79 @@ def _read_configs(manager: JenkinsManager, to_read: list[Item], workers: int) ->
     return configs, errors
 
 
-def resolve_upstream(name: str, folder: str) -> str:
-    """An upstream job name as ReverseBuildTrigger resolves it (Items.getItem): relative to the job's
-    folder, ``../`` going up, a leading ``/`` from the top level. Returns the full name."""
-    parts = [] if name.startswith("/") else [p for p in folder.split("/") if p]
-    for part in name.strip("/").split("/"):
-        if part == "..":
-            if parts:
-                parts.pop()
-        elif part and part != ".":
-            parts.append(part)
-    return "/".join(parts)
+class ItemLookup:
+    """Items as core's ``Jenkins.getItem(pathName, context)`` finds them, which is how ReverseBuildTrigger
+    (``Items.fromNameList``) resolves ``upstream_jobs`` from the bake job's folder:
+
+    - a leading ``/``: ``getItemByFullName``, the name from the top level;
+    - else token by token (empty tokens skipped) from the folder: ``.`` stays, ``..`` goes to the parent
+      and gives up above the top level, a name is looked up (case-insensitively) in the folder reached
+      so far and a missing one gives up; a name below a job finds nothing;
+    - given up, or ended on the top level itself: the classic interpretation, the whole name as a full
+      name from the top level (so ``deploy-release`` seen from folder ``amis`` is the top-level job when
+      ``amis`` has none; ``../..`` above the top level finds nothing, ``..`` being no item name).
+
+    One folder listing per folder walked, each read once.
+    """
+
+    def __init__(self, manager: JenkinsManager, known: dict[str, Names | None]):
+        self.manager = manager
+        self.listings = dict(known)
+
+    def children(self, folder: str) -> Names | None:
+        if folder not in self.listings:
+            listing = self.manager.list_folder(folder)
+            self.listings[folder] = None if listing is None or "jobs" not in listing else Names(
+                {j["name"]: _remote(j) for j in listing.get("jobs", []) if "name" in j})
+        return self.listings[folder]
+
+    def find(self, name: str, folder: str) -> str | None:
+        """The full name of the item ``name`` names from ``folder``, or None."""
+        if name.startswith("/"):
+            return self.by_full_name(name)
+        path: list[str] | None = [p for p in folder.split("/") if p]
+        for token in [t for t in name.split("/") if t]:
+            path = self._step(path, token)
+            if path is None:
+                break
+        if path is not None and path != [] and path[-1] != "":
+            return "/".join(path)
+        if path == [""]:  # below a job
+            return None
+        return self.by_full_name(name)
+
+    def _step(self, path: list[str] | None, token: str) -> list[str] | None:
+        """One token of the walk: the path reached, None when Jenkins gives up, [""] below a job."""
+        assert path is not None
+        if token == ".":
+            return path
+        if token == "..":
+            return path[:-1] if path else None
+        children = self.children("/".join(path))
+        if children is None:
+            return [""]  # the walk reached a job: Jenkins.getItem returns null at once
+        found = children.find(token)
+        return None if found is None else [*path, found.name]
+
+    def by_full_name(self, name: str) -> str | None:
+        """``Jenkins.getItemByFullName``: every token an item name, from the top level."""
+        path: list[str] = []
+        for token in [t for t in name.split("/") if t]:
+            children = self.children("/".join(path))
+            found = children.find(token) if children is not None else None
+            if found is None:
+                return None
+            path.append(found.name)
+        return "/".join(path) or None
 
 
 def _missing_upstreams(manager: JenkinsManager, upstream_jobs: Sequence[str], target: str,
                        target_jobs: Names | None) -> tuple[str, ...]:
-    """The catalogue's upstream jobs that do not exist on Jenkins (a typo there gives a bake job that is
-    never triggered, with no error anywhere). One folder listing per other folder they name."""
-    listings: dict[str, Names | None] = {target: target_jobs}
-    missing: list[str] = []
-    for name in upstream_jobs:
-        full = resolve_upstream(name.strip(), target)
-        parent, _, base = full.rpartition("/")
-        if parent not in listings:
-            listing = manager.list_folder(parent)
-            listings[parent] = None if listing is None else Names(
-                {j["name"]: _remote(j) for j in listing.get("jobs", []) if "name" in j})
-        found = listings[parent]
-        if found is None or found.find(base) is None:
-            missing.append(name.strip())
-    return tuple(missing)
+    """The catalogue's upstream jobs that Jenkins would not find (a typo there gives a bake job that is
+    never triggered, with no error anywhere)."""
+    # A target folder that does not exist yet is created empty before the bake jobs in it.
+    lookup = ItemLookup(manager, {target: target_jobs if target_jobs is not None else Names()})
+    return tuple(name.strip() for name in upstream_jobs if lookup.find(name.strip(), target) is None)
 
 
 def _remote(obj: dict[str, Any]) -> Remote:
@@ -307,8 +351,9 @@ def _decide_item(item: Item, state: RemoteState, adopt: bool) -> Action:
         names = ", ".join(repr(n) for n in state.missing_upstreams)
         where = f"folder {state.target!r}" if state.target else "the top level"
         return _action("error", item, (
-            f"upstream job(s) {names} (catalogue jenkins.upstream_jobs) do not exist on Jenkins (names resolve "
-            f"relative to {where}; use ../NAME or /NAME for jobs elsewhere): the bake would never be triggered"))
+            f"upstream job(s) {names} (catalogue jenkins.upstream_jobs) do not exist on Jenkins (Jenkins.getItem "
+            f"looks a name up relative to {where}, then as a full name from the top level; /NAME is always "
+            "from the top level): the bake would never be triggered"))
     if not state.target_exists:
         return _action("create", item, f"folder {item.parent!r} is created first")
     remote = (state.views if item.kind == "view" else state.jobs).find(item.name)
@@ -366,6 +411,14 @@ def _compare(item: Item, state: RemoteState) -> Action:
     current = state.configs.get(item.label)
     if current is None:  # listed but not read: cannot happen unless the listing changed under us
         return _action("error", item, "its config was not read")
-    if same_config(item.xml, current, item.ignore):
+    kind_now = item_class(current)
+    if kind_now is not None and kind_now != item_class(item.xml):
+        return _action("error", item, (
+            f"it is a {kind_now} on Jenkins, and Jenkins cannot change an item's type by a config update: "
+            "rename or delete it"), current)
+    # What people configure that the bakery does not manage is carried over (carry.py): the
+    # comparison and the update are of the managed parts only.
+    wanted = carried_over(item.kind, item.xml, current)
+    if same_config(wanted, current, item.ignore):
         return _action("unchanged", item, "same config", current)
-    return _action("update", item, "config differs from the catalogue's", current)
+    return replace(_action("update", item, "config differs from the catalogue's", current), desired=wanted)

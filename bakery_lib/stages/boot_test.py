@@ -16,8 +16,8 @@ booted once, by default, before ``publish``:
    ``bakery:boot-test`` = ``passed`` | ``failed`` (+ ``bakery:boot-test-detail``) on itself instead of
    sending an alert. Its id is in the state the moment RunInstances returns.
 3. The stage polls for that tag (DescribeInstances, batched with every other wait of the process) up to
-   ``boot_test.timeout``; on ``passed`` it checks the test's Chef client is registered on the Chef
-   server, tags the AMI ``bakery:boot-test=passed`` (the only AMIs ``publish`` gets to and the bake-key
+   ``boot_test.timeout`` (default per platform, ``RoleSpec.boot_test_timeout``); on ``passed`` it checks
+   the test's Chef client is registered on the Chef server, tags the AMI ``bakery:boot-test=passed`` (the only AMIs ``publish`` gets to and the bake-key
    reuse look-up accepts), then terminates the instance and deletes its Chef client and node.
    On ``failed``, a timeout, or the instance ending first, the stage fails with the detail and the
    instance's console tail (JUnit) and tags the AMI ``bakery:boot-test=failed``.
@@ -130,7 +130,7 @@ def _status(inst: dict[str, Any]) -> str:
 
 
 def _wait_result(ctx: Context, instance_id: str, image_id: str) -> str:
-    timeout = ctx.role.boot_test.timeout
+    timeout = ctx.role.boot_test_timeout
 
     def on_timeout(elapsed: float, _: Any) -> BaseException:
         return StageTimeout(with_console(

@@ -361,7 +361,9 @@ def jenkins_catalogues(draw: st.DrawFn) -> dict[str, Any]:
             "scm_branch": draw(st.from_regex(r"\A[^\x00-\x20\x7f~^:?*\[\\]{1,20}\Z").filter(
                 lambda b: not b.startswith(("refs/", "*/", "origin/")))),
             "scm_credentials_id": draw(JENKINS_TEXT),
-            "agent_label": draw(JENKINS_TEXT),
+            # one label name (jenkins/README.md: the Jenkinsfiles refuse label expressions and the controller)
+            "agent_label": draw(st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,20}\Z").filter(
+                lambda s: ".." not in s and s.lower() not in ("built-in", "master"))),
             "upstream_jobs": draw(st.lists(JENKINS_TEXT.filter(lambda s: "," not in s), min_size=1, max_size=3)),
             "job_prefix": draw(st.from_regex(r"\A[A-Za-z0-9_.-]{1,10}\Z")),
             "release_job": draw(st.from_regex(JOB_NAME_RE, fullmatch=True)),

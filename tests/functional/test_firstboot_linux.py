@@ -76,8 +76,9 @@ def test_first_boot_registers_with_the_s3_run_list_and_removes_the_sentinel(sand
     assert not (box.root / "etc/chef/validation.pem").exists()
     assert (box.root / "etc/chef/client.pem").exists()  # the instance keeps its own identity
     assert alerts.received() == []  # alerts only on failure
-    log = (box.root / "var/log/bakery-firstboot.log").read_text()
-    assert f"first boot of web-{instance_id} succeeded" in log
+    log_path = box.root / "var/log/bakery-firstboot.log"
+    assert f"first boot of web-{instance_id} succeeded" in log_path.read_text()
+    assert stat.S_IMODE(log_path.stat().st_mode) == 0o600  # Chef's whole output: root only, like the bake log
     # IMDSv2 all the way: a token first, then token-carrying reads (the double answers 401 otherwise),
     # and the CLI's credentials came from the instance role there.
     paths = [(method, path, status) for method, path, status in box.imds.requests]

@@ -88,7 +88,7 @@ def test_per_role_jenkinsfile_runs_every_stage_in_order_one_line_each() -> None:
 
 def test_release_jenkinsfile_offers_both_modes() -> None:
     text = JENKINSFILES[1].read_text()
-    assert "build(job: \"${params.JOB_PREFIX}${role}\", wait: true, propagate: true" in text
+    assert "build(job: \"${prefix}${role}\", wait: true, propagate: true" in text  # prefix = checked JOB_PREFIX
     assert "parallel(branches)" in text
     assert 'bakery("bake ${selection} --release \\"\\$RELEASE\\" --jobs \\"\\$JOBS\\"")' in text
     assert "artifacts/amis.json" in text and "Which mode to use" in text

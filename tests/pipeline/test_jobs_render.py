@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 
 from bakery_lib.catalog import parse_catalog
 from bakery_lib.cli.generate_jobs import main
+from bakery_lib.errors import CatalogError
 from bakery_lib.jobs.normalize import normalized, parse_marker, same_config
 from bakery_lib.jobs.render import render_items
 from devstack.jenkins_double import jenkins_serialize
@@ -102,7 +104,7 @@ def test_role_job_structure_and_escaped_values_round_trip() -> None:
     assert list(params) == ["ROLE", "RELEASE", "AGENT_LABEL"]
     assert params["ROLE"].findtext("defaultValue") == "web"
     assert params["RELEASE"].findtext("defaultValue") in ("", None)
-    assert params["AGENT_LABEL"].findtext("defaultValue") == "linux && docker-'x' <ami>"
+    assert params["AGENT_LABEL"].findtext("defaultValue") == "linux-docker.x_1"
 
     trigger = root.find(
         "properties/org.jenkinsci.plugins.workflow.job.properties.PipelineTriggersJobProperty/triggers/"
@@ -176,8 +178,12 @@ _TEXT = st.lists(st.one_of(_XML_HOSTILE, st.characters(min_codepoint=0x20, exclu
                                                        exclude_categories=("Cs",))), min_size=1, max_size=12).map("".join)
 
 
+# agent_label is one label name (the Jenkinsfiles refuse label expressions: `!bakery` reaches the controller)
+_LABEL = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,20}\Z").filter(lambda s: s.lower() not in ("built-in", "master"))
+
+
 @settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scm_url=_TEXT, upstream=st.lists(_TEXT, min_size=1, max_size=3), label=_TEXT, creds=_TEXT)
+@given(scm_url=_TEXT, upstream=st.lists(_TEXT, min_size=1, max_size=3), label=_LABEL, creds=_TEXT)
 def test_any_catalogue_text_stays_text_in_valid_xml(scm_url: str, upstream: list[str], label: str, creds: str) -> None:
     catalog = parse_catalog(
         base_catalogue(scm_url=scm_url, upstream_jobs=upstream, agent_label=label, scm_credentials_id=creds), "c.yaml"
@@ -272,3 +278,44 @@ def test_catalogue_from_environment_and_exit_codes_in_a_subprocess(tmp_path: Pat
     usage = subprocess.run([sys.executable, "-c", code, "--workers", "0"], env=env,
                            capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert usage.returncode == 2 and "--workers" in usage.stderr
+
+
+@pytest.mark.parametrize(("label", "allowed", "error"), [
+    ("built-in", False, "built-in and master are the controller's own node"),
+    ("Master", False, "built-in and master are the controller's own node"),
+    ("bakery || built-in", False, "is not a Jenkins label name"),
+    ("!bakery", False, "is not a Jenkins label name"),
+    ("a..b", False, "no '..'"),
+    ("built-in", True, None),
+])
+def test_agent_label_is_one_label_and_the_controller_only_when_allowed(label: str, allowed: bool,
+                                                                       error: str | None) -> None:
+    """Issue 23 item 6: the label a bake runs on, and BUILT_IN_NODE_ALLOWED defined only when allowed."""
+    data = base_catalogue(agent_label=label)
+    if allowed:
+        data["jenkins"]["allow_built_in_node"] = True
+    if error:
+        with pytest.raises(CatalogError, match=re.escape(error)) as caught:
+            parse_catalog(data, "c.yaml")
+        assert "jenkins.agent_label" in str(caught.value)
+        return
+    for item in render_items(parse_catalog(data, "c.yaml")):
+        if item.kind == "job":
+            names = [p.findtext("name") for p in ET.fromstring(item.xml).iter("hudson.model.BooleanParameterDefinition")]
+            assert names == ["BUILT_IN_NODE_ALLOWED"]
+    plain = render_items(parse_catalog(base_catalogue(), "c.yaml"))
+    assert all("BUILT_IN_NODE_ALLOWED" not in i.xml for i in plain)
+
+
+def test_output_dir_is_written_atomically_without_an_fsync_per_file(tmp_path: Path, monkeypatch) -> None:
+    """Issue 21 item 6: 600 fsyncs were most of rendering 300 jobs. The files are the catalogue rendered
+    (a re-run makes them again): atomic (temp file + rename), not fsynced."""
+    from bakery_lib.jobs.render import write_output_dir
+
+    fsyncs: list[int] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd))
+    items = render_items(parse_catalog(base_catalogue(), "c.yaml"))
+    paths = write_output_dir(items, tmp_path / "out")
+    assert fsyncs == []
+    assert [p.read_text() for p in paths] == [i.xml for i in items]
+    assert not list((tmp_path / "out").rglob("*.tmp"))

@@ -236,9 +236,12 @@ def test_unmanaged_job_of_the_same_name_is_never_overwritten(jenkins: JenkinsDou
     assert jenkins.exists("ami-bake-worker")  # the rest still synced
     assert run.cases()["ami-bake-web"].find("failure") is not None
 
-    # A handmade freestyle job cannot become a Pipeline by posting a new config: Jenkins refuses.
+    # A handmade freestyle job cannot become a Pipeline by posting a new config (Jenkins refuses with
+    # an "Oops!" page that says nothing): said before any request.
     adopted = sync(jenkins, cat, "--adopt")
-    assert adopted.code == 1 and "Expecting class hudson.model.FreeStyleProject" in adopted.text
+    assert adopted.code == 1 and ("it is a hudson.model.FreeStyleProject on Jenkins, and Jenkins cannot change "
+                                  "an item's type") in adopted.text
+    assert not [r for r in jenkins.writes() if "ami-bake-web" in r.path]
     jenkins.put_item("ami-bake-web", "<flow-definition><description>Alice's</description></flow-definition>")
     adopted = sync(jenkins, cat, "--adopt")
     assert adopted.code == 0, adopted.text
@@ -327,11 +330,11 @@ def test_one_failed_update_fails_the_run_and_says_which_and_why(jenkins: Jenkins
     assert sync(jenkins, cat).code == 0
     for job in ("ami-bake-web", "ami-bake-worker"):
         jenkins.ui_edit(job, lambda x: x.replace("*/main", "*/other"))
-    jenkins.fail_next("POST", "/job/ami-bake-web/config.xml", 500, "<html><title>Oops! disk full</title></html>")
+    jenkins.fail_next("POST", "/job/ami-bake-web/config.xml", 500)  # Jenkins' "Oops!" page: no X-Error
     run = sync(jenkins, cat)
     assert run.code == 1
     assert "FAILED to update ami-bake-web: update ami-bake-web: Jenkins at" in run.out
-    assert "HTTP 500: Oops! disk full" in run.out
+    assert "failed (HTTP 500) \u2014 see its log (Logging ID=" in run.out and "HTTP 500: Jenkins" not in run.text
     assert "updated ami-bake-worker" in run.out and "1 updated" in run.out and "1 failed" in run.out
     assert "generate-jobs: 1 item(s) failed: ami-bake-web:" in run.err
     cases = run.cases()
@@ -483,18 +486,32 @@ def test_missing_upstream_job_is_an_error_not_a_silent_never_triggered_job(jenki
     assert run.code == 1
     assert "upstream job(s) 'deploy-relase' (catalogue jenkins.upstream_jobs) do not exist on Jenkins" in run.err
     assert bake_jobs(jenkins) == [] and jenkins.writes() == []
-    in_folder = catalogue(tmp_path, ["web"], name="folder.yaml", folder="amis", upstream_jobs=["deploy-release"])
+    in_folder = catalogue(tmp_path, ["web"], name="folder.yaml", folder="amis", upstream_jobs=["deploy-relase"])
     run = sync(jenkins, in_folder)
-    assert run.code == 1 and "relative to folder 'amis'; use ../NAME or /NAME" in run.err
-    fixed = catalogue(tmp_path, ["web"], name="fixed.yaml", folder="amis", upstream_jobs=["../deploy-release"])
+    assert run.code == 1 and "relative to folder 'amis', then as a full name from the top level" in run.err
+    fixed = catalogue(tmp_path, ["web"], name="fixed.yaml", folder="amis", upstream_jobs=["deploy-release"])
     assert sync(jenkins, fixed).code == 0 and "amis/ami-bake-web" in bake_jobs(jenkins)
 
 
-def test_sync_prints_the_deploy_pipeline_line(jenkins: JenkinsDouble, tmp_path: Path) -> None:
-    run = sync(jenkins, catalogue(tmp_path, ["web"]))
-    assert run.code == 0
+def test_sync_prints_the_deploy_pipeline_line_only_when_it_is_the_hand_over(jenkins: JenkinsDouble,
+                                                                             tmp_path: Path) -> None:
+    """Issue 23 item 7: with upstream_jobs the trigger already starts the bake; the `build job:` line
+    printed beside it had people add both, and every deploy baked twice."""
+    triggered = sync(jenkins, catalogue(tmp_path, ["web"]))  # the sample catalogue has upstream_jobs
+    assert triggered.code == 0
+    assert "build job: '" not in triggered.out  # no snippet to copy
+    assert "hand-over in use: the upstream trigger (jenkins.upstream_jobs: deploy-release)" in triggered.out
+    data = offline_catalog_data(["web"], upstream_jobs=None)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(data))
+    run = sync(jenkins, plain)
+    assert run.code == 0 and "hand-over in use: the deploy pipeline's `build` step" in run.out
     assert ("build job: 'ami-bake-web', wait: false, parameters: [string(name: 'RELEASE', value: params.RELEASE)]"
             in run.out)
+    # the double agrees: a job without upstream_jobs is queued by no deploy
+    jenkins.schedule("deploy-release")
+    jenkins.finish(jenkins.start_next("deploy-release"))  # type: ignore[arg-type]
+    assert jenkins.queue == []
 
 
 def test_jenkins_keeps_every_element_the_templates_write(jenkins: JenkinsDouble, tmp_path: Path) -> None:
@@ -517,3 +534,122 @@ def test_jenkins_keeps_every_element_the_templates_write(jenkins: JenkinsDouble,
         assert not same_config(misspelled, jenkins.config("amis/ami-bake-web")), typo[1]
         assert jenkins.dropped, typo[1]
         jenkins.dropped.clear()
+
+
+# --- what people configure on the folder and the jobs survives every sync (issue 23, item 1) ----------
+
+FOLDER_PROPERTIES = (
+    "<com.mig82.folders.properties.FolderProperties><properties><com.mig82.folders.properties.StringProperty>"
+    "<key>CHEF_SERVER_URL</key><value>https://chef.example.com/organizations/acme</value>"
+    "</com.mig82.folders.properties.StringProperty></properties></com.mig82.folders.properties.FolderProperties>")
+FOLDER_CREDENTIALS = (
+    "<com.cloudbees.hudson.plugins.folder.properties.FolderCredentialsProvider_-FolderCredentialsProperty>"
+    "<domainCredentialsMap class='hudson.util.CopyOnWriteMap$Hash'><entry><com.cloudbees.plugins.credentials.domains"
+    ".Domain><specifications/></com.cloudbees.plugins.credentials.domains.Domain><java.util.concurrent."
+    "CopyOnWriteArrayList><org.jenkinsci.plugins.plaincredentials.impl.FileCredentialsImpl><id>bakery-chef-client-key"
+    "</id><fileName>bakery.pem</fileName></org.jenkinsci.plugins.plaincredentials.impl.FileCredentialsImpl>"
+    "</java.util.concurrent.CopyOnWriteArrayList></entry></domainCredentialsMap>"
+    "</com.cloudbees.hudson.plugins.folder.properties.FolderCredentialsProvider_-FolderCredentialsProperty>")
+REBUILD = "<com.sonyericsson.rebuild.RebuildSettings><autoRebuild>false</autoRebuild></com.sonyericsson.rebuild.RebuildSettings>"
+
+
+def _add_property(xml: str, prop: str) -> str:
+    root = ET.fromstring(xml)
+    props = root.find("properties")
+    assert props is not None
+    props.append(ET.fromstring(prop))
+    return ET.tostring(root, encoding="unicode")
+
+
+def test_folder_properties_credentials_and_plugin_job_properties_survive_every_sync(
+        jenkins: JenkinsDouble, tmp_path: Path) -> None:
+    """The README's own step 3 puts CHEF_SERVER_URL on the folder and step 4 may keep the Chef key in the
+    folder's credentials store: a sync used to post the folder with an empty <properties/>, which
+    Jenkins' updateByXml takes as "no properties" (both gone), and dropped plugin-added job properties."""
+    cat = catalogue(tmp_path, ["web"], folder="amis", view="Bakes")
+    assert sync(jenkins, cat).code == 0
+    jenkins.ui_edit("amis", lambda x: _add_property(_add_property(x, FOLDER_PROPERTIES), FOLDER_CREDENTIALS))
+    jenkins.ui_edit("amis/ami-bake-web", lambda x: _add_property(x, REBUILD).replace("<quietPeriod>", "<quietPeriod>"))
+    jenkins.clear_log()
+
+    quiet = sync(jenkins, cat)  # only unmanaged things changed: nothing to do, nothing written
+    assert quiet.code == 0 and "0 created, 0 updated" in quiet.out and jenkins.writes() == []
+
+    # now something managed changed too: the update repairs it and keeps the rest
+    jenkins.ui_edit("amis", lambda x: x.replace("Folder of the AMI Bakery", "My folder"))
+    jenkins.ui_edit("amis/ami-bake-web", lambda x: x.replace("<lightweight>true", "<lightweight>false"))
+    run = sync(jenkins, cat)
+    assert run.code == 0 and "updated amis (" in run.out and "updated amis/ami-bake-web (" in run.out
+    folder = ET.fromstring(jenkins.config("amis"))
+    assert folder.findtext("description", "").startswith("Folder of the AMI Bakery")
+    assert folder.findtext(".//com.mig82.folders.properties.StringProperty/value") == \
+        "https://chef.example.com/organizations/acme"
+    assert folder.findtext(".//org.jenkinsci.plugins.plaincredentials.impl.FileCredentialsImpl/id") == \
+        "bakery-chef-client-key"
+    job = ET.fromstring(jenkins.config("amis/ami-bake-web"))
+    assert job.find("properties/com.sonyericsson.rebuild.RebuildSettings") is not None
+    assert job.findtext("definition/lightweight") == "true"
+    assert jenkins.dropped == []
+    assert "0 updated" in sync(jenkins, cat).out  # and it stays that way
+
+
+def test_a_managed_job_property_removed_from_the_catalogue_goes(jenkins: JenkinsDouble, tmp_path: Path) -> None:
+    """Managed per element: the upstream trigger is the bakery's, so dropping upstream_jobs removes it,
+    while a plugin's property next to it stays."""
+    assert sync(jenkins, catalogue(tmp_path, ["web"], upstream_jobs=["deploy-release"])).code == 0
+    jenkins.ui_edit("ami-bake-web", lambda x: _add_property(x, REBUILD))
+    data = offline_catalog_data(["web"], upstream_jobs=None)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(data))
+    assert sync(jenkins, plain).code == 0
+    job = ET.fromstring(jenkins.config("ami-bake-web"))
+    assert job.find(".//jenkins.triggers.ReverseBuildTrigger") is None
+    assert job.find("properties/com.sonyericsson.rebuild.RebuildSettings") is not None
+
+
+# --- upstream names resolved as Jenkins.getItem does (issue 23, item 3) ----------------------------------
+
+
+@pytest.mark.parametrize(("upstream", "found"), [
+    ("deploy-release", True),  # not in folder amis: Jenkins falls back to the full name
+    ("DEPLOY-RELEASE", True),  # item names ignore case
+    ("../deploy-release", True),
+    ("/deploy-release", True),
+    ("./../deploy-release", True),
+    ("../../deploy-release", False),  # above the top level: `..` then is no item name, nothing is found
+    ("team/deploy-web", True),  # not under amis: the full name from the top level
+    ("deploy-release/x", False),  # below a job
+])
+def test_upstream_names_resolve_as_jenkins_resolves_them(jenkins: JenkinsDouble, tmp_path: Path,
+                                                         upstream: str, found: bool) -> None:
+    jenkins.put_folder("team")
+    jenkins.put_item("team/deploy-web", DEPLOY_JOB)
+    cat = catalogue(tmp_path, ["web"], folder="amis", upstream_jobs=[upstream])
+    run = sync(jenkins, cat)
+    assert (run.code == 0) is found, run.text
+    if found:  # and the double's ReverseBuildTrigger (Jenkins.getItem) agrees: the bake is queued
+        target = jenkins.get_item(upstream, "amis")
+        assert target is not None
+        jenkins.schedule(target)
+        jenkins.finish(jenkins.start_next(target))  # type: ignore[arg-type]
+        assert [i.job for i in jenkins.queue] == ["amis/ami-bake-web"]
+    else:
+        assert "do not exist on Jenkins" in run.err and "Jenkins.getItem" in run.err
+        assert jenkins.get_item(upstream, "amis") is None
+
+
+def test_a_crumb_of_an_ended_session_is_refused_and_the_sync_asks_for_a_new_one(jenkins: JenkinsDouble) -> None:
+    """Jenkins binds a crumb to the HTTP session; sessions end (idle timeout, restart). A write refused
+    for its crumb did nothing, so the manager asks the issuer once more and resends; the double refuses
+    the old crumb exactly as Jenkins would."""
+    from bakery_lib.jobs.manager import JenkinsManager
+
+    manager = JenkinsManager(jenkins.url, "admin", TOKEN)
+    manager.check_crumb()
+    manager.create("", "first", DEPLOY_JOB)
+    jenkins.expire_sessions()
+    manager.create("", "second", DEPLOY_JOB)
+    assert {"first", "second"} <= set(jenkins.root.items)
+    refused = [r for r in jenkins.writes() if r.status == 403]
+    assert len(refused) == 1 and "second" in refused[0].path + refused[0].query
+    assert len([r for r in jenkins.requests("GET") if "crumbIssuer" in r.path]) == 2

@@ -1,9 +1,11 @@
 /*
  * A declarative-Pipeline harness: EXECUTES jenkins/Jenkinsfile and jenkins/release.Jenkinsfile with the
  * semantics of Jenkins, in the spirit of JenkinsPipelineUnit (not obtainable here). Groovy 2.4.21 is the
- * Groovy Jenkins core bundles, so what parses and runs here parses and runs there (CPS aside: the
- * harness does not CPS-transform, so it cannot find CPS-only mistakes such as a @NonCPS method calling
- * a step).
+ * Groovy Jenkins core bundles, so what parses and runs here parses and runs there. The script-security
+ * sandbox and one CPS rule are modelled at compile time (SandboxCustomizer, below: refused calls fail
+ * when reached; a comparator closure given to sort/toSorted/unique/max/min, which groovy-cps does not
+ * translate, fails there). Not modelled: the rest of CPS (a @NonCPS method calling a step, a
+ * non-serializable local held across a step), and calls on values are not checked against the whitelist.
  *
  * Usage:  groovy harness.groovy SCENARIO.json        one build, result written to scenario.resultFile
  *         groovy harness.groovy --serve               reads scenario paths on stdin, prints "DONE path"
@@ -39,10 +41,32 @@
  *   process has not ended after REMOTE_TIMEOUT (20 s), prints "After 20s process did not stop" and gives
  *   the step up WITHOUT killing it: the process keeps running while `post` starts. Modelled exactly
  *   (the 20 s may be shortened per scenario to keep tests fast; the processes left running are reported).
- * - `junit` (junit plugin JUnitResultArchiver/JUnitParser): files older than the build start (3 s margin)
- *   are not new and are ignored ("Test reports were found but none of them are new"); no matching file
- *   is an error unless allowEmptyResults; a failed or errored test case makes the build and the stage
- *   UNSTABLE (it does not stop the build).
+ * - `junit` as current junit (>= 1.64; checked in its tags: TestResult.parse, JUnitResultArchiver) does it:
+ *   EVERY matching file is parsed, old ones too, unless `skipOldReports: true` (then files older than the
+ *   build start, less FILE_TIME_PRECISION_MARGIN 3 s, are skipped; junit <= 1.63 ignored them always);
+ *   no matching file is an error unless allowEmptyResults; a failed or errored test case makes the build
+ *   and the stage UNSTABLE (it does not stop the build); unless `skipPublishingChecks: true` the result is
+ *   published as a check named checksName (default "Tests") where a checks-api publisher is installed
+ *   (scenario `checksPublisher`), i.e. on the commits of the repository the Jenkinsfile came from.
+ * - Nodes and executors (core Queue, workflow-durable-task-step ExecutorStepExecution): `agent { label }`
+ *   and `node(label)` take one executor of a node carrying the label (a node also carries its own name)
+ *   for their body; `agent none` takes none (the build itself runs on a flyweight executor). Scenario
+ *   `nodes` ([{name, labels, executors}]), by default `agent-1` (`bakery`, 2 executors) and the built-in
+ *   node (`built-in`, `master`, 2 executors), shared by a build and the builds it starts. A label no node
+ *   has ("There are no nodes with the label") or a node whose executors are all held by builds that wait
+ *   for this one ("Waiting for next available executor") waits for ever in Jenkins: the harness, which
+ *   runs one thing at a time, reports the build tree as result HANG with that message.
+ * - Steps that work on files (sh, readFile, writeFile, fileExists, junit, archiveArtifacts, publishHTML,
+ *   withCredentials) need a workspace: outside an agent or `node` they fail with workflow-support's
+ *   MissingContextVariableException ("Required context class hudson.FilePath is missing").
+ * - Restart from stage (pipeline-model-definition RestartDeclarativePipelineAction; scenario
+ *   `restart: {fromStage, envOverrides}`): offered for top-level stages only; the stages before it are
+ *   'skipped due to this build restarting at stage "X"' (so their steps, a workspace reset included, do
+ *   not run), the workspace is what the restarted build left; `envOverrides` are env.X values the
+ *   restart carries over (the Jenkinsfiles do not rely on them).
+ * - A second abort (scenario `abort.secondWhenFileExists`, or `post`'s own timeout) interrupts the step
+ *   running then, in `post` too: DurableTaskStep stop sends SIGTERM to the build's processes, found by
+ *   the build's cookie (durable-task ProcessTree.killAll), so `bakery cleanup` in `post` gets it.
  * - `archiveArtifacts`: Ant-style patterns relative to the workspace; nothing matched is an error
  *   unless allowEmptyArchive.
  * - `currentBuild` / `build` return values are RunWrapper (workflow-support): `upstreamBuilds` walks the
@@ -53,7 +77,8 @@
  *   `getRawBuild()` is refused by the script-security sandbox without script approval.
  * - `build` (pipeline-build-step): parameters the downstream job does not define are dropped with a
  *   warning (core ParametersAction, SECURITY-170); parameters it defines but that are not given take their
- *   defaults; with propagate a non-SUCCESS downstream fails the step with the downstream's result.
+ *   defaults; the values are passed as given, NOT trimmed (trimming is the form's, StringParameterDefinition
+ *   with trim); with propagate a non-SUCCESS downstream fails the step with the downstream's result.
  * - `params`: the job's parameter definitions with their defaults, overridden by what the build was
  *   started with; a build started by ReverseBuildTrigger gets only defaults; Replay and Rebuild keep the
  *   parameters but not the causes (workflow-cps ReplayAction copies ParametersAction, not CauseAction).
@@ -75,7 +100,24 @@ import java.nio.file.FileSystems
 import java.nio.file.Files
 import java.nio.file.PathMatcher
 import java.util.concurrent.TimeUnit
+import org.codehaus.groovy.ast.ClassCodeExpressionTransformer
+import org.codehaus.groovy.ast.ClassNode
+import org.codehaus.groovy.ast.expr.ArgumentListExpression
+import org.codehaus.groovy.ast.expr.ClassExpression
+import org.codehaus.groovy.ast.expr.ClosureExpression
+import org.codehaus.groovy.ast.expr.ConstantExpression
+import org.codehaus.groovy.ast.expr.ConstructorCallExpression
+import org.codehaus.groovy.ast.expr.Expression
+import org.codehaus.groovy.ast.expr.MethodCallExpression
+import org.codehaus.groovy.ast.expr.PropertyExpression
+import org.codehaus.groovy.ast.expr.StaticMethodCallExpression
+import org.codehaus.groovy.ast.expr.TupleExpression
+import org.codehaus.groovy.ast.expr.VariableExpression
+import org.codehaus.groovy.classgen.GeneratorContext
+import org.codehaus.groovy.control.CompilePhase
 import org.codehaus.groovy.control.CompilerConfiguration
+import org.codehaus.groovy.control.SourceUnit
+import org.codehaus.groovy.control.customizers.CompilationCustomizer
 
 class AbortException extends RuntimeException {
     AbortException(String message) { super(message) }
@@ -89,6 +131,127 @@ class FlowInterruptedException extends RuntimeException {
 class RejectedAccessException extends SecurityException {
     RejectedAccessException(String signature) {
         super("Scripts not permitted to use ${signature}. Administrators can decide whether to approve or reject this signature.")
+    }
+}
+
+/** The build can never go on: core's Queue keeps its item waiting for ever (no node has the label, or every
+ * executor of those that have it is held by a build that waits for this one). Reported as result HANG. */
+class HangException extends Error {
+    HangException(String message) { super(message) }
+}
+
+/** A step that needs a workspace outside `node`/an agent (workflow-support MissingContextVariableException). */
+class MissingContextVariableException extends RuntimeException {
+    MissingContextVariableException(String step) {
+        super("Required context class hudson.FilePath is missing (step ${step})\nPerhaps you forgot to surround " +
+              'the code with a step that provides this, such as: node')
+    }
+}
+
+/**
+ * The script-security sandbox, for what can be known from the source: every constructor call, every
+ * static method call or static property of a class, and the instance methods the blacklist names, are
+ * checked against the whitelist below; a call that is not on it is replaced by one that throws
+ * RejectedAccessException WHEN REACHED ("Scripts not permitted to use new java.io.File java.lang.String"),
+ * as the sandbox's GroovyInterceptor does at run time. The whitelist is the part of script-security's
+ * generic-whitelist the Jenkinsfiles may use (groovy.json.JsonOutput's prettyPrint(String) and
+ * toJson(Map|String|Number|Boolean)); nothing is constructed with `new`, no other class is called
+ * statically (System.getenv, Jenkins.instance...), and the blacklisted instance methods (execute,
+ * getClass/class, evaluate, getRawBuild/rawBuild, getMetaClass) are refused. Calls on values
+ * (String, List, Map methods, DefaultGroovyMethods) are not checked here: their receiver's type is only
+ * known at run time.
+ */
+class SandboxCustomizer extends CompilationCustomizer {
+    SandboxCustomizer() { super(CompilePhase.SEMANTIC_ANALYSIS) }
+
+    void call(SourceUnit source, GeneratorContext context, ClassNode classNode) {
+        new SandboxTransformer(source: source).visitClass(classNode)
+    }
+}
+
+class SandboxTransformer extends ClassCodeExpressionTransformer {
+    static final Map STATIC_WHITELIST = ['groovy.json.JsonOutput': ['prettyPrint', 'toJson']]
+    static final List BLACKLISTED_METHODS = ['execute', 'getClass', 'evaluate', 'getRawBuild', 'getMetaClass',
+                                             'setMetaClass', 'invokeMethod']
+    static final List BLACKLISTED_PROPERTIES = ['class', 'rawBuild', 'metaClass']
+    SourceUnit source
+
+    SourceUnit getSourceUnit() { return source }
+
+    static String argTypes(Expression args) {
+        List exprs = args instanceof TupleExpression ? ((TupleExpression) args).expressions : [args]
+        return exprs.collect { Expression e -> e instanceof ConstantExpression && e.value != null ?
+            e.value.getClass().name : e.type.name }.join(' ')
+    }
+
+    Expression rejected(String signature, Expression at) {
+        Expression call = new MethodCallExpression(new VariableExpression('this'), '__sandboxRejected',
+                                                   new ArgumentListExpression(new ConstantExpression(signature)))
+        call.sourcePosition = at
+        return call
+    }
+
+    /** CPS: workflow-cps translates the closure-taking DefaultGroovyMethods (CpsDefaultGroovyMethods), but
+     * not a two-parameter closure given to sort/toSorted/unique/max/min/toUnique: that one becomes a
+     * ClosureComparator/OrderBy, which groovy-cps does not translate (the TODOs in its
+     * CpsDefaultGroovyMethodsTest). Jenkins then logs "expected to call ... but wound up catching
+     * ...CpsClosure2.call" and the result is wrong; the harness fails there, as a Groovy error. */
+    Expression cpsMismatch(Expression e) {
+        if (!(e instanceof MethodCallExpression)) { return null }
+        MethodCallExpression call = (MethodCallExpression) e
+        String name = call.methodAsString
+        if (!(name in ['sort', 'toSorted', 'unique', 'toUnique', 'max', 'min'])) { return null }
+        List args = call.arguments instanceof TupleExpression ? ((TupleExpression) call.arguments).expressions : []
+        boolean comparator = args.any { Expression a ->
+            a instanceof ClosureExpression && (((ClosureExpression) a).parameters?.length ?: 0) == 2 }
+        if (!comparator) { return null }
+        Expression fail = new MethodCallExpression(new VariableExpression('this'), '__cpsMismatch',
+                                                   new ArgumentListExpression(new ConstantExpression(name)))
+        fail.sourcePosition = e
+        return fail
+    }
+
+    Expression transform(Expression e) {
+        if (e instanceof ClosureExpression) {  // a closure's body is code too (the steps blocks are closures)
+            ((ClosureExpression) e).code.visit(this)
+            return e
+        }
+        if (e instanceof ConstructorCallExpression && !((ConstructorCallExpression) e).specialCall) {
+            return rejected("new ${e.type.name} ${argTypes(((ConstructorCallExpression) e).arguments)}".trim(), e)
+        }
+        if (e instanceof StaticMethodCallExpression) {
+            StaticMethodCallExpression call = (StaticMethodCallExpression) e
+            if (!(call.method in (STATIC_WHITELIST[call.ownerType.name] ?: []))) {
+                return rejected("staticMethod ${call.ownerType.name} ${call.method}", e)
+            }
+        }
+        if (e instanceof MethodCallExpression) {
+            MethodCallExpression call = (MethodCallExpression) e
+            String name = call.methodAsString
+            if (call.objectExpression instanceof ClassExpression &&
+                    !(name in (STATIC_WHITELIST[call.objectExpression.type.name] ?: []))) {
+                return rejected("staticMethod ${call.objectExpression.type.name} ${name} " +
+                                argTypes(call.arguments), e)
+            }
+            if (name in BLACKLISTED_METHODS && !(call.objectExpression instanceof VariableExpression &&
+                                                   ((VariableExpression) call.objectExpression).thisExpression)) {
+                return rejected("method ${call.objectExpression.type.name} ${name}", e)
+            }
+        }
+        Expression mismatch = cpsMismatch(e)
+        if (mismatch != null) {
+            return mismatch
+        }
+        if (e instanceof PropertyExpression && !(e.class.simpleName in ['AttributeExpression'])) {
+            PropertyExpression prop = (PropertyExpression) e
+            if (prop.objectExpression instanceof ClassExpression) {
+                return rejected("staticField ${prop.objectExpression.type.name} ${prop.propertyAsString}", e)
+            }
+            if (prop.propertyAsString in BLACKLISTED_PROPERTIES) {
+                return rejected("method ${prop.objectExpression.type.name} get${prop.propertyAsString.capitalize()}", e)
+            }
+        }
+        return e.transformExpression(this)
     }
 }
 
@@ -176,6 +339,9 @@ class ParamsProxy {
         throw new UnsupportedOperationException('params are read-only')
     }
     Object getAt(String name) { return values.get(name) }
+    // `params` is a Map (workflow-cps ParamsVariable): whitelisted Map methods work on it
+    boolean containsKey(Object name) { return values.containsKey(name) }
+    Set keySet() { return values.keySet() }
 }
 
 class StageModel {
@@ -329,6 +495,10 @@ class Build {
     List postRan = []
     List orphans = []
     List milestones = []
+    List checks = []
+    String hang
+    int nodeDepth = 0  // inside an agent or a `node` step: a workspace is there
+    String nodeName
     List jobPropertyOptions = []
     List pipelineOptions = []
     List<StageModel> stages = []
@@ -402,7 +572,7 @@ class Build {
         env.JOB_BASE_NAME = job.tokenize('/').last()
         env.BUILD_TAG = "jenkins-${job.replace('/', '-')}-${number}"
         env.WORKSPACE = workspace.path
-        env.NODE_NAME = 'agent-1'
+        env.NODE_NAME = nodeName ?: 'built-in'
         env.JENKINS_URL = 'http://jenkins.invalid/'
         env.JOB_URL = "http://jenkins.invalid/job/${job}/"
         env.BUILD_URL = "http://jenkins.invalid/job/${job}/${number}/"
@@ -456,6 +626,14 @@ class Build {
             new File(trigger).delete()
             return [result: interruptResult, message: interruptMessage]
         }
+        // A second click on abort (or `post`'s own timeout): the step running then, in `post` too, is
+        // interrupted the same way (CpsFlowExecution.interrupt -> DurableTaskStep stop: SIGTERM to the
+        // processes carrying the build's cookie, which is every process of the build's workspace)
+        String second = scenario.abort?.secondWhenFileExists
+        if (second && new File(second).exists()) {
+            new File(second).delete()
+            return [result: 'ABORTED', message: 'Aborted by user (second abort)']
+        }
         if (interruptAt != null && now >= interruptAt) {
             interruptAt = null
             return [result: interruptResult, message: interruptMessage]
@@ -475,6 +653,11 @@ class Build {
     }
 
     Map currentStage() { return stageStack ? stageStack.last() : null }
+
+    /** Steps that work on files need a workspace: an agent, or inside `node`. */
+    void requireWorkspace(String step) {
+        if (nodeDepth == 0) { throw new MissingContextVariableException(step) }
+    }
 
     void stageResult(String r) {
         Map s = currentStage()
@@ -514,10 +697,11 @@ abstract class PipelineScript extends Script {
 
     boolean isUnix() { return true }
 
-    boolean fileExists(String path) { b.checkInterrupt(); return b.resolve(path).exists() }
+    boolean fileExists(String path) { b.checkInterrupt(); b.requireWorkspace('fileExists'); return b.resolve(path).exists() }
 
     String readFile(Object arg) {
         b.checkInterrupt()
+        b.requireWorkspace('readFile')
         String path = arg instanceof Map ? arg.file : arg.toString()
         File f = b.resolve(path)
         if (!f.exists()) { throw new java.nio.file.NoSuchFileException(f.path) }
@@ -526,6 +710,7 @@ abstract class PipelineScript extends Script {
 
     void writeFile(Map args) {
         b.checkInterrupt()
+        b.requireWorkspace('writeFile')
         File f = b.resolve(args.file.toString())
         f.parentFile.mkdirs()
         f.setText(args.text.toString(), 'UTF-8')
@@ -576,6 +761,8 @@ abstract class PipelineScript extends Script {
             b.println("Caught: ${e.message}")
             if (buildResult) { b.setResult(buildResult) }
             if (stageResult) { b.stageResult(stageResult) }
+        } catch (HangException h) {
+            throw h
         } catch (Throwable e) {  // catchError catches any error, a Groovy one too (still reported to the test)
             if (Harness.isGroovyError(e)) { b.groovyErrors << "${e.getClass().name}: ${e.message}" }
             b.println("ERROR: ${e.message}")
@@ -597,6 +784,7 @@ abstract class PipelineScript extends Script {
 
     Object sh(Map args) {
         b.checkInterrupt()
+        b.requireWorkspace('sh')
         return b.harness.runShell(b, args)
     }
 
@@ -612,6 +800,7 @@ abstract class PipelineScript extends Script {
 
     Object withCredentials(List bindings, Closure body) {
         b.requireStep('credentials-binding', 'withCredentials')
+        b.requireWorkspace('withCredentials')  // a secret file is written into the workspace's @tmp
         Map layer = [:]
         List temporary = []
         bindings.each { Map binding ->
@@ -647,18 +836,21 @@ abstract class PipelineScript extends Script {
     Object junit(Object args) {
         b.requireStep('junit', 'junit')
         b.checkInterrupt()
+        b.requireWorkspace('junit')
         Map a = args instanceof Map ? args : [testResults: args.toString()]
         return b.harness.junit(b, a)
     }
 
     void archiveArtifacts(Object args) {
         b.checkInterrupt()
+        b.requireWorkspace('archiveArtifacts')
         Map a = args instanceof Map ? args : [artifacts: args.toString()]
         b.harness.archive(b, a)
     }
 
     void publishHTML(Map args) {
         b.requireStep('htmlpublisher', 'publishHTML')
+        b.requireWorkspace('publishHTML')
         Map t = args.target ?: args
         File dir = b.resolve(t.reportDir.toString())
         if (!dir.isDirectory()) {
@@ -669,6 +861,11 @@ abstract class PipelineScript extends Script {
         List files = t.reportFiles.toString().split(',').collect { it.trim() }.findAll { new File(dir, it).exists() }
         b.html << [name: t.reportName, files: files]
     }
+
+    // --- nodes ---------------------------------------------------------------------------------
+    Object node(String label, Closure body) { b.checkInterrupt(); return b.harness.onNode(b, label, body) }
+
+    Object node(Closure body) { return node((String) null, body) }
 
     // --- other builds --------------------------------------------------------------------------
     Object build(Map args) {
@@ -685,6 +882,8 @@ abstract class PipelineScript extends Script {
         copy.each { name, Closure body ->
             try {
                 body.call()
+            } catch (HangException h) {
+                throw h
             } catch (Throwable t) {
                 b.println("Failed in branch ${name}")
                 if (first == null) { first = t }
@@ -697,6 +896,18 @@ abstract class PipelineScript extends Script {
     Object methodMissing(String name, Object args) {
         throw new MissingMethodException(name, PipelineScript, (Object[]) args)
     }
+
+    /** What SandboxTransformer puts where CPS would not translate a comparator closure. */
+    Object __cpsMismatch(String method) {
+        throw new IllegalStateException("expected to call java.util.Collection.${method} but wound up catching " +
+            'org.jenkinsci.plugins.workflow.cps.CpsClosure2.call; see: ' +
+            'https://jenkins.io/redirect/pipeline-cps-method-mismatches/ (a comparator closure is not CPS-translated)')
+    }
+
+    /** What SandboxTransformer puts where the sandbox refuses a call: it fails when reached. */
+    Object __sandboxRejected(String signature) {
+        throw new RejectedAccessException(signature)
+    }
 }
 
 class Harness {
@@ -706,6 +917,7 @@ class Harness {
     Harness(ClassLoader loader) {
         config = new CompilerConfiguration()
         config.scriptBaseClass = 'PipelineScript'
+        config.addCompilationCustomizers(new SandboxCustomizer())
         parentLoader = new GroovyClassLoader(loader)
     }
 
@@ -724,6 +936,9 @@ class Harness {
         b.number = (scenario.number ?: 1) as int
         b.startMillis = System.currentTimeMillis()
         b.params = effectiveParams(scenario)
+        if (scenario.restart) {  // a restarted build: the original's parameters, and its env.X assignments
+            b.overrides.putAll(scenario.restart.envOverrides ?: [:])
+        }
         b.envProxy = new EnvProxy(b)
         b.paramsProxy = new ParamsProxy(b.params)
         b.currentBuild = new CurrentBuild(b)
@@ -743,12 +958,15 @@ class Harness {
         } catch (CompileError e) {
             b.println("org.codehaus.groovy.control.MultipleCompilationErrorsException: startup failed:\n${e.message}")
             b.setResult('FAILURE')
+        } catch (HangException h) {
+            b.println(h.message)
+            b.hang = h.message
         } catch (Throwable t) {
             recordFailure(b, t)
         }
         waitForOrphans(b)
         return [
-            result: b.result ?: 'SUCCESS', displayName: b.displayName ?: "#${b.number}", description: b.description,
+            result: b.hang != null ? 'HANG' : (b.result ?: 'SUCCESS'), hang: b.hang, checks: b.checks, displayName: b.displayName ?: "#${b.number}", description: b.description,
             stages: b.stagesRun, log: b.log, junit: b.junit, archived: b.archived, html: b.html,
             triggered: b.triggered, groovyErrors: b.groovyErrors, postRan: b.postRan, orphans: b.orphans,
             buildVariables: b.overrides, params: b.params, milestones: b.milestones,
@@ -767,7 +985,9 @@ class Harness {
             if (definitions && !definitions.containsKey(name)) {
                 return
             }
-            values[name] = value instanceof String ? value.trim() : value
+            // The form (Build with Parameters) trims a StringParameterDefinition with trim (ours all have
+            // it); the `build` step passes its values as given (pipeline-build-step), untrimmed.
+            values[name] = value instanceof String && !scenario.untrimmedParameters ? value.trim() : value
         }
         return values
     }
@@ -792,9 +1012,53 @@ class Harness {
     // --- declarative execution -------------------------------------------------------------------
     void executeDeclarative(Build b) {
         Map agent = b.agentClosure ? (Map) b.agentClosure.call() : [any: true]
-        if (agent.label != null && !(agent.label in (b.scenario.agentLabels ?: ['bakery']))) {
-            throw new AbortException("There are no nodes with the label '${agent.label}' (the build would wait forever)")
+        if (agent.none) {
+            runDeclarative(b)
+            return
         }
+        onNode(b, agent.label as String) { -> runDeclarative(b) }
+    }
+
+    // --- nodes and executors (core Queue, LoadBalancer; workflow-durable-task-step ExecutorStepExecution) ----
+    /** The Jenkins' nodes: scenario.nodes, else one agent `agent-1` with scenario.agentLabels (default
+     * `bakery`) and 2 executors, plus the built-in node (labels `built-in` and, as older Jenkins name it,
+     * `master`; 2 executors, core's default). A node also carries its own name as a label. */
+    static List nodesOf(Map scenario) {
+        if (scenario.nodes != null) { return scenario.nodes as List }
+        return [[name: 'agent-1', labels: scenario.agentLabels ?: ['bakery'], executors: 2],
+                [name: 'built-in', labels: ['built-in', 'master'], executors: 2]]
+    }
+
+    Map busy = [:]  // node name -> executors taken, over the whole build tree (one Jenkins)
+
+    /** `agent { label }` / `node(label)`: takes one executor of a node with the label for the body, as the
+     * queue would. The harness runs one thing at a time, so an executor that is taken now is held by a
+     * build that is waiting (for this one, through `build`): waiting for it would be for ever. */
+    Object onNode(Build b, String label, Closure body) {
+        List nodes = nodesOf(b.scenario).findAll { Map n -> label == null || label in ((n.labels ?: []) + [n.name]) }
+        if (!nodes) {
+            throw new HangException("Still waiting to schedule task\nThere are no nodes with the label \u2018${label}\u2019")
+        }
+        Map node = nodes.find { Map n -> ((busy[n.name] ?: 0) as int) < ((n.executors ?: 1) as int) }
+        if (node == null) {
+            throw new HangException("Still waiting to schedule task\nWaiting for next available executor on " +
+                                    "\u2018${label}\u2019 (each is held by a build that waits for this one)")
+        }
+        busy[node.name] = ((busy[node.name] ?: 0) as int) + 1
+        String before = b.nodeName
+        b.nodeName = node.name
+        b.nodeDepth++
+        b.println("Running on ${node.name} in ${b.workspace}")
+        try {
+            return body.call()
+        } finally {
+            b.nodeDepth--
+            b.nodeName = before
+            busy[node.name] = ((busy[node.name] as int) - 1)
+        }
+    }
+
+    void runDeclarative(Build b) {
         if (b.scenario.abort?.stage == null && b.scenario.abort?.afterSeconds != null) {  // from the start
             b.interruptAt = System.currentTimeMillis() + (long) (b.scenario.abort.afterSeconds * 1000)
         }
@@ -842,6 +1106,19 @@ class Harness {
     }
 
     void runStages(Build b, List<StageModel> stages) {
+        String restartAt = b.scenario.restart?.fromStage
+        if (stages.is(b.stages) && restartAt) {
+            int at = stages.findIndexOf { StageModel s -> s.name == restartAt }
+            if (at < 0) {  // RestartDeclarativePipelineAction offers the top-level stages only
+                throw new AbortException("Stage \"${restartAt}\" cannot be restarted: only top-level stages can")
+            }
+            stages.take(at).each { StageModel s ->
+                b.println("Stage \"${s.name}\" skipped due to this build restarting at stage \"${restartAt}\"")
+                markSkipped(b, s)
+            }
+            stages.drop(at).each { StageModel s -> runStage(b, s) }
+            return
+        }
         stages.each { StageModel s -> runStage(b, s) }
     }
 
@@ -883,6 +1160,8 @@ class Harness {
             record.status = Results.worse(record.status, e.result)
             b.setResult(e.result)
             b.skipRest = true
+        } catch (HangException h) {
+            throw h
         } catch (Throwable t) {
             recordFailure(b, t)
             record.status = 'FAILURE'
@@ -922,6 +1201,8 @@ class Harness {
             b.println("[Pipeline] ${condition} (post of ${where})")
             try {
                 body.rehydrate(b.script, b.script, b.script).call()
+            } catch (HangException h) {
+                throw h
             } catch (Throwable t) {
                 recordFailure(b, t)
             }
@@ -1035,9 +1316,15 @@ class Harness {
             }
             throw new AbortException('No test report files were found. Configuration error?')
         }
-        List<File> fresh = files.findAll { it.lastModified() >= b.startMillis - 3000 }
+        // junit >= 1.64 (TestResult.parse): every matching file is parsed, old ones too, unless
+        // skipOldReports (then files older than the build start, less FILE_TIME_PRECISION_MARGIN 3 s, are not)
+        List<File> fresh = args.skipOldReports ? files.findAll { it.lastModified() >= b.startMillis - 3000 } : files
         if (!fresh) {
-            throw new AbortException("Test reports were found but none of them are new. Did tests run? For example, ${files[0]} is ${(System.currentTimeMillis() - files[0].lastModified()).intdiv(1000)} s old")
+            if (args.allowEmptyResults) {
+                b.println('None of the test reports contained any result')
+                return [totalCount: 0, failCount: 0]
+            }
+            throw new AbortException('None of the test reports contained any result')
         }
         int total = 0
         int failed = 0
@@ -1063,6 +1350,11 @@ class Harness {
         if (failed > 0) {
             b.setResult('UNSTABLE')
             b.stageResult('UNSTABLE')
+        }
+        // JUnitResultArchiver: unless skipPublishingChecks, the result is published as a check named
+        // checksName (default "Tests") through whatever checks-api publisher is installed (GitHub...)
+        if (!args.skipPublishingChecks && b.scenario.checksPublisher) {
+            b.checks << (args.checksName ?: 'Tests')
         }
         return [totalCount: total, failCount: failed]
     }
@@ -1114,7 +1406,13 @@ class Harness {
             child.parameters = given
             child.workspace = "${spec.workspace}/${number}"
             child.buildDir = "${spec.workspace}/${number}@build"
+            child.nodes = nodesOf(b.scenario)  // one Jenkins: the same nodes and executors
+            child.checksPublisher = b.scenario.checksPublisher
+            child.untrimmedParameters = true  // `build` hands its StringParameterValues over as they are
             result = run(child)
+            if (result.result == 'HANG') {  // the downstream waits for ever, and this build with it
+                throw new HangException("${job} #${number} never starts: ${result.hang}")
+            }
         } else {
             result = [result: spec.result ?: 'SUCCESS', buildVariables: spec.buildVariables ?: [:]]
         }

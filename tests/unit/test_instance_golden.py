@@ -69,3 +69,51 @@ def test_golden_files_show_the_issue_12_behaviour() -> None:
     assert generalize.index("Set-BootstrapTag 'generalizing'") < generalize.index("& $ec2launch sysprep")
     assert "35 | 37) reboot_and_resume" in (web / "bake.sh").read_text()
     assert "exit 3010" in (reporting / "bake.ps1").read_text()
+
+
+def test_golden_files_show_the_issue_18_behaviour() -> None:
+    """What a real estate's instances need (issue 18, instance-side review), as the reviewed files say it."""
+    web, reporting = GOLDEN / "expected" / "web", GOLDEN / "expected" / "reporting"
+    ps_lib = (reporting / "bakery-lib.ps1").read_text()
+    # C:\chef and Cinc's C:\cinc: SYSTEM + Administrators, inheritance removed, before anything is written.
+    restrict = ps_lib.index("/inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F'")
+    assert "$ChefDataDir = Join-Path $Root $ChefDistribution" in ps_lib
+    assert "foreach ($dir in @($ChefDir, $ChefDataDir, $BakeryDir)" in ps_lib
+    assert restrict < ps_lib.index("function Write-Log")  # nothing (not even the log) is written before
+    bake_ps = (reporting / "bake.ps1").read_text()
+    assert "'cache', 'backup', 'local-mode-cache'" in bake_ps  # Chef's cache and backups leave the image
+    # IMDS: a deadline of minutes, no fixed start delay; a failed first boot schedules its own retry.
+    assert "$ImdsWaitSeconds = 600" in ps_lib and "$script:ImdsToken = Get-ImdsToken" in ps_lib
+    task = (reporting / "register-firstboot-task.ps1").read_text()
+    assert "PT30S" not in task and "-RestartCount 3" in task
+    first_ps = (reporting / "firstboot.ps1").read_text()
+    assert first_ps.index("Send-Alert $rc") < first_ps.index("    Register-Retry\n")
+    assert "Clear-Retry" in first_ps.split("Remove-Item -Force -Path $Sentinel", 1)[1].split("}", 1)[0]
+    # MSI 3010/1641 from install.ps1 are "installed, reboot pending": the client is checked again.
+    install = ps_lib.split("function Install-ChefClient", 1)[1].split("\n}\n", 1)[0]
+    assert "'\\b(3010|1641)\\b'" in install and install.index("catch") < install.index("Find-ChefClient\n  if (-not")
+    # Sysprep waits for the EC2Launch v2 agent's own run to end (status -b blocks until it has).
+    generalize = (reporting / "generalize.ps1").read_text()
+    assert generalize.index("& $ec2launch status -b") < generalize.index("& $ec2launch sysprep --clean --shutdown")
+    # Linux: the unit's deadline is the role's bootstrap_timeout (45 min by default), not a fixed 2 h.
+    assert "TimeoutStartSec=2700s" in (web / "bakery-firstboot.service").read_text()
+    lib = (web / "bakery-lib.sh").read_text()
+    assert ":/snap/bin:" in lib and ":/usr/local/bin:" in lib  # an AWS CLI where bases put it is found
+    assert "AWS_CLI_INSTALLER_URL='https://awscli.amazonaws.com/awscli-exe-linux-{arch}.zip'" in lib
+    bake = (web / "bake.sh").read_text()
+    # The resume unit is armed before the converge, not after chef-client returned 35 (the OS is going down).
+    assert bake.index("\narm_resume\nrc=0\nchef_run") < bake.index("35 | 37) reboot_and_resume")
+    assert "printf 'uninitialized\\n' >\"$ROOT/etc/machine-id\"" in bake
+
+
+def test_a_windows_bake_reboots_only_through_ec2launch() -> None:
+    """A cookbook's reboot on Windows: Chef's rebooter would run shutdown.exe itself; the bake's client.rb
+    leaves only its exit 35, which the bake turns into exit 3010 for EC2Launch v2 to reboot."""
+    reporting = GOLDEN / "expected" / "reporting"
+    lib, bake = (reporting / "bakery-lib.ps1").read_text(), (reporting / "bake.ps1").read_text()
+    assert "Write-ClientRb $NodeName -NoSelfReboot" in bake
+    assert "'Chef::Platform::Rebooter.singleton_class.prepend(Module.new do'" in lib
+    assert "raise Chef::Exceptions::Reboot," in lib and "shutdown" not in lib.split("NoSelfReboot) {", 1)[1]
+    first = (reporting / "firstboot.ps1").read_text()
+    assert "Write-ClientRb $node\n" in first  # first boots keep Chef's own reboot behaviour
+    assert bake.index("$rc = 3010") > bake.index("Write-ClientRb $NodeName -NoSelfReboot")

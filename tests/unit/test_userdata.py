@@ -262,7 +262,8 @@ def test_windows_bake_phase_two_tags_generalizing_then_sysprep_without_block():
     assert "'Windows\\System32\\config\\systemprofile\\AppData\\Local\\Temp'" in summary
     assert "-Filter 'EC2Launch*' | Remove-Item -Recurse -Force" in summary
     lib = instance_files(role("reporting"))["C:\\ProgramData\\bakery\\bakery-lib.ps1"]
-    assert "icacls.exe $BakeryDir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F'" in lib
+    assert "foreach ($dir in @($ChefDir, $ChefDataDir, $BakeryDir) | Select-Object -Unique) {" in lib
+    assert "icacls.exe $dir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F'" in lib
     # It waits for phase 1 (the user data process) to return before anything else.
     assert try_block.index("Wait-Process -Id $WaitPid") < try_block.index("Read-Metadata")
 

@@ -26,6 +26,7 @@ CHEF_DISTRIBUTION='chef'
 CHEF_PREINSTALLED='no'
 CHEF_LICENSE_S3=''
 CHEF_LICENSE_SSM='/acme/chef/license-key'
+AWS_CLI_INSTALLER_URL='https://awscli.amazonaws.com/awscli-exe-linux-{arch}.zip'
 ALERT_TOPIC_ARN='arn:aws:sns:us-east-1:123456789012:bakery-alerts'
 ALERT_REGION='us-east-1'
 
@@ -38,8 +39,9 @@ if [ -n "${BAKERY_IMDS_URL:-}" ]; then
   # The CLI's instance-role credentials must come from the same metadata service.
   export AWS_EC2_METADATA_SERVICE_ENDPOINT="${AWS_EC2_METADATA_SERVICE_ENDPOINT:-$IMDS}"
 fi
-# Appended, so tools earlier on PATH win; the omnibus client and pip's aws live here.
-PATH="$PATH:/usr/local/bin:/opt/$CHEF_DISTRIBUTION/bin:/opt/aws/bin"
+# Appended, so tools earlier on PATH win: the omnibus client, and the AWS CLI where bases put it (AWS's
+# installer links /usr/local/bin/aws, the snap /snap/bin/aws, Amazon Linux 1 /opt/aws/bin).
+PATH="$PATH:/usr/local/bin:/usr/local/sbin:/opt/$CHEF_DISTRIBUTION/bin:/snap/bin:/usr/local/aws-cli/v2/current/bin:/opt/aws/bin"
 CHEF_BIN='chef-client'
 # Chef 18+ asks to accept its license; Cinc ignores this.
 export PATH CHEF_LICENSE=accept-no-persist
@@ -53,6 +55,14 @@ REGION=""
 STEP="starting"
 FAIL=""
 
+# Ends the script (from its EXIT trap) once the log's tee has written everything: when a service's main
+# process exits, systemd kills what is left in its control group -- a tee still holding the last lines
+# included. TEE_PID is $! right after `exec > >(tee ...)`; bash before 4.4 cannot wait for it.
+finish() {
+  exec >&- 2>&-
+  [ -z "${TEE_PID:-}" ] || wait "$TEE_PID" 2>/dev/null || true
+  exit "$1"
+}
 log() { printf '%s %s: %s\n' "$(date -u +%FT%TZ)" "$PROG" "$*"; }
 step() {
   STEP=$*
@@ -94,6 +104,43 @@ read_metadata() {
   INSTANCE_ID=$(retry imds meta-data/instance-id) || fail "no instance id from $IMDS"
   REGION=$(retry imds meta-data/placement/region) || fail "no region from $IMDS"
   log "instance $INSTANCE_ID in $REGION"
+}
+
+# The instance scripts talk to AWS through the CLI; many bases (Debian's cloud images, RHEL, SUSE) have
+# none. The distribution's package first (Debian/Ubuntu awscli, Amazon Linux/Fedora awscli), else AWS's
+# documented bundled installer (a zip with aws/install) from AWS_CLI_INSTALLER_URL ({arch}: uname -m).
+# Returns non-zero (the caller decides) when neither gives a working `aws`.
+ensure_aws_cli() {
+  command -v aws >/dev/null 2>&1 && return 0
+  # Packages install into the running system only, never a mounted image or sandbox (BAKERY_ROOT).
+  [ -z "$ROOT" ] || { log "no aws on PATH, and $ROOT is not the running system: not installing it"; return 1; }
+  step "installing the AWS CLI (the base image has none)"
+  local rc=0
+  if command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive retry apt-get update -q || rc=$?
+    [ "$rc" -ne 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends awscli || rc=$?
+  elif command -v dnf >/dev/null 2>&1; then
+    dnf install -y -q awscli || rc=$?
+  elif command -v yum >/dev/null 2>&1; then
+    yum install -y -q awscli || rc=$?
+  elif command -v zypper >/dev/null 2>&1; then
+    zypper --non-interactive install aws-cli || rc=$?
+  fi
+  hash -r
+  command -v aws >/dev/null 2>&1 && { log "AWS CLI installed from the distribution's package"; return 0; }
+  log "no AWS CLI package (exit $rc): trying AWS's installer"
+  local url=${AWS_CLI_INSTALLER_URL//\{arch\}/$(uname -m)} dir
+  command -v unzip >/dev/null 2>&1 || { log "cannot unpack $url: no unzip"; return 1; }
+  dir=$(mktemp -d)
+  if retry curl -fsSL --max-time 300 -o "$dir/awscliv2.zip" "$url" && unzip -q "$dir/awscliv2.zip" -d "$dir" &&
+    "$dir/aws/install" --update >/dev/null; then
+    rm -rf "$dir"
+    hash -r
+    command -v aws >/dev/null 2>&1 && { log "AWS CLI installed from $url"; return 0; }
+  fi
+  rm -rf "$dir"
+  log "cannot install the AWS CLI from $url"
+  return 1
 }
 
 # A tag value, safe in a JSON string too: printable ASCII without " or \, at most 255 characters.
@@ -216,10 +263,13 @@ RESUME_COUNT="$RESUME_DIR/bake-reboots"
 RESUME_UNIT=bakery-bake-resume.service
 MAX_REBOOTS=5
 REBOOTING=no
+POWER_OFF=no
+REPORTED=no
 mkdir -p "${LOG%/*}"
 # The full log (Chef's diffs included) is root-only while it exists; it becomes a summary at the end.
 (umask 077 && touch "$LOG")
 exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
 
 # What the image keeps of this bake: a few lines, root only. Chef's output stays on the console.
 summarize_logs() {
@@ -238,52 +288,61 @@ on_exit() {
   local rc=$?
   trap - EXIT
   rm -f "$VALIDATOR_PEM"
+  if [ "$REPORTED" = yes ]; then
+    finish 0  # tagged succeeded; what the shutdown did to the log afterwards changes nothing
+  fi
   if [ "$REBOOTING" = yes ] && [ "$rc" -eq 0 ]; then
-    exit 0  # the resumed run reports
+    finish 0  # the resumed run reports
+  fi
+  if [ "$rc" -eq 143 ] && resume_armed; then
+    # Stopped by the OS going down (chef-client's `shutdown -r` runs in the background, so the shutdown
+    # can overtake the script): the armed resume unit continues the bake at the next boot.
+    log "terminated by the shutdown during: $STEP; the bake continues after the reboot"
+    finish 0
   fi
   if [ "$rc" -ne 0 ]; then
     [ -n "$FAIL" ] || FAIL="$STEP failed (exit $rc)"
     log "bake of $ROLE failed: $FAIL"
-    if [ -n "$INSTANCE_ID" ]; then
-      tag_self failed "$FAIL" || log "could not tag $INSTANCE_ID bakery:bootstrap=failed"
+    if [ -n "$INSTANCE_ID" ] && [ "$POWER_OFF" = no ] && ! tag_self failed "$FAIL"; then
+      # Nothing can report for this instance: power it off, so the bakery sees it stopped without a
+      # result (and says so with the console) at once instead of waiting for bootstrap_timeout.
+      log "could not tag $INSTANCE_ID bakery:bootstrap=failed: powering off so the bakery reports this now"
+      POWER_OFF=yes
+    fi
+    summarize_logs "failed: $FAIL" || true
+    disarm_resume
+    rm -f "$RESUME_SCRIPT" "$RESUME_COUNT"
+    if [ "$POWER_OFF" = yes ]; then
+      poweroff || true
     fi
   fi
-  if [ "$rc" -ne 0 ]; then
-    summarize_logs "failed: $FAIL" || true
-    rm -f "$RESUME_SCRIPT" "$RESUME_COUNT"
-  fi
-  exit "$rc"
+  finish "$rc"
 }
 trap on_exit EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
-# A resumed run starts by removing its one-shot unit: a later boot (of the image) must not rerun the bake.
-clear_resume() {
-  rm -f "$ROOT/etc/systemd/system/multi-user.target.wants/$RESUME_UNIT" "$ROOT/etc/systemd/system/$RESUME_UNIT"
-  if [ -z "$ROOT" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    systemctl daemon-reload || true
-  fi
+live_systemd() {
+  [ -z "$ROOT" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]
 }
 
-# chef-client exited 35 (reboot scheduled) or 37 (reboot needed): reboot, then run this script again
-# from a one-shot unit (removed by that run), so the converge finishes before anything is tagged.
-reboot_and_resume() {
-  local count
-  count=$(($(cat "$RESUME_COUNT" 2>/dev/null || echo 0) + 1))
-  [ "$count" -le "$MAX_REBOOTS" ] ||
-    fail "chef-client still asks for a reboot (exit $1) after $MAX_REBOOTS reboots; giving up"
-  step "chef-client exited $1 (reboot requested): rebooting to continue the converge (reboot $count of at most $MAX_REBOOTS)"
-  mkdir -p "$RESUME_DIR"
-  echo "$count" >"$RESUME_COUNT"
+resume_armed() {
+  [ -f "$ROOT/etc/systemd/system/$RESUME_UNIT" ] && [ -f "$RESUME_SCRIPT" ]
+}
+
+# The one-shot unit that runs this script again at the next boot. Armed before every converge: a
+# cookbook's reboot (chef-client runs `shutdown -r +N &` and exits 35, lib/chef/platform/rebooter.rb)
+# can take the OS down before this script gets to run another command.
+arm_resume() {
   [ -f "$RESUME_SCRIPT" ] || fail "$RESUME_SCRIPT is missing: the bake cannot continue after a reboot"
+  live_systemd || [ -n "$ROOT" ] || return 0  # no systemd: a reboot request fails the bake (see below)
   mkdir -p "$ROOT/etc/systemd/system"
   cat >"$ROOT/etc/systemd/system/$RESUME_UNIT" <<'UNIT_END'
-# AMI Bakery: continues a bake after a reboot its converge asked for; the run removes this unit.
+# AMI Bakery: continues a bake after a reboot requested by its converge; the bake removes this unit.
 [Unit]
 Description=AMI Bakery bake, continued after a reboot requested by chef-client
 Wants=network-online.target
-After=network-online.target
+After=network-online.target cloud-init.service
 ConditionPathExists=/var/lib/bakery/bake.sh
 
 [Service]
@@ -294,18 +353,36 @@ StandardOutput=journal+console
 [Install]
 WantedBy=multi-user.target
 UNIT_END
-  if [ -z "$ROOT" ]; then
-    if ! command -v systemctl >/dev/null 2>&1 || [ ! -d /run/systemd/system ]; then
-      fail "chef-client asked for a reboot, but without systemd the bake cannot continue after it"
-    fi
+  if live_systemd; then
     systemctl daemon-reload
-    systemctl enable "$RESUME_UNIT"
+    systemctl enable "$RESUME_UNIT" 2>&1
   else
     mkdir -p "$ROOT/etc/systemd/system/multi-user.target.wants"
     ln -sfn "/etc/systemd/system/$RESUME_UNIT" "$ROOT/etc/systemd/system/multi-user.target.wants/$RESUME_UNIT"
   fi
+}
+
+# The converge finished (or failed): a later boot (of the image) must not run the bake again.
+disarm_resume() {
+  rm -f "$ROOT/etc/systemd/system/multi-user.target.wants/$RESUME_UNIT" "$ROOT/etc/systemd/system/$RESUME_UNIT"
+  if live_systemd; then
+    systemctl daemon-reload || true
+  fi
+}
+
+# chef-client exited 35 (reboot scheduled: its `shutdown -r` is already under way) or 37 (reboot
+# needed, not scheduled): reboot; the armed unit runs this script again, so the converge finishes
+# before anything is tagged.
+reboot_and_resume() {
+  local count
+  count=$(($(cat "$RESUME_COUNT" 2>/dev/null || echo 0) + 1))
+  [ "$count" -le "$MAX_REBOOTS" ] ||
+    fail "chef-client still asks for a reboot (exit $1) after $MAX_REBOOTS reboots; giving up"
+  resume_armed || fail "chef-client asked for a reboot, but without systemd the bake cannot continue after it"
+  step "chef-client exited $1 (reboot requested): rebooting to continue the converge (reboot $count of at most $MAX_REBOOTS)"
   REBOOTING=yes
-  reboot
+  # Already shutting down after a 35: the reboot job is queued; a second request changes nothing.
+  reboot || log "reboot: the shutdown is already under way"
   exit 0
 }
 
@@ -347,20 +424,35 @@ enable_firstboot() {
   log "enabled bakery-firstboot by links under $ROOT/etc"
 }
 
-clear_resume
+# A run started by the armed unit counts the reboot it follows (counted here, not before rebooting:
+# the shutdown may end the previous run first).
+if resume_armed; then
+  mkdir -p "$RESUME_DIR"
+  echo $(($(cat "$RESUME_COUNT" 2>/dev/null || echo 0) + 1)) >"$RESUME_COUNT"
+  log "resumed after reboot $(cat "$RESUME_COUNT")"
+fi
 log "baking role $ROLE as Chef node $NODE_NAME"
 read_metadata
+if ! ensure_aws_cli; then
+  # It cannot tag its result without the CLI: say why on the console and power off, which the
+  # bakery's bootstrap stage reports at once (a stopped instance without a result).
+  FAIL="no AWS CLI on the base image and none could be installed (package or $AWS_CLI_INSTALLER_URL)"
+  POWER_OFF=yes
+  exit 1
+fi
 ensure_chef
 fetch_license_key
 fetch_validator
 write_client_rb "$NODE_NAME"
 
 step "running $CHEF_BIN with the ami run list $RUN_LIST"
+arm_resume
 rc=0
 chef_run -c "$CLIENT_RB" -o "$RUN_LIST" || rc=$?
 case "$rc" in
-  0) ;;
+  0) disarm_resume ;;
   35 | 37) reboot_and_resume "$rc" ;;
+  143) exit 143 ;; # chef-client ended by SIGTERM: the OS is going down (on_exit keeps the resume)
   *) fail "$CHEF_BIN exited $rc running the ami run list $RUN_LIST" ;;
 esac
 
@@ -393,6 +485,7 @@ ALERT_NOTE="$SENTINEL is kept: the next boot retries."
 # after the init services). 404 is "no user data": an ordinary instance. Any other answer is retried,
 # then fails the run: a test instance must never run as a production one.
 BOOT_TEST=no
+REPORTED=no
 BOOT_TEST_NODE=""
 BOOT_TEST_WHY_RUN=yes
 BOOT_TEST_RUN_LIST=""
@@ -441,7 +534,11 @@ if [ ! -e "$SENTINEL" ]; then
   exit 0
 fi
 mkdir -p "${LOG%/*}" "${LOCK%/*}"
+# The log holds Chef's whole output (diffs of templated files included): root only, like the bake log.
+(umask 077 && touch "$LOG")
+chmod 600 "$LOG"
 exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
 
 # One run at a time: a second start steps aside (exit 0).
 LOCKDIR=""
@@ -477,6 +574,9 @@ on_exit() {
   trap - EXIT
   # The validator key is only needed to register: never leave it on disk.
   rm -f "$VALIDATOR_PEM"
+  if [ "$REPORTED" = yes ]; then
+    rc=0  # the result is tagged; what the shutdown did to the log afterwards changes nothing
+  fi
   if [ "$rc" -ne 0 ]; then
     [ -n "$FAIL" ] || FAIL="$STEP failed (exit $rc)"
     if [ "$BOOT_TEST" = yes ]; then
@@ -489,7 +589,7 @@ on_exit() {
   if [ -n "$LOCKDIR" ]; then
     rm -rf "$LOCKDIR"
   fi
-  exit "$rc"
+  finish "$rc"
 }
 trap on_exit EXIT
 trap 'exit 143' TERM
@@ -498,6 +598,7 @@ trap 'exit 130' INT
 log "first boot of role $ROLE"
 read_metadata
 read_boot_test
+ensure_aws_cli || fail "no AWS CLI on this image and none could be installed"
 NODE_NAME="$ROLE-$INSTANCE_ID"
 # Extra client options of a boot test (bash 4.2, CentOS 7: an empty array is "unbound" under set -u,
 # hence the ${CHEF_ARGS[@]+...} forms below).
@@ -544,7 +645,12 @@ if [ "$BOOT_TEST" = yes ]; then
     [ "$rc" -eq 0 ] || fail "the health command exited $rc ($detail)"
     detail="$detail; health command passed"
   fi
+  # Once tagged, the bakery terminates this instance at once: neither the shutdown's SIGTERM (ignored,
+  # by the CLI too) nor a failed write to the log's tee it killed (systemd ignores SIGPIPE, so writes
+  # fail and set -e ends the script) may turn the reported result into "failed".
+  trap '' TERM
   tag_boot_test passed "$detail" || fail "cannot tag bakery:boot-test=passed on $INSTANCE_ID"
+  REPORTED=yes
   # The instance is terminated after the test: the sentinel stays, as on an untested copy of the image.
   log "boot test of $NODE_NAME passed ($detail); $SENTINEL kept"
   exit 0
@@ -622,8 +728,9 @@ ConditionPathExists=/firstboot.txt
 Type=oneshot
 ExecStart=/usr/local/sbin/bakery-firstboot
 RemainAfterExit=no
-# Long Chef runs are fine; a hung one must end (and alert) rather than hold the boot.
-TimeoutStartSec=2h
+# The role's first-boot deadline (catalogue bootstrap_timeout, as on Windows): a hung Chef run ends
+# (SIGTERM: the script alerts) rather than holding the boot.
+TimeoutStartSec=2700s
 StandardOutput=journal+console
 
 [Install]
@@ -639,10 +746,29 @@ log "created $ROOT/firstboot.txt"
 step "removing this instance's Chef identity from the image"
 rm -f "$CLIENT_PEM" "$VALIDATOR_PEM" "$CLIENT_RB" "$CHEF_DIR/first-boot.json"
 
+# Every instance of the image must get its own machine id (journal, DHCP DUID, D-Bus): as
+# `cloud-init clean --machine-id` does for golden images, "uninitialized" under systemd (a new id is
+# made at the next boot), no file without it. cloud-init's per-instance state needs nothing: it
+# re-runs its per-instance modules for each new instance id.
+if [ -s "$ROOT/etc/machine-id" ]; then
+  step "clearing the machine id: each instance gets its own at its first boot"
+  if [ -d "$ROOT/run/systemd/system" ] || [ -d "$ROOT/lib/systemd/system" ] || [ -d "$ROOT/usr/lib/systemd/system" ]; then
+    printf 'uninitialized\n' >"$ROOT/etc/machine-id"
+  else
+    rm -f "$ROOT/etc/machine-id"
+  fi
+  [ -L "$ROOT/var/lib/dbus/machine-id" ] || rm -f "$ROOT/var/lib/dbus/machine-id"
+fi
+
 step "reporting success"
 log "bake of $ROLE succeeded: the bakery now stops and images $INSTANCE_ID"
 # Before the tag: once it is set, the bakery may stop this instance at any moment.
 summarize_logs succeeded
 rm -f "$RESUME_SCRIPT" "$RESUME_COUNT"
+# Once tagged, the bakery stops this instance at once: neither the shutdown's SIGTERM (ignored, by the
+# CLI too) nor a failed write to the log's tee it killed (systemd ignores SIGPIPE, so writes fail and
+# set -e ends the script) may turn the reported result into "failed".
+trap '' TERM
 tag_self succeeded "ami run list converged as $NODE_NAME; first boot installed" ||
   fail "could not tag $INSTANCE_ID bakery:bootstrap=succeeded"
+REPORTED=yes

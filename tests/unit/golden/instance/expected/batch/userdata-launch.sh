@@ -18,6 +18,7 @@ CHEF_DISTRIBUTION='chef'
 CHEF_PREINSTALLED='no'
 CHEF_LICENSE_S3=''
 CHEF_LICENSE_SSM='/acme/chef/license-key'
+AWS_CLI_INSTALLER_URL='https://awscli.amazonaws.com/awscli-exe-linux-{arch}.zip'
 ALERT_TOPIC_ARN='arn:aws:sns:us-east-1:123456789012:bakery-alerts'
 ALERT_REGION='us-east-1'
 
@@ -30,8 +31,9 @@ if [ -n "${BAKERY_IMDS_URL:-}" ]; then
   # The CLI's instance-role credentials must come from the same metadata service.
   export AWS_EC2_METADATA_SERVICE_ENDPOINT="${AWS_EC2_METADATA_SERVICE_ENDPOINT:-$IMDS}"
 fi
-# Appended, so tools earlier on PATH win; the omnibus client and pip's aws live here.
-PATH="$PATH:/usr/local/bin:/opt/$CHEF_DISTRIBUTION/bin:/opt/aws/bin"
+# Appended, so tools earlier on PATH win: the omnibus client, and the AWS CLI where bases put it (AWS's
+# installer links /usr/local/bin/aws, the snap /snap/bin/aws, Amazon Linux 1 /opt/aws/bin).
+PATH="$PATH:/usr/local/bin:/usr/local/sbin:/opt/$CHEF_DISTRIBUTION/bin:/snap/bin:/usr/local/aws-cli/v2/current/bin:/opt/aws/bin"
 CHEF_BIN='chef-client'
 # Chef 18+ asks to accept its license; Cinc ignores this.
 export PATH CHEF_LICENSE=accept-no-persist
@@ -45,6 +47,14 @@ REGION=""
 STEP="starting"
 FAIL=""
 
+# Ends the script (from its EXIT trap) once the log's tee has written everything: when a service's main
+# process exits, systemd kills what is left in its control group -- a tee still holding the last lines
+# included. TEE_PID is $! right after `exec > >(tee ...)`; bash before 4.4 cannot wait for it.
+finish() {
+  exec >&- 2>&-
+  [ -z "${TEE_PID:-}" ] || wait "$TEE_PID" 2>/dev/null || true
+  exit "$1"
+}
 log() { printf '%s %s: %s\n' "$(date -u +%FT%TZ)" "$PROG" "$*"; }
 step() {
   STEP=$*
@@ -86,6 +96,43 @@ read_metadata() {
   INSTANCE_ID=$(retry imds meta-data/instance-id) || fail "no instance id from $IMDS"
   REGION=$(retry imds meta-data/placement/region) || fail "no region from $IMDS"
   log "instance $INSTANCE_ID in $REGION"
+}
+
+# The instance scripts talk to AWS through the CLI; many bases (Debian's cloud images, RHEL, SUSE) have
+# none. The distribution's package first (Debian/Ubuntu awscli, Amazon Linux/Fedora awscli), else AWS's
+# documented bundled installer (a zip with aws/install) from AWS_CLI_INSTALLER_URL ({arch}: uname -m).
+# Returns non-zero (the caller decides) when neither gives a working `aws`.
+ensure_aws_cli() {
+  command -v aws >/dev/null 2>&1 && return 0
+  # Packages install into the running system only, never a mounted image or sandbox (BAKERY_ROOT).
+  [ -z "$ROOT" ] || { log "no aws on PATH, and $ROOT is not the running system: not installing it"; return 1; }
+  step "installing the AWS CLI (the base image has none)"
+  local rc=0
+  if command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive retry apt-get update -q || rc=$?
+    [ "$rc" -ne 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends awscli || rc=$?
+  elif command -v dnf >/dev/null 2>&1; then
+    dnf install -y -q awscli || rc=$?
+  elif command -v yum >/dev/null 2>&1; then
+    yum install -y -q awscli || rc=$?
+  elif command -v zypper >/dev/null 2>&1; then
+    zypper --non-interactive install aws-cli || rc=$?
+  fi
+  hash -r
+  command -v aws >/dev/null 2>&1 && { log "AWS CLI installed from the distribution's package"; return 0; }
+  log "no AWS CLI package (exit $rc): trying AWS's installer"
+  local url=${AWS_CLI_INSTALLER_URL//\{arch\}/$(uname -m)} dir
+  command -v unzip >/dev/null 2>&1 || { log "cannot unpack $url: no unzip"; return 1; }
+  dir=$(mktemp -d)
+  if retry curl -fsSL --max-time 300 -o "$dir/awscliv2.zip" "$url" && unzip -q "$dir/awscliv2.zip" -d "$dir" &&
+    "$dir/aws/install" --update >/dev/null; then
+    rm -rf "$dir"
+    hash -r
+    command -v aws >/dev/null 2>&1 && { log "AWS CLI installed from $url"; return 0; }
+  fi
+  rm -rf "$dir"
+  log "cannot install the AWS CLI from $url"
+  return 1
 }
 
 # A tag value, safe in a JSON string too: printable ASCII without " or \, at most 255 characters.
@@ -200,7 +247,10 @@ RUNLIST_JSON="$CHEF_DIR/first-boot.json"
 LOG="$ROOT/var/log/bakery-launch.log"
 WHAT="launch"
 mkdir -p "${LOG%/*}"
+(umask 077 && touch "$LOG")
+chmod 600 "$LOG"
 exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
 
 on_exit() {
   local rc=$?
@@ -214,7 +264,7 @@ on_exit() {
       tag_self failed "$FAIL" || log "could not tag $INSTANCE_ID"
     fi
   fi
-  exit "$rc"
+  finish "$rc"
 }
 trap on_exit EXIT
 trap 'exit 143' TERM
@@ -222,6 +272,7 @@ trap 'exit 130' INT
 
 log "launching role $ROLE"
 read_metadata
+ensure_aws_cli || fail "no AWS CLI on the base image and none could be installed (package or $AWS_CLI_INSTALLER_URL)"
 NODE_NAME="$ROLE-$INSTANCE_ID"
 ensure_chef
 fetch_validator

@@ -49,9 +49,15 @@ $Sentinel = Join-Path $Root 'firstboot.txt'
 $Step = 'starting'
 $InstanceId = ''
 $Region = ''
-New-Item -ItemType Directory -Force -Path $ChefDir, $BakeryDir | Out-Null
-# SYSTEM and Administrators only (well-known SIDs): the logs here are not for every user of the image.
-& icacls.exe $BakeryDir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' | Out-Null
+# Chef's cache/backups folder: C:\chef, or C:\cinc for Cinc.
+$ChefDataDir = Join-Path $Root $ChefDistribution
+# SYSTEM and Administrators only (well-known SIDs), inheritance removed, before anything is written:
+# under C:\ Users inherit read and create, so client.pem would be readable, client.rb writable.
+foreach ($dir in @($ChefDir, $ChefDataDir, $BakeryDir) | Select-Object -Unique) {
+  New-Item -ItemType Directory -Force -Path $dir | Out-Null
+  & icacls.exe $dir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' | Out-Null
+  if ($LASTEXITCODE -ne 0) { throw "icacls could not restrict $dir to SYSTEM and Administrators (exit $LASTEXITCODE)" }
+}
 
 function Write-Log([string]$Message) {
   $line = '{0} {1}: {2}' -f [DateTime]::UtcNow.ToString('yyyy-MM-ddTHH:mm:ssZ'), $Prog, $Message
@@ -78,9 +84,19 @@ function Get-AwsArgs([string]$In) {
 function Get-Imds([string]$Path) {
   Invoke-Retry { Invoke-RestMethod -Uri "$Imds/latest/$Path" -Headers @{ 'X-aws-ec2-metadata-token' = $script:ImdsToken } -TimeoutSec 5 -UseBasicParsing }
 }
+# At startup IMDS can take minutes to answer: wait for a token with a deadline, not a number of tries.
+$ImdsWaitSeconds = 600
+function Get-ImdsToken {
+  $deadline = [DateTime]::UtcNow.AddSeconds($ImdsWaitSeconds)
+  for ($i = 1; ; $i++) {
+    try { return (Invoke-RestMethod -Method Put -Uri "$Imds/latest/api/token" -Headers @{ 'X-aws-ec2-metadata-token-ttl-seconds' = '21600' } -TimeoutSec 5 -UseBasicParsing) }
+    catch { if ([DateTime]::UtcNow -ge $deadline) { throw "no IMDSv2 token from $Imds within $ImdsWaitSeconds s: $($_.Exception.Message)" } }
+    Start-Sleep -Seconds ([Math]::Min(2 * $i, 15))
+  }
+}
 function Read-Metadata {
   Set-Step "reading instance metadata from $Imds"
-  $script:ImdsToken = Invoke-Retry { Invoke-RestMethod -Method Put -Uri "$Imds/latest/api/token" -Headers @{ 'X-aws-ec2-metadata-token-ttl-seconds' = '21600' } -TimeoutSec 5 -UseBasicParsing }
+  $script:ImdsToken = Get-ImdsToken
   $script:InstanceId = Get-Imds 'meta-data/instance-id'
   $script:Region = Get-Imds 'meta-data/placement/region'
   Write-Log "instance $InstanceId in $Region"
@@ -145,7 +161,12 @@ function Install-ChefClient {
   # Omnitruck's install.ps1 (Cinc's and Chef's) defines Install-Project (alias install), which installs the MSI.
   $code = Invoke-Retry { (New-Object Net.WebClient).DownloadString($url) }
   . ([scriptblock]::Create($code))
-  install -project $ChefDistribution -version $ChefVersion
+  try { install -project $ChefDistribution -version $ChefVersion }
+  catch {
+    # install.ps1 throws on any msiexec code but 0; 3010/1641 mean installed, reboot pending.
+    if ("$($_.Exception.Message)" -notmatch '\b(3010|1641)\b') { throw }
+    Write-Log "the $ChefDistribution installer reports: installed, a reboot is pending ($($_.Exception.Message))"
+  }
   $script:ChefClient = Find-ChefClient
   if (-not $ChefClient) { throw "$ChefBin not found after installing" }
 }
@@ -161,7 +182,9 @@ function Get-ValidatorKey {
 
 # A Ruby single-quoted string: only \ and ' are special there.
 function ConvertTo-Rb([string]$Text) { "'" + $Text.Replace('\', '\\').Replace("'", "\'") + "'" }
-function Write-ClientRb([string]$NodeName) {
+# -NoSelfReboot (bake): reboots go through EC2Launch v2 (exit 3010) only. Chef's rebooter runs
+# shutdown.exe before raising Reboot (exit 35): client.rb keeps only the raise.
+function Write-ClientRb([string]$NodeName, [switch]$NoSelfReboot) {
   $rb = @(
     "chef_server_url $(ConvertTo-Rb $ChefServerUrl)"
     "node_name $(ConvertTo-Rb $NodeName)"
@@ -170,6 +193,16 @@ function Write-ClientRb([string]$NodeName) {
     "client_key $(ConvertTo-Rb $ClientPem.Replace('\', '/'))"
     'log_location STDOUT'
   )
+  if ($NoSelfReboot) {
+    $rb += @(
+      "require 'chef/platform/rebooter'"
+      'Chef::Platform::Rebooter.singleton_class.prepend(Module.new do'
+      '  def reboot!(node)'
+      "    raise Chef::Exceptions::Reboot, 'AMI Bakery: reboot requested; EC2Launch v2 reboots on exit 3010'"
+      '  end'
+      'end)'
+    )
+  }
   # Written without a BOM, which Ruby would read as code.
   [IO.File]::WriteAllText($ClientRb, ($rb -join "`n") + "`n")
   Write-Log "wrote $ClientRb for Chef node $NodeName"
@@ -230,7 +263,7 @@ try {
   Install-ChefClient
   Get-LicenseKey
   Get-ValidatorKey
-  Write-ClientRb $NodeName
+  Write-ClientRb $NodeName -NoSelfReboot
   Set-Step "running $ChefBin with the ami run list $RunList"
   $rc = Invoke-Chef @('-c', $ClientRb, '-o', $RunList)
   if ($rc -eq 35 -or $rc -eq 37) {
@@ -323,6 +356,31 @@ function Invoke-HealthCommand([string]$Command) {
   $LASTEXITCODE
 }
 
+# A failed first boot is retried: Task Scheduler restarts a task only when it fails to start, so the
+# script registers a one-shot task that runs it again ($RetryMinutes later, at most $MaxRetries times).
+$RetryTask = 'bakery-firstboot-retry'
+$RetryCount = Join-Path $BakeryDir 'firstboot-retries'
+$MaxRetries = 3
+$RetryMinutes = 5
+function Register-Retry {
+  try { Register-RetryTask } catch { Write-Log "could not schedule a retry: $($_.Exception.Message)" }
+}
+function Register-RetryTask {
+  $count = 1 + $(if (Test-Path $RetryCount) { [int](Get-Content -Path $RetryCount) } else { 0 })
+  if ($count -gt $MaxRetries) { Write-Log "first boot failed $MaxRetries times after boot: the next boot retries"; return }
+  Set-Content -Path $RetryCount -Value $count
+  $ps = Join-Path $env:SystemRoot 'System32\WindowsPowerShell\v1.0\powershell.exe'
+  $action = New-ScheduledTaskAction -Execute $ps -Argument "-NoProfile -NonInteractive -ExecutionPolicy Bypass -File `"$PSCommandPath`""
+  $trigger = New-ScheduledTaskTrigger -Once -At ([DateTime]::Now.AddMinutes($RetryMinutes))
+  $principal = New-ScheduledTaskPrincipal -UserId 'NT AUTHORITY\SYSTEM' -LogonType ServiceAccount -RunLevel Highest
+  Register-ScheduledTask -TaskName $RetryTask -TaskPath '\' -Action $action -Trigger $trigger -Principal $principal -Force | Out-Null
+  Write-Log "retry $count of $MaxRetries scheduled in $RetryMinutes minutes (task $RetryTask)"
+}
+function Clear-Retry {
+  Unregister-ScheduledTask -TaskName $RetryTask -Confirm:$false -ErrorAction SilentlyContinue
+  Remove-Item -Force -ErrorAction SilentlyContinue -Path $RetryCount
+}
+
 if (-not (Test-Path $Sentinel)) {
   Write-Log "no ${Sentinel}: first boot is done, nothing to do"
   exit 0
@@ -383,6 +441,7 @@ try {
     Write-Log "boot test of $node passed ($detail); $Sentinel kept"
   } else {
     Remove-Item -Force -Path $Sentinel
+    Clear-Retry
     Write-Log "first boot of $node succeeded; removed $Sentinel"
   }
 } catch {
@@ -393,7 +452,8 @@ try {
     # A test pages nobody: the bakery reads the result from the tag.
     try { Set-BootTestTag 'failed' $reason } catch { Write-Log "could not tag bakery:boot-test=failed: $($_.Exception.Message)" }
   } else {
-    Send-Alert $rc $reason "$Sentinel is kept: the next boot retries."
+    Send-Alert $rc $reason "$Sentinel is kept: the first boot is retried."
+    Register-Retry
   }
 } finally {
   # The validator key is only needed to register: never leave it on disk.
@@ -410,12 +470,14 @@ param([string]$ScriptPath = 'C:\ProgramData\bakery\firstboot.ps1')
 $ErrorActionPreference = 'Stop'
 $ps = Join-Path $env:SystemRoot 'System32\WindowsPowerShell\v1.0\powershell.exe'
 $action = New-ScheduledTaskAction -Execute $ps -Argument "-NoProfile -NonInteractive -ExecutionPolicy Bypass -File `"$ScriptPath`""
+# No fixed delay: firstboot.ps1 waits for the metadata service itself (with a deadline of minutes).
 $trigger = New-ScheduledTaskTrigger -AtStartup
-$trigger.Delay = 'PT30S'  # let the network come up first
 $principal = New-ScheduledTaskPrincipal -UserId 'NT AUTHORITY\SYSTEM' -LogonType ServiceAccount -RunLevel Highest
 # A backstop only: firstboot.ps1 ends a hung Chef run itself after 2700 s (and alerts,
 # and removes the validator key); this limit kills powershell.exe outright, with no alert, 30 min later.
-$settings = New-ScheduledTaskSettingsSet -StartWhenAvailable -MultipleInstances IgnoreNew -ExecutionTimeLimit (New-TimeSpan -Seconds 4500) -AllowStartIfOnBatteries -DontStopIfGoingOnBatteries
+# RestartOnFailure covers a run that fails to start ([MS-TSCH] 2.5.4.2: start conditions or the action
+# failing to start), not a run that exits non-zero: firstboot.ps1 schedules its own retries for that.
+$settings = New-ScheduledTaskSettingsSet -StartWhenAvailable -MultipleInstances IgnoreNew -ExecutionTimeLimit (New-TimeSpan -Seconds 4500) -AllowStartIfOnBatteries -DontStopIfGoingOnBatteries -RestartCount 3 -RestartInterval (New-TimeSpan -Minutes 5)
 Register-ScheduledTask -TaskName 'bakery-firstboot' -TaskPath '\' -Action $action -Trigger $trigger -Principal $principal -Settings $settings -Description 'AMI Bakery first boot: Chef registration and run list while C:\firstboot.txt exists' -Force | Out-Null
 Write-Host "registered the startup task bakery-firstboot ($ScriptPath as SYSTEM)"
 '@
@@ -426,6 +488,8 @@ Write-Host "registered the startup task bakery-firstboot ($ScriptPath as SYSTEM)
 
   Set-Step "removing this instance's Chef identity from the image"
   Remove-Item -Force -ErrorAction SilentlyContinue -Path $ClientPem, $ValidatorPem, $ClientRb
+  # Chef's cache and file backups (old versions of templated files, secrets included) stay out of the image.
+  Remove-Item -Recurse -Force -ErrorAction SilentlyContinue -Path @('cache', 'backup', 'local-mode-cache' | ForEach-Object { Join-Path $ChefDataDir $_ })
 
   # EC2Launch v2 applies <detach> to a whole user data, so this attached script cannot also hold a
   # detached sysprep: a one-shot SYSTEM task runs phase 2 outside EC2Launch v2, once this has returned.
@@ -463,6 +527,12 @@ try {
   Set-Step 'generalizing with EC2Launch v2 sysprep'
   $ec2launch = Join-Path $env:ProgramFiles 'Amazon\EC2Launch\ec2launch.exe'
   if (-not (Test-Path $ec2launch)) { throw "EC2Launch v2 not found at ${ec2launch}: the base AMI must use EC2Launch v2" }
+  # EC2Launch v2's agent may still be finishing its run (its state file): `ec2launch status -b` blocks
+  # until it is done (EC2Launch v2 CLI reference), so sysprep's state reset cannot race its last write.
+  # This task runs outside the agent, so the wait cannot be on itself.
+  Set-Step 'waiting for the EC2Launch v2 agent to finish its run'
+  & $ec2launch status -b | ForEach-Object { Write-Log "$_" }
+  Set-Step 'generalizing with EC2Launch v2 sysprep'
   Write-BakeSummary 'converged; generalizing with sysprep'
   Remove-Item -Force -ErrorAction SilentlyContinue -Path $PSCommandPath, (Join-Path $BakeryDir 'bake.ps1')
   # Tagged before sysprep: sysprep shuts the instance down, so nothing could be tagged after it.

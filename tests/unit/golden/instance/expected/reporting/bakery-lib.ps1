@@ -36,9 +36,15 @@ $Sentinel = Join-Path $Root 'firstboot.txt'
 $Step = 'starting'
 $InstanceId = ''
 $Region = ''
-New-Item -ItemType Directory -Force -Path $ChefDir, $BakeryDir | Out-Null
-# SYSTEM and Administrators only (well-known SIDs): the logs here are not for every user of the image.
-& icacls.exe $BakeryDir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' | Out-Null
+# Chef's cache/backups folder: C:\chef, or C:\cinc for Cinc.
+$ChefDataDir = Join-Path $Root $ChefDistribution
+# SYSTEM and Administrators only (well-known SIDs), inheritance removed, before anything is written:
+# under C:\ Users inherit read and create, so client.pem would be readable, client.rb writable.
+foreach ($dir in @($ChefDir, $ChefDataDir, $BakeryDir) | Select-Object -Unique) {
+  New-Item -ItemType Directory -Force -Path $dir | Out-Null
+  & icacls.exe $dir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' | Out-Null
+  if ($LASTEXITCODE -ne 0) { throw "icacls could not restrict $dir to SYSTEM and Administrators (exit $LASTEXITCODE)" }
+}
 
 function Write-Log([string]$Message) {
   $line = '{0} {1}: {2}' -f [DateTime]::UtcNow.ToString('yyyy-MM-ddTHH:mm:ssZ'), $Prog, $Message
@@ -65,9 +71,19 @@ function Get-AwsArgs([string]$In) {
 function Get-Imds([string]$Path) {
   Invoke-Retry { Invoke-RestMethod -Uri "$Imds/latest/$Path" -Headers @{ 'X-aws-ec2-metadata-token' = $script:ImdsToken } -TimeoutSec 5 -UseBasicParsing }
 }
+# At startup IMDS can take minutes to answer: wait for a token with a deadline, not a number of tries.
+$ImdsWaitSeconds = 600
+function Get-ImdsToken {
+  $deadline = [DateTime]::UtcNow.AddSeconds($ImdsWaitSeconds)
+  for ($i = 1; ; $i++) {
+    try { return (Invoke-RestMethod -Method Put -Uri "$Imds/latest/api/token" -Headers @{ 'X-aws-ec2-metadata-token-ttl-seconds' = '21600' } -TimeoutSec 5 -UseBasicParsing) }
+    catch { if ([DateTime]::UtcNow -ge $deadline) { throw "no IMDSv2 token from $Imds within $ImdsWaitSeconds s: $($_.Exception.Message)" } }
+    Start-Sleep -Seconds ([Math]::Min(2 * $i, 15))
+  }
+}
 function Read-Metadata {
   Set-Step "reading instance metadata from $Imds"
-  $script:ImdsToken = Invoke-Retry { Invoke-RestMethod -Method Put -Uri "$Imds/latest/api/token" -Headers @{ 'X-aws-ec2-metadata-token-ttl-seconds' = '21600' } -TimeoutSec 5 -UseBasicParsing }
+  $script:ImdsToken = Get-ImdsToken
   $script:InstanceId = Get-Imds 'meta-data/instance-id'
   $script:Region = Get-Imds 'meta-data/placement/region'
   Write-Log "instance $InstanceId in $Region"
@@ -132,7 +148,12 @@ function Install-ChefClient {
   # Omnitruck's install.ps1 (Cinc's and Chef's) defines Install-Project (alias install), which installs the MSI.
   $code = Invoke-Retry { (New-Object Net.WebClient).DownloadString($url) }
   . ([scriptblock]::Create($code))
-  install -project $ChefDistribution -version $ChefVersion
+  try { install -project $ChefDistribution -version $ChefVersion }
+  catch {
+    # install.ps1 throws on any msiexec code but 0; 3010/1641 mean installed, reboot pending.
+    if ("$($_.Exception.Message)" -notmatch '\b(3010|1641)\b') { throw }
+    Write-Log "the $ChefDistribution installer reports: installed, a reboot is pending ($($_.Exception.Message))"
+  }
   $script:ChefClient = Find-ChefClient
   if (-not $ChefClient) { throw "$ChefBin not found after installing" }
 }
@@ -148,7 +169,9 @@ function Get-ValidatorKey {
 
 # A Ruby single-quoted string: only \ and ' are special there.
 function ConvertTo-Rb([string]$Text) { "'" + $Text.Replace('\', '\\').Replace("'", "\'") + "'" }
-function Write-ClientRb([string]$NodeName) {
+# -NoSelfReboot (bake): reboots go through EC2Launch v2 (exit 3010) only. Chef's rebooter runs
+# shutdown.exe before raising Reboot (exit 35): client.rb keeps only the raise.
+function Write-ClientRb([string]$NodeName, [switch]$NoSelfReboot) {
   $rb = @(
     "chef_server_url $(ConvertTo-Rb $ChefServerUrl)"
     "node_name $(ConvertTo-Rb $NodeName)"
@@ -157,6 +180,16 @@ function Write-ClientRb([string]$NodeName) {
     "client_key $(ConvertTo-Rb $ClientPem.Replace('\', '/'))"
     'log_location STDOUT'
   )
+  if ($NoSelfReboot) {
+    $rb += @(
+      "require 'chef/platform/rebooter'"
+      'Chef::Platform::Rebooter.singleton_class.prepend(Module.new do'
+      '  def reboot!(node)'
+      "    raise Chef::Exceptions::Reboot, 'AMI Bakery: reboot requested; EC2Launch v2 reboots on exit 3010'"
+      '  end'
+      'end)'
+    )
+  }
   # Written without a BOM, which Ruby would read as code.
   [IO.File]::WriteAllText($ClientRb, ($rb -join "`n") + "`n")
   Write-Log "wrote $ClientRb for Chef node $NodeName"

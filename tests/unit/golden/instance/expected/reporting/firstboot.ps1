@@ -75,6 +75,31 @@ function Invoke-HealthCommand([string]$Command) {
   $LASTEXITCODE
 }
 
+# A failed first boot is retried: Task Scheduler restarts a task only when it fails to start, so the
+# script registers a one-shot task that runs it again ($RetryMinutes later, at most $MaxRetries times).
+$RetryTask = 'bakery-firstboot-retry'
+$RetryCount = Join-Path $BakeryDir 'firstboot-retries'
+$MaxRetries = 3
+$RetryMinutes = 5
+function Register-Retry {
+  try { Register-RetryTask } catch { Write-Log "could not schedule a retry: $($_.Exception.Message)" }
+}
+function Register-RetryTask {
+  $count = 1 + $(if (Test-Path $RetryCount) { [int](Get-Content -Path $RetryCount) } else { 0 })
+  if ($count -gt $MaxRetries) { Write-Log "first boot failed $MaxRetries times after boot: the next boot retries"; return }
+  Set-Content -Path $RetryCount -Value $count
+  $ps = Join-Path $env:SystemRoot 'System32\WindowsPowerShell\v1.0\powershell.exe'
+  $action = New-ScheduledTaskAction -Execute $ps -Argument "-NoProfile -NonInteractive -ExecutionPolicy Bypass -File `"$PSCommandPath`""
+  $trigger = New-ScheduledTaskTrigger -Once -At ([DateTime]::Now.AddMinutes($RetryMinutes))
+  $principal = New-ScheduledTaskPrincipal -UserId 'NT AUTHORITY\SYSTEM' -LogonType ServiceAccount -RunLevel Highest
+  Register-ScheduledTask -TaskName $RetryTask -TaskPath '\' -Action $action -Trigger $trigger -Principal $principal -Force | Out-Null
+  Write-Log "retry $count of $MaxRetries scheduled in $RetryMinutes minutes (task $RetryTask)"
+}
+function Clear-Retry {
+  Unregister-ScheduledTask -TaskName $RetryTask -Confirm:$false -ErrorAction SilentlyContinue
+  Remove-Item -Force -ErrorAction SilentlyContinue -Path $RetryCount
+}
+
 if (-not (Test-Path $Sentinel)) {
   Write-Log "no ${Sentinel}: first boot is done, nothing to do"
   exit 0
@@ -135,6 +160,7 @@ try {
     Write-Log "boot test of $node passed ($detail); $Sentinel kept"
   } else {
     Remove-Item -Force -Path $Sentinel
+    Clear-Retry
     Write-Log "first boot of $node succeeded; removed $Sentinel"
   }
 } catch {
@@ -145,7 +171,8 @@ try {
     # A test pages nobody: the bakery reads the result from the tag.
     try { Set-BootTestTag 'failed' $reason } catch { Write-Log "could not tag bakery:boot-test=failed: $($_.Exception.Message)" }
   } else {
-    Send-Alert $rc $reason "$Sentinel is kept: the next boot retries."
+    Send-Alert $rc $reason "$Sentinel is kept: the first boot is retried."
+    Register-Retry
   }
 } finally {
   # The validator key is only needed to register: never leave it on disk.

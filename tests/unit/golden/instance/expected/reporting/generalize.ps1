@@ -29,6 +29,12 @@ try {
   Set-Step 'generalizing with EC2Launch v2 sysprep'
   $ec2launch = Join-Path $env:ProgramFiles 'Amazon\EC2Launch\ec2launch.exe'
   if (-not (Test-Path $ec2launch)) { throw "EC2Launch v2 not found at ${ec2launch}: the base AMI must use EC2Launch v2" }
+  # EC2Launch v2's agent may still be finishing its run (its state file): `ec2launch status -b` blocks
+  # until it is done (EC2Launch v2 CLI reference), so sysprep's state reset cannot race its last write.
+  # This task runs outside the agent, so the wait cannot be on itself.
+  Set-Step 'waiting for the EC2Launch v2 agent to finish its run'
+  & $ec2launch status -b | ForEach-Object { Write-Log "$_" }
+  Set-Step 'generalizing with EC2Launch v2 sysprep'
   Write-BakeSummary 'converged; generalizing with sysprep'
   Remove-Item -Force -ErrorAction SilentlyContinue -Path $PSCommandPath, (Join-Path $BakeryDir 'bake.ps1')
   # Tagged before sysprep: sysprep shuts the instance down, so nothing could be tagged after it.

@@ -25,6 +25,7 @@ ALERT_NOTE="$SENTINEL is kept: the next boot retries."
 # after the init services). 404 is "no user data": an ordinary instance. Any other answer is retried,
 # then fails the run: a test instance must never run as a production one.
 BOOT_TEST=no
+REPORTED=no
 BOOT_TEST_NODE=""
 BOOT_TEST_WHY_RUN=yes
 BOOT_TEST_RUN_LIST=""
@@ -73,7 +74,11 @@ if [ ! -e "$SENTINEL" ]; then
   exit 0
 fi
 mkdir -p "${LOG%/*}" "${LOCK%/*}"
+# The log holds Chef's whole output (diffs of templated files included): root only, like the bake log.
+(umask 077 && touch "$LOG")
+chmod 600 "$LOG"
 exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
 
 # One run at a time: a second start steps aside (exit 0).
 LOCKDIR=""
@@ -109,6 +114,9 @@ on_exit() {
   trap - EXIT
   # The validator key is only needed to register: never leave it on disk.
   rm -f "$VALIDATOR_PEM"
+  if [ "$REPORTED" = yes ]; then
+    rc=0  # the result is tagged; what the shutdown did to the log afterwards changes nothing
+  fi
   if [ "$rc" -ne 0 ]; then
     [ -n "$FAIL" ] || FAIL="$STEP failed (exit $rc)"
     if [ "$BOOT_TEST" = yes ]; then
@@ -121,7 +129,7 @@ on_exit() {
   if [ -n "$LOCKDIR" ]; then
     rm -rf "$LOCKDIR"
   fi
-  exit "$rc"
+  finish "$rc"
 }
 trap on_exit EXIT
 trap 'exit 143' TERM
@@ -130,6 +138,7 @@ trap 'exit 130' INT
 log "first boot of role $ROLE"
 read_metadata
 read_boot_test
+ensure_aws_cli || fail "no AWS CLI on this image and none could be installed"
 NODE_NAME="$ROLE-$INSTANCE_ID"
 # Extra client options of a boot test (bash 4.2, CentOS 7: an empty array is "unbound" under set -u,
 # hence the ${CHEF_ARGS[@]+...} forms below).
@@ -176,7 +185,12 @@ if [ "$BOOT_TEST" = yes ]; then
     [ "$rc" -eq 0 ] || fail "the health command exited $rc ($detail)"
     detail="$detail; health command passed"
   fi
+  # Once tagged, the bakery terminates this instance at once: neither the shutdown's SIGTERM (ignored,
+  # by the CLI too) nor a failed write to the log's tee it killed (systemd ignores SIGPIPE, so writes
+  # fail and set -e ends the script) may turn the reported result into "failed".
+  trap '' TERM
   tag_boot_test passed "$detail" || fail "cannot tag bakery:boot-test=passed on $INSTANCE_ID"
+  REPORTED=yes
   # The instance is terminated after the test: the sentinel stays, as on an untested copy of the image.
   log "boot test of $NODE_NAME passed ($detail); $SENTINEL kept"
   exit 0

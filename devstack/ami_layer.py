@@ -274,6 +274,9 @@ def _error(code: str, message: str) -> bytes:
 def _handler(layer: AmiLayer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: without this, Nagle's algorithm and the client's
+        # delayed ACK add some 40 ms to every answer.
+        disable_nagle_algorithm = True
 
         def log_message(self, *args: object) -> None:
             pass

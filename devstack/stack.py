@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from .ami_layer import LayeredMoto
 from .goiardi import GoiardiServer
 from .moto import ACCOUNT_ID, AWS_LEAKS, REGION, MotoServer, seed_base_image
 from .runner import InstanceRunner
@@ -83,7 +84,7 @@ class DevStack:
         self.region = region
         self._own_moto = moto is None
         self._own_goiardi = goiardi is None
-        self.moto = moto or MotoServer(region=region)
+        self.moto = moto or LayeredMoto(region=region)  # moto + the AMI calls it lacks
         self.goiardi = goiardi or GoiardiServer(self.workdir / "goiardi")
         self.bucket = BUCKET
         self.validator_name = VALIDATOR

@@ -17,6 +17,10 @@ from ..errors import CatalogError
 
 ROLE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 AMI_ID_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
+# A base AMI published as an SSM parameter (``/aws/service/...`` of Amazon Linux, Windows, Ubuntu, or one
+# of the account's own), resolved in the role's region at preflight.
+SSM_BASE_AMI_PREFIX = "resolve:ssm:"
+SSM_BASE_AMI_RE = re.compile(r"^resolve:ssm:(/[A-Za-z0-9_.\-/]{1,1010})$")
 REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 ACCOUNT_RE = re.compile(r"^\d{12}$")
 S3_URL_RE = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(\S+)$")
@@ -140,6 +144,10 @@ class RoleSpec:
     region_kms_keys: tuple[tuple[str, str], ...] = ()
     launch_template: str | None = None
     keep: int = 5
+    # Days after publish at which EC2 deprecates the AMI (a newer AMI of the role deprecates it at once).
+    deprecate_after: int = 90
+    # Days: prune keeps an AMI launched from within them (EC2's LastLaunchedTime); None: no such rule.
+    keep_if_launched_within: int | None = None
     boot_test: BootTestSettings = BootTestSettings()
     aws_cli_installer_url: str = AWS_CLI_INSTALLER
 

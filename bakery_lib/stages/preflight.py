@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..amis.base_image import resolve_ssm_base
 from ..aws import tags_of
 from ..catalog import AmiFilter, RoleSpec
 from ..checks import check_instance_types, check_platform
@@ -68,7 +69,7 @@ def resolve_base_image(ctx: RoleContext) -> dict[str, Any]:
                 f"{role.base_ami.name!r} owned by {', '.join(role.base_ami.owners)} in {role.region}"
             )
         return max(images, key=lambda i: (i.get("CreationDate") or "", i["ImageId"]))
-    ami = role.base_ami
+    ami = resolve_ssm_base(ctx, role.base_ami)  # an AMI id, or resolve:ssm:/PARAMETER read in the region
     images = ctx.session.once(("base-ami", role.region, ami), lambda: ctx.aws.describe_images(role.region, [ami]))
     if not images or images[0].get("State") != "available":
         state = images[0].get("State") if images else "not found"

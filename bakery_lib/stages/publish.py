@@ -28,6 +28,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..amis import retire
 from ..aws import tag_list, tags_of
 from ..ec2.images import retag_image
 from ..errors import AwsError, BakeryError, StageTimeout
@@ -266,7 +267,9 @@ def _point_at(ctx: Context, primary: str) -> list[str]:
         share(ctx, region, image_id)
     if ctx.role.share_with_accounts:
         messages.append(f"shared with {', '.join(ctx.role.share_with_accounts)}")
+    messages.append(retire.guard_new(ctx, state.amis))  # before latest: a failure publishes nothing
     written, notes = _publish_latest(ctx, state.amis)
+    messages.extend(filter(None, [retire.supersede(ctx, state.amis, written)]))
     if written:
         messages.append(f"{latest_parameter(ctx.role.name)} in {', '.join(written)}")
     messages.extend(notes)

@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 TOOLS := .tools
 # debootstrap, systemd-container (systemd-nspawn), dpkg-dev (dpkg-scanpackages) and insserv: the real-init
 # instances (devstack/realinit.py) -- a Debian 12 booted under systemd and cloud-init -- and their checks.
-APT_PACKAGES := goiardi shellcheck packer groovy default-jre-headless debootstrap systemd-container dpkg-dev insserv
+# chromium (headless): the release summary's layout at 200 roles (tests/unit/test_release_summary.py).
+APT_PACKAGES := goiardi shellcheck packer groovy default-jre-headless debootstrap systemd-container dpkg-dev insserv \
+	chromium
 # Three workers on two cores: most of a bake test is spent waiting on polls and subprocesses.
 # One file per worker (--dist loadfile) keeps each file's shared servers and fixtures together.
 PYTEST_ARGS ?= -n 3 --dist loadfile

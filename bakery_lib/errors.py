@@ -13,6 +13,20 @@ class BakeryError(Exception):
     exit_code = 1
 
 
+class WorkspaceWriteError(BakeryError):
+    """A file of the workspace could not be written (full disk, read-only file system, permissions).
+
+    Exit code 1: the bake fails and is torn down as on any failure; the teardown goes on without the
+    disk (what the bake made carries its ``bakery:bake-id`` tag, the fallback record)."""
+
+    def __init__(self, path: object, exc: OSError):
+        self.path = str(path)
+        self.errno = exc.errno
+        reason = exc.strerror or str(exc)
+        super().__init__(f"cannot write {self.path}: {reason}"
+                         + (f" (errno {exc.errno})" if exc.errno is not None else ""))
+
+
 class UsageError(BakeryError):
     """Bad command line, bad environment or a stage run out of order. Exit code 2, nothing done."""
 

@@ -3,6 +3,8 @@ directory.
 
 A kill (or a full disk) at any moment leaves either the old file or the new one, never a torn one:
 bake state, JUnit reports, artifacts, the summary and rendered job XML are all written through here.
+A write that fails (``ENOSPC``, ``EROFS``, ``EACCES``...) raises ``WorkspaceWriteError`` naming the
+file: a bake fails on it like on any stage failure (exit 1, torn down), never with a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import WorkspaceWriteError
+
 
 def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and durably; returns ``path``.
@@ -21,6 +25,13 @@ def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> Path:
     ``durable=False`` keeps the atomicity (a reader sees the old file or the new one, never a torn one:
     the rename does that) but not the fsyncs: for files that are regenerated at will (job XML under
     ``generate-jobs --output-dir``), where 600 fsyncs for 300 jobs cost more than the rendering."""
+    try:
+        return _write(path, text, durable)
+    except OSError as exc:
+        raise WorkspaceWriteError(path, exc) from None
+
+
+def _write(path: Path, text: str, durable: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

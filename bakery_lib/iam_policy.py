@@ -8,8 +8,9 @@ in ``bakery_lib`` is listed here, and the e2e bake under IAM enforcement checks 
 needed. How AWS evaluates what is written here (IAM User Guide, Service Authorization Reference for
 EC2, IAM, S3, SSM, KMS):
 
-- Describe* calls of EC2 and SSM DescribeParameters support no resource-level permissions: ``*``, limited
-  to the catalogue's regions (``aws:RequestedRegion``).
+- Describe* calls of EC2, SSM DescribeParameters and Recycle Bin ListRules support no resource-level
+  permissions: ``*``, limited to the catalogue's regions (``aws:RequestedRegion``).
+- ``bakery setup`` (buckets, validator key, topic) is an administrator's one-off and not covered.
 - What the bakery creates is tagged in the creating call (``TagSpecifications``): RunInstances is
   allowed only with a ``bakery:role`` request tag; CreateTags while creating (``ec2:CreateAction``)
   needs no other grant. Afterwards the bakery touches an instance, image or snapshot only when it
@@ -37,7 +38,9 @@ __all__ = ["OPERATIONS", "bakery_policy", "instance_policy", "policy_actions"]
 OPERATIONS: dict[str, tuple[str, ...]] = {
     "Describe": ("ec2:DescribeImages", "ec2:DescribeInstances", "ec2:DescribeSecurityGroups",
                  "ec2:DescribeSubnets", "ec2:DescribeVpcs", "ec2:DescribeSnapshots",
-                 "ec2:DescribeLaunchTemplateVersions", "ssm:DescribeParameters", "sts:GetCallerIdentity"),
+                 "ec2:DescribeLaunchTemplateVersions", "ec2:DescribeImageReferences",
+                 "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes", "ssm:DescribeParameters",
+                 "sts:GetCallerIdentity", "rbin:ListRules"),
     "LaunchTaggedInstances": ("ec2:RunInstances",),
     "LaunchFromImagesAndNetworks": ("ec2:RunInstances",),
     "TagWhileCreating": ("ec2:CreateTags",),
@@ -46,7 +49,8 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
                         "ec2:CreateImage"),
     "CreateAndCopyImages": ("ec2:CreateImage", "ec2:CopyImage"),
     "BakeryImages": ("ec2:ModifyImageAttribute", "ec2:DeregisterImage", "ec2:ModifySnapshotAttribute",
-                     "ec2:DeleteSnapshot"),
+                     "ec2:DeleteSnapshot", "ec2:EnableImageDeprecation", "ec2:EnableImageDeregistrationProtection",
+                     "ec2:DisableImageDeregistrationProtection"),
     "CreateSecurityGroups": ("ec2:CreateSecurityGroup",),
     "BakerySecurityGroups": ("ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"),
     "LaunchTemplates": ("ec2:CreateLaunchTemplateVersion", "ec2:ModifyLaunchTemplate"),

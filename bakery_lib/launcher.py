@@ -23,6 +23,7 @@ from .stages import iam_role, security_groups
 from .stages.base import RoleContext
 from .stages.preflight import resolve_base_image
 from .userdata import firstboot_trigger_userdata, launch_userdata
+from .waits import Wait
 
 
 def find_baked_ami(ctx: RoleContext, which: str, release: str | None) -> dict[str, Any]:
@@ -76,3 +77,35 @@ def launch_instance(ctx: RoleContext, *, from_ami: str | None = None, release: s
     instance = run_instance(ctx, params)
     ctx.log(f"launched {instance['InstanceId']} from {image_id}")
     return instance
+
+
+def wait_launched(ctx: RoleContext, instance_id: str, *, from_ami: bool) -> str:
+    """``create-instance --wait``: until the instance says how its first run went.
+
+    From the base AMI the launch user data tags ``bakery:bootstrap`` (succeeded/failed, with
+    ``bakery:bootstrap-detail``): waited for up to the role's ``bootstrap_timeout``; a failure raises.
+    From a baked AMI the image's first boot reports only a failure (an SNS alert), so the wait ends when
+    the instance is running and says where a failure would be reported."""
+    def probe() -> dict[str, Any] | None:
+        found = ctx.aws.describe_instances(ctx.region, [instance_id])
+        return found[0] if found else None
+
+    def check(inst: dict[str, Any]) -> str | None:
+        state, tags = inst["State"]["Name"], tags_of(inst)
+        if state in ("stopping", "stopped", "shutting-down", "terminated"):
+            raise BakeryError(f"instance {instance_id} is {state} before its first run finished")
+        if from_ami:
+            return (f"{instance_id} is running; its first boot registers it with Chef and alerts "
+                    f"{ctx.role.alert_topic_arn} only if it fails") if state == "running" else None
+        result = tags.get("bakery:bootstrap")
+        detail = tags.get("bakery:bootstrap-detail", "")
+        if result == "failed":
+            raise BakeryError(f"instance {instance_id}: the launch run list failed: {detail}")
+        return f"{instance_id}: {detail or 'the launch run list converged'}" if result == "succeeded" else None
+
+    wait: Wait[dict[str, Any], str] = Wait(
+        what=f"first run of {instance_id}", clock=ctx.clock, log=ctx.log, timeout=float(ctx.role.bootstrap_timeout),
+        interval=ctx.poll_interval,
+        status=lambda inst: inst["State"]["Name"] + (f", bakery:bootstrap={tags_of(inst)['bakery:bootstrap']}"
+                                                      if "bakery:bootstrap" in tags_of(inst) else ""))
+    return wait.run(probe, check)

@@ -6,7 +6,9 @@ library below the CLI never looks at the environment, so a test or another progr
 what it means by building a ``Settings``.
 
 Environment read here (through the mapping the CLI hands over): ``BAKERY_CATALOG``,
-``AWS_ENDPOINT_URL``, ``BAKERY_POLL_INTERVAL``, and for the Chef API ``CHEF_SERVER_URL``,
+``AWS_ENDPOINT_URL``, ``BAKERY_POLL_INTERVAL``, ``BAKERY_HEARTBEAT_INTERVAL`` (seconds between a live bake's
+``bakery:heartbeat`` beats, default 60: reap judges a bake dead after 5 minutes without one, so keep it at
+60 or less; the fault tests set it high so that no beat falls into the calls they count), and for the Chef API ``CHEF_SERVER_URL``,
 ``CHEF_CLIENT_NAME``, ``CHEF_CLIENT_KEY`` (a knife config may also name ``ENV['X']``, so the Chef
 part keeps the whole mapping). boto3 reads its own credential chain, as it does everywhere.
 """
@@ -25,6 +27,7 @@ from .waits import DEFAULT_INTERVAL
 # interval costs about one call per region every 2 s however many bakes run, and waits notice within ~2 s.
 DEFAULT_POLL_INTERVAL = DEFAULT_INTERVAL
 DEFAULT_LOCK_WAIT = 600.0
+DEFAULT_HEARTBEAT_INTERVAL = 60.0  # = lifecycle.heartbeat.INTERVAL (reap's threshold is counted in it)
 
 
 def _frozen(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
@@ -40,6 +43,7 @@ class Settings:
     # What Chef credentials are read from (CHEF_* variables, or ENV[...] inside a knife config).
     chef_env: Mapping[str, str] = field(default_factory=_frozen)
     lock_wait: float = DEFAULT_LOCK_WAIT
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, catalog: str | None = None, chef_config: str | None = None,
@@ -52,7 +56,19 @@ class Settings:
             chef_config=chef_config,
             chef_env=_frozen(env),
             lock_wait=lock_wait,
+            heartbeat_interval=_seconds(env, "BAKERY_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL, 1, 86400),
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a number of seconds") from None
+    if not low <= value <= high:
+        raise UsageError(f"{name}={raw!r} must be between {low:g} and {high:g} seconds")
+    return value
 
 
 def poll_interval(env: Mapping[str, str]) -> float:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BakeryError, UsageError
+from .errors import BakeryError, UsageError, WorkspaceWriteError
 from .fsutil import atomic_write_json
 
 SCHEMA_VERSION = 1
@@ -173,9 +173,12 @@ class Workspace:
              sleep: Callable[[float], None] = time.sleep) -> Iterator[None]:
         """Hold the role's lock. ``wait`` > 0: wait up to that long for another process to release it
         (a message through ``on_wait`` at once and then every ``LOCK_NOTICE_EVERY`` s); else fail at once."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         path = self.state_dir / f"{role}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise WorkspaceWriteError(path, exc) from None
         try:
             self._acquire(fd, role, path, wait, on_wait, sleep)
             yield

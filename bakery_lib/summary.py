@@ -67,6 +67,11 @@ class RoleRow:
     duration: float | None = None
     message: str = ""
     stages: list[StageRow] = field(default_factory=list)
+    base_ami: str = ""
+    platform: str = ""
+    boot_test: str = ""  # passed | failed | disabled | "" (not run)
+    reused: bool = False
+    source: str = "workspace"  # workspace | this run | AMI tags (a bake of another workspace or process)
 
     @property
     def mark(self) -> str:
@@ -110,7 +115,8 @@ def _message(state: BakeState, status: str, stages: list[StageRow], failed: Stag
         done = [s.name for s in stages if s.status in ("succeeded", "skipped")]
         return (f"stage {running.name} running (or its process was killed)" if running
                 else f"in progress; last finished stage: {done[-1] if done else 'none'}")
-    return ""
+    # Never an empty cell: a 200-row table with a blank column reads as missing data.
+    return f"published in {', '.join(sorted(state.amis))}" if state.amis else "baked"
 
 
 def _from_state(state: BakeState) -> RoleRow:
@@ -119,7 +125,55 @@ def _from_state(state: BakeState) -> RoleRow:
     status = _status(state, failed)
     spans = [(s.offset or 0.0) + (s.duration or 0.0) for s in stages if s.offset is not None]
     return RoleRow(state.role, status, state.release, state.bake_id, dict(state.amis),
-                   max(spans) if spans else None, _message(state, status, stages, failed), stages)
+                   max(spans) if spans else None, _message(state, status, stages, failed), stages,
+                   base_ami=state.base_ami or "", platform=state.platform, boot_test=state.boot_test or "",
+                   reused=state.reused)
+
+
+def failures_first(rows: Sequence[RoleRow]) -> list[RoleRow]:
+    """Failed (and unknown) roles first, then open, then the rest; by role name within each."""
+    rank = {"failed": 0, "unknown": 1, "open": 2}
+    return sorted(rows, key=lambda r: (rank.get(r.status, 3), r.role))
+
+
+def release_rows(ws: Workspace, outcomes: Sequence[RoleOutcome] | None, release: str,
+                 tagged: Sequence[RoleRow] = ()) -> list[RoleRow]:
+    """Every bake of ``release`` known here: this run's roles, every other state of the workspace of that
+    release (earlier runs, ``create-instance --bake``), and bakes of other workspaces or processes known
+    from their AMIs' tags (``tagged``); the newest knowledge of a role wins, in that order."""
+    rows = {r.role: r for r in collect(ws, outcomes)}
+    for row in collect(ws):
+        if row.release == release and row.role not in rows:
+            rows[row.role] = row
+    for row in tagged:
+        if row.release == release and row.role not in rows:
+            rows[row.role] = row
+    return failures_first(list(rows.values()))
+
+
+def rows_from_images(images: Sequence[dict[str, object]]) -> list[RoleRow]:
+    """One row per role from its bakery AMIs (DescribeImages with their tags): the newest AMI of each role."""
+    newest: dict[str, dict[str, object]] = {}
+    for image in images:
+        tags = {t["Key"]: t["Value"] for t in image.get("Tags") or []}  # type: ignore[attr-defined]
+        role = tags.get("bakery:role")
+        if not role:
+            continue
+        if role not in newest or str(image.get("CreationDate") or "") > str(newest[role].get("CreationDate") or ""):
+            newest[role] = image
+    rows = []
+    for role, image in sorted(newest.items()):
+        tags = {t["Key"]: t["Value"] for t in image.get("Tags") or []}  # type: ignore[attr-defined]
+        test = tags.get("bakery:boot-test", "")
+        failed = test == "failed" or image.get("State") == "failed"
+        region = str(image.get("Region") or "")
+        rows.append(RoleRow(role, "failed" if failed else "succeeded", tags.get("bakery:release", ""),
+                            tags.get("bakery:bake-id", ""), {region: str(image["ImageId"])} if region else {},
+                            None, f"known from the tags of {image['ImageId']} (baked by another workspace or process)",
+                            base_ami=tags.get("bakery:base-ami", ""), platform=str(image.get("PlatformDetails") or
+                                                                                   image.get("Platform") or ""),
+                            boot_test=test, source="AMI tags"))
+    return rows
 
 
 def collect(ws: Workspace, outcomes: Sequence[RoleOutcome] | None = None) -> list[RoleRow]:
@@ -143,6 +197,7 @@ def collect(ws: Workspace, outcomes: Sequence[RoleOutcome] | None = None) -> lis
         if outcome is not None:
             # What this run saw wins over a state written before it (e.g. a lock held by another process).
             row.status = outcome.status if outcome.status in STATUS_MARK else "unknown"
+            row.source = "this run"
             row.amis = dict(outcome.amis) or row.amis
             row.duration = outcome.duration
             if outcome.status == "failed":
@@ -206,6 +261,7 @@ th { background: #f5f5f5; }
 .open { color: #1565c0; } .unknown { color: #616161; } .skipped { color: #757575; } .running { color: #1565c0; }
 pre.failure { background: #ffebee; border-left: 4px solid #c62828; padding: .6em; white-space: pre-wrap; word-break: break-word; }
 code { font-family: Menlo, Consolas, monospace; font-size: .95em; }
+td.ids, td.ids code { white-space: nowrap; }
 .meta { color: #616161; }
 svg.timeline { width: 100%; max-width: 1100px; height: auto; }
 </style>
@@ -215,15 +271,18 @@ svg.timeline { width: 100%; max-width: 1100px; height: auto; }
 <p class="meta">Generated {{ generated }} · {{ rows|length }} role(s){% for status, n in counts %} · {{ n }} {{ status }}{% endfor %}</p>
 
 <table class="overview">
-<thead><tr><th>Role</th><th>Status</th><th>Release</th><th>AMI per region</th><th>Duration</th><th>Details</th></tr></thead>
+<thead><tr><th>Role</th><th>Status</th><th>Boot test</th><th>AMI per region</th><th>Base AMI</th><th>Platform</th><th>Reused</th><th>Duration</th><th>Details</th></tr></thead>
 <tbody>
 {% for row in rows %}
 <tr id="row-{{ row.role }}">
 <td><a href="#role-{{ row.role }}">{{ row.role }}</a></td>
 <td class="status {{ row.status }}">{{ row.mark }} {{ row.status }}</td>
-<td>{{ row.release or "–" }}</td>
-<td>{% for region, ami in row.amis|dictsort %}<code>{{ region }}</code>: <code>{{ ami }}</code>{% if not loop.last %}<br>{% endif %}{% else %}–{% endfor %}</td>
-<td>{{ fmt(row.duration) }}</td>
+<td>{{ row.boot_test or "–" }}</td>
+<td class="ids">{% for region, ami in row.amis|dictsort %}<code>{{ region }}</code>: <code>{{ ami }}</code>{% if not loop.last %}<br>{% endif %}{% else %}–{% endfor %}</td>
+<td class="ids"><code>{{ row.base_ami or "–" }}</code></td>
+<td>{{ row.platform or "–" }}</td>
+<td>{{ "yes" if row.reused else "no" }}</td>
+<td class="ids">{{ fmt(row.duration) }}</td>
 <td>{{ row.message.splitlines()[0][:200] if row.message else "" }}</td>
 </tr>
 {% endfor %}
@@ -300,12 +359,13 @@ def _md_cell(text: str) -> str:
 
 def render_markdown(rows: Sequence[RoleRow], *, release: str | None) -> str:
     lines = [f"# AMI Bakery summary{f' — release {_md_cell(release)}' if release else ''}", ""]
-    lines.append("| Role | Status | Release | AMI per region | Duration | Details |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| Role | Status | Boot test | AMI per region | Base AMI | Platform | Reused | Duration | Details |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         amis = "<br>".join(f"{_md_cell(r)}: {_md_cell(a)}" for r, a in sorted(row.amis.items())) or "–"
         lines.append(
-            f"| {_md_cell(row.role)} | {row.mark} {row.status} | {_md_cell(row.release or '–')} | {amis} "
+            f"| {_md_cell(row.role)} | {row.mark} {row.status} | {_md_cell(row.boot_test or '–')} | {amis} "
+            f"| {_md_cell(row.base_ami or '–')} | {_md_cell(row.platform or '–')} | {'yes' if row.reused else 'no'} "
             f"| {fmt_duration(row.duration)} | {_md_cell(row.message.splitlines()[0][:300] if row.message else '')} |"
         )
     return "\n".join(lines) + "\n"
@@ -319,11 +379,17 @@ def _release_of(rows: Sequence[RoleRow], release: str | None) -> str | None:
 
 
 def write_summary(ws: Workspace, outcomes: Sequence[RoleOutcome] | None = None, *,
-                  release: str | None = None, now: float | None = None) -> tuple[Path, Path]:
+                  release: str | None = None, now: float | None = None,
+                  tagged: Sequence[RoleRow] = ()) -> tuple[Path, Path]:
     """Write ``reports/summary.html`` and ``reports/summary.md`` (atomically); returns their paths.
 
-    ``release``: only the roles whose bake is of that release; none -> UsageError (exit 2), nothing written."""
-    rows = collect(ws, outcomes)
+    ``release``: only the roles whose bake is of that release; none -> UsageError (exit 2), nothing written.
+    After a bake (``outcomes`` and ``release``): the release's page, this run's roles and every earlier bake
+    of the release (``release_rows``). Failures first."""
+    if release and outcomes is not None:
+        rows = release_rows(ws, outcomes, release, tagged)
+    else:
+        rows = failures_first(collect(ws, outcomes))
     if release and outcomes is None:
         here = sorted({r.release for r in rows if r.release})
         rows = [r for r in rows if r.release == release]

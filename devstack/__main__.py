@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
             stack.runner(workdir / "instances", boot_delay=args.boot_delay) as runner, \
             JenkinsDouble({JENKINS_USER: JENKINS_TOKEN}) as jenkins:
         catalog = stack.write_example_catalog(workdir / "bakery.yaml", args.catalog)
+        # Said, not done silently: the copy points at the playground; the user's file is left as it is.
+        changes = stack.example_rewrites(args.catalog)
+        print(f"{catalog}: a copy of {args.catalog} pointed at the playground ({len(changes)} change(s); "
+              f"{args.catalog} itself is not modified):")
+        for line in changes:
+            print(f"  {line}")
         jenkins.put_item("deploy-release", deploy_job_xml())  # the deploy job the catalogue's upstream_jobs names
         env = playground_env(stack, jenkins.url, catalog)
         env_file = workdir / "env.sh"

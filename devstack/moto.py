@@ -150,22 +150,39 @@ class MotoServer:
 
 def seed_base_image(
     ec2: Any, name: str = "bakery-demo-centos-7-2026", *, description: str = "CentOS 7 (bakery demo base)",
-    tags: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None, platform: str = "linux",
 ) -> str:
     """Register a base AMI owned by this account (``owners: [self]``) and return its id.
 
     Idempotent on the name: an existing image of that name owned by self is returned as is (moto,
-    unlike AWS, would accept a duplicate name).
+    unlike AWS, would accept a duplicate name). A ``windows`` image is made as on AWS: an image
+    registered from a snapshot is ``Linux/UNIX`` (the platform comes from the billing product of the
+    instance it was made from), so it is created from an instance of one of moto's Amazon Windows
+    AMIs and DescribeImages answers ``Platform: windows`` for it, as for a real Windows base.
     """
     found = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
     if found:
         return str(found[0]["ImageId"])
-    image_id = ec2.register_image(
-        Name=name, Description=description, Architecture="x86_64", RootDeviceName="/dev/sda1",
-        VirtualizationType="hvm", EnaSupport=True,
-        BlockDeviceMappings=[{"DeviceName": "/dev/sda1",
-                              "Ebs": {"VolumeSize": 8, "VolumeType": "gp3", "DeleteOnTermination": True}}],
-    )["ImageId"]
+    if platform == "windows":
+        image_id = _windows_image(ec2, name, description)
+    else:
+        image_id = ec2.register_image(
+            Name=name, Description=description, Architecture="x86_64", RootDeviceName="/dev/sda1",
+            VirtualizationType="hvm", EnaSupport=True,
+            BlockDeviceMappings=[{"DeviceName": "/dev/sda1",
+                                  "Ebs": {"VolumeSize": 8, "VolumeType": "gp3", "DeleteOnTermination": True}}],
+        )["ImageId"]
     all_tags = {"Name": name, **(tags or {})}
     ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in all_tags.items()])
+    return str(image_id)
+
+
+def _windows_image(ec2: Any, name: str, description: str) -> str:
+    amazon = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "platform", "Values": ["windows"]}])["Images"]
+    if not amazon:
+        raise RuntimeError("moto offers no Amazon Windows AMI to make a Windows base image from")
+    source = sorted(amazon, key=lambda i: i["ImageId"])[0]["ImageId"]
+    instance = ec2.run_instances(ImageId=source, MinCount=1, MaxCount=1, InstanceType="t3.medium")["Instances"][0]
+    image_id = ec2.create_image(InstanceId=instance["InstanceId"], Name=name, Description=description)["ImageId"]
+    ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
     return str(image_id)

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from .ami_layer import LayeredMoto
 from .goiardi import GoiardiServer
 from .moto import ACCOUNT_ID, AWS_LEAKS, REGION, MotoServer, seed_base_image
 from .runner import InstanceRunner
@@ -83,7 +84,7 @@ class DevStack:
         self.region = region
         self._own_moto = moto is None
         self._own_goiardi = goiardi is None
-        self.moto = moto or MotoServer(region=region)
+        self.moto = moto or LayeredMoto(region=region)  # moto + the AMI calls it lacks
         self.goiardi = goiardi or GoiardiServer(self.workdir / "goiardi")
         self.bucket = BUCKET
         self.validator_name = VALIDATOR
@@ -134,7 +135,8 @@ class DevStack:
         ec2 = self.moto.client("ec2", self.region)
         self.base_image_id = seed_base_image(ec2, BASE_IMAGE_NAME)
         self.windows_image_id = seed_base_image(ec2, WINDOWS_IMAGE_NAME,
-                                                description="Windows Server 2022 (bakery demo base)")
+                                                description="Windows Server 2022 (bakery demo base)",
+                                                platform="windows")
 
     def stop(self) -> None:
         if self._own_goiardi:
@@ -226,6 +228,11 @@ class DevStack:
         data["roles"] = roles
         return data
 
+    def example_rewrites(self, example_path: str | os.PathLike[str]) -> list[str]:
+        """What :meth:`write_example_catalog` changes in the user's catalogue, one line per key."""
+        example = yaml.safe_load(Path(example_path).read_text(encoding="utf-8")) or {}
+        return catalog_changes(example, self.example_catalog_data(example))
+
     def write_example_catalog(self, path: str | os.PathLike[str], example_path: str | os.PathLike[str]) -> Path:
         """Write :meth:`example_catalog_data` of the YAML file ``example_path`` to ``path``; returns the path."""
         example = yaml.safe_load(Path(example_path).read_text(encoding="utf-8")) or {}
@@ -237,3 +244,19 @@ class DevStack:
     def runner(self, workdir: str | os.PathLike[str] | None = None, **kwargs: Any) -> InstanceRunner:
         """An InstanceRunner on this stack's moto (not started: use it as a context manager)."""
         return InstanceRunner(self.moto.url, self.region, workdir or self.workdir / "instances", **kwargs)
+
+
+def catalog_changes(before: Any, after: Any, path: str = "") -> list[str]:
+    """``KEY.PATH: OLD -> NEW`` / ``removed`` / ``added`` for every leaf that differs between two catalogues."""
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        lines: list[str] = []
+        for key in list(before) + [k for k in after if k not in before]:
+            where = f"{path}.{key}" if path else str(key)
+            if key not in after:
+                lines.append(f"{where}: removed (was {before[key]!r})")
+            elif key not in before:
+                lines.append(f"{where}: added {after[key]!r}")
+            else:
+                lines.extend(catalog_changes(before[key], after[key], where))
+        return lines
+    return [] if before == after else [f"{path}: {before!r} -> {after!r}"]

@@ -26,6 +26,7 @@ import pytest
 from support.proxy import FaultProxy
 
 from devstack import DevStack, GoiardiServer, InstanceRunner, MotoServer, isolated_env
+from devstack.ami_layer import LayeredMoto
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
-    server = MotoServer().start()
+    server = LayeredMoto().start()  # moto + the AMI calls it lacks (devstack.ami_layer)
     yield server
     server.stop()
 

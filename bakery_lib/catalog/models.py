@@ -40,6 +40,8 @@ from .specs import (
     S3_URL_RE,
     SG_ID_RE,
     SNS_ARN_RE,
+    SSM_BASE_AMI_PREFIX,
+    SSM_BASE_AMI_RE,
     SSM_PARAMETER_RE,
     SUBNET_RE,
     URL_RE,
@@ -49,6 +51,7 @@ from .types import (
     Bool,
     Choice,
     Cidr,
+    Days,
     Duration,
     Int,
     List,
@@ -63,7 +66,7 @@ from .types import (
 # Role and defaults keys whose absence has its own hint (the rest: "set it under defaults or on the role").
 MISSING_HINTS = {
     "platform": "missing (linux or windows)",
-    "base_ami": "missing (an AMI id, or {name: PATTERN, owners: [...]})",
+    "base_ami": "missing (an AMI id, resolve:ssm:/PARAMETER, or {name: PATTERN, owners: [...]})",
     "name": "missing (a name pattern such as 'CentOS 7*')",
     "roles": "missing (a mapping of role name to role settings)",
 }
@@ -152,14 +155,19 @@ class AmiFilterIn(Strict):
 
 
 def _ami_kind(value: Any) -> str:
-    return "id" if isinstance(value, str) else "filter"
+    if isinstance(value, str):
+        return "ssm" if value.startswith(SSM_BASE_AMI_PREFIX) else "id"
+    return "filter"
 
 
 BaseAmi = Annotated[
-    Annotated[Text(AMI_ID_RE, "an AMI id"), Tag("id")] | Annotated[AmiFilterIn, Tag("filter")],
+    Annotated[Text(AMI_ID_RE, "an AMI id"), Tag("id")]
+    | Annotated[Text(SSM_BASE_AMI_RE, "an SSM parameter reference such as "
+                     "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"), Tag("ssm")]
+    | Annotated[AmiFilterIn, Tag("filter")],
     Discriminator(_ami_kind)]
 # Discriminator tags that pydantic puts in an error's location; a user never wrote them.
-UNION_TAGS = frozenset({"id", "filter"})
+UNION_TAGS = frozenset({"id", "ssm", "filter"})
 
 
 # A port, or an ICMP type or code: its range depends on the protocol (checked by IngressIn.ports).
@@ -333,6 +341,14 @@ class RoleKeys(Strict):
         Text(re.compile(r"^[A-Za-z0-9()./_-]{3,128}$"), "a launch template name"),
         Field(description="launch template whose default version publish points at the AMI")] = None
     keep: Annotated[Int(1, 1000), Field(description="AMIs kept per role by prune")] = None
+    deprecate_after: Annotated[
+        Days(1, 3650),
+        Field(description="days (or like '90d') after publish at which EC2 deprecates the AMI (default 90; "
+                          "superseded AMIs are deprecated at once)")] = None
+    keep_if_launched_within: Annotated[
+        Days(1, 3650),
+        Field(description="prune keeps an AMI an instance was launched from within this many days "
+                          "(EC2's LastLaunchedTime; default: not kept for that)")] = None
 
 
 class DefaultsIn(RoleKeys):
@@ -356,7 +372,8 @@ class RoleIn(DefaultsIn):
     """One role: what ``defaults`` may set, plus its platform, base AMI and run lists."""
 
     platform: Annotated[Choice("linux", "windows"), Field(description="linux or windows")]
-    base_ami: Annotated[BaseAmi, Field(description="an AMI id, or {name: PATTERN, owners: [...]}")]
+    base_ami: Annotated[BaseAmi, Field(description="an AMI id, resolve:ssm:/PARAMETER (an SSM parameter holding "
+                                                   "the id, resolved per bake), or {name: PATTERN, owners: [...]}")]
     run_lists: Annotated[RunListsIn, MaybeEmpty, Field(description="the role's Chef run lists")] = None
 
 

@@ -7,8 +7,9 @@ merged results the stages read (and the defaults of keys a catalogue leaves out)
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,10 @@ from ..errors import CatalogError
 
 ROLE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 AMI_ID_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
+# A base AMI published as an SSM parameter (``/aws/service/...`` of Amazon Linux, Windows, Ubuntu, or one
+# of the account's own), resolved in the role's region at preflight.
+SSM_BASE_AMI_PREFIX = "resolve:ssm:"
+SSM_BASE_AMI_RE = re.compile(r"^resolve:ssm:(/[A-Za-z0-9_.\-/]{1,1010})$")
 REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 ACCOUNT_RE = re.compile(r"^\d{12}$")
 S3_URL_RE = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(\S+)$")
@@ -147,6 +152,10 @@ class RoleSpec:
     region_kms_keys: tuple[tuple[str, str], ...] = ()
     launch_template: str | None = None
     keep: int = 5
+    # Days after publish at which EC2 deprecates the AMI (a newer AMI of the role deprecates it at once).
+    deprecate_after: int = 90
+    # Days: prune keeps an AMI launched from within them (EC2's LastLaunchedTime); None: no such rule.
+    keep_if_launched_within: int | None = None
     boot_test: BootTestSettings = BootTestSettings()
     aws_cli_installer_url: str = AWS_CLI_INSTALLER
 
@@ -220,8 +229,23 @@ class Catalog:
         try:
             return self.roles[name]
         except KeyError:
-            known = ", ".join(sorted(self.roles)) or "none"
-            raise CatalogError(self.path, f"no such role (known roles: {known})", role=name) from None
+            raise CatalogError(self.path, f"no such role ({known_roles(name, self.roles)})", role=name) from None
+
+
+# How many role names an error lists: a catalogue of 200 roles must not answer with one 1,800-character line.
+KNOWN_ROLES_SHOWN = 8
+
+
+def known_roles(name: str, roles: Iterable[str]) -> str:
+    """``did you mean web, web2? known roles: a, b, ... (200 in all)`` for an unknown role ``name``."""
+    names = sorted(roles)
+    if not names:
+        return "the catalogue has no roles"
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    shown = ", ".join(names[:KNOWN_ROLES_SHOWN]) + (f", ... ({len(names)} in all; `bakery validate` lists them)"
+                                                    if len(names) > KNOWN_ROLES_SHOWN else "")
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"{hint}known roles: {shown}"
 
 
 def check_role_name(name: str, path: str = "<command line>") -> str:

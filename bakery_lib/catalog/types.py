@@ -57,6 +57,25 @@ def Int(lo: int, hi: int) -> Any:  # noqa: N802
                      WithJsonSchema({"type": "integer", "minimum": lo, "maximum": hi})]
 
 
+_DAYS_RE = re.compile(r"^(\d+)\s*d$")
+
+
+def check_days(value: Any, lo: int, hi: int) -> int:
+    """Days, given as an integer or a string like '90d'."""
+    if isinstance(value, str) and (m := _DAYS_RE.match(value.strip())):
+        value = int(m.group(1))
+    elif isinstance(value, bool) or not isinstance(value, int):
+        fail(f"expected a number of days (like 90 or '90d'), got {value!r}")
+    if not lo <= value <= hi:
+        fail(f"{value} days is out of range {lo}..{hi}")
+    return int(value)
+
+
+def Days(lo: int, hi: int) -> Any:  # noqa: N802
+    return Annotated[int, PlainValidator(lambda v: check_days(v, lo, hi)), WithJsonSchema({"anyOf": [
+        {"type": "integer", "minimum": lo, "maximum": hi}, {"type": "string", "pattern": _DAYS_RE.pattern}]})]
+
+
 def check_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         fail(f"expected true or false, got {value!r}")

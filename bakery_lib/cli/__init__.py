@@ -22,16 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .. import setup as account_setup
 from ..aws import Aws
 from ..bake import bake_many, summary_lines
 from ..catalog import REGION_RE, Catalog, check_role_name, load_catalog, schema_text
 from ..cleanup import cleanup
 from ..clock import Clock
-from ..errors import BakeryError, UsageError
+from ..dryrun import plan_lines, plan_many
+from ..errors import BakeryError, UsageError, WorkspaceWriteError
 from ..fsutil import atomic_write_text
 from ..iam_policy import bakery_policy, instance_policy
-from ..launcher import launch_instance
+from ..launcher import launch_instance, wait_launched
 from ..lifecycle import PruneReport, parse_duration, prune, reap
+from ..lifecycle.heartbeat import Heartbeat
 from ..reports import write_junit
 from ..settings import DEFAULT_LOCK_WAIT, Settings
 from ..stages import ORDER, run_stage
@@ -39,7 +42,7 @@ from ..stages.base import Context, RoleContext, default_log
 from ..stages.preflight import check_release
 from ..stages.publish import publish_runlist
 from ..state import BAKE_ID_RE, BakeState, Workspace
-from ..summary import write_summary
+from ..summary import RoleRow, rows_from_images, write_summary
 from ..userdata import render_role_scripts
 from .generate_jobs import main as generate_jobs_cli
 
@@ -96,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=4, metavar="N", help="roles baked at once (default 4)")
     _bake_options(p)
     p.add_argument("--force", action="store_true", help="rebake even when an AMI with the same bake key exists")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show per role what a bake would do (reuse AMI X / bake because Y / refused because Z); "
+                        "create and write nothing")
+
+    p = add("validate", "check the catalogue and everything a bake needs, creating nothing (for pull requests)")
+    p.add_argument("--role", action="append", dest="roles", metavar="ROLE", help="default: every role")
+    p.add_argument("--offline", action="store_true", help="check the catalogue file only; ask neither AWS nor Chef")
 
     p = add("render", "write a role's instance-side scripts to DIR/ROLE/")
     p.add_argument("--role", required=True)
@@ -124,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("iam-policy", "print the IAM policy the bakery's identity needs for this catalogue (JSON)")
     p.add_argument("--instance-role", metavar="ROLE",
                    help="print the inline policy of ROLE's instance role instead")
+
+    p = add("setup", "create or check what bakes need in the account (buckets, validator key, alert topic); "
+                     "plans first")
+    p.add_argument("--validator-key", metavar="PATH", help="the Chef validator's PEM, uploaded encrypted to "
+                   "chef.validation_key_s3 when that object does not exist")
+    p.add_argument("--dry-run", action="store_true", help="show the plan and every call it would make; change nothing")
 
     p = add("schema", "write the catalogue's JSON Schema (for editors' YAML completion and checks)")
     p.add_argument("--output", metavar="FILE", help="write it to FILE (default: standard output)")
@@ -185,7 +201,10 @@ def cmd_stage(rt: _Runtime) -> int:
     cancel = ctx.clock.cancel
     _install_signal_handlers(cancel, f"leaving this bake as it is; to remove what it created run: {how}")
     ctx.force = rt.args.force
-    with ctx.ws.lock(role):
+    heartbeat = Heartbeat(ctx.aws, log=default_log, interval=rt.settings.heartbeat_interval)
+    heartbeat.track(ctx)
+    with ctx.ws.lock(role), heartbeat:
+        # A long stage (bootstrap, wait-image) beats while it runs (every heartbeat interval).
         # The result is printed once, below (stdout, or stderr on failure), not also as a log line.
         result = run_stage(ctx, rt.args.stage, release=rt.args.release, announce=False)
     if result.exit_code:
@@ -294,8 +313,9 @@ def _bake(settings: Settings, ws: Workspace, catalog: Catalog, roles: list[str],
     cancel = threading.Event()
     _install_signal_handlers(cancel)
     aws = Aws(endpoint_url=settings.endpoint_url)
+    write_errors: list[str] = []
     outcomes = bake_many(ws, catalog, roles, release, aws, cancel, jobs=jobs, keep_on_failure=keep_on_failure,
-                         force=force, settings=settings)
+                         force=force, settings=settings, write_errors=write_errors)
     print("\n".join(summary_lines(outcomes)))
     # What the run cost against the account's API rate limits (polls and look-ups are shared by roles).
     print(f"AWS API calls: {aws.counter.total} ({aws.counter.total / len(outcomes):.1f} per role)")
@@ -303,19 +323,65 @@ def _bake(settings: Settings, ws: Workspace, catalog: Catalog, roles: list[str],
         # Every role was refused (another process is baking it): its summary is that process's to write.
         print("summary: not written (every role was refused; the process baking them writes it)")
     else:
-        html, md = write_summary(ws, outcomes, release=release)
-        print(f"summary: {html} and {md}")
+        try:
+            html, md = write_summary(ws, outcomes, release=release, tagged=_tagged_rows(aws, catalog, release))
+            print(f"summary: {html} and {md}")
+        except WorkspaceWriteError as exc:
+            write_errors.append(f"summary not written: {exc}")
+    for problem in write_errors:
+        print(f"bakery: {problem}", file=sys.stderr)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         print(f"bakery: {len(failed)} of {len(outcomes)} role(s) failed: {', '.join(o.role for o in failed)}",
               file=sys.stderr)
         return max(o.exit_code for o in failed)
-    return 0
+    return 1 if write_errors else 0
+
+
+def _tagged_rows(aws: Aws, catalog: Catalog, release: str) -> list[RoleRow]:
+    """The release's bakes of other workspaces and processes, from their AMIs' tags (one call per region)."""
+    images: list[dict] = []
+    for region in sorted({r.region for r in catalog.roles.values()}):
+        try:
+            found = aws.describe_images(region, Owners=["self"], Filters=[
+                {"Name": "tag:bakery:release", "Values": [release]},
+                {"Name": "tag:bakery:created-by", "Values": ["bakery"]}])
+        except BakeryError as exc:  # the summary is a report: it never fails the bake
+            print(f"bakery: the summary lacks other runs' bakes in {region}: {exc}", file=sys.stderr)
+            continue
+        images += [{**i, "Region": region} for i in found if i.get("State") in ("available", "failed")]
+    return rows_from_images(images)
+
+
+def _plan(rt: _Runtime, roles: list[str], release: str, *, validate: bool) -> int:
+    catalog = rt.catalog()
+    for r in roles:
+        catalog.role(check_role_name(r))
+    jobs = getattr(rt.args, "jobs", 4)
+    if jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    plans = plan_many(rt.ws(), catalog, roles, release, rt.aws(), jobs=jobs, force=getattr(rt.args, "force", False),
+                      validate=validate, settings=rt.settings)
+    print("\n".join(plan_lines(plans)))
+    return max((p.exit_code for p in plans), default=0)
+
+
+def cmd_validate(rt: _Runtime) -> int:
+    catalog = rt.catalog()  # a bad catalogue: exit 2 here, naming file, role and key
+    roles = list(dict.fromkeys(rt.args.roles)) if rt.args.roles else sorted(catalog.roles)
+    if rt.args.offline:
+        for r in roles:
+            catalog.role(check_role_name(r))
+        print(f"catalogue {catalog.path}: {len(roles)} role(s) valid: {', '.join(roles)}")
+        return 0
+    return _plan(rt, roles, "0", validate=True)
 
 
 def cmd_bake(rt: _Runtime) -> int:
     catalog = rt.catalog()
     roles = sorted(catalog.roles) if rt.args.all else list(dict.fromkeys(rt.args.roles))
+    if rt.args.dry_run:
+        return _plan(rt, roles, check_release(rt.args.release), validate=False)
     return _bake(rt.settings, rt.ws(), catalog, roles, rt.args.release, jobs=rt.args.jobs,
                  keep_on_failure=rt.args.keep_on_failure, force=rt.args.force)
 
@@ -432,6 +498,19 @@ def cmd_publish_runlist(rt: _Runtime) -> int:
     return 0
 
 
+def cmd_setup(rt: _Runtime) -> int:
+    catalog = rt.catalog()
+    aws = rt.aws()
+    key = Path(rt.args.validator_key) if rt.args.validator_key else None
+    steps = account_setup.plan(aws, catalog, key)
+    print("\n".join(account_setup.plan_lines(steps)))
+    if not rt.args.dry_run:
+        account_setup.apply(aws, steps, print)
+    print("the bakery identity's IAM policy (attach it to the role or user the bakery runs as):")
+    print(account_setup.policy_text(catalog))
+    return 0
+
+
 def cmd_schema(rt: _Runtime) -> int:
     text = schema_text()
     if rt.args.output:
@@ -456,6 +535,7 @@ COMMANDS: dict[str, Callable[[_Runtime], int]] = {
     "stage": cmd_stage,
     "cleanup": cmd_cleanup,
     "bake": cmd_bake,
+    "validate": cmd_validate,
     "render": cmd_render,
     "status": cmd_status,
     "publish-runlist": cmd_publish_runlist,
@@ -464,6 +544,7 @@ COMMANDS: dict[str, Callable[[_Runtime], int]] = {
     "summary": cmd_summary,
     "schema": cmd_schema,
     "iam-policy": cmd_iam_policy,
+    "setup": cmd_setup,
 }
 
 
@@ -489,8 +570,22 @@ def _guard(fn: Callable[[], int], prog: str) -> int:
         return EXIT_BROKEN_PIPE
 
 
+def check_workspace(path: str | None) -> str:
+    """The workspace directory, refused (exit 2, nothing done) when it, or what would hold it, is not a directory."""
+    root = Path(path or os.getcwd())
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is" if probe == root else f"would be inside {probe}, which is"
+        raise UsageError(f"--workspace {root}: {what} not a directory (give a directory: .bakery/, reports/ and "
+                         "artifacts/ are written there)")
+    return str(root)
+
+
 def _bakery(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    args.workspace = check_workspace(args.workspace)
     return COMMANDS[args.command](_Runtime(args, os.environ))
 
 
@@ -507,6 +602,8 @@ def build_create_instance_parser() -> argparse.ArgumentParser:
     p.add_argument("--bake", action="store_true", help="bake the role's AMI instead (needs --release)")
     p.add_argument("--release", help="with --bake: the release to bake; with --from-ami latest: newest AMI of this release")
     p.add_argument("--from-ami", metavar="latest|AMI_ID", help="launch from a baked AMI of the role")
+    p.add_argument("--wait", action="store_true", help="wait until the instance says how its first run went "
+                   "(from the base AMI: the bakery:bootstrap tag, up to bootstrap_timeout; from a baked AMI: running)")
     p.add_argument("--workspace", metavar="DIR")
     p.add_argument("--catalog", metavar="PATH")
     p.add_argument("--chef-config", metavar="PATH")
@@ -516,8 +613,11 @@ def build_create_instance_parser() -> argparse.ArgumentParser:
 
 def _create_instance(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     role_name = check_role_name(args.role)
+    args.workspace = check_workspace(args.workspace)
     settings = Settings.from_env(env, catalog=args.catalog, chef_config=args.chef_config)
     if args.bake:
+        if args.wait:
+            raise UsageError("--wait is for a launch (a bake always waits)")
         if args.from_ami:
             raise UsageError("--bake and --from-ami cannot be combined")
         return _bake(settings, Workspace(args.workspace or os.getcwd()), load_catalog(settings.catalog_path),
@@ -531,7 +631,9 @@ def _create_instance(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     ctx = RoleContext(catalog=catalog, role=catalog.role(role_name), aws=Aws(endpoint_url=settings.endpoint_url),
                       settings=settings)
     instance = launch_instance(ctx, from_ami=args.from_ami, release=args.release)
-    print(instance["InstanceId"])
+    print(instance["InstanceId"], flush=True)
+    if args.wait:
+        print(wait_launched(ctx, instance["InstanceId"], from_ami=bool(args.from_ami)))
     return 0
 
 

@@ -27,6 +27,7 @@ from ..aws import tags_of
 from ..errors import BakeryError
 from ..state import BakeState
 from .durations import parse_time, span
+from .heartbeat import DEAD_AFTER, HEARTBEAT_TAG, INTERVAL, KEPT
 from .prune import UNFINISHED_IMAGE_STATES
 from .report import ReapLine, ReapRun
 from .survey import BakeHere, Survey
@@ -83,11 +84,24 @@ def decide(run: ReapRun, survey: Survey, chef: ChefClient | None, chef_error: st
                     draft.chef_skipped, draft.chef_failed)
 
 
+def heartbeat_stopped(run: ReapRun, inst: dict[str, Any]) -> str | None:
+    """Why the process baking with this instance is gone: its heartbeat tag is older than a few beats
+    (and than ``--older-than``). None: beating, kept (``--keep-on-failure``), or no heartbeat (old bakery)."""
+    raw = tags_of(inst).get(HEARTBEAT_TAG, "")
+    beat = parse_time(raw) if raw and raw != KEPT else None
+    if beat is None or run.now - beat <= max(DEAD_AFTER, run.older_than):
+        return None
+    return (f"its heartbeat stopped {span(run.now - beat)} ago ({HEARTBEAT_TAG}={raw}; a live bake refreshes it every "
+            f"{INTERVAL:.0f} s): the process baking it is gone")
+
+
 def _instance_keep_reason(run: ReapRun, inst: dict[str, Any]) -> str | None:
     tags = tags_of(inst)
     bake_id, expires_raw = tags.get("bakery:bake-id", ""), tags.get("bakery:expires-at", "")
     if run.bake_id is not None:
         return None  # --bake-id: the operator says this bake is abandoned
+    if tags.get("bakery:purpose") == "bake" and heartbeat_stopped(run, inst) is not None:
+        return None  # dead before its expiry
     expires = parse_time(expires_raw)
     if expires is None:
         return f"no valid bakery:expires-at tag ({expires_raw!r}); remove it by hand if it is abandoned"
@@ -112,7 +126,7 @@ def _running(run: ReapRun, survey: Survey) -> dict[str, str]:
 def _keep_reason(run: ReapRun, here: BakeHere, running: dict[str, str], finished: set[str]) -> str | None:
     """Why nothing of this bake goes in this region (None: abandoned, tear it down)."""
     bake_id = here.bake_id
-    if bake_id in run.open_bakes:
+    if bake_id in run.open_bakes and _dead(run, here) is None:
         return f"bake {bake_id} of role {run.open_bakes[bake_id].role} is open in the workspace"
     if bake_id in running:
         return f"bake {bake_id} is still running: {running[bake_id]}"
@@ -162,9 +176,18 @@ def _decide_aws(draft: _Draft, survey: Survey) -> tuple[list[BakeHere], dict[str
     return abandoned, kept_why
 
 
+def _dead(run: ReapRun, here: BakeHere) -> str | None:
+    inst = here.bake_instance()
+    return heartbeat_stopped(run, inst) if inst is not None and run.bake_id is None else None
+
+
 def _why_abandoned(run: ReapRun, here: BakeHere) -> str:
     named = "named by --bake-id; " if run.bake_id is not None else ""
     inst = here.bake_instance() or (here.instances[0] if here.instances else None)
+    dead = _dead(run, here)
+    if inst is not None and dead is not None:
+        return f"bake {here.bake_id}: {dead} (it would expire {tags_of(inst).get('bakery:expires-at', '?')}), " \
+               f"{inst['State']['Name']}"
     if inst is not None:
         expires_raw = tags_of(inst).get("bakery:expires-at", "")
         expires = parse_time(expires_raw)

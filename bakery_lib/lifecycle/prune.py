@@ -1,13 +1,18 @@
-"""``bakery prune``: the AMIs of a role older than its newest ``keep``, and their snapshots.
+"""``bakery prune``: the deprecated AMIs of a role older than its newest ``keep``, and their snapshots.
 
 Per region of the role: DescribeImages (Owners=self, tags ``bakery:role`` and ``bakery:created-by=bakery``),
-then for the candidates: DescribeInstances (filter image-id; an AMI that an existing instance runs is kept),
+then for the candidates: DescribeImageReferences (any instance, launch template or ``aws:ec2:image``
+SSM parameter of the account that references one keeps it); when that call fails, the bakery's own
+scan: DescribeInstances (filter image-id; an AMI that an existing instance runs is kept),
 DescribeLaunchTemplateVersions ($Default and $Latest of ``launch_template``; a missing template is fine),
 SSM GetParameter ``/bakery/ROLE/latest``. The newest ``keep`` *available* AMIs are kept (a failed AMI is
 never a rollback target, so it does not use up a place); pending ones belong to a bake in progress and
 are left to that bake or to ``reap``. Deleting is DeregisterImage, then DeleteSnapshot for each snapshot
 of the image's block device mappings. When any protection cannot be checked in a region, nothing is
-deleted there. Decided first (Describe/Get calls only), then each deletion goes to the executor
+deleted there. An available AMI whose deprecation time is still ahead is kept (publish deprecates
+the AMIs a newer one supersedes); an AMI to delete that is protected from deregistration gets its
+protection lifted first and, with AWS's cooldown, stays until a later prune (``amis.protection``).
+Decided first (Describe/Get calls only), then each deletion goes to the executor
 (``CleanupReport``), which carries it out or, in a dry run, only shows it.
 """
 
@@ -17,6 +22,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..amis.protection import deprecation_hold, launch_hold, protection_hold
+from ..amis.recycle_bin import retention_note
+from ..amis.references import referenced_by
+from ..amis.retire import Now, utcnow
 from ..aws import Aws, tags_of
 from ..catalog import RoleSpec
 from ..clock import Clock, Pace
@@ -73,6 +82,7 @@ class PruneReport:
     dry_run: bool
     decisions: list[AmiDecision] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def deleted(self) -> list[AmiDecision]:
@@ -92,6 +102,7 @@ class PruneReport:
         out.append(f"prune of role {self.role} (keep {self.keep}{', dry run' if self.dry_run else ''}): "
                    f"{len(self.deleted)} AMI(s) {verb}, {len(self.kept)} kept"
                    + (f", {len(self.errors)} error(s)" if self.errors else ""))
+        out += [f"note: {n}" for n in self.notes]
         out += [f"ERROR: {e}" for e in self.errors]
         return out
 
@@ -184,6 +195,17 @@ def _protections(aws: Aws, region: str, role: RoleSpec, candidates: list[dict[st
     return reasons
 
 
+def _uses(aws: Aws, region: str, role: RoleSpec, candidates: list[dict[str, Any]],
+          report: PruneReport) -> dict[str, list[str]]:
+    """What points at the candidates: EC2's DescribeImageReferences, else the bakery's own scan."""
+    try:
+        return referenced_by(aws, region, [i["ImageId"] for i in candidates])
+    except AwsError as exc:
+        report.notes.append(f"{region}: DescribeImageReferences failed ({exc.code}); checked instances, the "
+                            f"role's launch template and /bakery/{role.name}/latest instead")
+    return _protections(aws, region, role, candidates)
+
+
 def _rank(region: str, images: list[dict[str, Any]], keep: int) -> tuple[dict[str, AmiDecision], list[dict[str, Any]]]:
     """First decision, from the listing alone (newest first): what is kept, and the candidates to delete."""
     decisions: dict[str, AmiDecision] = {}
@@ -208,8 +230,22 @@ def _rank(region: str, images: list[dict[str, Any]], keep: int) -> tuple[dict[st
     return decisions, candidates
 
 
+def _hold(aws: Aws, role: RoleSpec, region: str, image: dict[str, Any], delete: bool, why: str, *,
+          dry_run: bool, now: Now) -> tuple[bool, str]:
+    """The deprecation, recent-launch and protection gates after the decision from age and uses."""
+    if not delete:
+        return delete, why
+    wait = deprecation_hold(image, now()) or launch_hold(image, role.keep_if_launched_within, now())
+    if wait is None:
+        try:
+            wait = protection_hold(aws, region, image, dry_run=dry_run, now=now)
+        except BakeryError as exc:
+            wait = f"its deregistration protection could not be lifted: {exc}"
+    return (False, wait) if wait else (True, why)
+
+
 def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _quiet,
-          clock: Clock | None = None, poll_interval: float = 2.0) -> PruneReport:
+          clock: Clock | None = None, poll_interval: float = 2.0, now: Now = utcnow) -> PruneReport:
     """Deregister the role's bakery AMIs older than the newest ``keep`` (per region) and their snapshots.
 
     Decides first (listing and protections: Describe/Get calls only), then hands each deletion to the
@@ -231,16 +267,18 @@ def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _qui
         protected: dict[str, list[str]] | None = {}
         if candidates:
             try:
-                protected = _protections(aws, region, role, candidates)
+                protected = _uses(aws, region, role, candidates, report)
             except BakeryError as exc:
                 report.errors.append(f"{region}: cannot check what still uses the AMIs of role {role.name}, "
                                      f"so none was deleted there: {exc}")
                 protected = None
         for image in candidates:
-            delete, why = _why_delete(image, protected, keep)
+            delete, why = _hold(aws, role, region, image, *_why_delete(image, protected, keep), dry_run=dry_run, now=now)
             decisions[image["ImageId"]] = (
                 _delete_ami(aws, region, role, image, why, executor=executor, pace=pace, report=report)
                 if delete else _decision(region, image, "kept", why))
         # Report in the order the images were listed: newest first.
         report.decisions.extend(decisions[i["ImageId"]] for i in images if i["ImageId"] in decisions)
+        if any(d.action in ("deleted", "would delete") for d in decisions.values()):
+            report.notes.append(retention_note(aws, region))
     return report

@@ -11,11 +11,12 @@ the state, and always writes the stage's JUnit report, on failure too.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from types import ModuleType
 
-from ..errors import AwsError, BakeryError, UsageError
+from ..errors import AwsError, BakeryError, UsageError, WorkspaceWriteError
 from ..reports import write_junit
 from ..state import BakeState
 from . import (
@@ -145,8 +146,9 @@ def run_stage(ctx: Context, name: str, *, release: str | None = None, announce: 
         duration = time.monotonic() - t0
         if not noop:
             _record(ctx, name, "succeeded", started, duration, message)
-        write_junit(ctx.ws, ctx.role.name, name, duration, output=message, skipped=_skipped(ctx, name, noop))
-        if announce:
+        skipped = _skipped(ctx, name, noop)
+        write_junit(ctx.ws, ctx.role.name, name, duration, output=message, skipped=skipped)
+        if announce and skipped is None:  # a reused AMI: preflight's line says it once, not ten skipped lines
             ctx.log(f"{name}: {message} ({duration:.1f} s)")
         return StageResult(ctx.role.name, name, "noop" if noop else "succeeded", message, duration, 0)
     except BakeryError as exc:
@@ -154,12 +156,13 @@ def run_stage(ctx: Context, name: str, *, release: str | None = None, announce: 
         message = str(exc)
         code = exc.code if isinstance(exc, AwsError) else None
         rec = ctx.state.stages.get(name) if ctx.state is not None else None
+        # Best effort: on a full disk these writes fail too, and the failure must still reach the caller.
         if rec is not None and rec.status == "running":
-            try:
+            with contextlib.suppress(WorkspaceWriteError):
                 _record(ctx, name, "failed", started, duration, message)
-            except OSError:
-                pass
-        write_junit(ctx.ws, ctx.role.name, name, duration, failure=message, failure_type=code or type(exc).__name__)
+        with contextlib.suppress(WorkspaceWriteError):
+            write_junit(ctx.ws, ctx.role.name, name, duration, failure=message,
+                        failure_type=code or type(exc).__name__)
         if announce:
             ctx.log(f"{name} FAILED: {message}")
         return StageResult(ctx.role.name, name, "failed", message, duration, exc.exit_code, code)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from ..aws import Aws
 from ..catalog import Catalog, RoleSpec
 from ..clock import Clock
-from ..errors import BakeryError, UsageError
+from ..errors import BakeryError, UsageError, WorkspaceWriteError
 from ..settings import Settings
 from ..state import BakeState, Workspace
 
@@ -255,8 +255,11 @@ class CleanupReport:
         """Write the state, noting (not raising) a failure: the teardown goes on."""
         try:
             ctx.save()
-        except OSError as exc:
-            self.errors.append(f"could not write the state file: {exc}")
+        except (OSError, WorkspaceWriteError) as exc:
+            # Noted once: the teardown goes on without the disk (the resources carry the bake-id tag).
+            note = f"could not write the state file: {exc}"
+            if note not in self.errors:
+                self.errors.append(note)
 
 
 def _removal(what: str, manual: str, remove: Callable[[], str] | None) -> Removal:
@@ -277,6 +280,55 @@ def resource_name(role: str, limit: int = 64) -> str:
         return name
     digest = hashlib.sha256(role.encode()).hexdigest()[:8]
     return f"bakery-{role[: limit - len('bakery-') - 9]}-{digest}"
+
+
+# How long a teardown waits for a terminated instance to be gone before it checks the Chef server
+# again: on AWS an instance shows ``shutting-down`` for tens of seconds, and its chef-client (or a
+# re-registration with the validator) may run on meanwhile and create the client and node again.
+TERMINATION_WAIT = 90.0
+
+
+def wait_terminated(ctx: Teardown, instance_id: str, timeout: float = TERMINATION_WAIT) -> str:
+    """Poll until ``instance_id`` is ``terminated`` (or not found); returns the last state seen."""
+    deadline = time.monotonic() + timeout
+    name = "shutting-down"
+    while True:
+        try:
+            found = ctx.ec2("DescribeInstances", InstanceIds=[instance_id]).get("Reservations", [])
+        except BakeryError as exc:
+            if "InvalidInstanceID.NotFound" in str(exc):
+                return "terminated"
+            raise
+        instances = [i for r in found for i in r.get("Instances", [])]
+        name = instances[0]["State"]["Name"] if instances else "terminated"
+        if name == "terminated" or time.monotonic() >= deadline:
+            return name
+        ctx.sleep()
+
+
+def recheck_chef_identity(ctx: Teardown, report: CleanupReport, node: str, instance_id: str) -> None:
+    """After the instance is gone, delete the bake's Chef client and node again if it recreated them."""
+    try:
+        final = wait_terminated(ctx, instance_id)
+    except BakeryError as exc:
+        report.errors.append(f"could not see whether {instance_id} terminated ({exc}); if Chef client/node {node} "
+                             f"exists again, `bakery reap` removes it")
+        return
+    if final != "terminated":
+        report.kept.append(f"nothing more: {instance_id} is still {final} after {TERMINATION_WAIT:.0f} s; should it "
+                           f"register Chef client/node {node} again, `bakery reap` removes it")
+        return
+
+    def again() -> str:
+        client, node_gone = ctx.chef().delete_client(node), ctx.chef().delete_node(node)
+        if client or node_gone:
+            return (f"Chef client/node {node} registered again while {instance_id} was shutting down: "
+                    "deleted again after it terminated")
+        return ""
+
+    report.attempt(ctx, Removal("chef-client", node, "", "delete", "deleted",
+                                f"knife client delete {node} -y && knife node delete {node} -y", again,
+                                label=f"Chef node/client {node} (after termination)"))
 
 
 def remove_chef_identity(ctx: Teardown, report: CleanupReport, node: str, removed: Callable[[], None]) -> None:

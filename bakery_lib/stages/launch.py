@@ -27,7 +27,7 @@ from ..errors import BakeryError, StageTimeout
 from ..resources import terminate_instance
 from ..userdata import bake_userdata
 from ..waits import Gone, Wait
-from .base import CleanupReport, Context, Removal, Teardown, remove_chef_identity
+from .base import CleanupReport, Context, Removal, Teardown, recheck_chef_identity, remove_chef_identity
 
 # How long a rerun waits for the instance the state recorded to become visible (EC2 propagation).
 RECORDED_GRACE = 60.0
@@ -173,8 +173,11 @@ def cleanup(ctx: Teardown, report: CleanupReport) -> None:
         report.kept.append(f"instance {instance_id} and its Chef node/client {state.chef_node} (--keep-on-failure); "
                            f"remove them later with `bakery cleanup --role {ctx.role_name}`")
         return
+    terminated_here = False
     if instance_id and not state.instance_terminated:
         def term() -> str:
+            nonlocal terminated_here
+            terminated_here = True
             gone = terminate_instance(ctx.aws, ctx.region, instance_id)
             state.instance_terminated = True
             report.save(ctx)
@@ -185,5 +188,9 @@ def cleanup(ctx: Teardown, report: CleanupReport) -> None:
     # After the instance: a chef-client still running there could otherwise register it again.
     if state.chef_node and not state.chef_cleaned:
         remove_chef_identity(ctx, report, state.chef_node, lambda: setattr(state, "chef_cleaned", True))
+        # A chef-client still running on the shutting-down instance can register it again: once the
+        # instance is terminated, delete what it recreated.
+        if terminated_here and instance_id and state.chef_cleaned:
+            recheck_chef_identity(ctx, report, state.chef_node, instance_id)
 
 

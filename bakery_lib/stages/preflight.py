@@ -2,7 +2,8 @@
 
 Reads: the catalogue, the workspace state (to refuse a second bake while one is in progress here).
 Calls: Chef (one signed request; run list cookbooks/roles exist), EC2 DescribeImages (resolve the
-base AMI), EC2 DescribeInstances (refuse if another bake of the role is in flight anywhere), EC2
+base AMI; its platform and architecture must fit the role), DescribeInstanceTypeOfferings and
+DescribeInstanceTypes (the role's instance types are offered in its region), EC2 DescribeInstances (refuse if another bake of the role is in flight anywhere), EC2
 DescribeImages (an available AMI with the same bake key). In ``bakery bake`` the roles share these
 calls: the base AMI is resolved once per process, and the two look-ups are batched across roles.
 Writes: a new ``.bakery/ROLE.json`` with bake id, release, base AMI and bake key.
@@ -14,11 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..amis.base_image import resolve_ssm_base
 from ..aws import tags_of
 from ..catalog import AmiFilter, RoleSpec
+from ..checks import check_instance_types, check_platform
 from ..ec2.images import retag_image
 from ..ec2.instances import bakes_in_flight
 from ..errors import BakeryError, UsageError
@@ -66,7 +70,7 @@ def resolve_base_image(ctx: RoleContext) -> dict[str, Any]:
                 f"{role.base_ami.name!r} owned by {', '.join(role.base_ami.owners)} in {role.region}"
             )
         return max(images, key=lambda i: (i.get("CreationDate") or "", i["ImageId"]))
-    ami = role.base_ami
+    ami = resolve_ssm_base(ctx, role.base_ami)  # an AMI id, or resolve:ssm:/PARAMETER read in the region
     images = ctx.session.once(("base-ami", role.region, ami), lambda: ctx.aws.describe_images(role.region, [ami]))
     if not images or images[0].get("State") != "available":
         state = images[0].get("State") if images else "not found"
@@ -150,24 +154,51 @@ def _refuse_in_flight(ctx: Context) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Inspection:
+    """What preflight found, before it writes anything: the base image, the bake key, a reusable AMI."""
+
+    base_image: dict[str, Any]
+    bake_key: str
+    reusable: dict[str, Any] | None
+
+
+def refuse_open_bake(ctx: Context, release: str | None) -> str | None:
+    """A message if this workspace's bake of the role is already open for this release; raises if for another."""
+    existing = ctx.state
+    if existing is None or existing.closed:
+        return None
+    if existing.succeeded("preflight") and (release is None or release == existing.release):
+        return f"already done: bake {existing.bake_id} of release {existing.release} is open"
+    raise BakeryError(
+        f"bake {existing.bake_id} of role {ctx.role.name!r} (release {existing.release}) is still in progress "
+        f"in {ctx.ws.root}; finish it, or run `bakery cleanup --role {ctx.role.name}` there to abandon it "
+        f"(from elsewhere: `bakery --workspace {ctx.ws.root} cleanup --role {ctx.role.name}`)"
+    )
+
+
+def inspect(ctx: Context) -> Inspection:
+    """Every check of preflight, read-only: Chef run list, base AMI (platform, architecture), instance
+    types offered, no other bake in flight, and an AMI to reuse. ``bake --dry-run`` stops here."""
+    versions = _check_run_list(ctx)
+    base_image = resolve_base_image(ctx)
+    check_platform(ctx, base_image)
+    check_instance_types(ctx, base_image)
+    _refuse_in_flight(ctx)
+    check_sharing_keys(ctx)  # the accounts an AMI is shared with can use its keys (see bakery_lib.kms)
+    key = bake_key(ctx.role, base_image["ImageId"], versions)
+    return Inspection(base_image, key, None if ctx.force else find_reusable(ctx, key))
+
+
 def run(ctx: Context, release: str | None) -> str:
     role = ctx.role
     existing = ctx.state
-    if existing is not None and not existing.closed:
-        if existing.succeeded("preflight") and (release is None or release == existing.release):
-            return f"already done: bake {existing.bake_id} of release {existing.release} is open"
-        raise BakeryError(
-            f"bake {existing.bake_id} of role {role.name!r} (release {existing.release}) is still in progress "
-            f"in {ctx.ws.root}; finish it, or run `bakery cleanup --role {role.name}` to abandon it"
-        )
+    done = refuse_open_bake(ctx, release)
+    if done:
+        return done
     release = check_release(release)
-
-    versions = _check_run_list(ctx)
-
-    base_image = resolve_base_image(ctx)
-    base_ami = base_image["ImageId"]
-    _refuse_in_flight(ctx)
-    check_sharing_keys(ctx)  # the accounts an AMI is shared with can use its keys (see bakery_lib.kms)
+    found = inspect(ctx)
+    base_ami = found.base_image["ImageId"]
 
     if existing is not None:
         ctx.ws.archive(existing)
@@ -179,12 +210,12 @@ def run(ctx: Context, release: str | None) -> str:
         region=role.region,
         platform=role.platform,
         base_ami=base_ami,
-        bake_key=bake_key(role, base_ami, versions),
+        bake_key=found.bake_key,
         chef_node=node_name(role.name, bake_id),
-        base_root_device=base_image.get("RootDeviceName"),
+        base_root_device=found.base_image.get("RootDeviceName"),
     )
     state = ctx.state
-    reused = None if ctx.force else find_reusable(ctx, state.bake_key or "")
+    reused = found.reusable
     if reused is not None:
         state.reused = True
         state.image_id = reused["ImageId"]

@@ -29,6 +29,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..amis import retire
 from ..aws import tag_list, tags_of
 from ..catalog import RoleSpec
 from ..ec2.images import retag_image
@@ -326,7 +327,9 @@ def _point_at(ctx: Context, primary: str) -> list[str]:
     if shared_with:
         messages.append(f"shared with {', '.join(shared_with)}"
                         + (" (snapshots too)" if ctx.role.share_snapshots and ctx.role.share_with_accounts else ""))
+    messages.append(retire.guard_new(ctx, state.amis))  # before latest: a failure publishes nothing
     written, notes = _publish_latest(ctx, state.amis)
+    messages.extend(filter(None, [retire.supersede(ctx, state.amis, written)]))
     if written:
         messages.append(f"{latest_parameter(ctx.role.name)} in {', '.join(written)}")
     messages.extend(notes)

@@ -15,10 +15,12 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import botocore.exceptions
 import pytest
+from support.proxy import FaultProxy, Rule
 from support.stages import new_aws
 
 from bakery_lib.aws import Aws
@@ -187,10 +189,15 @@ def test_prune_keeps_newest_in_use_template_and_ssm(moto_server, tmp_path):
     west_amis = [west.ami(role, bake_id(i)) for i in range(3)]
     snaps = {a: east.snapshots(a) for a in amis + [failed]} | {a: west.snapshots(a) for a in west_amis}
 
-    aws = new_aws(moto_server)
-    inject_image_states(aws, {failed: "failed"})
-    logged: list[str] = []
-    report = prune(aws, spec, 2, dry_run=False, log=logged.append)
+    # The bakery's own scan, as when DescribeImageReferences is refused (tests/functional/test_fleet_amis.py
+    # has EC2's references).
+    with FaultProxy(moto_server.url) as proxy:
+        proxy.add(Rule("DescribeImageReferences", times=None))
+        aws = new_aws(SimpleNamespace(url=proxy.url))
+        inject_image_states(aws, {failed: "failed"})
+        logged: list[str] = []
+        report = prune(aws, spec, 2, dry_run=False, log=logged.append)
+    assert "DescribeImageReferences failed (UnauthorizedOperation)" in report.text()
 
     assert report.exit_code == 0, report.text()
     decisions = {d.image_id: d for d in report.decisions}

@@ -131,6 +131,7 @@ class Rewrite:
     after: str | None = None
     times: int | None = None
     fired: int = 0
+    active: Callable[[], bool] | None = None  # rewrite only while this says so (e.g. until an event is set)
 
 
 @dataclass
@@ -266,6 +267,8 @@ class FaultProxy(LoopbackHTTPServer):
                 if rw.operation != operation or (rw.after and rw.after not in self._seen_ok):
                     continue
                 if rw.times is not None and rw.fired >= rw.times:
+                    continue
+                if rw.active is not None and not rw.active():
                     continue
                 new = body.replace(rw.find.encode(), rw.replace.encode())
                 if new != body:

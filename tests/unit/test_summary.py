@@ -178,18 +178,19 @@ def test_markdown_has_one_row_per_role(tmp_path):
     md = md_path.read_text()
     assert md.splitlines()[0] == "# AMI Bakery summary — release 2.4.0"
     rows = md_rows(md)
-    assert [r[0] for r in rows] == ["api", "db", "web", "win"]
+    assert [r[0] for r in rows] == ["win", "db", "api", "web"]  # failures first, then open, then the rest
     by_role = {r[0]: r for r in rows}
-    assert all(len(r) == 6 for r in rows)
+    assert all(len(r) == 9 for r in rows)
     assert by_role["web"][1].endswith("succeeded")
     assert "us-east-1: ami-0aaa0000000000001" in by_role["web"][3] and "eu-west-1: ami-0aaa0000000000002" in by_role["web"][3]
     assert by_role["api"][1].endswith("reused") and by_role["win"][1].endswith("failed")
     assert by_role["db"][1].endswith("open")
+    assert by_role["api"][6] == "yes" and by_role["web"][6] == "no"  # reused
     # A pipe in a message cannot break the table.
-    assert "\\|" not in by_role["web"][5]
+    assert "\\|" not in by_role["web"][8]
 
 
-def test_outcomes_of_the_run_win_and_limit_the_roles(tmp_path):
+def test_outcomes_of_the_run_win_and_the_release_page_keeps_every_bake_of_the_release(tmp_path):
     ws = make_workspace(tmp_path)
     outcomes = [
         RoleOutcome("web", "succeeded", "succeeded", 470.0, amis={"us-east-1": "ami-0aaa0000000000001"}),
@@ -199,10 +200,12 @@ def test_outcomes_of_the_run_win_and_limit_the_roles(tmp_path):
     ]
     html_path, md_path = write_summary(ws, outcomes, release="2.4.0")
     rows = {r[0]: r for r in md_rows(md_path.read_text())}
-    assert set(rows) == {"web", "batch"}
-    assert rows["batch"][1].endswith("failed") and "another bakery process" in rows["batch"][5]
-    assert "'batch' \\| lock" in rows["batch"][5]
-    assert rows["web"][4] == "7 min 50 s"
+    # This run's two roles, and the earlier bakes of release 2.4.0 in this workspace: the release's page.
+    assert set(rows) == {"web", "batch", "api", "db", "win"}
+    assert list(rows)[:2] == ["batch", "win"]  # failures first
+    assert rows["batch"][1].endswith("failed") and "another bakery process" in rows["batch"][8]
+    assert "'batch' \\| lock" in rows["batch"][8]
+    assert rows["web"][7] == "7 min 50 s"
     page, _ = parse(html_path)
     assert "another bakery process is working on role 'batch' | lock" in page.all_text()
 

@@ -1,0 +1,384 @@
+"""An HTTP layer in front of moto server that answers the EC2 AMI calls moto 5.2 lacks, as AWS does.
+
+moto 5.2.5 has no EnableImageDeprecation / DisableImageDeprecation, no ``DeprecationTime`` in
+DescribeImages, and no deregistration protection (Enable/DisableImageDeregistrationProtection, the
+refusal of DeregisterImage while an AMI is protected, the 24-hour cooldown). The bakery uses all of
+them, so the devstack puts this layer between every client and moto: it answers those calls itself,
+keeps their state per (region, image), adds ``deprecationTime`` / ``deregistrationProtection`` to the
+images moto's DescribeImages returns, and forwards everything else unchanged.
+
+How AWS behaves, from the EC2 API reference (docs.aws.amazon.com/AWSEC2/latest/APIReference/):
+
+- ``API_EnableImageDeprecation``: ``ImageId`` and ``DeprecateAt`` are required; seconds are rounded to
+  the nearest minute; "You can't specify a date in the past"; the upper limit is 10 years from now.
+  The layer refuses a time before the current minute or beyond 10 years with
+  ``InvalidParameterValue``, rounds, and reports it as ``deprecationTime`` (``YYYY-MM-DDTHH:MM:00.000Z``).
+- ``API_DisableImageDeprecation``: cancels it (no ``deprecationTime`` any more).
+- ``API_EnableImageDeregistrationProtection``: "When deregistration protection is enabled, the AMI can't
+  be deregistered"; ``WithCooldown`` "enforces deregistration protection for 24 hours after
+  deregistration protection is disabled". ``API_DisableImageDeregistrationProtection``: with the
+  cooldown "you won't immediately be able to deregister the AMI". DescribeImages reports the state as
+  ``deregistrationProtection`` (the Image shape, ``API_Image``): ``enabled-with-cooldown``,
+  ``enabled-without-cooldown`` or ``disabled-until TIME`` during the cooldown.
+- ``LastLaunchedTime`` (``API_Image``, ``API_DescribeImageAttribute`` attribute ``lastLaunchedTime``):
+  "When the AMI is used to launch an instance, there is a 24-hour delay before that usage is
+  reported." The layer notes every RunInstances that moto carried out and reports its time once a
+  day has passed on the layer's clock, in DescribeImages and in DescribeImageAttribute.
+- ``API_DescribeImageReferences``: "Either IncludeAllResourceTypes or ResourceTypes must be
+  specified" (else ``MissingParameter``); answers ``imageReferenceSet`` items (``imageId``,
+  ``resourceType``, ``arn``) for the account's ``ec2:Instance`` (option ``state-name``; default here:
+  every state but terminated), ``ec2:LaunchTemplate`` (option ``version-depth``, the most recent
+  versions; default here 20: the user guide's defaults page could not be read here) and
+  ``ssm:Parameter`` (parameters of data type ``aws:ec2:image``), read from moto; the Image Builder
+  types are accepted and have no references (moto has no Image Builder).
+- Recycle Bin retention rules (``CreateRule``, ``ListRules``; moto has no ``rbin``): ``ami_rbin``.
+- DeregisterImage of a protected AMI (or one in its cooldown) is refused; the reference does not name
+  the error code, the layer answers ``OperationNotPermitted`` (EC2's code for a refused state change)
+  and a message naming the protection.
+
+Every one of these calls on an image that does not exist answers ``InvalidAMIID.NotFound`` (asked of
+moto with DescribeImages), a malformed id ``InvalidAMIID.Malformed``. What the layer does not model:
+``DryRun``, ownership checks (moto's public images are never deprecated by the bakery), filters on
+the two new fields.
+
+Time: the layer's clock is the wall clock plus an offset a test moves forward with
+``POST /_ami-layer/advance?seconds=N`` (loopback only, like moto's own ``/moto-api/`` control calls):
+the 24-hour cooldown ends without waiting a day.
+
+``python -m devstack.ami_layer --upstream URL`` runs it in its own process (as moto does, so its
+answers do not queue behind the tests' Python work); :class:`LayeredMoto` starts moto and the layer
+together and is a drop-in :class:`~devstack.moto.MotoServer` whose ``url`` is the layer's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import re
+import subprocess
+import sys
+import threading
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from ._proc import LOOPBACK, free_port, stop_process, wait_until
+from .ami_rbin import RbinError, RecycleBin
+from .moto import REGION, MotoServer, isolated_env
+
+COOLDOWN = timedelta(hours=24)
+REPORT_DELAY = timedelta(hours=24)  # LastLaunchedTime is reported a day after the launch
+MAX_DEPRECATION = timedelta(days=3650)
+_SCOPE_RE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
+_AMI_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
+_ITEM_IMAGE_RE = re.compile(r"(<imageId>(ami-[0-9a-f]+)</imageId>)")
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+OWN_ACTIONS = ("EnableImageDeprecation", "DisableImageDeprecation", "EnableImageDeregistrationProtection",
+               "DisableImageDeregistrationProtection")
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+@dataclass
+class ImageExtras:
+    """What AWS keeps about an AMI that moto does not."""
+
+    deprecation: datetime | None = None
+    launched: datetime | None = None
+    protected: bool = False
+    cooldown: bool = False
+    disabled_until: datetime | None = None
+
+    def protection(self, now: datetime) -> str | None:
+        if self.protected:
+            return "enabled-with-cooldown" if self.cooldown else "enabled-without-cooldown"
+        if self.disabled_until is not None and self.disabled_until > now:
+            return f"disabled-until {_iso(self.disabled_until)}"
+        return None
+
+    def last_launched(self, now: datetime) -> datetime | None:
+        return self.launched if self.launched is not None and self.launched + REPORT_DELAY <= now else None
+
+
+class AmiLayer:
+    """The layer's state and answers (no HTTP here: :func:`serve` wires it to a server)."""
+
+    def __init__(self, upstream: str):
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.lock = threading.Lock()
+        self.images: dict[tuple[str, str], ImageExtras] = {}
+        self.offset = timedelta()
+        self.rbin = RecycleBin()
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc) + self.offset
+
+    # --- forwarding ---------------------------------------------------------------------------------
+    def forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list, bytes]:
+        conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=120)
+        try:
+            headers = {**headers, "Content-Length": str(len(body))}
+            conn.request(method, path, body=body if body or method in ("POST", "PUT") else None, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP], resp.read()
+        finally:
+            conn.close()
+
+    def _exists(self, region: str, image_id: str, headers: dict[str, str]) -> None:
+        if not _AMI_RE.match(image_id or ""):
+            raise ApiError("InvalidAMIID.Malformed", f"Invalid id: \"{image_id}\" (expecting \"ami-...\")")
+        body = urllib.parse.urlencode({"Action": "DescribeImages", "Version": "2016-11-15",
+                                       "ImageId.1": image_id}).encode()
+        status, _, answer = self.forward("POST", "/", headers, body)
+        if status >= 400 or b"<imageId>" not in answer:
+            raise ApiError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
+
+    # --- the calls moto lacks -----------------------------------------------------------------------
+    def own(self, action: str, region: str, params: dict[str, str], headers: dict[str, str]) -> str:
+        image_id = params.get("ImageId", "")
+        self._exists(region, image_id, headers)
+        with self.lock:
+            extras = self.images.setdefault((region, image_id), ImageExtras())
+            now = self.now()
+            if action == "EnableImageDeprecation":
+                extras.deprecation = self._deprecate_at(params.get("DeprecateAt"), now)
+            elif action == "DisableImageDeprecation":
+                extras.deprecation = None
+            elif action == "EnableImageDeregistrationProtection":
+                extras.protected, extras.disabled_until = True, None
+                extras.cooldown = params.get("WithCooldown", "false").lower() == "true"
+            else:  # DisableImageDeregistrationProtection
+                if extras.protected and extras.cooldown:
+                    extras.disabled_until = now + COOLDOWN
+                extras.protected = False
+        return "<return>true</return>"
+
+    @staticmethod
+    def _deprecate_at(raw: str | None, now: datetime) -> datetime:
+        if not raw:
+            raise ApiError("MissingParameter", "The request must contain the parameter DeprecateAt")
+        when = _parse_time(raw)
+        if when is None:
+            raise ApiError("InvalidParameterValue", f"Value ({raw}) for parameter DeprecateAt is invalid")
+        rounded = (when + timedelta(seconds=30)).replace(second=0, microsecond=0)
+        if rounded < now.replace(second=0, microsecond=0):
+            raise ApiError("InvalidParameterValue", "DeprecateAt: you can't specify a date in the past")
+        if when > now + MAX_DEPRECATION:
+            raise ApiError("InvalidParameterValue", "DeprecateAt: the upper limit is 10 years from now")
+        return rounded
+
+    def launched(self, region: str, params: dict[str, str]) -> None:
+        with self.lock:
+            self.images.setdefault((region, params.get("ImageId", "")), ImageExtras()).launched = self.now()
+
+    def last_launched_attribute(self, region: str, params: dict[str, str], headers: dict[str, str]) -> str:
+        image_id = params.get("ImageId", "")
+        self._exists(region, image_id, headers)
+        with self.lock:
+            extras = self.images.get((region, image_id))
+            launched = extras.last_launched(self.now()) if extras else None
+        value = f"<value>{_iso(launched)}</value>" if launched else ""
+        return f"<imageId>{image_id}</imageId><lastLaunchedTime>{value}</lastLaunchedTime>"
+
+    def references(self, region: str, params: dict[str, str]) -> str:
+        from . import ami_references  # boto3 clients to moto: only for this call
+
+        image_ids = [v for k, v in sorted(params.items()) if re.match(r"^ImageId\.\d+$", k)]
+        types = {v for k, v in params.items() if re.match(r"^ResourceType\.\d+\.ResourceType$", k)}
+        if params.get("IncludeAllResourceTypes", "false").lower() != "true" and not types:
+            raise ApiError("MissingParameter", "Either IncludeAllResourceTypes or ResourceTypes must be specified")
+        if not image_ids:
+            raise ApiError("MissingParameter", "The request must contain the parameter ImageIds")
+        found = ami_references.find(self.upstream.geturl(), region, image_ids, types or None)
+        items = "".join(f"<item><imageId>{escape(i)}</imageId><resourceType>{escape(t)}</resourceType>"
+                        f"<arn>{escape(a)}</arn></item>" for i, t, a in found)
+        return f"<imageReferenceSet>{items}</imageReferenceSet>"
+
+    def answer(self, action: str, region: str, params: dict[str, str], headers: dict[str, str]) -> str | None:
+        """The layer's own answer to a call (its response elements), or None to forward it to moto."""
+        if action in OWN_ACTIONS:
+            return self.own(action, region, params, headers)
+        if action == "DescribeImageReferences":
+            return self.references(region, params)
+        if action == "DescribeImageAttribute" and params.get("Attribute") == "lastLaunchedTime":
+            return self.last_launched_attribute(region, params, headers)
+        if action == "DeregisterImage":
+            self.refuse_protected(region, params)
+        return None
+
+    def after(self, action: str, region: str, params: dict[str, str], status: int, body: bytes) -> bytes:
+        """moto's answer, with what AWS adds (DescribeImages), noting launches (RunInstances)."""
+        if action == "DescribeImages" and status == 200:
+            return self.decorate(region, body)
+        if action == "RunInstances" and status == 200:
+            self.launched(region, params)
+        return body
+
+    def refuse_protected(self, region: str, params: dict[str, str]) -> None:
+        image_id = params.get("ImageId", "")
+        with self.lock:
+            extras = self.images.get((region, image_id))
+            state = extras.protection(self.now()) if extras else None
+        if state:
+            raise ApiError("OperationNotPermitted",
+                           f"The image {image_id} cannot be deregistered: deregistration protection is {state}")
+
+    def decorate(self, region: str, body: bytes) -> bytes:
+        """DescribeImages: each image's ``deprecationTime`` and ``deregistrationProtection``."""
+        text = body.decode()
+        now = self.now()
+
+        def add(match: re.Match[str]) -> str:
+            with self.lock:
+                extras = self.images.get((region, match.group(2)))
+            if extras is None:
+                return match.group(1)
+            extra = ""
+            if extras.deprecation is not None:
+                extra += f"<deprecationTime>{_iso(extras.deprecation)}</deprecationTime>"
+            if (launched := extras.last_launched(now)) is not None:
+                extra += f"<lastLaunchedTime>{_iso(launched)}</lastLaunchedTime>"
+            if (state := extras.protection(now)) is not None:
+                extra += f"<deregistrationProtection>{escape(state)}</deregistrationProtection>"
+            return match.group(1) + extra
+        return _ITEM_IMAGE_RE.sub(add, text).encode()
+
+
+def _error(code: str, message: str) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{escape(code)}</Code>'
+            f"<Message>{escape(message)}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID>"
+            "</Response>").encode()
+
+
+def _handler(layer: AmiLayer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: without this, Nagle's algorithm and the client's
+        # delayed ACK add some 40 ms to every answer.
+        disable_nagle_algorithm = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, body: bytes, headers: list | None = None, ctype: str = "text/xml") -> None:
+            self.send_response(status)
+            for key, value in headers or [("Content-Type", ctype)]:
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+            if self.path.startswith("/_ami-layer/advance"):
+                seconds = float(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)["seconds"][0])
+                with layer.lock:
+                    layer.offset += timedelta(seconds=seconds)
+                self._send(200, b"ok", ctype="text/plain")
+                return
+            scope = _SCOPE_RE.search(self.headers.get("Authorization", ""))
+            region, service = (scope.group(1), scope.group(2)) if scope else (REGION, "")
+            if service == "rbin":
+                try:
+                    answered = layer.rbin.handle(self.path, region, body)
+                except RbinError as exc:
+                    self._send(exc.status, exc.body(), [("Content-Type", "application/json"),
+                                                        ("x-amzn-ErrorType", exc.code)])
+                    return
+                if answered is not None:
+                    self._send(answered[0], answered[1], [("Content-Type", "application/json")])
+                    return
+            params = ({k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+                      if service == "ec2" and self.command == "POST" else {})
+            action = params.get("Action", "")
+            try:
+                answer = layer.answer(action, region, params, headers)
+            except ApiError as exc:
+                self._send(exc.status, _error(exc.code, exc.message))
+                return
+            if answer is not None:
+                self._send(200, (f'<?xml version="1.0" encoding="UTF-8"?><{action}Response>'
+                                 f"<requestId>{uuid.uuid4()}</requestId>{answer}</{action}Response>").encode())
+                return
+            status, out_headers, answer_body = layer.forward(self.command, self.path, headers, body)
+            self._send(status, layer.after(action, region, params, status, answer_body), out_headers)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle  # noqa: N815
+
+    return Handler
+
+
+def serve(upstream: str, port: int) -> None:
+    server = ThreadingHTTPServer((LOOPBACK, port), _handler(AmiLayer(upstream)))
+    server.daemon_threads = True
+    server.serve_forever(poll_interval=0.5)
+
+
+class LayeredMoto(MotoServer):
+    """moto server with the AMI layer in front: ``url`` (and so ``env()``/``client()``) is the layer's,
+    ``moto_url`` moto's own. ``advance(seconds)`` moves the layer's clock (the cooldown's)."""
+
+    _layer: subprocess.Popen | None = None
+    moto_url = ""
+    offset = 0.0  # seconds the layer's clock was moved forward
+
+    def start(self) -> LayeredMoto:
+        super().start()
+        self.moto_url = self.url
+        port = free_port()
+        root = str(Path(__file__).resolve().parent.parent)
+        with open(self.log_path or "/dev/null", "ab") as log:
+            self._layer = subprocess.Popen(
+                [sys.executable, "-m", "devstack.ami_layer", "--upstream", self.moto_url, "--port", str(port)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=root, env=isolated_env({"PYTHONPATH": root}))
+        self.url = f"http://{LOOPBACK}:{port}"
+        wait_until(self._answers, timeout=self.startup_timeout, what=f"AMI layer on {self.url}",
+                   proc=self._layer, log_path=self.log_path, interval=0.1)
+        return self
+
+    def advance(self, seconds: float) -> None:
+        request = urllib.request.Request(f"{self.url}/_ami-layer/advance?seconds={seconds}", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+        self.offset += seconds
+
+    def stop(self) -> None:
+        stop_process(self._layer)
+        self._layer = None
+        super().stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m devstack.ami_layer", description=__doc__.splitlines()[0])
+    parser.add_argument("--upstream", required=True, help="moto server URL")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    serve(args.upstream, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The release summary: every bake of the release (this run, earlier runs in the workspace, other
+workspaces and processes known from their AMIs' tags), failures first, with boot-test, base AMI,
+platform and reuse columns; at 200 roles it stays readable in a real browser (headless Chromium):
+no id wraps, no column is empty.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from bakery_lib.bake import RoleOutcome
+from bakery_lib.state import BakeState, StageRecord, Workspace
+from bakery_lib.summary import rows_from_images, write_summary
+
+T0 = 1_700_000_000.0
+RELEASE = "7.1.0"
+
+
+def _state(role: str, i: int, **kw) -> BakeState:
+    s = BakeState(role=role, bake_id=f"20260101{i:06d}-{i:06x}", release=RELEASE, region="us-east-1",
+                  platform="windows" if i % 10 == 3 else "linux", base_ami=f"ami-0{i:016x}", **kw)
+    s.stages["preflight"] = StageRecord("succeeded", T0, T0 + 2, 2.0, "ok", 1)
+    return s
+
+
+def _image(role: str, image_id: str, boot_test: str) -> dict:
+    tags = {"bakery:role": role, "bakery:release": RELEASE, "bakery:bake-id": "20260101000000-0f0f0f",
+            "bakery:base-ami": "ami-0123456789abcdef0", "bakery:boot-test": boot_test}
+    return {"ImageId": image_id, "State": "available", "CreationDate": "2026-01-01T00:00:00Z", "Region": "eu-west-1",
+            "PlatformDetails": "Linux/UNIX", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+
+
+def md_rows(ws: Workspace) -> list[list[str]]:
+    lines = (ws.reports_dir / "summary.md").read_text().splitlines()[4:]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines if line.startswith("| ")]
+
+
+def test_the_release_page_accumulates_every_bake_of_the_release(tmp_path):
+    ws = Workspace(tmp_path)
+    ws.save(_state("web", 1, outcome="succeeded", closed=True, amis={"us-east-1": "ami-0aaa0000000000001"},
+                   boot_test="passed"))  # an earlier `bakery bake` of the release
+    ws.save(BakeState(role="old", bake_id="20250101000000-000001", release="7.0.0", region="us-east-1",
+                      platform="linux"))  # another release: not on this page
+    billing = _state("billing", 3, outcome="failed", closed=True)
+    billing.stages["bootstrap"] = StageRecord("failed", T0 + 2, T0 + 40, 38.0, "chef-client exited 1", 1)
+    ws.save(billing)
+    # `create-instance billing --bake` ran now: its outcome, and the other bakes of the release stay.
+    outcomes = [RoleOutcome("billing", "failed", "bootstrap: chef-client exited 1", 40.0)]
+    tagged = rows_from_images([_image("reporting", "ami-0ccc0000000000001", "passed"),
+                               _image("web", "ami-0ddd0000000000001", "passed")])
+    write_summary(ws, outcomes, release=RELEASE, tagged=tagged)
+    rows = md_rows(ws)
+    assert [r[0] for r in rows] == ["billing", "reporting", "web"]  # failures first; 7.0.0 left out
+    by_role = {r[0]: r for r in rows}
+    assert by_role["web"][3] == "us-east-1: ami-0aaa0000000000001"  # the workspace's own record wins
+    assert by_role["web"][2] == "passed" and by_role["web"][4] == "ami-00000000000000001"
+    assert by_role["billing"][5] == "windows"
+    assert by_role["reporting"][3] == "eu-west-1: ami-0ccc0000000000001"  # another workspace's bake
+    assert "another workspace or process" in by_role["reporting"][8]
+
+
+MEASURE = """<script>
+window.addEventListener('load', () => {
+  const wrapped = [];
+  for (const el of document.querySelectorAll('table.overview code')) {
+    if (el.getClientRects().length > 1) wrapped.push(el.textContent);
+  }
+  const table = document.querySelector('table.overview');
+  const heads = [...table.querySelectorAll('thead th')].map(th => th.textContent);
+  const filled = heads.map(() => false);
+  for (const tr of table.querySelectorAll('tbody tr')) {
+    [...tr.children].forEach((td, i) => { const t = td.textContent.trim(); if (t && t !== '–') filled[i] = true; });
+  }
+  const out = document.createElement('pre');
+  out.id = 'measured';
+  out.textContent = JSON.stringify({wrapped, empty: heads.filter((h, i) => !filled[i]), rows: table.tBodies[0].rows.length});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+class _Measured(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = False
+        self.text = ""
+
+    def handle_starttag(self, tag, attrs):
+        self.inside = self.inside or dict(attrs).get("id") == "measured"
+
+    def handle_endtag(self, tag):
+        if tag == "pre":
+            self.inside = False
+
+    def handle_data(self, data):
+        if self.inside:
+            self.text += data
+
+
+def test_a_200_role_summary_reads_well_in_headless_chromium(tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium is not installed (apt-get install chromium): the summary's layout cannot be checked")
+    ws = Workspace(tmp_path / "ws")
+    for i in range(200):
+        state = _state(f"service-{i:03d}", i, outcome="succeeded", closed=True, boot_test="passed",
+                       amis={"us-east-1": f"ami-0{i:016x}", "eu-west-1": f"ami-1{i:016x}"})
+        state.reused = i % 4 == 0
+        ws.save(state)
+    html_path, _ = write_summary(ws, release=RELEASE)
+    page = tmp_path / "measure.html"
+    page.write_text(html_path.read_text().replace("</body>", MEASURE + "</body>"))
+    profile = tmp_path / "profile"
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={profile}", "--window-size=1280,900", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=180)
+    parser = _Measured()
+    parser.feed(proc.stdout)
+    assert parser.text, f"no measurement from chromium: {proc.stderr[-2000:]}"
+    measured = json.loads(parser.text)
+    assert measured["rows"] == 200
+    assert measured["wrapped"] == [], f"ids wrap: {measured['wrapped'][:5]}"
+    assert measured["empty"] == [], f"empty columns: {measured['empty']}"
+

@@ -65,6 +65,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
                          "iam:AddRoleToInstanceProfile", "iam:RemoveRoleFromInstanceProfile"),
     "PassInstanceRolesToEc2": ("iam:PassRole",),
     "RunLists": ("s3:PutObject", "s3:GetObject"),
+    "RunListBuckets": ("s3:ListBucket",),
     "LatestParameters": ("ssm:PutParameter", "ssm:GetParameter"),
     "EncryptWithCatalogueKeys": ("kms:DescribeKey", "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom",
                                  "kms:ReEncryptTo", "kms:GenerateDataKeyWithoutPlaintext"),
@@ -203,6 +204,8 @@ def bakery_policy(catalog: Catalog) -> dict[str, Any]:
         sorted({arn for r in roles for arn in r.managed_policies}))
     buckets = sorted({r.runlist_bucket for r in roles})
     statements.append(_statement("RunLists", [f"arn:{part}:s3:::{b}/runlists/*" for b in buckets]))
+    # `bakery validate` checks the bucket exists (HeadBucket needs s3:ListBucket on it).
+    statements.append(_statement("RunListBuckets", [f"arn:{part}:s3:::{b}" for b in buckets]))
     statements.append(_statement("LatestParameters", sorted(
         f"arn:{part}:ssm:{r}:{account}:parameter/bakery/*" for r in regions)))
     sharing = any(r.share_with_accounts or r.share_with_organizations for r in roles)

@@ -20,6 +20,7 @@ from typing import Any
 from .aws import Aws
 from .catalog import Catalog
 from .errors import AwsError, UsageError
+from .iam_policy import bakery_policy
 
 PUBLIC_ACCESS_BLOCK = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
                        "RestrictPublicBuckets": True}
@@ -153,6 +154,4 @@ def plan_lines(steps: list[Step]) -> list[str]:
 
 def policy_text(catalog: Catalog) -> str:
     """The bakery identity's least-privilege IAM policy (``bakery iam-policy``), when this bakery has it."""
-    from .iam_policy import bakery_policy
-
     return json.dumps(bakery_policy(catalog), indent=2, sort_keys=True)

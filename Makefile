@@ -38,11 +38,11 @@ node-deps: $(TOOLS)/node_modules/.bin/npm-groovy-lint
 deps: system-deps venv node-deps
 
 lint: venv
-	$(VENV)/bin/ruff check bakery_lib tests bench devstack
+	$(VENV)/bin/ruff check bakery_lib tests bench devstack docs
 
 # pytest exit code 5 ("no tests collected") must fail the build, as must any other non-zero code.
 test: deps
-	$(VENV)/bin/ruff check bakery_lib tests bench devstack
+	$(VENV)/bin/ruff check bakery_lib tests bench devstack docs
 	$(VENV)/bin/mypy bakery_lib
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc

@@ -16,7 +16,8 @@
   through a client without botocore retries (those would only add a minute of back-off per refused
   placement); throttling and 5xx of RunInstances are retried here instead, and launch falls back to the
   next instance type / subnet.
-- Every API call is counted (for benchmarks and ``bakery bake`` summaries).
+- Every API call is counted (for benchmarks and ``bakery bake`` summaries); so is every poll round of
+  the bakes' waits (``rounds``, fed by ``waits.Wait`` through the bakes' clocks).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import botocore.parsers
 from botocore.config import Config
 
 from . import __version__
-from .errors import AwsError, BakeryError, Interrupted, UsageError
+from .clock import Clock, PollRounds
+from .errors import AwsError, BakeryError, UsageError
 
 # A bake instance in one of these states is a bake in flight (preflight and launch refuse a second).
 IN_FLIGHT_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
@@ -150,6 +152,8 @@ class Aws:
         self._clients: dict[tuple[str, str, bool], Any] = {}
         self._lock = threading.Lock()
         self.counter = CallCounter()
+        # Poll rounds of the waits of every bake of the process (their clocks share it, see clock.PollRounds).
+        self.rounds = PollRounds()
         self.mutations = threading.BoundedSemaphore(mutating_concurrency)
         self._hooks: list[tuple[str, Callable[..., Any]]] = []
         self._regions: set[str] | None = None
@@ -399,24 +403,6 @@ def _hint(code: str) -> str:
     return ""
 
 
-class Clock:
-    """Sleep and time, injectable so waits are testable; sleeps wake early when ``cancel`` is set."""
-
-    def __init__(self, cancel: threading.Event | None = None):
-        self.cancel = cancel or threading.Event()
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        if self.cancel.wait(seconds):
-            raise Interrupted("interrupted (SIGTERM/SIGINT): stopping and cleaning up")
-
-    def check(self) -> None:
-        if self.cancel.is_set():
-            raise Interrupted("interrupted (SIGTERM/SIGINT): stopping and cleaning up")
-
-
 class Batcher:
     """Coalesces the Describe calls of many concurrent bakes into one call per region.
 
@@ -431,14 +417,17 @@ class Batcher:
     previous one started; a caller that needs
     a fresher answer waits for the next fetch, which includes its key. So 20 bakes entering a wait at
     slightly different moments (each with a key not cached yet) make one call per ``min_gap``, not 20.
+    Time is the Batcher's own ``clock``; the waits (``linger``, the gap) sleep on the asking bake's
+    clock (``get(..., clock=)``), so an abort of that bake ends them at once.
     """
 
     CHUNK = 100
     FORGET_AFTER = 600.0
 
     def __init__(self, fetch: Callable[[str, list[str]], dict[str, Any]], *, linger: float = 0.0,
-                 min_gap: float = 0.0):
+                 min_gap: float = 0.0, clock: Clock | None = None):
         self._fetch = fetch
+        self._clock = clock or Clock()
         self._linger = linger
         self._min_gap = min_gap
         self._last_fetch: dict[str, float] = {}
@@ -447,28 +436,30 @@ class Batcher:
         self._wanted: dict[str, dict[str, float]] = collections.defaultdict(dict)  # region -> key -> last asked
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
 
-    def get(self, region: str, key: str, max_age: float = 0.0) -> Any:
-        now = time.monotonic()
+    def get(self, region: str, key: str, max_age: float = 0.0, *, clock: Clock | None = None) -> Any:
+        """The answer for ``key``, fetched at most ``max_age`` seconds ago; sleeps on ``clock`` (the asker's)."""
+        pace = clock or self._clock
+        now = self._clock.now()
         with self._lock:
             self._wanted[region][key] = now
             hit = self._cache.get((region, key))
         if hit is not None and now - hit[0] <= max_age:
             return hit[1]
         if self._linger:
-            time.sleep(self._linger)
+            pace.sleep(self._linger)
         with self._fetch_locks[region]:
             with self._lock:
                 hit = self._cache.get((region, key))
                 if hit is not None and hit[0] >= now:
                     return hit[1]  # fetched by another bake while this one waited for the lock
                 # Never wait longer than the caller's own poll age: fast test polls stay fast.
-                gap = self._last_fetch.get(region, -1e9) + min(self._min_gap, max_age) - time.monotonic()
+                gap = self._last_fetch.get(region, -1e9) + min(self._min_gap, max_age) - self._clock.now()
             if gap > 0:
-                time.sleep(gap)  # holding the region's fetch lock: the bakes asking meanwhile queue up
+                pace.sleep(gap)  # holding the region's fetch lock: the bakes asking meanwhile queue up
             with self._lock:
                 keys = [k for k, t in self._wanted[region].items() if now - t < self.FORGET_AFTER]
                 self._wanted[region] = {k: self._wanted[region][k] for k in keys}
-            fetched_at = time.monotonic()
+            fetched_at = self._clock.now()
             self._last_fetch[region] = fetched_at
             found: dict[str, Any] = {}
             for start in range(0, len(keys), self.CHUNK):

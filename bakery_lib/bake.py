@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .aws import Aws, Clock
+from .aws import Aws
 from .catalog import Catalog
 from .cleanup import cleanup
+from .clock import Clock
 from .errors import BakeryError
 from .reports import write_junit, write_summary_artifacts
 from .settings import Settings
@@ -75,7 +76,8 @@ def bake_role(
 ) -> RoleOutcome:
     """Every stage of one role in order; on a failure (or SIGTERM) the bake's teardown. Never raises."""
     t0 = time.monotonic()
-    ctx = Context(ws=ws, catalog=catalog, role=catalog.role(role_name), aws=aws, clock=Clock(cancel), log_fn=log,
+    ctx = Context(ws=ws, catalog=catalog, role=catalog.role(role_name), aws=aws, clock=Clock(cancel, rounds=aws.rounds),
+                  log_fn=log,
                   settings=settings or Settings(), session=session or Session(), force=force)
     results: list[StageResult] = []
     try:

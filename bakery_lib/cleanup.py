@@ -26,12 +26,12 @@ fails silently. A complete teardown closes the bake.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .aws import Aws, Clock
+from .aws import Aws
+from .clock import Clock
 from .errors import BakeryError
 from .stages import MODULES, ORDER
 from .stages.base import CleanupReport, Context, Teardown
@@ -59,7 +59,7 @@ def cleanup(ctx: Context, *, keep_instance: bool = False) -> CleanupReport:
         report.done.append(f"no bake of role {ctx.role.name} in this workspace")
         return report
     # A teardown must finish even when the bake was interrupted: it gets a clock nobody cancels.
-    ctx.clock = Clock()
+    ctx.clock = Clock(rounds=ctx.clock.rounds)
     teardown(ctx, report)
     kept_instance = bool(report.keep_instance and (
         (state.instance_id and not state.instance_terminated)
@@ -80,7 +80,7 @@ class TagContext:
     """A bake known only by its tags (no workspace holds it): what ``teardown`` needs, and no catalogue.
 
     ``state`` is the record ``reap`` built from the tags; ``save`` writes nothing (the record lives
-    in AWS and Chef only). ``chef`` None: the Chef part is skipped, and a cleanup asking for it fails
+    in AWS and Chef only). Its sleeps are on ``clock``, like a bake's (an abort ends them). ``chef`` None: the Chef part is skipped, and a cleanup asking for it fails
     with ``chef_error``.
     """
 
@@ -89,7 +89,6 @@ class TagContext:
     chef_client: ChefClient | None = None
     chef_error: str = "Chef is not used by this run"
     poll: float = 2.0
-    sleep_fn: Callable[[float], None] = time.sleep
     log_fn: Callable[[str], None] = _no_log
     clock: Clock = field(default_factory=Clock)
     state_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -110,7 +109,7 @@ class TagContext:
         self.log_fn(f"{self.role_name}: {message}")
 
     def sleep(self, seconds: float | None = None) -> None:
-        self.sleep_fn(self.poll if seconds is None else seconds)
+        self.clock.sleep(self.poll if seconds is None else seconds)
 
     def ec2(self, operation: str, **params: Any) -> dict[str, Any]:
         return self.aws.call("ec2", self.region, operation, **params)

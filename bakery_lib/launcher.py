@@ -6,7 +6,7 @@
   of ``release``); the image's first-boot mechanism registers it with Chef: this is how users scale fast.
 
 No bake state is involved: this calls the same state-free building blocks as the bake stages
-(``security_groups.converge``, ``iam_role.converge``, ``launch.launch_params``/``run_instance``).
+(``security_groups.converge``, ``iam_role.converge``, ``ec2.instances.launch_params``/``run_instance``).
 ``create-instance --bake`` is the bake runner itself (see ``bakery_lib.cli``).
 """
 
@@ -17,10 +17,10 @@ import time
 from typing import Any
 
 from .aws import tags_of
+from .ec2.instances import launch_params, run_instance
 from .errors import BakeryError, UsageError
 from .stages import iam_role, security_groups
 from .stages.base import RoleContext
-from .stages.launch import launch_params, run_instance
 from .stages.preflight import resolve_base_image
 from .userdata import firstboot_trigger_userdata, launch_userdata
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .aws import Aws, Clock
+from .aws import Aws
+from .clock import Clock
 from .errors import AwsError
 from .waits import while_propagating
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,3 +299,8 @@ def render_role_scripts(
     except OSError as exc:
         raise BakeryError(f"cannot write the scripts of role {role.name!r} to {target}: {exc.strerror}") from None
     return written
+
+
+def runlist_document(run_list: tuple[str, ...]) -> bytes:
+    """The role's first-boot run list as the instance reads it from S3 (publish writes it, the boot test too)."""
+    return (json.dumps({"run_list": list(run_list)}, indent=2) + "\n").encode()

@@ -17,7 +17,8 @@ One helper so that every wait has the same four properties:
 
 ``probe()`` returns the resource (or ``None`` when absent); ``check(resource)`` returns the wait's
 result when it is done, ``None`` to keep waiting, or raises to fail it. ``status(resource)`` is the
-short state shown in heartbeats.
+short state shown in heartbeats. Each poll round is counted, by the wait itself: ``Wait.rounds``, and
+``clock.rounds`` (a :class:`~bakery_lib.clock.PollRounds` the bakes of a process share) by ``what``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .aws import Clock
+from .clock import Clock
 from .errors import AwsError, BakeryError, StageTimeout
 
 T = TypeVar("T")
@@ -64,6 +65,8 @@ class Wait(Generic[T, R]):
     detail: Callable[[], str] | None = None
     on_timeout: Callable[[float, T | None], BaseException] | None = None
     gone_message: str = ""
+    # Poll rounds this wait made (one probe each); every round is counted on ``clock.rounds`` too.
+    rounds: int = 0
 
     def run(self, probe: Callable[[], T | None], check: Callable[[T], R | None]) -> R:
         start = self.clock.now()
@@ -73,6 +76,8 @@ class Wait(Generic[T, R]):
         shown = ""
         while True:
             self.clock.check()
+            self.rounds += 1
+            self.clock.rounds.count(self.what)
             found = probe()
             now = self.clock.now()
             if found is None:

@@ -21,11 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..aws import Aws, Clock
+from ..aws import Aws
 from ..bake import bake_many, summary_lines
-from ..catalog import REGION_RE, Catalog, check_role_name, load_catalog
+from ..catalog import REGION_RE, Catalog, check_role_name, load_catalog, schema_text
 from ..cleanup import cleanup
+from ..clock import Clock
 from ..errors import BakeryError, UsageError
+from ..fsutil import atomic_write_text
 from ..launcher import launch_instance
 from ..lifecycle import PruneReport, parse_duration, prune, reap
 from ..reports import write_junit
@@ -116,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("publish-runlist", "write s3://BUCKET/runlists/ROLE.json from the role's launch run list")
     p.add_argument("--role", required=True)
+
+    p = add("schema", "write the catalogue's JSON Schema (for editors' YAML completion and checks)")
+    p.add_argument("--output", metavar="FILE", help="write it to FILE (default: standard output)")
     return parser
 
 
@@ -150,8 +155,9 @@ class _Runtime:
         return Aws(endpoint_url=self.settings.endpoint_url)
 
     def context(self, role_name: str, cancel: threading.Event | None = None) -> Context:
-        return Context(ws=self.ws(), catalog=self.catalog(), role=self.catalog().role(role_name), aws=self.aws(),
-                       clock=Clock(cancel), settings=self.settings)
+        aws = self.aws()
+        return Context(ws=self.ws(), catalog=self.catalog(), role=self.catalog().role(role_name), aws=aws,
+                       clock=Clock(cancel, rounds=aws.rounds), settings=self.settings)
 
 
 def _install_signal_handlers(cancel: threading.Event, after: str = "cleaning up") -> None:
@@ -367,6 +373,15 @@ def cmd_publish_runlist(rt: _Runtime) -> int:
     return 0
 
 
+def cmd_schema(rt: _Runtime) -> int:
+    text = schema_text()
+    if rt.args.output:
+        print(atomic_write_text(Path(rt.args.output), text))
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[_Runtime], int]] = {
     "stage": cmd_stage,
     "cleanup": cmd_cleanup,
@@ -377,6 +392,7 @@ COMMANDS: dict[str, Callable[[_Runtime], int]] = {
     "prune": cmd_prune,
     "reap": cmd_reap,
     "summary": cmd_summary,
+    "schema": cmd_schema,
 }
 
 

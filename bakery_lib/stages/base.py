@@ -2,7 +2,7 @@
 clock, log) and, for a bake, the bake context on top of it (workspace and the bake's state record).
 
 ``RoleContext`` holds no bake state: the state-free building blocks (``bakery_lib.resources``, the
-converge functions of ``security_groups``/``iam_role``, ``launch.run_instance``) take one, so
+converge functions of ``security_groups``/``iam_role``, ``ec2.instances.run_instance``) take one, so
 create-instance and lifecycle call them without pretending to be a bake. ``Context`` adds the
 workspace and the ``BakeState`` every stage reads and writes.
 
@@ -27,8 +27,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ..aws import Aws, Clock
+from ..aws import Aws
 from ..catalog import Catalog, RoleSpec
+from ..clock import Clock
 from ..errors import BakeryError, UsageError
 from ..settings import Settings
 from ..state import BakeState, Workspace
@@ -269,10 +270,6 @@ def no_cleanup(ctx: Teardown, report: CleanupReport) -> None:
     """For stages that create nothing a bake owns."""
 
 
-def iso_utc(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
 def resource_name(role: str, limit: int = 64) -> str:
     """``bakery-ROLE``, shortened with a stable hash when a name limit (IAM: 64) would be exceeded."""
     name = f"bakery-{role}"
@@ -280,3 +277,25 @@ def resource_name(role: str, limit: int = 64) -> str:
         return name
     digest = hashlib.sha256(role.encode()).hexdigest()[:8]
     return f"bakery-{role[: limit - len('bakery-') - 9]}-{digest}"
+
+
+def remove_chef_identity(ctx: Teardown, report: CleanupReport, node: str, removed: Callable[[], None]) -> None:
+    """The client first (that revokes the key a chef-client still running would use), then the node.
+
+    ``removed`` records in the state that both are gone (the bake's node, or the boot test's)."""
+
+    def client() -> str:
+        return f"client {node} {'deleted' if ctx.chef().delete_client(node) else 'already absent'}"
+
+    def node_() -> str:
+        message = f"node {node} {'deleted' if ctx.chef().delete_node(node) else 'already absent'}"
+        removed()
+        report.save(ctx)
+        return message
+
+    # Named for both: when the client cannot be deleted, the node is not tried either.
+    if report.attempt(ctx, Removal("chef-client", node, "", "delete", "deleted",
+                                   f"knife client delete {node} -y && knife node delete {node} -y", client,
+                                   label=f"Chef node/client {node}")):
+        report.attempt(ctx, Removal("chef-node", node, "", "delete", "deleted", f"knife node delete {node} -y",
+                                    node_))

@@ -41,13 +41,12 @@ import dataclasses
 from typing import Any
 
 from ..aws import tag_list, tags_of
+from ..ec2.instances import LIVE_STATES, instance_tags, launch_params, run_instance
+from ..ec2.watch import TAG_GRACE, wait_for_instance, with_console
 from ..errors import BakeryError, Interrupted, StageTimeout
 from ..resources import delete_chef_identity, deregister_with_snapshots, terminate_instance
-from ..userdata import boot_test_node_name, boot_test_userdata
-from .base import CleanupReport, Context, Removal, Teardown
-from .bootstrap import TAG_GRACE, wait_for_instance, with_console
-from .launch import LIVE_STATES, instance_tags, launch_params, remove_chef_identity, run_instance
-from .publish import runlist_document
+from ..userdata import boot_test_node_name, boot_test_userdata, runlist_document
+from .base import CleanupReport, Context, Removal, Teardown, remove_chef_identity
 
 NAME = "boot-test"
 PURPOSE = "boot-test"

@@ -13,34 +13,12 @@ recorded in ``amis``) is deregistered and its snapshots (from the image, the sta
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from ..aws import tag_list
+from ..ec2.images import image_name, image_tags, tag_snapshots
 from ..errors import BakeryError
 from ..resources import delete_snapshot, deregister_image, snapshot_ids
-from ..waits import while_propagating
 from .base import CleanupReport, Context, Removal, Teardown
-
-
-def image_name(role: str, release: str, bake_id: str) -> str:
-    safe_release = re.sub(r"[^A-Za-z0-9().\-/_]", "_", release)[:40]
-    return f"bakery-{role}-{safe_release}-{bake_id}"[:128]
-
-
-def image_tags(ctx: Context) -> dict[str, str]:
-    state = ctx.require_state()
-    tags = dict(ctx.role.tags)
-    tags.update({
-        "Name": state.image_name or image_name(ctx.role.name, state.release, state.bake_id),
-        "bakery:role": ctx.role.name,
-        "bakery:release": state.release,
-        "bakery:bake-id": state.bake_id,
-        "bakery:base-ami": state.base_ami or "",
-        "bakery:bake-key": state.bake_key or "",
-        "bakery:created-by": "bakery",
-    })
-    return tags
 
 
 def find_own_image(ctx: Teardown, bake_id: str) -> dict | None:
@@ -48,31 +26,6 @@ def find_own_image(ctx: Teardown, bake_id: str) -> dict | None:
         {"Name": "tag:bakery:bake-id", "Values": [bake_id]}])
     images = [i for i in images if i.get("State") not in ("deregistered",)]
     return images[0] if images else None
-
-
-IMDS_TAG = "bakery:imds-support"
-
-
-def tag_snapshots(ctx: Context, image: dict, *, imds_required: bool = False) -> list[str]:
-    """Tag the image's snapshots like the image (each once). ``imds_required``: IMDSv2 is now required
-    on the image, so the image gets ``bakery:imds-support=v2.0`` in the same call — the mark the
-    reuse look-up asks for, so an image whose ModifyImageAttribute failed is never reused."""
-    state = ctx.require_state()
-    snaps = snapshot_ids(image)
-    new = [s for s in snaps if s not in state.snapshot_ids]
-    resources = ([image["ImageId"]] if imds_required else []) + new
-    if resources:
-        # Tag first, record second: a snapshot recorded as ours is never tagged again, so recording it
-        # before a failed CreateTags would leave it untagged for good (cleanup finds it from the image).
-        tags = image_tags(ctx)
-        if imds_required:
-            tags[IMDS_TAG] = "v2.0"
-        # Snapshots appear while the image is pending and may still answer NotFound to CreateTags.
-        while_propagating(lambda: ctx.ec2("CreateTags", Resources=resources, Tags=tag_list(tags)),
-                          what=f"tagging {', '.join(resources)}", clock=ctx.clock, log=ctx.log)
-        state.snapshot_ids.extend(new)
-        ctx.save()
-    return snaps
 
 
 def run(ctx: Context) -> str:

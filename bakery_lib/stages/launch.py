@@ -18,57 +18,19 @@ state write), then delete the Chef node/client it registered. With ``--keep-on-f
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from ..aws import tags_of
-from ..catalog import RoleSpec
-from ..errors import AwsError, BakeryError, StageTimeout
+from ..ec2.instances import LIVE_STATES, bakes_in_flight, instance_tags, launch_params, run_instance
+from ..errors import BakeryError, StageTimeout
 from ..resources import terminate_instance
 from ..userdata import bake_userdata
 from ..waits import Gone, Wait
-from .base import CleanupReport, Context, Removal, RoleContext, Teardown, iso_utc
-from .preflight import bakes_in_flight
+from .base import CleanupReport, Context, Removal, Teardown, remove_chef_identity
 
-LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 # How long a rerun waits for the instance the state recorded to become visible (EC2 propagation).
 RECORDED_GRACE = 60.0
-
-
-def instance_tags(ctx: Context, purpose: str = "bake") -> dict[str, str]:
-    state = ctx.require_state()
-    role = ctx.role
-    tags = dict(role.tags)
-    tags.update({
-        "Name": f"bakery-{purpose}-{role.name}-{state.release}",
-        "bakery:bake-id": state.bake_id,
-        "bakery:role": role.name,
-        "bakery:release": state.release,
-        "bakery:purpose": purpose,
-        "bakery:chef-node": state.chef_node or "",
-        "bakery:expires-at": iso_utc(time.time() + role.bake_ttl),
-    })
-    return tags
-
-
-def block_devices(ctx: RoleContext, image_id: str, root_device: str | None = None) -> list[dict[str, Any]]:
-    root = root_device
-    if root is None:
-        images = ctx.aws.describe_images(ctx.region, [image_id])
-        if not images:
-            raise BakeryError(f"base AMI {image_id} is gone from {ctx.region}")
-        root = images[0].get("RootDeviceName") or "/dev/xvda"
-    ebs: dict[str, Any] = {
-        "VolumeSize": ctx.role.volume_size,
-        "VolumeType": ctx.role.volume_type,
-        "Encrypted": True,
-        "DeleteOnTermination": True,
-    }
-    if ctx.role.kms_key_id:
-        ebs["KmsKeyId"] = ctx.role.kms_key_id
-    return [{"DeviceName": root, "Ebs": ebs}]
 
 
 def find_by_bake_id(ctx: Teardown, bake_id: str) -> dict[str, Any] | None:
@@ -80,117 +42,6 @@ def find_by_bake_id(ctx: Teardown, bake_id: str) -> dict[str, Any] | None:
         {"Name": "instance-state-name", "Values": LIVE_STATES},
     ])
     return found[0] if found else None
-
-
-# RunInstances errors that say "not here": no capacity for the type in that AZ, or the type is not
-# offered there. They persist (retrying the same placement rarely helps), so launch moves on to the next
-# instance type / subnet of the catalogue (``instance_types`` x ``subnet_ids``).
-CAPACITY_CODES = ("InsufficientInstanceCapacity", "InsufficientCapacity", "Unsupported")
-# After every placement was refused, wait and go round again a few times: capacity does come back.
-PLACEMENT_ROUNDS = 3
-
-
-def placements(role: RoleSpec) -> list[tuple[str, str | None]]:
-    """(instance type, subnet) in fallback order: each type in every subnet (AZ) before the next type."""
-    subnets: tuple[str | None, ...] = tuple(role.subnet_ids) or (role.subnet_id,)
-    return [(t, s) for t in (tuple(role.instance_types) or (role.instance_type,)) for s in subnets]
-
-
-def _propagating(exc: AwsError) -> str | None:
-    """Why RunInstances refused something that exists but has not propagated yet (None: a real error).
-
-    IAM: a new instance profile (or a role just added to it) is visible to IAM before EC2 can use it;
-    RunInstances answers "Invalid IAM Instance Profile" for up to ~10 s. EC2: a security group just
-    created can be unknown to RunInstances for a moment (InvalidGroup.NotFound). Neither is an error
-    in the request: wait and retry (same ClientToken, so a retry cannot launch twice on AWS).
-    """
-    text = str(exc).lower()
-    if exc.code == "InvalidParameterValue" and "iam" in text and "instance profile" in text:
-        return "instance profile not yet usable by EC2 (IAM propagation)"
-    if exc.code == "InvalidGroup.NotFound":
-        return "security group not yet visible to RunInstances (EC2 propagation)"
-    return None
-
-
-def _run_once(ctx: RoleContext, params: dict[str, Any], attempts: int) -> dict[str, Any]:
-    delay = 2.0
-    for attempt in range(attempts):
-        try:
-            instance: dict[str, Any] = ctx.ec2("RunInstances", **params)["Instances"][0]
-            return instance
-        except AwsError as exc:
-            why = _propagating(exc)
-            if why is None or attempt == attempts - 1:
-                raise
-            ctx.log(f"{why}; retrying in {delay:.0f} s")
-            ctx.sleep(delay)
-            delay = min(delay * 1.5, 10.0)
-    raise AssertionError("unreachable")
-
-
-def run_instance(ctx: RoleContext, params: dict[str, Any], *, attempts: int = 12) -> dict[str, Any]:
-    """RunInstances with the role's placements in fallback order; retries while IAM/SG propagate.
-
-    Each placement gets its own ClientToken (AWS refuses a token reused with other parameters).
-    The instance returned carries the type and subnet used; the log says which were refused.
-    """
-    options = placements(ctx.role)
-    refused: list[str] = []
-    base_token = str(params.get("ClientToken", ""))[:56]
-    for round_no in range(PLACEMENT_ROUNDS):
-        for i, (itype, subnet) in enumerate(options):
-            attempt = dict(params, InstanceType=itype)
-            if subnet:
-                attempt["SubnetId"] = subnet
-            if round_no or i:
-                attempt["ClientToken"] = f"{base_token}-{round_no}-{i}"
-            where = f"{itype} in {subnet or 'the default subnet'}"
-            try:
-                instance = _run_once(ctx, attempt, attempts)
-            except AwsError as exc:
-                if exc.code not in CAPACITY_CODES:
-                    raise
-                refused.append(f"{where}: {exc.code}")
-                ctx.log(f"RunInstances refused {where} ({exc.code}); trying the next placement")
-                continue
-            if refused:
-                ctx.log(f"launched as {where} after {len(refused)} refused placement(s)")
-            return instance
-        if round_no < PLACEMENT_ROUNDS - 1:
-            ctx.log("every instance type / subnet was refused; trying them again shortly")
-            ctx.sleep(ctx.poll_interval * 5)
-    raise BakeryError(
-        f"no capacity for role {ctx.role.name!r}: RunInstances refused every placement {PLACEMENT_ROUNDS} times ("
-        + "; ".join(refused[-len(options):]) + "). Add instance types (catalogue key instance_types) or "
-        "subnets in other availability zones (subnet_ids), or bake again later")
-
-
-def launch_params(ctx: RoleContext, image_id: str, user_data: str, tags: dict[str, str], token: str, *,
-                  security_group_id: str | None, instance_profile: str | None,
-                  root_device: str | None = None) -> dict[str, Any]:
-    """RunInstances parameters (state-free: a bake and create-instance both launch through here)."""
-    params: dict[str, Any] = {
-        "ImageId": image_id,
-        "InstanceType": ctx.role.instance_type,
-        "MinCount": 1,
-        "MaxCount": 1,
-        "UserData": user_data,
-        "ClientToken": token[:64],
-        "IamInstanceProfile": {"Name": instance_profile},
-        "SecurityGroupIds": [security_group_id],
-        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
-        "BlockDeviceMappings": block_devices(ctx, image_id, root_device),
-        # Windows bakes end with sysprep shutting the instance down: that must stop, not terminate.
-        "InstanceInitiatedShutdownBehavior": "stop",
-        "TagSpecifications": [
-            {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]},
-            {"ResourceType": "volume", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()
-                                                if k.startswith("bakery:") or k == "Name"]},
-        ],
-    }
-    if ctx.role.subnet_id:
-        params["SubnetId"] = ctx.role.subnet_id
-    return params
 
 
 def refuse_concurrent_bake(ctx: Context) -> None:
@@ -336,23 +187,3 @@ def cleanup(ctx: Teardown, report: CleanupReport) -> None:
         remove_chef_identity(ctx, report, state.chef_node, lambda: setattr(state, "chef_cleaned", True))
 
 
-def remove_chef_identity(ctx: Teardown, report: CleanupReport, node: str, removed: Callable[[], None]) -> None:
-    """The client first (that revokes the key a chef-client still running would use), then the node.
-
-    ``removed`` records in the state that both are gone (the bake's node, or the boot test's)."""
-
-    def client() -> str:
-        return f"client {node} {'deleted' if ctx.chef().delete_client(node) else 'already absent'}"
-
-    def node_() -> str:
-        message = f"node {node} {'deleted' if ctx.chef().delete_node(node) else 'already absent'}"
-        removed()
-        report.save(ctx)
-        return message
-
-    # Named for both: when the client cannot be deleted, the node is not tried either.
-    if report.attempt(ctx, Removal("chef-client", node, "", "delete", "deleted",
-                                   f"knife client delete {node} -y && knife node delete {node} -y", client,
-                                   label=f"Chef node/client {node}")):
-        report.attempt(ctx, Removal("chef-node", node, "", "delete", "deleted", f"knife node delete {node} -y",
-                                    node_))

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..aws import tags_of
 from ..catalog import AmiFilter, RoleSpec
+from ..ec2.images import retag_image
+from ..ec2.instances import bakes_in_flight
 from ..errors import BakeryError, UsageError
 from ..state import BakeState, new_bake_id
 from ..userdata import bake_userdata, node_name
 from .base import Context, RoleContext, no_cleanup
-from .publish import retag_image
 
 if TYPE_CHECKING:
     from ..chef import ChefClient
@@ -199,21 +200,11 @@ def run(ctx: Context, release: str | None) -> str:
     return f"bake {bake_id} of release {release} from {base_ami} opened"
 
 
-def bakes_in_flight(ctx: Context) -> list[dict]:
-    """Bake instances of the role that are not terminated, as of now (a call made after this one
-    was asked for; the roles of a ``bakery bake`` share it)."""
-    batcher = ctx.aws.bakes_in_flight
-    try:
-        return list(batcher.get(ctx.region, ctx.role.name, max_age=0) or [])
-    finally:
-        batcher.forget(ctx.region, ctx.role.name)
-
-
 def find_reusable(ctx: Context, key: str) -> dict | None:
     """An available AMI of this role baked from exactly the same inputs, if there is one (and boot-tested)."""
     batcher = ctx.aws.amis_by_bake_key
     try:
-        found = batcher.get(ctx.region, key, max_age=0) or []
+        found = batcher.get(ctx.region, key, max_age=0, clock=ctx.clock) or []
     finally:
         batcher.forget(ctx.region, key)
     # Only an AMI that passed its boot test, unless the role opts out of boot tests (then also an untested one).

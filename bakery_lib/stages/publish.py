@@ -24,44 +24,20 @@ are deregistered and their snapshots deleted.
 
 from __future__ import annotations
 
-import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..aws import tag_list, tags_of
+from ..ec2.images import retag_image
 from ..errors import AwsError, BakeryError, StageTimeout
 from ..reports import write_artifacts
 from ..resources import delete_snapshots, deregister_image, snapshot_ids
+from ..userdata import runlist_document
 from ..waits import Wait, while_propagating
 from .base import CleanupReport, Context, Removal, Teardown
 
 COPY_TIMEOUT = 90 * 60
-
-
-def retag_image(ctx: Context, region: str, image: dict[str, Any]) -> str:
-    """Bring a reused AMI's catalogue tags to what the catalogue says today, on the image and its
-    snapshots: tags do not shape the image, so they are not in the bake key, and a reused AMI would
-    otherwise keep the tags of the bake that made it. Added or changed tags are set; catalogue tags no
-    longer listed are removed; ``Name`` and ``aws:``/``bakery:`` tags are the bakery's and stay.
-    ``image``: as DescribeImages returned it (preflight's reuse look-up has it: no extra call).
-    Returns what changed ("" when nothing did)."""
-    image_id = image["ImageId"]
-    current = {k: v for k, v in tags_of(image).items()
-               if k != "Name" and not k.lower().startswith(("aws:", "bakery:"))}
-    wanted = dict(ctx.role.tags)
-    changed = {k: v for k, v in wanted.items() if current.get(k) != v}
-    removed = sorted(set(current) - set(wanted))
-    if not (changed or removed):
-        return ""
-    resources = [image_id] + [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
-                              if m.get("Ebs", {}).get("SnapshotId")]
-    if changed:
-        ctx.aws.call("ec2", region, "CreateTags", Resources=resources, Tags=tag_list(changed))
-    if removed:
-        ctx.aws.call("ec2", region, "DeleteTags", Resources=resources, Tags=[{"Key": k} for k in removed])
-    return (f"{image_id} re-tagged in {region} (set {', '.join(sorted(changed)) or 'none'}; "
-            f"removed {', '.join(removed) or 'none'})")
 
 
 def _retag_copies(ctx: Context, amis: dict[str, str]) -> list[str]:
@@ -74,10 +50,6 @@ def _retag_copies(ctx: Context, amis: dict[str, str]) -> list[str]:
         if images and (note := retag_image(ctx, region, images[0])):
             notes.append(note)
     return notes
-
-
-def runlist_document(run_list: tuple[str, ...]) -> bytes:
-    return (json.dumps({"run_list": list(run_list)}, indent=2) + "\n").encode()
 
 
 def publish_runlist(ctx: Context, *, only_if_changed: bool = True) -> str:
@@ -162,7 +134,7 @@ def _wait_copy(ctx: Context, region: str, image_id: str, source_id: str) -> dict
         interval=ctx.poll_interval, status=lambda image: str(image.get("State")), on_timeout=on_timeout,
         gone_message=f"copy {image_id} of {source_id} to {region} no longer exists (deregistered?)")
     try:
-        return wait.run(lambda: ctx.aws.images.get(region, image_id, max_age=ctx.poll_interval * 0.9), check)
+        return wait.run(lambda: ctx.aws.images.get(region, image_id, max_age=ctx.poll_interval * 0.9, clock=ctx.clock), check)
     finally:
         ctx.aws.images.forget(region, image_id)
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..aws import tags_of
+from ..ec2.watch import instance_status, last_console_line, with_console
 from ..errors import AwsError, BakeryError, StageTimeout
 from ..waits import Wait
 from .base import Context, no_cleanup
-from .bootstrap import instance_status, last_console_line, with_console
 
 cleanup = no_cleanup  # see the module docstring
 
@@ -54,14 +54,15 @@ def _wait_stopped(ctx: Context, instance_id: str, timeout: float, why: str) -> s
         status=instance_status, on_timeout=on_timeout, detail=lambda: last_console_line(ctx, instance_id),
         seen=True, gone_message=f"instance {instance_id} no longer exists")
     try:
-        return wait.run(lambda: ctx.aws.instances.get(ctx.region, instance_id, max_age=ctx.poll_interval * 0.9), check)
+        return wait.run(lambda: ctx.aws.instances.get(ctx.region, instance_id, max_age=ctx.poll_interval * 0.9,
+                                                              clock=ctx.clock), check)
     finally:
         ctx.aws.instances.forget(ctx.region, instance_id)
 
 
 def _self_stopping(ctx: Context, instance_id: str) -> str | None:
     """Windows: the instance stops itself (sysprep). Returns how it stopped, or None to stop it ourselves."""
-    inst = ctx.aws.instances.get(ctx.region, instance_id, max_age=0)
+    inst = ctx.aws.instances.get(ctx.region, instance_id, max_age=0, clock=ctx.clock)
     if inst is None:
         return None  # not visible (yet): StopInstances by id gives the real answer
     tag = tags_of(inst).get("bakery:bootstrap")

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..ec2.images import tag_snapshots
 from ..errors import AwsError, BakeryError, StageTimeout
 from ..waits import Wait
 from .base import Context, no_cleanup
-from .image import tag_snapshots
 
 cleanup = no_cleanup  # see the module docstring
 
@@ -55,7 +55,8 @@ def run(ctx: Context) -> str:
         seen=state.image_state not in (None, "pending"),
         gone_message=f"image {image_id} no longer exists (deregistered?)")
     try:
-        image = wait.run(lambda: ctx.aws.images.get(ctx.region, image_id, max_age=ctx.poll_interval * 0.9), check)
+        image = wait.run(lambda: ctx.aws.images.get(ctx.region, image_id, max_age=ctx.poll_interval * 0.9,
+                                                         clock=ctx.clock), check)
     finally:
         ctx.aws.images.forget(ctx.region, image_id)
     # Instances launched from the AMI must require IMDSv2 by default. Once set, ImdsSupport cannot be

@@ -1,5 +1,5 @@
 """Security properties of a real bake (and of ``create-instance``), each checked where AWS, Chef or the
-instance itself would show it. These are the rows of the README's "Security" section.
+instance itself would show it. These are the points of docs/security.md.
 
 One bake of a role runs for the module: ``bakery bake`` in a subprocess whose AWS endpoint is a
 logging proxy (the proxy's request log shows what was asked of EC2, e.g. ``ImdsSupport``, which moto

@@ -10,6 +10,7 @@ import pytest
 from support.stages import make_ctx, open_bake, unique_role
 
 from bakery_lib.cleanup import cleanup
+from bakery_lib.ec2.images import retag_image
 from bakery_lib.errors import BakeryError
 from bakery_lib.stages import publish
 from devstack.moto import seed_base_image
@@ -136,7 +137,7 @@ def test_reused_ami_gets_the_catalogues_tags_of_today(moto_server, tmp_path, bak
     ec2.create_tags(Resources=[image_id, snap], Tags=old)
     ctx = _ctx(moto_server, tmp_path, role, image_id, tags={"team": "platform", "env": "prod"})
     image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
-    note = publish.retag_image(ctx, "us-east-1", image)
+    note = retag_image(ctx, "us-east-1", image)
     assert note == f"{image_id} re-tagged in us-east-1 (set env, team; removed cost-center)"
     for resource in (image_id, snap):
         found = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [resource]}])["Tags"]
@@ -146,7 +147,7 @@ def test_reused_ami_gets_the_catalogues_tags_of_today(moto_server, tmp_path, bak
     image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
     image_tags = {t["Key"]: t["Value"] for t in image["Tags"]}
     assert image_tags["bakery:role"] == role and image_tags["bakery:created-by"] == "bakery"
-    assert publish.retag_image(ctx, "us-east-1", image) == ""  # unchanged catalogue: no call, no note
+    assert retag_image(ctx, "us-east-1", image) == ""  # unchanged catalogue: no call, no note
 
 
 def test_an_older_bake_finishing_late_never_moves_latest_backwards(moto_server, tmp_path, baked):

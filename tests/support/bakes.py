@@ -10,7 +10,7 @@
 - :func:`check_state` and :func:`junit_case` read what a Jenkins user would read: the state file and
   the JUnit report.
 - :class:`FaultTable` collects one row per case; with ``BAKERY_FAULT_TABLE=PATH`` the rows are
-  written as the Markdown table of the README (``notes/fault-table.md``).
+  written as the Markdown table of ``docs/faults.md`` (the one place it lives).
 """
 
 from __future__ import annotations
@@ -338,13 +338,14 @@ def assert_junit_failure(ws: Path, role: str, stage: str, code: str) -> str:
     return failure.get("message") or ""
 
 
-# --- the README table -----------------------------------------------------------------------------------
+# --- the fault table (docs/faults.md) ------------------------------------------------------------------
 
 
 class FaultTable:
     """Rows of what was tried and what happened, written where ``$BAKERY_FAULT_TABLE`` says.
 
-    ``BAKERY_FAULT_TABLE`` is one path or several joined by ``os.pathsep`` (``notes/fault-table.md:README.md``).
+    ``BAKERY_FAULT_TABLE`` is one path or several joined by ``os.pathsep``; the table's page is
+    ``docs/faults.md``.
     In a file that already has the table (its header line), only the table is replaced and the text around
     it is kept; otherwise the file becomes the table. Rows are grouped by area, in the order the areas
     first appear; within an area, in the order the cases ran.

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from bakery_lib.catalog import parse_catalog
+from bakery_lib.ec2.instances import placements
 from bakery_lib.errors import CatalogError
-from bakery_lib.stages.launch import placements
 
 BASE: dict[str, Any] = {
     "defaults": {

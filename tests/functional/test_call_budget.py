@@ -80,11 +80,11 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any], str]] = []
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
 
     def __call__(self, event_name: str = "", params: dict[str, Any] | None = None, **_: Any) -> None:
         _, service, operation = event_name.split(".", 2)
-        with self._lock:
+        with self.lock:
             self.calls.append((f"{service}.{operation}", dict(params or {}), getattr(_STAGE, "name", "")))
 
     def count(self, operation: str, filter_name: str | None = None, param: str | None = None) -> int:
@@ -100,7 +100,7 @@ class Recorder:
         return n
 
     def reset(self) -> None:
-        with self._lock:
+        with self.lock:
             self.calls.clear()
 
 
@@ -140,6 +140,13 @@ def baked_twice(devstack, tmp_path_factory: pytest.TempPathFactory):
     recorder = Recorder()
     aws = direct_aws(devstack)
     aws.add_hook("provide-client-params", recorder)
+    rounds: collections.Counter[str] = collections.Counter()  # poll rounds by stage, counted by the waits
+
+    def count_round(_what: str) -> None:
+        with recorder.lock:
+            rounds[getattr(_STAGE, "name", "")] += 1
+
+    aws.rounds.add_hook(count_round)
     from bakery_lib import bake  # patched below: each call is attributed to the stage that made it
 
     original = bake.run_stage
@@ -159,9 +166,10 @@ def baked_twice(devstack, tmp_path_factory: pytest.TempPathFactory):
             mp.setattr(bake, "run_stage", run_stage)
             for release in ("1.0", "1.1"):
                 recorder.reset()
+                rounds.clear()
                 outcomes = bake_many(ws, catalog, roles, release, aws, threading.Event(), jobs=len(roles),
                                      settings=fast_settings(devstack, 0.2), log=lambda _m: None)
-                runs[release] = (outcomes, list(recorder.calls))
+                runs[release] = (outcomes, list(recorder.calls), collections.Counter(rounds))
     finally:
         booter.stop.set()
         booter.join(5)
@@ -205,11 +213,18 @@ def assert_polls_are_batched(calls: list[Call]) -> None:
 def test_roles_baked_together_stay_within_packers_calls(baked_twice):
     runs, roles = baked_twice
     n = len(roles)
-    outcomes, calls = runs["1.0"]
+    outcomes, calls, rounds = runs["1.0"]
     assert [o.status for o in outcomes] == ["succeeded"] * n, [o.message for o in outcomes]
     assert all(op == "ec2.DescribeInstances" and is_poll((op, p, s)) for op, p, s in calls if s == "bootstrap")
     polls = [c for c in calls if is_poll(c)]
     assert_polls_are_batched(polls)
+    # At most one Describe per poll round (a round counted by the wait itself; one region): a bake's
+    # poll either fetches for every waiting bake or uses the answer another fetched. Besides its
+    # rounds, stop looks once at each instance before waiting (is it stopped already?).
+    polls_by_stage = collections.Counter(stage for _, _, stage in polls)
+    for stage, made in polls_by_stage.items():
+        outside_rounds = n if stage == "stop" else 0
+        assert made <= rounds[stage] + outside_rounds, f"{stage}: {made} polls for {rounds[stage]} rounds"
     others = [c for c in calls if not is_poll(c)]
     # Batched look-ups: never more than one per role (fewer when the bakes' threads meet).
     batched = collections.Counter(_key(c) for c in others if _key(c) in BATCHED_LOOKUPS)
@@ -230,7 +245,7 @@ def test_roles_baked_together_stay_within_packers_calls(baked_twice):
 def test_unchanged_roles_cost_a_few_calls_each(baked_twice):
     runs, roles = baked_twice
     n = len(roles)
-    outcomes, calls = runs["1.1"]
+    outcomes, calls, _ = runs["1.1"]
     assert [o.status for o in outcomes] == ["reused"] * n, [o.message for o in outcomes]
     per_op = collections.Counter(op for op, _, _ in calls)
     assert per_op["ec2.RunInstances"] == 0

@@ -111,9 +111,13 @@ class ThrottleGate:
         self._not_before: dict[tuple[str, str], float] = {}
         self._level: dict[tuple[str, str], int] = {}
 
-    def wait(self, key: tuple[str, str], cancel: threading.Event | None = None) -> None:
+    def remaining(self, key: tuple[str, str]) -> float:
+        """Seconds until calls for ``key`` may go out again (0 when they may now)."""
         with self._lock:
-            delay = self._not_before.get(key, 0.0) - time.monotonic()
+            return max(0.0, self._not_before.get(key, 0.0) - time.monotonic())
+
+    def wait(self, key: tuple[str, str], cancel: threading.Event | None = None) -> None:
+        delay = self.remaining(key)
         if delay > 0:
             (cancel or threading.Event()).wait(delay)
 

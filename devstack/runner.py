@@ -51,6 +51,14 @@ list and validator key from S3, ``client.rb`` with the user data's node name, th
 tag, ``failed`` with the script's detail on a client failure. A health command (PowerShell) cannot be
 run here: such a test is tagged ``failed`` saying so, never passed unchecked.
 
+Whose instances. Tests share one moto per worker: a runner given an ``owner`` boots only instances
+tagged ``devstack:test=OWNER`` (a test's catalogues carry it), and ``hold(tags)`` keeps the instances a
+test wants never to boot (e.g. a boot test's instance that never answers). Termination: what EC2 does
+(EC2 User Guide, "Instance state changes" and "Terminate Amazon EC2 instances"): a terminated instance
+is shut down (``shutting-down``, then ``terminated``); nothing on it runs afterwards. So once an
+instance is reported ``shutting-down``/``terminated``, the runner kills what its sandbox runs and
+starts no further step of it.
+
 Two kinds of calls, two endpoints. What plays the hypervisor (finding running instances, reading
 their user data and AMI, the OS shutting down at the end of sysprep) goes to ``ec2_endpoint``: on EC2
 these are not API calls and see no eventual consistency. What the instance itself calls -- its
@@ -72,8 +80,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +97,35 @@ FIRSTBOOT_SCRIPTS = ("etc/init.d/bakery-firstboot", "etc/rc.d/init.d/bakery-firs
 WANTS_DIR = "etc/systemd/system/multi-user.target.wants"
 BOOT_TEST_MARK = b"# bakery:boot-test"  # the line that makes an instance's first boot a boot test
 MAX_REBOOTS = 6
+# What EC2 reports once an instance's OS is being shut down for good (TerminateInstances).
+SHUT_DOWN_STATES = ("shutting-down", "terminated")
+# A runner given an ``owner`` boots only the instances tagged with it (see ``InstanceRunner``).
+OWNER_TAG = "devstack:test"
+
+
+@dataclass
+class _Boot:
+    """One instance being booted: what it is, where its sandbox is, and what happened so far."""
+
+    iid: str
+    image_id: str
+    tags: dict[str, str]
+    kind: str  # bake | launch | firstboot (a baked image whose bake this runner ran)
+    baked_from: str | None  # the image's bake id
+    box: Path
+    root: Path
+    console: Path
+    result: dict[str, Any]
 
 
 class InstanceRunner:
-    """``with InstanceRunner(moto.url, "us-east-1", workdir) as runner: ... runner.wait(iid)``."""
+    """``with InstanceRunner(moto.url, "us-east-1", workdir) as runner: ... runner.wait(iid)``.
+
+    ``owner``: boot only instances tagged ``devstack:test=OWNER`` (a test's own: its catalogue carries
+    the tag, see :meth:`DevStack.catalog_data`), so that an instance another test launches on the same
+    moto -- a leftover process, a bake still cleaning up -- is never booted as this test's. Without it,
+    every instance that starts running after :meth:`start` is booted (the demo: one user, one stack).
+    """
 
     def __init__(
         self,
@@ -108,6 +142,8 @@ class InstanceRunner:
         windows_sysprep_exit: int = 0,
         instance_endpoint: str | None = None,
         credentials: tuple[str, str] | None = None,
+        owner: str | None = None,
+        hold: Callable[[dict[str, str]], bool] | None = None,
     ):
         self.endpoint = ec2_endpoint
         # The hypervisor's own identity (an access key pair) on a moto enforcing IAM; dummy keys elsewhere.
@@ -122,6 +158,9 @@ class InstanceRunner:
         self.ignore_existing = ignore_existing
         self.max_parallel = max_parallel
         self.windows_sysprep_exit = windows_sysprep_exit
+        self.owner = owner
+        self.hold = hold
+        self._halted: set[str] = set()  # instances terminated: no step of theirs starts any more
         self.stub_bin = self.workdir / "bin"
         self.results: dict[str, dict[str, Any]] = {}
         self.errors: list[str] = []  # polling errors, for a test's failure message
@@ -219,19 +258,48 @@ class InstanceRunner:
         while not self._stop.is_set():
             try:
                 for instance in self._describe():
-                    iid = instance["InstanceId"]
-                    if iid in self._seen or instance.get("State", {}).get("Name") != "running":
-                        continue
-                    self._seen.add(iid)
-                    with self._cond:
-                        self.results[iid] = {"kind": "booting", "running": True, "exit_code": None,
-                                             "root": str(self.root(iid)),
-                                             "console": str(self.workdir / iid / "console.log")}
-                    assert self._pool is not None
-                    self._pool.submit(self._boot_guarded, instance)
+                    self._consider(instance)
             except Exception as exc:  # moto restarting, a transient error: try again next round
                 self.errors.append(f"{type(exc).__name__}: {exc}")
             self._stop.wait(self.poll_interval)
+
+    def _owns(self, instance: dict[str, Any]) -> bool:
+        if self.owner is None:
+            return True
+        return any(t["Key"] == OWNER_TAG and t["Value"] == self.owner for t in instance.get("Tags") or [])
+
+    def _consider(self, instance: dict[str, Any]) -> None:
+        """Boot a running instance once, if it is ours; another owner's is never looked at again."""
+        iid = instance["InstanceId"]
+        state = instance.get("State", {}).get("Name")
+        if state in SHUT_DOWN_STATES:
+            self._shut_down(iid, state)
+        if iid in self._seen or state != "running":
+            return
+        self._seen.add(iid)  # tags come with RunInstances (TagSpecifications): ownership never changes
+        if not self._owns(instance):
+            return
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags") or []}
+        with self._cond:
+            self.results[iid] = {"kind": "booting", "running": True, "exit_code": None,
+                                 "root": str(self.root(iid)), "console": str(self.workdir / iid / "console.log")}
+            if self.hold is not None and self.hold(tags):
+                self.results[iid].update(kind="held", running=False, detail="held by the test: never booted")
+                self._cond.notify_all()
+                return
+        assert self._pool is not None
+        self._pool.submit(self._boot_guarded, instance)
+
+    def _shut_down(self, iid: str, state: str) -> None:
+        """A terminated instance's OS is shut down: what its scripts were running dies with it."""
+        with self._cond:
+            if iid in self._halted:
+                return
+            self._halted.add(iid)
+            proc = self._procs.get(iid)
+        if proc is not None:
+            self._note(self.workdir / iid / "console.log", f"instance {state}: the OS shuts down, its processes end")
+            _kill_group(proc)
 
     # --- one boot -----------------------------------------------------------------------------------
     def _boot_guarded(self, instance: dict[str, Any]) -> None:
@@ -262,14 +330,27 @@ class InstanceRunner:
         return base64.b64decode(value) if value else None
 
     def _boot(self, instance: dict[str, Any]) -> dict[str, Any]:
+        boot = self._prepare(instance)
+        if self.boot_delay and self._stop.wait(self.boot_delay):
+            return {**boot.result, "kind": "skipped", "detail": "runner stopped during boot delay"}
+        try:
+            user_data = self._user_data(boot.iid)
+        except Exception as exc:  # e.g. terminated and gone meanwhile
+            return {**boot.result, "kind": "skipped", "detail": f"cannot read user data: {exc}"}
+        self._note(boot.console, f"{boot.iid} booting ({boot.kind}) from {boot.image_id}, root {boot.root}")
+        stripped = (user_data or b"").lstrip()
+        if stripped[:12].lower() == b"<powershell>" or stripped[:8].lower() == b"<script>":
+            return {**boot.result, **self._boot_windows(boot, stripped)}
+        return self._boot_linux(boot, instance, user_data, stripped)
+
+    def _prepare(self, instance: dict[str, Any]) -> _Boot:
+        """The instance's sandbox: a copy of its bake's root for a baked image we ran, else empty."""
         iid = instance["InstanceId"]
         image_id = instance.get("ImageId", "")
         tags = {t["Key"]: t["Value"] for t in instance.get("Tags") or []}
         box = self.workdir / iid
-        root = box / "root"
         box.mkdir(parents=True, exist_ok=True)
-        console = box / "console.log"
-
+        root = box / "root"
         baked_from = self._image_bake_id(image_id) if image_id else None
         source_root = self._bake_roots.get(baked_from) if baked_from else None
         if source_root is not None:
@@ -284,61 +365,64 @@ class InstanceRunner:
         if baked_from and source_root is None:
             result["detail"] = (f"image {image_id} is a baked AMI (bake id {baked_from}) whose bake this "
                                 "runner did not run: booted from an empty root")
+        return _Boot(iid, image_id, tags, kind, baked_from, box, root, box / "console.log", result)
 
-        if self.boot_delay and self._stop.wait(self.boot_delay):
-            return {**result, "kind": "skipped", "detail": "runner stopped during boot delay"}
-        try:
-            user_data = self._user_data(iid)
-        except Exception as exc:  # e.g. terminated and gone meanwhile
-            return {**result, "kind": "skipped", "detail": f"cannot read user data: {exc}"}
+    def _boot_windows(self, boot: _Boot, user_data: bytes) -> dict[str, Any]:
+        if BOOT_TEST_MARK in [line.strip() for line in user_data.splitlines()]:
+            return self._play_windows_boot_test(boot.iid, boot.baked_from, user_data, boot.root, boot.console)
+        if boot.kind == "bake" and BAKE_ID_TAG in boot.tags:
+            self._windows_scripts[boot.tags[BAKE_ID_TAG]] = _unpacked_ps(user_data.decode("utf-8", "replace"))
+        return self._windows_boot(boot.iid, boot.kind, user_data, boot.root, boot.console)
 
-        with console.open("a", encoding="utf-8") as fh:
-            fh.write(f"[instance-runner] {iid} booting ({kind}) from {image_id}, root {root}\n")
-        stripped = (user_data or b"").lstrip()
-        if stripped[:12].lower() == b"<powershell>" or stripped[:8].lower() == b"<script>":
-            if BOOT_TEST_MARK in [line.strip() for line in stripped.splitlines()]:
-                return {**result, **self._play_windows_boot_test(iid, baked_from, stripped, root, console)}
-            if kind == "bake" and BAKE_ID_TAG in tags:
-                self._windows_scripts[tags[BAKE_ID_TAG]] = _unpacked_ps(stripped.decode("utf-8", "replace"))
-            return {**result, **self._windows_boot(iid, kind, stripped, root, console)}
+    def _boot_linux(self, boot: _Boot, instance: dict[str, Any], user_data: bytes | None,
+                    stripped: bytes) -> dict[str, Any]:
+        """cloud-init's part (the user data script, then reboots it asked for), then the init system's
+        (``bakery-firstboot start`` on an image whose bake we ran)."""
+        result = boot.result
         if user_data and not stripped.startswith(b"#!"):
-            self._note(console, "user data is not a script (cloud-config/MIME): not executed")
+            self._note(boot.console, "user data is not a script (cloud-config/MIME): not executed")
             result["detail"] = "user data is not a #! script: not executed"
             user_data = None
-        if kind == "bake" and BAKE_ID_TAG in tags:
+        if boot.kind == "bake" and BAKE_ID_TAG in boot.tags:
             # Remembered before the run: the image is made from this root after the run succeeds.
-            self._bake_roots.setdefault(tags[BAKE_ID_TAG], root)
-
-        imds = ImdsDouble(instance_id=iid, region=self.region, account_id=ACCOUNT_ID, image_id=image_id,
+            self._bake_roots.setdefault(boot.tags[BAKE_ID_TAG], boot.root)
+        imds = ImdsDouble(instance_id=boot.iid, region=self.region, account_id=ACCOUNT_ID, image_id=boot.image_id,
                           instance_type=instance.get("InstanceType", "t3.medium"),
                           availability_zone=(instance.get("Placement") or {}).get("AvailabilityZone"),
                           private_ip=instance.get("PrivateIpAddress") or "10.0.0.10",
                           user_data=user_data).start()
         try:
-            env = self._env(root, imds.url)
+            env = self._env(boot.root, imds.url)
             if user_data is not None:
-                script = box / "user-data"
-                script.write_bytes(user_data)
-                script.chmod(0o700)
-                first_line = user_data.split(b"\n", 1)[0]
-                cmd = ["bash", str(script)] if (b"sh" in first_line.split(b"/")[-1]) else [str(script)]
-                code = self._exec(iid, cmd, root, env, console, "user data")
-                result["steps"].append({"step": "user-data", "exit_code": code})
-                result["exit_code"] = code
-                code = self._reboots(iid, root, env, console, result)
-                result["exit_code"] = code
-            if kind == "firstboot" and not result["exit_code"]:
-                init = next((root / p for p in FIRSTBOOT_SCRIPTS if (root / p).is_file()), None)
-                if init is None:
-                    self._note(console, "no etc/init.d/bakery-firstboot in the image: nothing to start")
-                else:
-                    code = self._exec(iid, [str(init), "start"], root, env, console, f"{init.relative_to(root)} start")
-                    result["steps"].append({"step": "firstboot", "exit_code": code})
-                    result["exit_code"] = code
+                self._run_user_data(boot, user_data, env)
+            if boot.kind == "firstboot" and not result["exit_code"]:
+                self._run_firstboot(boot, env)
         finally:
             imds.stop()
         result["imds_requests"] = len(imds.requests)
         return result
+
+    def _run_user_data(self, boot: _Boot, user_data: bytes, env: dict[str, str]) -> None:
+        script = boot.box / "user-data"
+        script.write_bytes(user_data)
+        script.chmod(0o700)
+        first_line = user_data.split(b"\n", 1)[0]
+        cmd = ["bash", str(script)] if (b"sh" in first_line.split(b"/")[-1]) else [str(script)]
+        result = boot.result
+        code = self._exec(boot.iid, cmd, boot.root, env, boot.console, "user data")
+        result["steps"].append({"step": "user-data", "exit_code": code})
+        result["exit_code"] = code
+        result["exit_code"] = self._reboots(boot.iid, boot.root, env, boot.console, result)
+
+    def _run_firstboot(self, boot: _Boot, env: dict[str, str]) -> None:
+        root = boot.root
+        init = next((root / p for p in FIRSTBOOT_SCRIPTS if (root / p).is_file()), None)
+        if init is None:
+            self._note(boot.console, "no etc/init.d/bakery-firstboot in the image: nothing to start")
+            return
+        code = self._exec(boot.iid, [str(init), "start"], root, env, boot.console, f"{init.relative_to(root)} start")
+        boot.result["steps"].append({"step": "firstboot", "exit_code": code})
+        boot.result["exit_code"] = code
 
     # --- reboots (Linux) -------------------------------------------------------------------------------
     @staticmethod
@@ -525,13 +609,15 @@ class InstanceRunner:
             fh.write(f"[instance-runner] {text}\n")
 
     def _exec(self, iid: str, cmd: list[str], cwd: Path, env: dict[str, str], console: Path, what: str) -> int:
-        if self._stop.is_set():
+        if self._stop.is_set() or iid in self._halted:
             return -1
         with console.open("ab") as fh:
             proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fh,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         with self._cond:
             self._procs[iid] = proc
+            if iid in self._halted:  # terminated while this step was starting
+                _kill_group(proc)
         started = time.monotonic()
         try:
             code = proc.wait(self.script_timeout)

@@ -22,7 +22,7 @@ import yaml
 from .ami_layer import LayeredMoto
 from .goiardi import GoiardiServer
 from .moto import ACCOUNT_ID, AWS_LEAKS, REGION, MotoServer, seed_base_image
-from .runner import InstanceRunner
+from .runner import OWNER_TAG, InstanceRunner
 
 BUCKET = "acme-bakery"
 VALIDATOR = "acme-validator"
@@ -76,6 +76,10 @@ class DevStack:
 
     Pass running ``moto``/``goiardi`` servers to share them (tests share one per session); the stack
     then does not stop them. Seeding is idempotent, so several stacks may share the same servers.
+
+    ``owner`` (set by a test around itself, None for the demo): the catalogues written meanwhile tag
+    every instance of their roles ``devstack:test=OWNER`` (the catalogue's ``tags``, which the bakery
+    puts on each instance it launches), and :meth:`runner` boots only instances with that tag.
     """
 
     def __init__(self, workdir: str | os.PathLike[str], *, moto: MotoServer | None = None,
@@ -93,6 +97,7 @@ class DevStack:
         self.base_image_id = ""
         self.windows_image_id = ""
         self.env: dict[str, str] = {}
+        self.owner: str | None = None
 
     def start(self) -> DevStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -175,6 +180,7 @@ class DevStack:
             "instance_type": "t3.medium",
             "runlist_bucket": self.bucket,
             "alert_topic_arn": self.topic_arn,
+            **({"tags": {OWNER_TAG: self.owner}} if self.owner else {}),
             "chef": {
                 "server_url": self.goiardi.url,
                 "validation_client_name": self.validator_name,
@@ -215,7 +221,8 @@ class DevStack:
         defaults = dict(data.get("defaults") or {})
         stack = self.catalog_data({})["defaults"]
         chef = {**dict(defaults.get("chef") or {}), **stack.pop("chef")}
-        defaults.update(stack, chef=chef)
+        tags = {**dict(defaults.get("tags") or {}), **stack.pop("tags", {})}
+        defaults.update(stack, chef=chef, **({"tags": tags} if tags else {}))
         defaults.pop("subnet_id", None)  # the example's subnets and VPCs do not exist here
         defaults.pop("vpc_id", None)
         data["defaults"] = defaults
@@ -242,9 +249,14 @@ class DevStack:
         return p
 
     def runner(self, workdir: str | os.PathLike[str] | None = None, **kwargs: Any) -> InstanceRunner:
-        """An InstanceRunner on this stack's moto (not started: use it as a context manager)."""
+        """An InstanceRunner on this stack's moto (not started: use it as a context manager); it boots
+        only the current owner's instances unless ``owner=`` says otherwise."""
+        kwargs.setdefault("owner", self.owner)
         return InstanceRunner(self.moto.url, self.region, workdir or self.workdir / "instances", **kwargs)
 
+    def owner_tags(self) -> dict[str, str]:
+        """The tag an instance launched by hand needs for :meth:`runner` to boot it."""
+        return {OWNER_TAG: self.owner} if self.owner else {}
 
 def catalog_changes(before: Any, after: Any, path: str = "") -> list[str]:
     """``KEY.PATH: OLD -> NEW`` / ``removed`` / ``added`` for every leaf that differs between two catalogues."""

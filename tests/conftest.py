@@ -1,13 +1,16 @@
 """Shared fixtures: real local services (moto server, goiardi), the instance runner, CLI runs.
 
 Servers start once per session and are shared; tests keep apart by using their own names (roles,
-nodes, buckets keys). Every service listens on 127.0.0.1 only.
+nodes, buckets keys: the ``names`` fixture) and their own instances (each test using the devstack is its
+owner while it runs: the catalogues it writes tag their instances with it, and its runner boots only
+those). Every service listens on 127.0.0.1 only.
 
 - ``moto_server``     MotoServer (session)           ``goiardi``   GoiardiServer (session)
 - ``devstack``        DevStack on both, seeded (session): bucket, validator key, topic, cookbook, base AMIs
 - ``aws_env``         a full environment for a subprocess that must talk to moto (no real credentials)
 - ``cli_env``         the same plus CHEF_SERVER_URL / CHEF_CLIENT_NAME / CHEF_CLIENT_KEY for the bakery
-- ``instance_runner`` an InstanceRunner started around one test (boots only instances launched during it)
+- ``instance_runner`` an InstanceRunner started around one test (boots only the test's own instances)
+- ``names``           names only this test uses: ``names.role("shop")``, ``names.bake_id()``
 - ``workspace``       an empty directory for ``--workspace``
 - ``catalog_path``    a catalogue (roles web + worker, Linux) pointing at the devstack
 - ``run_cli``         run ``python -m bakery_lib.cli ARGS`` in a subprocess -> CompletedProcess
@@ -19,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -64,6 +68,44 @@ def devstack(tmp_path_factory: pytest.TempPathFactory, moto_server: MotoServer,
     stack = DevStack(tmp_path_factory.mktemp("devstack"), moto=moto_server, goiardi=goiardi).start()
     yield stack
     stack.stop()  # leaves the shared servers to their own fixtures
+
+
+@pytest.fixture(autouse=True)
+def _devstack_owner(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that uses the devstack owns the instances of the catalogues it writes (see DevStack.owner).
+
+    Only for tests that ask for the devstack anyway: a unit test starts no server. A module-scoped
+    fixture's catalogue and runner, made before any test owns the stack, stay unowned together.
+    """
+    if "devstack" not in request.fixturenames:
+        yield
+        return
+    stack: DevStack = request.getfixturevalue("devstack")
+    stack.owner = uuid.uuid4().hex[:12]
+    yield
+    stack.owner = None
+
+
+class Names:
+    """Names no other test uses (roles, Chef nodes, bake ids are shared state on the session's moto
+    and goiardi): ``role("shop")`` -> ``shop-1a2b3c`` (the same for the same stem within a test)."""
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4().hex[:6]
+        self._bakes = 0
+
+    def role(self, stem: str) -> str:
+        return f"{stem}-{self.token}"
+
+    def bake_id(self) -> str:
+        """A bake id of the state file's shape (``YYYYMMDDhhmmss-xxxxxx``), unique to this test."""
+        self._bakes += 1
+        return f"2026010100{self._bakes:04d}-{self.token}"
+
+
+@pytest.fixture()
+def names() -> Names:
+    return Names()
 
 
 @pytest.fixture()

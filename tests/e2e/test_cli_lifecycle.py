@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from devstack.moto import seed_base_image
 
 
@@ -124,7 +127,7 @@ def test_prune_all_covers_every_role(run_cli, devstack, tmp_path):
     assert both.returncode == 2 and "not allowed with" in both.stderr
 
 
-def test_cleanup_waits_for_the_lock_of_a_still_cleaning_process(run_cli, devstack, tmp_path, workspace):
+def test_cleanup_waits_for_the_lock_of_a_still_cleaning_process(run_cli, cli_env, devstack, tmp_path, workspace):
     import threading
 
     from bakery_lib.state import Workspace
@@ -146,11 +149,22 @@ def test_cleanup_waits_for_the_lock_of_a_still_cleaning_process(run_cli, devstac
         assert refused.returncode == 2, refused.stderr
         assert "did not release it within 0.5 s" in refused.stderr
         assert "waiting for another bakery process" in refused.stderr
-        threading.Timer(1.0, release.set).start()
-        waited = run_cli(["--catalog", str(catalog), "cleanup", "--role", "web", "--lock-wait", "30"])
-        assert waited.returncode == 0, waited.stderr
-        assert "waiting for another bakery process working on role 'web'" in waited.stderr
-        assert "no bake of role web" in waited.stdout
+        # Released once the waiter says it waits (its first notice comes at once), never on a timer.
+        waiter = subprocess.Popen([sys.executable, "-m", "bakery_lib.cli", "--catalog", str(catalog), "cleanup",
+                                   "--role", "web", "--lock-wait", "120"], env=cli_env, cwd=workspace,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  stdin=subprocess.DEVNULL)
+        assert waiter.stderr is not None
+        notice = ""
+        for line in waiter.stderr:
+            notice += line
+            if "waiting for another bakery process" in line:
+                break
+        release.set()
+        out, err = waiter.communicate(timeout=120)
+        assert waiter.returncode == 0, notice + err
+        assert "waiting for another bakery process working on role 'web'" in notice
+        assert "no bake of role web" in out
     finally:
         release.set()
         t.join(10)

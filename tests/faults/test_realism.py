@@ -53,7 +53,7 @@ from support.bakes import (
     wait_for,
 )
 from support.proxy import FaultProxy, Rule
-from support.realism import Realism
+from support.realism import ManualClock, Realism
 
 from bakery_lib.aws import STORM_ROUNDS
 from bakery_lib.errors import AwsError
@@ -103,8 +103,11 @@ def test_release_bake_of_several_roles_through_aws_timing(devstack, proxy: Fault
         win: {"platform": "windows", "sysprep_timeout": "2m"},
     })
     census = Census.take(devstack)
+    # The windows asserted on below are also counted in calls: an instance's first CreateTags on itself
+    # and the first RunInstances with a new profile are refused however late they come.
     realism = Realism(storm_every=4.0, storm_length=1.0, storm_share=2,
-                      no_capacity={("t3.medium", sub_a), ("t3.medium", sub_b)})
+                      no_capacity={("t3.medium", sub_a), ("t3.medium", sub_b)},
+                      invisible_calls={"CreateTags": 1}, iam_calls=1)
     proxy.realism = realism
     ws = tmp_path / "ws"
     with devstack.runner(tmp_path / "instances", instance_endpoint=proxy.url) as runner:
@@ -223,7 +226,8 @@ def test_reap_of_a_bake_killed_right_after_its_launch(devstack, proxy: FaultProx
     catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={role: {"platform": "linux"}})
     census = Census.take(devstack)
     prepare(devstack, tmp_path / "set-up", catalog, role, "launch")  # the role's group and profile: not new
-    realism = Realism(invisible=6.0, pending=10.0, iam=0)
+    clock = ManualClock()  # the windows end when this test says, however slow the runs below
+    realism = Realism(invisible=6.0, pending=10.0, iam=0, clock=clock)
     proxy.realism = realism
     env = cli_env(devstack, proxy.url)
     ws = tmp_path / "ws"
@@ -240,14 +244,15 @@ def test_reap_of_a_bake_killed_right_after_its_launch(devstack, proxy: FaultProx
     # workspace, whose state records the instance. Neither may call the bake clean.
     early = [popen_bakery(env, where, catalog, "reap", "--bake-id", bake_id) for where in (tmp_path / "elsewhere", ws)]
     outs = [run.communicate(timeout=60) for run in early]
-    assert realism.invisible_now(iid), "the instance became visible before the early reaps: make the window longer"
+    assert realism.invisible_now(iid)
     for run, (stdout, stderr) in zip(early, outs, strict=True):
         assert run.returncode == 1, f"reap declared the bake clean while its instance was not yet listed:\n{stdout}{stderr}"
         assert "Traceback" not in stderr
         assert "not listed by EC2 yet" in stdout and "run reap again" in stdout, stdout + stderr
     assert iid in outs[1][0]  # the workspace's run names the recorded instance
     # A later run, once the id has propagated but while the instance is still `pending`, gets it.
-    wait_for(lambda: not realism.invisible_now(iid), "the end of the propagation window", timeout=20)
+    clock.advance(6.0)  # the end of the propagation window; `pending` (10 s) still lasts
+    assert not realism.invisible_now(iid)
     reaped = bakery(env, tmp_path / "elsewhere", catalog, "reap", "--bake-id", bake_id)
     assert reaped.returncode == 0, reaped.stdout + reaped.stderr
     assert f"instance {iid}: terminated" in reaped.stdout, reaped.stdout
@@ -267,7 +272,8 @@ def test_two_bakes_of_one_role_launched_within_the_propagation_window(devstack, 
     wss = [tmp_path / "a", tmp_path / "b"]
     for ws in wss:
         prepare(devstack, ws, catalog, role, "launch")
-    proxy.realism = Realism(invisible=3.0, pending=1.0, iam=0)
+    clock = ManualClock()  # both launches fall inside the window whatever the load; it ends when both did
+    proxy.realism = realism = Realism(invisible=3.0, pending=1.0, iam=0, clock=clock)
     aws = direct_aws(devstack, proxy.url)
     results: list[Any] = [None, None]
 
@@ -277,7 +283,9 @@ def test_two_bakes_of_one_role_launched_within_the_propagation_window(devstack, 
     threads = [threading.Thread(target=launch, args=(n,)) for n in (0, 1)]
     for t in threads:
         t.start()
-        time.sleep(1.0)  # the second RunInstances well inside the first instance's propagation window
+        time.sleep(1.0)  # launch times 1 s apart (EC2 gives whole seconds), on the frozen window
+    wait_for(lambda: sum(rid.startswith("i-") for rid in dict(realism.created)) == 2, "both RunInstances")
+    clock.advance(3.0)
     for t in threads:
         t.join(60)
     messages = [r.message for r in results]
@@ -304,9 +312,9 @@ def test_a_throttling_storm_beyond_botocore_retries_is_absorbed_by_the_shared_ga
     assert vpcs["Vpcs"] and len(proxy.injected()) == 2
     key = ("ec2", devstack.region)
     aws.gate.trip(key)
-    started = time.monotonic()
+    assert aws.gate.remaining(key) > 0
     aws.call("ec2", devstack.region, "DescribeVpcs")  # another bake's call in the same region waits too
-    assert time.monotonic() - started >= 0.4
+    assert aws.gate.remaining(key) == 0, "the call went out before the shared back-off ended"
     proxy.reset()
     proxy.add(Rule("DescribeVpcs", kind="throttle", times=None))
     aws = direct_aws(devstack, proxy.url, max_attempts=0)  # a calm process: the back-off starts small

@@ -204,7 +204,9 @@ def user_data(devstack: DevStack, node: str, run_list: str = "recipe[roles::web_
 
 
 def launch(devstack: DevStack, image_id: str, user_data_text: str | None, **tags: str) -> str:
+    """An instance launched by hand, tagged as this test's (the runner boots only its own test's)."""
     kwargs = {"UserData": user_data_text} if user_data_text is not None else {}
+    tags = {**devstack.owner_tags(), **tags}
     tag_spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
     return devstack.moto.client("ec2").run_instances(
         ImageId=image_id, MinCount=1, MaxCount=1, InstanceType="t3.medium",
@@ -291,14 +293,17 @@ def test_runner_first_boot_from_baked_ami(devstack: DevStack, instance_runner: I
 def test_runner_skips_windows_and_leaves_older_instances_alone(devstack: DevStack, tmp_path: Path) -> None:
     before = launch(devstack, devstack.base_image_id, "#!/bin/bash\ntouch \"$BAKERY_ROOT/ran\"\n")
     with devstack.runner(tmp_path / "instances") as runner:
+        # Another test's instance (its owner tag is not this test's), launched first: never booted.
+        foreign = launch(devstack, devstack.base_image_id, "#!/bin/bash\ntouch \"$BAKERY_ROOT/ran\"\n",
+                         **{"devstack:test": "another-test"})
         windows = launch(devstack, devstack.windows_image_id, "<powershell>\nWrite-Host hi\n</powershell>")
         plain = launch(devstack, devstack.base_image_id, "#!/bin/bash\necho \"root is $BAKERY_ROOT\"\nexit 3\n")
         assert runner.wait(windows, timeout=30)["kind"] == "skipped"
         result = runner.wait(plain, timeout=30)
         assert result["kind"] == "launch" and result["exit_code"] == 3
         assert f"root is {result['root']}" in runner.console(plain)
-        assert before not in runner.results
-    assert not (tmp_path / "instances" / before).exists()
+        assert before not in runner.results and foreign not in runner.results
+    assert not (tmp_path / "instances" / before).exists() and not (tmp_path / "instances" / foreign).exists()
 
 
 def test_runner_copes_with_terminated_instances_and_boot_delay(devstack: DevStack, tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import os
 import stat
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -148,9 +147,16 @@ def test_two_starts_never_run_at_once(sandbox_factory, alerts, tmp_path, lock):
         extra["PATH"] = os.pathsep.join([str(box.bin), str(VENV_BIN), str(nofl)])
 
     first = box.popen(firstboot(box), STUB_CHEF_SLEEP="3", **extra)
-    time.sleep(0.3)
+    # The second starts once the first says it began (after taking the lock), never after a sleep.
+    assert first.stdout is not None
+    head = ""
+    for line in first.stdout:
+        head += line
+        if "first boot of role" in line:
+            break
     second = box.popen(firstboot(box), STUB_CHEF_SLEEP="3", **extra)
     out1, _ = first.communicate(timeout=120)
+    out1 = head + out1
     out2, _ = second.communicate(timeout=120)
 
     assert (first.returncode, second.returncode) == (0, 0), out1 + out2

@@ -30,6 +30,7 @@ from support.pipeline import (
 from support.proxy import Hold
 
 from bakery_lib.stages import ORDER
+from bakery_lib.state import Workspace
 
 BAKE_STAGES = list(ORDER)  # the bakery's stages, in order: one Jenkinsfile stage each
 README = REPO / "jenkins" / "README.md"
@@ -256,12 +257,24 @@ def test_timeout_stops_the_bake_but_never_cuts_post_short(harness, tmp_path):
     assert [c["name"] for c in build.junit_cases] == ["cleanup"]  # published after the cleanup ended
 
 
+def _openers(path: Path) -> int:
+    """How many processes have ``path`` open (Linux /proc; other users' processes are not readable)."""
+    n = 0
+    for fds in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            n += any(os.readlink(fd) == str(path) for fd in fds.iterdir())
+        except OSError:
+            continue
+    return n
+
+
 @pytest.mark.e2e
 def test_abort_waits_for_the_bakery_to_finish_before_cleaning_and_publishing(harness, devstack, proxy,
                                                                              instance_runner, tmp_path):
     """Defect 4: Jenkins gives an aborted `sh` up after 20 s (here 1 s) without killing it, so `post` starts
     while the bakery still holds the role's lock. Here the bakery is inside an AWS call (held 4 s by the
-    proxy) when the abort comes: `post`'s cleanup must wait for it, then clean up, then publish."""
+    proxy until post's cleanup has the lock file open) when the abort comes: `post`'s cleanup must wait
+    for it, then clean up, then publish."""
     agent = Agent(devstack, tmp_path, {"halted": {"platform": "linux"}})
     agent.env["AWS_ENDPOINT_URL"] = proxy.url
     ws = tmp_path / "ws"
@@ -276,9 +289,17 @@ def test_abort_waits_for_the_bakery_to_finish_before_cleaning_and_publishing(har
         time.sleep(0.1)
     hold = Hold("DescribeInstances", forward_first=False, times=1)
 
+    def release_once_post_waits() -> None:
+        # The held call ends only once a second process (post's cleanup) has the role's lock file open:
+        # post then certainly began while the bakery still held the lock, however loaded the machine.
+        lock = (Workspace(ws).state_dir / "halted.lock").resolve()
+        while _openers(lock) < 2 and runner.is_alive():
+            time.sleep(0.05)
+        hold.release.set()
+
     def abort_while_held() -> None:
         trigger.touch()
-        threading.Timer(4.0, hold.release.set).start()
+        threading.Thread(target=release_once_post_waits, daemon=True).start()
 
     hold.callback = abort_while_held
     proxy.add(hold)

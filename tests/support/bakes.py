@@ -401,15 +401,16 @@ class SimulatedBoot:
     the instance's own behaviour is under test (e2e, security, the throttled bake, the realism bakes).
 
     Roles in ``windows`` play the EC2Launch v2 sequence instead: registered, tagged
-    ``bakery:bootstrap=generalizing``, and ``sysprep`` seconds later the instance stops itself (sysprep
-    ``--shutdown``; the bake instance's shutdown behaviour is ``stop``).
+    ``bakery:bootstrap=generalizing``, and ``sysprep`` rounds of this loop later the instance stops itself
+    (sysprep ``--shutdown``; the bake instance's shutdown behaviour is ``stop``): counted in rounds, not
+    on a timer, so a slow machine slows sysprep down with everything else.
 
     Boot-test instances (``bakery:purpose=boot-test``) get what the image's first boot does in test
     mode when it passes: the test's Chef client (and node) registered, ``bakery:boot-test=passed``.
     """
 
     def __init__(self, devstack: DevStack, roles: list[str], *, interval: float = 0.1, finish: bool = True,
-                 windows: tuple[str, ...] = (), sysprep: float = 1.0):
+                 windows: tuple[str, ...] = (), sysprep: int = 10):
         self.devstack = devstack
         self.finish = finish
         self.windows = set(windows)
@@ -417,6 +418,7 @@ class SimulatedBoot:
         self.roles = list(roles)
         self.interval = interval
         self.booted: list[str] = []
+        self._sysprep_left: dict[str, int] = {}  # Windows instance -> rounds until it stops itself
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="simulated-boot", daemon=True)
 
@@ -434,14 +436,21 @@ class SimulatedBoot:
             {"Key": "bakery:bootstrap", "Value": "generalizing"},
             {"Key": "bakery:bootstrap-detail", "Value": "sysprep --clean --shutdown started"}])
         self.booted.append(instance_id)
-        timer = threading.Timer(self.sysprep, lambda: ec2.stop_instances(InstanceIds=[instance_id]))
-        timer.daemon = True
-        timer.start()
+        self._sysprep_left[instance_id] = self.sysprep
+
+    def _sysprep_round(self, ec2: Any) -> None:
+        for instance_id, left in list(self._sysprep_left.items()):
+            if left > 0:
+                self._sysprep_left[instance_id] = left - 1
+                continue
+            del self._sysprep_left[instance_id]
+            ec2.stop_instances(InstanceIds=[instance_id])
 
     def _loop(self) -> None:
         ec2 = self.devstack.moto.client("ec2")
         while not self._stop.is_set():
             try:
+                self._sysprep_round(ec2)
                 found = ec2.describe_instances(Filters=[
                     {"Name": "tag:bakery:role", "Values": self.roles},
                     {"Name": "tag:bakery:purpose", "Values": ["bake", "boot-test"]},

@@ -44,6 +44,12 @@ What AWS does (and moto 5.2 does not), as documented, and what this layer plays:
   pending for many polls (AMI creation takes minutes: 10 min), instances pending ~1 min and stopping
   ~2 min (EC2 User Guide, "Instance lifecycle"), IAM profiles usable after up to ~10 s (IAM
   propagation, above).
+Windows in calls. Each window above is in seconds of the wall clock, which a loaded machine makes
+shorter for the calls that come late: where a test asserts that a behaviour was played, it also sets
+the window in calls, which no load can close before the call arrives. ``invisible_calls`` (operation
+-> n): a new id answers NotFound to its first n calls of that operation naming it, whenever they come
+(AWS gives no bound: a window of any length is one AWS could show). ``iam_calls``: the first n
+RunInstances naming a new or changed instance profile are refused as propagating.
 
 The layer keeps the ids it saw created and when; it rewrites EC2 query-protocol XML with ElementTree
 (namespaces dropped: botocore's parser ignores them). Everything else is forwarded to moto untouched.
@@ -55,6 +61,7 @@ import re
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +85,22 @@ def _q(tag: str) -> str:
     return tag  # namespaces are stripped on parsing (botocore ignores them too)
 
 
+class ManualClock:
+    """A clock that moves only when told (``advance``): windows end when the test says so."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+
 @dataclass
 class Realism:
     """AWS timing for the proxy's EC2/IAM calls; durations in seconds (0 switches a behaviour off)."""
@@ -92,6 +115,9 @@ class Realism:
     storm_length: float = 0.0
     storm_share: int = 3  # during a storm, every n-th EC2 call is throttled
     no_capacity: set[tuple[str, str]] = field(default_factory=set)  # (instance type, subnet id or "*")
+    invisible_calls: dict[str, int] = field(default_factory=dict)  # operation -> first n calls per new id
+    iam_calls: int = 0  # the first n RunInstances naming a new profile are refused
+    _named: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # (operation, id) -> calls
     created: dict[str, float] = field(default_factory=dict)  # id -> when its create call answered
     transitions: dict[str, tuple[str, float, float]] = field(default_factory=dict)  # id -> (shown, since, for)
     profiles: dict[str, float] = field(default_factory=dict)  # instance profile -> last change
@@ -99,9 +125,15 @@ class Realism:
     played: list[str] = field(default_factory=list)  # what the layer did, for assertions
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _storm_calls: int = 0
-    _start: float = field(default_factory=time.monotonic)
-
+    # The layer's clock: monotonic seconds; a test that asserts on a window's end injects a ManualClock.
+    clock: Callable[[], float] = time.monotonic
+    _start: float | None = None
+    # ClientToken -> (the request, its answer), for replays (see the module docstring).
     tokens: dict[tuple[str, str], tuple[dict[str, Any], bytes | None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self._start is None:
+            self._start = self.clock()
 
     @classmethod
     def slow(cls, scale: float = 0.02, **overrides: Any) -> Realism:
@@ -151,12 +183,12 @@ class Realism:
     def _note_profile(self, operation: str, params: dict[str, Any]) -> None:
         if operation in ("CreateInstanceProfile", "AddRoleToInstanceProfile") and params.get("InstanceProfileName"):
             with self._lock:
-                self.profiles[str(params["InstanceProfileName"])] = time.monotonic()
+                self.profiles[str(params["InstanceProfileName"])] = self.clock()
 
     def _storm(self, operation: str) -> tuple[int, str, str] | None:
         if not (self.storm_every and self.storm_length):
             return None
-        if (time.monotonic() - self._start) % self.storm_every >= self.storm_length:
+        if (self.clock() - (self._start or 0.0)) % self.storm_every >= self.storm_length:
             return None
         with self._lock:
             self._storm_calls += 1
@@ -178,12 +210,13 @@ class Realism:
         return None
 
     def _iam_refusal(self, operation: str, params: dict[str, Any]) -> tuple[int, str, str] | None:
-        if operation != "RunInstances" or not self.iam:
+        if operation != "RunInstances" or not (self.iam or self.iam_calls):
             return None
         name = str(params.get("IamInstanceProfile.Name", ""))
         with self._lock:
             changed = self.profiles.get(name)
-        if changed is not None and time.monotonic() - changed < self.iam:
+        if changed is not None and (self.clock() - changed < self.iam
+                                    or self._counted("RunInstances", f"profile:{name}", self.iam_calls)):
             self._play(f"iam: profile {name} not yet usable")
             return (400, "InvalidParameterValue",
                     f"Value ({name}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name")
@@ -197,16 +230,30 @@ class Realism:
             if not any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes):
                 continue
             for rid in value if isinstance(value, list) else [value]:
-                if self.invisible_now(str(rid)):
+                if self.invisible_now(str(rid)) or self._invisible_to_call(operation, str(rid)):
                     kind = next((c for pre, c in NOT_FOUND.items() if str(rid).startswith(pre)), "InvalidID.NotFound")
                     self._play(f"invisible: {operation} on {rid} -> {kind}")
                     return 400, kind, f"The ID '{rid}' does not exist (realism: not yet propagated)"
         return None
 
+    def _counted(self, operation: str, rid: str, first: int) -> bool:
+        """True for the first ``first`` calls of ``operation`` on ``rid`` (each call counts once)."""
+        if first <= 0:
+            return False
+        with self._lock:
+            n = self._named.get((operation, rid), 0) + 1
+            self._named[(operation, rid)] = n
+        return n <= first
+
+    def _invisible_to_call(self, operation: str, rid: str) -> bool:
+        with self._lock:
+            created = rid in self.created
+        return created and self._counted(operation, rid, self.invisible_calls.get(operation, 0))
+
     def invisible_now(self, rid: str) -> bool:
         with self._lock:
             at = self.created.get(rid)
-        return at is not None and time.monotonic() - at < self.invisible
+        return at is not None and self.clock() - at < self.invisible
 
     # --- after forwarding: remember and rewrite -----------------------------------------------------
     def answer(self, service: str, operation: str, params: dict[str, Any], payload: bytes) -> bytes:
@@ -233,7 +280,7 @@ class Realism:
         return ET.tostring(root, encoding="utf-8", xml_declaration=True) if changed else payload
 
     def _remember(self, operation: str, params: dict[str, Any], root: ET.Element) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         new: list[str] = []
         changed = False
         if operation == "RunInstances":
@@ -277,7 +324,7 @@ class Realism:
     def _shown_state(self, rid: str, actual: str) -> str | None:
         with self._lock:
             t = self.transitions.get(rid)
-        if t is None or time.monotonic() - t[1] >= t[2]:
+        if t is None or self.clock() - t[1] >= t[2]:
             return None
         shown = t[0]
         # Only hold back the state the transition leads to (a newer real change wins).
@@ -319,7 +366,7 @@ class Realism:
             before = "running"
         if actual == "stopped" and before in ("pending", "running") and self.stopping and (
                 t is None or t[0] != "stopping"):
-            self._transition(iid, "stopping", time.monotonic(), self.stopping)
+            self._transition(iid, "stopping", self.clock(), self.stopping)
             self._play(f"stopping: {iid} shut itself down")
 
     def _rewrite_images(self, root: ET.Element) -> bool:

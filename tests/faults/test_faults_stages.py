@@ -72,6 +72,13 @@ def test_permission_error_fails_the_stage_and_cleanup_leaves_nothing(
     code = denied.injected
     assert code is not None and throttled.injected not in err  # the throttling itself is invisible
 
+    if call.best_effort:
+        assert code_ == 0, f"exit {code_}\n{out}\n{err}"
+        assert code in out + err and "not all superseded AMIs deprecated" in out + err
+        assert census.leaks() == [], census.leaks()
+        FaultTable.add("stage-by-stage", f"`{call.id}` → throttled, then refused on the retry",
+                       "exit 0: the stage finishes and names the refused call", "nothing")
+        return
     assert code_ == 1, f"exit {code_}\n{out}\n{err}"
     assert f"stage {call.stage} failed for role {role}" in err
     assert code in err and call.operation in err

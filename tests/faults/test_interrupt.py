@@ -198,7 +198,9 @@ def test_sigkill_then_cleanup_or_reap_removes_everything(devstack, proxy, tmp_pa
         time.sleep(1.1)  # past bakery:expires-at
         empty = tmp_path / "elsewhere"
         empty.mkdir()
-        proc2 = bakery(env, empty, catalog, "reap", "--older-than", "0")
+        # Scoped to this bake (the id an operator reads in the build log): the session's moto is shared,
+        # and an account-wide sweep would also meet other tests' bakes in the middle of their work.
+        proc2 = bakery(env, empty, catalog, "reap", "--older-than", "0", "--bake-id", state["bake_id"])
         check = lambda: None  # noqa: E731  (no workspace: nothing to check there)
     assert proc2.returncode == 0, proc2.stdout + proc2.stderr
     assert "Traceback" not in proc2.stderr

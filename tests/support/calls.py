@@ -22,6 +22,9 @@ class BakeCall:
     # Made only when the stage runs again after a failed attempt (the lookups that make a rerun
     # adopt what the failed attempt created instead of creating it twice).
     rerun: bool = False
+    # A refusal of this call does not fail the stage: the stage finishes and says what it left for
+    # the next run (publish deprecating the role's superseded AMIs).
+    best_effort: bool = False
 
     @property
     def id(self) -> str:
@@ -39,6 +42,8 @@ BAKE_CALLS: tuple[BakeCall, ...] = (
     BakeCall("preflight", "DescribeImages", why="resolve the base AMI"),
     BakeCall("preflight", "DescribeInstances", why="refuse when a bake of the role is in flight"),
     BakeCall("preflight", "DescribeImages", 2, why="look for an AMI with the same bake key"),
+    BakeCall("preflight", "DescribeInstanceTypeOfferings", why="is the instance type offered in the region?"),
+    BakeCall("preflight", "DescribeInstanceTypes", why="does the type run the base AMI's architecture?"),
     BakeCall("security-groups", "DescribeVpcs"),
     BakeCall("security-groups", "DescribeSecurityGroups"),
     BakeCall("security-groups", "CreateSecurityGroup"),
@@ -69,4 +74,8 @@ BAKE_CALLS: tuple[BakeCall, ...] = (
     BakeCall("publish", "PutParameter", service="ssm", why="/bakery/ROLE/latest"),
     BakeCall("publish", "GetParameter", service="ssm", why="read back: SSM validates aws:ec2:image asynchronously"),
     BakeCall("publish", "PutObject", service="s3", why="write the first-boot run list (no read first)"),
+    BakeCall("publish", "EnableImageDeprecation", why="the new AMI's deprecation time (deprecate_after)"),
+    BakeCall("publish", "EnableImageDeregistrationProtection", why="latest points at it: protected"),
+    BakeCall("publish", "DescribeImages", why="the role's older AMIs, deprecated at once when superseded",
+             best_effort=True),
 )

@@ -11,7 +11,9 @@ APT_PACKAGES := goiardi shellcheck packer groovy default-jre-headless debootstra
 	chromium
 # Three workers on two cores: most of a bake test is spent waiting on polls and subprocesses.
 # One file per worker (--dist loadfile) keeps each file's shared servers and fixtures together.
-PYTEST_ARGS ?= -n 3 --dist loadfile
+# One order, chosen by pytest-randomly's seed, so a CI run can be replayed; docs/development.md says how
+# to run other seeds and --dist load.
+PYTEST_ARGS ?= -n 3 --dist loadfile -p randomly --randomly-seed=20261202
 
 .PHONY: all deps system-deps venv node-deps realinit-base test lint demo bench clean
 

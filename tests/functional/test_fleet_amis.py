@@ -193,8 +193,10 @@ def test_superseding_failing_once_leaves_the_publish_whole(moto_server, tmp_path
 # --- prune: deprecated AMIs only; protection lifted with AWS's cooldown ---------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def own_moto() -> Iterator[LayeredMoto]:
+    # One per test: tests move the layer's clock forward (AWS's cooldowns), which must not reach the
+    # next test, whatever the order.
     with LayeredMoto() as server:
         yield server
 

@@ -21,6 +21,7 @@ from typing import Any
 import botocore.exceptions
 import pytest
 from support.proxy import FaultProxy, Rule
+from support.stages import CATALOG as STAGES_CATALOG
 from support.stages import new_aws
 
 from bakery_lib.aws import Aws
@@ -33,16 +34,8 @@ from devstack._proc import free_port
 from devstack.goiardi import GoiardiServer
 from devstack.moto import MotoServer, seed_base_image
 
-CATALOG = {
-    "defaults": {
-        "region": "us-east-1",
-        "runlist_bucket": "acme-bakery",
-        "alert_topic_arn": "arn:aws:sns:us-east-1:123456789012:bakery-alerts",
-        "chef": {"server_url": "http://127.0.0.1:1", "validation_client_name": "acme-validator",
-                 "validation_key_s3": "s3://acme-bakery/chef/validator.pem"},
-    },
-    "roles": {},
-}
+# The one-stage tests' defaults, with no role of their own (each test adds its roles).
+CATALOG = {**STAGES_CATALOG, "roles": {}}
 MUTATING = ("DeregisterImage", "DeleteSnapshot", "TerminateInstances", "CreateTags", "DeleteTags")
 
 

@@ -10,7 +10,8 @@ Environment read here (through the mapping the CLI hands over): ``BAKERY_CATALOG
 ``bakery:heartbeat`` beats, default 60: reap judges a bake dead after 5 minutes without one, so keep it at
 60 or less; the fault tests set it high so that no beat falls into the calls they count), and for the Chef API ``CHEF_SERVER_URL``,
 ``CHEF_CLIENT_NAME``, ``CHEF_CLIENT_KEY`` (a knife config may also name ``ENV['X']``, so the Chef
-part keeps the whole mapping). boto3 reads its own credential chain, as it does everywhere.
+part keeps the whole mapping), and Jenkins' own ``BUILD_URL`` (or ``JOB_NAME`` + ``BUILD_NUMBER``) for the
+``bakery:build`` tag of the AMIs a build makes. boto3 reads its own credential chain, as it does everywhere.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class Settings:
     chef_env: Mapping[str, str] = field(default_factory=_frozen)
     lock_wait: float = DEFAULT_LOCK_WAIT
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    # The Jenkins build running this process (``bakery:build`` on its AMIs); None outside Jenkins.
+    build: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, catalog: str | None = None, chef_config: str | None = None,
@@ -57,6 +60,7 @@ class Settings:
             chef_env=_frozen(env),
             lock_wait=lock_wait,
             heartbeat_interval=_seconds(env, "BAKERY_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL, 1, 86400),
+            build=jenkins_build(env),
         )
 
 
@@ -69,6 +73,16 @@ def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high
     if not low <= value <= high:
         raise UsageError(f"{name}={raw!r} must be between {low:g} and {high:g} seconds")
     return value
+
+
+def jenkins_build(env: Mapping[str, str]) -> str | None:
+    """The Jenkins build as its variables name it: ``BUILD_URL`` (set when Jenkins knows its own URL),
+    else ``JOB_NAME#BUILD_NUMBER``; None outside Jenkins. At most 256 characters (an EC2 tag value's limit)."""
+    url = (env.get("BUILD_URL") or "").strip()
+    if url:
+        return url[:256]
+    job, number = (env.get("JOB_NAME") or "").strip(), (env.get("BUILD_NUMBER") or "").strip()
+    return f"{job}#{number}"[:256] if job and number else None
 
 
 def poll_interval(env: Mapping[str, str]) -> float:

@@ -43,6 +43,7 @@ from ..stages.preflight import check_release
 from ..stages.publish import publish_runlist
 from ..state import BAKE_ID_RE, BakeState, Workspace
 from ..summary import RoleRow, rows_from_images, write_summary
+from ..summary_release import write_release_summary
 from ..userdata import render_role_scripts
 from .generate_jobs import main as generate_jobs_cli
 
@@ -126,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     _reap_arguments(p)
 
     p = add("summary", "write reports/summary.html and reports/summary.md from this workspace's bakes")
-    p.add_argument("--release")
+    p.add_argument("--release", help="only the roles baked for this release")
+    p.add_argument("--from-aws", action="store_true",
+                   help="with --release: build the summary from the account alone (the AMIs tagged with the "
+                        "release and what /bakery/ROLE/latest published for it), not from this workspace; read-only")
+    p.add_argument("--region", action="append", dest="regions", metavar="REGION",
+                   help="with --from-aws: a region to read (repeatable; default: every region of every catalogue role)")
 
     p = add("publish-runlist", "write s3://BUCKET/runlists/ROLE.json from the role's launch run list")
     p.add_argument("--role", required=True)
@@ -488,9 +494,29 @@ def cmd_reap(rt: _Runtime) -> int:
 
 
 def cmd_summary(rt: _Runtime) -> int:
-    for path in write_summary(rt.ws(), release=rt.args.release):
+    a = rt.args
+    if a.from_aws:
+        paths = _summary_from_aws(rt)
+    elif a.regions:
+        raise UsageError("--region is for --from-aws (the workspace summary reads this workspace only)")
+    else:
+        paths = write_summary(rt.ws(), release=a.release)
+    for path in paths:
         print(path)
     return 0
+
+
+def _summary_from_aws(rt: _Runtime) -> tuple[Path, Path]:
+    release = rt.args.release
+    if not release:
+        raise UsageError("--from-aws needs --release V (the release whose AMIs to find)")
+    check_release(release)
+    for region in rt.args.regions or []:
+        if not REGION_RE.match(region):
+            raise UsageError(f"--region {region!r} is not an AWS region name")
+    regions = rt.args.regions or sorted({r for ro in rt.catalog().roles.values() for r in ro.regions})
+    return write_release_summary(rt.ws(), rt.aws(), regions, release,
+                                 log=lambda m: print(f"bakery: {m}", file=sys.stderr, flush=True))
 
 
 def cmd_publish_runlist(rt: _Runtime) -> int:

@@ -21,6 +21,9 @@ def image_name(role: str, release: str, bake_id: str) -> str:
     return f"bakery-{role}-{safe_release}-{bake_id}"[:128]
 
 
+BUILD_TAG = "bakery:build"
+
+
 def image_tags(ctx: Context) -> dict[str, str]:
     state = ctx.require_state()
     tags = dict(ctx.role.tags)
@@ -33,6 +36,9 @@ def image_tags(ctx: Context) -> dict[str, str]:
         "bakery:bake-key": state.bake_key or "",
         "bakery:created-by": "bakery",
     })
+    if ctx.settings.build:
+        # The Jenkins build that made the image (copies carry it too): `bakery summary --from-aws` shows it.
+        tags[BUILD_TAG] = ctx.settings.build
     return tags
 
 

@@ -514,7 +514,13 @@ def _summary_from_aws(rt: _Runtime) -> tuple[Path, Path]:
     for region in rt.args.regions or []:
         if not REGION_RE.match(region):
             raise UsageError(f"--region {region!r} is not an AWS region name")
-    regions = rt.args.regions or sorted({r for ro in rt.catalog().roles.values() for r in ro.regions})
+    regions = rt.args.regions
+    if not regions:
+        try:
+            catalog = rt.catalog()
+        except UsageError as exc:
+            raise UsageError(f"{exc} (or give --region REGION: a summary from AWS needs only the regions)") from None
+        regions = sorted({r for ro in catalog.roles.values() for r in ro.regions})
     return write_release_summary(rt.ws(), rt.aws(), regions, release,
                                  log=lambda m: print(f"bakery: {m}", file=sys.stderr, flush=True))
 

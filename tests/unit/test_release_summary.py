@@ -1,7 +1,8 @@
 """The release summary: every bake of the release (this run, earlier runs in the workspace, other
 workspaces and processes known from their AMIs' tags), failures first, with boot-test, base AMI,
 platform and reuse columns; at 200 roles it stays readable in a real browser (headless Chromium):
-no id wraps, no column is empty.
+no id wraps, no column is empty. The same holds for the page built from AWS alone
+(``bakery summary --from-aws``, :mod:`bakery_lib.summary_release`): 200 roles in two regions.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from bakery_lib.bake import RoleOutcome
 from bakery_lib.state import BakeState, StageRecord, Workspace
 from bakery_lib.summary import rows_from_images, write_summary
+from bakery_lib.summary_release import ImageRow, render_html, render_markdown
 
 T0 = 1_700_000_000.0
 RELEASE = "7.1.0"
@@ -102,10 +104,7 @@ class _Measured(html.parser.HTMLParser):
             self.text += data
 
 
-def test_a_200_role_summary_reads_well_in_headless_chromium(tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("chromium is not installed (apt-get install chromium): the summary's layout cannot be checked")
+def _workspace_page(tmp_path) -> str:
     ws = Workspace(tmp_path / "ws")
     for i in range(200):
         state = _state(f"service-{i:03d}", i, outcome="succeeded", closed=True, boot_test="passed",
@@ -113,8 +112,35 @@ def test_a_200_role_summary_reads_well_in_headless_chromium(tmp_path):
         state.reused = i % 4 == 0
         ws.save(state)
     html_path, _ = write_summary(ws, release=RELEASE)
+    return html_path.read_text()
+
+
+def _aws_row(i: int, region: str) -> ImageRow:
+    status = "failed" if i % 50 == 7 else "reused" if i % 4 == 0 else "baked"
+    return ImageRow(f"service-{i:03d}", region, f"ami-{i % 2}{i:016x}", status, state="available",
+                    made_for="7.0.9" if status == "reused" else RELEASE, bake_id=f"20260101{i:06d}-{i:06x}",
+                    boot_test="failed" if status == "failed" else "passed",
+                    deprecation="2026-04-01T00:00:00.000Z", latest=i % 3 != 0,
+                    protection="enabled-with-cooldown" if i % 3 else "disabled",
+                    sharing="account 111122223333, 444455556666" if i % 5 == 0 else "private",
+                    base_ami="ami-0123456789abcdef0", build=f"https://jenkins.example.com/job/ami-bake-service-{i:03d}/{i}/",
+                    name=f"bakery-service-{i:03d}-{RELEASE}-20260101{i:06d}-{i:06x}", created="2026-01-01T00:00:00.000Z",
+                    notes=["superseded: latest is ami-0ffffffffffffffff"] if i % 3 == 0 else [])
+
+
+def _aws_page(tmp_path) -> str:
+    rows = [_aws_row(i, region) for i in range(200) for region in ("us-east-1", "eu-west-1")]
+    return render_html(rows, release=RELEASE, regions=["us-east-1", "eu-west-1"])
+
+
+@pytest.mark.parametrize(("shape", "expected_rows"), [("workspace", 200), ("from-aws", 400)])
+def test_a_200_role_summary_reads_well_in_headless_chromium(tmp_path, shape, expected_rows):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium is not installed (apt-get install chromium): the summary's layout cannot be checked")
+    text = _workspace_page(tmp_path) if shape == "workspace" else _aws_page(tmp_path)
     page = tmp_path / "measure.html"
-    page.write_text(html_path.read_text().replace("</body>", MEASURE + "</body>"))
+    page.write_text(text.replace("</body>", MEASURE + "</body>"))
     profile = tmp_path / "profile"
     proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                            "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -124,7 +150,21 @@ def test_a_200_role_summary_reads_well_in_headless_chromium(tmp_path):
     parser.feed(proc.stdout)
     assert parser.text, f"no measurement from chromium: {proc.stderr[-2000:]}"
     measured = json.loads(parser.text)
-    assert measured["rows"] == 200
+    assert measured["rows"] == expected_rows
     assert measured["wrapped"] == [], f"ids wrap: {measured['wrapped'][:5]}"
     assert measured["empty"] == [], f"empty columns: {measured['empty']}"
 
+
+
+def test_the_page_from_aws_escapes_tags_and_links_only_http_builds():
+    """Tags are anyone's text: escaped everywhere, and a ``javascript:`` "build" is never a link."""
+    hostile = _aws_row(1, "us-east-1")
+    hostile.build = "javascript:alert(1)"
+    hostile.notes = ["<script>x</script> | pipe"]
+    page = render_html([hostile, _aws_row(2, "us-east-1")], release="<b>", regions=["us-east-1"])
+    assert "<script>x" not in page and "&lt;script&gt;x" in page and "<b>" not in page
+    assert 'href="javascript:' not in page
+    assert 'href="https://jenkins.example.com/job/ami-bake-service-002/2/">ami-bake-service-002 #2</a>' in page
+    md = render_markdown([hostile], release="7.1")
+    assert "&lt;script&gt;x&lt;/script&gt; \\| pipe" in md
+    assert md.splitlines()[2].count("|") == md.splitlines()[4].count("|") - 1  # one escaped pipe in the row

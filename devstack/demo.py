@@ -7,12 +7,17 @@
    timeouts and ingress, the Windows role too (only endpoints and base images change).
 3. Bakes a release of every role with the real console scripts (``bakery bake --all``), then shows
    the tags of each AMI as the AWS API reports them.
-4. Launches one instance from the newest baked AMI of the first Linux role (``create-instance ROLE
+4. A second release: the first Linux role's volume size changes (a bake input), so ``bakery bake --all``
+   rebakes that role and reuses the others' AMIs; shows, as the AWS API reports them, the deprecation
+   time and deregistration protection of each new AMI and of the AMI it superseded, and writes the
+   second release's summary from the account alone (``bakery summary --release V --from-aws`` in an
+   empty workspace, as an operator on another machine would), whose Markdown is printed.
+5. Launches one instance from the newest baked AMI of the first Linux role (``create-instance ROLE
    --from-ami latest``), shows its root volume (size, type, encryption) and tags, and waits until its
    first boot registered it with the Chef server.
-5. Renders the Jenkins jobs (``generate-jobs --output-dir``) and syncs them to the Jenkins double, twice,
+6. Renders the Jenkins jobs (``generate-jobs --output-dir``) and syncs them to the Jenkins double, twice,
    to show the second sync writes nothing.
-6. Prints a summary and stops the services.
+7. Prints a summary and stops the services.
 
 Every command is echoed as a user would type it, after ``. DIR/env.sh`` (which the demo writes): the
 console scripts on PATH, the environment exported, so a command can be pasted as is. Each command's
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -87,12 +93,69 @@ def _show_instance(stack: DevStack, region: str, instance_id: str) -> None:
     print(f"  {instance_id} tags: " + ", ".join(f"{k}={v}" for k, v in sorted(tags.items())))
 
 
+def _lifecycle(image: dict) -> str:
+    return (f"deprecation {image.get('DeprecationTime') or 'none'}, "
+            f"deregistration protection {image.get('DeregistrationProtection') or 'disabled'}")
+
+
+def _show_lifecycle(stack: DevStack, first: dict[str, dict[str, str]], second: dict[str, dict[str, str]]) -> None:
+    """Each role's AMI of the second release beside the one it superseded, as DescribeImages reports them."""
+    for role, regions in sorted(second.items()):
+        for region, ami in sorted(regions.items()):
+            old = first.get(role, {}).get(region)
+            ids = [ami] + ([old] if old and old != ami else [])
+            found = {i["ImageId"]: i for i in stack.moto.client("ec2", region).describe_images(ImageIds=ids)["Images"]}
+            if old == ami:
+                print(f"  {role:<12} {region} {ami} reused (unchanged inputs): {_lifecycle(found[ami])}")
+                continue
+            print(f"  {role:<12} {region} {ami} new:        {_lifecycle(found[ami])}")
+            if old:
+                print(f"  {'':<12} {region} {old} superseded: {_lifecycle(found[old])}")
+
+
+def _change_a_bake_input(catalog: Path, role: str) -> str:
+    """What the second release changes: ``role``'s volume size (in the bake key, so the role is rebaked)."""
+    data = yaml.safe_load(catalog.read_text(encoding="utf-8"))
+    spec = data["roles"][role]
+    before = spec.get("volume_size") or data.get("defaults", {}).get("volume_size") or 8
+    spec["volume_size"] = int(before) + 10
+    catalog.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return f"{role}'s volume_size {before} -> {spec['volume_size']} GiB"
+
+
+def _second_release(stack: DevStack, ws: Path, catalog: Path, run_env: dict[str, str], role: str,
+                    first: dict[str, Any], release: str) -> bool:
+    """Bake ``release`` after changing one bake input of ``role``; show the AMIs' lifecycle and the release
+    summary read from AWS alone. False if a command failed."""
+    wsq = ["--workspace", str(ws)]
+    change = _change_a_bake_input(catalog, role)
+    _step(f"a second release, {release}: it changes {change} in {catalog.name}; the other roles are unchanged "
+          "and reuse their AMIs")
+    if _run(["bakery", *wsq, "bake", "--all", "--release", release], run_env, ws).returncode != 0:
+        print("demo: the second bake failed (see above)", file=sys.stderr)
+        return False
+    second = json.loads((ws / "artifacts" / "amis.json").read_text(encoding="utf-8"))
+    _step("deprecation and deregistration protection, as the AWS API reports them: the new AMIs and the ones "
+          "they superseded")
+    _show_lifecycle(stack, first["amis"], second["amis"])
+    _step(f"the summary of release {release} from the account alone (an empty workspace, as on another machine; "
+          "the per-role package diff appears in the workspace summary, from the instances' inventories)")
+    elsewhere = ws / "another-machine"
+    if _run(["bakery", "--workspace", str(elsewhere), "summary", "--release", release, "--from-aws"],
+            run_env, ws).returncode != 0:
+        return False
+    print((elsewhere / "reports" / "summary.md").read_text(encoding="utf-8"), end="")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--catalog", default=str(REPO / "examples" / "bakery.yaml"))
     parser.add_argument("--workspace", default="demo-workspace")
     parser.add_argument("--release", default="demo-" + time.strftime("%Y%m%d.%H%M%S"))
+    parser.add_argument("--second-release", help="the second release baked (default: RELEASE.2)")
     args = parser.parse_args(argv)
+    second_release = args.second_release or f"{args.release}.2"
 
     try:
         example = load_catalog(args.catalog)
@@ -131,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         _run(["bakery", *wsq, "summary", "--release", args.release], run_env, ws)
 
         first = linux[0]
+        if not _second_release(stack, ws, catalog, run_env, first, amis, second_release):
+            return 1
         _step(f"scaling fast: an instance of {first} from its newest baked AMI")
         launched = _run(["create-instance", first, "--from-ami", "latest", *wsq], run_env, ws)
         if launched.returncode != 0:
@@ -155,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         _run(sync, run_env, ws)
 
         _step("summary")
-        print(f"  release         {amis['release']}")
+        print(f"  releases        {amis['release']}, then {second_release} (its summary from AWS: "
+              f"{ws / 'another-machine' / 'reports' / 'summary.html'})")
         print(f"  JUnit reports   {ws / 'reports'}  (summary: {ws / 'reports' / 'summary.html'})")
         print(f"  artifacts       {ws / 'artifacts'}  (amis.json, amis.properties)")
         print(f"  job configs     {jobs_dir}")

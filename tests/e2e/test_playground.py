@@ -94,7 +94,8 @@ def test_playground_one_command_then_every_cli_works_from_the_sourced_env(tmp_pa
 
 def test_demo_bakes_the_catalogue_whole_and_echoes_pasteable_commands(tmp_path):
     """`make demo` on a small catalogue (the example's Windows role is played when the runner plays
-    Windows; this keeps the test to one Linux role): tags merged, volume size and timeouts kept."""
+    Windows; this keeps the test to one Linux role): tags merged, volume size and timeouts kept; a second
+    release rebakes the changed role and shows its AMIs' deprecation and protection and the release summary."""
     catalog = tmp_path / "example.yaml"
     example = yaml.safe_load(EXAMPLE.read_text())
     example["defaults"]["tags"] = {"team": "platform", "env": "demo"}
@@ -117,6 +118,19 @@ def test_demo_bakes_the_catalogue_whole_and_echoes_pasteable_commands(tmp_path):
     assert bake_at < out.index("web  ") < out.index("==> the AMIs as the AWS API reports them")
     line = next(x for x in out.splitlines() if x.strip().startswith("web ") and "tags:" in x)
     assert "env=prod" in line and "service=web" in line and "team=platform" in line, line
-    assert re.search(r"^  i-[0-9a-f]+ volume vol-[0-9a-f]+: 40 GiB gp3 encrypted$", out, re.M), out
+    # The second release changed web's volume size (40 -> 50): the instance comes from its new AMI.
+    assert re.search(r"^  i-[0-9a-f]+ volume vol-[0-9a-f]+: 50 GiB gp3 encrypted$", out, re.M), out
     assert re.search(r"^  i-[0-9a-f]+ tags: .*env=prod.*service=web.*team=platform", out, re.M), out
     assert re.search(r"Chef node web-i-[0-9a-f]+ registered", out), out
+    # The second release: web rebaked; its new AMI and the one it superseded, from the API; the release
+    # summary read from AWS alone in an empty workspace.
+    assert commands[2] == f"bakery --workspace {ws} bake --all --release 7.1.2", commands
+    new = re.search(r"^  web +us-east-1 (ami-[0-9a-f]+) new: +deprecation (\S+), deregistration protection "
+                    r"enabled-with-cooldown$", out, re.M)
+    old = re.search(r"^ +us-east-1 (ami-[0-9a-f]+) superseded: deprecation (\S+), deregistration protection "
+                    r"(\S+)$", out, re.M)
+    assert new and old, out
+    assert old.group(2) < new.group(2), "the superseded AMI is deprecated before the new one"
+    assert commands[3] == f"bakery --workspace {ws / 'another-machine'} summary --release 7.1.2 --from-aws"
+    assert re.search(rf"^\| web \| us-east-1 \| ✔ baked \| {new.group(1)} \| 7\.1\.2 \| passed \| yes \| "
+                     rf"{re.escape(new.group(2))} \| enabled-with-cooldown \|", out, re.M), out

@@ -40,7 +40,8 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
                  "ec2:DescribeSubnets", "ec2:DescribeVpcs", "ec2:DescribeSnapshots",
                  "ec2:DescribeLaunchTemplateVersions", "ec2:DescribeImageReferences",
                  "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes", "ssm:DescribeParameters",
-                 "sts:GetCallerIdentity", "rbin:ListRules"),
+                 "sts:GetCallerIdentity", "rbin:ListRules",
+                 "ec2:DescribeImageAttribute"),  # summary --from-aws: launch permissions
     "LaunchTaggedInstances": ("ec2:RunInstances",),
     "LaunchFromImagesAndNetworks": ("ec2:RunInstances",),
     "TagWhileCreating": ("ec2:CreateTags",),
@@ -66,7 +67,8 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "PassInstanceRolesToEc2": ("iam:PassRole",),
     "RunLists": ("s3:PutObject", "s3:GetObject"),
     "RunListBuckets": ("s3:ListBucket",),
-    "LatestParameters": ("ssm:PutParameter", "ssm:GetParameter"),
+    "LatestParameters": ("ssm:PutParameter", "ssm:GetParameter",
+                         "ssm:GetParameterHistory"),  # summary --from-aws: what each release published
     "EncryptWithCatalogueKeys": ("kms:DescribeKey", "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom",
                                  "kms:ReEncryptTo", "kms:GenerateDataKeyWithoutPlaintext"),
     "ReadCatalogueKeyPolicies": ("kms:DescribeKey", "kms:GetKeyPolicy", "kms:ListGrants"),

@@ -9,8 +9,9 @@
    the tags of each AMI as the AWS API reports them.
 4. A second release: the first Linux role's volume size changes (a bake input), so ``bakery bake --all``
    rebakes that role and reuses the others' AMIs; shows, as the AWS API reports them, the deprecation
-   time and deregistration protection of each new AMI and of the AMI it superseded, and writes the
-   second release's summary from the account alone (``bakery summary --release V --from-aws`` in an
+   time and deregistration protection of each new AMI and of the AMI it superseded, prints the second
+   release's summary (``bakery summary --release V``: every bake of the release in the workspace), and
+   writes it from the account alone (``bakery summary --release V --from-aws`` in an
    empty workspace, as an operator on another machine would), whose Markdown is printed.
 5. Launches one instance from the newest baked AMI of the first Linux role (``create-instance ROLE
    --from-ami latest``), shows its root volume (size, type, encryption) and tags, and waits until its
@@ -138,8 +139,11 @@ def _second_release(stack: DevStack, ws: Path, catalog: Path, run_env: dict[str,
     _step("deprecation and deregistration protection, as the AWS API reports them: the new AMIs and the ones "
           "they superseded")
     _show_lifecycle(stack, first["amis"], second["amis"])
-    _step(f"the summary of release {release} from the account alone (an empty workspace, as on another machine; "
-          "the per-role package diff appears in the workspace summary, from the instances' inventories)")
+    _step(f"the summary of release {release} in this workspace (every bake of the release, also the reused ones)")
+    if _run(["bakery", *wsq, "summary", "--release", release], run_env, ws).returncode != 0:
+        return False
+    print((ws / "reports" / "summary.md").read_text(encoding="utf-8"), end="")
+    _step(f"the summary of release {release} from the account alone (an empty workspace, as on another machine)")
     elsewhere = ws / "another-machine"
     if _run(["bakery", "--workspace", str(elsewhere), "summary", "--release", release, "--from-aws"],
             run_env, ws).returncode != 0:

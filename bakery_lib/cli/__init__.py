@@ -126,13 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reap", "remove what killed bakes left behind (safe in cron)")
     _reap_arguments(p)
 
-    p = add("summary", "write reports/summary.html and reports/summary.md from this workspace's bakes")
+    p = add("summary", "write reports/summary.html and reports/summary.md from this workspace's bakes "
+                       "(with --from-aws: from the account alone)")
     p.add_argument("--release", help="only the roles baked for this release")
     p.add_argument("--from-aws", action="store_true",
                    help="with --release: build the summary from the account alone (the AMIs tagged with the "
                         "release and what /bakery/ROLE/latest published for it), not from this workspace; read-only")
     p.add_argument("--region", action="append", dest="regions", metavar="REGION",
-                   help="with --from-aws: a region to read (repeatable; default: every region of every catalogue role)")
+                   help="with --from-aws: a region to read (default: every region of every catalogue role)")
 
     p = add("publish-runlist", "write s3://BUCKET/runlists/ROLE.json from the role's launch run list")
     p.add_argument("--role", required=True)

@@ -160,6 +160,17 @@ class _RegionSurvey:
             mine.current = str(history[-1]["Value"]) if history else ""
         return out
 
+    def by_ids(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Reused AMIs (tagged with the release that made them), by an ``image-id`` filter: asked by
+        ``ImageIds``, one deregistered AMI would make EC2 answer ``InvalidAMIID.NotFound`` for them all.
+        At most 200 values per filter (EC2 API reference, "Filter")."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), 200):
+            found += self.aws.describe_images(self.region, Owners=["self"], IncludeDeprecated=True,
+                                              IncludeDisabled=True,
+                                              Filters=[{"Name": "image-id", "Values": ids[start:start + 200]}])
+        return found
+
     def sharing(self, image: dict[str, Any]) -> str:
         try:
             found = self.aws.call("ec2", self.region, "DescribeImageAttribute", ImageId=image["ImageId"],
@@ -173,8 +184,7 @@ class _RegionSurvey:
         published = self.published()
         by_id = {str(i["ImageId"]): i for i in tagged}
         wanted = {ami for p in published.values() for ami in p.for_release if ami not in by_id}
-        if wanted:  # reused AMIs: tagged with the release that made them
-            by_id.update({str(i["ImageId"]): i for i in self.aws.describe_images(self.region, sorted(wanted))})
+        by_id.update({str(i["ImageId"]): i for i in self.by_ids(sorted(wanted))})
         per_role: dict[str, list[dict[str, Any]]] = {}
         for image in by_id.values():
             per_role.setdefault(tags_of(image).get("bakery:role", "?"), []).append(image)

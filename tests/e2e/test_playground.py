@@ -131,6 +131,8 @@ def test_demo_bakes_the_catalogue_whole_and_echoes_pasteable_commands(tmp_path):
                     r"(\S+)$", out, re.M)
     assert new and old, out
     assert old.group(2) < new.group(2), "the superseded AMI is deprecated before the new one"
-    assert commands[3] == f"bakery --workspace {ws / 'another-machine'} summary --release 7.1.2 --from-aws"
+    assert commands[3] == f"bakery --workspace {ws} summary --release 7.1.2"
+    assert re.search(r"^\| web \| ✔ succeeded \| passed \|", out, re.M), out  # the workspace summary's row
+    assert commands[4] == f"bakery --workspace {ws / 'another-machine'} summary --release 7.1.2 --from-aws"
     assert re.search(rf"^\| web \| us-east-1 \| ✔ baked \| {new.group(1)} \| 7\.1\.2 \| passed \| yes \| "
                      rf"{re.escape(new.group(2))} \| enabled-with-cooldown \|", out, re.M), out

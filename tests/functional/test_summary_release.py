@@ -53,7 +53,8 @@ class Account:
 @pytest.fixture()
 def names() -> dict[str, str]:
     tag = uuid.uuid4().hex[:6]
-    return {"web": f"sweb{tag}", "api": f"sapi{tag}", "bad": f"sbad{tag}", "r1": f"1.{tag}", "r2": f"2.{tag}"}
+    return {"web": f"sweb{tag}", "api": f"sapi{tag}", "bad": f"sbad{tag}", "gone": f"sgone{tag}", "r1": f"1.{tag}",
+            "r2": f"2.{tag}"}
 
 
 def test_a_second_release_from_aws_alone(moto_server, tmp_path, names):
@@ -67,6 +68,9 @@ def test_a_second_release_from_aws_alone(moto_server, tmp_path, names):
     acct.publish(web, r2, web2)
     acct.publish(api, r2, api1)  # unchanged inputs: release 2 reuses api's first AMI
     acct.ami(bad, r2, 4, **{"bakery:boot-test": "failed"})
+    gone = acct.ami(names["gone"], r1, 5)  # published for r2, deregistered since
+    acct.publish(names["gone"], r2, gone)
+    acct.ec2.deregister_image(ImageId=gone)
     when = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=90)).replace(second=0, microsecond=0)
     acct.ec2.enable_image_deprecation(ImageId=web2, DeprecateAt=when)
     acct.ec2.enable_image_deregistration_protection(ImageId=web2, WithCooldown=True)
@@ -75,7 +79,8 @@ def test_a_second_release_from_aws_alone(moto_server, tmp_path, names):
 
     aws = new_aws(moto_server)
     rows = survey(aws, [REGION], r2)
-    assert [(r.role, r.status) for r in rows] == [(bad, "failed"), (api, "reused"), (web, "baked")]
+    assert [(r.role, r.status) for r in rows] == [(bad, "failed"), (names["gone"], "missing"), (api, "reused"),
+                                                  (web, "baked")]
     by_role = {r.role: r for r in rows}
     assert by_role[web].image_id == web2 and by_role[web].latest
     assert by_role[web].deprecation.startswith(when.strftime("%Y-%m-%dT%H:%M"))
@@ -90,7 +95,7 @@ def test_a_second_release_from_aws_alone(moto_server, tmp_path, names):
 
     # The first release: web's first AMI, superseded by web2.
     first = {r.role: r for r in survey(new_aws(moto_server), [REGION], r1)}
-    assert set(first) == {web, api}
+    assert set(first) == {web, api}  # gone's AMI: deregistered, and r1 never published it
     assert first[web].image_id == web1 and not first[web].latest and first[web].deprecation
     assert any(f"superseded: latest is {web2}" in n for n in first[web].notes)
 

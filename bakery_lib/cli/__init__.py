@@ -501,7 +501,13 @@ def cmd_summary(rt: _Runtime) -> int:
     elif a.regions:
         raise UsageError("--region is for --from-aws (the workspace summary reads this workspace only)")
     else:
-        paths = write_summary(rt.ws(), release=a.release)
+        try:
+            paths = write_summary(rt.ws(), release=a.release)
+        except UsageError as exc:
+            if not a.release:
+                raise
+            raise UsageError(f"{exc}; to read release {a.release} from the account instead: bakery summary "
+                             f"--release {a.release} --from-aws") from None
     for path in paths:
         print(path)
     return 0

@@ -65,5 +65,9 @@ def test_summary_from_aws_in_an_empty_workspace_reads_only(devstack, proxy, tmp_
     assert "no AMI of release '0.none' in us-east-1" in proc.stderr and "Traceback" not in proc.stderr
     assert not (empty / "reports").exists()
 
+    # The workspace summary of a release not baked here points at --from-aws.
+    proc = _bakery(["--workspace", str(empty), "summary", "--release", release], env, tmp_path)
+    assert proc.returncode == 2 and f"bakery summary --release {release} --from-aws" in proc.stderr, proc.stderr
+
     proc = _bakery(["--workspace", str(empty), "summary", "--from-aws"], env, tmp_path)
     assert proc.returncode == 2 and "--from-aws needs --release" in proc.stderr, proc.stderr

@@ -46,8 +46,8 @@ from .stages.publish import latest_parameter
 from .state import Workspace
 from .summary import _md_cell
 
-MARK = {"failed": "✘", "missing": "?", "pending": "…", "baked": "✔", "reused": "↻"}
-RANK = {"failed": 0, "missing": 1, "pending": 2}
+MARK = {"failed": "✘", "missing": "?", "disabled": "⊘", "pending": "…", "baked": "✔", "reused": "↻"}
+RANK = {"failed": 0, "missing": 1, "disabled": 1, "pending": 2}
 _LATEST_RE = re.compile(r"^/bakery/(?P<role>[a-z][a-z0-9_-]{0,62})/latest$")
 
 
@@ -58,7 +58,7 @@ class ImageRow:
     role: str
     region: str
     image_id: str
-    status: str  # baked | reused | failed | pending | missing
+    status: str  # baked | reused | failed | pending | disabled | missing
     state: str = ""  # EC2's image state
     made_for: str = ""  # the release whose bake made it (bakery:release)
     bake_id: str = ""
@@ -108,8 +108,10 @@ def _status(image: dict[str, Any], tags: dict[str, str], release: str) -> str:
     state = image.get("State", "")
     if state in ("failed", "invalid", "error") or tags.get("bakery:boot-test") == "failed":
         return "failed"
-    if state == "pending":
-        return "pending"
+    if state in ("pending", "disabled"):
+        return state  # disabled: DisableImage made it unlaunchable (EC2 API reference, API_Image: State)
+    if state == "deregistered":  # listed for a short while after DeregisterImage (DescribeImages reference)
+        return "missing"
     return "baked" if tags.get("bakery:release") == release else "reused"
 
 
@@ -239,7 +241,7 @@ th, td { border: 1px solid #e0e0e0; padding: .25em .6em; text-align: left; verti
 th { background: #f5f5f5; }
 .status { font-weight: bold; white-space: nowrap; }
 .baked { color: #2e7d32; } .reused { color: #6a1b9a; } .failed { color: #c62828; } .missing { color: #616161; }
-.pending { color: #1565c0; }
+.pending { color: #1565c0; } .disabled { color: #616161; }
 code { font-family: Menlo, Consolas, monospace; font-size: .95em; }
 td.ids, td.ids code, td.when { white-space: nowrap; }
 .meta { color: #616161; }

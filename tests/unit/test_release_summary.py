@@ -17,7 +17,7 @@ import pytest
 from bakery_lib.bake import RoleOutcome
 from bakery_lib.state import BakeState, StageRecord, Workspace
 from bakery_lib.summary import rows_from_images, write_summary
-from bakery_lib.summary_release import ImageRow, render_html, render_markdown
+from bakery_lib.summary_release import ImageRow, _row, render_html, render_markdown
 
 T0 = 1_700_000_000.0
 RELEASE = "7.1.0"
@@ -168,3 +168,15 @@ def test_the_page_from_aws_escapes_tags_and_links_only_http_builds():
     md = render_markdown([hostile], release="7.1")
     assert "&lt;script&gt;x&lt;/script&gt; \\| pipe" in md
     assert md.splitlines()[2].count("|") == md.splitlines()[4].count("|") - 1  # one escaped pipe in the row
+
+
+@pytest.mark.parametrize(("state", "tags", "status"), [
+    ("available", {"bakery:release": RELEASE}, "baked"), ("available", {"bakery:release": "7.0.9"}, "reused"),
+    ("failed", {"bakery:release": RELEASE}, "failed"),
+    ("available", {"bakery:release": RELEASE, "bakery:boot-test": "failed"}, "failed"),
+    ("pending", {"bakery:release": RELEASE}, "pending"), ("disabled", {"bakery:release": "7.0.9"}, "disabled"),
+    ("deregistered", {"bakery:release": RELEASE}, "missing")])
+def test_the_status_of_an_ami_of_the_release(state, tags, status):
+    image = {"ImageId": "ami-0123456789abcdef0", "State": state,
+             "Tags": [{"Key": k, "Value": v} for k, v in {"bakery:role": "web", **tags}.items()]}
+    assert _row("us-east-1", image, RELEASE, "private").status == status

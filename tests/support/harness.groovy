@@ -60,10 +60,16 @@
  *   withCredentials) need a workspace: outside an agent or `node` they fail with workflow-support's
  *   MissingContextVariableException ("Required context class hudson.FilePath is missing").
  * - Restart from stage (pipeline-model-definition RestartDeclarativePipelineAction; scenario
- *   `restart: {fromStage, envOverrides}`): offered for top-level stages only; the stages before it are
- *   'skipped due to this build restarting at stage "X"' (so their steps, a workspace reset included, do
- *   not run), the workspace is what the restarted build left; `envOverrides` are env.X values the
- *   restart carries over (the Jenkinsfiles do not rely on them).
+ *   `restart: {fromStage, envOverrides, archiveFrom, archived}`, made by pipeline.restart_of): offered for
+ *   top-level stages only (getRestartableStages walks ExecutionModelAction's top-level stages); the stages
+ *   before it are 'skipped due to this build restarting at stage "X"' (so their steps, a workspace reset
+ *   included, do not run). The restart is a NEW build (RestartDeclarativePipelineAction.run schedules one)
+ *   whose flow is made by RestartFlowFactoryAction.create: it runs the ORIGINAL build's script and calls
+ *   every FlowCopier, i.e. workflow-api FlowCopier.StandardActions (the parameters), workflow-cps
+ *   EnvActionImpl.Copier (every env.X assignment: `envOverrides`), workflow-api
+ *   StashManager.CopyStashesAndArtifacts (the original's archived artifacts, `archived`, and stashes,
+ *   which exist after a build only with `preserveStashes`), WorkflowRun.Checkouts. Nothing copies the
+ *   workspace: the restart may run on any agent; the harness gives it the workspace the test names.
  * - A second abort (scenario `abort.secondWhenFileExists`, or `post`'s own timeout) interrupts the step
  *   running then, in `post` too: DurableTaskStep stop sends SIGTERM to the build's processes, found by
  *   the build's cookie (durable-task ProcessTree.killAll), so `bakery cleanup` in `post` gets it.
@@ -862,6 +868,17 @@ abstract class PipelineScript extends Script {
         b.html << [name: t.reportName, files: files]
     }
 
+    // --- scm -----------------------------------------------------------------------------------
+    /** `scm` (workflow-cps SCMVar): the SCM the Jenkinsfile came from; only `checkout` takes it here. */
+    Object getScm() { return [scm: 'job'] }
+
+    Object checkout(Object scmValue) {
+        b.checkInterrupt()
+        b.requireWorkspace('checkout')
+        b.harness.checkoutScm(b, 'checkout')
+        return [:]
+    }
+
     // --- nodes ---------------------------------------------------------------------------------
     Object node(String label, Closure body) { b.checkInterrupt(); return b.harness.onNode(b, label, body) }
 
@@ -936,8 +953,17 @@ class Harness {
         b.number = (scenario.number ?: 1) as int
         b.startMillis = System.currentTimeMillis()
         b.params = effectiveParams(scenario)
-        if (scenario.restart) {  // a restarted build: the original's parameters, and its env.X assignments
+        if (scenario.restart) {  // a restarted build: the original's parameters, env.X assignments, artifacts
             b.overrides.putAll(scenario.restart.envOverrides ?: [:])
+            if (scenario.restart.archiveFrom) {
+                File from = new File(scenario.restart.archiveFrom as String)
+                (scenario.restart.archived ?: []).each { String rel ->
+                    File target = new File(b.buildDir, "archive/${rel}")
+                    target.parentFile.mkdirs()
+                    target.bytes = new File(from, rel).bytes
+                    b.archived << rel
+                }
+            }
         }
         b.envProxy = new EnvProxy(b)
         b.paramsProxy = new ParamsProxy(b.params)
@@ -1016,7 +1042,31 @@ class Harness {
             runDeclarative(b)
             return
         }
-        onNode(b, agent.label as String) { -> runDeclarative(b) }
+        onNode(b, agent.label as String) { ->
+            if (!b.pipelineOptions.any { Map o -> o.type == 'skipDefaultCheckout' }) {
+                checkoutScm(b, 'Declarative: Checkout SCM')
+            }
+            runDeclarative(b)
+        }
+    }
+
+    /** `checkout scm`: the job's repository (scenario `scm`: a directory standing for its checkout) is
+     * checked out into the workspace: its files are written over what is there, other files are left
+     * (git plugin: a checkout of a tracked tree, untracked files kept). Declarative's `agent` does it
+     * before the stages unless `skipDefaultCheckout` (pipeline-model-definition ModelInterpreter,
+     * inside the agent); `node` does not. Without a scenario `scm` nothing is checked out. */
+    void checkoutScm(Build b, String why) {
+        String from = b.scenario.scm
+        if (!from) { return }
+        b.println("[Pipeline] ${why}: checkout scm into ${b.workspace}")
+        File root = new File(from)
+        Files.walk(root.toPath()).each { java.nio.file.Path path ->
+            if (Files.isRegularFile(path)) {
+                File target = new File(b.resolve('.'), root.toPath().relativize(path).toString())
+                target.parentFile.mkdirs()
+                target.bytes = path.toFile().bytes
+            }
+        }
     }
 
     // --- nodes and executors (core Queue, LoadBalancer; workflow-durable-task-step ExecutorStepExecution) ----
@@ -1220,7 +1270,8 @@ class Harness {
         scriptFile.text = script
         List command = script.startsWith('#!') ? ['setsid', scriptFile.path] : ['setsid', 'sh', '-xe', scriptFile.path]
         scriptFile.setExecutable(true)
-        ProcessBuilder pb = new ProcessBuilder(command).directory(dir).redirectErrorStream(true)
+        // durable-task: with returnStdout only stdout is the step's value; stderr still goes to the build log
+        ProcessBuilder pb = new ProcessBuilder(command).directory(dir).redirectErrorStream(!args.returnStdout)
         pb.environment().clear()
         b.environment().each { k, v -> if (v != null) { pb.environment().put(k.toString(), v.toString()) } }
         StringBuilder output = new StringBuilder()
@@ -1235,6 +1286,11 @@ class Harness {
                 }
             }
         }
+        Thread errors = args.returnStdout ? Thread.start {
+            p.errorStream.withReader('UTF-8') { Reader r ->
+                r.eachLine { String line -> if (stream.open) { synchronized (b.log) { b.log << line } } }
+            }
+        } : null
         while (!p.waitFor(100, TimeUnit.MILLISECONDS)) {
             Map d = b.currentDeadline()
             if (d != null) {
@@ -1242,6 +1298,7 @@ class Harness {
             }
         }
         reader.join(5000)
+        errors?.join(5000)
         scriptFile.delete()
         int code = p.exitValue()
         if (args.returnStatus) { return code }
@@ -1408,6 +1465,7 @@ class Harness {
             child.buildDir = "${spec.workspace}/${number}@build"
             child.nodes = nodesOf(b.scenario)  // one Jenkins: the same nodes and executors
             child.checksPublisher = b.scenario.checksPublisher
+            child.scm = spec.scm ?: b.scenario.scm  // generated jobs share the SCM (the user's repository)
             child.untrimmedParameters = true  // `build` hands its StringParameterValues over as they are
             result = run(child)
             if (result.result == 'HANG') {  // the downstream waits for ever, and this build with it

@@ -2,10 +2,11 @@
  * A declarative-Pipeline harness: EXECUTES jenkins/Jenkinsfile and jenkins/release.Jenkinsfile with the
  * semantics of Jenkins, in the spirit of JenkinsPipelineUnit (not obtainable here). Groovy 2.4.21 is the
  * Groovy Jenkins core bundles, so what parses and runs here parses and runs there. The script-security
- * sandbox and one CPS rule are modelled at compile time (SandboxCustomizer, below: refused calls fail
+ * sandbox and the CPS rules are modelled (SandboxCustomizer and CpsTransformer, below): refused calls fail
  * when reached; a comparator closure given to sort/toSorted/unique/max/min, which groovy-cps does not
- * translate, fails there). Not modelled: the rest of CPS (a @NonCPS method calling a step, a
- * non-serializable local held across a step), and calls on values are not checked against the whitelist.
+ * translate, fails there (not inside @NonCPS code); a local that is not Serializable, in scope while a
+ * step that saves the program runs, fails as CpsThreadGroup.saveProgram does; a @NonCPS method calling a
+ * step or CPS-transformed code fails with CpsVmExecutorService's mismatch message.
  *
  * Usage:  groovy harness.groovy SCENARIO.json        one build, result written to scenario.resultFile
  *         groovy harness.groovy --serve               reads scenario paths on stdin, prints "DONE path"
@@ -106,8 +107,23 @@ import java.nio.file.FileSystems
 import java.nio.file.Files
 import java.nio.file.PathMatcher
 import java.util.concurrent.TimeUnit
+import org.codehaus.groovy.ast.AnnotationNode
 import org.codehaus.groovy.ast.ClassCodeExpressionTransformer
+import org.codehaus.groovy.ast.ClassHelper
 import org.codehaus.groovy.ast.ClassNode
+import org.codehaus.groovy.ast.MethodNode
+import org.codehaus.groovy.ast.Parameter
+import org.codehaus.groovy.ast.Variable
+import org.codehaus.groovy.ast.VariableScope
+import org.codehaus.groovy.ast.expr.BinaryExpression
+import org.codehaus.groovy.ast.expr.DeclarationExpression
+import org.codehaus.groovy.ast.expr.EmptyExpression
+import org.codehaus.groovy.ast.expr.MapExpression
+import org.codehaus.groovy.ast.stmt.BlockStatement
+import org.codehaus.groovy.ast.stmt.ExpressionStatement
+import org.codehaus.groovy.ast.stmt.ForStatement
+import org.codehaus.groovy.ast.stmt.Statement
+import org.codehaus.groovy.ast.stmt.TryCatchStatement
 import org.codehaus.groovy.ast.expr.ArgumentListExpression
 import org.codehaus.groovy.ast.expr.ClassExpression
 import org.codehaus.groovy.ast.expr.ClosureExpression
@@ -172,6 +188,129 @@ class SandboxCustomizer extends CompilationCustomizer {
 
     void call(SourceUnit source, GeneratorContext context, ClassNode classNode) {
         new SandboxTransformer(source: source).visitClass(classNode)
+        new CpsTransformer(source: source).visitClass(classNode)
+    }
+}
+
+/** `@NonCPS` (workflow-cps imports com.cloudbees.groovy.cps.NonCPS into every Jenkinsfile): the method runs as
+ * plain Groovy, not CPS-transformed. */
+@java.lang.annotation.Retention(java.lang.annotation.RetentionPolicy.RUNTIME)
+@interface NonCPS {}
+
+/**
+ * The CPS program state, for what Jenkins does with it (workflow-cps, checked in its source):
+ *
+ * - Every local variable in scope on every CPS frame is part of the program. When no CPS thread can run
+ *   (a step is running: `sh`, `sleep`, `node`, `build`, the file steps...), CpsThreadGroup.run calls
+ *   saveProgramIfPossible, and with the default durability (MAX_SURVIVABILITY, persist with every step)
+ *   saveProgram writes the whole thread group with a RiverWriter (JBoss Marshalling); a local that is not
+ *   Serializable (java.util.regex.Matcher, an Iterator, a JsonSlurper result's LazyMap...) fails it with
+ *   java.io.NotSerializableException, which propagateErrorToWorkflow turns into the build's failure.
+ *   The harness records each frame's locals (declarations, assignments, parameters, for-in variables;
+ *   block scopes end with their block) and, at each such step, refuses the first local whose value, or an
+ *   element of a List/Map/Set it holds, is not Serializable. Locals of @NonCPS methods are never saved.
+ * - `@NonCPS` methods are not CPS-transformed: calling a step, or a CPS-transformed method or closure,
+ *   from one throws the CpsCallableInvocation into plain Groovy code, which CpsVmExecutorService reports
+ *   as "expected to call X but wound up catching Y; see: https://jenkins.io/redirect/pipeline-cps-method-
+ *   mismatches/" (CpsVmExecutorService.mismatchMessage); the result is wrong. The harness fails there.
+ */
+class CpsTransformer extends ClassCodeExpressionTransformer {
+    SourceUnit source
+    boolean nonCps = false
+    String method = 'WorkflowScript'  // a closure's frame is named after the method it is written in
+
+    SourceUnit getSourceUnit() { return source }
+
+    // A static call: the Jenkinsfile's closures resolve even `this.x()` through their delegate (DELEGATE_ONLY)
+    static Expression call(String method, List<Expression> args) {
+        return new StaticMethodCallExpression(ClassHelper.make(CpsRuntime), method, new ArgumentListExpression(args))
+    }
+
+    static Statement callStatement(String method, List<Expression> args) {
+        return new ExpressionStatement(call(method, args))
+    }
+
+    /** push frame; try { body } finally { pop frame } */
+    static BlockStatement framed(Statement body, String name, List<Parameter> params, boolean closure, boolean nonCps,
+                                 VariableScope scope) {
+        MapExpression locals = new MapExpression()
+        params.each { Parameter p -> locals.addMapEntryExpression(new ConstantExpression(p.name), new VariableExpression(p)) }
+        BlockStatement block = new BlockStatement()
+        block.variableScope = scope
+        block.addStatement(callStatement('__cpsPushFrame', [new ConstantExpression(name), locals,
+                                                            new ConstantExpression(closure), new ConstantExpression(nonCps)]))
+        TryCatchStatement guarded = new TryCatchStatement(body, callStatement('__cpsPopFrame', []))
+        block.addStatement(guarded)
+        return block
+    }
+
+    @Override
+    protected void visitConstructorOrMethod(MethodNode node, boolean isConstructor) {
+        if (isConstructor || node.synthetic || node.name == 'main' || !(node.code instanceof BlockStatement)) {
+            return
+        }
+        nonCps = node.annotations.any { AnnotationNode a -> a.classNode.nameWithoutPackage == 'NonCPS' }
+        String name = node.name == 'run' ? 'WorkflowScript (top level)' : "WorkflowScript.${node.name}"
+        method = name
+        super.visitConstructorOrMethod(node, isConstructor)
+        node.code = framed(node.code, name, (node.parameters ?: []) as List, false, nonCps,
+                           ((BlockStatement) node.code).variableScope)
+        nonCps = false
+    }
+
+    @Override
+    void visitBlockStatement(BlockStatement block) {
+        super.visitBlockStatement(block)
+        if (nonCps || block.statements.isEmpty()) { return }
+        // a block scope: its locals leave the program state when it ends
+        BlockStatement inner = new BlockStatement(new ArrayList(block.statements), block.variableScope)
+        block.statements.clear()
+        block.addStatement(callStatement('__cpsEnterScope', []))
+        block.addStatement(new TryCatchStatement(inner, callStatement('__cpsLeaveScope', [])))
+    }
+
+    @Override
+    void visitForLoop(ForStatement loop) {
+        super.visitForLoop(loop)
+        if (nonCps || loop.variable == ForStatement.FOR_LOOP_DUMMY || !(loop.loopBlock instanceof BlockStatement)) {
+            return
+        }
+        ((BlockStatement) loop.loopBlock).statements.add(0, callStatement('__cpsLocal', [
+            new ConstantExpression(loop.variable.name), new VariableExpression(loop.variable)]))
+    }
+
+    Expression transform(Expression e) {
+        if (e instanceof ClosureExpression) {
+            ClosureExpression closure = (ClosureExpression) e
+            closure.code.visit(this)
+            List<Parameter> params = (closure.parameters ?: []) as List
+            if (closure.parameters != null && closure.parameters.length == 0 && !closure.parameterSpecified) {
+                params = []
+            }
+            VariableScope scope = closure.code instanceof BlockStatement ? ((BlockStatement) closure.code).variableScope : closure.variableScope
+            closure.code = framed(closure.code, method, params, true, nonCps, scope)
+            return closure
+        }
+        if (!nonCps && e instanceof DeclarationExpression && ((DeclarationExpression) e).leftExpression instanceof VariableExpression) {
+            DeclarationExpression d = (DeclarationExpression) e
+            Expression right = d.rightExpression.transformExpression(this)
+            if (!(right instanceof EmptyExpression)) {
+                d.rightExpression = call('__cpsLocal', [new ConstantExpression(d.variableExpression.name), right])
+            }
+            return d
+        }
+        if (!nonCps && e instanceof BinaryExpression && ((BinaryExpression) e).operation.text == '=' &&
+                ((BinaryExpression) e).leftExpression instanceof VariableExpression) {
+            BinaryExpression b = (BinaryExpression) e
+            VariableExpression left = (VariableExpression) b.leftExpression
+            Variable target = left.accessedVariable
+            if (target instanceof VariableExpression || target instanceof Parameter) {
+                b.rightExpression = call('__cpsLocal', [new ConstantExpression(left.name),
+                                                        b.rightExpression.transformExpression(this)])
+                return b
+            }
+        }
+        return e.transformExpression(this)
     }
 }
 
@@ -183,6 +322,14 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
     SourceUnit source
 
     SourceUnit getSourceUnit() { return source }
+    boolean nonCps = false
+
+    @Override
+    protected void visitConstructorOrMethod(MethodNode node, boolean isConstructor) {
+        nonCps = node.annotations.any { AnnotationNode a -> a.classNode.nameWithoutPackage == 'NonCPS' }
+        super.visitConstructorOrMethod(node, isConstructor)
+        nonCps = false
+    }
 
     static String argTypes(Expression args) {
         List exprs = args instanceof TupleExpression ? ((TupleExpression) args).expressions : [args]
@@ -203,7 +350,7 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
      * CpsDefaultGroovyMethodsTest). Jenkins then logs "expected to call ... but wound up catching
      * ...CpsClosure2.call" and the result is wrong; the harness fails there, as a Groovy error. */
     Expression cpsMismatch(Expression e) {
-        if (!(e instanceof MethodCallExpression)) { return null }
+        if (nonCps || !(e instanceof MethodCallExpression)) { return null }  // @NonCPS code is plain Groovy
         MethodCallExpression call = (MethodCallExpression) e
         String name = call.methodAsString
         if (!(name in ['sort', 'toSorted', 'unique', 'toUnique', 'max', 'min'])) { return null }
@@ -261,6 +408,74 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
     }
 }
 
+/** What CpsTransformer's calls record: the CPS frames of the build whose script runs now (a downstream
+ * build's script runs inside its parent's `build` step, with frames of its own). */
+class CpsRuntime {
+    static Build current
+
+
+    static void __cpsPushFrame(String name, Map locals, boolean closure, boolean nonCps) {
+        Map caller = current.cpsFrames ? current.cpsFrames.last() : null
+        if (caller?.nonCps && !nonCps) {  // CPS code called from plain Groovy
+            throw new IllegalStateException(CpsRules.mismatch(caller.name as String,
+                closure ? 'org.jenkinsci.plugins.workflow.cps.CpsClosure2.call' : name))
+        }
+        current.cpsFrames << [name: name, closure: closure, nonCps: nonCps, scopes: [new LinkedHashMap(locals)]]
+    }
+
+    static void __cpsPopFrame() { current.cpsFrames.remove(current.cpsFrames.size() - 1) }
+
+    static void __cpsEnterScope() { if (current.cpsFrames) { current.cpsFrames.last().scopes << [:] } }
+
+    static void __cpsLeaveScope() {
+        if (current.cpsFrames) {
+            List scopes = current.cpsFrames.last().scopes
+            if (scopes.size() > 1) { scopes.remove(scopes.size() - 1) }
+        }
+    }
+
+    /** A local is declared or assigned: where it lives (this frame's scopes, then the frames a closure is in). */
+    static Object __cpsLocal(String name, Object value) {
+        for (int f = current.cpsFrames.size() - 1; f >= 0; f--) {
+            List scopes = current.cpsFrames[f].scopes
+            for (int i = scopes.size() - 1; i >= 0; i--) {
+                if (scopes[i].containsKey(name)) { scopes[i][name] = value; return value }
+            }
+            if (!current.cpsFrames[f].closure) { break }
+        }
+        if (current.cpsFrames) { current.cpsFrames.last().scopes.last()[name] = value }
+        return value
+    }
+
+}
+
+class CpsRules {
+    static String mismatch(String expected, String actual) {
+        String callee = expected.startsWith('WorkflowScript') ? expected : "WorkflowScript.${expected}"
+        return "expected to call ${callee} but wound up catching ${actual}; see: " +
+               'https://jenkins.io/redirect/pipeline-cps-method-mismatches/ (a @NonCPS method must not call ' +
+               'steps or CPS-transformed code)'
+    }
+
+    /** The class name of the first value that JBoss Marshalling could not write, or null. */
+    static String notSerializable(Object value, int depth = 0) {
+        if (value == null || depth > 20) { return null }
+        if (!(value instanceof Serializable)) { return value.getClass().name }
+        if (value instanceof Map) {
+            for (Map.Entry entry : ((Map) value).entrySet()) {
+                String bad = notSerializable(entry.key, depth + 1) ?: notSerializable(entry.value, depth + 1)
+                if (bad != null) { return bad }
+            }
+        } else if (value instanceof Collection) {
+            for (Object item : (Collection) value) {
+                String bad = notSerializable(item, depth + 1)
+                if (bad != null) { return bad }
+            }
+        }
+        return null
+    }
+}
+
 /** The compile-time failure of a declarative file (validation before anything runs). */
 class CompileError extends RuntimeException {
     CompileError(String message) { super(message) }
@@ -276,7 +491,7 @@ class Results {
 }
 
 /** The sandbox-whitelisted view of a build (workflow-support RunWrapper). */
-class RunWrapper {
+class RunWrapper implements Serializable {
     protected final Map run
     RunWrapper(Map run) { this.run = run }
     Map getBuildVariables() {
@@ -328,7 +543,7 @@ class CurrentBuild extends RunWrapper {
     void setResult(String result) { b.setResult(result) }
 }
 
-class EnvProxy {
+class EnvProxy implements Serializable {
     final Build b
     EnvProxy(Build b) { this.b = b }
     Object getProperty(String name) { return b.environment().get(name) }
@@ -337,7 +552,7 @@ class EnvProxy {
     void putAt(String name, Object value) { setProperty(name, value) }
 }
 
-class ParamsProxy {
+class ParamsProxy implements Serializable {
     final Map values
     ParamsProxy(Map values) { this.values = Collections.unmodifiableMap(values) }
     Object getProperty(String name) { return values.get(name) }
@@ -507,6 +722,7 @@ class Build {
     String nodeName
     List jobPropertyOptions = []
     List pipelineOptions = []
+    List<Map> cpsFrames = []  // the CPS program's frames: [name, closure, nonCps, scopes: [[local: value]]]
     List<StageModel> stages = []
     Map post = [:]
     Closure agentClosure
@@ -681,6 +897,28 @@ class Build {
 abstract class PipelineScript extends Script {
     Build getB() { return (Build) binding.getVariable('__build') }
 
+    /** Called by every step: none may run inside @NonCPS code; an asynchronous one saves the program. */
+    void cpsStep(String step, boolean savesProgram) {
+        List<Map> cpsFrames = b.cpsFrames
+        Map nonCpsFrame = cpsFrames.reverse().find { Map f -> f.nonCps }
+        if (nonCpsFrame != null) {
+            throw new IllegalStateException(CpsRules.mismatch(nonCpsFrame.name as String, step))
+        }
+        if (savesProgram) {
+            cpsFrames.each { Map frame ->
+                frame.scopes.each { Map scope ->
+                    scope.each { name, value ->
+                        String bad = CpsRules.notSerializable(value)
+                        if (bad != null) {
+                            throw new NotSerializableException("${bad} (local variable '${name}' of ${frame.name}, " +
+                                "held across step ${step}: CpsThreadGroup.saveProgram serializes every local in scope)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     void pipeline(Closure body) {
         body.resolveStrategy = Closure.DELEGATE_FIRST
         body.delegate = new PipelineDelegate(b)
@@ -689,11 +927,12 @@ abstract class PipelineScript extends Script {
     }
 
     // --- basic steps -------------------------------------------------------------------------
-    void echo(Object message) { b.checkInterrupt(); b.println(message) }
+    void echo(Object message) { cpsStep('echo', false); b.checkInterrupt(); b.println(message) }
 
-    void error(String message) { b.checkInterrupt(); throw new AbortException(message) }
+    void error(String message) { cpsStep('error', false); b.checkInterrupt(); throw new AbortException(message) }
 
     void unstable(String message) {
+        cpsStep('unstable', false)
         b.println("WARNING: ${message}")
         b.setResult('UNSTABLE')
         b.stageResult('UNSTABLE')
@@ -703,9 +942,10 @@ abstract class PipelineScript extends Script {
 
     boolean isUnix() { return true }
 
-    boolean fileExists(String path) { b.checkInterrupt(); b.requireWorkspace('fileExists'); return b.resolve(path).exists() }
+    boolean fileExists(String path) { cpsStep('fileExists', true); b.checkInterrupt(); b.requireWorkspace('fileExists'); return b.resolve(path).exists() }
 
     String readFile(Object arg) {
+        cpsStep('readFile', true)
         b.checkInterrupt()
         b.requireWorkspace('readFile')
         String path = arg instanceof Map ? arg.file : arg.toString()
@@ -715,6 +955,7 @@ abstract class PipelineScript extends Script {
     }
 
     void writeFile(Map args) {
+        cpsStep('writeFile', true)
         b.checkInterrupt()
         b.requireWorkspace('writeFile')
         File f = b.resolve(args.file.toString())
@@ -725,38 +966,47 @@ abstract class PipelineScript extends Script {
     void deleteDir() { (b.cwd ? b.resolve('.') : b.workspace).deleteDir() }
 
     Object dir(String path, Closure body) {
+        cpsStep('dir', false)
         String old = b.cwd
         b.cwd = old ? "${old}/${path}" : path
         b.resolve('.').mkdirs()
         try { return body.call() } finally { b.cwd = old }
     }
 
+    // sleep(long) too: Groovy would otherwise pick DefaultGroovyMethods.sleep(Object, long) for `sleep 5`
+    void sleep(long time) { sleep((Object) time) }
+
     void sleep(Object time) {
+        cpsStep('sleep', true)
         long seconds = time instanceof Map ? (time.time as long) : (time as long)
         long end = System.currentTimeMillis() + seconds * 1000
         while (System.currentTimeMillis() < end) { b.checkInterrupt(); Thread.sleep(50) }
     }
 
     Object withEnv(List vars, Closure body) {
+        cpsStep('withEnv', false)
         Map layer = [:]
         vars.each { String kv -> int eq = kv.indexOf('='); layer[kv.substring(0, eq)] = kv.substring(eq + 1) }
         return b.withEnvLayer(layer, body)
     }
 
-    Object timestamps(Closure body) { b.requireStep('timestamper', 'timestamps'); return body.call() }
+    Object timestamps(Closure body) { cpsStep('timestamps', false); b.requireStep('timestamper', 'timestamps'); return body.call() }
 
     Object withFolderProperties(Closure body) {
+        cpsStep('withFolderProperties', false)
         b.requireStep('folder-properties', 'withFolderProperties')
         b.folderPropertiesDepth++
         try { return body.call() } finally { b.folderPropertiesDepth-- }
     }
 
     Object timeout(Map args, Closure body) {
+        cpsStep('timeout', false)
         b.requireStep('workflow-basic-steps', 'timeout')
         return b.harness.withTimeout(b, args, body)
     }
 
     Object catchError(Map args = [:], Closure body) {
+        cpsStep('catchError', false)
         String buildResult = args.containsKey('buildResult') ? args.buildResult : 'FAILURE'
         String stageResult = args.containsKey('stageResult') ? args.stageResult : 'SUCCESS'
         boolean catchInterruptions = args.containsKey('catchInterruptions') ? args.catchInterruptions : true
@@ -780,6 +1030,7 @@ abstract class PipelineScript extends Script {
     }
 
     Object milestone(Object args = null) {
+        cpsStep('milestone', false)
         b.requireStep('pipeline-milestone-step', 'milestone')
         b.milestones << (args instanceof Map ? args : [ordinal: args])
         return null
@@ -789,6 +1040,7 @@ abstract class PipelineScript extends Script {
     Object sh(String script) { return sh([script: script]) }
 
     Object sh(Map args) {
+        cpsStep('sh', true)
         b.checkInterrupt()
         b.requireWorkspace('sh')
         return b.harness.runShell(b, args)
@@ -805,6 +1057,7 @@ abstract class PipelineScript extends Script {
     Map booleanParam(Map args) { return [parameter: 'boolean', name: args.name, value: "${args.value}"] }
 
     Object withCredentials(List bindings, Closure body) {
+        cpsStep('withCredentials', false)
         b.requireStep('credentials-binding', 'withCredentials')
         b.requireWorkspace('withCredentials')  // a secret file is written into the workspace's @tmp
         Map layer = [:]
@@ -840,6 +1093,7 @@ abstract class PipelineScript extends Script {
 
     // --- publishing ----------------------------------------------------------------------------
     Object junit(Object args) {
+        cpsStep('junit', true)
         b.requireStep('junit', 'junit')
         b.checkInterrupt()
         b.requireWorkspace('junit')
@@ -848,6 +1102,7 @@ abstract class PipelineScript extends Script {
     }
 
     void archiveArtifacts(Object args) {
+        cpsStep('archiveArtifacts', true)
         b.checkInterrupt()
         b.requireWorkspace('archiveArtifacts')
         Map a = args instanceof Map ? args : [artifacts: args.toString()]
@@ -855,6 +1110,7 @@ abstract class PipelineScript extends Script {
     }
 
     void publishHTML(Map args) {
+        cpsStep('publishHTML', true)
         b.requireStep('htmlpublisher', 'publishHTML')
         b.requireWorkspace('publishHTML')
         Map t = args.target ?: args
@@ -873,6 +1129,7 @@ abstract class PipelineScript extends Script {
     Object getScm() { return [scm: 'job'] }
 
     Object checkout(Object scmValue) {
+        cpsStep('checkout', true)
         b.checkInterrupt()
         b.requireWorkspace('checkout')
         b.harness.checkoutScm(b, 'checkout')
@@ -880,18 +1137,20 @@ abstract class PipelineScript extends Script {
     }
 
     // --- nodes ---------------------------------------------------------------------------------
-    Object node(String label, Closure body) { b.checkInterrupt(); return b.harness.onNode(b, label, body) }
+    Object node(String label, Closure body) { cpsStep('node', true); b.checkInterrupt(); return b.harness.onNode(b, label, body) }
 
     Object node(Closure body) { return node((String) null, body) }
 
     // --- other builds --------------------------------------------------------------------------
     Object build(Map args) {
+        cpsStep('build', true)
         b.requireStep('pipeline-build-step', 'build')
         b.checkInterrupt()
         return b.harness.triggerDownstream(b, args)
     }
 
     Object parallel(Map branches) {
+        cpsStep('parallel', true)
         b.checkInterrupt()
         Map copy = new LinkedHashMap(branches)
         copy.remove('failFast')
@@ -977,6 +1236,8 @@ class Harness {
         binding.setVariable('env', b.envProxy)
         binding.setVariable('params', b.paramsProxy)
         binding.setVariable('currentBuild', b.currentBuild)
+        Build outer = CpsRuntime.current
+        CpsRuntime.current = b
         try {
             GroovyShell shell = new GroovyShell(parentLoader, binding, config)
             b.script = shell.parse(new File(scenario.jenkinsfile as String))
@@ -989,6 +1250,8 @@ class Harness {
             b.hang = h.message
         } catch (Throwable t) {
             recordFailure(b, t)
+        } finally {
+            CpsRuntime.current = outer
         }
         waitForOrphans(b)
         return [

@@ -145,3 +145,27 @@ List byLengthCps(List names) {
     assert build.result == "SUCCESS" and "a,bb,ccc" in build.log, build.log
     cps = run(harness, tmp_path, helpers, "echo byLengthCps(['ccc', 'a', 'bb']).join(',')", expect_error=True)
     assert cps.result == "FAILURE" and "CpsClosure2.call" in "\n".join(cps.data["groovyErrors"])
+
+
+@pytest.mark.parametrize("steps, refused", [
+    # a value's method that generic-whitelist does not list (String.intern), reached through a variable
+    ("script { String name = params.toString(); echo name.intern() }", "method java.lang.String intern"),
+    # a GString hands unknown methods to String: checked as String's
+    ("script { String n = 'a'; echo \"${n}b\".intern() }", "method java.lang.String intern"),
+    # GDK methods are checked by their DefaultGroovyMethods/StringGroovyMethods signature
+    ("script { echo 'http://x.invalid/'.toURL().toString() }",
+     "staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods toURL java.lang.String"),
+], ids=["java-method", "gstring", "gdk-method"])
+def test_calls_on_values_are_checked_against_the_whitelist_at_run_time(harness, tmp_path, steps, refused):
+    """The receiver's type is known only at run time: the harness used to let every such call through."""
+    build = run(harness, tmp_path, "", steps, expect_error=True)
+    assert build.result == "FAILURE"
+    assert f"Scripts not permitted to use {refused}" in "\n".join(build.data["groovyErrors"]), build.log
+
+
+def test_whitelisted_calls_on_values_run(harness, tmp_path):
+    steps = ("script { String n = ' web '; List l = ['b', 'a']; l.add(0, n.trim()); "
+             "echo \"${l.subList(0, 2).join('+')}:${'a,b'.split(',').findAll { it != 'a' }.join('')}:"
+             "${params.containsKey('X')}:${'x'.readLines().size()}\" }")
+    build = run(harness, tmp_path, "", steps, expect_error=False)
+    assert build.result == "SUCCESS" and "web+b:b:false:1" in build.log, build.log

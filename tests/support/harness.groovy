@@ -6,7 +6,8 @@
  * when reached; a comparator closure given to sort/toSorted/unique/max/min, which groovy-cps does not
  * translate, fails there (not inside @NonCPS code); a local that is not Serializable, in scope while a
  * step that saves the program runs, fails as CpsThreadGroup.saveProgram does; a @NonCPS method calling a
- * step or CPS-transformed code fails with CpsVmExecutorService's mismatch message.
+ * step or CPS-transformed code fails with CpsVmExecutorService's mismatch message; a call on a value is
+ * checked at run time against the part of script-security's generic-whitelist the files use (SandboxRuntime).
  *
  * Usage:  groovy harness.groovy SCENARIO.json        one build, result written to scenario.resultFile
  *         groovy harness.groovy --serve               reads scenario paths on stdin, prints "DONE path"
@@ -103,6 +104,7 @@
 
 import groovy.json.JsonOutput
 import groovy.json.JsonSlurper
+import org.codehaus.groovy.runtime.InvokerHelper
 import java.nio.file.FileSystems
 import java.nio.file.Files
 import java.nio.file.PathMatcher
@@ -118,7 +120,10 @@ import org.codehaus.groovy.ast.VariableScope
 import org.codehaus.groovy.ast.expr.BinaryExpression
 import org.codehaus.groovy.ast.expr.DeclarationExpression
 import org.codehaus.groovy.ast.expr.EmptyExpression
+import org.codehaus.groovy.ast.expr.ListExpression
 import org.codehaus.groovy.ast.expr.MapExpression
+import org.codehaus.groovy.ast.expr.SpreadExpression
+import org.codehaus.groovy.ast.expr.SpreadMapExpression
 import org.codehaus.groovy.ast.stmt.BlockStatement
 import org.codehaus.groovy.ast.stmt.ExpressionStatement
 import org.codehaus.groovy.ast.stmt.ForStatement
@@ -180,8 +185,8 @@ class MissingContextVariableException extends RuntimeException {
  * toJson(Map|String|Number|Boolean)); nothing is constructed with `new`, no other class is called
  * statically (System.getenv, Jenkins.instance...), and the blacklisted instance methods (execute,
  * getClass/class, evaluate, getRawBuild/rawBuild, getMetaClass) are refused. Calls on values
- * (String, List, Map methods, DefaultGroovyMethods) are not checked here: their receiver's type is only
- * known at run time.
+ * (String, List, Map methods, DefaultGroovyMethods), whose receiver's type is only known at run time, are
+ * routed through SandboxRuntime.call, which checks each against the whitelist when it is made.
  */
 class SandboxCustomizer extends CompilationCustomizer {
     SandboxCustomizer() { super(CompilePhase.SEMANTIC_ANALYSIS) }
@@ -315,7 +320,8 @@ class CpsTransformer extends ClassCodeExpressionTransformer {
 }
 
 class SandboxTransformer extends ClassCodeExpressionTransformer {
-    static final Map STATIC_WHITELIST = ['groovy.json.JsonOutput': ['prettyPrint', 'toJson']]
+    // (SandboxRuntime.call: the harness's own run-time check, put in by checkedAtRunTime)
+    static final Map STATIC_WHITELIST = ['groovy.json.JsonOutput': ['prettyPrint', 'toJson'], 'SandboxRuntime': ['call']]
     static final List BLACKLISTED_METHODS = ['execute', 'getClass', 'evaluate', 'getRawBuild', 'getMetaClass',
                                              'setMetaClass', 'invokeMethod']
     static final List BLACKLISTED_PROPERTIES = ['class', 'rawBuild', 'metaClass']
@@ -364,6 +370,27 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
         return fail
     }
 
+    /** A call on a value (`text.trim()`, `list.subList(1, 2)`): its receiver's type is known only at run time,
+     * so it goes through SandboxRuntime.call, which checks it against the whitelist first (as the sandbox's
+     * GroovyInterceptor does for every call). Calls on `this`, implicit ones (steps, the script's own
+     * methods) and static ones are not: the latter are checked above. */
+    Expression checkedAtRunTime(MethodCallExpression call) {
+        Expression receiver = call.objectExpression
+        if (call.implicitThis || call.spreadSafe || call.methodAsString == null || receiver instanceof ClassExpression ||
+                (receiver instanceof VariableExpression && (((VariableExpression) receiver).thisExpression ||
+                                                            ((VariableExpression) receiver).superExpression))) {
+            return null
+        }
+        List exprs = call.arguments instanceof TupleExpression ? ((TupleExpression) call.arguments).expressions :
+            [call.arguments]
+        if (exprs.any { it instanceof SpreadExpression || it instanceof SpreadMapExpression }) { return null }
+        Expression checked = new StaticMethodCallExpression(ClassHelper.make(SandboxRuntime), 'call',
+            new ArgumentListExpression([receiver, new ConstantExpression(call.methodAsString),
+                                        new ConstantExpression(call.safe), new ListExpression(exprs)]))
+        checked.sourcePosition = call
+        return checked
+    }
+
     Expression transform(Expression e) {
         if (e instanceof ClosureExpression) {  // a closure's body is code too (the steps blocks are closures)
             ((ClosureExpression) e).code.visit(this)
@@ -394,6 +421,10 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
         Expression mismatch = cpsMismatch(e)
         if (mismatch != null) {
             return mismatch
+        }
+        if (e instanceof MethodCallExpression) {
+            Expression checked = checkedAtRunTime((MethodCallExpression) e.transformExpression(this))
+            if (checked != null) { return checked }
         }
         if (e instanceof PropertyExpression && !(e.class.simpleName in ['AttributeExpression'])) {
             PropertyExpression prop = (PropertyExpression) e
@@ -473,6 +504,173 @@ class CpsRules {
             }
         }
         return null
+    }
+}
+
+/**
+ * The script-security sandbox at run time (SandboxInterceptor.onMethodCall: every call on a value is
+ * checked, by the method Groovy would pick for the receiver's actual class, against the whitelists). A
+ * Java method is permitted when `method T NAME PARAMS` is listed for its class or a supertype T that
+ * declares it; a GDK method when `staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods (or
+ * StringGroovyMethods) NAME SELF PARAMS` is. WHITELIST is the part of script-security's generic-whitelist
+ * (src/main/resources/org/jenkinsci/plugins/scriptsecurity/sandbox/whitelists/generic-whitelist, checked at
+ * commit a5f0130aa482d488cd9820b09de7dcd69cfce0c7: every line below is in it verbatim) that the
+ * Jenkinsfiles and the harness's own tests use; anything else is refused as the sandbox refuses it without
+ * approval ("Scripts not permitted to use ..."). The harness's stand-ins are checked as what they stand for:
+ * `params` is a java.util.Map, `currentBuild` and `build`'s results are RunWrapper (its @Whitelisted
+ * getters; getRawBuild is not), `env` is EnvActionImpl (read and written through properties). Property
+ * reads and writes, subscripts and operators are not checked here.
+ */
+class SandboxRuntime {
+    static final Set<String> WHITELIST = ([
+        'method java.lang.CharSequence length',
+        'method java.lang.Object equals java.lang.Object',
+        'method java.lang.Object toString',
+        'method java.lang.String contains java.lang.CharSequence',
+        'method java.lang.String endsWith java.lang.String',
+        'method java.lang.String indexOf java.lang.String',
+        'method java.lang.String isEmpty',
+        'method java.lang.String replace java.lang.CharSequence java.lang.CharSequence',
+        'method java.lang.String replaceAll java.lang.String java.lang.String',
+        'method java.lang.String split java.lang.String',
+        'method java.lang.String startsWith java.lang.String',
+        'method java.lang.String substring int',
+        'method java.lang.String substring int int',
+        'method java.lang.String toLowerCase',
+        'method java.lang.String toUpperCase',
+        'method java.lang.String trim',
+        'method java.util.Collection isEmpty',
+        'method java.util.Collection size',
+        'method java.util.List add int java.lang.Object',
+        'method java.util.List get int',
+        'method java.util.List subList int int',
+        'method java.util.Collection add java.lang.Object',
+        'method java.util.Map containsKey java.lang.Object',
+        'method java.util.Map get java.lang.Object',
+        'method java.util.Map keySet',
+        'method java.util.Map put java.lang.Object java.lang.Object',
+        'method java.util.Map values',
+        'method java.util.regex.MatchResult group int',
+        'method java.util.regex.Matcher find',
+        'method java.util.regex.Matcher matches',
+        'method java.lang.Iterable iterator',
+        'method java.util.Iterator hasNext',
+        'method java.util.Iterator next',
+        'method groovy.lang.Closure call java.lang.Object[]',
+        'method groovy.lang.Closure call java.lang.Object',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods collect java.util.Collection groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods each java.lang.Iterable groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods each java.lang.Object groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods each java.util.List groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods each java.util.Map groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods findAll java.lang.Object[] groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods findAll java.util.Collection groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods findAll java.util.List groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods join java.lang.Iterable java.lang.String',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods join java.util.Collection java.lang.String',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods leftShift java.util.Collection java.lang.Object',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods sort java.lang.Iterable groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods sort java.util.Collection groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.StringGroovyMethods readLines java.lang.String',
+        'staticMethod org.codehaus.groovy.runtime.StringGroovyMethods readLines java.lang.CharSequence',
+    ] as Set).asImmutable()
+
+    static Object call(Object receiver, String name, boolean safe, List args) {
+        if (receiver == null && safe) { return null }
+        if (receiver != null) { check(receiver, name, args) }
+        return InvokerHelper.invokeMethod(receiver, name, args as Object[])
+    }
+
+    static void check(Object receiver, String name, List args) {
+        if (receiver instanceof RunWrapper || receiver instanceof EnvProxy) { return }  // @Whitelisted / properties
+        // As script-security's GroovyCallSiteSelector: a public Java method of the receiver's class first,
+        // and only when there is none the GDK method Groovy picks.
+        // (a GString's own methods, then String's: GString.invokeMethod hands unknown methods to toString())
+        Class type = receiver instanceof ParamsProxy ? LinkedHashMap : receiver.getClass()  // `params` is a Map
+        java.lang.reflect.Method java = javaMethod(type, name, args)
+        if (java == null && receiver instanceof GString) {
+            type = String
+            java = javaMethod(type, name, args)
+        }
+        if (java != null) {
+            List params = java.parameterTypes.collect { Class c -> typeName(c) }
+            List<Class> owners = [type] + ClassUtils.allSupertypes(type)
+            boolean listed = owners.any { Class t ->
+                declares(t, name, java.parameterTypes) && "method ${t.name} ${name}${suffix(params)}".toString() in WHITELIST
+            }
+            if (!listed) {
+                throw new RejectedAccessException("method ${java.declaringClass.name} ${name}${suffix(params)}")
+            }
+            return
+        }
+        // GDK methods as SandboxInterceptor.onMethodCall looks them up: in each DGM class the most specific
+        // static method taking (receiver, args...); permitted if one of them is listed, else the first refused
+        List selfArgs = [receiver] + args
+        String refused = null
+        for (Class gdk : [org.codehaus.groovy.runtime.DefaultGroovyMethods, org.codehaus.groovy.runtime.StringGroovyMethods]) {
+            java.lang.reflect.Method found = mostSpecific(gdk.methods.findAll { java.lang.reflect.Method m ->
+                java.lang.reflect.Modifier.isStatic(m.modifiers) && m.name == name &&
+                    m.parameterTypes.length == selfArgs.size() &&
+                    (0..<selfArgs.size()).every { int i -> compatible(m.parameterTypes[i], selfArgs[i]) } })
+            if (found == null) { continue }
+            String signature = "staticMethod ${gdk.name} ${name}${suffix(found.parameterTypes.collect { typeName(it) })}"
+            if (signature in WHITELIST) { return }
+            refused = refused ?: signature
+        }
+        if (refused != null) {
+            throw new RejectedAccessException(refused)
+        }
+    }
+
+    static java.lang.reflect.Method mostSpecific(List<java.lang.reflect.Method> candidates) {
+        return candidates.find { java.lang.reflect.Method c -> candidates.every { java.lang.reflect.Method o ->
+            (0..<c.parameterTypes.length).every { int i -> boxed(o.parameterTypes[i]).isAssignableFrom(boxed(c.parameterTypes[i])) }
+        } } ?: (candidates ? candidates[0] : null)
+    }
+
+    static Class boxed(Class c) { return c.primitive ? ClassHelper.getWrapper(ClassHelper.make(c)).typeClass : c }
+
+    static java.lang.reflect.Method javaMethod(Class type, String name, List args) {
+        return type.methods.find { java.lang.reflect.Method m ->
+            m.name == name && m.parameterTypes.length == args.size() &&
+                (0..<args.size()).every { int i -> compatible(m.parameterTypes[i], args[i]) } }
+    }
+
+    static String typeName(Class c) { return c.array ? typeName(c.componentType) + '[]' : c.name }
+
+    static boolean compatible(Class param, Object arg) {
+        if (arg == null) { return !param.primitive }
+        Class type = boxed(param)
+        return type.isInstance(arg) || (param == String && arg instanceof GString) ||
+            (Number.isAssignableFrom(type) && arg instanceof Number)
+    }
+
+    static String suffix(List params) { return params ? ' ' + params.join(' ') : '' }
+
+    static boolean declares(Class type, String name, Class[] params) {
+        try {
+            type.getMethod(name, params)
+            return type.methods.any { java.lang.reflect.Method m -> m.name == name && m.parameterTypes == params &&
+                                                                   m.declaringClass.isAssignableFrom(type) &&
+                                                                   (m.declaringClass == type || type.isInterface() ||
+                                                                    type.declaredMethods.any { it.name == name && it.parameterTypes == params }) }
+        } catch (NoSuchMethodException ignored) {
+            return false
+        }
+    }
+}
+
+class ClassUtils {
+    static List<Class> allSupertypes(Class c) {
+        List<Class> found = []
+        Closure walk
+        walk = { Class k ->
+            if (k == null) { return }
+            k.interfaces.each { Class i -> if (!(i in found)) { found << i; walk(i) } }
+            if (k.superclass != null && !(k.superclass in found)) { found << k.superclass; walk(k.superclass) }
+        }
+        walk(c)
+        return found
     }
 }
 
@@ -562,6 +760,7 @@ class ParamsProxy implements Serializable {
     Object getAt(String name) { return values.get(name) }
     // `params` is a Map (workflow-cps ParamsVariable): whitelisted Map methods work on it
     boolean containsKey(Object name) { return values.containsKey(name) }
+    Object get(Object name) { return values.get(name) }
     Set keySet() { return values.keySet() }
 }
 

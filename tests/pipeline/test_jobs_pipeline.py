@@ -23,6 +23,7 @@ from support.pipeline import (
     RELEASE_JENKINSFILE,
     RELEASE_JOB_PARAMETERS,
     REPO,
+    ROLE_JOB_PARAMETERS,
     Build,
     PipelineHarness,
     agent_tools,
@@ -342,7 +343,7 @@ def test_release_job(harness, devstack, instance_runner, tmp_path, mode):
     roles = [f"{mode}-api", f"{mode}-worker"]  # own roles per mode: an equal bake would reuse the other's AMI
     agent = Agent(devstack, tmp_path, {role: {"platform": "linux"} for role in roles})
     downstream = {f"ami-bake-{role}": {"jenkinsfile": str(JENKINSFILE), "workspace": str(tmp_path / f"job-{role}"),
-                                       "parameterDefinitions": {"ROLE": role, "RELEASE": "", "AGENT_LABEL": "bakery"},
+                                       "parameterDefinitions": {**ROLE_JOB_PARAMETERS, "ROLE": role},
                                        "agentEnv": agent.env, "credentials": agent.credentials,
                                        "plugins": readme_plugins()}
                   for role in roles}
@@ -350,7 +351,7 @@ def test_release_job(harness, devstack, instance_runner, tmp_path, mode):
                         parameter_definitions=RELEASE_JOB_PARAMETERS,
                         parameters={"RELEASE": f"2026.12.{mode}", "MODE": mode, "ROLES": " ".join(roles), "JOBS": "2"},
                         agent_env=agent.env, credentials=agent.credentials, plugins=readme_plugins(),
-                        downstream=downstream)
+                        downstream=downstream, scm=agent.repo)
     downstream_logs = "\n".join("\n".join(t.get("result", {}).get("log", [])) for t in build.data["triggered"])
     assert build.result == "SUCCESS", build.log + "\n--- downstream ---\n" + downstream_logs
     assert "artifacts/amis.json" in build.archived

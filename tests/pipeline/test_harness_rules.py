@@ -169,3 +169,11 @@ def test_whitelisted_calls_on_values_run(harness, tmp_path):
              "${params.containsKey('X')}:${'x'.readLines().size()}\" }")
     build = run(harness, tmp_path, "", steps, expect_error=False)
     assert build.result == "SUCCESS" and "web+b:b:false:1" in build.log, build.log
+
+
+def test_env_assignment_of_null_is_the_string_null(harness, tmp_path):
+    """workflow-cps EnvActionImpl.setProperty stores String.valueOf(value): `env.X = null` does not unset X."""
+    build = run(harness, tmp_path, "", "script { env.GONE = 'x'; env.GONE = null; sh 'echo \"GONE=[$GONE]\"' }",
+                expect_error=False)
+    assert build.result == "SUCCESS" and "GONE=[null]" in build.log, build.log
+    assert build.data["buildVariables"]["GONE"] == "null"

@@ -745,7 +745,8 @@ class EnvProxy implements Serializable {
     final Build b
     EnvProxy(Build b) { this.b = b }
     Object getProperty(String name) { return b.environment().get(name) }
-    void setProperty(String name, Object value) { b.overrides[name] = value == null ? null : value.toString() }
+    // workflow-cps EnvActionImpl.setProperty: env.put(name, String.valueOf(value)), so `env.X = null` is "null"
+    void setProperty(String name, Object value) { b.overrides[name] = String.valueOf(value) }
     String getAt(String name) { return b.environment().get(name) }
     void putAt(String name, Object value) { setProperty(name, value) }
 }

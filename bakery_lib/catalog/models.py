@@ -405,6 +405,18 @@ class JenkinsIn(Strict):
     view: Annotated[Text(), Field(description="a list view holding the jobs")] = None
     allow_built_in_node: Annotated[
         Bool, Field(description="agent_label may be the controller's own node (built-in, master)")] = None
+    # The bakery the jobs run: installed on the agents once (BAKERY_HOME/VERSION, or `bakery` on PATH), checked
+    # at the start of every build; never installed from a package index by a build. A version string as pip
+    # writes it, since it becomes a path component and a shell word.
+    bakery_version: Annotated[
+        Text(re.compile(r"^[0-9][0-9A-Za-z.+!_-]{0,63}$"), "a bakery version"),
+        Field(description="bakery version the jobs require on the agent (default: the one running generate-jobs)")
+    ] = None
+    # Where the catalogue is in the repository the jobs check out (scm_url): the user's own repository.
+    catalog_path: Annotated[
+        Text(re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_./-]{1,200}$"), "a relative path in the repository"),
+        Field(description="path of this catalogue in the repository at scm_url (the jobs give it to --catalog)")
+    ] = None
 
     @model_validator(mode="after")
     def _agents_not_the_controller(self) -> JenkinsIn:

@@ -212,6 +212,8 @@ class JenkinsSettings:
     release_job: str | None = None
     view: str | None = None
     allow_built_in_node: bool = False  # agent_label / AGENT_LABEL may be the controller's node (built-in, master)
+    bakery_version: str | None = None  # None: the version of the bakery that renders the jobs
+    catalog_path: str = "bakery.yaml"
 
     def job_name(self, role: str) -> str:
         return f"{self.job_prefix}{role}"

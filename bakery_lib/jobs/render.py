@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import __version__
 from ..catalog import Catalog, JenkinsSettings, RoleSpec
 from ..errors import CatalogError
 from ..fsutil import atomic_write_text
@@ -78,6 +79,7 @@ def render_items(catalog: Catalog) -> tuple[Item, ...]:
         "jenkins": jenkins,
         "agent_label": jenkins.agent_label or DEFAULT_AGENT_LABEL,
         "branch_spec": branch_spec(jenkins.scm_branch),
+        "bakery_version": pinned_version(jenkins),
     }
     for name in sorted(catalog.roles):
         role = catalog.roles[name]
@@ -111,6 +113,11 @@ def render_items(catalog: Catalog) -> tuple[Item, ...]:
         )
         items.append(Item("view", folder, jenkins.view, xml))
     return tuple(items)
+
+
+def pinned_version(jenkins: JenkinsSettings) -> str:
+    """The bakery version the jobs require on their agent: the catalogue's, else the one rendering them."""
+    return jenkins.bakery_version or __version__
 
 
 def branch_spec(branch: str) -> str:
@@ -159,7 +166,8 @@ def _check_settings(catalog: Catalog) -> None:
                 )
     if not jenkins.scm_url:
         raise CatalogError(
-            catalog.path, "missing (the git URL of the repository holding jenkins/Jenkinsfile)", key="jenkins.scm_url"
+            catalog.path, "missing (the git URL of your repository: the one holding this catalogue at "
+            f"jenkins.catalog_path ({jenkins.catalog_path}) and the Jenkinsfile at jenkins.script_path)", key="jenkins.scm_url"
         )
     names = {jenkins.job_name(r): r for r in catalog.roles}
     if jenkins.release_job and jenkins.release_job in names:

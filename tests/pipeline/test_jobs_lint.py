@@ -69,7 +69,7 @@ def test_per_role_jenkinsfile_runs_every_stage_in_order_one_line_each() -> None:
         if name == "preflight":
             expected += ' --release "$BAKE_RELEASE"'
         assert call == expected
-    assert re.search(r"String command = \"\.bakery-venv/bin/bakery \$\{args\}\"", text)
+    assert "String command = '\"$BAKERY_BIN\" --catalog \"$CATALOG\" ' + args" in text
     post = text[text.index("    post {"):]
     always = post[post.index("always {"):post.index("success {")]
     assert "finishBake()" in always
@@ -78,7 +78,7 @@ def test_per_role_jenkinsfile_runs_every_stage_in_order_one_line_each() -> None:
     assert "archiveArtifacts artifacts: 'artifacts/**', fingerprint: true" in finish
     for needle in ("timeout(time:", "timestamps()", "withFolderProperties()", "'bakery-chef-client-key'",
                    "BAKERY_AWS_CREDENTIALS_ID", "artifacts/amis.properties", "currentBuild.description",
-                   "pip install"):
+                   "checkPinnedBakery()"):
         assert needle in text, needle
     # Job properties belong to the job generate-jobs writes, never to the Jenkinsfile (see its header).
     code = re.sub(r"//[^\n]*", "", re.sub(r"/\*.*?\*/", "", text, flags=re.S))
@@ -92,3 +92,12 @@ def test_release_jenkinsfile_offers_both_modes() -> None:
     assert "parallel(branches)" in text
     assert 'bakery("bake ${selection} --release \\"\\$RELEASE\\" --jobs \\"\\$JOBS\\"")' in text
     assert "artifacts/amis.json" in text and "Which mode to use" in text
+
+
+def test_both_jenkinsfiles_check_the_pinned_bakery_with_the_same_code() -> None:
+    """release.Jenkinsfile keeps a copy of the pinned-bakery check (no shared library): the same code."""
+    def block(text: str) -> str:
+        return text[text.index("String pinCheckScript()"):text.index("    env.BAKERY_CHECKED_ON")]
+    per_role, release = (path.read_text() for path in JENKINSFILES)
+    assert block(per_role) == block(release)
+    assert "pip install" not in per_role and "pip install" not in release

@@ -23,12 +23,14 @@ from support.pipeline import (
     RELEASE_JENKINSFILE,
     RELEASE_JOB_PARAMETERS,
     REPO,
+    ROLE_JOB_PARAMETERS,
     Build,
     PipelineHarness,
     agent_tools,
 )
 from support.proxy import Hold
 
+from bakery_lib import __version__
 from bakery_lib.stages import ORDER
 from bakery_lib.state import Workspace
 
@@ -54,11 +56,12 @@ class Agent:
 
     def __init__(self, devstack: Any, tmp_path: Path, roles: dict[str, dict[str, Any]]):
         # The instance runner's sandbox has a chef-client on PATH (its stub): nothing to install.
-        self.catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles=roles,
+        # The job's repository (the user's own) holds the catalogue; the job gives its path to --catalog.
+        self.repo = tmp_path / "repo"
+        self.catalog = devstack.write_catalog(self.repo / "bakery.yaml", roles=roles,
                                               chef={"distribution": "chef", "preinstalled": True})
-        env = {k: v for k, v in devstack.env.items() if k != "CHEF_CLIENT_KEY"}
-        env.update(BAKERY_CATALOG=str(self.catalog), BAKERY_POLL_INTERVAL="0.2", HOME=str(tmp_path),
-                   PATH=os.environ["PATH"], LANG="C.UTF-8")
+        env = {k: v for k, v in devstack.env.items() if k not in ("CHEF_CLIENT_KEY", "BAKERY_CATALOG")}
+        env.update(BAKERY_POLL_INTERVAL="0.2", HOME=str(tmp_path), PATH=os.environ["PATH"], LANG="C.UTF-8")
         self.env = agent_tools(tmp_path / "agent-tools", env)
         self.credentials = {"bakery-chef-client-key": {"type": "file", "path": devstack.env["CHEF_CLIENT_KEY"],
                                                        "fileName": "bakery.pem"}}
@@ -67,7 +70,7 @@ class Agent:
 def bake(harness: PipelineHarness, agent: Agent, ws: Path, **kw: Any) -> Build:
     params = {"ROLE": "web", "AGENT_LABEL": "bakery", **kw.pop("parameters", {})}
     return harness.run(JENKINSFILE, ws, parameters=params, agent_env=agent.env, credentials=agent.credentials,
-                       plugins=readme_plugins(), **kw)
+                       plugins=readme_plugins(), scm=agent.repo, **kw)
 
 
 @pytest.mark.e2e
@@ -141,14 +144,12 @@ def upstream(job: str, number: int, kind: str, *, release: str | None = None, st
 
 
 def release_of(harness: PipelineHarness, tmp_path: Path, **kw: Any) -> Build:
-    """Runs only as far as the release decision: the agent's python3 refuses to make the venv (exit 3),
-    so `prepare` stops right after RELEASE is decided."""
+    """Runs only as far as the release decision: the agent has no bakery installed, so `prepare` stops
+    right after RELEASE is decided (the pinned-bakery check, exit 2)."""
     ws = tmp_path / f"ws-{time.monotonic_ns()}"
-    tools = tmp_path / "no-python"
-    tools.mkdir(exist_ok=True)
-    (tools / "python3").write_text("#!/bin/sh\nexit 3\n")
-    (tools / "python3").chmod(0o755)
-    return harness.run(JENKINSFILE, ws, agent_env={"PATH": f"{tools}:/usr/bin:/bin"}, plugins=readme_plugins(), **kw)
+    home = tmp_path / "no-bakery"
+    return harness.run(JENKINSFILE, ws, agent_env={"PATH": "/usr/bin:/bin", "BAKERY_HOME": str(home)},
+                       plugins=readme_plugins(), **kw)
 
 
 def test_pipeline_deploy_without_release_fails_clearly_never_with_the_display_name(harness, tmp_path):
@@ -197,12 +198,9 @@ def test_folder_settings_reach_the_bakery(harness, tmp_path):
     """Defect 6: BAKERY_AWS_CREDENTIALS_ID set on the folder used to be ignored."""
     ws = tmp_path / "ws"
     tools = tmp_path / "tools"
-    env = agent_tools(tools, {"PATH": os.environ["PATH"]})
-    # the venv's bakery just shows which AWS identity it would use
-    (tools / "python3").write_text('#!/bin/sh\nmkdir -p "$3/bin"\nprintf \'#!/bin/sh\\necho "bakery $* as '
-                                   "key=${AWS_ACCESS_KEY_ID:-none} chef=$(cat $CHEF_CLIENT_KEY)\"\\n' > \"$3/bin/bakery\"\n"
-                                   'printf \'#!/bin/sh\\n\' > "$3/bin/pip"\n'
-                                   'chmod +x "$3/bin/bakery" "$3/bin/pip"\n')
+    # the agent's bakery just shows which AWS identity it would use
+    env = agent_tools(tools, {"PATH": os.environ["PATH"]},
+                      body='#!/bin/sh\necho "bakery $* as key=${AWS_ACCESS_KEY_ID:-none} chef=$(cat $CHEF_CLIENT_KEY)"\n')
     key = tmp_path / "chef.pem"
     key.write_text("PEM")
     build = harness.run(JENKINSFILE, ws, parameters={"ROLE": "web", "RELEASE": "r1"}, agent_env=env,
@@ -226,14 +224,8 @@ def test_plugins_listed_in_the_readme_are_exactly_enough(harness, tmp_path):
 
 
 def stub_bakery(tmp_path: Path, script: str) -> dict[str, str]:
-    """An agent whose .bakery-venv/bin/bakery is ``script`` (sh), for what needs no AWS."""
-    tools = tmp_path / "tools"
-    env = agent_tools(tools, {"PATH": os.environ["PATH"]})
-    body = tmp_path / "bakery.sh"
-    body.write_text(script)
-    (tools / "python3").write_text(f'#!/bin/sh\nmkdir -p "$3/bin"\ncp {body} "$3/bin/bakery"\n'
-                                   'printf \'#!/bin/sh\\n\' > "$3/bin/pip"\nchmod +x "$3/bin/bakery" "$3/bin/pip"\n')
-    return env
+    """An agent whose pinned bakery is ``script`` (sh), for what needs no AWS."""
+    return agent_tools(tmp_path / "tools", {"PATH": os.environ["PATH"]}, body=script)
 
 
 def test_timeout_stops_the_bake_but_never_cuts_post_short(harness, tmp_path):
@@ -351,7 +343,7 @@ def test_release_job(harness, devstack, instance_runner, tmp_path, mode):
     roles = [f"{mode}-api", f"{mode}-worker"]  # own roles per mode: an equal bake would reuse the other's AMI
     agent = Agent(devstack, tmp_path, {role: {"platform": "linux"} for role in roles})
     downstream = {f"ami-bake-{role}": {"jenkinsfile": str(JENKINSFILE), "workspace": str(tmp_path / f"job-{role}"),
-                                       "parameterDefinitions": {"ROLE": role, "RELEASE": "", "AGENT_LABEL": "bakery"},
+                                       "parameterDefinitions": {**ROLE_JOB_PARAMETERS, "ROLE": role},
                                        "agentEnv": agent.env, "credentials": agent.credentials,
                                        "plugins": readme_plugins()}
                   for role in roles}
@@ -359,7 +351,7 @@ def test_release_job(harness, devstack, instance_runner, tmp_path, mode):
                         parameter_definitions=RELEASE_JOB_PARAMETERS,
                         parameters={"RELEASE": f"2026.12.{mode}", "MODE": mode, "ROLES": " ".join(roles), "JOBS": "2"},
                         agent_env=agent.env, credentials=agent.credentials, plugins=readme_plugins(),
-                        downstream=downstream)
+                        downstream=downstream, scm=agent.repo)
     downstream_logs = "\n".join("\n".join(t.get("result", {}).get("log", [])) for t in build.data["triggered"])
     assert build.result == "SUCCESS", build.log + "\n--- downstream ---\n" + downstream_logs
     assert "artifacts/amis.json" in build.archived
@@ -418,7 +410,8 @@ def test_queue_merges_triggered_deploys_and_the_jenkinsfile_bakes_the_newest(har
     deploy(double, "2026.11.2")  # ... while these two deploys' bakes wait in the queue
     deploy(double, "2026.11.3")
     assert len(double.queue) == 1 and len(double.queue[0].causes) == 2
-    assert double.queue[0].parameters == {"ROLE": "web", "RELEASE": "", "AGENT_LABEL": "bakery"}
+    assert double.queue[0].parameters == {"ROLE": "web", "RELEASE": "", "AGENT_LABEL": "bakery",
+                                          "BAKERY_VERSION": __version__, "CATALOG": "bakery.yaml"}
     double.finish(first)
     merged = double.start_next("ami-bake-web")
     build = release_of(harness, tmp_path, parameters=merged.parameters,

@@ -21,6 +21,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bakery_lib import __version__
 from bakery_lib.catalog import parse_catalog
 from bakery_lib.cli.generate_jobs import main
 from bakery_lib.errors import CatalogError
@@ -101,8 +102,10 @@ def test_role_job_structure_and_escaped_values_round_trip() -> None:
     assert scm.findtext("branches/hudson.plugins.git.BranchSpec/name") == "*/release/ünï<&>'\""
 
     params = _params(root)
-    assert list(params) == ["ROLE", "RELEASE", "AGENT_LABEL"]
+    assert list(params) == ["ROLE", "RELEASE", "AGENT_LABEL", "BAKERY_VERSION", "CATALOG"]
     assert params["ROLE"].findtext("defaultValue") == "web"
+    assert params["BAKERY_VERSION"].findtext("defaultValue") == "2.3.1+acme.1"  # jenkins.bakery_version
+    assert params["CATALOG"].findtext("defaultValue") == "ops/amis/bakery.yaml"  # jenkins.catalog_path
     assert params["RELEASE"].findtext("defaultValue") in ("", None)
     assert params["AGENT_LABEL"].findtext("defaultValue") == "linux-docker.x_1"
 
@@ -133,7 +136,8 @@ def test_release_job_folder_and_view() -> None:
     release = ET.fromstring(by_name["platform/amis/bake-release"].xml)
     assert release.findtext("definition/scriptPath") == "ci/jenkins/release.Jenkinsfile"
     params = _params(release)
-    assert list(params) == ["RELEASE", "MODE", "JOBS", "ROLES", "JOB_PREFIX", "AGENT_LABEL"]
+    assert list(params) == ["RELEASE", "MODE", "JOBS", "ROLES", "JOB_PREFIX", "AGENT_LABEL", "BAKERY_VERSION",
+                            "CATALOG"]
     assert params["ROLES"].findtext("defaultValue") == "api_v2 reporting web"
     assert [s.text for s in params["MODE"].iter("string")] == ["jobs", "bake"]
     assert release.find(".//jenkins.triggers.ReverseBuildTrigger") is None  # run on demand only
@@ -319,3 +323,14 @@ def test_output_dir_is_written_atomically_without_an_fsync_per_file(tmp_path: Pa
     assert fsyncs == []
     assert [p.read_text() for p in paths] == [i.xml for i in items]
     assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def test_jobs_pin_the_bakery_that_generated_them_unless_the_catalogue_says(tmp_path: Path) -> None:
+    """Without jenkins.bakery_version the jobs require the version running generate-jobs; the catalogue's
+    path in the repository defaults to bakery.yaml."""
+    catalog = parse_catalog(yaml.safe_load((GOLDEN / "minimal" / "bakery.yaml").read_text(encoding="utf-8")),
+                            "minimal.yaml")
+    job = next(i for i in render_items(catalog) if i.kind == "job")
+    params = _params(ET.fromstring(job.xml))
+    assert params["BAKERY_VERSION"].findtext("defaultValue") == __version__
+    assert params["CATALOG"].findtext("defaultValue") == "bakery.yaml"

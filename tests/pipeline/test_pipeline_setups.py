@@ -55,14 +55,8 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineHarnes
 
 
 def stub_agent(tmp_path: Path, script: str = STUB, **env: str) -> dict[str, str]:
-    """An agent whose `python3 -m venv .bakery-venv` gives a .bakery-venv/bin/bakery running ``script``."""
-    tools = tmp_path / "tools"
-    full = agent_tools(tools, {"PATH": os.environ["PATH"], **env})
-    body = tmp_path / "bakery.sh"
-    body.write_text(script)
-    (tools / "python3").write_text(f'#!/bin/sh\nmkdir -p "$3/bin"\ncp {body} "$3/bin/bakery"\n'
-                                   'printf \'#!/bin/sh\\n\' > "$3/bin/pip"\nchmod +x "$3/bin/bakery" "$3/bin/pip"\n')
-    return full
+    """An agent whose pinned bakery (BAKERY_HOME/VERSION/bin/bakery) runs ``script``."""
+    return agent_tools(tmp_path / "tools", {"PATH": os.environ["PATH"], **env}, body=script)
 
 
 def credentials(tmp_path: Path) -> dict[str, Any]:

@@ -2,10 +2,12 @@
  * A declarative-Pipeline harness: EXECUTES jenkins/Jenkinsfile and jenkins/release.Jenkinsfile with the
  * semantics of Jenkins, in the spirit of JenkinsPipelineUnit (not obtainable here). Groovy 2.4.21 is the
  * Groovy Jenkins core bundles, so what parses and runs here parses and runs there. The script-security
- * sandbox and one CPS rule are modelled at compile time (SandboxCustomizer, below: refused calls fail
+ * sandbox and the CPS rules are modelled (SandboxCustomizer and CpsTransformer, below): refused calls fail
  * when reached; a comparator closure given to sort/toSorted/unique/max/min, which groovy-cps does not
- * translate, fails there). Not modelled: the rest of CPS (a @NonCPS method calling a step, a
- * non-serializable local held across a step), and calls on values are not checked against the whitelist.
+ * translate, fails there (not inside @NonCPS code); a local that is not Serializable, in scope while a
+ * step that saves the program runs, fails as CpsThreadGroup.saveProgram does; a @NonCPS method calling a
+ * step or CPS-transformed code fails with CpsVmExecutorService's mismatch message; a call on a value is
+ * checked at run time against the part of script-security's generic-whitelist the files use (SandboxRuntime).
  *
  * Usage:  groovy harness.groovy SCENARIO.json        one build, result written to scenario.resultFile
  *         groovy harness.groovy --serve               reads scenario paths on stdin, prints "DONE path"
@@ -60,10 +62,16 @@
  *   withCredentials) need a workspace: outside an agent or `node` they fail with workflow-support's
  *   MissingContextVariableException ("Required context class hudson.FilePath is missing").
  * - Restart from stage (pipeline-model-definition RestartDeclarativePipelineAction; scenario
- *   `restart: {fromStage, envOverrides}`): offered for top-level stages only; the stages before it are
- *   'skipped due to this build restarting at stage "X"' (so their steps, a workspace reset included, do
- *   not run), the workspace is what the restarted build left; `envOverrides` are env.X values the
- *   restart carries over (the Jenkinsfiles do not rely on them).
+ *   `restart: {fromStage, envOverrides, archiveFrom, archived}`, made by pipeline.restart_of): offered for
+ *   top-level stages only (getRestartableStages walks ExecutionModelAction's top-level stages); the stages
+ *   before it are 'skipped due to this build restarting at stage "X"' (so their steps, a workspace reset
+ *   included, do not run). The restart is a NEW build (RestartDeclarativePipelineAction.run schedules one)
+ *   whose flow is made by RestartFlowFactoryAction.create: it runs the ORIGINAL build's script and calls
+ *   every FlowCopier, i.e. workflow-api FlowCopier.StandardActions (the parameters), workflow-cps
+ *   EnvActionImpl.Copier (every env.X assignment: `envOverrides`), workflow-api
+ *   StashManager.CopyStashesAndArtifacts (the original's archived artifacts, `archived`, and stashes,
+ *   which exist after a build only with `preserveStashes`), WorkflowRun.Checkouts. Nothing copies the
+ *   workspace: the restart may run on any agent; the harness gives it the workspace the test names.
  * - A second abort (scenario `abort.secondWhenFileExists`, or `post`'s own timeout) interrupts the step
  *   running then, in `post` too: DurableTaskStep stop sends SIGTERM to the build's processes, found by
  *   the build's cookie (durable-task ProcessTree.killAll), so `bakery cleanup` in `post` gets it.
@@ -96,12 +104,31 @@
 
 import groovy.json.JsonOutput
 import groovy.json.JsonSlurper
+import org.codehaus.groovy.runtime.InvokerHelper
 import java.nio.file.FileSystems
 import java.nio.file.Files
 import java.nio.file.PathMatcher
 import java.util.concurrent.TimeUnit
+import org.codehaus.groovy.ast.AnnotationNode
 import org.codehaus.groovy.ast.ClassCodeExpressionTransformer
+import org.codehaus.groovy.ast.ClassHelper
 import org.codehaus.groovy.ast.ClassNode
+import org.codehaus.groovy.ast.MethodNode
+import org.codehaus.groovy.ast.Parameter
+import org.codehaus.groovy.ast.Variable
+import org.codehaus.groovy.ast.VariableScope
+import org.codehaus.groovy.ast.expr.BinaryExpression
+import org.codehaus.groovy.ast.expr.DeclarationExpression
+import org.codehaus.groovy.ast.expr.EmptyExpression
+import org.codehaus.groovy.ast.expr.ListExpression
+import org.codehaus.groovy.ast.expr.MapExpression
+import org.codehaus.groovy.ast.expr.SpreadExpression
+import org.codehaus.groovy.ast.expr.SpreadMapExpression
+import org.codehaus.groovy.ast.stmt.BlockStatement
+import org.codehaus.groovy.ast.stmt.ExpressionStatement
+import org.codehaus.groovy.ast.stmt.ForStatement
+import org.codehaus.groovy.ast.stmt.Statement
+import org.codehaus.groovy.ast.stmt.TryCatchStatement
 import org.codehaus.groovy.ast.expr.ArgumentListExpression
 import org.codehaus.groovy.ast.expr.ClassExpression
 import org.codehaus.groovy.ast.expr.ClosureExpression
@@ -158,25 +185,157 @@ class MissingContextVariableException extends RuntimeException {
  * toJson(Map|String|Number|Boolean)); nothing is constructed with `new`, no other class is called
  * statically (System.getenv, Jenkins.instance...), and the blacklisted instance methods (execute,
  * getClass/class, evaluate, getRawBuild/rawBuild, getMetaClass) are refused. Calls on values
- * (String, List, Map methods, DefaultGroovyMethods) are not checked here: their receiver's type is only
- * known at run time.
+ * (String, List, Map methods, DefaultGroovyMethods), whose receiver's type is only known at run time, are
+ * routed through SandboxRuntime.call, which checks each against the whitelist when it is made.
  */
 class SandboxCustomizer extends CompilationCustomizer {
     SandboxCustomizer() { super(CompilePhase.SEMANTIC_ANALYSIS) }
 
     void call(SourceUnit source, GeneratorContext context, ClassNode classNode) {
         new SandboxTransformer(source: source).visitClass(classNode)
+        new CpsTransformer(source: source).visitClass(classNode)
+    }
+}
+
+/** `@NonCPS` (workflow-cps imports com.cloudbees.groovy.cps.NonCPS into every Jenkinsfile): the method runs as
+ * plain Groovy, not CPS-transformed. */
+@java.lang.annotation.Retention(java.lang.annotation.RetentionPolicy.RUNTIME)
+@interface NonCPS {}
+
+/**
+ * The CPS program state, for what Jenkins does with it (workflow-cps, checked in its source):
+ *
+ * - Every local variable in scope on every CPS frame is part of the program. When no CPS thread can run
+ *   (a step is running: `sh`, `sleep`, `node`, `build`, the file steps...), CpsThreadGroup.run calls
+ *   saveProgramIfPossible, and with the default durability (MAX_SURVIVABILITY, persist with every step)
+ *   saveProgram writes the whole thread group with a RiverWriter (JBoss Marshalling); a local that is not
+ *   Serializable (java.util.regex.Matcher, an Iterator, a JsonSlurper result's LazyMap...) fails it with
+ *   java.io.NotSerializableException, which propagateErrorToWorkflow turns into the build's failure.
+ *   The harness records each frame's locals (declarations, assignments, parameters, for-in variables;
+ *   block scopes end with their block) and, at each such step, refuses the first local whose value, or an
+ *   element of a List/Map/Set it holds, is not Serializable. Locals of @NonCPS methods are never saved.
+ * - `@NonCPS` methods are not CPS-transformed: calling a step, or a CPS-transformed method or closure,
+ *   from one throws the CpsCallableInvocation into plain Groovy code, which CpsVmExecutorService reports
+ *   as "expected to call X but wound up catching Y; see: https://jenkins.io/redirect/pipeline-cps-method-
+ *   mismatches/" (CpsVmExecutorService.mismatchMessage); the result is wrong. The harness fails there.
+ */
+class CpsTransformer extends ClassCodeExpressionTransformer {
+    SourceUnit source
+    boolean nonCps = false
+    String method = 'WorkflowScript'  // a closure's frame is named after the method it is written in
+
+    SourceUnit getSourceUnit() { return source }
+
+    // A static call: the Jenkinsfile's closures resolve even `this.x()` through their delegate (DELEGATE_ONLY)
+    static Expression call(String method, List<Expression> args) {
+        return new StaticMethodCallExpression(ClassHelper.make(CpsRuntime), method, new ArgumentListExpression(args))
+    }
+
+    static Statement callStatement(String method, List<Expression> args) {
+        return new ExpressionStatement(call(method, args))
+    }
+
+    /** push frame; try { body } finally { pop frame } */
+    static BlockStatement framed(Statement body, String name, List<Parameter> params, boolean closure, boolean nonCps,
+                                 VariableScope scope) {
+        MapExpression locals = new MapExpression()
+        params.each { Parameter p -> locals.addMapEntryExpression(new ConstantExpression(p.name), new VariableExpression(p)) }
+        BlockStatement block = new BlockStatement()
+        block.variableScope = scope
+        block.addStatement(callStatement('__cpsPushFrame', [new ConstantExpression(name), locals,
+                                                            new ConstantExpression(closure), new ConstantExpression(nonCps)]))
+        TryCatchStatement guarded = new TryCatchStatement(body, callStatement('__cpsPopFrame', []))
+        block.addStatement(guarded)
+        return block
+    }
+
+    @Override
+    protected void visitConstructorOrMethod(MethodNode node, boolean isConstructor) {
+        if (isConstructor || node.synthetic || node.name == 'main' || !(node.code instanceof BlockStatement)) {
+            return
+        }
+        nonCps = node.annotations.any { AnnotationNode a -> a.classNode.nameWithoutPackage == 'NonCPS' }
+        String name = node.name == 'run' ? 'WorkflowScript (top level)' : "WorkflowScript.${node.name}"
+        method = name
+        super.visitConstructorOrMethod(node, isConstructor)
+        node.code = framed(node.code, name, (node.parameters ?: []) as List, false, nonCps,
+                           ((BlockStatement) node.code).variableScope)
+        nonCps = false
+    }
+
+    @Override
+    void visitBlockStatement(BlockStatement block) {
+        super.visitBlockStatement(block)
+        if (nonCps || block.statements.isEmpty()) { return }
+        // a block scope: its locals leave the program state when it ends
+        BlockStatement inner = new BlockStatement(new ArrayList(block.statements), block.variableScope)
+        block.statements.clear()
+        block.addStatement(callStatement('__cpsEnterScope', []))
+        block.addStatement(new TryCatchStatement(inner, callStatement('__cpsLeaveScope', [])))
+    }
+
+    @Override
+    void visitForLoop(ForStatement loop) {
+        super.visitForLoop(loop)
+        if (nonCps || loop.variable == ForStatement.FOR_LOOP_DUMMY || !(loop.loopBlock instanceof BlockStatement)) {
+            return
+        }
+        ((BlockStatement) loop.loopBlock).statements.add(0, callStatement('__cpsLocal', [
+            new ConstantExpression(loop.variable.name), new VariableExpression(loop.variable)]))
+    }
+
+    Expression transform(Expression e) {
+        if (e instanceof ClosureExpression) {
+            ClosureExpression closure = (ClosureExpression) e
+            closure.code.visit(this)
+            List<Parameter> params = (closure.parameters ?: []) as List
+            if (closure.parameters != null && closure.parameters.length == 0 && !closure.parameterSpecified) {
+                params = []
+            }
+            VariableScope scope = closure.code instanceof BlockStatement ? ((BlockStatement) closure.code).variableScope : closure.variableScope
+            closure.code = framed(closure.code, method, params, true, nonCps, scope)
+            return closure
+        }
+        if (!nonCps && e instanceof DeclarationExpression && ((DeclarationExpression) e).leftExpression instanceof VariableExpression) {
+            DeclarationExpression d = (DeclarationExpression) e
+            Expression right = d.rightExpression.transformExpression(this)
+            if (!(right instanceof EmptyExpression)) {
+                d.rightExpression = call('__cpsLocal', [new ConstantExpression(d.variableExpression.name), right])
+            }
+            return d
+        }
+        if (!nonCps && e instanceof BinaryExpression && ((BinaryExpression) e).operation.text == '=' &&
+                ((BinaryExpression) e).leftExpression instanceof VariableExpression) {
+            BinaryExpression b = (BinaryExpression) e
+            VariableExpression left = (VariableExpression) b.leftExpression
+            Variable target = left.accessedVariable
+            if (target instanceof VariableExpression || target instanceof Parameter) {
+                b.rightExpression = call('__cpsLocal', [new ConstantExpression(left.name),
+                                                        b.rightExpression.transformExpression(this)])
+                return b
+            }
+        }
+        return e.transformExpression(this)
     }
 }
 
 class SandboxTransformer extends ClassCodeExpressionTransformer {
-    static final Map STATIC_WHITELIST = ['groovy.json.JsonOutput': ['prettyPrint', 'toJson']]
+    // (SandboxRuntime.call: the harness's own run-time check, put in by checkedAtRunTime)
+    static final Map STATIC_WHITELIST = ['groovy.json.JsonOutput': ['prettyPrint', 'toJson'], 'SandboxRuntime': ['call']]
     static final List BLACKLISTED_METHODS = ['execute', 'getClass', 'evaluate', 'getRawBuild', 'getMetaClass',
                                              'setMetaClass', 'invokeMethod']
     static final List BLACKLISTED_PROPERTIES = ['class', 'rawBuild', 'metaClass']
     SourceUnit source
 
     SourceUnit getSourceUnit() { return source }
+    boolean nonCps = false
+
+    @Override
+    protected void visitConstructorOrMethod(MethodNode node, boolean isConstructor) {
+        nonCps = node.annotations.any { AnnotationNode a -> a.classNode.nameWithoutPackage == 'NonCPS' }
+        super.visitConstructorOrMethod(node, isConstructor)
+        nonCps = false
+    }
 
     static String argTypes(Expression args) {
         List exprs = args instanceof TupleExpression ? ((TupleExpression) args).expressions : [args]
@@ -197,7 +356,7 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
      * CpsDefaultGroovyMethodsTest). Jenkins then logs "expected to call ... but wound up catching
      * ...CpsClosure2.call" and the result is wrong; the harness fails there, as a Groovy error. */
     Expression cpsMismatch(Expression e) {
-        if (!(e instanceof MethodCallExpression)) { return null }
+        if (nonCps || !(e instanceof MethodCallExpression)) { return null }  // @NonCPS code is plain Groovy
         MethodCallExpression call = (MethodCallExpression) e
         String name = call.methodAsString
         if (!(name in ['sort', 'toSorted', 'unique', 'toUnique', 'max', 'min'])) { return null }
@@ -209,6 +368,27 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
                                                    new ArgumentListExpression(new ConstantExpression(name)))
         fail.sourcePosition = e
         return fail
+    }
+
+    /** A call on a value (`text.trim()`, `list.subList(1, 2)`): its receiver's type is known only at run time,
+     * so it goes through SandboxRuntime.call, which checks it against the whitelist first (as the sandbox's
+     * GroovyInterceptor does for every call). Calls on `this`, implicit ones (steps, the script's own
+     * methods) and static ones are not: the latter are checked above. */
+    Expression checkedAtRunTime(MethodCallExpression call) {
+        Expression receiver = call.objectExpression
+        if (call.implicitThis || call.spreadSafe || call.methodAsString == null || receiver instanceof ClassExpression ||
+                (receiver instanceof VariableExpression && (((VariableExpression) receiver).thisExpression ||
+                                                            ((VariableExpression) receiver).superExpression))) {
+            return null
+        }
+        List exprs = call.arguments instanceof TupleExpression ? ((TupleExpression) call.arguments).expressions :
+            [call.arguments]
+        if (exprs.any { it instanceof SpreadExpression || it instanceof SpreadMapExpression }) { return null }
+        Expression checked = new StaticMethodCallExpression(ClassHelper.make(SandboxRuntime), 'call',
+            new ArgumentListExpression([receiver, new ConstantExpression(call.methodAsString),
+                                        new ConstantExpression(call.safe), new ListExpression(exprs)]))
+        checked.sourcePosition = call
+        return checked
     }
 
     Expression transform(Expression e) {
@@ -242,6 +422,10 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
         if (mismatch != null) {
             return mismatch
         }
+        if (e instanceof MethodCallExpression) {
+            Expression checked = checkedAtRunTime((MethodCallExpression) e.transformExpression(this))
+            if (checked != null) { return checked }
+        }
         if (e instanceof PropertyExpression && !(e.class.simpleName in ['AttributeExpression'])) {
             PropertyExpression prop = (PropertyExpression) e
             if (prop.objectExpression instanceof ClassExpression) {
@@ -252,6 +436,241 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
             }
         }
         return e.transformExpression(this)
+    }
+}
+
+/** What CpsTransformer's calls record: the CPS frames of the build whose script runs now (a downstream
+ * build's script runs inside its parent's `build` step, with frames of its own). */
+class CpsRuntime {
+    static Build current
+
+
+    static void __cpsPushFrame(String name, Map locals, boolean closure, boolean nonCps) {
+        Map caller = current.cpsFrames ? current.cpsFrames.last() : null
+        if (caller?.nonCps && !nonCps) {  // CPS code called from plain Groovy
+            throw new IllegalStateException(CpsRules.mismatch(caller.name as String,
+                closure ? 'org.jenkinsci.plugins.workflow.cps.CpsClosure2.call' : name))
+        }
+        current.cpsFrames << [name: name, closure: closure, nonCps: nonCps, scopes: [new LinkedHashMap(locals)]]
+    }
+
+    static void __cpsPopFrame() { current.cpsFrames.remove(current.cpsFrames.size() - 1) }
+
+    static void __cpsEnterScope() { if (current.cpsFrames) { current.cpsFrames.last().scopes << [:] } }
+
+    static void __cpsLeaveScope() {
+        if (current.cpsFrames) {
+            List scopes = current.cpsFrames.last().scopes
+            if (scopes.size() > 1) { scopes.remove(scopes.size() - 1) }
+        }
+    }
+
+    /** A local is declared or assigned: where it lives (this frame's scopes, then the frames a closure is in). */
+    static Object __cpsLocal(String name, Object value) {
+        for (int f = current.cpsFrames.size() - 1; f >= 0; f--) {
+            List scopes = current.cpsFrames[f].scopes
+            for (int i = scopes.size() - 1; i >= 0; i--) {
+                if (scopes[i].containsKey(name)) { scopes[i][name] = value; return value }
+            }
+            if (!current.cpsFrames[f].closure) { break }
+        }
+        if (current.cpsFrames) { current.cpsFrames.last().scopes.last()[name] = value }
+        return value
+    }
+
+}
+
+class CpsRules {
+    static String mismatch(String expected, String actual) {
+        String callee = expected.startsWith('WorkflowScript') ? expected : "WorkflowScript.${expected}"
+        return "expected to call ${callee} but wound up catching ${actual}; see: " +
+               'https://jenkins.io/redirect/pipeline-cps-method-mismatches/ (a @NonCPS method must not call ' +
+               'steps or CPS-transformed code)'
+    }
+
+    /** The class name of the first value that JBoss Marshalling could not write, or null. */
+    static String notSerializable(Object value, int depth = 0) {
+        if (value == null || depth > 20) { return null }
+        if (!(value instanceof Serializable)) { return value.getClass().name }
+        if (value instanceof Map) {
+            for (Map.Entry entry : ((Map) value).entrySet()) {
+                String bad = notSerializable(entry.key, depth + 1) ?: notSerializable(entry.value, depth + 1)
+                if (bad != null) { return bad }
+            }
+        } else if (value instanceof Collection) {
+            for (Object item : (Collection) value) {
+                String bad = notSerializable(item, depth + 1)
+                if (bad != null) { return bad }
+            }
+        }
+        return null
+    }
+}
+
+/**
+ * The script-security sandbox at run time (SandboxInterceptor.onMethodCall: every call on a value is
+ * checked, by the method Groovy would pick for the receiver's actual class, against the whitelists). A
+ * Java method is permitted when `method T NAME PARAMS` is listed for its class or a supertype T that
+ * declares it; a GDK method when `staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods (or
+ * StringGroovyMethods) NAME SELF PARAMS` is. WHITELIST is the part of script-security's generic-whitelist
+ * (src/main/resources/org/jenkinsci/plugins/scriptsecurity/sandbox/whitelists/generic-whitelist, checked at
+ * commit a5f0130aa482d488cd9820b09de7dcd69cfce0c7: every line below is in it verbatim) that the
+ * Jenkinsfiles and the harness's own tests use; anything else is refused as the sandbox refuses it without
+ * approval ("Scripts not permitted to use ..."). The harness's stand-ins are checked as what they stand for:
+ * `params` is a java.util.Map, `currentBuild` and `build`'s results are RunWrapper (its @Whitelisted
+ * getters; getRawBuild is not), `env` is EnvActionImpl (read and written through properties). Property
+ * reads and writes, subscripts and operators are not checked here.
+ */
+class SandboxRuntime {
+    static final Set<String> WHITELIST = ([
+        'method java.lang.CharSequence length',
+        'method java.lang.Object equals java.lang.Object',
+        'method java.lang.Object toString',
+        'method java.lang.String contains java.lang.CharSequence',
+        'method java.lang.String endsWith java.lang.String',
+        'method java.lang.String indexOf java.lang.String',
+        'method java.lang.String isEmpty',
+        'method java.lang.String replace java.lang.CharSequence java.lang.CharSequence',
+        'method java.lang.String replaceAll java.lang.String java.lang.String',
+        'method java.lang.String split java.lang.String',
+        'method java.lang.String startsWith java.lang.String',
+        'method java.lang.String substring int',
+        'method java.lang.String substring int int',
+        'method java.lang.String toLowerCase',
+        'method java.lang.String toUpperCase',
+        'method java.lang.String trim',
+        'method java.util.Collection isEmpty',
+        'method java.util.Collection size',
+        'method java.util.List add int java.lang.Object',
+        'method java.util.List get int',
+        'method java.util.List subList int int',
+        'method java.util.Collection add java.lang.Object',
+        'method java.util.Map containsKey java.lang.Object',
+        'method java.util.Map get java.lang.Object',
+        'method java.util.Map keySet',
+        'method java.util.Map put java.lang.Object java.lang.Object',
+        'method java.util.Map values',
+        'method java.util.regex.MatchResult group int',
+        'method java.util.regex.Matcher find',
+        'method java.util.regex.Matcher matches',
+        'method java.lang.Iterable iterator',
+        'method java.util.Iterator hasNext',
+        'method java.util.Iterator next',
+        'method groovy.lang.Closure call java.lang.Object[]',
+        'method groovy.lang.Closure call java.lang.Object',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods collect java.util.Collection groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods each java.lang.Iterable groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods each java.lang.Object groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods each java.util.List groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods each java.util.Map groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods findAll java.lang.Object[] groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods findAll java.util.Collection groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods findAll java.util.List groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods join java.lang.Iterable java.lang.String',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods join java.util.Collection java.lang.String',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods leftShift java.util.Collection java.lang.Object',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods sort java.lang.Iterable groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods sort java.util.Collection groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.StringGroovyMethods readLines java.lang.String',
+        'staticMethod org.codehaus.groovy.runtime.StringGroovyMethods readLines java.lang.CharSequence',
+    ] as Set).asImmutable()
+
+    static Object call(Object receiver, String name, boolean safe, List args) {
+        if (receiver == null && safe) { return null }
+        if (receiver != null) { check(receiver, name, args) }
+        return InvokerHelper.invokeMethod(receiver, name, args as Object[])
+    }
+
+    static void check(Object receiver, String name, List args) {
+        if (receiver instanceof RunWrapper || receiver instanceof EnvProxy) { return }  // @Whitelisted / properties
+        // As script-security's GroovyCallSiteSelector: a public Java method of the receiver's class first,
+        // and only when there is none the GDK method Groovy picks.
+        // (a GString's own methods, then String's: GString.invokeMethod hands unknown methods to toString())
+        Class type = receiver instanceof ParamsProxy ? LinkedHashMap : receiver.getClass()  // `params` is a Map
+        java.lang.reflect.Method java = javaMethod(type, name, args)
+        if (java == null && receiver instanceof GString) {
+            type = String
+            java = javaMethod(type, name, args)
+        }
+        if (java != null) {
+            List params = java.parameterTypes.collect { Class c -> typeName(c) }
+            List<Class> owners = [type] + ClassUtils.allSupertypes(type)
+            boolean listed = owners.any { Class t ->
+                declares(t, name, java.parameterTypes) && "method ${t.name} ${name}${suffix(params)}".toString() in WHITELIST
+            }
+            if (!listed) {
+                throw new RejectedAccessException("method ${java.declaringClass.name} ${name}${suffix(params)}")
+            }
+            return
+        }
+        // GDK methods as SandboxInterceptor.onMethodCall looks them up: in each DGM class the most specific
+        // static method taking (receiver, args...); permitted if one of them is listed, else the first refused
+        List selfArgs = [receiver] + args
+        String refused = null
+        for (Class gdk : [org.codehaus.groovy.runtime.DefaultGroovyMethods, org.codehaus.groovy.runtime.StringGroovyMethods]) {
+            java.lang.reflect.Method found = mostSpecific(gdk.methods.findAll { java.lang.reflect.Method m ->
+                java.lang.reflect.Modifier.isStatic(m.modifiers) && m.name == name &&
+                    m.parameterTypes.length == selfArgs.size() &&
+                    (0..<selfArgs.size()).every { int i -> compatible(m.parameterTypes[i], selfArgs[i]) } })
+            if (found == null) { continue }
+            String signature = "staticMethod ${gdk.name} ${name}${suffix(found.parameterTypes.collect { typeName(it) })}"
+            if (signature in WHITELIST) { return }
+            refused = refused ?: signature
+        }
+        if (refused != null) {
+            throw new RejectedAccessException(refused)
+        }
+    }
+
+    static java.lang.reflect.Method mostSpecific(List<java.lang.reflect.Method> candidates) {
+        return candidates.find { java.lang.reflect.Method c -> candidates.every { java.lang.reflect.Method o ->
+            (0..<c.parameterTypes.length).every { int i -> boxed(o.parameterTypes[i]).isAssignableFrom(boxed(c.parameterTypes[i])) }
+        } } ?: (candidates ? candidates[0] : null)
+    }
+
+    static Class boxed(Class c) { return c.primitive ? ClassHelper.getWrapper(ClassHelper.make(c)).typeClass : c }
+
+    static java.lang.reflect.Method javaMethod(Class type, String name, List args) {
+        return type.methods.find { java.lang.reflect.Method m ->
+            m.name == name && m.parameterTypes.length == args.size() &&
+                (0..<args.size()).every { int i -> compatible(m.parameterTypes[i], args[i]) } }
+    }
+
+    static String typeName(Class c) { return c.array ? typeName(c.componentType) + '[]' : c.name }
+
+    static boolean compatible(Class param, Object arg) {
+        if (arg == null) { return !param.primitive }
+        Class type = boxed(param)
+        return type.isInstance(arg) || (param == String && arg instanceof GString) ||
+            (Number.isAssignableFrom(type) && arg instanceof Number)
+    }
+
+    static String suffix(List params) { return params ? ' ' + params.join(' ') : '' }
+
+    static boolean declares(Class type, String name, Class[] params) {
+        try {
+            type.getMethod(name, params)
+            return type.methods.any { java.lang.reflect.Method m -> m.name == name && m.parameterTypes == params &&
+                                                                   m.declaringClass.isAssignableFrom(type) &&
+                                                                   (m.declaringClass == type || type.isInterface() ||
+                                                                    type.declaredMethods.any { it.name == name && it.parameterTypes == params }) }
+        } catch (NoSuchMethodException ignored) {
+            return false
+        }
+    }
+}
+
+class ClassUtils {
+    static List<Class> allSupertypes(Class c) {
+        List<Class> found = []
+        Closure walk
+        walk = { Class k ->
+            if (k == null) { return }
+            k.interfaces.each { Class i -> if (!(i in found)) { found << i; walk(i) } }
+            if (k.superclass != null && !(k.superclass in found)) { found << k.superclass; walk(k.superclass) }
+        }
+        walk(c)
+        return found
     }
 }
 
@@ -270,7 +689,7 @@ class Results {
 }
 
 /** The sandbox-whitelisted view of a build (workflow-support RunWrapper). */
-class RunWrapper {
+class RunWrapper implements Serializable {
     protected final Map run
     RunWrapper(Map run) { this.run = run }
     Map getBuildVariables() {
@@ -322,16 +741,17 @@ class CurrentBuild extends RunWrapper {
     void setResult(String result) { b.setResult(result) }
 }
 
-class EnvProxy {
+class EnvProxy implements Serializable {
     final Build b
     EnvProxy(Build b) { this.b = b }
     Object getProperty(String name) { return b.environment().get(name) }
-    void setProperty(String name, Object value) { b.overrides[name] = value == null ? null : value.toString() }
+    // workflow-cps EnvActionImpl.setProperty: env.put(name, String.valueOf(value)), so `env.X = null` is "null"
+    void setProperty(String name, Object value) { b.overrides[name] = String.valueOf(value) }
     String getAt(String name) { return b.environment().get(name) }
     void putAt(String name, Object value) { setProperty(name, value) }
 }
 
-class ParamsProxy {
+class ParamsProxy implements Serializable {
     final Map values
     ParamsProxy(Map values) { this.values = Collections.unmodifiableMap(values) }
     Object getProperty(String name) { return values.get(name) }
@@ -341,6 +761,7 @@ class ParamsProxy {
     Object getAt(String name) { return values.get(name) }
     // `params` is a Map (workflow-cps ParamsVariable): whitelisted Map methods work on it
     boolean containsKey(Object name) { return values.containsKey(name) }
+    Object get(Object name) { return values.get(name) }
     Set keySet() { return values.keySet() }
 }
 
@@ -501,6 +922,7 @@ class Build {
     String nodeName
     List jobPropertyOptions = []
     List pipelineOptions = []
+    List<Map> cpsFrames = []  // the CPS program's frames: [name, closure, nonCps, scopes: [[local: value]]]
     List<StageModel> stages = []
     Map post = [:]
     Closure agentClosure
@@ -675,6 +1097,28 @@ class Build {
 abstract class PipelineScript extends Script {
     Build getB() { return (Build) binding.getVariable('__build') }
 
+    /** Called by every step: none may run inside @NonCPS code; an asynchronous one saves the program. */
+    void cpsStep(String step, boolean savesProgram) {
+        List<Map> cpsFrames = b.cpsFrames
+        Map nonCpsFrame = cpsFrames.reverse().find { Map f -> f.nonCps }
+        if (nonCpsFrame != null) {
+            throw new IllegalStateException(CpsRules.mismatch(nonCpsFrame.name as String, step))
+        }
+        if (savesProgram) {
+            cpsFrames.each { Map frame ->
+                frame.scopes.each { Map scope ->
+                    scope.each { name, value ->
+                        String bad = CpsRules.notSerializable(value)
+                        if (bad != null) {
+                            throw new NotSerializableException("${bad} (local variable '${name}' of ${frame.name}, " +
+                                "held across step ${step}: CpsThreadGroup.saveProgram serializes every local in scope)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     void pipeline(Closure body) {
         body.resolveStrategy = Closure.DELEGATE_FIRST
         body.delegate = new PipelineDelegate(b)
@@ -683,11 +1127,12 @@ abstract class PipelineScript extends Script {
     }
 
     // --- basic steps -------------------------------------------------------------------------
-    void echo(Object message) { b.checkInterrupt(); b.println(message) }
+    void echo(Object message) { cpsStep('echo', false); b.checkInterrupt(); b.println(message) }
 
-    void error(String message) { b.checkInterrupt(); throw new AbortException(message) }
+    void error(String message) { cpsStep('error', false); b.checkInterrupt(); throw new AbortException(message) }
 
     void unstable(String message) {
+        cpsStep('unstable', false)
         b.println("WARNING: ${message}")
         b.setResult('UNSTABLE')
         b.stageResult('UNSTABLE')
@@ -697,9 +1142,10 @@ abstract class PipelineScript extends Script {
 
     boolean isUnix() { return true }
 
-    boolean fileExists(String path) { b.checkInterrupt(); b.requireWorkspace('fileExists'); return b.resolve(path).exists() }
+    boolean fileExists(String path) { cpsStep('fileExists', true); b.checkInterrupt(); b.requireWorkspace('fileExists'); return b.resolve(path).exists() }
 
     String readFile(Object arg) {
+        cpsStep('readFile', true)
         b.checkInterrupt()
         b.requireWorkspace('readFile')
         String path = arg instanceof Map ? arg.file : arg.toString()
@@ -709,6 +1155,7 @@ abstract class PipelineScript extends Script {
     }
 
     void writeFile(Map args) {
+        cpsStep('writeFile', true)
         b.checkInterrupt()
         b.requireWorkspace('writeFile')
         File f = b.resolve(args.file.toString())
@@ -719,38 +1166,47 @@ abstract class PipelineScript extends Script {
     void deleteDir() { (b.cwd ? b.resolve('.') : b.workspace).deleteDir() }
 
     Object dir(String path, Closure body) {
+        cpsStep('dir', false)
         String old = b.cwd
         b.cwd = old ? "${old}/${path}" : path
         b.resolve('.').mkdirs()
         try { return body.call() } finally { b.cwd = old }
     }
 
+    // sleep(long) too: Groovy would otherwise pick DefaultGroovyMethods.sleep(Object, long) for `sleep 5`
+    void sleep(long time) { sleep((Object) time) }
+
     void sleep(Object time) {
+        cpsStep('sleep', true)
         long seconds = time instanceof Map ? (time.time as long) : (time as long)
         long end = System.currentTimeMillis() + seconds * 1000
         while (System.currentTimeMillis() < end) { b.checkInterrupt(); Thread.sleep(50) }
     }
 
     Object withEnv(List vars, Closure body) {
+        cpsStep('withEnv', false)
         Map layer = [:]
         vars.each { String kv -> int eq = kv.indexOf('='); layer[kv.substring(0, eq)] = kv.substring(eq + 1) }
         return b.withEnvLayer(layer, body)
     }
 
-    Object timestamps(Closure body) { b.requireStep('timestamper', 'timestamps'); return body.call() }
+    Object timestamps(Closure body) { cpsStep('timestamps', false); b.requireStep('timestamper', 'timestamps'); return body.call() }
 
     Object withFolderProperties(Closure body) {
+        cpsStep('withFolderProperties', false)
         b.requireStep('folder-properties', 'withFolderProperties')
         b.folderPropertiesDepth++
         try { return body.call() } finally { b.folderPropertiesDepth-- }
     }
 
     Object timeout(Map args, Closure body) {
+        cpsStep('timeout', false)
         b.requireStep('workflow-basic-steps', 'timeout')
         return b.harness.withTimeout(b, args, body)
     }
 
     Object catchError(Map args = [:], Closure body) {
+        cpsStep('catchError', false)
         String buildResult = args.containsKey('buildResult') ? args.buildResult : 'FAILURE'
         String stageResult = args.containsKey('stageResult') ? args.stageResult : 'SUCCESS'
         boolean catchInterruptions = args.containsKey('catchInterruptions') ? args.catchInterruptions : true
@@ -774,6 +1230,7 @@ abstract class PipelineScript extends Script {
     }
 
     Object milestone(Object args = null) {
+        cpsStep('milestone', false)
         b.requireStep('pipeline-milestone-step', 'milestone')
         b.milestones << (args instanceof Map ? args : [ordinal: args])
         return null
@@ -783,6 +1240,7 @@ abstract class PipelineScript extends Script {
     Object sh(String script) { return sh([script: script]) }
 
     Object sh(Map args) {
+        cpsStep('sh', true)
         b.checkInterrupt()
         b.requireWorkspace('sh')
         return b.harness.runShell(b, args)
@@ -799,6 +1257,7 @@ abstract class PipelineScript extends Script {
     Map booleanParam(Map args) { return [parameter: 'boolean', name: args.name, value: "${args.value}"] }
 
     Object withCredentials(List bindings, Closure body) {
+        cpsStep('withCredentials', false)
         b.requireStep('credentials-binding', 'withCredentials')
         b.requireWorkspace('withCredentials')  // a secret file is written into the workspace's @tmp
         Map layer = [:]
@@ -834,6 +1293,7 @@ abstract class PipelineScript extends Script {
 
     // --- publishing ----------------------------------------------------------------------------
     Object junit(Object args) {
+        cpsStep('junit', true)
         b.requireStep('junit', 'junit')
         b.checkInterrupt()
         b.requireWorkspace('junit')
@@ -842,6 +1302,7 @@ abstract class PipelineScript extends Script {
     }
 
     void archiveArtifacts(Object args) {
+        cpsStep('archiveArtifacts', true)
         b.checkInterrupt()
         b.requireWorkspace('archiveArtifacts')
         Map a = args instanceof Map ? args : [artifacts: args.toString()]
@@ -849,6 +1310,7 @@ abstract class PipelineScript extends Script {
     }
 
     void publishHTML(Map args) {
+        cpsStep('publishHTML', true)
         b.requireStep('htmlpublisher', 'publishHTML')
         b.requireWorkspace('publishHTML')
         Map t = args.target ?: args
@@ -862,19 +1324,33 @@ abstract class PipelineScript extends Script {
         b.html << [name: t.reportName, files: files]
     }
 
+    // --- scm -----------------------------------------------------------------------------------
+    /** `scm` (workflow-cps SCMVar): the SCM the Jenkinsfile came from; only `checkout` takes it here. */
+    Object getScm() { return [scm: 'job'] }
+
+    Object checkout(Object scmValue) {
+        cpsStep('checkout', true)
+        b.checkInterrupt()
+        b.requireWorkspace('checkout')
+        b.harness.checkoutScm(b, 'checkout')
+        return [:]
+    }
+
     // --- nodes ---------------------------------------------------------------------------------
-    Object node(String label, Closure body) { b.checkInterrupt(); return b.harness.onNode(b, label, body) }
+    Object node(String label, Closure body) { cpsStep('node', true); b.checkInterrupt(); return b.harness.onNode(b, label, body) }
 
     Object node(Closure body) { return node((String) null, body) }
 
     // --- other builds --------------------------------------------------------------------------
     Object build(Map args) {
+        cpsStep('build', true)
         b.requireStep('pipeline-build-step', 'build')
         b.checkInterrupt()
         return b.harness.triggerDownstream(b, args)
     }
 
     Object parallel(Map branches) {
+        cpsStep('parallel', true)
         b.checkInterrupt()
         Map copy = new LinkedHashMap(branches)
         copy.remove('failFast')
@@ -936,8 +1412,17 @@ class Harness {
         b.number = (scenario.number ?: 1) as int
         b.startMillis = System.currentTimeMillis()
         b.params = effectiveParams(scenario)
-        if (scenario.restart) {  // a restarted build: the original's parameters, and its env.X assignments
+        if (scenario.restart) {  // a restarted build: the original's parameters, env.X assignments, artifacts
             b.overrides.putAll(scenario.restart.envOverrides ?: [:])
+            if (scenario.restart.archiveFrom) {
+                File from = new File(scenario.restart.archiveFrom as String)
+                (scenario.restart.archived ?: []).each { String rel ->
+                    File target = new File(b.buildDir, "archive/${rel}")
+                    target.parentFile.mkdirs()
+                    target.bytes = new File(from, rel).bytes
+                    b.archived << rel
+                }
+            }
         }
         b.envProxy = new EnvProxy(b)
         b.paramsProxy = new ParamsProxy(b.params)
@@ -951,6 +1436,8 @@ class Harness {
         binding.setVariable('env', b.envProxy)
         binding.setVariable('params', b.paramsProxy)
         binding.setVariable('currentBuild', b.currentBuild)
+        Build outer = CpsRuntime.current
+        CpsRuntime.current = b
         try {
             GroovyShell shell = new GroovyShell(parentLoader, binding, config)
             b.script = shell.parse(new File(scenario.jenkinsfile as String))
@@ -963,6 +1450,8 @@ class Harness {
             b.hang = h.message
         } catch (Throwable t) {
             recordFailure(b, t)
+        } finally {
+            CpsRuntime.current = outer
         }
         waitForOrphans(b)
         return [
@@ -1016,7 +1505,31 @@ class Harness {
             runDeclarative(b)
             return
         }
-        onNode(b, agent.label as String) { -> runDeclarative(b) }
+        onNode(b, agent.label as String) { ->
+            if (!b.pipelineOptions.any { Map o -> o.type == 'skipDefaultCheckout' }) {
+                checkoutScm(b, 'Declarative: Checkout SCM')
+            }
+            runDeclarative(b)
+        }
+    }
+
+    /** `checkout scm`: the job's repository (scenario `scm`: a directory standing for its checkout) is
+     * checked out into the workspace: its files are written over what is there, other files are left
+     * (git plugin: a checkout of a tracked tree, untracked files kept). Declarative's `agent` does it
+     * before the stages unless `skipDefaultCheckout` (pipeline-model-definition ModelInterpreter,
+     * inside the agent); `node` does not. Without a scenario `scm` nothing is checked out. */
+    void checkoutScm(Build b, String why) {
+        String from = b.scenario.scm
+        if (!from) { return }
+        b.println("[Pipeline] ${why}: checkout scm into ${b.workspace}")
+        File root = new File(from)
+        Files.walk(root.toPath()).each { java.nio.file.Path path ->
+            if (Files.isRegularFile(path)) {
+                File target = new File(b.resolve('.'), root.toPath().relativize(path).toString())
+                target.parentFile.mkdirs()
+                target.bytes = path.toFile().bytes
+            }
+        }
     }
 
     // --- nodes and executors (core Queue, LoadBalancer; workflow-durable-task-step ExecutorStepExecution) ----
@@ -1220,7 +1733,8 @@ class Harness {
         scriptFile.text = script
         List command = script.startsWith('#!') ? ['setsid', scriptFile.path] : ['setsid', 'sh', '-xe', scriptFile.path]
         scriptFile.setExecutable(true)
-        ProcessBuilder pb = new ProcessBuilder(command).directory(dir).redirectErrorStream(true)
+        // durable-task: with returnStdout only stdout is the step's value; stderr still goes to the build log
+        ProcessBuilder pb = new ProcessBuilder(command).directory(dir).redirectErrorStream(!args.returnStdout)
         pb.environment().clear()
         b.environment().each { k, v -> if (v != null) { pb.environment().put(k.toString(), v.toString()) } }
         StringBuilder output = new StringBuilder()
@@ -1235,6 +1749,11 @@ class Harness {
                 }
             }
         }
+        Thread errors = args.returnStdout ? Thread.start {
+            p.errorStream.withReader('UTF-8') { Reader r ->
+                r.eachLine { String line -> if (stream.open) { synchronized (b.log) { b.log << line } } }
+            }
+        } : null
         while (!p.waitFor(100, TimeUnit.MILLISECONDS)) {
             Map d = b.currentDeadline()
             if (d != null) {
@@ -1242,6 +1761,7 @@ class Harness {
             }
         }
         reader.join(5000)
+        errors?.join(5000)
         scriptFile.delete()
         int code = p.exitValue()
         if (args.returnStatus) { return code }
@@ -1408,6 +1928,7 @@ class Harness {
             child.buildDir = "${spec.workspace}/${number}@build"
             child.nodes = nodesOf(b.scenario)  // one Jenkins: the same nodes and executors
             child.checksPublisher = b.scenario.checksPublisher
+            child.scm = spec.scm ?: b.scenario.scm  // generated jobs share the SCM (the user's repository)
             child.untrimmedParameters = true  // `build` hands its StringParameterValues over as they are
             result = run(child)
             if (result.result == 'HANG') {  // the downstream waits for ever, and this build with it

@@ -6,10 +6,12 @@ returns the ``Build`` a user would see: result, stages with their status, consol
 archived artifacts, description. A Groovy programming error in the Jenkinsfile fails the calling test
 (``Build.check``) unless the test says it expects one.
 
-``agent_tools`` makes the agent's ``python3`` a stand-in for the `prepare` stage's
-``python3 -m venv .bakery-venv && .bakery-venv/bin/pip install .``: the venv gets a ``bakery`` that
-runs this checkout's bakery_lib with the test interpreter (no network, no install); any other
-``python3`` call runs the test interpreter.
+``agent_tools`` gives the agent what jenkins/README.md tells an operator to install once: the pinned
+bakery as ``BAKERY_HOME/VERSION/bin/bakery`` (here a wrapper running this checkout's bakery_lib with the
+test interpreter), and a ``python3`` that refuses ``-m venv`` and ``-m pip`` (a build must install
+nothing); ``install_bakery`` puts a stand-in script there instead. ``user_repository`` is the job's SCM
+(the user's own repository: the catalogue at ``bakery.yaml``), checked out into the workspace by the
+harness as declarative's `agent` does; ``restart_of`` is what "Restart from Stage" carries over.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bakery_lib import __version__
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 HARNESS = HERE / "harness.groovy"
@@ -33,9 +37,12 @@ JENKINSFILE = REPO / "jenkins" / "Jenkinsfile"
 RELEASE_JENKINSFILE = REPO / "jenkins" / "release.Jenkinsfile"
 
 # The parameters generate-jobs gives the role and release jobs (name -> default), as the harness needs them.
-ROLE_JOB_PARAMETERS = {"ROLE": "", "RELEASE": "", "AGENT_LABEL": "bakery"}
+ROLE_JOB_PARAMETERS = {"ROLE": "", "RELEASE": "", "AGENT_LABEL": "bakery", "BAKERY_VERSION": __version__,
+                       "CATALOG": "bakery.yaml"}
 RELEASE_JOB_PARAMETERS = {"RELEASE": "", "MODE": "jobs", "JOBS": "4", "ROLES": "", "JOB_PREFIX": "ami-bake-",
-                          "AGENT_LABEL": "bakery"}
+                          "AGENT_LABEL": "bakery", "BAKERY_VERSION": __version__, "CATALOG": "bakery.yaml"}
+# A catalogue for builds whose bakery is a stand-in that reads none (the Jenkinsfiles check it exists).
+PLACEHOLDER_CATALOG = "# the job's catalogue (tests whose bakery stand-in reads no catalogue)\n"
 
 
 @dataclass
@@ -129,6 +136,7 @@ class PipelineHarness:
                                          else ROLE_JOB_PARAMETERS),
             "agentEnv": dict(agent_env if agent_env is not None else os.environ),
             "resultFile": str(self.tmp / f"result-{n}.json"),
+            "scm": str(scenario.pop("scm", None) or user_repository(self.tmp / "repository")),
             **{_camel(k): v for k, v in scenario.items()},
         }
         path = self.tmp / f"scenario-{n}.json"
@@ -148,25 +156,62 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def agent_tools(directory: Path, env: Mapping[str, str]) -> dict[str, str]:
-    """An agent environment whose python3 sets up .bakery-venv without a network (see the module doc)."""
+def user_repository(directory: Path, catalog: str | None = None, path: str = "bakery.yaml") -> Path:
+    """The job's SCM, the user's own repository: the catalogue at ``path`` (a placeholder when none is given)."""
+    target = directory / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(catalog if catalog is not None else PLACEHOLDER_CATALOG)
+    return directory
+
+
+def restart_of(original: Build, stage: str) -> dict[str, Any]:
+    """The scenario of "Restart from Stage" on ``original``: what the FlowCopiers carry (see harness.groovy)."""
+    return {"fromStage": stage, "envOverrides": dict(original.data.get("buildVariables") or {}),
+            "archiveFrom": str(original.build_dir / "archive"), "archived": original.archived}
+
+
+def install_bakery(home: Path, body: str, version: str = __version__) -> Path:
+    """``home/VERSION/bin/bakery``, answering ``--version`` as the bakery does and running ``body`` (sh)
+    for anything else, with a leading ``--catalog PATH`` taken off (left in BAKERY_STUB_CATALOG)."""
+    bindir = home / version / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    (bindir / "bakery-body").write_text(body)
+    (bindir / "bakery-body").chmod(0o755)
+    wrapper = bindir / "bakery"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1" = "--version" ] && {{ echo "bakery {version}"; exit 0; }}\n'
+        'if [ "$1" = "--catalog" ]; then BAKERY_STUB_CATALOG="$2"; export BAKERY_STUB_CATALOG; shift 2; fi\n'
+        f'exec {bindir / "bakery-body"} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def agent_tools(directory: Path, env: Mapping[str, str], *, body: str | None = None,
+                version: str = __version__) -> dict[str, str]:
+    """An agent environment with the pinned bakery installed under BAKERY_HOME (see the module doc):
+    this checkout's bakery, or a stand-in running ``body``."""
     directory.mkdir(parents=True, exist_ok=True)
     python = sys.executable
+    home = directory / "bakery-home"
+    if body is None:
+        bindir = home / version / "bin"
+        bindir.mkdir(parents=True, exist_ok=True)
+        (bindir / "bakery").write_text(f"#!/bin/sh\nexec {python} -m bakery_lib.cli \"$@\"\n")
+        (bindir / "bakery").chmod(0o755)
+    else:
+        install_bakery(home, body, version)
     stand_in = directory / "python3"
     stand_in.write_text(
         "#!/bin/sh\n"
-        "# Agent stand-in: `python3 -m venv DIR` makes DIR/bin/{pip,bakery}; anything else runs the test python.\n"
-        'if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then\n'
-        '  mkdir -p "$3/bin"\n'
-        "  printf '#!/bin/sh\\ncase \"$*\" in *install*) exit 0;; *) exit 2;; esac\\n' > \"$3/bin/pip\"\n"
-        f"  printf '#!/bin/sh\\nexec {python} -m bakery_lib.cli \"$@\"\\n' > \"$3/bin/bakery\"\n"
-        '  chmod +x "$3/bin/pip" "$3/bin/bakery"\n'
-        "  exit 0\n"
-        "fi\n"
+        "# Agent stand-in: a build installs nothing (no venv, no pip); anything else runs the test python.\n"
+        'case "$1 $2" in "-m venv"|"-m pip") echo "python3 $*: a build must not install anything" >&2; exit 3;; esac\n'
         f'exec {python} "$@"\n'
     )
     stand_in.chmod(0o755)
     full = dict(env)
     full["PATH"] = f"{directory}{os.pathsep}{env.get('PATH', os.environ.get('PATH', ''))}"
     full["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    full["BAKERY_HOME"] = str(home)
     return full

@@ -13,6 +13,8 @@ DescribeInstanceAttribute: https://docs.aws.amazon.com/AWSEC2/latest/APIReferenc
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,21 @@ def metadata_service(instance: dict[str, Any], region: str, data: bytes | None) 
                       availability_zone=(instance.get("Placement") or {}).get("AvailabilityZone"),
                       private_ip=instance.get("PrivateIpAddress") or "10.0.0.10",
                       user_data=data).start()
+
+
+def wait_finished(cond: threading.Condition, results: dict[str, dict[str, Any]], instance_id: str,
+                  timeout: float, why_not: Callable[[], str], *, every: float) -> dict[str, Any]:
+    """A copy of ``results[instance_id]`` once it is there and no longer ``running`` (the runner
+    notifies ``cond`` when a result changes; ``every`` bounds each wait); after ``timeout`` seconds,
+    TimeoutError with ``why_not()``."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        while instance_id not in results or results[instance_id].get("running"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(why_not())
+            cond.wait(min(left, every))
+        return dict(results[instance_id])
 
 
 def read_console(path: Path) -> str:

@@ -58,7 +58,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .hypervisor import describe_instances, metadata_service, poll_round, read_console, user_data
+from .hypervisor import (
+    describe_instances,
+    metadata_service,
+    poll_round,
+    read_console,
+    user_data,
+    wait_finished,
+)
 from .imds import ImdsDouble
 from .moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, aws_env
 from .realinit_base import REPO_ROOT, SITE_MOUNT, SRC_MOUNT, base_layers, mount_overlay, site_packages, umount
@@ -168,15 +175,9 @@ class RealInitRunner:
     # --- what tests read ----------------------------------------------------------------------------
     def wait(self, instance_id: str, timeout: float = 300.0) -> dict[str, Any]:
         """The instance's record once it is powered off (after a stop, terminate or its own poweroff)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while instance_id not in self.results or self.results[instance_id].get("running"):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"real-init runner: {instance_id} still running after {timeout:.0f}s: "
-                                       f"{self.results.get(instance_id)}; errors: {self.errors[-3:]}")
-                self._cond.wait(min(left, 1.0))
-            return dict(self.results[instance_id])
+        return wait_finished(self._cond, self.results, instance_id, timeout, every=1.0, why_not=lambda: (
+            f"real-init runner: {instance_id} still running after {timeout:.0f}s: "
+            f"{self.results.get(instance_id)}; errors: {self.errors[-3:]}"))
 
     def wait_until(self, instance_id: str, what: str, check: Callable[[RealInitRunner], bool],
                    timeout: float = 300.0) -> None:

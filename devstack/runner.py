@@ -86,7 +86,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .hypervisor import describe_instances, metadata_service, poll_round, read_console
+from .hypervisor import describe_instances, metadata_service, poll_round, read_console, wait_finished
 from .hypervisor import user_data as read_user_data
 from .moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, aws_env
 from .stub_chef_client import write_stub_bin
@@ -226,18 +226,10 @@ class InstanceRunner:
     # --- what tests and the demo read ---------------------------------------------------------------
     def wait(self, instance_id: str, timeout: float = 60.0) -> dict[str, Any]:
         """The result of booting ``instance_id``, waiting for it to be finished."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while instance_id not in self.results or self.results[instance_id].get("running"):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    state = self.results.get(instance_id, {"state": "not seen (is it running?)"})
-                    raise TimeoutError(
-                        f"instance runner: {instance_id} not finished after {timeout:.0f}s: {state}; "
-                        f"polling errors: {self.errors[-3:]}"
-                    )
-                self._cond.wait(min(left, 0.5))
-            return dict(self.results[instance_id])
+        return wait_finished(self._cond, self.results, instance_id, timeout, every=0.5, why_not=lambda: (
+            f"instance runner: {instance_id} not finished after {timeout:.0f}s: "
+            f"{self.results.get(instance_id, {'state': 'not seen (is it running?)'})}; "
+            f"polling errors: {self.errors[-3:]}"))
 
     def console(self, instance_id: str) -> str:
         """The instance's console output so far ("" when it never booted)."""

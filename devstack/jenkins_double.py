@@ -1130,7 +1130,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _create_item(
         self, group: _Node, item_path: list[str], query: dict[str, list[str]], body: bytes
     ) -> Response:
-        d = self.double
+        """``createItem?name=N``: ``mode=`` the folder class makes an empty folder, else the XML body is the item."""
         if not group.is_group:
             raise _HttpError(404, "Not Found")
         ctype = self.headers.get("Content-Type", "")
@@ -1139,31 +1139,38 @@ class _Handler(BaseHTTPRequestHandler):
         mode = (query.get("mode") or form.get("mode") or [""])[0]
         if not name or _NAME_BAD.search(name) or name in (".", ".."):
             raise _failure(f"\u2018{name}\u2019 is an unsafe character" if name else "No name is specified")
-        with d._lock:
+        with self.double._lock:
             if name in group.items:
                 raise _failure(f"A job already exists with the name \u2018{name}\u2019")
             if mode == FOLDER_CLASS:
-                node = _Node("folder", name)
-                d._store_folder_config(node, jenkins_serialize(folder_xml()))
-                group.items[name] = node
-                location = d.url + "".join(f"job/{quote(p)}/" for p in [*item_path, name])
-                return 302, "text/html", b"", {"Location": location}
+                return self._create_empty_folder(group, item_path, name)
             if mode:
                 raise _failure(f"No such job type: {mode}")
             if "xml" not in ctype:
                 raise _HttpError(400, "No mode given and no XML body")
-            try:
-                stored, dropped = jenkins_read(body.decode("utf-8"))
-            except (ET.ParseError, UnicodeDecodeError) as exc:
-                raise _oops(f"java.io.IOException: Failed to parse XML for {name}: {exc}") from None
-            d.dropped.extend(dropped)
-            if _class_of_config(stored) == FOLDER_CLASS:
-                node = _Node("folder", name)
-                d._store_folder_config(node, stored)
-            else:
-                node = _Node("job", name, stored)
-            group.items[name] = node
+            group.items[name] = self._item_from_xml(name, body)
         return 200, "text/html;charset=utf-8", b"", {}
+
+    def _create_empty_folder(self, group: _Node, item_path: list[str], name: str) -> Response:
+        d = self.double
+        node = _Node("folder", name)
+        d._store_folder_config(node, jenkins_serialize(folder_xml()))
+        group.items[name] = node
+        location = d.url + "".join(f"job/{quote(p)}/" for p in [*item_path, name])
+        return 302, "text/html", b"", {"Location": location}
+
+    def _item_from_xml(self, name: str, body: bytes) -> _Node:
+        d = self.double
+        try:
+            stored, dropped = jenkins_read(body.decode("utf-8"))
+        except (ET.ParseError, UnicodeDecodeError) as exc:
+            raise _oops(f"java.io.IOException: Failed to parse XML for {name}: {exc}") from None
+        d.dropped.extend(dropped)
+        if _class_of_config(stored) != FOLDER_CLASS:
+            return _Node("job", name, stored)
+        node = _Node("folder", name)
+        d._store_folder_config(node, stored)
+        return node
 
     def _item_config(self, node: _Node, method: str, body: bytes) -> Response:
         d = self.double

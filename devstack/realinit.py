@@ -47,7 +47,6 @@ on the runner (a console line, a file in the tree) holds, checked on each poll r
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import signal
@@ -59,8 +58,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .hypervisor import (
+    describe_instances,
+    metadata_service,
+    poll_round,
+    read_console,
+    user_data,
+    wait_finished,
+)
 from .imds import ImdsDouble
-from .moto import ACCOUNT_ID, DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, aws_env
+from .moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, aws_env
 from .realinit_base import REPO_ROOT, SITE_MOUNT, SRC_MOUNT, base_layers, mount_overlay, site_packages, umount
 
 BAKE_ID_TAG = "bakery:bake-id"
@@ -140,7 +147,7 @@ class RealInitRunner:
             "ec2", endpoint_url=self.endpoint, region_name=self.region,
             aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY)
         if self.ignore_existing:
-            self._ignored.update(i["InstanceId"] for i in self._describe())
+            self._ignored.update(i["InstanceId"] for i in describe_instances(self._ec2))
         self._thread = threading.Thread(target=self._poll_loop, name="realinit-runner", daemon=True)
         self._thread.start()
         return self
@@ -168,15 +175,9 @@ class RealInitRunner:
     # --- what tests read ----------------------------------------------------------------------------
     def wait(self, instance_id: str, timeout: float = 300.0) -> dict[str, Any]:
         """The instance's record once it is powered off (after a stop, terminate or its own poweroff)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while instance_id not in self.results or self.results[instance_id].get("running"):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"real-init runner: {instance_id} still running after {timeout:.0f}s: "
-                                       f"{self.results.get(instance_id)}; errors: {self.errors[-3:]}")
-                self._cond.wait(min(left, 1.0))
-            return dict(self.results[instance_id])
+        return wait_finished(self._cond, self.results, instance_id, timeout, every=1.0, why_not=lambda: (
+            f"real-init runner: {instance_id} still running after {timeout:.0f}s: "
+            f"{self.results.get(instance_id)}; errors: {self.errors[-3:]}"))
 
     def wait_until(self, instance_id: str, what: str, check: Callable[[RealInitRunner], bool],
                    timeout: float = 300.0) -> None:
@@ -191,28 +192,16 @@ class RealInitRunner:
                 self._cond.wait(1.0)
 
     def console(self, instance_id: str) -> str:
-        path = self.workdir / instance_id / "console.log"
-        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        return read_console(self.workdir / instance_id / "console.log")
 
     def root(self, instance_id: str) -> Path:
         """The instance's ``/``: its live tree while booted, a read-only view of it when off."""
         return self.workdir / instance_id / "root"
 
     # --- polling ------------------------------------------------------------------------------------
-    def _describe(self) -> list[dict[str, Any]]:
-        instances = []
-        for page in self._ec2.get_paginator("describe_instances").paginate():
-            for reservation in page.get("Reservations", []):
-                instances.extend(reservation.get("Instances", []))
-        return instances
-
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                for instance in self._describe():
-                    self._observe(instance)
-            except Exception as exc:  # moto busy or restarting: next round
-                self.errors.append(f"{type(exc).__name__}: {exc}")
+            poll_round(self._ec2, self._observe, self.errors)
             with self._cond:
                 self._cond.notify_all()  # wait_for() checks its file on each round
             self._stop.wait(self.poll_interval)
@@ -322,16 +311,9 @@ class RealInitRunner:
             self.errors.append(f"{inst.iid}: {exc}")
 
     def _imds(self, inst: _Instance, instance: dict[str, Any]) -> ImdsDouble:
-        attr = self._ec2.describe_instance_attribute(InstanceId=inst.iid, Attribute="userData")
-        value = (attr.get("UserData") or {}).get("Value")
-        user_data = base64.b64decode(value) if value else None
-        inst.box.joinpath("user-data").write_bytes(user_data or b"")
-        return ImdsDouble(instance_id=inst.iid, region=self.region, account_id=ACCOUNT_ID,
-                          image_id=instance.get("ImageId", ""),
-                          instance_type=instance.get("InstanceType", "t3.medium"),
-                          availability_zone=(instance.get("Placement") or {}).get("AvailabilityZone"),
-                          private_ip=instance.get("PrivateIpAddress") or "10.0.0.10",
-                          user_data=user_data).start()
+        data = user_data(self._ec2, inst.iid)
+        inst.box.joinpath("user-data").write_bytes(data or b"")
+        return metadata_service(instance, self.region, data)
 
     def _seed(self, inst: _Instance) -> None:
         """What EC2 hands the instance: its identity and user data (NoCloud), its metadata address."""

@@ -86,8 +86,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .imds import ImdsDouble
-from .moto import ACCOUNT_ID, DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, aws_env
+from .hypervisor import describe_instances, metadata_service, poll_round, read_console, wait_finished
+from .hypervisor import user_data as read_user_data
+from .moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, aws_env
 from .stub_chef_client import write_stub_bin
 
 BAKE_ID_TAG = "bakery:bake-id"
@@ -199,7 +200,7 @@ class InstanceRunner:
             aws_access_key_id=self.credentials[0], aws_secret_access_key=self.credentials[1])
         if self.ignore_existing:
             # Instances left by earlier tests or runs on a shared moto are not ours to boot.
-            self._seen.update(i["InstanceId"] for i in self._describe())
+            self._seen.update(i["InstanceId"] for i in describe_instances(self._ec2))
         self._pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="instance")
         self._thread = threading.Thread(target=self._poll_loop, name="instance-runner", daemon=True)
         self._thread.start()
@@ -225,42 +226,22 @@ class InstanceRunner:
     # --- what tests and the demo read ---------------------------------------------------------------
     def wait(self, instance_id: str, timeout: float = 60.0) -> dict[str, Any]:
         """The result of booting ``instance_id``, waiting for it to be finished."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while instance_id not in self.results or self.results[instance_id].get("running"):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    state = self.results.get(instance_id, {"state": "not seen (is it running?)"})
-                    raise TimeoutError(
-                        f"instance runner: {instance_id} not finished after {timeout:.0f}s: {state}; "
-                        f"polling errors: {self.errors[-3:]}"
-                    )
-                self._cond.wait(min(left, 0.5))
-            return dict(self.results[instance_id])
+        return wait_finished(self._cond, self.results, instance_id, timeout, every=0.5, why_not=lambda: (
+            f"instance runner: {instance_id} not finished after {timeout:.0f}s: "
+            f"{self.results.get(instance_id, {'state': 'not seen (is it running?)'})}; "
+            f"polling errors: {self.errors[-3:]}"))
 
     def console(self, instance_id: str) -> str:
         """The instance's console output so far ("" when it never booted)."""
-        path = self.workdir / instance_id / "console.log"
-        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        return read_console(self.workdir / instance_id / "console.log")
 
     def root(self, instance_id: str) -> Path:
         return self.workdir / instance_id / "root"
 
     # --- polling ------------------------------------------------------------------------------------
-    def _describe(self) -> list[dict[str, Any]]:
-        instances = []
-        for page in self._ec2.get_paginator("describe_instances").paginate():
-            for reservation in page.get("Reservations", []):
-                instances.extend(reservation.get("Instances", []))
-        return instances
-
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                for instance in self._describe():
-                    self._consider(instance)
-            except Exception as exc:  # moto restarting, a transient error: try again next round
-                self.errors.append(f"{type(exc).__name__}: {exc}")
+            poll_round(self._ec2, self._consider, self.errors)
             self._stop.wait(self.poll_interval)
 
     def _owns(self, instance: dict[str, Any]) -> bool:
@@ -324,17 +305,12 @@ class InstanceRunner:
             self._image_bake_ids[image_id] = tags.get(BAKE_ID_TAG)
         return self._image_bake_ids[image_id]
 
-    def _user_data(self, iid: str) -> bytes | None:
-        attr = self._ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
-        value = (attr.get("UserData") or {}).get("Value")
-        return base64.b64decode(value) if value else None
-
     def _boot(self, instance: dict[str, Any]) -> dict[str, Any]:
         boot = self._prepare(instance)
         if self.boot_delay and self._stop.wait(self.boot_delay):
             return {**boot.result, "kind": "skipped", "detail": "runner stopped during boot delay"}
         try:
-            user_data = self._user_data(boot.iid)
+            user_data = read_user_data(self._ec2, boot.iid)
         except Exception as exc:  # e.g. terminated and gone meanwhile
             return {**boot.result, "kind": "skipped", "detail": f"cannot read user data: {exc}"}
         self._note(boot.console, f"{boot.iid} booting ({boot.kind}) from {boot.image_id}, root {boot.root}")
@@ -386,11 +362,7 @@ class InstanceRunner:
         if boot.kind == "bake" and BAKE_ID_TAG in boot.tags:
             # Remembered before the run: the image is made from this root after the run succeeds.
             self._bake_roots.setdefault(boot.tags[BAKE_ID_TAG], boot.root)
-        imds = ImdsDouble(instance_id=boot.iid, region=self.region, account_id=ACCOUNT_ID, image_id=boot.image_id,
-                          instance_type=instance.get("InstanceType", "t3.medium"),
-                          availability_zone=(instance.get("Placement") or {}).get("AvailabilityZone"),
-                          private_ip=instance.get("PrivateIpAddress") or "10.0.0.10",
-                          user_data=user_data).start()
+        imds = metadata_service(instance, self.region, user_data)
         try:
             env = self._env(boot.root, imds.url)
             if user_data is not None:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from support.bakes import FaultTable
 from support.proxy import FaultProxy
 
 from devstack import DevStack, GoiardiServer, InstanceRunner, MotoServer, isolated_env
@@ -46,6 +47,21 @@ def pytest_configure(config: pytest.Config) -> None:
     missing = [f"{tool} (install: {how})" for tool, how in REQUIRED_TOOLS.items() if shutil.which(tool) is None]
     if missing:
         raise pytest.UsageError("required tools not found on PATH: " + "; ".join(missing))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The fault table (``BAKERY_FAULT_TABLE``): an xdist worker hands its rows to the controller,
+    which writes them all (each worker alone would overwrite the table with its share)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["fault_table"] = FaultTable.rows()
+    elif FaultTable.rows():
+        FaultTable.write_all()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    FaultTable.extend(getattr(node, "workeroutput", {}).get("fault_table", []))
 
 
 @pytest.fixture(scope="session")

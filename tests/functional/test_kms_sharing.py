@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.stages import CATALOG, make_ctx, open_bake, unique_role
+from support.stages import CATALOG, baked_image, make_ctx, publish_ctx, unique_role
 
 from bakery_lib.catalog import parse_catalog
 from bakery_lib.errors import BakeryError, CatalogError
 from bakery_lib.kms import check_sharing_keys, missing_actions
 from bakery_lib.stages import publish
-from devstack.moto import ACCOUNT_ID, seed_base_image
+from devstack.moto import ACCOUNT_ID
 
 OTHER = "210987654321"
 ORG = "arn:aws:organizations::111111111111:organization/o-abcdefghij"
@@ -88,23 +88,11 @@ def test_key_policy_rules():
 
 @pytest.fixture()
 def image_id(moto_server, request):
-    ec2 = moto_server.client("ec2")
-    s3 = moto_server.client("s3")
-    try:
-        s3.create_bucket(Bucket="acme-bakery")
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    base = seed_base_image(ec2, name="publish-base-1")
-    inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    return ec2.create_image(InstanceId=inst, Name=f"bakery-kms-{unique_role(request)}")["ImageId"]
+    return baked_image(moto_server, f"bakery-kms-{unique_role(request)}")[0]
 
 
 def _published(moto_server, tmp_path, role, image_id, **overrides):
-    ctx = make_ctx(moto_server, tmp_path, {"kms_key_id": "alias/bakery", **overrides}, role=role)
-    open_bake(ctx, "ami-00000000")
-    ctx.state.image_id = image_id
-    ctx.state.amis = {"us-east-1": image_id}
-    ctx.save()
+    ctx = publish_ctx(moto_server, tmp_path, role, image_id, {"kms_key_id": "alias/bakery", **overrides})
     sent = []
     ctx.aws.add_hook("provide-client-params.ec2.ModifySnapshotAttribute", lambda params, **_: sent.append(params))
     return ctx, publish.run(ctx), sent

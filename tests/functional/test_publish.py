@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.stages import make_ctx, open_bake, unique_role
+from support.stages import baked_image, publish_ctx, unique_role
 
 from bakery_lib.cleanup import cleanup
 from bakery_lib.ec2.images import retag_image
 from bakery_lib.errors import BakeryError
 from bakery_lib.stages import publish
-from devstack.moto import seed_base_image
 
 ACCOUNT = "111122223333"
 
@@ -22,29 +21,12 @@ ACCOUNT = "111122223333"
 def baked(moto_server, tmp_path, request):
     """A role with an available AMI in us-east-1, as wait-image leaves it."""
     role = unique_role(request)
-    ec2 = moto_server.client("ec2")
-    s3 = moto_server.client("s3")
-    try:
-        s3.create_bucket(Bucket="acme-bakery")
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    base = seed_base_image(ec2, name="publish-base-1")
-    inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    image_id = ec2.create_image(InstanceId=inst, Name=f"bakery-{role}-1.0-x", TagSpecifications=[
-        {"ResourceType": "image", "Tags": [{"Key": "bakery:role", "Value": role},
-                                           {"Key": "bakery:created-by", "Value": "bakery"},
-                                           {"Key": "bakery:bake-id", "Value": "b-" + role}]}])["ImageId"]
+    image_id, _ = baked_image(moto_server, f"bakery-{role}-1.0-x", role)
     return role, image_id
 
 
 def _ctx(moto_server, tmp_path, role, image_id, **overrides):
-    ctx = make_ctx(moto_server, tmp_path, overrides, role=role)
-    open_bake(ctx, "ami-00000000")
-    ctx.state.bake_id = "b-" + role
-    ctx.state.image_id = image_id
-    ctx.state.amis = {"us-east-1": image_id}
-    ctx.save()
-    return ctx
+    return publish_ctx(moto_server, tmp_path, role, image_id, overrides, bake_id="b-" + role)
 
 
 def test_publish_copies_shares_and_writes_ssm_everywhere(moto_server, tmp_path, baked):
@@ -158,9 +140,7 @@ def test_an_older_bake_finishing_late_never_moves_latest_backwards(moto_server, 
     role, older_image = baked
     ec2 = moto_server.client("ec2")
     ssm = moto_server.client("ssm")
-    base = seed_base_image(ec2, name="publish-base-1")
-    inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    newer_image = ec2.create_image(InstanceId=inst, Name=f"bakery-{role}-2.0-x")["ImageId"]
+    newer_image, base = baked_image(moto_server, f"bakery-{role}-2.0-x")
     lt = ec2.create_launch_template(LaunchTemplateName=f"lt-{role}", LaunchTemplateData={"ImageId": base})
     lt_id = lt["LaunchTemplate"]["LaunchTemplateId"]
 

@@ -7,40 +7,22 @@ parameter support for Amazon Machine Image IDs").
 from __future__ import annotations
 
 import pytest
-from support.stages import make_ctx, open_bake, unique_role
+from support.stages import baked_image, publish_ctx, unique_role
 
 from bakery_lib.clock import Clock
 from bakery_lib.errors import BakeryError
 from bakery_lib.stages import publish
-from devstack.moto import seed_base_image
 
 
 @pytest.fixture()
 def baked(moto_server, request):
     role = unique_role(request)
-    ec2 = moto_server.client("ec2")
-    s3 = moto_server.client("s3")
-    try:
-        s3.create_bucket(Bucket="acme-bakery")
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    base = seed_base_image(ec2, name="publish-base-1")
-    inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    image_id = ec2.create_image(InstanceId=inst, Name=f"bakery-{role}-1.0-x", TagSpecifications=[
-        {"ResourceType": "image", "Tags": [{"Key": "bakery:role", "Value": role},
-                                           {"Key": "bakery:created-by", "Value": "bakery"},
-                                           {"Key": "bakery:bake-id", "Value": "b-" + role}]}])["ImageId"]
+    image_id, base = baked_image(moto_server, f"bakery-{role}-1.0-x", role)
     return role, image_id, base
 
 
 def _ctx(moto_server, tmp_path, role, image_id, **overrides):
-    ctx = make_ctx(moto_server, tmp_path, overrides, role=role)
-    open_bake(ctx, "ami-00000000")
-    ctx.state.bake_id = "b-" + role
-    ctx.state.image_id = image_id
-    ctx.state.amis = {"us-east-1": image_id}
-    ctx.save()
-    return ctx
+    return publish_ctx(moto_server, tmp_path, role, image_id, overrides, bake_id="b-" + role)
 
 
 def test_every_regions_template_from_its_default_version(moto_server, tmp_path, baked):

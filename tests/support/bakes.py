@@ -349,8 +349,14 @@ class FaultTable:
     ``BAKERY_FAULT_TABLE`` is one path or several joined by ``os.pathsep``; the table's page is
     ``docs/faults.md``.
     In a file that already has the table (its header line), only the table is replaced and the text around
-    it is kept; otherwise the file becomes the table. Rows are grouped by area, in the order the areas
-    first appear; within an area, in the order the cases ran.
+    it is kept; otherwise the file becomes the table. Rows are grouped by area: the areas the file's table
+    already has keep their order (so a run under xdist, whose workers finish in any order, changes only
+    what happened), new areas follow in the order they first appear; within an area, rows are in the
+    order the cases ran.
+
+    In one process the table is rewritten after each row (an interrupted run keeps what it found).
+    Under pytest-xdist a worker holds only its own rows, so it writes nothing: it hands its rows to
+    the controller (``workeroutput``, see the root conftest), which writes the whole table once.
     """
 
     HEADER = "| area | fault / input tried | what the bakery did | left behind after cleanup |"
@@ -361,27 +367,44 @@ class FaultTable:
     def add(cls, area: str, tried: str, outcome: str, left: str) -> None:
         with cls._lock:
             cls._rows.append((area, tried, outcome, left))
+        if not os.environ.get("PYTEST_XDIST_WORKER"):
+            cls.write_all()
+
+    @classmethod
+    def rows(cls) -> list[list[str]]:
+        """The rows so far, as lists (what a worker can send its controller)."""
+        with cls._lock:
+            return [list(r) for r in cls._rows]
+
+    @classmethod
+    def extend(cls, rows: list[list[str]]) -> None:
+        """Take a worker's rows (on the controller)."""
+        with cls._lock:
+            cls._rows.extend((a, t, o, lft) for a, t, o, lft in rows)
+
+    @classmethod
+    def write_all(cls) -> None:
         for path in filter(None, os.environ.get("BAKERY_FAULT_TABLE", "").split(os.pathsep)):
             cls.write(Path(path))
 
     @classmethod
-    def table(cls) -> list[str]:
+    def table(cls, areas_first: list[str] | None = None) -> list[str]:
         with cls._lock:
             rows = list(cls._rows)
-        areas = list(dict.fromkeys(r[0] for r in rows))
+        areas = list(dict.fromkeys([*(areas_first or []), *(r[0] for r in rows)]))
         rows.sort(key=lambda r: areas.index(r[0]))  # stable: each area's cases stay in run order
         return [cls.HEADER, "|---|---|---|---|", *(f"| {a} | {t} | {o} | {lft} |" for a, t, o, lft in rows)]
 
     @classmethod
     def write(cls, path: Path) -> None:
-        table = cls.table()
         old = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
         if cls.HEADER in old:
             start = old.index(cls.HEADER)
             end = next((i for i in range(start, len(old)) if not old[i].startswith("|")), len(old))
-            lines = old[:start] + table + old[end:]
+            old_areas = [line[2:].split(" | ", 1)[0] for line in old[start + 2:end]]
+            lines = old[:start] + cls.table(old_areas) + old[end:]
         else:
-            lines = table
+            lines = cls.table()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,5 +1,6 @@
 """Building blocks of the one-stage tests: a context on the session's moto, a bake record opened by hand
-(for tests that start in the middle of a bake), a name per test, a direct AWS client.
+(for tests that start in the middle of a bake), an AMI as wait-image leaves it and a context ready to
+publish it, a name per test, a direct AWS client.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from bakery_lib.catalog import parse_catalog
 from bakery_lib.settings import Settings
 from bakery_lib.stages.base import Context
 from bakery_lib.state import BakeState, Workspace, new_bake_id
-from devstack.moto import MotoServer
+from devstack.moto import MotoServer, seed_base_image
 
 CATALOG = {
     "defaults": {
@@ -47,6 +48,38 @@ def open_bake(ctx: Context, base_ami: str, **fields) -> BakeState:
     ctx.state.stage("preflight").status = "succeeded"
     ctx.save()
     return ctx.state
+
+
+def baked_image(moto_server, name: str, role: str | None = None) -> tuple[str, str]:
+    """(image id, base image id): an available AMI in us-east-1 made from a seeded base, as wait-image
+    leaves it -- tagged as the bakery tags a bake's image when ``role`` is given -- and the bucket
+    publish writes the run list to."""
+    ec2 = moto_server.client("ec2")
+    s3 = moto_server.client("s3")
+    try:
+        s3.create_bucket(Bucket="acme-bakery")
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    base = seed_base_image(ec2, name="publish-base-1")
+    inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    tagged = {} if role is None else {"TagSpecifications": [
+        {"ResourceType": "image", "Tags": [{"Key": "bakery:role", "Value": role},
+                                           {"Key": "bakery:created-by", "Value": "bakery"},
+                                           {"Key": "bakery:bake-id", "Value": "b-" + role}]}]}
+    return ec2.create_image(InstanceId=inst, Name=name, **tagged)["ImageId"], base
+
+
+def publish_ctx(moto_server, tmp_path, role: str, image_id: str, overrides=None, *,
+                bake_id: str | None = None) -> Context:
+    """A context for ``role`` whose bake is at publish: ``image_id`` is its AMI in us-east-1."""
+    ctx = make_ctx(moto_server, tmp_path, overrides, role=role)
+    open_bake(ctx, "ami-00000000")
+    if bake_id is not None:
+        ctx.state.bake_id = bake_id
+    ctx.state.image_id = image_id
+    ctx.state.amis = {"us-east-1": image_id}
+    ctx.save()
+    return ctx
 
 
 def unique_role(request) -> str:

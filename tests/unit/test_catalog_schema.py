@@ -89,13 +89,19 @@ def test_the_first_problem_comes_first_for_scripts_that_read_one():
     "roles: !!python/object/apply:os.system ['true']\n",
 ])
 def test_c_and_python_loaders_refuse_alike(text: str):
+    said = _refusals(parse_yaml, text)
+    assert said[0] == said[1]
+    assert said[0].startswith("catalogue c.yaml: ")
+
+
+def _refusals(load, text: str) -> list[str]:
+    """What ``load(text, "c.yaml", loader)`` refuses with, through the C loader, then the Python one."""
     said = []
     for loader in (StrictLoader, StrictPyLoader):
         with pytest.raises(CatalogError) as info:
-            parse_yaml(text, "c.yaml", loader)
+            load(text, "c.yaml", loader)
         said.append(str(info.value))
-    assert said[0] == said[1]
-    assert said[0].startswith("catalogue c.yaml: ")
+    return said
 
 
 def test_c_and_python_loaders_read_the_example_alike():
@@ -178,9 +184,5 @@ def test_the_c_loader_itself_refuses_duplicates_and_unsafe_tags_as_the_python_on
     """Not through the fallback: the C loader's own construction says the same."""
     from bakery_lib.catalog.yamlfile import _load
 
-    said = []
-    for loader in (StrictLoader, StrictPyLoader):
-        with pytest.raises(CatalogError) as info:
-            _load(text, "c.yaml", loader)
-        said.append(str(info.value))
+    said = _refusals(_load, text)
     assert said[0] == said[1]

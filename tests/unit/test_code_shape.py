@@ -6,8 +6,8 @@
 - every stage module has ``run`` and ``cleanup``, and ``stages.ORDER`` names each module once;
 - no stage module imports another (what stages share lives in ``bakery_lib.ec2``, ``stages.base``...);
 - below the CLI, no module reads ``os.environ`` (the settings object carries what the CLI read);
-- the devstack (the instance runner first) ranks no worse than C either, but for the Jenkins double
-  and the stub chef-client, still being split;
+- the devstack (the instance runner, the Jenkins double, the stub chef-client...) ranks no worse
+  than C either;
 - no test (outside ``bench/``) uses ``threading.Timer`` or asserts on elapsed wall-clock time: tests
   wait on events (a line, a tag, a file) and inject a clock where time is the subject.
 """
@@ -26,9 +26,8 @@ from bakery_lib import stages
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "bakery_lib"
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
-# The devstack modules held to radon C as well: all but the two still being split (their routes / run).
-DEVSTACK_NOT_YET = {"jenkins_double.py", "stub_chef_client.py"}
-DEVSTACK_HELD = sorted(p for p in (ROOT / "devstack").glob("*.py") if p.name not in DEVSTACK_NOT_YET)
+# The devstack modules are held to radon C as well.
+DEVSTACK_HELD = sorted((ROOT / "devstack").glob("*.py"))
 TESTS = sorted(p for p in (ROOT / "tests").rglob("*.py") if "__pycache__" not in p.parts)
 
 

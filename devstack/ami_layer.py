@@ -193,7 +193,9 @@ class AmiLayer:
         try:
             found = self.client("ec2", region).describe_snapshots(SnapshotIds=ids)["Snapshots"] if ids else []
         except ClientError as exc:
-            raise ApiError("InvalidSnapshot.NotFound", exc.response["Error"].get("Message", "")) from None
+            raise ApiError(str(exc.response["Error"].get("Code") or "InvalidSnapshot.NotFound"),
+                           str(exc.response["Error"].get("Message") or f"The snapshot '{ids[0]}' does not exist.")
+                           ) from None
         owners = {s["SnapshotId"]: s["OwnerId"] for s in found}
         missing = [i for i in ids if i not in owners]
         if missing:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .amis.fast_launch import disable_fast_launch
 from .aws import Aws
 from .clock import Clock
 from .errors import AwsError, Skipped
@@ -75,8 +76,6 @@ def deregister_image(aws: Aws, region: str, image_id: str, *, clock: Clock | Non
     An AMI under deregistration protection is never lifted here (only prune does, once nothing points
     at it): ``Skipped``, which the removal executor reports as kept with the reason. An AMI whose
     Windows Fast Launch is still on gets it disabled (and waited out) first, then deregistered."""
-    from .amis.fast_launch import disable_fast_launch
-
     for first in (True, False):
         try:
             aws.call("ec2", region, "DeregisterImage", ImageId=image_id)

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import botocore.exceptions
 import pytest
+from support.bakes import FaultTable
 from support.proxy import FaultProxy, Rule
 from support.stages import make_ctx, new_aws, open_bake, unique_role
 
@@ -234,6 +235,9 @@ def test_fast_launch_failing_publishes_nothing_and_cleanup_turns_it_off(moto, tm
     assert report.errors == [] and any("Windows Fast Launch" in d and "disabled" in d for d in report.done), report
     assert _fast_launch(moto, image) == []
     assert ctx.state.fast_launch == {}
+    FaultTable.add("fast launch", "`publish:EnableFastLaunch` ends `enabling-failed` (EC2's reason: Sysprep did not finish)",
+                   "publish fails naming the state and EC2's reason; `latest` not written; cleanup disables Fast "
+                   "Launch on the kept AMI", "nothing (kept: the available AMI, Fast Launch off)")
 
 
 @pytest.mark.parametrize("operation", ["EnableFastLaunch", "DescribeFastLaunchImages", "EnableFastSnapshotRestores"])
@@ -256,6 +260,9 @@ def test_a_new_call_failing_once_publishes_nothing_and_leaves_nothing_on(moto, t
     # A rerun publishes it whole.
     publish.run(_publish(moto, tmp_path / "rerun", role, image, {**FAST, "fast_snapshot_restore": [ZONE]}))
     assert _latest(moto, role) == image and _fast_launch(moto, image)[0]["State"] == "enabled"
+    FaultTable.add("fast launch", f"`publish:{operation}` → `UnauthorizedOperation` once",
+                   "publish fails naming the code; `latest` not written; cleanup turns Fast Launch and fast snapshot "
+                   "restore off again; a rerun publishes it whole", "nothing (kept: the available AMI)")
 
 
 @pytest.mark.parametrize("operation", ["DescribeFastLaunchImages", "DisableFastLaunch", "DisableFastSnapshotRestores"])
@@ -271,6 +278,9 @@ def test_prune_failing_on_a_new_call_deletes_nothing_half(moto, tmp_path, reques
     again = prune(new_aws(moto), spec, 1, dry_run=False, poll_interval=0.01)
     assert [d.image_id for d in again.deleted] == [old] and again.exit_code == 0, again.text()
     moto.client("ec2").disable_fast_snapshot_restores(AvailabilityZones=[ZONE], SourceSnapshotIds=_snapshots(moto, new))
+    FaultTable.add("fast launch", f"`prune:{operation}` → `UnauthorizedOperation` on every try",
+                   "prune exits 1 naming the code; the AMI is not deregistered and its snapshots stay; the next "
+                   "prune deletes it", "nothing (the AMI stays whole)")
 
 
 # --- deregistration protection met by cleanup / reap --------------------------------------------------
@@ -289,3 +299,6 @@ def test_reap_skips_a_protected_ami_with_the_reason(moto, request):
     assert report.errors == [], text
     assert f"{image}" in text and "deregistration protection" in text and "kept" in text, text
     assert ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "available"
+    FaultTable.add("fast launch", "`reap` meets a leftover AMI under deregistration protection",
+                   "reap keeps it with the reason (only prune lifts protection, once nothing points at it); exit 0",
+                   "the protected AMI, on purpose")

@@ -37,6 +37,11 @@ Fast Snapshot Restore (``API_EnableFastSnapshotRestores``, ``API_DisableFastSnap
 - "When you delete a snapshot that you own, fast snapshot restore is automatically disabled for that
   snapshot": DeleteSnapshot drops its entries.
 
+EnableFastLaunch on an ``enabled`` image takes the new settings and goes through ``enabling`` again
+(the user guide changes settings with the same call). DescribeFastLaunchImages and
+DescribeFastSnapshotRestores ignore ``Filters`` (the bakery asks by image id; a filtered describe
+here answers more than AWS would).
+
 Assumptions (the reference names no code for them): the codes of a Linux image, another owner's
 image, EnableFastLaunch while enabling or disabling, DisableFastLaunch of an image without Fast Launch
 (``InvalidParameterValue``), the FSR limit's code; and DeregisterImage of an image whose Fast Launch is

@@ -302,3 +302,19 @@ def test_reap_skips_a_protected_ami_with_the_reason(moto, request):
     FaultTable.add("fast launch", "`reap` meets a leftover AMI under deregistration protection",
                    "reap keeps it with the reason (only prune lifts protection, once nothing points at it); exit 0",
                    "the protected AMI, on purpose")
+
+
+def test_reap_turns_fast_launch_off_before_it_deregisters_a_leftover(moto, request):
+    """A Windows leftover (its boot test failed) whose Fast Launch is on: reap's image cleanup disables
+    it, waits until EC2 removed it, then deregisters (EC2 refuses the other order)."""
+    role = unique_role(request)
+    image = _ami(moto, role, 1)
+    ec2 = moto.client("ec2")
+    ec2.create_tags(Resources=[image], Tags=[{"Key": "bakery:boot-test", "Value": "failed"}])
+    ec2.enable_fast_launch(ImageId=image, MaxParallelLaunches=6)
+    report = reap(new_aws(moto), ["us-east-1"], None, bake_id=f"20260101000001-{role[:6]}", dry_run=False,
+                  poll_interval=0.05)
+    assert report.errors == [], report.text()
+    assert not ec2.describe_images(ImageIds=[image])["Images"] or \
+        ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "deregistered"
+    assert _fast_launch(moto, image) == []

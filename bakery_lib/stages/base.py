@@ -238,8 +238,7 @@ class CleanupReport:
             try:
                 result = removal.remove()
             except Skipped as exc:
-                self.kept.append(f"{removal.what}: {exc}")
-                self.outcomes.append(Outcome(removal, "skipped", str(exc)))
+                self.skip(removal, str(exc))
                 return False
             except BakeryError as exc:
                 if pause is None:
@@ -254,6 +253,11 @@ class CleanupReport:
             self.outcomes.append(Outcome(removal, "done", result))
             return True
         return False  # not reached
+
+    def skip(self, removal: Removal, reason: str) -> None:
+        """A removal the bakery must not carry out (dry run or not): kept, with the reason."""
+        self.kept.append(f"{removal.what}: {reason}")
+        self.outcomes.append(Outcome(removal, "skipped", reason))
 
     def save(self, ctx: Teardown) -> None:
         """Write the state, noting (not raising) a failure: the teardown goes on."""

@@ -294,6 +294,8 @@ def test_reap_skips_a_protected_ami_with_the_reason(moto, request):
     # A leftover to reap (its boot test failed), which someone protected from deregistration.
     ec2.create_tags(Resources=[image], Tags=[{"Key": "bakery:boot-test", "Value": "failed"}])
     ec2.enable_image_deregistration_protection(ImageId=image, WithCooldown=True)
+    dry = reap(new_aws(moto), ["us-east-1"], None, bake_id=bake_id, dry_run=True).text()
+    assert "would deregister" not in dry and "deregistration protection" in dry, dry
     report = reap(new_aws(moto), ["us-east-1"], None, bake_id=bake_id, dry_run=False)
     text = report.text()
     assert report.errors == [], text

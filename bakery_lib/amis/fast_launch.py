@@ -55,6 +55,10 @@ def enable_fast_launch(ctx: Context, amis: dict[str, str]) -> str | None:
         return None
     state = ctx.require_state()
     for region, image_id in sorted(amis.items()):
+        if region in state.fast_launch:  # a rerun (after a timeout, a kill): keep waiting on what is under way
+            found = _listed(ctx.aws, region, image_id)
+            if found and found.get("State") in ("enabling", "enabled"):
+                continue
         ctx.aws.call("ec2", region, "EnableFastLaunch", ImageId=image_id, ResourceType="snapshot",
                      SnapshotConfiguration={"TargetResourceCount": settings.target_snapshots},
                      MaxParallelLaunches=settings.max_parallel_launches)

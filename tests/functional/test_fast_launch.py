@@ -320,3 +320,16 @@ def test_reap_turns_fast_launch_off_before_it_deregisters_a_leftover(moto, reque
     assert not ec2.describe_images(ImageIds=[image])["Images"] or \
         ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "deregistered"
     assert _fast_launch(moto, image) == []
+
+
+def test_a_publish_rerun_waits_on_the_fast_launch_under_way(moto, tmp_path, request):
+    """Killed (or timed out) while EC2 was enabling: the rerun does not ask again (EC2 refuses that while
+    enabling) but waits for the one under way."""
+    role = unique_role(request)
+    image = _ami(moto, role, 1)
+    ctx = _publish(moto, tmp_path, role, image, FAST)
+    moto.client("ec2").enable_fast_launch(ImageId=image, MaxParallelLaunches=6)  # the first run's call
+    ctx.state.fast_launch = {"us-east-1": "enabling"}
+    ctx.save()
+    assert "Windows Fast Launch us-east-1 enabled" in publish.run(ctx)
+    assert _latest(moto, role) == image

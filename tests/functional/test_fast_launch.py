@@ -265,7 +265,7 @@ def test_a_new_call_failing_once_publishes_nothing_and_leaves_nothing_on(moto, t
                    "restore off again; a rerun publishes it whole", "nothing (kept: the available AMI)")
 
 
-@pytest.mark.parametrize("operation", ["DescribeFastLaunchImages", "DisableFastLaunch", "DisableFastSnapshotRestores"])
+@pytest.mark.parametrize("operation", ["DisableFastLaunch", "DisableFastSnapshotRestores"])
 def test_prune_failing_on_a_new_call_deletes_nothing_half(moto, tmp_path, request, operation):
     role = unique_role(request)
     old, new, spec = _superseded_with_fast_features(moto, tmp_path, role)

@@ -62,6 +62,11 @@ class AwsError(BakeryError):
         super().__init__(text)
 
 
+class Skipped(BakeryError):
+    """A removal the bakery must not carry out (an AMI under deregistration protection, which only
+    prune lifts once nothing points at it): reported as kept, with the reason, not as an error."""
+
+
 class ChefError(BakeryError):
     """A Chef server API call failed."""
 

@@ -40,7 +40,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
                  "ec2:DescribeSubnets", "ec2:DescribeVpcs", "ec2:DescribeSnapshots",
                  "ec2:DescribeLaunchTemplateVersions", "ec2:DescribeImageReferences",
                  "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes", "ssm:DescribeParameters",
-                 "sts:GetCallerIdentity", "rbin:ListRules",
+                 "sts:GetCallerIdentity", "rbin:ListRules", "ec2:DescribeFastLaunchImages",
                  "ec2:DescribeImageAttribute"),  # summary --from-aws: launch permissions
     "LaunchTaggedInstances": ("ec2:RunInstances",),
     "LaunchFromImagesAndNetworks": ("ec2:RunInstances",),
@@ -52,6 +52,12 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "BakeryImages": ("ec2:ModifyImageAttribute", "ec2:DeregisterImage", "ec2:ModifySnapshotAttribute",
                      "ec2:DeleteSnapshot", "ec2:EnableImageDeprecation", "ec2:EnableImageDeregistrationProtection",
                      "ec2:DisableImageDeregistrationProtection"),
+    # Prune, cleanup and reap turn Fast Launch / fast snapshot restore off before deleting, whatever the
+    # catalogue says today (a role may have had them); turning them on only for catalogues that ask.
+    "SlowDownBakeryImages": ("ec2:DisableFastLaunch", "ec2:DisableFastSnapshotRestores"),
+    "FastLaunch": ("ec2:EnableFastLaunch",),
+    "FastLaunchServiceLinkedRole": ("iam:CreateServiceLinkedRole",),
+    "FastSnapshotRestores": ("ec2:EnableFastSnapshotRestores",),
     "CreateSecurityGroups": ("ec2:CreateSecurityGroup",),
     "BakerySecurityGroups": ("ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"),
     "LaunchTemplates": ("ec2:CreateLaunchTemplateVersion", "ec2:ModifyLaunchTemplate"),
@@ -77,7 +83,10 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
 
 # Operations whose IAM action is not ``service:Operation`` (Service Authorization Reference).
 IMPLIED = {"iam:TagRole": "CreateRole with Tags", "iam:TagInstanceProfile": "CreateInstanceProfile with Tags",
-           "iam:PassRole": "RunInstances with an instance profile"}
+           "iam:PassRole": "RunInstances with an instance profile",
+           # "When you start using EC2 Fast Launch for your AMI, Amazon EC2 creates the service-linked role
+           # for you" (EC2 User Guide, "Service-linked role for EC2 Fast Launch"): with the caller's rights.
+           "iam:CreateServiceLinkedRole": "EnableFastLaunch, the first time in the account"}
 
 
 def _account_and_partition(roles: Iterable[RoleSpec]) -> tuple[str, str]:
@@ -114,8 +123,22 @@ def _statement(sid: str, resources: str | list[str], condition: dict[str, Any] |
     return out
 
 
+def _fast_statements(part: str, account: str, image: str, snapshot: str, created_by: dict[str, Any],
+                     roles: list[RoleSpec]) -> list[dict[str, Any]]:
+    """Fast Launch and fast snapshot restore: off always (before a deletion), on only when asked."""
+    out = [_statement("SlowDownBakeryImages", [image, snapshot], created_by)]
+    if any(r.fast_launch for r in roles):
+        out.append(_statement("FastLaunch", image, created_by))
+        out.append(_statement("FastLaunchServiceLinkedRole", f"arn:{part}:iam::{account}:role/aws-service-role/"
+                              "ec2fastlaunch.amazonaws.com/AWSServiceRoleForEC2FastLaunch",
+                              {"StringEquals": {"iam:AWSServiceName": "ec2fastlaunch.amazonaws.com"}}))
+    if any(r.fast_snapshot_restore for r in roles):
+        out.append(_statement("FastSnapshotRestores", snapshot, created_by))
+    return out
+
+
 def _ec2_statements(part: str, account: str, regions: list[str], tag_keys: list[str],
-                    templates: bool) -> list[dict[str, Any]]:
+                    templates: bool, roles: list[RoleSpec] | None = None) -> list[dict[str, Any]]:
     ec2 = f"arn:{part}:ec2:*:{account}"
     # Images and snapshots have no account in their ARN (Service Authorization Reference, EC2).
     image, snapshot = f"arn:{part}:ec2:*::image/*", f"arn:{part}:ec2:*::snapshot/*"
@@ -140,6 +163,7 @@ def _ec2_statements(part: str, account: str, regions: list[str], tag_keys: list[
         _statement("BakerySecurityGroups", f"{ec2}:security-group/*",
                    {"StringEquals": {"aws:ResourceTag/bakery:managed": "true"}}),
     ]
+    out += _fast_statements(part, account, image, snapshot, created_by, roles or [])
     if templates:
         out.append(_statement("LaunchTemplates", f"{ec2}:launch-template/*"))
     return out
@@ -199,7 +223,7 @@ def bakery_policy(catalog: Catalog) -> dict[str, Any]:
     account, part = _account_and_partition(roles)
     regions = sorted({r for role in roles for r in role.regions})
     tag_keys = sorted({"Name", "bakery:*", *(k for role in roles for k, _ in role.tags)})
-    statements = _ec2_statements(part, account, regions, tag_keys, any(r.launch_template for r in roles))
+    statements = _ec2_statements(part, account, regions, tag_keys, any(r.launch_template for r in roles), roles)
     statements += _iam_statements(
         f"arn:{part}:iam::{account}",
         sorted({r.permissions_boundary for r in roles if r.permissions_boundary}),

@@ -24,9 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .amis.fast_launch import disable_fast_launch
 from .aws import Aws
 from .clock import Clock
-from .errors import AwsError
+from .errors import AwsError, Skipped
 from .waits import while_propagating
 
 if TYPE_CHECKING:
@@ -68,15 +69,28 @@ def terminate_instance(aws: Aws, region: str, instance_id: str, *, clock: Clock 
     return True
 
 
-def deregister_image(aws: Aws, region: str, image_id: str) -> bool:
-    """True when deregistered, False when it was already gone."""
-    try:
-        aws.call("ec2", region, "DeregisterImage", ImageId=image_id)
-    except AwsError as exc:
-        if exc.code in IMAGE_GONE:
-            return False
-        raise
-    return True
+def deregister_image(aws: Aws, region: str, image_id: str, *, clock: Clock | None = None,
+                     poll: float = 2.0) -> bool:
+    """True when deregistered, False when it was already gone.
+
+    An AMI under deregistration protection is never lifted here (only prune does, once nothing points
+    at it): ``Skipped``, which the removal executor reports as kept with the reason. An AMI whose
+    Windows Fast Launch is still on gets it disabled (and waited out) first, then deregistered."""
+    for first in (True, False):
+        try:
+            aws.call("ec2", region, "DeregisterImage", ImageId=image_id)
+        except AwsError as exc:
+            if exc.code in IMAGE_GONE:
+                return False
+            if exc.code == "OperationNotPermitted" and "protection" in str(exc):
+                raise Skipped(f"{image_id} is under deregistration protection: something may point at it "
+                              f"(`bakery prune --role ROLE` lifts it once nothing does)") from None
+            if first and exc.code == "IncorrectState" and "fast launch" in str(exc).lower():
+                disable_fast_launch(aws, region, image_id, clock or Clock(), poll, lambda _m: None)
+                continue
+            raise
+        return True
+    return True  # not reached
 
 
 def delete_snapshot(aws: Aws, region: str, snapshot_id: str, sleep: Sleep, *,

@@ -70,6 +70,8 @@ class BakeState:
     snapshot_ids: list[str] = field(default_factory=list)
     amis: dict[str, str] = field(default_factory=dict)  # region -> available AMI
     pending_copies: dict[str, str] = field(default_factory=dict)  # region -> copy not yet available
+    fast_launch: dict[str, str] = field(default_factory=dict)  # region -> Windows Fast Launch state publish saw
+    fast_snapshot_restore: dict[str, list[str]] = field(default_factory=dict)  # region -> zones publish enabled
     reused: bool = False
     chef_cleaned: bool = False
     # boot-test: the instance launched from the new AMI (recorded the moment RunInstances returns), the

@@ -116,7 +116,14 @@ def _message(state: BakeState, status: str, stages: list[StageRow], failed: Stag
         return (f"stage {running.name} running (or its process was killed)" if running
                 else f"in progress; last finished stage: {done[-1] if done else 'none'}")
     # Never an empty cell: a 200-row table with a blank column reads as missing data.
-    return f"published in {', '.join(sorted(state.amis))}" if state.amis else "baked"
+    return (f"published in {', '.join(sorted(state.amis))}" if state.amis else "baked") + fast_launch_note(state)
+
+
+def fast_launch_note(state: BakeState) -> str:
+    """Windows Fast Launch per region as publish last saw it ("" for a role without it)."""
+    if not state.fast_launch:
+        return ""
+    return "; Windows Fast Launch " + ", ".join(f"{r} {s}" for r, s in sorted(state.fast_launch.items()))
 
 
 def _from_state(state: BakeState) -> RoleRow:

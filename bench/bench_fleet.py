@@ -12,9 +12,13 @@ Recycle Bin rule look-up). Counted at the proxy, per role:
   EnableImageDeregistrationProtection, the role's DescribeImages, the superseded AMI's deprecation);
   the goal is at most 4 per role;
 - the seconds publish spent in them (the proxy's latency included), per role;
-- prune's calls per role (DescribeImages, DescribeImageReferences, rbin ListRules).
+- prune's calls per role (DescribeImages, DescribeImageReferences, rbin ListRules);
+- for ``--fast-roles`` Windows roles with ``fast_launch`` and ``fast_snapshot_restore`` (published apart):
+  the calls of those two features per role (EnableFastLaunch, DescribeFastLaunchImages until
+  ``enabled``, the DescribeImages for the snapshots, EnableFastSnapshotRestores), the wait included.
 
-``python bench/bench_fleet.py [--roles 20] [--latency-ms 20-50]``; prints a markdown table. Exit 0.
+``python bench/bench_fleet.py [--roles 20] [--fast-roles 2] [--latency-ms 20-50]``; prints a markdown
+table. Exit 0.
 """
 
 from __future__ import annotations
@@ -39,14 +43,16 @@ from devstack.ami_layer import LayeredMoto  # noqa: E402
 from devstack.moto import seed_base_image  # noqa: E402
 
 FLEET_OPS = {"EnableImageDeprecation", "EnableImageDeregistrationProtection", "DescribeImages"}
+FAST_OPS = {"EnableFastLaunch", "DescribeFastLaunchImages", "EnableFastSnapshotRestores"}
+FAST = {"platform": "windows", "fast_launch": {"max_parallel_launches": 6}, "fast_snapshot_restore": ["us-east-1a"]}
 
 
-def _publish(url: str, tmp: Path, role: str, image_id: str) -> None:
+def _publish(url: str, tmp: Path, role: str, image_id: str, overrides: dict | None = None) -> None:
     class Endpoint:
         pass
     endpoint = Endpoint()
     endpoint.url = url  # type: ignore[attr-defined]
-    ctx = make_ctx(endpoint, tmp / image_id, {}, role=role)
+    ctx = make_ctx(endpoint, tmp / image_id, overrides or {}, role=role)
     open_bake(ctx, "ami-00000000")
     ctx.state.image_id = image_id
     ctx.state.amis = {"us-east-1": image_id}
@@ -57,6 +63,7 @@ def _publish(url: str, tmp: Path, role: str, image_id: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--roles", type=int, default=20)
+    parser.add_argument("--fast-roles", type=int, default=2)
     parser.add_argument("--latency-ms", default="20-50")
     args = parser.parse_args(argv)
     low, high = (float(x) / 1000 for x in args.latency_ms.split("-"))
@@ -92,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             prune(new_aws(Endpoint()), spec, 1, dry_run=True)  # type: ignore[arg-type]
         prune_seconds = time.monotonic() - started
         prune_calls = sum(proxy.snapshot().values())
+        fast_calls, fast_seconds = _fast_roles(moto, proxy, tmp, args.fast_roles)
     per_role = fleet / len(roles)
     print(f"| roles | extra publish calls per role (goal ≤ 4) | publish calls per role | "
           f"seconds per role in publish (the extra calls) | prune calls per role | prune seconds per role |\n"
@@ -99,7 +107,30 @@ def main(argv: list[str] | None = None) -> int:
           f"| {len(roles)} | {per_role:.1f} | {total / len(roles):.1f} | "
           f"{publish_seconds / len(roles):.2f} ({fleet_seconds / len(roles):.2f}) | "
           f"{prune_calls / len(roles):.1f} | {prune_seconds / len(roles):.2f} |")
+    if args.fast_roles:
+        print(f"\n| Windows roles with fast_launch + fast_snapshot_restore | their calls per role (wait included) | "
+              f"seconds per role in publish |\n|---|---|---|\n"
+              f"| {args.fast_roles} | {fast_calls:.1f} | {fast_seconds:.2f} |")
     return 0
+
+
+def _fast_roles(moto: LayeredMoto, proxy: CountingProxy, tmp: Path, count: int) -> tuple[float, float]:
+    """Fast Launch and fast snapshot restore calls per role, and publish's seconds per role, for ``count``
+    Windows roles (one release each: the features' calls do not depend on a previous one)."""
+    if not count:
+        return 0.0, 0.0
+    roles = [f"win{i:02d}" for i in range(count)]
+    images = {r: seed_base_image(moto.client("ec2"), f"bakery-{r}-1", platform="windows", tags={
+        "bakery:role": r, "bakery:created-by": "bakery", "bakery:bake-id": "20260101000001-abcdef"}) for r in roles}
+    proxy.reset()
+    started = time.monotonic()
+    for role in roles:
+        _publish(proxy.url, tmp, role, images[role], FAST)
+    seconds = time.monotonic() - started
+    counts = proxy.snapshot()
+    # The DescribeImages for the snapshots is one of a plain publish's too: only the features' own here.
+    calls = sum(n for (_, _, op), n in counts.items() if op in FAST_OPS) + len(roles)
+    return calls / len(roles), seconds / len(roles)
 
 
 if __name__ == "__main__":

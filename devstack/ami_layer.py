@@ -32,6 +32,11 @@ How AWS behaves, from the EC2 API reference (docs.aws.amazon.com/AWSEC2/latest/A
   ``ssm:Parameter`` (parameters of data type ``aws:ec2:image``), read from moto; the Image Builder
   types are accepted and have no references (moto has no Image Builder).
 - Recycle Bin retention rules (``CreateRule``, ``ListRules``; moto has no ``rbin``): ``ami_rbin``.
+- Windows Fast Launch (Enable/Describe/DisableFastLaunch) and EBS Fast Snapshot Restore
+  (Enable/Describe/DisableFastSnapshotRestores): ``ami_fast``, which says what AWS documents and
+  what is assumed. DeregisterImage of an image whose Fast Launch is not disabled is refused there.
+- Under IAM enforcement (``LayeredMoto(iam_enforcement=True)``), every call the layer answers itself
+  is checked against the caller's policies as moto checks the calls it serves: ``ami_auth``.
 - DeregisterImage of a protected AMI (or one in its cooldown) is refused; the reference does not name
   the error code, the layer answers ``OperationNotPermitted`` (EC2's code for a refused state change)
   and a message naming the protection.
@@ -65,11 +70,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 from ._proc import LOOPBACK, free_port, stop_process, wait_until
+from .ami_auth import Denied, Enforcer
+from .ami_fast import FastError, FastFeatures
 from .ami_rbin import RbinError, RecycleBin
-from .moto import REGION, MotoServer, isolated_env
+from .moto import ACCOUNT_ID, REGION, MotoServer, isolated_env
 
 COOLDOWN = timedelta(hours=24)
 REPORT_DELAY = timedelta(hours=24)  # LastLaunchedTime is reported a day after the launch
@@ -80,6 +88,8 @@ _ITEM_IMAGE_RE = re.compile(r"(<imageId>(ami-[0-9a-f]+)</imageId>)")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 OWN_ACTIONS = ("EnableImageDeprecation", "DisableImageDeprecation", "EnableImageDeregistrationProtection",
                "DisableImageDeregistrationProtection")
+FAST_ACTIONS = ("EnableFastLaunch", "DescribeFastLaunchImages", "DisableFastLaunch", "EnableFastSnapshotRestores",
+                "DisableFastSnapshotRestores", "DescribeFastSnapshotRestores")
 
 
 def _iso(when: datetime) -> str:
@@ -130,6 +140,23 @@ class AmiLayer:
         self.images: dict[tuple[str, str], ImageExtras] = {}
         self.offset = timedelta()
         self.rbin = RecycleBin()
+        self.auth = Enforcer(upstream)
+        self.fast = FastFeatures(ACCOUNT_ID)
+        self._clients: dict[tuple[str, str], object] = {}
+        self._zones: dict[str, set[str]] = {}
+
+    def client(self, service: str, region: str) -> Any:
+        """The layer's own boto3 client to moto (its administrator key while IAM is enforced)."""
+        with self.lock:
+            key = (service, region)
+            if key not in self._clients:
+                self._clients[key] = self.auth.client(service, region)
+            return self._clients[key]
+
+    def enforce_iam(self, access_key: str, secret_key: str) -> None:
+        self.auth.enable(access_key, secret_key)
+        with self.lock:
+            self._clients.clear()
 
     def now(self) -> datetime:
         return datetime.now(timezone.utc) + self.offset
@@ -145,14 +172,63 @@ class AmiLayer:
         finally:
             conn.close()
 
-    def _exists(self, region: str, image_id: str, headers: dict[str, str]) -> None:
+    def _exists(self, region: str, image_id: str, headers: dict[str, str]) -> dict[str, Any]:
+        """The image as moto's DescribeImages answers it (asked with the layer's own key)."""
+        from botocore.exceptions import ClientError
+
         if not _AMI_RE.match(image_id or ""):
             raise ApiError("InvalidAMIID.Malformed", f"Invalid id: \"{image_id}\" (expecting \"ami-...\")")
-        body = urllib.parse.urlencode({"Action": "DescribeImages", "Version": "2016-11-15",
-                                       "ImageId.1": image_id}).encode()
-        status, _, answer = self.forward("POST", "/", headers, body)
-        if status >= 400 or b"<imageId>" not in answer:
+        try:
+            found = self.client("ec2", region).describe_images(ImageIds=[image_id])["Images"]
+        except ClientError:
+            found = []
+        if not found:
             raise ApiError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
+        return dict(found[0])
+
+    def _snapshot_owners(self, region: str, params: dict[str, str]) -> dict[str, str]:
+        from botocore.exceptions import ClientError
+
+        ids = [v for k, v in sorted(params.items()) if re.match(r"^SourceSnapshotId\.\d+$", k)]
+        try:
+            found = self.client("ec2", region).describe_snapshots(SnapshotIds=ids)["Snapshots"] if ids else []
+        except ClientError as exc:
+            raise ApiError(str(exc.response["Error"].get("Code") or "InvalidSnapshot.NotFound"),
+                           str(exc.response["Error"].get("Message") or f"The snapshot '{ids[0]}' does not exist.")
+                           ) from None
+        owners = {s["SnapshotId"]: s["OwnerId"] for s in found}
+        missing = [i for i in ids if i not in owners]
+        if missing:
+            raise ApiError("InvalidSnapshot.NotFound", f"The snapshot '{missing[0]}' does not exist.")
+        return owners
+
+    def _zone_names(self, region: str) -> set[str]:
+        if region not in self._zones:
+            zones = self.client("ec2", region).describe_availability_zones()["AvailabilityZones"]
+            self._zones[region] = {z["ZoneName"] for z in zones} | {z["ZoneId"] for z in zones}
+        return self._zones[region]
+
+    def _default_vpc(self, region: str) -> bool:
+        vpcs = self.client("ec2", region).describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])
+        return bool(vpcs["Vpcs"])
+
+    def fast_call(self, action: str, region: str, params: dict[str, str], headers: dict[str, str]) -> str:
+        """Windows Fast Launch and Fast Snapshot Restore (``ami_fast``)."""
+        now = self.now()
+        if action == "EnableFastLaunch":
+            image = self._exists(region, params.get("ImageId", ""), headers)
+            return self.fast.enable_launch(region, params, image, self._default_vpc(region), now)
+        if action == "DisableFastLaunch":
+            image = self._exists(region, params.get("ImageId", ""), headers)
+            return self.fast.disable_launch(region, image["ImageId"], now)
+        if action == "DescribeFastLaunchImages":
+            return self.fast.describe_launch(region, params, now)
+        if action == "EnableFastSnapshotRestores":
+            return self.fast.enable_restores(region, params, self._snapshot_owners(region, params),
+                                             self._zone_names(region), now)
+        if action == "DisableFastSnapshotRestores":
+            return self.fast.disable_restores(region, params, self._snapshot_owners(region, params), now)
+        return self.fast.describe_restores(region, now)
 
     # --- the calls moto lacks -----------------------------------------------------------------------
     def own(self, action: str, region: str, params: dict[str, str], headers: dict[str, str]) -> str:
@@ -210,13 +286,18 @@ class AmiLayer:
             raise ApiError("MissingParameter", "Either IncludeAllResourceTypes or ResourceTypes must be specified")
         if not image_ids:
             raise ApiError("MissingParameter", "The request must contain the parameter ImageIds")
-        found = ami_references.find(self.upstream.geturl(), region, image_ids, types or None)
+        found = ami_references.find(self.upstream.geturl(), region, image_ids, types or None, self.auth.keys)
         items = "".join(f"<item><imageId>{escape(i)}</imageId><resourceType>{escape(t)}</resourceType>"
                         f"<arn>{escape(a)}</arn></item>" for i, t, a in found)
         return f"<imageReferenceSet>{items}</imageReferenceSet>"
 
     def answer(self, action: str, region: str, params: dict[str, str], headers: dict[str, str]) -> str | None:
         """The layer's own answer to a call (its response elements), or None to forward it to moto."""
+        if action in (*OWN_ACTIONS, *FAST_ACTIONS, "DescribeImageReferences") or (
+                action == "DescribeImageAttribute" and params.get("Attribute") == "lastLaunchedTime"):
+            self.auth.check(action, headers.get("Authorization", ""))
+        if action in FAST_ACTIONS:
+            return self.fast_call(action, region, params, headers)
         if action in OWN_ACTIONS:
             return self.own(action, region, params, headers)
         if action == "DescribeImageReferences":
@@ -225,6 +306,7 @@ class AmiLayer:
             return self.last_launched_attribute(region, params, headers)
         if action == "DeregisterImage":
             self.refuse_protected(region, params)
+            self.fast.refuse_deregister(region, params.get("ImageId", ""))
         return None
 
     def after(self, action: str, region: str, params: dict[str, str], status: int, body: bytes) -> bytes:
@@ -233,6 +315,8 @@ class AmiLayer:
             return self.decorate(region, body)
         if action == "RunInstances" and status == 200:
             self.launched(region, params)
+        if action == "DeleteSnapshot" and status == 200:
+            self.fast.snapshot_deleted(region, params.get("SnapshotId", ""))
         return body
 
     def refuse_protected(self, region: str, params: dict[str, str]) -> None:
@@ -289,15 +373,29 @@ def _handler(layer: AmiLayer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
+        def _control(self, url: urllib.parse.SplitResult, body: bytes) -> None:
+            """The tests' control calls (loopback only): move the clock, start IAM enforcement, make
+            the next EnableFastLaunch of a region fail."""
+            query = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+            if url.path == "/_ami-layer/advance":
+                with layer.lock:
+                    layer.offset += timedelta(seconds=float(query["seconds"]))
+            elif url.path == "/_ami-layer/enforce-iam":
+                access, _, secret = body.decode().partition(":")
+                layer.enforce_iam(access, secret)
+            elif url.path == "/_ami-layer/fast-launch-fails":
+                layer.fast.fail_next(query["region"], query["reason"])
+            else:
+                self._send(404, b"unknown control call", ctype="text/plain")
+                return
+            self._send(200, b"ok", ctype="text/plain")
+
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-            if self.path.startswith("/_ami-layer/advance"):
-                seconds = float(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)["seconds"][0])
-                with layer.lock:
-                    layer.offset += timedelta(seconds=seconds)
-                self._send(200, b"ok", ctype="text/plain")
+            if self.path.startswith("/_ami-layer/"):
+                self._control(urllib.parse.urlsplit(self.path), body)
                 return
             scope = _SCOPE_RE.search(self.headers.get("Authorization", ""))
             region, service = (scope.group(1), scope.group(2)) if scope else (REGION, "")
@@ -316,7 +414,7 @@ def _handler(layer: AmiLayer) -> type[BaseHTTPRequestHandler]:
             action = params.get("Action", "")
             try:
                 answer = layer.answer(action, region, params, headers)
-            except ApiError as exc:
+            except (ApiError, FastError, Denied) as exc:
                 self._send(exc.status, _error(exc.code, exc.message))
                 return
             if answer is not None:
@@ -360,11 +458,27 @@ class LayeredMoto(MotoServer):
                    proc=self._layer, log_path=self.log_path, interval=0.1)
         return self
 
-    def advance(self, seconds: float) -> None:
-        request = urllib.request.Request(f"{self.url}/_ami-layer/advance?seconds={seconds}", method="POST")
+    def _control(self, path: str, body: bytes | None = None) -> None:
+        request = urllib.request.Request(f"{self.url}/_ami-layer/{path}", data=body, method="POST")
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
+
+    def advance(self, seconds: float) -> None:
+        self._control(f"advance?seconds={seconds}")
         self.offset += seconds
+
+    def fail_next_fast_launch(self, region: str, reason: str) -> None:
+        """The next EnableFastLaunch in ``region`` ends ``enabling-failed`` with ``reason``."""
+        self._control("fast-launch-fails?" + urllib.parse.urlencode({"region": region, "reason": reason}))
+
+    def enforce_iam(self) -> None:
+        """moto's enforcement, and the layer's for the calls it answers (with a key of its own, made
+        while moto still answers unauthenticated requests)."""
+        from .iam_enforcement import ADMIN_POLICY, create_user
+
+        keys = create_user(self, "devstack-ami-layer", ADMIN_POLICY)
+        super().enforce_iam()
+        self._control("enforce-iam", f"{keys[0]}:{keys[1]}".encode())
 
     def stop(self) -> None:
         stop_process(self._layer)

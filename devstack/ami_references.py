@@ -16,9 +16,10 @@ VERSION_DEPTH = 20
 LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
 
 
-def _client(url: str, service: str, region: str) -> Any:
+def _client(url: str, service: str, region: str, keys: tuple[str, str] | None = None) -> Any:
+    access, secret = keys or (DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY)
     return boto3.session.Session().client(service, endpoint_url=url, region_name=region,
-                                          aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY)
+                                          aws_access_key_id=access, aws_secret_access_key=secret)
 
 
 def _instances(ec2: Any, region: str, ids: list[str]) -> Iterable[tuple[str, str, str]]:
@@ -52,14 +53,16 @@ def _parameters(ssm: Any, region: str, ids: set[str]) -> Iterable[tuple[str, str
                        f"arn:aws:ssm:{region}:{ACCOUNT_ID}:parameter/{param['Name'].lstrip('/')}")
 
 
-def find(url: str, region: str, image_ids: list[str], types: set[str] | None) -> list[tuple[str, str, str]]:
-    """(image id, resource type, ARN) of every reference to ``image_ids`` (``types``: None for all)."""
-    ec2, wanted = _client(url, "ec2", region), set(image_ids)
+def find(url: str, region: str, image_ids: list[str], types: set[str] | None,
+         keys: tuple[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(image id, resource type, ARN) of every reference to ``image_ids`` (``types``: None for all).
+    ``keys``: the layer's administrator key while moto enforces IAM (``devstack.ami_auth``)."""
+    ec2, wanted = _client(url, "ec2", region, keys), set(image_ids)
     out: list[tuple[str, str, str]] = []
     if types is None or "ec2:Instance" in types:
         out += _instances(ec2, region, image_ids)
     if types is None or "ec2:LaunchTemplate" in types:
         out += _launch_templates(ec2, region, wanted)
     if types is None or "ssm:Parameter" in types:
-        out += _parameters(_client(url, "ssm", region), region, wanted)
+        out += _parameters(_client(url, "ssm", region, keys), region, wanted)
     return out

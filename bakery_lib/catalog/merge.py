@@ -19,6 +19,7 @@ from .specs import (
     AmiFilter,
     BootTestSettings,
     ChefSettings,
+    FastLaunchSettings,
     IngressRule,
     RoleSpec,
 )
@@ -53,6 +54,7 @@ def merge_role(name: str, role: RoleIn, defaults: DefaultsIn) -> RoleSpec:
             raise RoleProblem(key, ROLE_MISSING)
     values["ingress"] = tuple(_rule(r) for r in values.get("ingress", ()))
     _check_sharing_keys(values)
+    _check_restore_zones(values)
     base_ami = role.base_ami
     return RoleSpec(
         name=name,
@@ -62,8 +64,34 @@ def merge_role(name: str, role: RoleIn, defaults: DefaultsIn) -> RoleSpec:
         boot_test=BootTestSettings(**{**given(defaults.boot_test), **given(role.boot_test)}),
         run_list_ami=_run_list(name, role, "ami"),
         run_list_launch=_run_list(name, role, "launch"),
+        fast_launch=_fast_launch(role),
         **values,
     )
+
+
+def _fast_launch(role: RoleIn) -> FastLaunchSettings | None:
+    """Windows Fast Launch is for Windows AMIs only (EC2 API reference, EnableFastLaunch)."""
+    if role.fast_launch is None:
+        return None
+    if role.platform != "windows":
+        raise RoleProblem("fast_launch", "Windows Fast Launch is for Windows AMIs only (platform is "
+                          f"{role.platform}); remove the key")
+    given_keys = given(role.fast_launch)
+    if given_keys.pop("enabled", True) is False:
+        return None
+    return FastLaunchSettings(**given_keys)
+
+
+def _check_restore_zones(values: Mapping[str, Any]) -> None:
+    """Each fast snapshot restore zone belongs to one of the role's regions, once."""
+    zones = list(values.get("fast_snapshot_restore", ()))
+    regions = [values["region"], *values.get("copy_to_regions", ())]
+    for zone in zones:
+        if zone[:-1] not in regions:
+            raise RoleProblem("fast_snapshot_restore", f"{zone} is not in a region of the role "
+                              f"({', '.join(dict.fromkeys(regions))})")
+    if len(set(zones)) != len(zones):
+        raise RoleProblem("fast_snapshot_restore", f"lists {sorted({z for z in zones if zones.count(z) > 1})} twice")
 
 
 DEFAULT_EBS_KEYS = ("alias/aws/ebs",)

@@ -283,6 +283,22 @@ class BootTestIn(Strict):
                              Field(description="the test instance's type (default: the role's)")] = None
 
 
+AvailabilityZone = Text(re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d[a-z]$"), "an Availability Zone like us-east-1a")
+
+
+class FastLaunchIn(Strict):
+    """Windows Fast Launch of the role's AMIs in every region (EC2 EnableFastLaunch), before ``latest``."""
+
+    enabled: Annotated[Bool, Field(description="enable Windows Fast Launch (default true when the key is given)")
+                       ] = None
+    target_snapshots: Annotated[Int(1, 1000), Field(
+        description="pre-provisioned snapshots EC2 keeps on hand (SnapshotConfiguration.TargetResourceCount; "
+                    "default 5)")] = None
+    max_parallel_launches: Annotated[Int(6, 1000), Field(
+        description="instances EC2 may launch at once to make them (at least 6, EC2's minimum; default 6; the "
+                    "account's quota is 40 per region unless raised)")] = None
+
+
 class RoleKeys(Strict):
     """Keys a role sets, or ``defaults`` sets for every role (a role's own value wins)."""
 
@@ -349,6 +365,11 @@ class RoleKeys(Strict):
         Days(1, 3650),
         Field(description="prune keeps an AMI an instance was launched from within this many days "
                           "(EC2's LastLaunchedTime; default: not kept for that)")] = None
+    fast_snapshot_restore: Annotated[
+        List(AvailabilityZone, 30),
+        Field(description="Availability Zones (of the role's regions: us-east-1a is us-east-1's) in which "
+                          "publish enables EBS fast snapshot restore on the AMI's snapshots; prune disables "
+                          "it before deleting them")] = None
 
 
 class DefaultsIn(RoleKeys):
@@ -375,6 +396,8 @@ class RoleIn(DefaultsIn):
     base_ami: Annotated[BaseAmi, Field(description="an AMI id, resolve:ssm:/PARAMETER (an SSM parameter holding "
                                                    "the id, resolved per bake), or {name: PATTERN, owners: [...]}")]
     run_lists: Annotated[RunListsIn, MaybeEmpty, Field(description="the role's Chef run lists")] = None
+    fast_launch: Annotated[FastLaunchIn, MaybeEmpty, Field(
+        description="Windows only: Windows Fast Launch of the AMI in every region before it is published")] = None
 
 
 class JenkinsIn(Strict):

@@ -114,6 +114,14 @@ class BootTestSettings:
 
 
 @dataclass(frozen=True)
+class FastLaunchSettings:
+    """Windows Fast Launch (EC2 EnableFastLaunch): pre-provisioned snapshots and parallel launches."""
+
+    target_snapshots: int = 5
+    max_parallel_launches: int = 6
+
+
+@dataclass(frozen=True)
 class RoleSpec:
     """One role with the catalogue defaults merged in."""
 
@@ -156,6 +164,10 @@ class RoleSpec:
     deprecate_after: int = 90
     # Days: prune keeps an AMI launched from within them (EC2's LastLaunchedTime); None: no such rule.
     keep_if_launched_within: int | None = None
+    # Windows: Fast Launch in every region before publishing (None: not enabled).
+    fast_launch: FastLaunchSettings | None = None
+    # Availability Zones (of the role's regions) with EBS fast snapshot restore on the AMI's snapshots.
+    fast_snapshot_restore: tuple[str, ...] = ()
     boot_test: BootTestSettings = BootTestSettings()
     aws_cli_installer_url: str = AWS_CLI_INSTALLER
 
@@ -174,6 +186,10 @@ class RoleSpec:
     @property
     def regions(self) -> tuple[str, ...]:
         return (self.region, *[r for r in self.copy_to_regions if r != self.region])
+
+    def restore_zones(self, region: str) -> list[str]:
+        """The ``fast_snapshot_restore`` zones of ``region`` (a zone's name is its region's plus a letter)."""
+        return [z for z in self.fast_snapshot_restore if z[:-1] == region]
 
     @property
     def runlist_key(self) -> str:

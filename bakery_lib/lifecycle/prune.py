@@ -9,7 +9,10 @@ SSM GetParameter ``/bakery/ROLE/latest``. The newest ``keep`` *available* AMIs a
 never a rollback target, so it does not use up a place); pending ones belong to a bake in progress and
 are left to that bake or to ``reap``. Deleting is DeregisterImage, then DeleteSnapshot for each snapshot
 of the image's block device mappings. When any protection cannot be checked in a region, nothing is
-deleted there. An available AMI whose deprecation time is still ahead is kept (publish deprecates
+deleted there. Before DeregisterImage: DescribeFastLaunchImages, and DisableFastLaunch (waited out)
+for a Windows AMI whose Fast Launch is on; DisableFastSnapshotRestores on its snapshots in the role's
+``fast_snapshot_restore`` zones (``amis.fast_launch``). An AMI under deregistration protection that
+prune may not lift is kept with the reason, not an error. An available AMI whose deprecation time is still ahead is kept (publish deprecates
 the AMIs a newer one supersedes); an AMI to delete that is protected from deregistration gets its
 protection lifted first and, with AWS's cooldown, stays until a later prune (``amis.protection``).
 Decided first (Describe/Get calls only), then each deletion goes to the executor
@@ -22,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..amis.fast_launch import disable_fast_launch, disable_restores
 from ..amis.protection import deprecation_hold, launch_hold, protection_hold
 from ..amis.recycle_bin import retention_note
 from ..amis.references import referenced_by
@@ -132,6 +136,10 @@ def _delete_ami(aws: Aws, region: str, role: RoleSpec, image: dict[str, Any], wh
     snaps = snapshot_ids(image)
 
     def remove() -> str:
+        # Fast Launch and fast snapshot restore off first (EC2 must remove the pre-provisioned snapshots).
+        if image.get("Platform") == "windows":
+            disable_fast_launch(aws, region, image_id, pace.clock, pace.poll, pace.log)
+        disable_restores(aws, region, role.restore_zones(region), snaps)
         gone = deregister_with_snapshots(aws, region, image, pace.sleep)
         pace.log(f"prune {role.name}: {region} deregistered {image_id} ({image.get('Name')}), "
                  f"snapshots {', '.join(gone) or 'none'}")
@@ -144,6 +152,8 @@ def _delete_ami(aws: Aws, region: str, role: RoleSpec, image: dict[str, Any], wh
     outcome = executor.outcomes[-1]
     if outcome.status == "would":
         return _decision(region, image, "would delete", f"{why}; snapshots {', '.join(snaps) or 'none'}")
+    if outcome.status == "skipped":
+        return _decision(region, image, "kept", outcome.detail)
     if outcome.status == "failed":
         report.errors.extend(f"{region} {e}" for e in executor.errors[errors_before:])
         return _decision(region, image, "failed", outcome.detail)

@@ -92,7 +92,8 @@ def _tear_down(run: ReapRun, record: BakeState, reason: str, chef: ChefClient | 
             line_why = f"its {'bake ' if record.instance_id else ''}instance {was} terminated by this reap"
         elif removal.kind.startswith("chef-"):
             line_why = "no live instance is tagged bakery:chef-node with it"
-        action = {"done": removal.done, "would": f"would {removal.doing}"}.get(outcome.status, "failed")
+        action = {"done": removal.done, "would": f"would {removal.doing}", "skipped": "kept"}.get(
+            outcome.status, "failed")
         run.report.add(removal.kind, removal.resource, removal.region, action,
-                       line_why if action != "failed" else outcome.detail, pacing.log)
+                       line_why if action not in ("failed", "kept") else outcome.detail, pacing.log)
     run.report.errors += [f"bake {record.bake_id}: {e}" for e in executor.errors]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from ..aws import Aws
 from ..catalog import Catalog, RoleSpec
 from ..clock import Clock
-from ..errors import BakeryError, UsageError, WorkspaceWriteError
+from ..errors import BakeryError, Skipped, UsageError, WorkspaceWriteError
 from ..settings import Settings
 from ..state import BakeState, Workspace
 
@@ -197,7 +197,7 @@ class Removal:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one ``Removal``: done | would | failed."""
+    """What became of one ``Removal``: done | would | skipped (kept on purpose, ``detail`` says why) | failed."""
 
     removal: Removal
     status: str
@@ -237,6 +237,9 @@ class CleanupReport:
         for pause in (*RETRY_PAUSES, None):
             try:
                 result = removal.remove()
+            except Skipped as exc:
+                self.skip(removal, str(exc))
+                return False
             except BakeryError as exc:
                 if pause is None:
                     self.errors.append(f"{removal.what}: {exc}. Remove it by hand: {removal.manual}")
@@ -250,6 +253,11 @@ class CleanupReport:
             self.outcomes.append(Outcome(removal, "done", result))
             return True
         return False  # not reached
+
+    def skip(self, removal: Removal, reason: str) -> None:
+        """A removal the bakery must not carry out (dry run or not): kept, with the reason."""
+        self.kept.append(f"{removal.what}: {reason}")
+        self.outcomes.append(Outcome(removal, "skipped", reason))
 
     def save(self, ctx: Teardown) -> None:
         """Write the state, noting (not raising) a failure: the teardown goes on."""

@@ -148,8 +148,16 @@ def cleanup(ctx: Teardown, report: CleanupReport) -> None:
             state.image_state = "deregistered"
             report.save(ctx)
             return f"deregistered {image.get('State')} image {image_id}"
-        gone = report.attempt(ctx, Removal("image", image_id, region, "deregister", "deregistered",
-                                           f"aws ec2 deregister-image --region {region} --image-id {image_id}", dereg))
+        removal = Removal("image", image_id, region, "deregister", "deregistered",
+                          f"aws ec2 deregister-image --region {region} --image-id {image_id}", dereg)
+        protection = image.get("DeregistrationProtection") or ""
+        if protection:
+            # Only prune lifts it, once nothing points at the AMI: cleanup and reap keep it, saying why.
+            report.skip(removal, f"deregistration protection is {protection}: something may point at it "
+                                 "(`bakery prune` lifts it once nothing does)")
+            gone = False
+        else:
+            gone = report.attempt(ctx, removal)
     else:
         gone = state.image_state == "deregistered" or not state.amis
     if not gone:

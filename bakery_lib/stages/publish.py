@@ -4,7 +4,9 @@
    ``region_kms_keys`` when given), tag each copy and its snapshots like the source, and wait until
    every copy is available; IMDSv2 is required on each copy as on the source. A copy's id is saved the moment CopyImage returns; a rerun adopts copies
    found by their ``bakery:bake-id`` tag instead of copying again.
-2. Only then: share launch permission (and snapshot create-volume permission) with
+2. Only then: Windows Fast Launch in every region, waited for until ``enabled`` (``fast_launch``), and
+   fast snapshot restore on the AMI's snapshots (``fast_snapshot_restore``): ``amis.fast_launch``; then
+   share launch permission (and snapshot create-volume permission) with
    ``share_with_accounts``; write the SSM parameter ``/bakery/ROLE/latest`` (data type
    ``aws:ec2:image``) in every region; optionally make a new default version of ``launch_template``.
    Never backwards: the parameter's description names the bake that wrote it, and a bake that started
@@ -19,8 +21,11 @@ Calls: EC2 CopyImage, DescribeImages, CreateTags, ModifyImageAttribute, ModifySn
 CreateLaunchTemplateVersion, ModifyLaunchTemplate (in every region, from ``$Default``); SSM
 DescribeParameters, PutParameter, GetParameter (the value read back); S3 PutObject; for a reused AMI
 whose catalogue tags changed, CreateTags/DeleteTags on its copies (see ``retag_image``).
+EnableFastLaunch, DescribeFastLaunchImages and EnableFastSnapshotRestores when the catalogue asks.
 Cleanup: copies that publish did not finish (pending, or available but IMDSv2 not yet required on them)
-are deregistered and their snapshots deleted.
+are deregistered and their snapshots deleted; Fast Launch and fast snapshot restore that this publish
+turned on are turned off again on the images the failed bake keeps (no pre-provisioned snapshots left
+running up a bill for an image nothing publishes).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..amis import retire
+from ..amis import fast_launch, retire
 from ..aws import tag_list, tags_of
 from ..catalog import RoleSpec
 from ..ec2.images import retag_image
@@ -317,10 +322,29 @@ def _copy_everywhere(ctx: Context, primary: str) -> None:
         raise BakeryError("copying the AMI failed: " + "; ".join(errors))
 
 
+def _speed_up(ctx: Context) -> list[str]:
+    """Fast Launch (waited for) and fast snapshot restore, before anything points at the AMI."""
+    state = ctx.require_state()
+    messages = list(filter(None, [fast_launch.enable_fast_launch(ctx, state.amis)]))
+    for region, image_id in sorted(state.amis.items()):
+        zones = ctx.role.restore_zones(region)
+        if not zones:
+            continue
+        images = ctx.aws.describe_images(region, [image_id])
+        with ctx.state_lock:
+            state.fast_snapshot_restore[region] = zones
+            ctx.save()
+        note = fast_launch.enable_restores(ctx, region, snapshot_ids(images[0]) if images else [])
+        if note:
+            messages.append(f"{region} {note}")
+    return messages
+
+
 def _point_at(ctx: Context, primary: str) -> list[str]:
     """Sharing, ``latest`` and the launch template, once the AMI is available in every region."""
     state = ctx.require_state()
     messages = _retag_copies(ctx, state.amis) if state.reused else []
+    messages += _speed_up(ctx)
     for region, image_id in sorted(state.amis.items()):
         share(ctx, region, image_id)
     shared_with = [*ctx.role.share_with_accounts, *ctx.role.share_with_organizations]
@@ -358,8 +382,38 @@ def run(ctx: Context) -> str:
     return f"published {amis}; " + "; ".join(messages)
 
 
+def _slow_down(ctx: Teardown, report: CleanupReport) -> None:
+    """Fast Launch and fast snapshot restore off again where this (failed) publish turned them on."""
+    state = ctx.require_state()
+    for region in sorted(set(state.fast_launch) | set(state.fast_snapshot_restore)):
+        image_id = state.amis.get(region)
+        if not image_id:
+            continue
+
+        def off(region: str = region, image_id: str = image_id) -> str:
+            done = []
+            zones = state.fast_snapshot_restore.get(region)
+            if zones:
+                images = ctx.aws.describe_images(region, [image_id])
+                fast_launch.disable_restores(ctx.aws, region, zones, snapshot_ids(images[0]) if images else [])
+                done.append(f"fast snapshot restore of {image_id}'s snapshots in {region} disabled")
+            if region in state.fast_launch and fast_launch.disable_fast_launch(
+                    ctx.aws, region, image_id, ctx.clock, ctx.poll_interval, ctx.log):
+                done.append(f"Windows Fast Launch of {image_id} in {region} disabled")
+            with ctx.state_lock:
+                state.fast_launch.pop(region, None)
+                state.fast_snapshot_restore.pop(region, None)
+                report.save(ctx)
+            return "; ".join(done)
+        report.attempt(ctx, Removal("fast-launch", image_id, region, "disable", "disabled",
+                                    f"aws ec2 disable-fast-launch --region {region} --image-id {image_id}", off,
+                                    label=f"Fast Launch / fast snapshot restore of {image_id} in {region}"))
+
+
 def cleanup(ctx: Teardown, report: CleanupReport) -> None:
     state = ctx.require_state()
+    if not state.closed:
+        _slow_down(ctx, report)
     for copy_region, copy_id in sorted(state.pending_copies.items()):
         def dereg_copy(copy_region: str = copy_region, copy_id: str = copy_id) -> str:
             images = ctx.aws.describe_images(copy_region, [copy_id])

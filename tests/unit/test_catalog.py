@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -211,3 +212,41 @@ def test_cli_bad_cidr_exit_2_before_anything(tmp_path):
     assert str(path) in proc.stderr and "'web'" in proc.stderr and "ingress.0.cidr" in proc.stderr
     assert "10.20.0.0/33" in proc.stderr
     assert not (tmp_path / ".bakery").exists() and not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize(("changes", "key", "words"), [
+    ({"roles__web__fast_launch": {"enabled": True}}, "fast_launch", "Windows Fast Launch is for Windows AMIs only"),
+    ({"roles__reporting__fast_launch": {"max_parallel_launches": 5}}, "fast_launch.max_parallel_launches",
+     "out of range 6..1000"),
+    ({"roles__reporting__fast_launch": {"target_snapshots": 0}}, "fast_launch.target_snapshots", "out of range"),
+    ({"roles__reporting__fast_launch": {"enable": True}}, "fast_launch.enable", "unknown key"),
+    ({"roles__web__fast_snapshot_restore": ["us-east-1"]}, "fast_snapshot_restore.0", "not an Availability Zone"),
+    ({"roles__web__fast_snapshot_restore": ["eu-west-1a"]}, "fast_snapshot_restore", "not in a region of the role"),
+    ({"roles__web__fast_snapshot_restore": ["us-east-1a", "us-east-1a"]}, "fast_snapshot_restore", "twice"),
+])
+def test_fast_launch_and_restore_keys_are_validated_at_load(changes, key, words):
+    with pytest.raises(CatalogError, match=rf"role '(web|reporting)', key '{re.escape(key)}': .*{words}"):
+        parse_catalog(variant(**changes), "bakery.yaml")
+
+
+def test_fast_launch_and_restore_keys_load():
+    data = variant(roles__reporting__fast_launch={"max_parallel_launches": 8},
+                   roles__web__copy_to_regions=["eu-west-1"],
+                   roles__web__fast_snapshot_restore=["us-east-1a", "eu-west-1b"])
+    roles = parse_catalog(data, "bakery.yaml").roles
+    assert roles["reporting"].fast_launch is not None
+    assert (roles["reporting"].fast_launch.max_parallel_launches, roles["reporting"].fast_launch.target_snapshots) == (8, 5)
+    assert roles["web"].fast_launch is None
+    assert roles["web"].restore_zones("eu-west-1") == ["eu-west-1b"]
+    off = parse_catalog(variant(roles__reporting__fast_launch={"enabled": False}), "bakery.yaml").roles["reporting"]
+    assert off.fast_launch is None
+
+
+def test_cli_fast_launch_on_linux_exit_2_naming_the_key(tmp_path):
+    path = tmp_path / "bakery.yaml"
+    path.write_text(yaml.safe_dump(variant(roles__web__fast_launch={"enabled": True})))
+    proc = subprocess.run([sys.executable, "-m", "bakery_lib", "--catalog", str(path), "--workspace", str(tmp_path),
+                           "validate"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert str(path) in proc.stderr and "'web'" in proc.stderr and "fast_launch" in proc.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bakery_lib.aws import iam_action
-from bakery_lib.catalog import load_catalog
+from bakery_lib.catalog import load_catalog, parse_catalog
 from bakery_lib.iam_policy import OPERATIONS, bakery_policy, policy_actions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +56,8 @@ defaults:
     validation_client_name: acme-validator
     validation_key_s3: s3://acme-bakery/chef/validator.pem
 roles:
-  web: {platform: linux, base_ami: ami-0123456789abcdef0}
+  web: {platform: linux, base_ami: ami-0123456789abcdef0, fast_snapshot_restore: [us-east-1a]}
+  win: {platform: windows, base_ami: ami-0123456789abcdef1, fast_launch: {max_parallel_launches: 6}}
 """, encoding="utf-8")
     return load_catalog(str(path))
 
@@ -108,6 +109,8 @@ def test_instance_roles_only_within_the_boundary(catalog):
     assert passrole["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
     # No statement lets the bakery write any other role, or any role's policy without the boundary.
     for st in bakery_policy(catalog)["Statement"]:
+        if st["Sid"] == "FastLaunchServiceLinkedRole":
+            continue  # EC2's own role for Fast Launch, by service name (see the Fast Launch test)
         if st["Effect"] == "Allow" and any(a.startswith("iam:") for a in policy_actions({"Statement": [st]})):
             resources = [st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"]
             assert all(r.startswith("arn:aws:iam::123456789012:") and "/bakery-" in r for r in resources), st
@@ -149,3 +152,25 @@ def test_cli_prints_the_policy(catalog, tmp_path):
                            "--instance-role", "web"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert {st["Sid"] for st in json.loads(proc.stdout)["Statement"]} >= {"ReadRunListAndValidatorKey", "TagOnlyItself"}
+
+
+def test_fast_launch_and_restores_are_granted_only_to_catalogues_that_use_them(catalog, tmp_path):
+    """Turning them off is always allowed (prune, cleanup and reap do it before deleting); turning them on
+    only when a role asks, and EC2's Fast Launch service-linked role only by its service name."""
+    used = statements(bakery_policy(catalog))
+    assert used["FastLaunch"]["Action"] == "ec2:EnableFastLaunch"
+    assert used["FastSnapshotRestores"]["Action"] == "ec2:EnableFastSnapshotRestores"
+    assert used["FastLaunchServiceLinkedRole"]["Condition"] == {
+        "StringEquals": {"iam:AWSServiceName": "ec2fastlaunch.amazonaws.com"}}
+    assert used["SlowDownBakeryImages"]["Condition"] == {
+        "StringEquals": {"aws:ResourceTag/bakery:created-by": "bakery"}}
+    data = {"defaults": {"region": "us-east-1", "runlist_bucket": "acme-bakery",
+                         "alert_topic_arn": "arn:aws:sns:us-east-1:123456789012:bakery-alerts",
+                         "chef": {"server_url": "https://chef.example.com/organizations/acme",
+                                  "validation_client_name": "acme-validator",
+                                  "validation_key_s3": "s3://acme-bakery/chef/validator.pem"}},
+            "roles": {"web": {"platform": "windows", "base_ami": "ami-0123456789abcdef0"}}}
+    plain = bakery_policy(parse_catalog(data, str(tmp_path / "plain.yaml")))
+    actions = policy_actions(plain)
+    assert {"ec2:DisableFastLaunch", "ec2:DisableFastSnapshotRestores", "ec2:DescribeFastLaunchImages"} <= actions
+    assert not {"ec2:EnableFastLaunch", "ec2:EnableFastSnapshotRestores", "iam:CreateServiceLinkedRole"} & actions

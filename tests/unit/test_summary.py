@@ -32,7 +32,7 @@ STAGES = ("preflight", "security-groups", "iam-role", "launch", "bootstrap", "st
 
 
 def _state(role: str, bake_id: str, **kw) -> BakeState:
-    return BakeState(role=role, bake_id=bake_id, release="2.4.0", region="us-east-1", platform="linux", **kw)
+    return BakeState(role=role, bake_id=bake_id, release="2.4.0", region="us-east-1", **{"platform": "linux", **kw})
 
 
 def _run(state: BakeState, durations: dict[str, float], *, fail: str | None = None, message: str = "") -> None:
@@ -321,3 +321,15 @@ def test_bake_result_line_keeps_the_advice():
     long_message = "bootstrap: " + "x" * 300 + "\n" + advice
     lines = summary_lines([RoleOutcome("web", "failed", long_message, 12.0)])
     assert "x" * 300 in lines[0] and any(advice in line for line in lines)
+
+
+def test_the_summary_shows_fast_launch_per_region(tmp_path):
+    ws = Workspace(tmp_path)
+    win = _state("win", "20240101000000-eeeeee", outcome="succeeded", closed=True, platform="windows",
+                 amis={"us-east-1": "ami-0eee0000000000001", "eu-west-1": "ami-0eee0000000000002"},
+                 fast_launch={"us-east-1": "enabled", "eu-west-1": "enabled"})
+    _run(win, {s: 10.0 for s in STAGES})
+    ws.save(win)
+    _, md_path = write_summary(ws, release="2.4.0")
+    [row] = md_rows(md_path.read_text())
+    assert row[8].endswith("Windows Fast Launch eu-west-1 enabled, us-east-1 enabled"), row

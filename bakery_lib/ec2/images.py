@@ -33,6 +33,8 @@ def image_tags(ctx: Context) -> dict[str, str]:
         "bakery:bake-key": state.bake_key or "",
         "bakery:created-by": "bakery",
     })
+    if state.sbom_uri:
+        tags["bakery:sbom"] = state.sbom_uri  # bootstrap uploaded the bake's SBOM (bakery_lib.inventory)
     return tags
 
 

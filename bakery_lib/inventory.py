@@ -30,6 +30,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import AwsError, BakeryError
@@ -201,6 +202,7 @@ class PackageDiff:
     release: str = ""
     sbom: str = ""
     packages: int = 0
+    bake_id: str = ""
     previous_ami: str = ""
     previous_release: str = ""
     previous_sbom: str = ""
@@ -217,7 +219,8 @@ class PackageDiff:
         def pkg(p: Package) -> dict[str, str]:
             return {"name": p.name, "version": p.version, "arch": p.arch, "kind": p.kind}
 
-        return {"role": self.role, "release": self.release, "sbom": self.sbom, "packages": self.packages,
+        return {"role": self.role, "release": self.release, "bake_id": self.bake_id, "sbom": self.sbom,
+                "packages": self.packages,
                 "previous": {"ami": self.previous_ami, "release": self.previous_release, "sbom": self.previous_sbom}
                 if self.previous_ami else None,
                 "added": [pkg(p) for p in self.added], "removed": [pkg(p) for p in self.removed],
@@ -233,7 +236,7 @@ class PackageDiff:
 
         prev = data.get("previous") or {}
         return cls(str(data.get("role", "")), str(data.get("release", "")), str(data.get("sbom", "")),
-                   int(data.get("packages") or 0), str(prev.get("ami", "")), str(prev.get("release", "")),
+                   int(data.get("packages") or 0), str(data.get("bake_id", "")), str(prev.get("ami", "")), str(prev.get("release", "")),
                    str(prev.get("sbom", "")), [pkg(p) for p in data.get("added") or []],
                    [pkg(p) for p in data.get("removed") or []],
                    [(Package(str(c.get("name", "")), str(c.get("from", "")), str(c.get("arch", "")),
@@ -319,6 +322,24 @@ def _diff_against_previous(ctx: Context, diff: PackageDiff, packages: Sequence[P
     diff.added, diff.removed, diff.changed = diff_packages(before, packages)
 
 
+def package_diff_path(artifacts_dir: Path, role: str) -> Path:
+    return artifacts_dir / f"{role}.packages.json"
+
+
+def load_package_diff(artifacts_dir: Path, role: str) -> PackageDiff | None:
+    """The role's ``artifacts/ROLE.packages.json``, or None when there is none (or it is unreadable)."""
+    try:
+        data = json.loads(package_diff_path(artifacts_dir, role).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        return PackageDiff.from_json(data)
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
 def diff_summary(diff: PackageDiff) -> str:
     if not diff.compared:
         return diff.note
@@ -357,9 +378,9 @@ def record_sbom(ctx: Context) -> str:
                 f"the AMI gets no {SBOM_TAG} tag")
     state.sbom_uri = uri
     ctx.save()
-    diff = PackageDiff(role.name, state.release, uri, len(inventory.packages))
+    diff = PackageDiff(role.name, state.release, uri, len(inventory.packages), state.bake_id)
     _diff_against_previous(ctx, diff, inventory.packages)
-    atomic_write_json(ctx.ws.artifacts_dir / f"{role.name}.packages.json", diff.to_json())
+    atomic_write_json(package_diff_path(ctx.ws.artifacts_dir, role.name), diff.to_json())
     return f"SBOM {uri} ({len(inventory.packages)} packages, {inventory.manager}); {diff_summary(diff)}"
 
 

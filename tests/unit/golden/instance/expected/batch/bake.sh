@@ -585,7 +585,7 @@ on_exit() {
     if [ "$BOOT_TEST" = yes ]; then
       tag_boot_test failed "$FAIL" || log "could not tag bakery:boot-test=failed on $INSTANCE_ID"
     else
-      image_bake=$(sed -n 's/.*"bake_id": *"\([A-Za-z0-9_.-]*\)".*/\1/p' "$ROOT/etc/bakery/image.json" 2>/dev/null | head -n 1)
+      image_bake=$(sed -n 's/.*"bake_id": *"\([A-Za-z0-9_.-]*\)".*/\1/p' "$ROOT/etc/bakery/image.json" 2>/dev/null | head -n 1) || image_bake=""
       tail_uri=""
       [ -z "$INSTANCE_ID" ] ||
         tail_uri=$(upload_log_tail "$LOG" "${image_bake:-unknown-bake}/firstboot/$INSTANCE_ID.log") || tail_uri=""

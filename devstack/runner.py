@@ -110,7 +110,8 @@ SHUT_DOWN_STATES = ("shutting-down", "terminated")
 # The packages of the played Debian base image (see the module docstring): a few of debootstrap's minbase.
 BASE_PACKAGES: dict[str, str] = {"base-files": "12.4+deb12u5", "bash": "5.2.15-2+b2", "coreutils": "9.1-1",
                                  "libc6:amd64": "2.36-9+deb12u4", "tzdata": "2024a-0+deb12u1"}
-REMOVED_PACKAGE = ("nano", "7.2-1")  # deinstalled, config files kept: never in an inventory
+REMOVED_PACKAGE = ("nano", "7.2-1")
+MAINTAINER = "Debian Developers <debian-devel@lists.debian.org>"  # deinstalled, config files kept: never in an inventory
 
 
 def dpkg_status(packages: Mapping[str, str]) -> str:
@@ -119,10 +120,11 @@ def dpkg_status(packages: Mapping[str, str]) -> str:
     for spec, version in sorted(packages.items()):
         name, _, arch = spec.partition(":")
         stanzas.append(f"Package: {name}\nStatus: install ok installed\nPriority: required\n"
-                       f"Architecture: {arch or 'all'}\nVersion: {version}\nDescription: {name}\n")
+                       f"Maintainer: {MAINTAINER}\nArchitecture: {arch or 'all'}\nVersion: {version}\n"
+                       f"Description: {name}\n")
     name, version = REMOVED_PACKAGE
     stanzas.append(f"Package: {name}\nStatus: deinstall ok config-files\nPriority: optional\n"
-                   f"Architecture: amd64\nVersion: {version}\nDescription: {name}\n")
+                   f"Maintainer: {MAINTAINER}\nArchitecture: amd64\nVersion: {version}\nDescription: {name}\n")
     return "\n".join(stanzas)
 
 

@@ -133,6 +133,7 @@ def parse_inventory(raw: bytes | str, where: str = "inventory") -> Inventory:
 
 
 def _purl(inv: Inventory, pkg: Package) -> Any:
+    # Loaded only when an SBOM is made: userdata imports this module for its key names alone.
     from packageurl import PackageURL
 
     # purl-spec types: deb (namespace = the distribution), rpm (namespace = the vendor/distribution).
@@ -147,6 +148,7 @@ def _purl(inv: Inventory, pkg: Package) -> Any:
 
 def build_sbom(inv: Inventory, *, role: str, release: str, bake_id: str, base_ami: str = "") -> str:
     """The CycloneDX 1.6 JSON document of the image baked from ``inv``."""
+    # Loaded only when an SBOM is made: userdata imports this module for its key names alone.
     from cyclonedx.model import Property
     from cyclonedx.model.bom import Bom
     from cyclonedx.model.component import Component, ComponentType

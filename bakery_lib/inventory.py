@@ -363,7 +363,7 @@ def record_sbom(ctx: Context) -> str:
     except AwsError as exc:
         why = "missing" if exc.code in _MISSING else f"unreadable ({exc.code}: {exc})"
         return (f"WARNING: the package inventory {where} is {why}: no SBOM for this AMI "
-                f"(no {SBOM_TAG} tag; the bake log says why the instance did not upload it)")
+                f"(no {SBOM_TAG} tag; the bake instance's console output says why it uploaded none)")
     except InventoryError as exc:
         return f"WARNING: {exc}: no SBOM for this AMI (no {SBOM_TAG} tag)"
     text = build_sbom(inventory, role=role.name, release=state.release, bake_id=state.bake_id,

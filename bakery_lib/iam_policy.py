@@ -73,6 +73,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "PassInstanceRolesToEc2": ("iam:PassRole",),
     "RunLists": ("s3:PutObject", "s3:GetObject"),
     "RunListBuckets": ("s3:ListBucket",),
+    "BakeRecords": ("s3:GetObject", "s3:PutObject"),
     "LatestParameters": ("ssm:PutParameter", "ssm:GetParameter",
                          "ssm:GetParameterHistory"),  # summary --from-aws: what each release published
     "EncryptWithCatalogueKeys": ("kms:DescribeKey", "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom",
@@ -230,6 +231,8 @@ def bakery_policy(catalog: Catalog) -> dict[str, Any]:
         sorted({arn for r in roles for arn in r.managed_policies}))
     buckets = sorted({r.runlist_bucket for r in roles})
     statements.append(_statement("RunLists", [f"arn:{part}:s3:::{b}/runlists/*" for b in buckets]))
+    # Bake records (bakery_lib.inventory): the instances' inventories and log tails, the bakery's SBOMs.
+    statements.append(_statement("BakeRecords", [f"arn:{part}:s3:::{b}/bakes/*" for b in buckets]))
     # `bakery validate` checks the bucket exists (HeadBucket needs s3:ListBucket on it).
     statements.append(_statement("RunListBuckets", [f"arn:{part}:s3:::{b}" for b in buckets]))
     statements.append(_statement("LatestParameters", sorted(

@@ -81,6 +81,7 @@ class BakeState:
     test_chef_node: str | None = None
     test_chef_cleaned: bool = False
     boot_test: str | None = None
+    sbom_uri: str | None = None  # S3 URI of the bake's CycloneDX SBOM (bootstrap); tag bakery:sbom on the AMI
     closed: bool = False  # the bake ended (published, or cleaned up after a failure)
     outcome: str | None = None  # succeeded | failed | reused | cleaned
     stages: dict[str, StageRecord] = field(default_factory=dict)

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import jinja2
+from markupsafe import Markup
 
 from .errors import BakeryError, UsageError
 from .fsutil import atomic_write_text
+from .inventory import Package, PackageDiff, load_package_diff
 from .stages import ORDER  # unknown stage names are shown after these, by start time
 from .state import BakeState, StageRecord, Workspace
 
@@ -72,6 +74,7 @@ class RoleRow:
     boot_test: str = ""  # passed | failed | disabled | "" (not run)
     reused: bool = False
     source: str = "workspace"  # workspace | this run | AMI tags (a bake of another workspace or process)
+    packages: PackageDiff | None = None  # package changes against the role's previous AMI (attach_package_changes)
 
     @property
     def mark(self) -> str:
@@ -303,6 +306,7 @@ svg.timeline { width: 100%; max-width: 1100px; height: auto; }
 {% if row.status == "failed" or row.status == "unknown" %}<pre class="failure">{{ row.message }}</pre>
 {% elif row.message %}<p>{{ row.message }}</p>
 {% endif %}
+{% if row.packages %}{{ packages_html(row.packages) }}{% endif %}
 {% set bars = bars_of(row) %}
 {% if bars %}
 <svg class="timeline" role="img" aria-label="stage timeline of {{ row.role }}" viewBox="0 0 {{ width }} {{ bars|length * lane + 4 }}" width="{{ width }}" height="{{ bars|length * lane + 4 }}">
@@ -350,7 +354,7 @@ def render_html(rows: Sequence[RoleRow], *, release: str | None, generated: floa
         counts[row.status] = counts.get(row.status, 0) + 1
     template = _environment().from_string(_TEMPLATE)
     return template.render(
-        rows=list(rows), release=release, counts=sorted(counts.items()), bars_of=bars_of,
+        rows=list(rows), release=release, counts=sorted(counts.items()), bars_of=bars_of, packages_html=packages_html,
         generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(generated if generated is not None else time.time())),
         width=_LABEL_W + _BAR_W + 10, label_w=_LABEL_W, bar_w=_BAR_W, lane=_LANE_H,
     )
@@ -375,6 +379,7 @@ def render_markdown(rows: Sequence[RoleRow], *, release: str | None) -> str:
             f"| {_md_cell(row.base_ami or '–')} | {_md_cell(row.platform or '–')} | {'yes' if row.reused else 'no'} "
             f"| {fmt_duration(row.duration)} | {_md_cell(row.message.splitlines()[0][:300] if row.message else '')} |"
         )
+    lines += packages_markdown(rows)
     return "\n".join(lines) + "\n"
 
 
@@ -403,9 +408,79 @@ def write_summary(ws: Workspace, outcomes: Sequence[RoleOutcome] | None = None, 
         if not rows:
             raise UsageError(f"no bake of release {release!r} in workspace {ws.root} "
                              f"(releases here: {', '.join(here) or 'none'}); nothing written")
+    attach_package_changes(ws, rows)
     title = _release_of(rows, release)
     html_path = ws.reports_dir / "summary.html"
     md_path = ws.reports_dir / "summary.md"
     atomic_write_text(html_path, render_html(rows, release=title, generated=now))
     atomic_write_text(md_path, render_markdown(rows, release=title))
     return html_path, md_path
+
+
+# --- Package changes per role against its previous AMI (artifacts/ROLE.packages.json, bakery_lib.inventory) ---
+
+# Entries shown per list (added, removed, changed) and role: the page stays readable for large images.
+PACKAGE_LIST_LIMIT = 50
+
+
+def attach_package_changes(ws: Workspace, rows: Sequence[RoleRow]) -> None:
+    """Give each row the package diff its bake wrote (bootstrap), when it is of that very bake."""
+    for row in rows:
+        diff = load_package_diff(ws.artifacts_dir, row.role)
+        if diff is not None and row.bake_id and diff.bake_id == row.bake_id:
+            row.packages = diff
+
+
+def _change_lists(diff: PackageDiff) -> list[tuple[str, list[str]]]:
+    def label(p: Package) -> str:
+        arch = f" ({p.arch})" if p.arch and p.arch not in ("all", "noarch") else ""
+        return f"{p.name}{arch}{' [hotfix]' if p.kind == 'hotfix' else ''}"
+
+    return [("added", [f"{label(p)} {p.version}".rstrip() for p in diff.added]),
+            ("removed", [f"{label(p)} {p.version}".rstrip() for p in diff.removed]),
+            ("changed", [f"{label(a)} {a.version} → {b.version}" for a, b in diff.changed])]
+
+
+def _package_headline(diff: PackageDiff) -> str:
+    if not diff.compared:
+        return f"{diff.packages} packages; {diff.note}"
+    return (f"{diff.packages} packages; against {diff.previous_ami} (release {diff.previous_release or '?'}): "
+            f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} changed")
+
+
+_PACKAGES_TEMPLATE = """<div class="packages">
+<h3>Packages</h3>
+<p class="meta">{{ headline }} · SBOM <code>{{ diff.sbom }}</code></p>
+{% for kind, items in lists if items %}
+<details{% if items|length <= 20 %} open{% endif %}><summary>{{ items|length }} {{ kind }}</summary>
+<ul class="packages-{{ kind }}">{% for item in items[:limit] %}<li><code>{{ item }}</code></li>{% endfor %}{% if items|length > limit %}<li>… and {{ items|length - limit }} more (artifacts/{{ diff.role }}.packages.json)</li>{% endif %}</ul>
+</details>
+{% endfor %}
+</div>
+"""
+
+
+def packages_html(diff: PackageDiff) -> Markup:
+    """The per-role "Packages" block of summary.html (HTML-escaped like the rest of the page)."""
+    html = _environment().from_string(_PACKAGES_TEMPLATE).render(
+        diff=diff, headline=_package_headline(diff), lists=_change_lists(diff), limit=PACKAGE_LIST_LIMIT)
+    return Markup(html)
+
+
+def packages_markdown(rows: Sequence[RoleRow]) -> list[str]:
+    """summary.md's "Package changes" section: one paragraph per role that has a package diff."""
+    with_diff = [r for r in rows if r.packages is not None]
+    if not with_diff:
+        return []
+    lines = ["", "## Package changes against each role's previous AMI", ""]
+    for row in with_diff:
+        diff = row.packages
+        assert diff is not None
+        lines.append(f"**{_md_cell(row.role)}**: {_md_cell(_package_headline(diff))}")
+        for kind, items in _change_lists(diff):
+            if items:
+                shown = ", ".join(_md_cell(i) for i in items[:PACKAGE_LIST_LIMIT])
+                more = f" … and {len(items) - PACKAGE_LIST_LIMIT} more" if len(items) > PACKAGE_LIST_LIMIT else ""
+                lines.append(f"- {kind}: {shown}{more}")
+        lines.append("")
+    return lines

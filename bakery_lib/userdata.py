@@ -36,6 +36,7 @@ from typing import Any
 from . import __version__
 from .catalog import S3_URL_RE, RoleSpec
 from .errors import BakeryError
+from .inventory import role_records_prefix
 from .render import environment
 
 USERDATA_LIMIT = 16 * 1024  # EC2: raw user data, before base64
@@ -121,6 +122,7 @@ def _context(role: RoleSpec, **extra: Any) -> dict[str, Any]:
         "run_list_ami": ",".join(role.run_list_ami),
         "run_list_launch_doc": {"run_list": list(role.run_list_launch)},
         "chef_windows_dir": CHEF_WINDOWS_DIRS[role.chef.distribution],
+        "records_prefix": role_records_prefix(role.name),
         **extra,
     }
 
@@ -219,7 +221,7 @@ def bake_script(role: RoleSpec, *, bake_id: str, release: str) -> str:
     lib, *files = _embedded_files(role)
     context = _context(
         role, node=node, marker=HEREDOC_MARKER, lib=lib, files=files,
-        image_info=_image_info(role, bake_id, release, node),
+        image_info=_image_info(role, bake_id, release, node), bake_id=bake_id,
     )
     if role.platform == "linux":
         return _render("linux/bake.sh.j2", context)

@@ -59,6 +59,14 @@ is shut down (``shutting-down``, then ``terminated``); nothing on it runs afterw
 instance is reported ``shutting-down``/``terminated``, the runner kills what its sandbox runs and
 starts no further step of it.
 
+Base image packages (Linux). A bake's root starts as a Debian 12 base image's package database:
+``etc/os-release`` and ``var/lib/dpkg/status`` in dpkg's own format (deb-control(5) stanzas with
+``Package``, ``Status: install ok installed``, ``Architecture``, ``Version``), which the bake script's
+real ``dpkg-query --admindir`` reads, as on a Debian AMI. ``packages`` (name -> version, or
+``name:arch`` -> version) is what that image holds; a test changes ``runner.packages`` between bakes to
+play a new base image or a converge that installed something. One ``deinstall ok config-files`` entry
+(a removed package whose configuration stays, as dpkg keeps it) is always there: it is not installed.
+
 Two kinds of calls, two endpoints. What plays the hypervisor (finding running instances, reading
 their user data and AMI, the OS shutting down at the end of sysprep) goes to ``ec2_endpoint``: on EC2
 these are not API calls and see no eventual consistency. What the instance itself calls -- its
@@ -100,6 +108,34 @@ BOOT_TEST_MARK = b"# bakery:boot-test"  # the line that makes an instance's firs
 MAX_REBOOTS = 6
 # What EC2 reports once an instance's OS is being shut down for good (TerminateInstances).
 SHUT_DOWN_STATES = ("shutting-down", "terminated")
+# The packages of the played Debian base image (see the module docstring): a few of debootstrap's minbase.
+BASE_PACKAGES: dict[str, str] = {"base-files": "12.4+deb12u5", "bash": "5.2.15-2+b2", "coreutils": "9.1-1",
+                                 "libc6:amd64": "2.36-9+deb12u4", "tzdata": "2024a-0+deb12u1"}
+REMOVED_PACKAGE = ("nano", "7.2-1")
+MAINTAINER = "Debian Developers <debian-devel@lists.debian.org>"  # deinstalled, config files kept: never in an inventory
+
+
+def dpkg_status(packages: Mapping[str, str]) -> str:
+    """A dpkg ``status`` file (deb-control(5) stanzas) for ``packages`` (``name[:arch]`` -> version)."""
+    stanzas = []
+    for spec, version in sorted(packages.items()):
+        name, _, arch = spec.partition(":")
+        stanzas.append(f"Package: {name}\nStatus: install ok installed\nPriority: required\n"
+                       f"Maintainer: {MAINTAINER}\nArchitecture: {arch or 'all'}\nVersion: {version}\n"
+                       f"Description: {name}\n")
+    name, version = REMOVED_PACKAGE
+    stanzas.append(f"Package: {name}\nStatus: deinstall ok config-files\nPriority: optional\n"
+                   f"Maintainer: {MAINTAINER}\nArchitecture: amd64\nVersion: {version}\nDescription: {name}\n")
+    return "\n".join(stanzas)
+
+
+def seed_base_image(root: Path, packages: Mapping[str, str]) -> None:
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "etc/os-release").write_text('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n')
+    (root / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
+    (root / "var/lib/dpkg/status").write_text(dpkg_status(packages))
+
+
 # A runner given an ``owner`` boots only the instances tagged with it (see ``InstanceRunner``).
 OWNER_TAG = "devstack:test"
 
@@ -145,6 +181,7 @@ class InstanceRunner:
         credentials: tuple[str, str] | None = None,
         owner: str | None = None,
         hold: Callable[[dict[str, str]], bool] | None = None,
+        packages: Mapping[str, str] | None = None,
     ):
         self.endpoint = ec2_endpoint
         # The hypervisor's own identity (an access key pair) on a moto enforcing IAM; dummy keys elsewhere.
@@ -161,6 +198,7 @@ class InstanceRunner:
         self.windows_sysprep_exit = windows_sysprep_exit
         self.owner = owner
         self.hold = hold
+        self.packages = dict(BASE_PACKAGES if packages is None else packages)  # read at each bake's boot
         self._halted: set[str] = set()  # instances terminated: no step of theirs starts any more
         self.stub_bin = self.workdir / "bin"
         self.results: dict[str, dict[str, Any]] = {}
@@ -335,6 +373,7 @@ class InstanceRunner:
         else:
             kind = "bake" if tags.get(PURPOSE_TAG) == "bake" else "launch"
             root.mkdir(parents=True, exist_ok=True)
+            seed_base_image(root, self.packages)
         (root / "root").mkdir(exist_ok=True)
         result: dict[str, Any] = {"kind": kind, "exit_code": None, "image_id": image_id, "steps": [],
                                   "detail": ""}

@@ -39,6 +39,8 @@ def image_tags(ctx: Context) -> dict[str, str]:
     if ctx.settings.build:
         # The Jenkins build that made the image (copies carry it too): `bakery summary --from-aws` shows it.
         tags[BUILD_TAG] = ctx.settings.build
+    if state.sbom_uri:
+        tags["bakery:sbom"] = state.sbom_uri  # bootstrap uploaded the bake's SBOM (bakery_lib.inventory)
     return tags
 
 

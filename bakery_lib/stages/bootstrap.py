@@ -11,12 +11,19 @@ a deadline (catalogue ``bootstrap_timeout``, default 45 min) and succeeds on:
   ``generalizing`` and ``running`` after ``sysprep_timeout`` (default 20 min) is a failure.
 
 It fails fast on ``failed``, on the instance being terminated, on the instance stopped without any
-result tag, or on the timeout; failures carry the console output tail. Tags and state are observed in
+result tag, or on the timeout; failures carry the console output tail and, when the instance uploaded
+one (tag ``bakery:bootstrap-log`` = its S3 URI, under the role's ``bakes/ROLE/`` prefix), the last
+lines of its bake log, scrubbed of secrets by the instance (docs/instances.md).
+On success it makes the bake's SBOM (:func:`bakery_lib.inventory.record_sbom`): ``artifacts/ROLE.cdx.json``,
+the SBOM in S3 (``state.sbom_uri``, which the image stage tags as ``bakery:sbom``) and the package diff
+against the role's previous AMI (``artifacts/ROLE.packages.json``); a missing inventory is a warning
+in the stage's message, never a failure. Tags and state are observed in
 any order: EC2 is eventually consistent, so a ``stopped`` state may be visible before the tag that was
 set just before the shutdown — a stopped instance gets ``TAG_GRACE`` seconds for its tag to show.
-Reads ``instance_id``; writes nothing but its stage record.
+Reads ``instance_id``; writes its stage record and ``sbom_uri``.
 Calls: DescribeInstances (one per poll, batched), GetConsoleOutput (on failure, and once a minute for
-the heartbeat line).
+the heartbeat line), S3 GetObject (the log tail, on failure); on success S3 GetObject + PutObject and
+DescribeImages (+ GetObject of the previous SBOM) for the SBOM.
 Cleanup: none of its own.
 """
 
@@ -28,6 +35,7 @@ from typing import Any
 from ..aws import tags_of
 from ..ec2.watch import TAG_GRACE, instance_status, wait_for_instance, with_console
 from ..errors import BakeryError, StageTimeout
+from ..inventory import BOOTSTRAP_LOG_TAG, fetch_log_tail, record_sbom
 from .base import Context, no_cleanup
 
 cleanup = no_cleanup  # see the module docstring
@@ -50,7 +58,11 @@ class Watch:
         name = inst["State"]["Name"]
         now = ctx.clock.now()
         if result == "failed":
-            raise BakeryError(with_console(ctx, f"Chef role_ami run failed on {iid}: {detail or 'no detail'}", iid))
+            message = f"Chef role_ami run failed on {iid}: {detail or 'no detail'}"
+            log_uri = tags.get(BOOTSTRAP_LOG_TAG, "")
+            if log_uri:
+                message += f"\n--- last lines of the bake log ({log_uri}) ---\n{fetch_log_tail(ctx, log_uri)}"
+            raise BakeryError(with_console(ctx, message, iid))
         if name in ("shutting-down", "terminated"):
             reason = inst.get("StateReason", {}).get("Message") or inst.get("StateTransitionReason") or ""
             raise BakeryError(with_console(
@@ -99,4 +111,8 @@ def run(ctx: Context) -> str:
     outcome = wait_for_instance(
         ctx, instance_id, what="bakery:bootstrap", timeout=timeout, status=instance_status,
         on_timeout=on_timeout, gone_message=f"instance {instance_id} no longer exists", check=watch.check)
-    return f"Chef role_ami run on {instance_id} {outcome} (after {ctx.clock.now() - start:.0f} s)"
+    message = f"Chef role_ami run on {instance_id} {outcome} (after {ctx.clock.now() - start:.0f} s)"
+    sbom = record_sbom(ctx)
+    if sbom.startswith("WARNING:"):
+        ctx.log(sbom)
+    return f"{message}\n{sbom}"

@@ -1,7 +1,9 @@
 """iam-role: create or update the role's IAM role, inline policy and instance profile.
 
 Least privilege for what the instance does itself: read its run list object and the validator key
-in S3, publish to the alert topic, and tag only itself (the bootstrap result). Licensed Chef
+in S3, write (PutObject only) the bake's records under ``bakes/ROLE/`` of the run-list bucket (package
+inventory, a failed run's log tail: ``bakery_lib.inventory``), publish to the alert topic, and tag only
+itself (the bootstrap result and the ``bakery:bootstrap-log`` URI). Licensed Chef
 (``chef.license_key_s3`` / ``chef.license_key_ssm``): ``s3:GetObject`` on exactly that object, or
 ``ssm:GetParameter`` (``ssm:GetParameters`` too on Windows: ``Get-SSMParameterValue`` calls
 GetParameters) on exactly that parameter, in each region of the role (an instance reads it in its own
@@ -33,6 +35,7 @@ from urllib.parse import unquote
 
 from ..catalog import S3_URL_RE, RoleSpec
 from ..errors import AwsError, BakeryError
+from ..inventory import role_records_prefix
 from .base import Context, RoleContext, no_cleanup, resource_name
 
 cleanup = no_cleanup  # see the module docstring
@@ -84,6 +87,14 @@ def instance_policy(role: RoleSpec, account: str | None = None) -> dict[str, Any
                 "Action": "s3:GetObject",
                 "Resource": sorted({f"arn:{part}:s3:::{role.runlist_bucket}/{role.runlist_key}", validator_arn}),
             },
+            {
+                # The bake's records (package inventory, a failed run's log tail): write only, under the
+                # role's own prefix; no read, no list, no delete, nothing of another role.
+                "Sid": "WriteBakeRecords",
+                "Effect": "Allow",
+                "Action": "s3:PutObject",
+                "Resource": f"arn:{part}:s3:::{role.runlist_bucket}/{role_records_prefix(role.name)}*",
+            },
             {"Sid": "AlertOnFailure", "Effect": "Allow", "Action": "sns:Publish", "Resource": role.alert_topic_arn},
             {
                 # An instance may only tag itself, and only with the result keys of a bake (bootstrap)
@@ -95,7 +106,8 @@ def instance_policy(role: RoleSpec, account: str | None = None) -> dict[str, Any
                 "Condition": {
                     "StringEquals": {"aws:ARN": "${ec2:SourceInstanceARN}"},
                     "ForAllValues:StringEquals": {"aws:TagKeys": ["bakery:bootstrap", "bakery:bootstrap-detail",
-                                                                  "bakery:boot-test", "bakery:boot-test-detail"]},
+                                                                  "bakery:bootstrap-log", "bakery:boot-test",
+                                                                  "bakery:boot-test-detail"]},
                 },
             },
             *license_statements(role, account),

@@ -109,6 +109,13 @@ def test_bootstrap_failure_then_cleanup(devstack, e2e_env, instance_runner, tmp_
     assert "Chef role_ami run failed" in proc.stderr and "Traceback" not in proc.stderr
     failure = junit_cases(ws, "broken")["bootstrap"].find("failure")
     assert failure is not None and "console output" in failure.text
+    # Why, without logging in: the instance uploaded its log's last lines, the stage shows them.
+    bake_id = json.loads((ws / ".bakery" / "broken.json").read_text())["bake_id"]
+    tail_uri = f"s3://{devstack.bucket}/bakes/broken/{bake_id}/bootstrap-log.txt"
+    for text in (proc.stderr, failure.text):
+        assert f"--- last lines of the bake log ({tail_uri}) ---" in text, text
+        assert "RuntimeError: recipe[roles::fail] failed" in text.split("--- console output")[0]
+        assert "PRIVATE KEY" not in text
 
     # The next stage is refused: bootstrap must succeed first.
     proc = bakery(e2e_env, ws, catalog, "stage", "stop", "--role", "broken")

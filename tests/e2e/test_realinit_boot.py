@@ -117,6 +117,12 @@ def test_a_base_without_the_aws_cli_bakes_through_a_cookbook_that_reboots(baked:
     assert not (root / "var/lib/bakery/bake.sh").exists()
     ami = baked.state["amis"][baked.devstack.region]
     assert ec2.describe_images(ImageIds=[ami])["Images"][0]["State"] == "available"
+    # After the converge, dpkg's own list of the booted Debian (awscli included: the bake installed it)
+    # went to S3 and became the AMI's SBOM.
+    sbom = _tags(ec2, ami)["bakery:sbom"]
+    names = {c["name"] for c in json.loads((baked.ws / "artifacts" / f"{baked.role}.cdx.json").read_text())["components"]}
+    assert {"systemd", "cloud-init", "awscli"} <= names, sorted(names)
+    assert sbom == f"s3://{baked.devstack.bucket}/bakes/{baked.role}/{baked.state['bake_id']}/sbom.cdx.json"
 
 
 def test_the_image_gets_a_fresh_machine_id_and_first_boot_runs_once(baked: Baked) -> None:

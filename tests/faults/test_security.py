@@ -140,11 +140,16 @@ def test_instance_role_policy_is_scoped(devstack, baked):
     assert tag["Action"] == "ec2:CreateTags"
     assert tag["Condition"]["StringEquals"] == {"aws:ARN": "${ec2:SourceInstanceARN}"}
     assert tag["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"] == [
-        "bakery:bootstrap", "bakery:bootstrap-detail", "bakery:boot-test", "bakery:boot-test-detail"]
+        "bakery:bootstrap", "bakery:bootstrap-detail", "bakery:bootstrap-log", "bakery:boot-test",
+        "bakery:boot-test-detail"]
+    # The bake's records (inventory, a failed run's log tail): PutObject only, under the role's own prefix.
+    assert by_sid["WriteBakeRecords"] == {"Sid": "WriteBakeRecords", "Effect": "Allow", "Action": "s3:PutObject",
+                                          "Resource": f"arn:aws:s3:::{devstack.bucket}/bakes/{ROLE}/*"}
     assert iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"] == []
     FaultTable.add("security", "the instance role's inline policy",
-                   "s3:GetObject on the run list and validator key, sns:Publish on the topic, ec2:CreateTags on "
-                   "itself with the two bootstrap and two boot-test keys; no `*`", "—")
+                   "s3:GetObject on the run list and validator key, s3:PutObject under `bakes/ROLE/` only, "
+                   "sns:Publish on the topic, ec2:CreateTags on itself with the three bootstrap and two boot-test "
+                   "keys; no `*` action", "—")
 
 
 def unpacked(userdata: str) -> str:

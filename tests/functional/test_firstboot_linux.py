@@ -35,7 +35,10 @@ from support.sandbox import (
     output,
 )
 
+from bakery_lib.inventory import parse_inventory
 from bakery_lib.userdata import bake_script, bake_userdata, instance_files, launch_userdata
+from devstack.runner import BASE_PACKAGES
+from devstack.runner import seed_base_image as seed_debian_base
 
 # --- first boot -------------------------------------------------------------------------------------
 
@@ -89,7 +92,7 @@ def test_first_boot_registers_with_the_s3_run_list_and_removes_the_sentinel(sand
     assert all(status == 200 for _, path, status in paths if path != "/latest/user-data")
 
 
-def test_failed_chef_run_keeps_the_sentinel_and_sends_exactly_one_alert(sandbox_factory, alerts):
+def test_failed_chef_run_keeps_the_sentinel_and_sends_exactly_one_alert(sandbox_factory, alerts, aws):
     instance_id = "i-0feedbeef00000002"
     box = sandbox_factory(instance_id)
     box.install_image(make_role(alerts))
@@ -106,6 +109,13 @@ def test_failed_chef_run_keeps_the_sentinel_and_sends_exactly_one_alert(sandbox_
     for expected in ("role web", instance_id, REGION, "Exit code: 3", "cinc-client exited 3",
                      "stub chef-client: converging node"):
         assert expected in message, (expected, message)
+    # The log's last lines are in S3 under the role's records prefix too, and the alert names them
+    # (an image without /etc/bakery/image.json names no bake: "unknown-bake").
+    key = f"bakes/web/unknown-bake/firstboot/{instance_id}.log"
+    assert f"Log tail:  s3://{BUCKET}/{key}" in message, message
+    tail = aws["s3"].get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+    assert "cinc-client exited 3" in tail and "stub chef-client: converging node" in tail
+    assert "PRIVATE KEY" not in tail and "PRIVATE KEY" not in message
 
     # A reboot retries, and a good run then completes the first boot without another alert.
     proc = box.run(firstboot(box))
@@ -235,11 +245,22 @@ def test_bake_userdata_end_to_end_then_first_boot_of_the_image(sandbox_factory, 
     box = sandbox_factory(bake_instance, name="bake")
     bake_id = "20260101000000-abc123"
 
+    seed_debian_base(box.root, {**BASE_PACKAGES, "openssl": "3.0.15-1~deb12u1"})
+
     proc = box.run_userdata(bake_userdata(role, bake_id=bake_id, release="2.7.1"))
 
     assert proc.returncode == 0, output(proc)
     tags = instance_tags(aws, bake_instance)
     assert tags["bakery:bootstrap"] == "succeeded", tags
+    # What dpkg says is installed after the converge, uploaded with the instance role for the SBOM:
+    # installed packages only (the removed one whose config files stay is not).
+    raw = aws["s3"].get_object(Bucket=BUCKET, Key=f"bakes/web/{bake_id}/inventory.json")["Body"].read()
+    inventory = parse_inventory(raw)
+    assert (inventory.platform, inventory.manager, inventory.os_id, inventory.os_version) == ("linux", "dpkg", "debian", "12")
+    assert {(p.key, p.version) for p in inventory.packages} == {
+        ("base-files", "12.4+deb12u5"), ("bash", "5.2.15-2+b2"), ("coreutils", "9.1-1"),
+        ("libc6:amd64", "2.36-9+deb12u4"), ("tzdata", "2024a-0+deb12u1"), ("openssl", "3.0.15-1~deb12u1")}
+    assert "package inventory (6 packages) uploaded" in proc.stdout
     assert f"bake-web-{bake_id}" in tags["bakery:bootstrap-detail"]
     assert "bake of web succeeded" in proc.stdout  # the console, which the bootstrap stage reads
 
@@ -289,6 +310,14 @@ def test_bake_userdata_failing_chef_tags_failed_and_installs_nothing(sandbox_fac
     assert tags["bakery:bootstrap"] == "failed"
     assert "cinc-client exited 5" in tags["bakery:bootstrap-detail"]
     assert "FAILED: cinc-client exited 5" in proc.stdout
+    # The last lines of the bake's log went to S3 (the tag value limit is 256 characters), named by a tag.
+    key = "bakes/web/20260101000000-bad000/bootstrap-log.txt"
+    assert tags["bakery:bootstrap-log"] == f"s3://{BUCKET}/{key}"
+    tail = aws["s3"].get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+    assert "FAILED: cinc-client exited 5" in tail and "stub chef-client" in tail
+    assert "PRIVATE KEY" not in tail
+    # No inventory for a failed converge.
+    assert "Contents" not in aws["s3"].list_objects_v2(Bucket=BUCKET, Prefix="bakes/web/20260101000000-bad000/inventory")
     # The log left behind is a root-only summary: the reason, not Chef's output.
     summary = box.root / "var/log/bakery-bake.log"
     assert "failed: cinc-client exited 5" in summary.read_text()

@@ -32,6 +32,7 @@ import boto3
 from bakery_lib.aws import Aws, Clock
 from bakery_lib.catalog import load_catalog
 from bakery_lib.chef import ChefHTTPError
+from bakery_lib.inventory import inventory_key
 from bakery_lib.settings import Settings
 from bakery_lib.stages import ORDER, run_stage
 from bakery_lib.stages.base import Context
@@ -176,7 +177,16 @@ def simulate_bootstrap(devstack: DevStack, instance_id: str, node: str, *, finis
             raise
     if not finish:
         return
-    devstack.moto.client("ec2").create_tags(Resources=[instance_id], Tags=[
+    ec2 = devstack.moto.client("ec2")
+    # The bake script uploads the package inventory before it tags success (bakery_lib.inventory).
+    inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    tags = {t["Key"]: t["Value"] for t in inst.get("Tags") or []}
+    if "bakery:role" in tags and "bakery:bake-id" in tags:
+        devstack.moto.client("s3").put_object(
+            Bucket=devstack.bucket, Key=inventory_key(tags["bakery:role"], tags["bakery:bake-id"]),
+            Body=json.dumps({"schema": 1, "platform": "linux", "manager": "dpkg", "os": {"id": "debian", "version_id": "12"},
+                             "packages": [{"name": "bash", "version": "5.2.15-2+b2", "arch": "amd64"}]}).encode())
+    ec2.create_tags(Resources=[instance_id], Tags=[
         {"Key": "bakery:bootstrap", "Value": "succeeded"},
         {"Key": "bakery:bootstrap-detail", "Value": "simulated by the fault tests"}])
 

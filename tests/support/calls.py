@@ -25,6 +25,8 @@ class BakeCall:
     # A refusal of this call does not fail the stage: the stage finishes and says what it left for
     # the next run (publish deprecating the role's superseded AMIs).
     best_effort: bool = False
+    # What the stage's output says when a best-effort call was refused.
+    best_effort_says: str = "not all superseded AMIs deprecated"
 
     @property
     def id(self) -> str:
@@ -56,6 +58,12 @@ BAKE_CALLS: tuple[BakeCall, ...] = (
     BakeCall("launch", "DescribeInstances", why="another bake of the role launched at the same time? (batched)"),
     BakeCall("launch", "DescribeInstances", rerun=True, why="rerun: an instance of this bake already there?"),
     BakeCall("bootstrap", "DescribeInstances", why="poll for bakery:bootstrap"),
+    BakeCall("bootstrap", "GetObject", service="s3", why="the package inventory the instance uploaded",
+             best_effort=True, best_effort_says="no SBOM for this AMI"),
+    BakeCall("bootstrap", "PutObject", service="s3", why="the SBOM, next to the inventory",
+             best_effort=True, best_effort_says="the AMI gets no bakery:sbom tag"),
+    BakeCall("bootstrap", "DescribeImages", why="the role's previous AMI with an SBOM, for the package diff",
+             best_effort=True, best_effort_says="no package diff"),
     BakeCall("stop", "StopInstances"),
     BakeCall("stop", "DescribeInstances", why="poll until stopped (batched)"),
     BakeCall("image", "CreateImage"),

@@ -14,14 +14,12 @@ mkdir -p "${LIB%/*}"
 cat >"$LIB" <<'BAKERY_FILE_END'
 # shellcheck shell=bash
 # AMI Bakery: role 'batch' settings + functions of the instance scripts. Test seams: BAKERY_ROOT
-# (prefix of every path written), BAKERY_IMDS_URL, AWS_ENDPOINT_URL; tools from PATH.
 ROLE='batch'
 CHEF_SERVER_URL='https://chef.example.com/organizations/acme'
 CHEF_VALIDATOR='acme-validator'
 CHEF_VALIDATOR_KEY_S3='s3://acme-bakery/chef/validator.pem'
 CHEF_VERSION='18.8'
 CHEF_INSTALLER_URL='https://chefdownload-commercial.chef.io/install.sh'
-# cinc (community build: cinc-client in /opt/cinc) or chef (licensed: chef-client in /opt/chef).
 CHEF_DISTRIBUTION='chef'
 CHEF_PREINSTALLED='no'
 CHEF_LICENSE_S3=''
@@ -29,6 +27,8 @@ CHEF_LICENSE_SSM='/acme/chef/license-key'
 AWS_CLI_INSTALLER_URL='https://awscli.amazonaws.com/awscli-exe-linux-{arch}.zip'
 ALERT_TOPIC_ARN='arn:aws:sns:us-east-1:123456789012:bakery-alerts'
 ALERT_REGION='us-east-1'
+RECORDS_BUCKET='acme-bakery'
+RECORDS_PREFIX='bakes/batch/'
 
 PROG=${PROG:-bakery}
 ROOT=${BAKERY_ROOT:-/}
@@ -36,14 +36,10 @@ ROOT=${ROOT%/}
 IMDS=${BAKERY_IMDS_URL:-http://169.254.169.254}
 IMDS=${IMDS%/}
 if [ -n "${BAKERY_IMDS_URL:-}" ]; then
-  # The CLI's instance-role credentials must come from the same metadata service.
   export AWS_EC2_METADATA_SERVICE_ENDPOINT="${AWS_EC2_METADATA_SERVICE_ENDPOINT:-$IMDS}"
 fi
-# Appended, so tools earlier on PATH win: the omnibus client, and the AWS CLI where bases put it (AWS's
-# installer links /usr/local/bin/aws, the snap /snap/bin/aws, Amazon Linux 1 /opt/aws/bin).
 PATH="$PATH:/usr/local/bin:/usr/local/sbin:/opt/$CHEF_DISTRIBUTION/bin:/snap/bin:/usr/local/aws-cli/v2/current/bin:/opt/aws/bin"
 CHEF_BIN='chef-client'
-# Chef 18+ asks to accept its license; Cinc ignores this.
 export PATH CHEF_LICENSE=accept-no-persist
 CHEF_LICENSE_KEY_VALUE=""
 CHEF_DIR="$ROOT/etc/chef"
@@ -55,9 +51,6 @@ REGION=""
 STEP="starting"
 FAIL=""
 
-# Ends the script (from its EXIT trap) once the log's tee has written everything: when a service's main
-# process exits, systemd kills what is left in its control group -- a tee still holding the last lines
-# included. TEE_PID is $! right after `exec > >(tee ...)`; bash before 4.4 cannot wait for it.
 finish() {
   exec >&- 2>&-
   [ -z "${TEE_PID:-}" ] || wait "$TEE_PID" 2>/dev/null || true
@@ -68,7 +61,6 @@ step() {
   STEP=$*
   log "$STEP"
 }
-# Give up with a reason; the caller's EXIT trap reports it.
 fail() {
   FAIL=$*
   log "FAILED: $FAIL"
@@ -82,7 +74,6 @@ retry() {
     n=$((n + 1))
   done
 }
-# awscli v1 before 1.29 ignores AWS_ENDPOINT_URL: pass it on explicitly.
 awsc() {
   if [ -n "${AWS_ENDPOINT_URL:-}" ]; then
     aws --endpoint-url "$AWS_ENDPOINT_URL" "$@"
@@ -91,7 +82,6 @@ awsc() {
   fi
 }
 
-# IMDSv2: a session token first, then every read carries it.
 imds_token() {
   curl -fsS --max-time 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 21600' "$IMDS/latest/api/token"
 }
@@ -106,13 +96,8 @@ read_metadata() {
   log "instance $INSTANCE_ID in $REGION"
 }
 
-# The instance scripts talk to AWS through the CLI; many bases (Debian's cloud images, RHEL, SUSE) have
-# none. The distribution's package first (Debian/Ubuntu awscli, Amazon Linux/Fedora awscli), else AWS's
-# documented bundled installer (a zip with aws/install) from AWS_CLI_INSTALLER_URL ({arch}: uname -m).
-# Returns non-zero (the caller decides) when neither gives a working `aws`.
 ensure_aws_cli() {
   command -v aws >/dev/null 2>&1 && return 0
-  # Packages install into the running system only, never a mounted image or sandbox (BAKERY_ROOT).
   [ -z "$ROOT" ] || { log "no aws on PATH, and $ROOT is not the running system: not installing it"; return 1; }
   step "installing the AWS CLI (the base image has none)"
   local rc=0
@@ -143,7 +128,6 @@ ensure_aws_cli() {
   return 1
 }
 
-# A tag value, safe in a JSON string too: printable ASCII without " or \, at most 255 characters.
 clean() {
   local s
   s=$(printf '%s' "$*" | LC_ALL=C tr -c '[:print:]' ' ')
@@ -151,19 +135,36 @@ clean() {
   printf '%s' "${s:0:255}"
 }
 tag_self() {
+  local extra=""
+  [ -z "${3:-}" ] || extra=$(printf ',{"Key":"bakery:bootstrap-log","Value":"%s"}' "$(clean "$3")")
   retry awsc ec2 create-tags --region "$REGION" --resources "$INSTANCE_ID" --tags \
-    "$(printf '[{"Key":"bakery:bootstrap","Value":"%s"},{"Key":"bakery:bootstrap-detail","Value":"%s"}]' \
-      "$(clean "$1")" "$(clean "$2")")"
+    "$(printf '[{"Key":"bakery:bootstrap","Value":"%s"},{"Key":"bakery:bootstrap-detail","Value":"%s"}%s]' \
+      "$(clean "$1")" "$(clean "$2")" "$extra")"
 }
 
-# One SNS alert: role, instance, region, exit code, reason, last log lines. A single attempt (the CLI
-# retries throttling): a blind retry could alert twice.
+scrub() {
+  sed -E -e '/-----BEGIN [A-Z0-9 ]*PRIVATE[ ]KEY/,/-----END [A-Z0-9 ]*PRIVATE[ ]KEY/d; /^\s*[A-Za-z0-9+\/=]{40,}\s*$/d' \
+    -e 's/(AKIA|ASIA)[A-Z0-9]{16}/[removed]/g; s/((password|passwd|secret|token|license_id|license[_-]?key|api_key)"?\s*[:=]\s*)[^[:space:]&,]+/\1[removed]/Ig' |
+    awk -v s="${CHEF_LICENSE_KEY_VALUE:-}" 's != "" { while ((i = index($0, s)) > 0) $0 = substr($0, 1, i - 1) "[removed]" substr($0, i + length(s)) } { print }'
+}
+put_record() {
+  awsc s3 cp --only-show-errors --region "$REGION" --sse AES256 --content-type "$3" "$1" "s3://$RECORDS_BUCKET/$2" >&2 &&
+    printf 's3://%s/%s' "$RECORDS_BUCKET" "$2"
+}
+upload_log_tail() {
+  local f
+  f=$(mktemp) || return 0
+  tail -n 60 "$1" 2>/dev/null | cut -c 1-500 | scrub >"$f" || true
+  put_record "$f" "$RECORDS_PREFIX$2" text/plain || log "could not upload the tail of $1" >&2
+  rm -f "$f"
+}
+
 alert() {
   local subject body
   subject="bakery: $WHAT of $ROLE failed on ${INSTANCE_ID:-unknown instance}"
-  body=$(printf 'AMI Bakery: %s of role %s failed.\n\nInstance:  %s\nRegion:    %s\nExit code: %s\nReason:    %s\n%s\nLog:       %s\n\nLast log lines:\n%s\n' \
+  body=$(printf 'AMI Bakery: %s of role %s failed.\n\nInstance:  %s\nRegion:    %s\nExit code: %s\nReason:    %s\n%s\nLog:       %s\nLog tail:  %s\n\nLast log lines:\n%s\n' \
     "$WHAT" "$ROLE" "${INSTANCE_ID:-unknown}" "${REGION:-unknown}" "$1" "$FAIL" "${ALERT_NOTE:-}" "$LOG" \
-    "$(tail -n 30 "$LOG" 2>/dev/null || true)")
+    "${2:-not uploaded}" "$(tail -n 30 "$LOG" 2>/dev/null | scrub || true)")
   if awsc sns publish --region "$ALERT_REGION" --topic-arn "$ALERT_TOPIC_ARN" \
     --subject "${subject:0:100}" --message "$body" >/dev/null; then
     log "alert published to $ALERT_TOPIC_ARN"
@@ -172,13 +173,11 @@ alert() {
   fi
 }
 
-# A Ruby single-quoted string: only \ and ' are special there.
 rbq() {
   local s=${1//\\/\\\\}
   printf "'%s'" "${s//\'/\\\'}"
 }
 
-# The licensed Chef's key, from S3 or SSM with the instance role: kept in memory, never on disk.
 fetch_license_key() {
   [ "$CHEF_DISTRIBUTION" = chef ] || return 0
   [ -n "$CHEF_LICENSE_KEY_VALUE" ] && return 0
@@ -204,8 +203,6 @@ ensure_chef() {
   step "installing $CHEF_DISTRIBUTION client $CHEF_VERSION from $CHEF_INSTALLER_URL"
   local installer
   installer=$(mktemp)
-  # Downloaded whole before it runs: a cut-off pipe into bash would run half a script. A license
-  # key goes in curl's config on stdin, not on its command line (ps would show it).
   local rc=0
   if [ -n "$CHEF_LICENSE_KEY_VALUE" ]; then
     printf 'url = "%s?license_id=%s"\n' "$CHEF_INSTALLER_URL" "$CHEF_LICENSE_KEY_VALUE" |
@@ -221,7 +218,6 @@ ensure_chef() {
   command -v "$CHEF_BIN" >/dev/null 2>&1 || fail "$CHEF_BIN is not on PATH after installing"
 }
 
-# Runs the distribution's client; licensed Chef gets its key in the environment only.
 chef_run() {
   if [ -n "$CHEF_LICENSE_KEY_VALUE" ]; then
     CHEF_LICENSE_KEY="$CHEF_LICENSE_KEY_VALUE" "$CHEF_BIN" "$@"
@@ -254,6 +250,7 @@ BAKERY_FILE_END
 # shellcheck source=bakery-lib.sh
 . "$LIB"
 NODE_NAME='bake-batch-render'
+BAKE_ID='render'
 RUN_LIST='recipe[roles::batch_ami]'
 IMAGE_INFO='{"bake_id":"render","bakery_version":"0.1.0","chef_node":"bake-batch-render","release":"unreleased","role":"batch"}'
 LOG="$ROOT/var/log/bakery-bake.log"
@@ -266,18 +263,15 @@ REBOOTING=no
 POWER_OFF=no
 REPORTED=no
 mkdir -p "${LOG%/*}"
-# The full log (Chef's diffs included) is root-only while it exists; it becomes a summary at the end.
 (umask 077 && touch "$LOG")
 exec > >(tee -a "$LOG") 2>&1
 TEE_PID=$!
 
-# What the image keeps of this bake: a few lines, root only. Chef's output stays on the console.
 summarize_logs() {
   local summary="$LOG.summary"
   (umask 077 && printf 'AMI Bakery bake of role %s as Chef node %s: %s\nreboots during the converge: %s\nfinished %s\n' \
     "$ROLE" "$NODE_NAME" "$1" "$(cat "$RESUME_COUNT" 2>/dev/null || echo 0)" "$(date -u +%FT%TZ)" >"$summary")
   mv -f "$summary" "$LOG"
-  # cloud-init copies user data output here: the same Chef output, kept out of the image.
   if [ -f "$ROOT/var/log/cloud-init-output.log" ]; then
     : >"$ROOT/var/log/cloud-init-output.log"
   fi
@@ -295,17 +289,17 @@ on_exit() {
     finish 0  # the resumed run reports
   fi
   if [ "$rc" -eq 143 ] && resume_armed; then
-    # Stopped by the OS going down (chef-client's `shutdown -r` runs in the background, so the shutdown
-    # can overtake the script): the armed resume unit continues the bake at the next boot.
     log "terminated by the shutdown during: $STEP; the bake continues after the reboot"
     finish 0
   fi
   if [ "$rc" -ne 0 ]; then
     [ -n "$FAIL" ] || FAIL="$STEP failed (exit $rc)"
     log "bake of $ROLE failed: $FAIL"
-    if [ -n "$INSTANCE_ID" ] && [ "$POWER_OFF" = no ] && ! tag_self failed "$FAIL"; then
-      # Nothing can report for this instance: power it off, so the bakery sees it stopped without a
-      # result (and says so with the console) at once instead of waiting for bootstrap_timeout.
+    local log_uri=""
+    if [ -n "$INSTANCE_ID" ] && [ "$POWER_OFF" = no ]; then
+      log_uri=$(upload_log_tail "$LOG" "$BAKE_ID/bootstrap-log.txt") || log_uri=""
+    fi
+    if [ -n "$INSTANCE_ID" ] && [ "$POWER_OFF" = no ] && ! tag_self failed "$FAIL" "$log_uri"; then
       log "could not tag $INSTANCE_ID bakery:bootstrap=failed: powering off so the bakery reports this now"
       POWER_OFF=yes
     fi
@@ -330,9 +324,6 @@ resume_armed() {
   [ -f "$ROOT/etc/systemd/system/$RESUME_UNIT" ] && [ -f "$RESUME_SCRIPT" ]
 }
 
-# The one-shot unit that runs this script again at the next boot. Armed before every converge: a
-# cookbook's reboot (chef-client runs `shutdown -r +N &` and exits 35, lib/chef/platform/rebooter.rb)
-# can take the OS down before this script gets to run another command.
 arm_resume() {
   [ -f "$RESUME_SCRIPT" ] || fail "$RESUME_SCRIPT is missing: the bake cannot continue after a reboot"
   live_systemd || [ -n "$ROOT" ] || return 0  # no systemd: a reboot request fails the bake (see below)
@@ -362,7 +353,6 @@ UNIT_END
   fi
 }
 
-# The converge finished (or failed): a later boot (of the image) must not run the bake again.
 disarm_resume() {
   rm -f "$ROOT/etc/systemd/system/multi-user.target.wants/$RESUME_UNIT" "$ROOT/etc/systemd/system/$RESUME_UNIT"
   if live_systemd; then
@@ -370,9 +360,6 @@ disarm_resume() {
   fi
 }
 
-# chef-client exited 35 (reboot scheduled: its `shutdown -r` is already under way) or 37 (reboot
-# needed, not scheduled): reboot; the armed unit runs this script again, so the converge finishes
-# before anything is tagged.
 reboot_and_resume() {
   local count
   count=$(($(cat "$RESUME_COUNT" 2>/dev/null || echo 0) + 1))
@@ -381,12 +368,40 @@ reboot_and_resume() {
   resume_armed || fail "chef-client asked for a reboot, but without systemd the bake cannot continue after it"
   step "chef-client exited $1 (reboot requested): rebooting to continue the converge (reboot $count of at most $MAX_REBOOTS)"
   REBOOTING=yes
-  # Already shutting down after a 35: the reboot job is queued; a second request changes nothing.
   reboot || log "reboot: the shutdown is already under way"
   exit 0
 }
 
-# Write stdin to ROOT/PATH with MODE, atomically.
+os_field() { sed -n "s/^$1=//p" "$ROOT/etc/os-release" 2>/dev/null | tr -d '"' | head -n 1; }
+inventory_json() {
+  local manager=rpm rows
+  if command -v dpkg-query >/dev/null 2>&1 && [ -f "$ROOT/var/lib/dpkg/status" ]; then
+    manager=dpkg
+    # shellcheck disable=SC2016
+    rows=$(dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Status}\t${Package}\t${Version}\t${Architecture}\n' |
+      sed -n 's/^[^\t]* installed\t//p') || return 1
+  elif command -v rpm >/dev/null 2>&1; then
+    rows=$(rpm --root "${ROOT:-/}" -qa --qf '%{NAME}\t%|EPOCH?{''%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\t%{ARCH}\n') || return 1
+  else
+    return 1
+  fi
+  printf '{"schema": 1, "platform": "linux", "manager": "%s", "role": "%s", "bake_id": "%s", "os": {"id": "%s", "version_id": "%s"}, "packages": [\n' \
+    "$manager" "$ROLE" "$BAKE_ID" "$(clean "$(os_field ID)")" "$(clean "$(os_field VERSION_ID)")"
+  printf '%s\n' "$rows" | LC_ALL=C sort -u | sed -E 's/["\\]//g; /^$/d; s/^([^\t]*)\t([^\t]*)\t?([^\t]*).*/{"name": "\1", "version": "\2", "arch": "\3"}/' |
+    sed '$!s/$/,/'
+  printf ']}\n'
+}
+report_inventory() {
+  local doc uri
+  doc=$(mktemp) || return 0
+  if inventory_json >"$doc" && uri=$(put_record "$doc" "$RECORDS_PREFIX$BAKE_ID/inventory.json" application/json); then
+    log "package inventory ($(grep -c '"name"' "$doc") packages) uploaded to $uri"
+  else
+    log "WARNING: no package inventory (dpkg or rpm) uploaded: the AMI gets no SBOM"
+  fi
+  rm -f "$doc"
+}
+
 put_file() {
   local dest="$ROOT$1"
   mkdir -p "${dest%/*}"
@@ -411,7 +426,6 @@ enable_firstboot() {
     fi
     return 0
   fi
-  # Not the running system (a sandbox or a mounted image): make the links those tools make.
   mkdir -p "$ROOT/etc/systemd/system/multi-user.target.wants"
   ln -sfn /etc/systemd/system/bakery-firstboot.service \
     "$ROOT/etc/systemd/system/multi-user.target.wants/bakery-firstboot.service"
@@ -424,8 +438,6 @@ enable_firstboot() {
   log "enabled bakery-firstboot by links under $ROOT/etc"
 }
 
-# A run started by the armed unit counts the reboot it follows (counted here, not before rebooting:
-# the shutdown may end the previous run first).
 if resume_armed; then
   mkdir -p "$RESUME_DIR"
   echo $(($(cat "$RESUME_COUNT" 2>/dev/null || echo 0) + 1)) >"$RESUME_COUNT"
@@ -434,8 +446,6 @@ fi
 log "baking role $ROLE as Chef node $NODE_NAME"
 read_metadata
 if ! ensure_aws_cli; then
-  # It cannot tag its result without the CLI: say why on the console and power off, which the
-  # bakery's bootstrap stage reports at once (a stopped instance without a result).
   FAIL="no AWS CLI on the base image and none could be installed (package or $AWS_CLI_INSTALLER_URL)"
   POWER_OFF=yes
   exit 1
@@ -455,6 +465,9 @@ case "$rc" in
   143) exit 143 ;; # chef-client ended by SIGTERM: the OS is going down (on_exit keeps the resume)
   *) fail "$CHEF_BIN exited $rc running the ami run list $RUN_LIST" ;;
 esac
+
+step "reporting the installed packages"
+report_inventory
 
 step "installing the first-boot mechanism"
 put_file '/usr/local/sbin/bakery-firstboot' 755 <<'BAKERY_FILE_END'
@@ -479,11 +492,6 @@ LOCK="$ROOT/var/lock/bakery-firstboot.lock"
 WHAT="first boot"
 ALERT_NOTE="$SENTINEL is kept: the next boot retries."
 
-# Boot test (the bakery's boot-test stage): the instance's own user data says so, in lines
-# "# bakery:boot-test" and "# bakery:boot-test-KEY=VALUE" (run list and command base64). Read through
-# IMDSv2 when the first boot starts, so the mode never depends on boot order (cloud-init runs user data
-# after the init services). 404 is "no user data": an ordinary instance. Any other answer is retried,
-# then fails the run: a test instance must never run as a production one.
 BOOT_TEST=no
 REPORTED=no
 BOOT_TEST_NODE=""
@@ -534,13 +542,11 @@ if [ ! -e "$SENTINEL" ]; then
   exit 0
 fi
 mkdir -p "${LOG%/*}" "${LOCK%/*}"
-# The log holds Chef's whole output (diffs of templated files included): root only, like the bake log.
 (umask 077 && touch "$LOG")
 chmod 600 "$LOG"
 exec > >(tee -a "$LOG") 2>&1
 TEE_PID=$!
 
-# One run at a time: a second start steps aside (exit 0).
 LOCKDIR=""
 if command -v flock >/dev/null 2>&1; then
   exec 9>>"$LOCK"
@@ -549,7 +555,6 @@ if command -v flock >/dev/null 2>&1; then
     exit 0
   fi
 else
-  # No flock: mkdir is atomic; a lock of a dead process is stale.
   if ! mkdir "$LOCK.d" 2>/dev/null; then
     holder=$(cat "$LOCK.d/pid" 2>/dev/null || true)
     if [ -n "$holder" ] && kill -0 "$holder" 2>/dev/null; then
@@ -563,7 +568,6 @@ else
   LOCKDIR="$LOCK.d"
   echo "$$" >"$LOCKDIR/pid"
 fi
-# A run that held the lock until a moment ago may have done the job.
 if [ ! -e "$SENTINEL" ]; then
   log "another run removed $SENTINEL: nothing to do"
   exit 0
@@ -572,7 +576,6 @@ fi
 on_exit() {
   local rc=$?
   trap - EXIT
-  # The validator key is only needed to register: never leave it on disk.
   rm -f "$VALIDATOR_PEM"
   if [ "$REPORTED" = yes ]; then
     rc=0  # the result is tagged; what the shutdown did to the log afterwards changes nothing
@@ -580,10 +583,13 @@ on_exit() {
   if [ "$rc" -ne 0 ]; then
     [ -n "$FAIL" ] || FAIL="$STEP failed (exit $rc)"
     if [ "$BOOT_TEST" = yes ]; then
-      # A test pages nobody: the bakery reads the result from the tag.
       tag_boot_test failed "$FAIL" || log "could not tag bakery:boot-test=failed on $INSTANCE_ID"
     else
-      alert "$rc"
+      image_bake=$(sed -n 's/.*"bake_id": *"\([A-Za-z0-9_.-]*\)".*/\1/p' "$ROOT/etc/bakery/image.json" 2>/dev/null | head -n 1) || image_bake=""
+      tail_uri=""
+      [ -z "$INSTANCE_ID" ] ||
+        tail_uri=$(upload_log_tail "$LOG" "${image_bake:-unknown-bake}/firstboot/$INSTANCE_ID.log") || tail_uri=""
+      alert "$rc" "$tail_uri"
     fi
   fi
   if [ -n "$LOCKDIR" ]; then
@@ -600,8 +606,6 @@ read_metadata
 read_boot_test
 ensure_aws_cli || fail "no AWS CLI on this image and none could be installed"
 NODE_NAME="$ROLE-$INSTANCE_ID"
-# Extra client options of a boot test (bash 4.2, CentOS 7: an empty array is "unbound" under set -u,
-# hence the ${CHEF_ARGS[@]+...} forms below).
 CHEF_ARGS=()
 CHEF_MODE=""
 if [ "$BOOT_TEST" = yes ]; then
@@ -627,7 +631,6 @@ write_client_rb "$NODE_NAME"
 fetch_license_key
 step "running $CHEF_BIN$CHEF_MODE as $NODE_NAME with the run list from $RUNLIST_S3"
 rc=0
-# 9>&-: a service Chef starts must not inherit (and so hold) the lock.
 chef_run -c "$CLIENT_RB" -j "$RUNLIST_JSON" ${CHEF_ARGS[@]+"${CHEF_ARGS[@]}"} 9>&- || rc=$?
 if [ "$rc" -ne 0 ]; then
   FAIL="$CHEF_BIN$CHEF_MODE exited $rc"
@@ -645,13 +648,9 @@ if [ "$BOOT_TEST" = yes ]; then
     [ "$rc" -eq 0 ] || fail "the health command exited $rc ($detail)"
     detail="$detail; health command passed"
   fi
-  # Once tagged, the bakery terminates this instance at once: neither the shutdown's SIGTERM (ignored,
-  # by the CLI too) nor a failed write to the log's tee it killed (systemd ignores SIGPIPE, so writes
-  # fail and set -e ends the script) may turn the reported result into "failed".
   trap '' TERM
   tag_boot_test passed "$detail" || fail "cannot tag bakery:boot-test=passed on $INSTANCE_ID"
   REPORTED=yes
-  # The instance is terminated after the test: the sentinel stays, as on an untested copy of the image.
   log "boot test of $NODE_NAME passed ($detail); $SENTINEL kept"
   exit 0
 fi
@@ -746,10 +745,6 @@ log "created $ROOT/firstboot.txt"
 step "removing this instance's Chef identity from the image"
 rm -f "$CLIENT_PEM" "$VALIDATOR_PEM" "$CLIENT_RB" "$CHEF_DIR/first-boot.json"
 
-# Every instance of the image must get its own machine id (journal, DHCP DUID, D-Bus): as
-# `cloud-init clean --machine-id` does for golden images, "uninitialized" under systemd (a new id is
-# made at the next boot), no file without it. cloud-init's per-instance state needs nothing: it
-# re-runs its per-instance modules for each new instance id.
 if [ -s "$ROOT/etc/machine-id" ]; then
   step "clearing the machine id: each instance gets its own at its first boot"
   if [ -d "$ROOT/run/systemd/system" ] || [ -d "$ROOT/lib/systemd/system" ] || [ -d "$ROOT/usr/lib/systemd/system" ]; then
@@ -762,12 +757,8 @@ fi
 
 step "reporting success"
 log "bake of $ROLE succeeded: the bakery now stops and images $INSTANCE_ID"
-# Before the tag: once it is set, the bakery may stop this instance at any moment.
 summarize_logs succeeded
 rm -f "$RESUME_SCRIPT" "$RESUME_COUNT"
-# Once tagged, the bakery stops this instance at once: neither the shutdown's SIGTERM (ignored, by the
-# CLI too) nor a failed write to the log's tee it killed (systemd ignores SIGPIPE, so writes fail and
-# set -e ends the script) may turn the reported result into "failed".
 trap '' TERM
 tag_self succeeded "ami run list converged as $NODE_NAME; first boot installed" ||
   fail "could not tag $INSTANCE_ID bakery:bootstrap=succeeded"

@@ -6,14 +6,12 @@ umask 022
 PROG=bakery-launch
 # shellcheck shell=bash
 # AMI Bakery: role 'batch' settings + functions of the instance scripts. Test seams: BAKERY_ROOT
-# (prefix of every path written), BAKERY_IMDS_URL, AWS_ENDPOINT_URL; tools from PATH.
 ROLE='batch'
 CHEF_SERVER_URL='https://chef.example.com/organizations/acme'
 CHEF_VALIDATOR='acme-validator'
 CHEF_VALIDATOR_KEY_S3='s3://acme-bakery/chef/validator.pem'
 CHEF_VERSION='18.8'
 CHEF_INSTALLER_URL='https://chefdownload-commercial.chef.io/install.sh'
-# cinc (community build: cinc-client in /opt/cinc) or chef (licensed: chef-client in /opt/chef).
 CHEF_DISTRIBUTION='chef'
 CHEF_PREINSTALLED='no'
 CHEF_LICENSE_S3=''
@@ -21,6 +19,8 @@ CHEF_LICENSE_SSM='/acme/chef/license-key'
 AWS_CLI_INSTALLER_URL='https://awscli.amazonaws.com/awscli-exe-linux-{arch}.zip'
 ALERT_TOPIC_ARN='arn:aws:sns:us-east-1:123456789012:bakery-alerts'
 ALERT_REGION='us-east-1'
+RECORDS_BUCKET='acme-bakery'
+RECORDS_PREFIX='bakes/batch/'
 
 PROG=${PROG:-bakery}
 ROOT=${BAKERY_ROOT:-/}
@@ -28,14 +28,10 @@ ROOT=${ROOT%/}
 IMDS=${BAKERY_IMDS_URL:-http://169.254.169.254}
 IMDS=${IMDS%/}
 if [ -n "${BAKERY_IMDS_URL:-}" ]; then
-  # The CLI's instance-role credentials must come from the same metadata service.
   export AWS_EC2_METADATA_SERVICE_ENDPOINT="${AWS_EC2_METADATA_SERVICE_ENDPOINT:-$IMDS}"
 fi
-# Appended, so tools earlier on PATH win: the omnibus client, and the AWS CLI where bases put it (AWS's
-# installer links /usr/local/bin/aws, the snap /snap/bin/aws, Amazon Linux 1 /opt/aws/bin).
 PATH="$PATH:/usr/local/bin:/usr/local/sbin:/opt/$CHEF_DISTRIBUTION/bin:/snap/bin:/usr/local/aws-cli/v2/current/bin:/opt/aws/bin"
 CHEF_BIN='chef-client'
-# Chef 18+ asks to accept its license; Cinc ignores this.
 export PATH CHEF_LICENSE=accept-no-persist
 CHEF_LICENSE_KEY_VALUE=""
 CHEF_DIR="$ROOT/etc/chef"
@@ -47,9 +43,6 @@ REGION=""
 STEP="starting"
 FAIL=""
 
-# Ends the script (from its EXIT trap) once the log's tee has written everything: when a service's main
-# process exits, systemd kills what is left in its control group -- a tee still holding the last lines
-# included. TEE_PID is $! right after `exec > >(tee ...)`; bash before 4.4 cannot wait for it.
 finish() {
   exec >&- 2>&-
   [ -z "${TEE_PID:-}" ] || wait "$TEE_PID" 2>/dev/null || true
@@ -60,7 +53,6 @@ step() {
   STEP=$*
   log "$STEP"
 }
-# Give up with a reason; the caller's EXIT trap reports it.
 fail() {
   FAIL=$*
   log "FAILED: $FAIL"
@@ -74,7 +66,6 @@ retry() {
     n=$((n + 1))
   done
 }
-# awscli v1 before 1.29 ignores AWS_ENDPOINT_URL: pass it on explicitly.
 awsc() {
   if [ -n "${AWS_ENDPOINT_URL:-}" ]; then
     aws --endpoint-url "$AWS_ENDPOINT_URL" "$@"
@@ -83,7 +74,6 @@ awsc() {
   fi
 }
 
-# IMDSv2: a session token first, then every read carries it.
 imds_token() {
   curl -fsS --max-time 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 21600' "$IMDS/latest/api/token"
 }
@@ -98,13 +88,8 @@ read_metadata() {
   log "instance $INSTANCE_ID in $REGION"
 }
 
-# The instance scripts talk to AWS through the CLI; many bases (Debian's cloud images, RHEL, SUSE) have
-# none. The distribution's package first (Debian/Ubuntu awscli, Amazon Linux/Fedora awscli), else AWS's
-# documented bundled installer (a zip with aws/install) from AWS_CLI_INSTALLER_URL ({arch}: uname -m).
-# Returns non-zero (the caller decides) when neither gives a working `aws`.
 ensure_aws_cli() {
   command -v aws >/dev/null 2>&1 && return 0
-  # Packages install into the running system only, never a mounted image or sandbox (BAKERY_ROOT).
   [ -z "$ROOT" ] || { log "no aws on PATH, and $ROOT is not the running system: not installing it"; return 1; }
   step "installing the AWS CLI (the base image has none)"
   local rc=0
@@ -135,7 +120,6 @@ ensure_aws_cli() {
   return 1
 }
 
-# A tag value, safe in a JSON string too: printable ASCII without " or \, at most 255 characters.
 clean() {
   local s
   s=$(printf '%s' "$*" | LC_ALL=C tr -c '[:print:]' ' ')
@@ -143,19 +127,36 @@ clean() {
   printf '%s' "${s:0:255}"
 }
 tag_self() {
+  local extra=""
+  [ -z "${3:-}" ] || extra=$(printf ',{"Key":"bakery:bootstrap-log","Value":"%s"}' "$(clean "$3")")
   retry awsc ec2 create-tags --region "$REGION" --resources "$INSTANCE_ID" --tags \
-    "$(printf '[{"Key":"bakery:bootstrap","Value":"%s"},{"Key":"bakery:bootstrap-detail","Value":"%s"}]' \
-      "$(clean "$1")" "$(clean "$2")")"
+    "$(printf '[{"Key":"bakery:bootstrap","Value":"%s"},{"Key":"bakery:bootstrap-detail","Value":"%s"}%s]' \
+      "$(clean "$1")" "$(clean "$2")" "$extra")"
 }
 
-# One SNS alert: role, instance, region, exit code, reason, last log lines. A single attempt (the CLI
-# retries throttling): a blind retry could alert twice.
+scrub() {
+  sed -E -e '/-----BEGIN [A-Z0-9 ]*PRIVATE[ ]KEY/,/-----END [A-Z0-9 ]*PRIVATE[ ]KEY/d; /^\s*[A-Za-z0-9+\/=]{40,}\s*$/d' \
+    -e 's/(AKIA|ASIA)[A-Z0-9]{16}/[removed]/g; s/((password|passwd|secret|token|license_id|license[_-]?key|api_key)"?\s*[:=]\s*)[^[:space:]&,]+/\1[removed]/Ig' |
+    awk -v s="${CHEF_LICENSE_KEY_VALUE:-}" 's != "" { while ((i = index($0, s)) > 0) $0 = substr($0, 1, i - 1) "[removed]" substr($0, i + length(s)) } { print }'
+}
+put_record() {
+  awsc s3 cp --only-show-errors --region "$REGION" --sse AES256 --content-type "$3" "$1" "s3://$RECORDS_BUCKET/$2" >&2 &&
+    printf 's3://%s/%s' "$RECORDS_BUCKET" "$2"
+}
+upload_log_tail() {
+  local f
+  f=$(mktemp) || return 0
+  tail -n 60 "$1" 2>/dev/null | cut -c 1-500 | scrub >"$f" || true
+  put_record "$f" "$RECORDS_PREFIX$2" text/plain || log "could not upload the tail of $1" >&2
+  rm -f "$f"
+}
+
 alert() {
   local subject body
   subject="bakery: $WHAT of $ROLE failed on ${INSTANCE_ID:-unknown instance}"
-  body=$(printf 'AMI Bakery: %s of role %s failed.\n\nInstance:  %s\nRegion:    %s\nExit code: %s\nReason:    %s\n%s\nLog:       %s\n\nLast log lines:\n%s\n' \
+  body=$(printf 'AMI Bakery: %s of role %s failed.\n\nInstance:  %s\nRegion:    %s\nExit code: %s\nReason:    %s\n%s\nLog:       %s\nLog tail:  %s\n\nLast log lines:\n%s\n' \
     "$WHAT" "$ROLE" "${INSTANCE_ID:-unknown}" "${REGION:-unknown}" "$1" "$FAIL" "${ALERT_NOTE:-}" "$LOG" \
-    "$(tail -n 30 "$LOG" 2>/dev/null || true)")
+    "${2:-not uploaded}" "$(tail -n 30 "$LOG" 2>/dev/null | scrub || true)")
   if awsc sns publish --region "$ALERT_REGION" --topic-arn "$ALERT_TOPIC_ARN" \
     --subject "${subject:0:100}" --message "$body" >/dev/null; then
     log "alert published to $ALERT_TOPIC_ARN"
@@ -164,13 +165,11 @@ alert() {
   fi
 }
 
-# A Ruby single-quoted string: only \ and ' are special there.
 rbq() {
   local s=${1//\\/\\\\}
   printf "'%s'" "${s//\'/\\\'}"
 }
 
-# The licensed Chef's key, from S3 or SSM with the instance role: kept in memory, never on disk.
 fetch_license_key() {
   [ "$CHEF_DISTRIBUTION" = chef ] || return 0
   [ -n "$CHEF_LICENSE_KEY_VALUE" ] && return 0
@@ -196,8 +195,6 @@ ensure_chef() {
   step "installing $CHEF_DISTRIBUTION client $CHEF_VERSION from $CHEF_INSTALLER_URL"
   local installer
   installer=$(mktemp)
-  # Downloaded whole before it runs: a cut-off pipe into bash would run half a script. A license
-  # key goes in curl's config on stdin, not on its command line (ps would show it).
   local rc=0
   if [ -n "$CHEF_LICENSE_KEY_VALUE" ]; then
     printf 'url = "%s?license_id=%s"\n' "$CHEF_INSTALLER_URL" "$CHEF_LICENSE_KEY_VALUE" |
@@ -213,7 +210,6 @@ ensure_chef() {
   command -v "$CHEF_BIN" >/dev/null 2>&1 || fail "$CHEF_BIN is not on PATH after installing"
 }
 
-# Runs the distribution's client; licensed Chef gets its key in the environment only.
 chef_run() {
   if [ -n "$CHEF_LICENSE_KEY_VALUE" ]; then
     CHEF_LICENSE_KEY="$CHEF_LICENSE_KEY_VALUE" "$CHEF_BIN" "$@"

@@ -8,7 +8,6 @@ $Prog = 'bakery-bake'
 $LibRoot = if ($env:BAKERY_ROOT) { $env:BAKERY_ROOT } else { 'C:\' }
 $LibPath = Join-Path $LibRoot 'ProgramData\bakery\bakery-lib.ps1'
 New-Item -ItemType Directory -Force -Path (Split-Path $LibPath) | Out-Null
-# UTF-8 with a BOM: Windows PowerShell reads a .ps1 without one in the ANSI code page.
 $Utf8Bom = New-Object Text.UTF8Encoding $true
 [IO.File]::WriteAllText($LibPath, @'
 # AMI Bakery: role 'reporting' settings + functions of the instance scripts (dot-sourced). Test seams:
@@ -23,7 +22,6 @@ $ValidatorBucket = 'acme-bakery'
 $ValidatorKey = 'chef/validator.pem'
 $ChefVersion = '18'
 $ChefInstallerUrl = 'https://omnitruck.cinc.sh/install.ps1'
-# cinc (community build: cinc-client in C:\cinc-project\cinc\bin) or chef (licensed: chef-client in C:\opscode\chef\bin).
 $ChefDistribution = 'cinc'
 $ChefBin = 'cinc-client'
 $ChefBinDir = 'C:\cinc-project\cinc\bin'
@@ -33,11 +31,12 @@ $LicenseSsm = ''
 $LicenseKey = ''
 $AlertTopicArn = 'arn:aws:sns:us-east-1:123456789012:bakery-alerts'
 $AlertRegion = 'us-east-1'
+$RecordsBucket = 'acme-bakery'
+$RecordsPrefix = 'bakes/reporting/'
 
 $Root = if ($env:BAKERY_ROOT) { $env:BAKERY_ROOT } else { 'C:\' }
 $Imds = if ($env:BAKERY_IMDS_URL) { $env:BAKERY_IMDS_URL.TrimEnd('/') } else { 'http://169.254.169.254' }
 if ($env:BAKERY_IMDS_URL -and -not $env:AWS_EC2_METADATA_SERVICE_ENDPOINT) {
-  # The instance-role credentials must come from the same metadata service.
   $env:AWS_EC2_METADATA_SERVICE_ENDPOINT = $Imds
 }
 $ChefDir = Join-Path $Root 'chef'
@@ -49,10 +48,7 @@ $Sentinel = Join-Path $Root 'firstboot.txt'
 $Step = 'starting'
 $InstanceId = ''
 $Region = ''
-# Chef's cache/backups folder: C:\chef, or C:\cinc for Cinc.
 $ChefDataDir = Join-Path $Root $ChefDistribution
-# SYSTEM and Administrators only (well-known SIDs), inheritance removed, before anything is written:
-# under C:\ Users inherit read and create, so client.pem would be readable, client.rb writable.
 foreach ($dir in @($ChefDir, $ChefDataDir, $BakeryDir) | Select-Object -Unique) {
   New-Item -ItemType Directory -Force -Path $dir | Out-Null
   & icacls.exe $dir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' | Out-Null
@@ -80,11 +76,9 @@ function Get-AwsArgs([string]$In) {
   $a
 }
 
-# IMDSv2: a session token first, then every read carries it.
 function Get-Imds([string]$Path) {
   Invoke-Retry { Invoke-RestMethod -Uri "$Imds/latest/$Path" -Headers @{ 'X-aws-ec2-metadata-token' = $script:ImdsToken } -TimeoutSec 5 -UseBasicParsing }
 }
-# At startup IMDS can take minutes to answer: wait for a token with a deadline, not a number of tries.
 $ImdsWaitSeconds = 600
 function Get-ImdsToken {
   $deadline = [DateTime]::UtcNow.AddSeconds($ImdsWaitSeconds)
@@ -105,22 +99,46 @@ function Read-Metadata {
   }
 }
 
-function Set-ResultTag([string]$Key, [string]$Status, [string]$Detail) {
+function Set-ResultTag([string]$Key, [string]$Status, [string]$Detail, [string]$LogUri = '') {
   $d = $Detail -replace '[^\x20-\x7E]', ' '
   $d = $d.Substring(0, [Math]::Min(255, $d.Length))
+  $tags = @(@{ Key = $Key; Value = $Status }, @{ Key = "$Key-detail"; Value = $d })
+  if ($LogUri) { $tags += @{ Key = "$Key-log"; Value = $LogUri.Substring(0, [Math]::Min(255, $LogUri.Length)) } }
   $aws = Get-AwsArgs $Region
-  Invoke-Retry { New-EC2Tag -Resource $InstanceId -Tag @(@{ Key = $Key; Value = $Status }, @{ Key = "$Key-detail"; Value = $d }) @aws }
+  Invoke-Retry { New-EC2Tag -Resource $InstanceId -Tag $tags @aws }
 }
-function Set-BootstrapTag([string]$Status, [string]$Detail) { Set-ResultTag 'bakery:bootstrap' $Status $Detail }
+function Set-BootstrapTag([string]$Status, [string]$Detail, [string]$LogUri = '') { Set-ResultTag 'bakery:bootstrap' $Status $Detail $LogUri }
 function Set-BootTestTag([string]$Status, [string]$Detail) { Set-ResultTag 'bakery:boot-test' $Status $Detail }
 
-# One SNS alert: role, instance, region, exit code, reason, last log lines. A single attempt (the SDK
-# retries throttling): a blind retry could alert twice.
-function Send-Alert([int]$Code, [string]$Reason, [string]$Note) {
+function ConvertTo-Scrubbed([string[]]$Lines) {
+  $out = New-Object Collections.Generic.List[string]
+  $inKey = $false
+  foreach ($line in $Lines) {
+    if ($line -match '-----BEGIN [A-Z0-9 ]*PRIVATE[ ]KEY') { $inKey = $true }
+    if ($inKey) { if ($line -match '-----END [A-Z0-9 ]*PRIVATE[ ]KEY') { $inKey = $false }; continue }
+    if ($line -match '^\s*[A-Za-z0-9+/=]{40,}\s*$') { continue }
+    $line = $line -replace '(AKIA|ASIA)[A-Z0-9]{16}', '[removed]'
+    $line = $line -replace '((password|passwd|secret|token|license_id|license[_-]?key|api_key)"?\s*[:=]\s*)[^\s&,]+', '$1[removed]'
+    if ($script:LicenseKey) { $line = $line.Replace($script:LicenseKey, '[removed]') }
+    $out.Add($line.Substring(0, [Math]::Min(500, $line.Length)))
+  }
+  $out -join "`n"
+}
+function Send-LogTail([string]$Name) {
+  try {
+    $text = ConvertTo-Scrubbed @(Get-Content -Path $LogFile -Tail 60 -ErrorAction SilentlyContinue)
+    $aws = Get-AwsArgs $Region
+    Write-S3Object -BucketName $RecordsBucket -Key "$RecordsPrefix$Name" -Content $text -ContentType 'text/plain' -ServerSideEncryption AES256 @aws
+    "s3://$RecordsBucket/$RecordsPrefix$Name"
+  } catch { Write-Log "could not upload the log tail: $($_.Exception.Message)"; '' }
+}
+
+function Send-Alert([int]$Code, [string]$Reason, [string]$Note, [string]$TailUri = '') {
   $who = if ($InstanceId) { $InstanceId } else { 'unknown instance' }
   $subject = "bakery: $What of $Role failed on $who"
-  $tail = (Get-Content -Path $LogFile -Tail 30 -ErrorAction SilentlyContinue) -join "`n"
-  $body = "AMI Bakery: $What of role $Role failed.`n`nInstance:  $InstanceId`nRegion:    $Region`nExit code: $Code`nReason:    $Reason`n$Note`nLog:       $LogFile`n`nLast log lines:`n$tail`n"
+  $tail = ConvertTo-Scrubbed @(Get-Content -Path $LogFile -Tail 30 -ErrorAction SilentlyContinue)
+  $uri = if ($TailUri) { $TailUri } else { 'not uploaded' }
+  $body = "AMI Bakery: $What of role $Role failed.`n`nInstance:  $InstanceId`nRegion:    $Region`nExit code: $Code`nReason:    $Reason`n$Note`nLog:       $LogFile`nLog tail:  $uri`n`nLast log lines:`n$tail`n"
   $aws = Get-AwsArgs $AlertRegion
   try {
     Publish-SNSMessage -TopicArn $AlertTopicArn -Subject $subject.Substring(0, [Math]::Min(100, $subject.Length)) -Message $body @aws | Out-Null
@@ -133,7 +151,6 @@ function Find-ChefClient {
   if ($c) { return $c.Source }
   @("$ChefBinDir\$ChefBin.bat", "$ChefBinDir\$ChefBin.exe") | Where-Object { Test-Path $_ } | Select-Object -First 1
 }
-# The licensed Chef's key, from S3 or SSM with the instance role: kept in memory, never left on disk.
 function Get-LicenseKey {
   if ($ChefDistribution -ne 'chef' -or $script:LicenseKey) { return }
   $aws = Get-AwsArgs $Region
@@ -158,12 +175,10 @@ function Install-ChefClient {
   Get-LicenseKey
   Set-Step "installing $ChefDistribution client $ChefVersion with $ChefInstallerUrl"
   $url = if ($LicenseKey) { "$($ChefInstallerUrl)?license_id=$LicenseKey" } else { $ChefInstallerUrl }
-  # Omnitruck's install.ps1 (Cinc's and Chef's) defines Install-Project (alias install), which installs the MSI.
   $code = Invoke-Retry { (New-Object Net.WebClient).DownloadString($url) }
   . ([scriptblock]::Create($code))
   try { install -project $ChefDistribution -version $ChefVersion }
   catch {
-    # install.ps1 throws on any msiexec code but 0; 3010/1641 mean installed, reboot pending.
     if ("$($_.Exception.Message)" -notmatch '\b(3010|1641)\b') { throw }
     Write-Log "the $ChefDistribution installer reports: installed, a reboot is pending ($($_.Exception.Message))"
   }
@@ -176,14 +191,10 @@ function Get-ValidatorKey {
   $aws = Get-AwsArgs $Region
   try { Read-S3Object -BucketName $ValidatorBucket -Key $ValidatorKey -File $ValidatorPem @aws | Out-Null }
   catch { throw "cannot fetch the validator key s3://$ValidatorBucket/$ValidatorKey with the instance role: $($_.Exception.Message)" }
-  # SYSTEM and Administrators only (well-known SIDs: the names are localized).
   & icacls.exe $ValidatorPem /inheritance:r /grant:r '*S-1-5-18:F' '*S-1-5-32-544:F' | Out-Null
 }
 
-# A Ruby single-quoted string: only \ and ' are special there.
 function ConvertTo-Rb([string]$Text) { "'" + $Text.Replace('\', '\\').Replace("'", "\'") + "'" }
-# -NoSelfReboot (bake): reboots go through EC2Launch v2 (exit 3010) only. Chef's rebooter runs
-# shutdown.exe before raising Reboot (exit 35): client.rb keeps only the raise.
 function Write-ClientRb([string]$NodeName, [switch]$NoSelfReboot) {
   $rb = @(
     "chef_server_url $(ConvertTo-Rb $ChefServerUrl)"
@@ -203,13 +214,10 @@ function Write-ClientRb([string]$NodeName, [switch]$NoSelfReboot) {
       'end)'
     )
   }
-  # Written without a BOM, which Ruby would read as code.
   [IO.File]::WriteAllText($ClientRb, ($rb -join "`n") + "`n")
   Write-Log "wrote $ClientRb for Chef node $NodeName"
 }
 
-# Runs the Chef client, its output to the console and the log; returns its exit code. The license
-# key (licensed Chef) is in its environment only.
 function Invoke-Chef([string[]]$Arguments) {
   $ErrorActionPreference = 'Continue'  # native stderr lines must not become terminating errors
   $env:CHEF_LICENSE = 'accept-no-persist'
@@ -219,8 +227,6 @@ function Invoke-Chef([string[]]$Arguments) {
   $LASTEXITCODE
 }
 
-# The same with a deadline of its own: past it, the client's whole process tree is killed (Ruby
-# children included) and this throws, so the caller's catch/finally still alert and clean up.
 function Invoke-ChefWithin([string[]]$Arguments, [int]$Seconds) {
   $out = Join-Path $BakeryDir 'chef-run.out'
   $quoted = $Arguments | ForEach-Object { '"' + ($_ -replace '"', '\"') + '"' }
@@ -242,17 +248,33 @@ function Invoke-ChefWithin([string[]]$Arguments, [int]$Seconds) {
 '@, $Utf8Bom)
 . $LibPath
 $NodeName = 'bake-reporting-render'
+$BakeId = 'render'
 $RunList = 'role[reporting_ami],recipe[iis::install]'
 $ImageInfo = '{"bake_id":"render","bakery_version":"0.1.0","chef_node":"bake-reporting-render","release":"unreleased","role":"reporting"}'
 $LogFile = Join-Path $BakeryDir 'bake.log'
 $RebootCount = Join-Path $BakeryDir 'bake-reboots'
 
-# Write a first-boot file to its path in the image (under BAKERY_ROOT).
 function Install-File([string]$Path, [string]$Content) {
   $dest = Join-Path $Root $Path.Substring(3)
   New-Item -ItemType Directory -Force -Path (Split-Path $dest) | Out-Null
   [IO.File]::WriteAllText($dest, $Content, $Utf8Bom)
   Write-Log "installed $dest"
+}
+
+function Send-Inventory {
+  $keys = @('HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall\*',
+    'HKLM:\SOFTWARE\WOW6432Node\Microsoft\Windows\CurrentVersion\Uninstall\*')
+  $programs = @(Get-ItemProperty -Path $keys -ErrorAction SilentlyContinue |
+    Where-Object { $_.DisplayName -and $_.SystemComponent -ne 1 } |
+    ForEach-Object { [ordered]@{ name = [string]$_.DisplayName; version = [string]$_.DisplayVersion
+        arch = $(if ($_.PSPath -like '*WOW6432Node*') { 'x86' } else { 'x64' }) } })
+  $hotfixes = @(Get-HotFix -ErrorAction SilentlyContinue | ForEach-Object { [ordered]@{ id = [string]$_.HotFixID } })
+  $os = Get-CimInstance -ClassName Win32_OperatingSystem
+  $doc = [ordered]@{ schema = 1; platform = 'windows'; manager = 'windows'; role = $Role; bake_id = $BakeId
+    os = [ordered]@{ id = 'windows'; version_id = [string]$os.Version }; packages = $programs; hotfixes = $hotfixes }
+  $aws = Get-AwsArgs $Region
+  Write-S3Object -BucketName $RecordsBucket -Key "$RecordsPrefix$BakeId/inventory.json" -Content ($doc | ConvertTo-Json -Depth 4) -ContentType 'application/json' -ServerSideEncryption AES256 @aws
+  Write-Log "package inventory ($($programs.Count) programs, $($hotfixes.Count) hotfixes) uploaded to s3://$RecordsBucket/$RecordsPrefix$BakeId/inventory.json"
 }
 
 $MaxReboots = 5
@@ -267,7 +289,6 @@ try {
   Set-Step "running $ChefBin with the ami run list $RunList"
   $rc = Invoke-Chef @('-c', $ClientRb, '-o', $RunList)
   if ($rc -eq 35 -or $rc -eq 37) {
-    # Chef asks for a reboot: EC2Launch v2 reboots on exit 3010 and runs this script again.
     $count = 1 + $(if (Test-Path $RebootCount) { [int](Get-Content -Path $RebootCount) } else { 0 })
     if ($count -gt $MaxReboots) { throw "$ChefBin still asks for a reboot (exit $rc) after $MaxReboots reboots; giving up" }
     Set-Content -Path $RebootCount -Value $count
@@ -276,6 +297,9 @@ try {
     exit 3010
   }
   if ($rc -ne 0) { throw "$ChefBin exited $rc running the ami run list $RunList" }
+
+  Set-Step 'reporting the installed packages'
+  try { Send-Inventory } catch { Write-Log "WARNING: no package inventory uploaded (the AMI gets no SBOM): $($_.Exception.Message)" }
 
   Set-Step 'installing the first-boot mechanism'
   Install-File 'C:\ProgramData\bakery\firstboot.ps1' @'
@@ -294,15 +318,8 @@ $RunlistKey = 'runlists/reporting.json'
 $RunListJson = Join-Path $ChefDir 'first-boot.json'
 $LogFile = Join-Path $BakeryDir 'firstboot.log'
 $What = 'first boot'
-# Our own deadline for the Chef run (the role's bootstrap_timeout): past it the run is killed and the
-# catch/finally below alert and remove the validator. The task's ExecutionTimeLimit is a later backstop.
 $ChefTimeoutSeconds = 2700
 
-# Boot test (the bakery's boot-test stage): the instance's own user data says so, in lines
-# "# bakery:boot-test" and "# bakery:boot-test-KEY=VALUE" (run list and command base64). Read through
-# IMDSv2 when the first boot starts, so the mode never depends on boot order. 404 is "no user data":
-# an ordinary instance; any other failure is retried, then fails the run (a test instance must never
-# run as a production one).
 $BootTest = $false
 $BootTestNode = ''
 $BootTestWhyRun = $true
@@ -313,7 +330,6 @@ function Get-UserData {
     try {
       $r = Invoke-WebRequest -Uri "$Imds/latest/user-data" -Headers @{ 'X-aws-ec2-metadata-token' = $script:ImdsToken } -TimeoutSec 5 -UseBasicParsing
       $c = $r.Content
-      # IMDS serves user data as application/octet-stream, which Windows PowerShell returns as bytes.
       if ($c -is [byte[]]) { $c = [Text.Encoding]::UTF8.GetString($c) }
       return [string]$c
     } catch {
@@ -347,7 +363,6 @@ function Read-BootTest {
   $list = if ($BootTestRunList) { $BootTestRunList } else { 'from S3' }
   Write-Log "boot test: Chef node $BootTestNode, why-run $BootTestWhyRun, run list $list, health command $health"
 }
-# The health command in a PowerShell of its own (-EncodedCommand: no quoting); returns its exit code.
 function Invoke-HealthCommand([string]$Command) {
   $ErrorActionPreference = 'Continue'  # its stderr lines must not become terminating errors here
   $ps = Join-Path $env:SystemRoot 'System32\WindowsPowerShell\v1.0\powershell.exe'
@@ -356,8 +371,6 @@ function Invoke-HealthCommand([string]$Command) {
   $LASTEXITCODE
 }
 
-# A failed first boot is retried: Task Scheduler restarts a task only when it fails to start, so the
-# script registers a one-shot task that runs it again ($RetryMinutes later, at most $MaxRetries times).
 $RetryTask = 'bakery-firstboot-retry'
 $RetryCount = Join-Path $BakeryDir 'firstboot-retries'
 $MaxRetries = 3
@@ -385,10 +398,8 @@ if (-not (Test-Path $Sentinel)) {
   Write-Log "no ${Sentinel}: first boot is done, nothing to do"
   exit 0
 }
-# One run at a time: a second start steps aside (exit 0).
 $mutex = New-Object System.Threading.Mutex($false, 'Global\bakery-firstboot')
 try { $owned = $mutex.WaitOne(0) } catch {
-  # Abandoned by a run that died: ours now.
   if ($_.Exception.GetBaseException() -isnot [Threading.AbandonedMutexException]) { throw }
   $owned = $true
 }
@@ -437,7 +448,6 @@ try {
       $detail += '; health command passed'
     }
     Set-BootTestTag 'passed' $detail
-    # The instance is terminated after the test: the sentinel stays, as on an untested copy of the image.
     Write-Log "boot test of $node passed ($detail); $Sentinel kept"
   } else {
     Remove-Item -Force -Path $Sentinel
@@ -449,14 +459,15 @@ try {
   $reason = "$($_.Exception.Message) (step: $Step)"
   Write-Log "FAILED: $reason"
   if ($BootTest) {
-    # A test pages nobody: the bakery reads the result from the tag.
     try { Set-BootTestTag 'failed' $reason } catch { Write-Log "could not tag bakery:boot-test=failed: $($_.Exception.Message)" }
   } else {
-    Send-Alert $rc $reason "$Sentinel is kept: the first boot is retried."
+    $imageBake = 'unknown-bake'
+    try { $imageBake = [string](Get-Content -Raw -Path (Join-Path $BakeryDir 'image.json') | ConvertFrom-Json).bake_id } catch { }
+    $tailUri = if ($InstanceId) { Send-LogTail "$imageBake/firstboot/$InstanceId.log" } else { '' }
+    Send-Alert $rc $reason "$Sentinel is kept: the first boot is retried." $tailUri
     Register-Retry
   }
 } finally {
-  # The validator key is only needed to register: never leave it on disk.
   Remove-Item -Force -ErrorAction SilentlyContinue -Path $ValidatorPem
   $mutex.ReleaseMutex()
   $mutex.Dispose()
@@ -470,13 +481,9 @@ param([string]$ScriptPath = 'C:\ProgramData\bakery\firstboot.ps1')
 $ErrorActionPreference = 'Stop'
 $ps = Join-Path $env:SystemRoot 'System32\WindowsPowerShell\v1.0\powershell.exe'
 $action = New-ScheduledTaskAction -Execute $ps -Argument "-NoProfile -NonInteractive -ExecutionPolicy Bypass -File `"$ScriptPath`""
-# No fixed delay: firstboot.ps1 waits for the metadata service itself (with a deadline of minutes).
 $trigger = New-ScheduledTaskTrigger -AtStartup
 $principal = New-ScheduledTaskPrincipal -UserId 'NT AUTHORITY\SYSTEM' -LogonType ServiceAccount -RunLevel Highest
 # A backstop only: firstboot.ps1 ends a hung Chef run itself after 2700 s (and alerts,
-# and removes the validator key); this limit kills powershell.exe outright, with no alert, 30 min later.
-# RestartOnFailure covers a run that fails to start ([MS-TSCH] 2.5.4.2: start conditions or the action
-# failing to start), not a run that exits non-zero: firstboot.ps1 schedules its own retries for that.
 $settings = New-ScheduledTaskSettingsSet -StartWhenAvailable -MultipleInstances IgnoreNew -ExecutionTimeLimit (New-TimeSpan -Seconds 4500) -AllowStartIfOnBatteries -DontStopIfGoingOnBatteries -RestartCount 3 -RestartInterval (New-TimeSpan -Minutes 5)
 Register-ScheduledTask -TaskName 'bakery-firstboot' -TaskPath '\' -Action $action -Trigger $trigger -Principal $principal -Settings $settings -Description 'AMI Bakery first boot: Chef registration and run list while C:\firstboot.txt exists' -Force | Out-Null
 Write-Host "registered the startup task bakery-firstboot ($ScriptPath as SYSTEM)"
@@ -488,11 +495,8 @@ Write-Host "registered the startup task bakery-firstboot ($ScriptPath as SYSTEM)
 
   Set-Step "removing this instance's Chef identity from the image"
   Remove-Item -Force -ErrorAction SilentlyContinue -Path $ClientPem, $ValidatorPem, $ClientRb
-  # Chef's cache and file backups (old versions of templated files, secrets included) stay out of the image.
   Remove-Item -Recurse -Force -ErrorAction SilentlyContinue -Path @('cache', 'backup', 'local-mode-cache' | ForEach-Object { Join-Path $ChefDataDir $_ })
 
-  # EC2Launch v2 applies <detach> to a whole user data, so this attached script cannot also hold a
-  # detached sysprep: a one-shot SYSTEM task runs phase 2 outside EC2Launch v2, once this has returned.
   Set-Step 'handing sysprep to the one-shot task bakery-generalize'
   $generalize = Join-Path $BakeryDir 'generalize.ps1'
   [IO.File]::WriteAllText($generalize, @'
@@ -509,35 +513,27 @@ $NodeName = 'bake-reporting-render'
 $LogFile = Join-Path $BakeryDir 'bake.log'
 $RebootCount = Join-Path $BakeryDir 'bake-reboots'
 
-# The image keeps a few lines, Administrators/SYSTEM only (the folder's ACL); Chef's output stays on the console.
 function Write-BakeSummary([string]$Result) {
   $reboots = if (Test-Path $RebootCount) { Get-Content -Path $RebootCount } else { '0' }
   Set-Content -Path $LogFile -Value @("AMI Bakery bake of role $Role as Chef node ${NodeName}: $Result", "reboots during the converge: $reboots", "finished $([DateTime]::UtcNow.ToString('yyyy-MM-ddTHH:mm:ssZ'))")
   Remove-Item -Force -ErrorAction SilentlyContinue -Path $RebootCount
-  # EC2Launch v2 runs user data from EC2Launch* folders in SYSTEM's Temp, with its output beside it.
   $systemTemp = Join-Path $Root 'Windows\System32\config\systemprofile\AppData\Local\Temp'
   Get-ChildItem -Force -ErrorAction SilentlyContinue -Path $systemTemp -Filter 'EC2Launch*' | Remove-Item -Recurse -Force -ErrorAction SilentlyContinue
 }
 
 try {
-  # The user data script must have returned: EC2Launch v2 then ends its UserData stage.
   if ($WaitPid) { Wait-Process -Id $WaitPid -Timeout 900 -ErrorAction SilentlyContinue }
   Read-Metadata
   Unregister-ScheduledTask -TaskName 'bakery-generalize' -Confirm:$false -ErrorAction SilentlyContinue
   Set-Step 'generalizing with EC2Launch v2 sysprep'
   $ec2launch = Join-Path $env:ProgramFiles 'Amazon\EC2Launch\ec2launch.exe'
   if (-not (Test-Path $ec2launch)) { throw "EC2Launch v2 not found at ${ec2launch}: the base AMI must use EC2Launch v2" }
-  # EC2Launch v2's agent may still be finishing its run (its state file): `ec2launch status -b` blocks
-  # until it is done (EC2Launch v2 CLI reference), so sysprep's state reset cannot race its last write.
-  # This task runs outside the agent, so the wait cannot be on itself.
   Set-Step 'waiting for the EC2Launch v2 agent to finish its run'
   & $ec2launch status -b | ForEach-Object { Write-Log "$_" }
   Set-Step 'generalizing with EC2Launch v2 sysprep'
   Write-BakeSummary 'converged; generalizing with sysprep'
   Remove-Item -Force -ErrorAction SilentlyContinue -Path $PSCommandPath, (Join-Path $BakeryDir 'bake.ps1')
-  # Tagged before sysprep: sysprep shuts the instance down, so nothing could be tagged after it.
   Set-BootstrapTag 'generalizing' "ami run list converged as $NodeName; first boot installed; sysprep started"
-  # No --block: that waits for EC2Launch v2's own run, which is over (or would wait for us).
   & $ec2launch sysprep --clean --shutdown
   if ($LASTEXITCODE -ne 0) { throw "ec2launch sysprep exited $LASTEXITCODE" }
   Write-Log 'sysprep started: the instance shuts down when it is generalized'
@@ -562,7 +558,8 @@ exit 0
   $reason = "$($_.Exception.Message) (step: $Step)"
   Write-Log "FAILED: $reason"
   if ($InstanceId) {
-    try { Set-BootstrapTag 'failed' $reason } catch { Write-Log "could not tag ${InstanceId}: $($_.Exception.Message)" }
+    $tailUri = Send-LogTail "$BakeId/bootstrap-log.txt"
+    try { Set-BootstrapTag 'failed' $reason $tailUri } catch { Write-Log "could not tag ${InstanceId}: $($_.Exception.Message)" }
   }
 } finally {
   Remove-Item -Force -ErrorAction SilentlyContinue -Path $ValidatorPem

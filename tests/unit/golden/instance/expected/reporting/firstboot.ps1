@@ -13,15 +13,8 @@ $RunlistKey = 'runlists/reporting.json'
 $RunListJson = Join-Path $ChefDir 'first-boot.json'
 $LogFile = Join-Path $BakeryDir 'firstboot.log'
 $What = 'first boot'
-# Our own deadline for the Chef run (the role's bootstrap_timeout): past it the run is killed and the
-# catch/finally below alert and remove the validator. The task's ExecutionTimeLimit is a later backstop.
 $ChefTimeoutSeconds = 2700
 
-# Boot test (the bakery's boot-test stage): the instance's own user data says so, in lines
-# "# bakery:boot-test" and "# bakery:boot-test-KEY=VALUE" (run list and command base64). Read through
-# IMDSv2 when the first boot starts, so the mode never depends on boot order. 404 is "no user data":
-# an ordinary instance; any other failure is retried, then fails the run (a test instance must never
-# run as a production one).
 $BootTest = $false
 $BootTestNode = ''
 $BootTestWhyRun = $true
@@ -32,7 +25,6 @@ function Get-UserData {
     try {
       $r = Invoke-WebRequest -Uri "$Imds/latest/user-data" -Headers @{ 'X-aws-ec2-metadata-token' = $script:ImdsToken } -TimeoutSec 5 -UseBasicParsing
       $c = $r.Content
-      # IMDS serves user data as application/octet-stream, which Windows PowerShell returns as bytes.
       if ($c -is [byte[]]) { $c = [Text.Encoding]::UTF8.GetString($c) }
       return [string]$c
     } catch {
@@ -66,7 +58,6 @@ function Read-BootTest {
   $list = if ($BootTestRunList) { $BootTestRunList } else { 'from S3' }
   Write-Log "boot test: Chef node $BootTestNode, why-run $BootTestWhyRun, run list $list, health command $health"
 }
-# The health command in a PowerShell of its own (-EncodedCommand: no quoting); returns its exit code.
 function Invoke-HealthCommand([string]$Command) {
   $ErrorActionPreference = 'Continue'  # its stderr lines must not become terminating errors here
   $ps = Join-Path $env:SystemRoot 'System32\WindowsPowerShell\v1.0\powershell.exe'
@@ -75,8 +66,6 @@ function Invoke-HealthCommand([string]$Command) {
   $LASTEXITCODE
 }
 
-# A failed first boot is retried: Task Scheduler restarts a task only when it fails to start, so the
-# script registers a one-shot task that runs it again ($RetryMinutes later, at most $MaxRetries times).
 $RetryTask = 'bakery-firstboot-retry'
 $RetryCount = Join-Path $BakeryDir 'firstboot-retries'
 $MaxRetries = 3
@@ -104,10 +93,8 @@ if (-not (Test-Path $Sentinel)) {
   Write-Log "no ${Sentinel}: first boot is done, nothing to do"
   exit 0
 }
-# One run at a time: a second start steps aside (exit 0).
 $mutex = New-Object System.Threading.Mutex($false, 'Global\bakery-firstboot')
 try { $owned = $mutex.WaitOne(0) } catch {
-  # Abandoned by a run that died: ours now.
   if ($_.Exception.GetBaseException() -isnot [Threading.AbandonedMutexException]) { throw }
   $owned = $true
 }
@@ -156,7 +143,6 @@ try {
       $detail += '; health command passed'
     }
     Set-BootTestTag 'passed' $detail
-    # The instance is terminated after the test: the sentinel stays, as on an untested copy of the image.
     Write-Log "boot test of $node passed ($detail); $Sentinel kept"
   } else {
     Remove-Item -Force -Path $Sentinel
@@ -168,14 +154,15 @@ try {
   $reason = "$($_.Exception.Message) (step: $Step)"
   Write-Log "FAILED: $reason"
   if ($BootTest) {
-    # A test pages nobody: the bakery reads the result from the tag.
     try { Set-BootTestTag 'failed' $reason } catch { Write-Log "could not tag bakery:boot-test=failed: $($_.Exception.Message)" }
   } else {
-    Send-Alert $rc $reason "$Sentinel is kept: the first boot is retried."
+    $imageBake = 'unknown-bake'
+    try { $imageBake = [string](Get-Content -Raw -Path (Join-Path $BakeryDir 'image.json') | ConvertFrom-Json).bake_id } catch { }
+    $tailUri = if ($InstanceId) { Send-LogTail "$imageBake/firstboot/$InstanceId.log" } else { '' }
+    Send-Alert $rc $reason "$Sentinel is kept: the first boot is retried." $tailUri
     Register-Retry
   }
 } finally {
-  # The validator key is only needed to register: never leave it on disk.
   Remove-Item -Force -ErrorAction SilentlyContinue -Path $ValidatorPem
   $mutex.ReleaseMutex()
   $mutex.Dispose()

@@ -11,35 +11,27 @@ $NodeName = 'bake-reporting-render'
 $LogFile = Join-Path $BakeryDir 'bake.log'
 $RebootCount = Join-Path $BakeryDir 'bake-reboots'
 
-# The image keeps a few lines, Administrators/SYSTEM only (the folder's ACL); Chef's output stays on the console.
 function Write-BakeSummary([string]$Result) {
   $reboots = if (Test-Path $RebootCount) { Get-Content -Path $RebootCount } else { '0' }
   Set-Content -Path $LogFile -Value @("AMI Bakery bake of role $Role as Chef node ${NodeName}: $Result", "reboots during the converge: $reboots", "finished $([DateTime]::UtcNow.ToString('yyyy-MM-ddTHH:mm:ssZ'))")
   Remove-Item -Force -ErrorAction SilentlyContinue -Path $RebootCount
-  # EC2Launch v2 runs user data from EC2Launch* folders in SYSTEM's Temp, with its output beside it.
   $systemTemp = Join-Path $Root 'Windows\System32\config\systemprofile\AppData\Local\Temp'
   Get-ChildItem -Force -ErrorAction SilentlyContinue -Path $systemTemp -Filter 'EC2Launch*' | Remove-Item -Recurse -Force -ErrorAction SilentlyContinue
 }
 
 try {
-  # The user data script must have returned: EC2Launch v2 then ends its UserData stage.
   if ($WaitPid) { Wait-Process -Id $WaitPid -Timeout 900 -ErrorAction SilentlyContinue }
   Read-Metadata
   Unregister-ScheduledTask -TaskName 'bakery-generalize' -Confirm:$false -ErrorAction SilentlyContinue
   Set-Step 'generalizing with EC2Launch v2 sysprep'
   $ec2launch = Join-Path $env:ProgramFiles 'Amazon\EC2Launch\ec2launch.exe'
   if (-not (Test-Path $ec2launch)) { throw "EC2Launch v2 not found at ${ec2launch}: the base AMI must use EC2Launch v2" }
-  # EC2Launch v2's agent may still be finishing its run (its state file): `ec2launch status -b` blocks
-  # until it is done (EC2Launch v2 CLI reference), so sysprep's state reset cannot race its last write.
-  # This task runs outside the agent, so the wait cannot be on itself.
   Set-Step 'waiting for the EC2Launch v2 agent to finish its run'
   & $ec2launch status -b | ForEach-Object { Write-Log "$_" }
   Set-Step 'generalizing with EC2Launch v2 sysprep'
   Write-BakeSummary 'converged; generalizing with sysprep'
   Remove-Item -Force -ErrorAction SilentlyContinue -Path $PSCommandPath, (Join-Path $BakeryDir 'bake.ps1')
-  # Tagged before sysprep: sysprep shuts the instance down, so nothing could be tagged after it.
   Set-BootstrapTag 'generalizing' "ami run list converged as $NodeName; first boot installed; sysprep started"
-  # No --block: that waits for EC2Launch v2's own run, which is over (or would wait for us).
   & $ec2launch sysprep --clean --shutdown
   if ($LASTEXITCODE -ne 0) { throw "ec2launch sysprep exited $LASTEXITCODE" }
   Write-Log 'sysprep started: the instance shuts down when it is generalized'

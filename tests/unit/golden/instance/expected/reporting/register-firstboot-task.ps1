@@ -4,13 +4,9 @@ param([string]$ScriptPath = 'C:\ProgramData\bakery\firstboot.ps1')
 $ErrorActionPreference = 'Stop'
 $ps = Join-Path $env:SystemRoot 'System32\WindowsPowerShell\v1.0\powershell.exe'
 $action = New-ScheduledTaskAction -Execute $ps -Argument "-NoProfile -NonInteractive -ExecutionPolicy Bypass -File `"$ScriptPath`""
-# No fixed delay: firstboot.ps1 waits for the metadata service itself (with a deadline of minutes).
 $trigger = New-ScheduledTaskTrigger -AtStartup
 $principal = New-ScheduledTaskPrincipal -UserId 'NT AUTHORITY\SYSTEM' -LogonType ServiceAccount -RunLevel Highest
 # A backstop only: firstboot.ps1 ends a hung Chef run itself after 2700 s (and alerts,
-# and removes the validator key); this limit kills powershell.exe outright, with no alert, 30 min later.
-# RestartOnFailure covers a run that fails to start ([MS-TSCH] 2.5.4.2: start conditions or the action
-# failing to start), not a run that exits non-zero: firstboot.ps1 schedules its own retries for that.
 $settings = New-ScheduledTaskSettingsSet -StartWhenAvailable -MultipleInstances IgnoreNew -ExecutionTimeLimit (New-TimeSpan -Seconds 4500) -AllowStartIfOnBatteries -DontStopIfGoingOnBatteries -RestartCount 3 -RestartInterval (New-TimeSpan -Minutes 5)
 Register-ScheduledTask -TaskName 'bakery-firstboot' -TaskPath '\' -Action $action -Trigger $trigger -Principal $principal -Settings $settings -Description 'AMI Bakery first boot: Chef registration and run list while C:\firstboot.txt exists' -Force | Out-Null
 Write-Host "registered the startup task bakery-firstboot ($ScriptPath as SYSTEM)"

@@ -14,7 +14,6 @@ $ValidatorBucket = 'acme-bakery'
 $ValidatorKey = 'chef/validator.pem'
 $ChefVersion = '18'
 $ChefInstallerUrl = 'https://omnitruck.cinc.sh/install.ps1'
-# cinc (community build: cinc-client in C:\cinc-project\cinc\bin) or chef (licensed: chef-client in C:\opscode\chef\bin).
 $ChefDistribution = 'cinc'
 $ChefBin = 'cinc-client'
 $ChefBinDir = 'C:\cinc-project\cinc\bin'
@@ -24,11 +23,12 @@ $LicenseSsm = ''
 $LicenseKey = ''
 $AlertTopicArn = 'arn:aws:sns:us-east-1:123456789012:bakery-alerts'
 $AlertRegion = 'us-east-1'
+$RecordsBucket = 'acme-bakery'
+$RecordsPrefix = 'bakes/reporting/'
 
 $Root = if ($env:BAKERY_ROOT) { $env:BAKERY_ROOT } else { 'C:\' }
 $Imds = if ($env:BAKERY_IMDS_URL) { $env:BAKERY_IMDS_URL.TrimEnd('/') } else { 'http://169.254.169.254' }
 if ($env:BAKERY_IMDS_URL -and -not $env:AWS_EC2_METADATA_SERVICE_ENDPOINT) {
-  # The instance-role credentials must come from the same metadata service.
   $env:AWS_EC2_METADATA_SERVICE_ENDPOINT = $Imds
 }
 $ChefDir = Join-Path $Root 'chef'
@@ -40,10 +40,7 @@ $Sentinel = Join-Path $Root 'firstboot.txt'
 $Step = 'starting'
 $InstanceId = ''
 $Region = ''
-# Chef's cache/backups folder: C:\chef, or C:\cinc for Cinc.
 $ChefDataDir = Join-Path $Root $ChefDistribution
-# SYSTEM and Administrators only (well-known SIDs), inheritance removed, before anything is written:
-# under C:\ Users inherit read and create, so client.pem would be readable, client.rb writable.
 foreach ($dir in @($ChefDir, $ChefDataDir, $BakeryDir) | Select-Object -Unique) {
   New-Item -ItemType Directory -Force -Path $dir | Out-Null
   & icacls.exe $dir /inheritance:r /grant:r '*S-1-5-18:(OI)(CI)F' '*S-1-5-32-544:(OI)(CI)F' | Out-Null
@@ -71,11 +68,9 @@ function Get-AwsArgs([string]$In) {
   $a
 }
 
-# IMDSv2: a session token first, then every read carries it.
 function Get-Imds([string]$Path) {
   Invoke-Retry { Invoke-RestMethod -Uri "$Imds/latest/$Path" -Headers @{ 'X-aws-ec2-metadata-token' = $script:ImdsToken } -TimeoutSec 5 -UseBasicParsing }
 }
-# At startup IMDS can take minutes to answer: wait for a token with a deadline, not a number of tries.
 $ImdsWaitSeconds = 600
 function Get-ImdsToken {
   $deadline = [DateTime]::UtcNow.AddSeconds($ImdsWaitSeconds)
@@ -96,22 +91,46 @@ function Read-Metadata {
   }
 }
 
-function Set-ResultTag([string]$Key, [string]$Status, [string]$Detail) {
+function Set-ResultTag([string]$Key, [string]$Status, [string]$Detail, [string]$LogUri = '') {
   $d = $Detail -replace '[^\x20-\x7E]', ' '
   $d = $d.Substring(0, [Math]::Min(255, $d.Length))
+  $tags = @(@{ Key = $Key; Value = $Status }, @{ Key = "$Key-detail"; Value = $d })
+  if ($LogUri) { $tags += @{ Key = "$Key-log"; Value = $LogUri.Substring(0, [Math]::Min(255, $LogUri.Length)) } }
   $aws = Get-AwsArgs $Region
-  Invoke-Retry { New-EC2Tag -Resource $InstanceId -Tag @(@{ Key = $Key; Value = $Status }, @{ Key = "$Key-detail"; Value = $d }) @aws }
+  Invoke-Retry { New-EC2Tag -Resource $InstanceId -Tag $tags @aws }
 }
-function Set-BootstrapTag([string]$Status, [string]$Detail) { Set-ResultTag 'bakery:bootstrap' $Status $Detail }
+function Set-BootstrapTag([string]$Status, [string]$Detail, [string]$LogUri = '') { Set-ResultTag 'bakery:bootstrap' $Status $Detail $LogUri }
 function Set-BootTestTag([string]$Status, [string]$Detail) { Set-ResultTag 'bakery:boot-test' $Status $Detail }
 
-# One SNS alert: role, instance, region, exit code, reason, last log lines. A single attempt (the SDK
-# retries throttling): a blind retry could alert twice.
-function Send-Alert([int]$Code, [string]$Reason, [string]$Note) {
+function ConvertTo-Scrubbed([string[]]$Lines) {
+  $out = New-Object Collections.Generic.List[string]
+  $inKey = $false
+  foreach ($line in $Lines) {
+    if ($line -match '-----BEGIN [A-Z0-9 ]*PRIVATE[ ]KEY') { $inKey = $true }
+    if ($inKey) { if ($line -match '-----END [A-Z0-9 ]*PRIVATE[ ]KEY') { $inKey = $false }; continue }
+    if ($line -match '^\s*[A-Za-z0-9+/=]{40,}\s*$') { continue }
+    $line = $line -replace '(AKIA|ASIA)[A-Z0-9]{16}', '[removed]'
+    $line = $line -replace '((password|passwd|secret|token|license_id|license[_-]?key|api_key)"?\s*[:=]\s*)[^\s&,]+', '$1[removed]'
+    if ($script:LicenseKey) { $line = $line.Replace($script:LicenseKey, '[removed]') }
+    $out.Add($line.Substring(0, [Math]::Min(500, $line.Length)))
+  }
+  $out -join "`n"
+}
+function Send-LogTail([string]$Name) {
+  try {
+    $text = ConvertTo-Scrubbed @(Get-Content -Path $LogFile -Tail 60 -ErrorAction SilentlyContinue)
+    $aws = Get-AwsArgs $Region
+    Write-S3Object -BucketName $RecordsBucket -Key "$RecordsPrefix$Name" -Content $text -ContentType 'text/plain' -ServerSideEncryption AES256 @aws
+    "s3://$RecordsBucket/$RecordsPrefix$Name"
+  } catch { Write-Log "could not upload the log tail: $($_.Exception.Message)"; '' }
+}
+
+function Send-Alert([int]$Code, [string]$Reason, [string]$Note, [string]$TailUri = '') {
   $who = if ($InstanceId) { $InstanceId } else { 'unknown instance' }
   $subject = "bakery: $What of $Role failed on $who"
-  $tail = (Get-Content -Path $LogFile -Tail 30 -ErrorAction SilentlyContinue) -join "`n"
-  $body = "AMI Bakery: $What of role $Role failed.`n`nInstance:  $InstanceId`nRegion:    $Region`nExit code: $Code`nReason:    $Reason`n$Note`nLog:       $LogFile`n`nLast log lines:`n$tail`n"
+  $tail = ConvertTo-Scrubbed @(Get-Content -Path $LogFile -Tail 30 -ErrorAction SilentlyContinue)
+  $uri = if ($TailUri) { $TailUri } else { 'not uploaded' }
+  $body = "AMI Bakery: $What of role $Role failed.`n`nInstance:  $InstanceId`nRegion:    $Region`nExit code: $Code`nReason:    $Reason`n$Note`nLog:       $LogFile`nLog tail:  $uri`n`nLast log lines:`n$tail`n"
   $aws = Get-AwsArgs $AlertRegion
   try {
     Publish-SNSMessage -TopicArn $AlertTopicArn -Subject $subject.Substring(0, [Math]::Min(100, $subject.Length)) -Message $body @aws | Out-Null
@@ -124,7 +143,6 @@ function Find-ChefClient {
   if ($c) { return $c.Source }
   @("$ChefBinDir\$ChefBin.bat", "$ChefBinDir\$ChefBin.exe") | Where-Object { Test-Path $_ } | Select-Object -First 1
 }
-# The licensed Chef's key, from S3 or SSM with the instance role: kept in memory, never left on disk.
 function Get-LicenseKey {
   if ($ChefDistribution -ne 'chef' -or $script:LicenseKey) { return }
   $aws = Get-AwsArgs $Region
@@ -149,12 +167,10 @@ function Install-ChefClient {
   Get-LicenseKey
   Set-Step "installing $ChefDistribution client $ChefVersion with $ChefInstallerUrl"
   $url = if ($LicenseKey) { "$($ChefInstallerUrl)?license_id=$LicenseKey" } else { $ChefInstallerUrl }
-  # Omnitruck's install.ps1 (Cinc's and Chef's) defines Install-Project (alias install), which installs the MSI.
   $code = Invoke-Retry { (New-Object Net.WebClient).DownloadString($url) }
   . ([scriptblock]::Create($code))
   try { install -project $ChefDistribution -version $ChefVersion }
   catch {
-    # install.ps1 throws on any msiexec code but 0; 3010/1641 mean installed, reboot pending.
     if ("$($_.Exception.Message)" -notmatch '\b(3010|1641)\b') { throw }
     Write-Log "the $ChefDistribution installer reports: installed, a reboot is pending ($($_.Exception.Message))"
   }
@@ -167,14 +183,10 @@ function Get-ValidatorKey {
   $aws = Get-AwsArgs $Region
   try { Read-S3Object -BucketName $ValidatorBucket -Key $ValidatorKey -File $ValidatorPem @aws | Out-Null }
   catch { throw "cannot fetch the validator key s3://$ValidatorBucket/$ValidatorKey with the instance role: $($_.Exception.Message)" }
-  # SYSTEM and Administrators only (well-known SIDs: the names are localized).
   & icacls.exe $ValidatorPem /inheritance:r /grant:r '*S-1-5-18:F' '*S-1-5-32-544:F' | Out-Null
 }
 
-# A Ruby single-quoted string: only \ and ' are special there.
 function ConvertTo-Rb([string]$Text) { "'" + $Text.Replace('\', '\\').Replace("'", "\'") + "'" }
-# -NoSelfReboot (bake): reboots go through EC2Launch v2 (exit 3010) only. Chef's rebooter runs
-# shutdown.exe before raising Reboot (exit 35): client.rb keeps only the raise.
 function Write-ClientRb([string]$NodeName, [switch]$NoSelfReboot) {
   $rb = @(
     "chef_server_url $(ConvertTo-Rb $ChefServerUrl)"
@@ -194,13 +206,10 @@ function Write-ClientRb([string]$NodeName, [switch]$NoSelfReboot) {
       'end)'
     )
   }
-  # Written without a BOM, which Ruby would read as code.
   [IO.File]::WriteAllText($ClientRb, ($rb -join "`n") + "`n")
   Write-Log "wrote $ClientRb for Chef node $NodeName"
 }
 
-# Runs the Chef client, its output to the console and the log; returns its exit code. The license
-# key (licensed Chef) is in its environment only.
 function Invoke-Chef([string[]]$Arguments) {
   $ErrorActionPreference = 'Continue'  # native stderr lines must not become terminating errors
   $env:CHEF_LICENSE = 'accept-no-persist'
@@ -210,8 +219,6 @@ function Invoke-Chef([string[]]$Arguments) {
   $LASTEXITCODE
 }
 
-# The same with a deadline of its own: past it, the client's whole process tree is killed (Ruby
-# children included) and this throws, so the caller's catch/finally still alert and clean up.
 function Invoke-ChefWithin([string[]]$Arguments, [int]$Seconds) {
   $out = Join-Path $BakeryDir 'chef-run.out'
   $quoted = $Arguments | ForEach-Object { '"' + ($_ -replace '"', '\"') + '"' }

@@ -19,11 +19,6 @@ LOCK="$ROOT/var/lock/bakery-firstboot.lock"
 WHAT="first boot"
 ALERT_NOTE="$SENTINEL is kept: the next boot retries."
 
-# Boot test (the bakery's boot-test stage): the instance's own user data says so, in lines
-# "# bakery:boot-test" and "# bakery:boot-test-KEY=VALUE" (run list and command base64). Read through
-# IMDSv2 when the first boot starts, so the mode never depends on boot order (cloud-init runs user data
-# after the init services). 404 is "no user data": an ordinary instance. Any other answer is retried,
-# then fails the run: a test instance must never run as a production one.
 BOOT_TEST=no
 REPORTED=no
 BOOT_TEST_NODE=""
@@ -74,13 +69,11 @@ if [ ! -e "$SENTINEL" ]; then
   exit 0
 fi
 mkdir -p "${LOG%/*}" "${LOCK%/*}"
-# The log holds Chef's whole output (diffs of templated files included): root only, like the bake log.
 (umask 077 && touch "$LOG")
 chmod 600 "$LOG"
 exec > >(tee -a "$LOG") 2>&1
 TEE_PID=$!
 
-# One run at a time: a second start steps aside (exit 0).
 LOCKDIR=""
 if command -v flock >/dev/null 2>&1; then
   exec 9>>"$LOCK"
@@ -89,7 +82,6 @@ if command -v flock >/dev/null 2>&1; then
     exit 0
   fi
 else
-  # No flock: mkdir is atomic; a lock of a dead process is stale.
   if ! mkdir "$LOCK.d" 2>/dev/null; then
     holder=$(cat "$LOCK.d/pid" 2>/dev/null || true)
     if [ -n "$holder" ] && kill -0 "$holder" 2>/dev/null; then
@@ -103,7 +95,6 @@ else
   LOCKDIR="$LOCK.d"
   echo "$$" >"$LOCKDIR/pid"
 fi
-# A run that held the lock until a moment ago may have done the job.
 if [ ! -e "$SENTINEL" ]; then
   log "another run removed $SENTINEL: nothing to do"
   exit 0
@@ -112,7 +103,6 @@ fi
 on_exit() {
   local rc=$?
   trap - EXIT
-  # The validator key is only needed to register: never leave it on disk.
   rm -f "$VALIDATOR_PEM"
   if [ "$REPORTED" = yes ]; then
     rc=0  # the result is tagged; what the shutdown did to the log afterwards changes nothing
@@ -120,10 +110,13 @@ on_exit() {
   if [ "$rc" -ne 0 ]; then
     [ -n "$FAIL" ] || FAIL="$STEP failed (exit $rc)"
     if [ "$BOOT_TEST" = yes ]; then
-      # A test pages nobody: the bakery reads the result from the tag.
       tag_boot_test failed "$FAIL" || log "could not tag bakery:boot-test=failed on $INSTANCE_ID"
     else
-      alert "$rc"
+      image_bake=$(sed -n 's/.*"bake_id": *"\([A-Za-z0-9_.-]*\)".*/\1/p' "$ROOT/etc/bakery/image.json" 2>/dev/null | head -n 1) || image_bake=""
+      tail_uri=""
+      [ -z "$INSTANCE_ID" ] ||
+        tail_uri=$(upload_log_tail "$LOG" "${image_bake:-unknown-bake}/firstboot/$INSTANCE_ID.log") || tail_uri=""
+      alert "$rc" "$tail_uri"
     fi
   fi
   if [ -n "$LOCKDIR" ]; then
@@ -140,8 +133,6 @@ read_metadata
 read_boot_test
 ensure_aws_cli || fail "no AWS CLI on this image and none could be installed"
 NODE_NAME="$ROLE-$INSTANCE_ID"
-# Extra client options of a boot test (bash 4.2, CentOS 7: an empty array is "unbound" under set -u,
-# hence the ${CHEF_ARGS[@]+...} forms below).
 CHEF_ARGS=()
 CHEF_MODE=""
 if [ "$BOOT_TEST" = yes ]; then
@@ -167,7 +158,6 @@ write_client_rb "$NODE_NAME"
 fetch_license_key
 step "running $CHEF_BIN$CHEF_MODE as $NODE_NAME with the run list from $RUNLIST_S3"
 rc=0
-# 9>&-: a service Chef starts must not inherit (and so hold) the lock.
 chef_run -c "$CLIENT_RB" -j "$RUNLIST_JSON" ${CHEF_ARGS[@]+"${CHEF_ARGS[@]}"} 9>&- || rc=$?
 if [ "$rc" -ne 0 ]; then
   FAIL="$CHEF_BIN$CHEF_MODE exited $rc"
@@ -185,13 +175,9 @@ if [ "$BOOT_TEST" = yes ]; then
     [ "$rc" -eq 0 ] || fail "the health command exited $rc ($detail)"
     detail="$detail; health command passed"
   fi
-  # Once tagged, the bakery terminates this instance at once: neither the shutdown's SIGTERM (ignored,
-  # by the CLI too) nor a failed write to the log's tee it killed (systemd ignores SIGPIPE, so writes
-  # fail and set -e ends the script) may turn the reported result into "failed".
   trap '' TERM
   tag_boot_test passed "$detail" || fail "cannot tag bakery:boot-test=passed on $INSTANCE_ID"
   REPORTED=yes
-  # The instance is terminated after the test: the sentinel stays, as on an untested copy of the image.
   log "boot test of $NODE_NAME passed ($detail); $SENTINEL kept"
   exit 0
 fi

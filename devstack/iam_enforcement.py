@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -83,9 +84,8 @@ class InstanceRoles:
     the same policies -- its inline policies as :func:`as_moto_evaluates` makes them, its attached
     managed policies -- trusting the hypervisor's user, which assumes it. The session credentials
     (``ASIA...`` with a token) are what the IMDS double hands out, so moto evaluates every call the
-    instance makes against the instance role's policy. The mirror is brought in line with the role on
-    every fetch (an AWS CLI process fetches once), so a policy the bakery changes is seen at once.
-    ``drop`` removes the statements with those ``Sid``s from the mirror (a test proving each statement
+    instance makes against the instance role's policy. The mirror is brought in line with the role when
+    an instance first asks (the iam-role stage wrote the policy before the launch). ``drop`` removes the statements with those ``Sid``s from the mirror (a test proving each statement
     is needed).
     """
 
@@ -100,8 +100,19 @@ class InstanceRoles:
         self.iam, self.sts, self.ec2 = client("iam"), client("sts"), client("ec2")
         self.drop: set[str] = set()
         self.issued: list[tuple[str, str]] = []  # (instance id, role), for tests
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, frozenset[str]], tuple[str, str, dict[str, str]] | None] = {}
 
     def __call__(self, instance_id: str) -> tuple[str, str, dict[str, str]] | None:
+        # One set of credentials per instance (and per ``drop``): EC2 hands out the same until they
+        # near expiry, and an AWS CLI waits only a second for IMDS (botocore's default timeout).
+        key = (instance_id, frozenset(self.drop))
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = self._fetch(instance_id)
+            return self._cache[key]
+
+    def _fetch(self, instance_id: str) -> tuple[str, str, dict[str, str]] | None:
         found = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
         profile = next((i.get("IamInstanceProfile") for r in found for i in r["Instances"]), None)
         if not profile:

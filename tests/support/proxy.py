@@ -15,8 +15,10 @@ exposed. A :class:`Rewrite` edits response bodies instead: e.g. DescribeImages a
 ``pending`` for an image moto already made ``available``, to hold ``wait-image`` in its wait. A
 :class:`Hold` keeps a call (before or after moto carried it out) until the test releases it: the
 moment to SIGKILL the bakery or to take the Chef server away. ``proxy.realism = Realism(...)`` plays
-AWS's timing (eventual consistency, state transitions, IAM propagation, throttling storms, capacity):
-see :mod:`support.realism`.
+AWS's timing (eventual consistency with flicker and tag/SSM lag, state transitions, failed images, IAM
+propagation, throttling storms and per-API token buckets, capacity and vCPU quotas, the default-key
+sharing refusal): see :mod:`support.realism`. The layer is told each request's Region (from its SigV4
+scope) and may look things up in moto itself (``upstream_call``).
 
 Error codes botocore treats as throttling (``RequestLimitExceeded``, ``Throttling``,
 ``ThrottlingException``, ``SlowDown``) and 5xx statuses are retried by the client; 4xx codes such as

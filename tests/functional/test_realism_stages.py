@@ -169,3 +169,18 @@ def test_sharing_an_ami_under_the_default_ebs_key_is_refused(moto_server, proxy:
     assert realism.count("share") == 1
     for image_id in (mine, cmk):
         via.deregister_image(ImageId=image_id)
+
+
+def test_a_new_tag_lags_in_describes_and_in_their_tag_filters(proxy: FaultProxy, base_ami):
+    proxy.realism = realism = Realism(**QUIET, tag_lag=1)
+    via = _client(proxy.url)
+    iid = via.run_instances(ImageId=base_ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    try:
+        via.create_tags(Resources=[iid], Tags=[{"Key": "rl:lag", "Value": "new"}])
+        by_tag = [{"Name": "tag:rl:lag", "Values": ["new"]}, {"Name": "instance-id", "Values": [iid]}]
+        assert via.describe_instances(Filters=by_tag)["Reservations"] == []  # a replica without the tag
+        shown = via.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+        assert {t["Key"]: t["Value"] for t in shown.get("Tags", [])}.get("rl:lag") == "new"  # caught up
+        assert realism.count(f"tag lag: {iid} not matched") == 1
+    finally:
+        via.terminate_instances(InstanceIds=[iid])

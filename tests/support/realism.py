@@ -54,7 +54,8 @@ What AWS does (and moto 5.2 does not), as documented, and what this layer plays:
 - **Tag lag** (EC2 eventual consistency, above: "the result of an API command you run that affects your
   Amazon EC2 resources might not be immediately visible to all subsequent commands"): ``tag_lag`` -- after a CreateTags, the next ``tag_lag``
   describes naming a tagged resource show it with the tags it had before (the values the layer last
-  showed, or without the new keys).
+  showed, or without the new keys), and a describe filtering on such a tag does not list it unless
+  the tags shown match.
 - **SSM read-after-write** (Systems Manager API reference, PutParameter ``DataType``: "If you call
   PutParameter with aws:ec2:image data type, a successful HTTP 200 response does not guarantee that
   your parameter was successfully created or updated. The aws:ec2:image value is validated
@@ -142,6 +143,16 @@ def vcpus(instance_type: str) -> int:
 def vcpu_quota(instance_type: str) -> str:
     letter = instance_type[:1].lower()
     return "standard" if letter in STANDARD_FAMILIES else letter
+
+
+def _tag_filters(params: dict[str, Any]) -> dict[str, set[str]]:
+    """``tag:KEY`` filters of a describe (query form ``Filter.N.Name`` / ``Filter.N.Value.M``): key -> values."""
+    out: dict[str, set[str]] = {}
+    for k, name in params.items():
+        if k.startswith("Filter.") and k.endswith(".Name") and str(name).startswith("tag:"):
+            prefix = k[: -len("Name")] + "Value."
+            out[str(name)[4:]] = {str(v) for kk, v in params.items() if kk.startswith(prefix)}
+    return out
 
 
 DEFAULT_KEY = "aws/ebs"
@@ -502,9 +513,9 @@ class Realism:
                     self.tokens[(operation, token)] = (dict(params), payload)
         changed = self._remember(operation, params, root)
         if operation == "DescribeInstances":
-            changed |= self._rewrite_instances(root)
+            changed |= self._rewrite_instances(root, _tag_filters(params))
         elif operation == "DescribeImages":
-            changed |= self._rewrite_images(root)
+            changed |= self._rewrite_images(root, _tag_filters(params))
         elif operation == "DescribeSecurityGroups":
             changed |= self._drop_items(root, "securityGroupInfo", "groupId")
         return ET.tostring(root, encoding="utf-8", xml_declaration=True) if changed else payload
@@ -599,7 +610,7 @@ class Realism:
             code_el.text = STATE_CODES.get(name, code_el.text)
         return True
 
-    def _rewrite_instances(self, root: ET.Element) -> bool:
+    def _rewrite_instances(self, root: ET.Element, tag_filters: dict[str, set[str]]) -> bool:
         changed = self._drop_items(root, "reservationSet", "instanceId", deep=True)
         for inst in root.iter(_q("item")):
             iid = inst.findtext(_q("instanceId"))
@@ -611,8 +622,8 @@ class Realism:
             shown = self._shown_state(iid, actual) or self._flickered(iid, actual)
             if shown:
                 changed |= self._set_state(state, shown)
-            changed |= self._lag_tags(iid, inst)
-        return changed
+            changed |= self._lag_tags(iid, inst, tag_filters)
+        return self._drop_unmatched(root) or changed
 
     # --- flicker, vanish, tag lag -----------------------------------------------------------------------
     def _flickered(self, rid: str, actual: str) -> str | None:
@@ -649,7 +660,9 @@ class Realism:
         self._play(f"vanish: {rid} missing from a describe after it was seen")
         return True
 
-    def _lag_tags(self, rid: str, item: ET.Element) -> bool:
+    def _lag_tags(self, rid: str, item: ET.Element, tag_filters: dict[str, set[str]] | None = None) -> bool:
+        """Show the tags as before a recent CreateTags; a describe filtering on such a tag matches
+        what is shown, as a replica that has not seen the CreateTags would (moto matched the new)."""
         tag_set = item.find(_q("tagSet"))
         if tag_set is None:
             return False
@@ -675,6 +688,11 @@ class Realism:
             if changed:
                 self._play(f"tag lag: {rid} shown without its new {', '.join(sorted(keys))}")
         shown = {t.findtext(_q("key")) or "": t.findtext(_q("value")) or "" for t in tag_set}
+        if left > 0 and any(key in keys and shown.get(key) not in values
+                            for key, values in (tag_filters or {}).items()):
+            item.set("realism-unmatched", "1")
+            self._play(f"tag lag: {rid} not matched by a filter on its new tag")
+            return True
         with self._lock:
             self._tags_shown[rid] = shown
         return changed
@@ -693,7 +711,7 @@ class Realism:
             self._transition(iid, "stopping", self.clock(), self.stopping)
             self._play(f"stopping: {iid} shut itself down")
 
-    def _rewrite_images(self, root: ET.Element) -> bool:
+    def _rewrite_images(self, root: ET.Element, tag_filters: dict[str, set[str]]) -> bool:
         changed = self._drop_items(root, "imagesSet", "imageId")
         for image in root.iter(_q("item")):
             image_id = image.findtext(_q("imageId"))
@@ -711,7 +729,22 @@ class Realism:
             if shown:
                 state.text = shown
                 changed = True
-            changed |= self._lag_tags(image_id, image)
+            changed |= self._lag_tags(image_id, image, tag_filters)
+        return self._drop_unmatched(root) or changed
+
+    def _drop_unmatched(self, root: ET.Element) -> bool:
+        """Remove the items ``_lag_tags`` marked: a tag filter the shown (older) tags do not match."""
+        changed = False
+        for parent in list(root.iter()):
+            for child in list(parent):
+                if child.get("realism-unmatched"):
+                    parent.remove(child)
+                    changed = True
+        for reservation_set in root.iter(_q("reservationSet")):
+            for reservation in list(reservation_set):
+                instances = reservation.find(_q("instancesSet"))
+                if instances is not None and len(instances) == 0:
+                    reservation_set.remove(reservation)
         return changed
 
     def _drop_items(self, root: ET.Element, set_tag: str, id_tag: str, *, deep: bool = False) -> bool:

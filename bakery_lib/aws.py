@@ -14,7 +14,7 @@
 - Throttling storms: clients are shared by every bake of the process, so botocore's adaptive rate
   limiter and its retry quota are already one budget per (service, region). When a call is still
   throttled after botocore's retries (the storm outlasted them, or the retry quota is spent), the
-  :class:`ThrottleGate` of that (service, region) pauses *every* bake's calls there with a growing,
+  :class:`ThrottleGate` of that (service, region, bucket) pauses *every* bake's calls of that bucket with a growing,
   jittered back-off and the call is tried again, a few rounds: the bakes slow down together instead of
   each failing on its own. Transient server errors (``InternalError``, ``ServiceUnavailable``, HTTP
   5xx) that outlast botocore's retries share that budget: a service having a bad minute pauses the
@@ -96,8 +96,12 @@ class CallCounter:
             return sum(self.counts.values())
 
 
+# (service, region, bucket): see ``Aws.gate_key``.
+GateKey = tuple[str, str, str]
+
+
 class ThrottleGate:
-    """A back-off shared by every bake of the process, per (service, region).
+    """A back-off shared by every bake of the process, per (service, region, bucket) (``Aws.gate_key``).
 
     ``trip`` (a call still throttled after botocore's retries) pushes the shared "not before" time out by
     a jittered 1, 2, 4... s (at most 30); every call waits for it in ``wait`` before going out; a
@@ -108,20 +112,20 @@ class ThrottleGate:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._not_before: dict[tuple[str, str], float] = {}
-        self._level: dict[tuple[str, str], int] = {}
+        self._not_before: dict[GateKey, float] = {}
+        self._level: dict[GateKey, int] = {}
 
-    def remaining(self, key: tuple[str, str]) -> float:
+    def remaining(self, key: GateKey) -> float:
         """Seconds until calls for ``key`` may go out again (0 when they may now)."""
         with self._lock:
             return max(0.0, self._not_before.get(key, 0.0) - time.monotonic())
 
-    def wait(self, key: tuple[str, str], cancel: threading.Event | None = None) -> None:
+    def wait(self, key: GateKey, cancel: threading.Event | None = None) -> None:
         delay = self.remaining(key)
         if delay > 0:
             (cancel or threading.Event()).wait(delay)
 
-    def trip(self, key: tuple[str, str]) -> float:
+    def trip(self, key: GateKey) -> float:
         with self._lock:
             level = self._level.get(key, 0) + 1
             self._level[key] = level
@@ -129,7 +133,12 @@ class ThrottleGate:
             self._not_before[key] = max(self._not_before.get(key, 0.0), time.monotonic() + delay)
             return delay
 
-    def ok(self, key: tuple[str, str]) -> None:
+    def tripped(self) -> list[GateKey]:
+        """The keys this gate ever backed off (each once)."""
+        with self._lock:
+            return sorted(self._level)
+
+    def ok(self, key: GateKey) -> None:
         with self._lock:
             if self._level.get(key):
                 self._level[key] -= 1
@@ -223,7 +232,7 @@ class Aws:
 
         Still throttled after botocore's own retries: the shared gate backs every bake off, then the
         call is tried again (``STORM_ROUNDS`` in all)."""
-        key = (service, region)
+        key = self.gate_key(service, region, operation)
         sdk_retries = operation not in NO_SDK_RETRY
         for round_no in range(STORM_ROUNDS):
             self.gate.wait(key)
@@ -241,6 +250,14 @@ class Aws:
             self.gate.ok(key)
             return result
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def gate_key(service: str, region: str, operation: str) -> GateKey:
+        """Which back-off a call waits for. EC2 throttles each API on its own token bucket, per account and
+        Region ("each API is evaluated individually": EC2 API reference, "Request throttling"), so a
+        throttled DescribeInstances pauses DescribeInstances, not CreateTags or RunInstances (RunInstances'
+        resource bucket is its own API's too). Other services' limits are shared per service here."""
+        return (service, region, operation if service == "ec2" else "*")
 
     def _call_once(self, service: str, region: str, operation: str, sdk_retries: bool,
                    params: dict[str, Any]) -> dict[str, Any]:
@@ -438,7 +455,10 @@ def _hint(code: str, action: str = "") -> str:
         return "the bakery's AWS identity lacks this permission"
     if code in ("AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken"):
         return "the AWS credentials are invalid or expired"
-    if code in ("InsufficientInstanceCapacity", "InstanceLimitExceeded", "VcpuLimitExceeded"):
+    if code == "VcpuLimitExceeded":
+        return ("the account's On-Demand vCPU quota for this instance family is used up: stop or terminate "
+                "instances of that family, or request a higher quota (Service Quotas, 'Running On-Demand ... instances')")
+    if code in ("InsufficientInstanceCapacity", "InstanceLimitExceeded"):
         return "try another instance type or subnet, or raise the limit"
     return ""
 

@@ -13,7 +13,13 @@ One helper so that every wait has the same four properties:
   succeeded, describe-by-id may answer NotFound and describe-by-filter may omit the resource for a
   few seconds, longer under load. ``probe`` returning ``None`` therefore means "gone" only once the
   resource was seen at least once (``seen``), or when it has stayed absent for ``absent_grace``
-  seconds (well beyond normal propagation); before that the wait keeps polling.
+  seconds (well beyond normal propagation); before that the wait keeps polling;
+- flicker (the same page: a describe can be answered from a replica that has not caught up): a
+  resource seen and then missing from one describe is seen again in the next. Once seen, it is gone
+  only after ``gone_after`` polls in a row without it (counted, not timed: a slow machine makes the
+  polls late, never fewer). A state seen earlier than one already seen (``pending`` after
+  ``available``) is what ``check`` gets, and each wait's ``check`` acts only on the state it waits
+  for, so a step back only means one more poll.
 
 ``probe()`` returns the resource (or ``None`` when absent); ``check(resource)`` returns the wait's
 result when it is done, ``None`` to keep waiting, or raises to fail it. ``status(resource)`` is the
@@ -43,6 +49,8 @@ HEARTBEAT_EVERY = 60.0
 # "up to a few minutes". Five minutes never mistakes propagation for a deletion, and a real deletion
 # right after a create (rare: it was never seen) costs a bake at most that long.
 ABSENT_GRACE = 300.0
+# Once seen, a resource missing from this many polls in a row is gone (fewer: flicker, see above).
+GONE_AFTER = 3
 
 
 class Gone(BakeryError):
@@ -65,8 +73,10 @@ class Wait(Generic[T, R]):
     detail: Callable[[], str] | None = None
     on_timeout: Callable[[float, T | None], BaseException] | None = None
     gone_message: str = ""
+    gone_after: int = GONE_AFTER
     # Poll rounds this wait made (one probe each); every round is counted on ``clock.rounds`` too.
     rounds: int = 0
+    missing: int = 0  # polls in a row without the resource
 
     def run(self, probe: Callable[[], T | None], check: Callable[[T], R | None]) -> R:
         start = self.clock.now()
@@ -81,9 +91,11 @@ class Wait(Generic[T, R]):
             found = probe()
             now = self.clock.now()
             if found is None:
+                self.missing += 1
                 self._absent(now - start)
             else:
                 self.seen = True
+                self.missing = 0
                 last = found
                 result = check(found)
                 if result is not None:
@@ -101,8 +113,9 @@ class Wait(Generic[T, R]):
 
     def _absent(self, elapsed: float) -> None:
         # Never "gone" in the first seconds after our own create: AWS answers NotFound/omits a new
-        # resource until it has propagated. Once seen, absence is real (a deregistration, a reaper).
-        if self.seen or elapsed >= self.absent_grace:
+        # resource until it has propagated. Once seen, absence from several polls in a row is real (a
+        # deregistration, a reaper); from fewer it is a replica behind (flicker).
+        if (self.seen and self.missing >= self.gone_after) or elapsed >= self.absent_grace:
             raise Gone(self.gone_message or f"{self.what}: it no longer exists")
 
     def _timeout(self, elapsed: float, last: T | None) -> BaseException:

@@ -5,6 +5,13 @@ points it here. Like EC2 with ``HttpTokens=required``: ``PUT /latest/api/token``
 ``X-aws-ec2-metadata-token-ttl-seconds`` (1..21600) and returns a token; every GET needs
 ``X-aws-ec2-metadata-token`` with a live token, else 401. A PUT with ``X-Forwarded-For`` is refused
 (403) as EC2 does, to keep the same behaviour toward proxies.
+
+Instance role credentials (EC2 User Guide, "Retrieve security credentials from instance metadata"):
+``meta-data/iam/security-credentials/`` lists the role's name, ``.../ROLE`` answers the JSON document
+(``Code``, ``LastUpdated``, ``Type: AWS-HMAC``, ``AccessKeyId``, ``SecretAccessKey``, ``Token``,
+``Expiration``), ``meta-data/iam/info`` the instance profile; an instance without a profile has no
+``iam/`` (404). Where the credentials come from is :attr:`ImdsDouble.role_credentials`, a callable
+set by whoever plays IAM (``devstack.iam_enforcement.instance_role_credentials``); unset, there are none.
 """
 
 from __future__ import annotations
@@ -13,17 +20,24 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, ClassVar
 
 from .httpd import LoopbackHTTPServer
 
 MAX_TTL = 21600
 
 
+# instance id -> (instance profile ARN, role name, credentials document) or None (no profile).
+RoleCredentials = Callable[[str], "tuple[str, str, dict[str, str]] | None"]
+
+
 class ImdsDouble(LoopbackHTTPServer):
     """``with ImdsDouble(instance_id=..., region=...) as imds:`` -> ``imds.url``; ``imds.requests`` log."""
+
+    # Who hands out the instance role's credentials (see the module docstring); shared by every double.
+    role_credentials: ClassVar[RoleCredentials | None] = None
 
     def __init__(
         self, *, instance_id: str, region: str, account_id: str = "123456789012", image_id: str = "",
@@ -78,6 +92,9 @@ class ImdsDouble(LoopbackHTTPServer):
             if self.user_data is None:
                 return 404, "text/plain", "Not Found"
             return 200, "application/octet-stream", self.user_data.decode("utf-8", "replace")
+        iam = self._iam(path)
+        if iam is not None:
+            return iam
         prefix = "/latest/meta-data/"
         if path.startswith(prefix) or path == "/latest/meta-data":
             key = path[len(prefix):].strip("/")
@@ -92,6 +109,27 @@ class ImdsDouble(LoopbackHTTPServer):
                 children.add(head + ("/" if sep else ""))
             if children:
                 return 200, "text/plain", "\n".join(sorted(children))
+        return 404, "text/plain", "Not Found"
+
+    def _iam(self, path: str) -> tuple[int, str, str] | None:
+        """The ``meta-data/iam/`` answers (None: not an iam path)."""
+        base = "/latest/meta-data/iam"
+        if not (path == base or path.startswith(base + "/")):
+            return None
+        provider = type(self).role_credentials
+        found = provider(self.meta["instance-id"]) if provider is not None else None
+        if found is None:
+            return 404, "text/plain", "Not Found"
+        profile_arn, role, document = found
+        key = path[len(base):].strip("/")
+        if key in ("", "security-credentials"):
+            return 200, "text/plain", "info\nsecurity-credentials/" if not key else role
+        if key == f"security-credentials/{role}":
+            return 200, "text/plain", json.dumps(document, indent=2)
+        if key == "info":
+            return 200, "text/plain", json.dumps({
+                "Code": "Success", "LastUpdated": document.get("LastUpdated", ""),
+                "InstanceProfileArn": profile_arn, "InstanceProfileId": "AIPA" + role.upper()[:17]}, indent=2)
         return 404, "text/plain", "Not Found"
 
     # --- server -----------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ for ``instance_tags`` (the bake record names the instance). IMDSv2 required, enc
 Placements: ``instance_types`` x ``subnet_ids`` in order; ``InsufficientInstanceCapacity`` /
 ``Unsupported`` move on to the next (they persist), a few rounds, then a failure naming them all.
 RunInstances refused while a new instance profile or security group propagates is retried.
+``VcpuLimitExceeded`` (the account's vCPU quota) fails the launch at once, naming the role and type.
 """
 
 from __future__ import annotations
@@ -122,6 +123,16 @@ def _run_once(ctx: RoleContext, params: dict[str, Any], attempts: int) -> dict[s
     raise AssertionError("unreachable")
 
 
+def vcpu_limit_message(role: str, itype: str, exc: AwsError) -> str:
+    """VcpuLimitExceeded: the account runs as many vCPUs of that instance family bucket as its On-Demand
+    quota allows (EC2 User Guide, "On-Demand Instance quotas"). Another placement of the same family
+    meets the same quota and waiting does not free it, so the launch fails at once, naming what to change."""
+    return (f"role {role!r}: RunInstances refused instance type {itype} (VcpuLimitExceeded): {exc.message}. "
+            f"The account's running On-Demand vCPU quota for {itype}'s instance family is used up: stop or "
+            "terminate instances of that family, request a higher quota (Service Quotas, 'Running On-Demand "
+            "... instances'), or list an instance type of another family first (catalogue key instance_types)")
+
+
 def run_instance(ctx: RoleContext, params: dict[str, Any], *, attempts: int = 12) -> dict[str, Any]:
     """RunInstances with the role's placements in fallback order; retries while IAM/SG propagate.
 
@@ -142,6 +153,8 @@ def run_instance(ctx: RoleContext, params: dict[str, Any], *, attempts: int = 12
             try:
                 instance = _run_once(ctx, attempt, attempts)
             except AwsError as exc:
+                if exc.code == "VcpuLimitExceeded":
+                    raise BakeryError(vcpu_limit_message(ctx.role.name, itype, exc)) from None
                 if exc.code not in CAPACITY_CODES:
                     raise
                 refused.append(f"{where}: {exc.code}")

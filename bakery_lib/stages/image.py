@@ -116,7 +116,10 @@ def _unfinished_image(ctx: Teardown, report: CleanupReport) -> dict[str, Any] | 
     if image is None:
         return None
     state.image_id = image["ImageId"]
-    if image.get("State") == "available" and state.amis.get(state.region) == image["ImageId"]:
+    # The AMI wait-image recorded was available then: AMIs never go back to pending, so a describe
+    # showing it pending now is a replica behind (EC2 eventual consistency), not an unfinished image.
+    recorded = state.amis.get(state.region) == image["ImageId"]
+    if recorded and image.get("State") in ("available", "pending"):
         report.kept.append(f"available image {image['ImageId']}")
         return None
     return image

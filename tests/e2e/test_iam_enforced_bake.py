@@ -1,5 +1,10 @@
 """The whole bake as an IAM user holding only ``bakery iam-policy``'s policy, on a moto server that
-enforces IAM (its own server: the session's moto stays unauthenticated for every other test).
+enforces IAM (its own server: the session's moto stays unauthenticated for every other test). The
+instances run as their instance role: the IMDS double hands out credentials of that role's policies
+(``devstack.iam_enforcement.InstanceRoles``), so every call an instance makes (its S3 downloads, the
+tag it reports with, its SNS alert) is checked against the policy the iam-role stage wrote. A case that
+gets past bootstrap proves that policy sufficient; the cases removing one of its statements prove each
+is needed, and that the instance's failure says why.
 
 moto checks the actions of every call (and S3 and IAM-role resources); see
 ``devstack/iam_enforcement.py`` for what it evaluates and what it does not, and
@@ -24,9 +29,11 @@ from devstack import DevStack, MotoServer, isolated_env
 from devstack.ami_layer import LayeredMoto
 from devstack.iam_enforcement import (
     ADMIN_POLICY,
+    InstanceRoles,
     as_moto_evaluates,
     create_user,
     credentials_env,
+    instance_role_credentials,
     replace_user_policy,
 )
 from devstack.moto import ACCOUNT_ID
@@ -37,14 +44,20 @@ REGION = "us-east-1"
 COPY_REGION = "us-west-2"
 SHARE_WITH = "210987654321"
 BOUNDARY = f"arn:aws:iam::{ACCOUNT_ID}:policy/bakery-instance-boundary"
-ROLES = ["iam", "iam-runinstances", "iam-createimage", "iam-stopinstances", "iam-putrolepolicy",
-         "iam-putparameter", "iam-enableimagedeprecation"]
+ROLES: dict[str, dict[str, Any]] = {name: {} for name in (
+    "iam", "iam-runinstances", "iam-createimage", "iam-stopinstances", "iam-putrolepolicy", "iam-putparameter",
+    "iam-enableimagedeprecation", "iam-inst-readrunlistandvalidatorkey")}
+# Without TagOnlyItself the instance cannot report; it powers itself off, which the instance runner does
+# not play as a stop: the bakery fails at bootstrap_timeout, with the instance's console.
+ROLES["iam-inst-tagonlyitself"] = {"bootstrap_timeout": "120s"}
 
 
 class Enforced:
     """The enforcing moto, its devstack, the catalogue, and the identities on it."""
 
-    def __init__(self, stack: DevStack, catalog: Path, bakery_keys: tuple[str, str], admin_keys: tuple[str, str]):
+    def __init__(self, stack: DevStack, catalog: Path, bakery_keys: tuple[str, str], admin_keys: tuple[str, str],
+                 instance_roles: InstanceRoles):
+        self.instance_roles = instance_roles
         self.stack = stack
         self.catalog = catalog
         self.bakery_keys = bakery_keys
@@ -103,15 +116,22 @@ def enforced(goiardi, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enfo
         # The instance runner plays EC2 itself (the hypervisor and, for now, the instances' own calls).
         admin_keys = create_user(moto, "ec2-hypervisor", ADMIN_POLICY)
         moto.enforce_iam()
-        yield Enforced(stack, catalog, bakery_keys, admin_keys)
+        with instance_role_credentials(InstanceRoles(moto, admin_keys)) as roles:
+            yield Enforced(stack, catalog, bakery_keys, admin_keys, roles)
         stack.stop()
 
 
 @pytest.fixture()
 def runner(enforced: Enforced, tmp_path: Path) -> Iterator[Any]:
-    with enforced.stack.runner(tmp_path / "instances", credentials=enforced.admin_keys,
-                               extra_env=credentials_env(enforced.admin_keys)) as r:
+    # The runner plays the hypervisor with the admin's keys; the instances have no keys of their own:
+    # their AWS CLI takes the instance role's credentials from the IMDS double (the bake scripts point
+    # AWS_EC2_METADATA_SERVICE_ENDPOINT at it), as on EC2.
+    no_keys = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_EC2_METADATA_DISABLED": "false",
+               "AWS_METADATA_SERVICE_TIMEOUT": "10"}  # a loaded machine answers IMDS slower than 1 s
+    enforced.instance_roles.drop.clear()
+    with enforced.stack.runner(tmp_path / "instances", credentials=enforced.admin_keys, extra_env=no_keys) as r:
         yield r
+    enforced.instance_roles.drop.clear()
 
 
 def _bakery_images(enforced: Enforced, role: str, region: str = REGION) -> list[dict[str, Any]]:
@@ -203,3 +223,25 @@ def test_one_action_less_fails_naming_it_and_leaves_nothing(enforced: Enforced, 
     assert bool(kept[REGION]) == bool(kept[COPY_REGION]) == in_publish
     for region in (REGION, COPY_REGION):
         assert [i["ImageId"] for i in _bakery_images(enforced, role, region)] == kept[region], region
+
+
+@pytest.mark.parametrize("statement, reason", [
+    ("ReadRunListAndValidatorKey", "when calling the HeadObject operation: Forbidden"),
+    ("TagOnlyItself", "is not authorized to perform: ec2:CreateTags"),
+])
+def test_the_instance_policy_without_one_statement_fails_the_instance_saying_why(
+        enforced: Enforced, runner, tmp_path: Path, statement: str, reason: str):
+    """A bake uses two of the instance policy's statements (AlertOnFailure is a launched instance's,
+    on a failed first boot): without either, the bake fails at bootstrap with the instance's reason."""
+    role = f"iam-inst-{statement.lower()}"
+    enforced.instance_roles.drop.add(statement)
+    proc = enforced.bakery(tmp_path / "ws", "bake", "--role", role, "--release", "1.0")
+    output = proc.stderr + proc.stdout
+    assert proc.returncode == 1, output
+    assert "Traceback" not in proc.stderr
+    issued = {i for i, r in enforced.instance_roles.issued if r == f"bakery-{role}"}
+    assert len(issued) == 1, "the bake instance never used its role's credentials"
+    console = runner.console(issued.pop())
+    assert reason in output + console, console[-3000:]
+    assert "Unable to locate credentials" not in console  # refused for the policy, not for want of keys
+    assert "bootstrap" in output and _live_instances(enforced, role) == []

@@ -310,7 +310,7 @@ def test_a_throttling_storm_beyond_botocore_retries_is_absorbed_by_the_shared_ga
     proxy.add(Rule("DescribeVpcs", kind="throttle", times=2))
     vpcs = aws.call("ec2", devstack.region, "DescribeVpcs")
     assert vpcs["Vpcs"] and len(proxy.injected()) == 2
-    key = ("ec2", devstack.region)
+    key = aws.gate_key("ec2", devstack.region, "DescribeVpcs")
     aws.gate.trip(key)
     assert aws.gate.remaining(key) > 0
     aws.call("ec2", devstack.region, "DescribeVpcs")  # another bake's call in the same region waits too

@@ -1,5 +1,8 @@
-"""AWS at its real pace, scaled (the realism layer's slow profile, ``Realism.slow``), and AWS's
-ClientToken idempotency, which moto lacks and the layer plays (see ``support/realism.py``)."""
+"""AWS at its real pace, scaled (the realism layer's slow profile, ``Realism.slow``: its windows, and
+counted flicker, vanish, tag and SSM lag), and AWS's ClientToken idempotency, which moto lacks and the
+layer plays (see ``support/realism.py``). The behaviours that fail a bake (failed images, vCPU quotas,
+empty token buckets, default-key sharing) are tested one stage at a time in
+``tests/functional/test_realism_stages.py``."""
 
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ def test_client_token_replay_and_mismatch(devstack, proxy: FaultProxy):
 def test_slow_profile_durations():
     slow = Realism.slow(0.1)
     assert (slow.invisible, slow.image_pending, slow.iam) == pytest.approx((30.0, 60.0, 1.0))
+    assert (slow.flicker, slow.vanish, slow.tag_lag, slow.ssm_lag) == (1, 1, 2, 2)  # counted: never scaled
 
 
 def test_stage_by_stage_bake_at_the_slow_pace(devstack, proxy: FaultProxy, tmp_path: Path, capsys, monkeypatch):
@@ -60,5 +64,7 @@ def test_stage_by_stage_bake_at_the_slow_pace(devstack, proxy: FaultProxy, tmp_p
             assert code == 0, f"{stage}: {out}\n{err}"
     state = check_state(devstack, ws, role, closed=True)
     assert state["outcome"] == "succeeded"
-    assert realism.count("invisible") > 0
+    # Each behaviour was played (counted ones are bound to be: a new instance and image are described).
+    for what in ("invisible", "flicker", "vanish", "tag lag", "ssm"):
+        assert realism.count(what) > 0, f"the slow profile never played {what!r}: {realism.played[:30]}"
     assert census.leaks() == []

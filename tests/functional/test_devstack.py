@@ -66,6 +66,29 @@ def test_imds_requires_a_token() -> None:
                                                          "X-Forwarded-For": "10.1.1.1"})[0] == 403
 
 
+def test_imds_hands_out_the_instance_role_credentials_botocore_reads(monkeypatch) -> None:
+    """The credentials document where EC2 serves it, in the form botocore's IMDS provider takes."""
+    from botocore.utils import InstanceMetadataFetcher
+
+    doc = {"Code": "Success", "LastUpdated": "2026-01-01T00:00:00Z", "Type": "AWS-HMAC", "AccessKeyId": "ASIAEXAMPLE",
+           "SecretAccessKey": "secret", "Token": "session", "Expiration": "2099-01-01T00:00:00Z"}
+    roles = {"i-1": ("arn:aws:iam::123456789012:instance-profile/bakery-web", "bakery-web", doc)}
+    with ImdsDouble(instance_id="i-2", region="us-east-1") as imds:  # no provider: no iam/ at all
+        token = http("PUT", f"{imds.url}/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"})[1]
+        assert http("GET", f"{imds.url}/latest/meta-data/iam/security-credentials/",
+                    {"X-aws-ec2-metadata-token": token})[0] == 404
+    monkeypatch.setattr(ImdsDouble, "role_credentials", roles.get)
+    with ImdsDouble(instance_id="i-1", region="us-east-1") as imds:
+        token = http("PUT", f"{imds.url}/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"})[1]
+        auth = {"X-aws-ec2-metadata-token": token}
+        assert http("GET", f"{imds.url}/latest/meta-data/iam/security-credentials/", auth) == (200, "bakery-web")
+        info = json.loads(http("GET", f"{imds.url}/latest/meta-data/iam/info", auth)[1])
+        assert info["InstanceProfileArn"].endswith("instance-profile/bakery-web")
+        creds = InstanceMetadataFetcher(timeout=5, num_attempts=1, env={},
+                                        config={"ec2_metadata_service_endpoint": imds.url}).retrieve_iam_role_credentials()
+        assert (creds["access_key"], creds["secret_key"], creds["token"]) == ("ASIAEXAMPLE", "secret", "session")
+
+
 def test_imds_token_expires() -> None:
     with ImdsDouble(instance_id="i-1", region="us-east-1") as imds:
         _, token = http("PUT", f"{imds.url}/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "1"})

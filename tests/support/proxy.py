@@ -15,8 +15,10 @@ exposed. A :class:`Rewrite` edits response bodies instead: e.g. DescribeImages a
 ``pending`` for an image moto already made ``available``, to hold ``wait-image`` in its wait. A
 :class:`Hold` keeps a call (before or after moto carried it out) until the test releases it: the
 moment to SIGKILL the bakery or to take the Chef server away. ``proxy.realism = Realism(...)`` plays
-AWS's timing (eventual consistency, state transitions, IAM propagation, throttling storms, capacity):
-see :mod:`support.realism`.
+AWS's timing (eventual consistency with flicker and tag/SSM lag, state transitions, failed images, IAM
+propagation, throttling storms and per-API token buckets, capacity and vCPU quotas, the default-key
+sharing refusal): see :mod:`support.realism`. The layer is told each request's Region (from its SigV4
+scope) and may look things up in moto itself (``upstream_call``).
 
 Error codes botocore treats as throttling (``RequestLimitExceeded``, ``Throttling``,
 ``ThrottlingException``, ``SlowDown``) and 5xx statuses are retried by the client; 4xx codes such as
@@ -46,6 +48,7 @@ from .realism import Realism
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "content-length"}
 _SCOPE_RE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+_REGION_RE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/[^/]+/aws4_request")
 
 # Throttling, per service, in the wire form AWS uses for it (status, code).
 THROTTLE = {
@@ -188,6 +191,18 @@ class FaultProxy(LoopbackHTTPServer):
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1]) if self.url else 0
 
+    def upstream_call(self, service: str, region: str, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One call straight to moto (the realism layer looks things up with it, e.g. an image's snapshots)."""
+        import boto3
+
+        from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
+
+        client = boto3.session.Session().client(
+            service, region_name=region, endpoint_url=f"http://{self.upstream_host}:{self.upstream_port}",
+            aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY)
+        result: dict[str, Any] = getattr(client, _snake(operation))(**params)
+        return result
+
     # --- what tests use ------------------------------------------------------------------------------
     def add(self, *items: Rule | Rewrite | Hold) -> None:
         with self._lock:
@@ -283,6 +298,10 @@ class FaultProxy(LoopbackHTTPServer):
                 self._seen_ok.add(call.operation)
 
 
+def _snake(operation: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
+
+
 def identify(method: str, path: str, headers: Any, body: bytes) -> tuple[str, str, dict[str, Any]]:
     """(service, operation, params) of one AWS API request."""
     m = _SCOPE_RE.search(headers.get("Authorization", "") or "")
@@ -363,7 +382,10 @@ class _Handler(BaseHTTPRequestHandler):
         decision = proxy._decide(service, operation)
         realism = proxy.realism
         if decision is None and realism is not None:
-            decision = realism.refuse(service, operation, params)
+            if realism.upstream is None:
+                realism.upstream = proxy.upstream_call
+            region = _REGION_RE.search(self.headers.get("Authorization", "") or "")
+            decision = realism.refuse(service, operation, params, region.group(1) if region else "us-east-1")
         replayed = realism.replay(service, operation, params) if decision is None and realism is not None else None
         if replayed is not None:  # a ClientToken seen before, same request: AWS's first answer again
             call.status, call.rewritten = 200, True

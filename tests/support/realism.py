@@ -43,7 +43,52 @@ What AWS does (and moto 5.2 does not), as documented, and what this layer plays:
   short: NotFound windows "up to a few minutes" (EC2 eventual consistency, above: 5 min), images
   pending for many polls (AMI creation takes minutes: 10 min), instances pending ~1 min and stopping
   ~2 min (EC2 User Guide, "Instance lifecycle"), IAM profiles usable after up to ~10 s (IAM
-  propagation, above).
+  propagation, above); and, counted, every new resource flickering and vanishing once after it was
+  first seen, tags and SSM values lagging two describes / reads (see above).
+- **Flicker** (EC2 eventual consistency, above: a describe may be answered by a replica that has not
+  seen the latest change). Counted, per resource: ``flicker`` -- once a describe has shown a resource
+  in a settled state (``running``, ``stopped``, ``terminated``, ``available``), its next ``flicker``
+  describes show the state before it again (``pending``, ``stopping``, ``shutting-down``, ``pending``),
+  then the settled one; ``vanish`` -- once a describe has shown a resource created through the layer,
+  its next ``vanish`` describes omit it (filtered or by id): seen, missing, seen.
+- **Tag lag** (EC2 eventual consistency, above: "the result of an API command you run that affects your
+  Amazon EC2 resources might not be immediately visible to all subsequent commands"): ``tag_lag`` -- after a CreateTags, the next ``tag_lag``
+  describes naming a tagged resource show it with the tags it had before (the values the layer last
+  showed, or without the new keys), and a describe filtering on such a tag does not list it unless
+  the tags shown match.
+- **SSM read-after-write** (Systems Manager API reference, PutParameter ``DataType``: "If you call
+  PutParameter with aws:ec2:image data type, a successful HTTP 200 response does not guarantee that
+  your parameter was successfully created or updated. The aws:ec2:image value is validated
+  asynchronously"): ``ssm_lag`` -- after a PutParameter, the next ``ssm_lag`` GetParameter calls for
+  that name answer what the layer last saw before it (the previous value), or ``ParameterNotFound``
+  for a parameter new to the layer.
+- **Failed images** (EC2 User Guide, "AMI lifecycle": an AMI can end in ``failed``; DescribeImages then
+  carries ``StateReason`` (code and message, EC2 API reference, "StateReason")): ``fail_images`` --
+  the first n images CreateImage/CopyImage answer through the layer end ``failed`` (after their
+  ``pending`` time) with ``StateReason`` ``Server.InternalError``; moto still holds them available.
+- **Per-API token buckets** (EC2 API reference, "Request throttling": "each API is evaluated
+  individually", one bucket per API per account and Region whose size and refill rate depend on the
+  API's category -- non-mutating (``Describe*``, ``Get*``, ``List*``...), mutating, and the resource
+  buckets of RunInstances (one token per instance; the page's example: 1000 tokens, 2 per second) and
+  TerminateInstances; an empty bucket answers ``RequestLimitExceeded`` while the other APIs' buckets
+  are untouched): ``buckets`` (category -> (size, refill per second on the layer's ``clock``)). With a
+  :class:`ManualClock` a bucket refills only when the test advances it: no load can refill it early.
+- **vCPU limits** (EC2 User Guide, "On-Demand Instance quotas": a quota of running vCPUs per instance
+  family bucket; RunInstances beyond it answers ``VcpuLimitExceeded``, "You have requested more vCPU
+  capacity than your current vCPU limit of N allows for the instance bucket that the specified
+  instance type belongs to"): ``vcpu_limit`` -- vCPUs of the instances launched through the layer and
+  not terminated, counted per family letter group as the quota groups them ("standard": A, C, D, H, I,
+  M, R, T, Z).
+- **Sharing a default-key AMI** (EC2 User Guide, "Share an AMI with specific AWS accounts": "You can't
+  share AMIs that are backed by snapshots that are encrypted with the default AWS managed key"):
+  ModifyImageAttribute adding a launch permission (account, organization or OU) to an image whose
+  snapshots are encrypted without a customer managed key (no ``KmsKeyId``, or the key of
+  ``alias/aws/ebs``) is refused with ``InvalidParameter`` (the page names the rule, not the code: the
+  code is an assumption). moto 5.2 carries no encryption to an image's snapshots (CreateImage and
+  CopyImage with ``Encrypted``/``KmsKeyId`` make unencrypted ones), so the layer keeps the key itself:
+  from RunInstances' encrypted volumes to CreateImage's image, from CopyImage's ``KmsKeyId`` (or its
+  source) to the copy; for an image it did not see made, it asks moto (``upstream``, set by the
+  proxy) for the snapshots.
 Windows in calls. Each window above is in seconds of the wall clock, which a loaded machine makes
 shorter for the calls that come late: where a test asserts that a behaviour was played, it also sets
 the window in calls, which no load can close before the call arrives. ``invisible_calls`` (operation
@@ -57,6 +102,7 @@ The layer keeps the ids it saw created and when; it rewrites EC2 query-protocol 
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -79,6 +125,54 @@ ID_PARAMS = {
 }
 STATE_CODES = {"pending": "0", "running": "16", "shutting-down": "32", "terminated": "48", "stopping": "64",
                "stopped": "80"}
+
+
+# The state a settled state was reached from: what a replica behind shows (flicker).
+EARLIER = {"running": "pending", "stopped": "stopping", "terminated": "shutting-down", "available": "pending"}
+# vCPUs per instance type (EC2 User Guide, "Instance types" specifications); others count 2.
+VCPUS = {"nano": 2, "micro": 2, "small": 2, "medium": 2, "large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge": 16,
+         "8xlarge": 32, "12xlarge": 48, "16xlarge": 64, "24xlarge": 96}
+# The On-Demand quota buckets by family letter (EC2 User Guide, "On-Demand Instance quotas").
+STANDARD_FAMILIES = "acdhimrtz"
+
+
+def vcpus(instance_type: str) -> int:
+    return VCPUS.get(instance_type.partition(".")[2], 2)
+
+
+def vcpu_quota(instance_type: str) -> str:
+    letter = instance_type[:1].lower()
+    return "standard" if letter in STANDARD_FAMILIES else letter
+
+
+def _tag_filters(params: dict[str, Any]) -> dict[str, set[str]]:
+    """``tag:KEY`` filters of a describe (query form ``Filter.N.Name`` / ``Filter.N.Value.M``): key -> values."""
+    out: dict[str, set[str]] = {}
+    for k, name in params.items():
+        if k.startswith("Filter.") and k.endswith(".Name") and str(name).startswith("tag:"):
+            prefix = k[: -len("Name")] + "Value."
+            out[str(name)[4:]] = {str(v) for kk, v in params.items() if kk.startswith(prefix)}
+    return out
+
+
+DEFAULT_KEY = "aws/ebs"
+
+
+def _key_kind(kms_key_id: str) -> str:
+    """An encrypted volume's key: the default AWS managed one (no key named, or ``alias/aws/ebs``) or a CMK."""
+    return DEFAULT_KEY if not kms_key_id or kms_key_id.endswith("alias/aws/ebs") else "cmk"
+
+
+def _volume_key(params: dict[str, Any]) -> str:
+    """The key of a RunInstances' encrypted volumes (query form ``BlockDeviceMapping.N.Ebs.*``); '' if none is."""
+    kinds = {_key_kind(str(params.get(k[: -len("Encrypted")] + "KmsKeyId", "")))
+             for k, v in params.items() if k.endswith(".Ebs.Encrypted") and str(v).lower() == "true"}
+    return DEFAULT_KEY if DEFAULT_KEY in kinds else ("cmk" if kinds else "")
+
+
+def api_category(operation: str) -> str:
+    """The EC2 request-throttling category of an API (EC2 API reference, "Request throttling")."""
+    return "non-mutating" if operation.startswith(("Describe", "Get", "List", "Search")) else "mutating"
 
 
 def _q(tag: str) -> str:
@@ -117,6 +211,28 @@ class Realism:
     no_capacity: set[tuple[str, str]] = field(default_factory=set)  # (instance type, subnet id or "*")
     invisible_calls: dict[str, int] = field(default_factory=dict)  # operation -> first n calls per new id
     iam_calls: int = 0  # the first n RunInstances naming a new profile are refused
+    flicker: int = 0  # describes showing the earlier state again after a settled one, per resource
+    vanish: int = 0  # describes omitting a resource after it was first shown, per resource
+    tag_lag: int = 0  # describes showing a resource's tags as before a CreateTags
+    ssm_lag: int = 0  # GetParameter calls answering the value before a PutParameter
+    fail_images: int = 0  # the first n images created through the layer end `failed`
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # category -> (size, refill/s)
+    vcpu_limit: int = 0  # running vCPUs per quota bucket (0: no limit)
+    # Calls moto directly: (service, region, operation, params) -> answer (the proxy sets it).
+    upstream: Callable[[str, str, str, dict[str, Any]], dict[str, Any]] | None = None
+    _flicker_left: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)  # id -> (settled, left)
+    _vanish_left: dict[str, int] = field(default_factory=dict, repr=False)
+    _tag_lag: dict[str, tuple[set[str], int]] = field(default_factory=dict, repr=False)  # id -> (keys, left)
+    _tags_shown: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    _ssm: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # name -> last Parameter seen
+    _ssm_lag: dict[str, tuple[dict[str, Any] | None, int]] = field(default_factory=dict, repr=False)
+    failed_images: set[str] = field(default_factory=set)
+    _images_made: int = 0
+    _tokens: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)  # bucket -> (tokens, at)
+    _vcpus: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)  # instance -> (quota, vcpus)
+    _keys: dict[str, str] = field(default_factory=dict, repr=False)  # instance/image -> DEFAULT_KEY | "cmk" | ""
+    throttled: threading.Event = field(default_factory=threading.Event, repr=False)
+    hooks: dict[str, Callable[[], None]] = field(default_factory=dict, repr=False)  # played prefix -> callback
     _named: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # (operation, id) -> calls
     created: dict[str, float] = field(default_factory=dict)  # id -> when its create call answered
     transitions: dict[str, tuple[str, float, float]] = field(default_factory=dict)  # id -> (shown, since, for)
@@ -140,7 +256,10 @@ class Realism:
         """AWS at its documented pace, every duration times ``scale`` (see the module docstring)."""
         real = {"invisible": 300.0, "pending": 60.0, "stopping": 120.0, "shutting_down": 60.0,
                 "image_pending": 600.0, "iam": 10.0}
-        return cls(**{**{k: v * scale for k, v in real.items()}, **overrides})
+        # Counted, not timed (no scale): each new resource flickers and vanishes once after it was seen,
+        # tags and SSM values lag two describes / reads.
+        counted = {"flicker": 1, "vanish": 1, "tag_lag": 2, "ssm_lag": 2}
+        return cls(**{**{k: v * scale for k, v in real.items()}, **counted, **overrides})
 
     # --- idempotency: ClientToken -----------------------------------------------------------------------
     def replay(self, service: str, operation: str, params: dict[str, Any]) -> bytes | None:
@@ -171,14 +290,134 @@ class Realism:
                 f"Client token {token} is already used with other parameters (realism)")
 
     # --- before forwarding: refuse ------------------------------------------------------------------
-    def refuse(self, service: str, operation: str, params: dict[str, Any]) -> tuple[int, str, str] | None:
+    def refuse(self, service: str, operation: str, params: dict[str, Any], region: str = "") -> tuple[int, str, str] | None:
         if service == "iam":
             self._note_profile(operation, params)
             return None
+        if service == "ssm":
+            return self._ssm_refusal(operation, params)
         if service != "ec2":
             return None
-        return (self._storm(operation) or self._mismatch(operation, params) or self._capacity(operation, params)
-                or self._iam_refusal(operation, params) or self._not_yet_visible(operation, params))
+        return (self._storm(operation) or self._bucket(region, operation, params) or self._mismatch(operation, params)
+                or self._capacity(operation, params) or self._vcpu_refusal(operation, params)
+                or self._iam_refusal(operation, params) or self._not_yet_visible(operation, params)
+                or self._share_refusal(region, operation, params))
+
+    # --- per-API token buckets ------------------------------------------------------------------------
+    def _take(self, key: str, category: str, tokens: float) -> bool:
+        """Take ``tokens`` from bucket ``key`` (sized by ``category``); False when it holds fewer."""
+        size, refill = self.buckets[category]
+        now = self.clock()
+        with self._lock:
+            have, at = self._tokens.get(key, (size, now))
+            have = min(size, have + (now - at) * refill)
+            ok = have >= tokens
+            self._tokens[key] = (have - tokens if ok else have, now)
+        return ok
+
+    def _bucket(self, region: str, operation: str, params: dict[str, Any]) -> tuple[int, str, str] | None:
+        if not self.buckets:
+            return None
+        category = api_category(operation)
+        empty = ""
+        if category in self.buckets and not self._take(f"{region}:{operation}", category, 1):
+            empty = f"{operation} ({category} bucket)"
+        resource = {"RunInstances": int(params.get("MaxCount") or 1),
+                    "TerminateInstances": sum(1 for k in params if k.startswith("InstanceId."))}.get(operation)
+        if not empty and resource and operation in self.buckets and not self._take(
+                f"{region}:{operation}:resource", operation, resource):
+            empty = f"{operation} (resource bucket)"
+        if not empty:
+            return None
+        self._play(f"bucket: {empty} empty")
+        self.throttled.set()
+        return 503, "RequestLimitExceeded", f"Request limit exceeded. (realism: {empty} is empty)"
+
+    # --- vCPU quota -----------------------------------------------------------------------------------
+    def _vcpu_refusal(self, operation: str, params: dict[str, Any]) -> tuple[int, str, str] | None:
+        if operation != "RunInstances" or not self.vcpu_limit:
+            return None
+        itype = str(params.get("InstanceType", ""))
+        quota, wanted = vcpu_quota(itype), vcpus(itype) * int(params.get("MaxCount") or 1)
+        with self._lock:
+            used = sum(n for q, n in self._vcpus.values() if q == quota)
+        if used + wanted <= self.vcpu_limit:
+            return None
+        self._play(f"vcpu: {itype} refused ({used} + {wanted} > {self.vcpu_limit})")
+        return (400, "VcpuLimitExceeded",
+                f"You have requested more vCPU capacity than your current vCPU limit of {self.vcpu_limit} allows for "
+                "the instance bucket that the specified instance type belongs to. Please visit "
+                "http://aws.amazon.com/contact-us/ec2-request to request an adjustment to this limit. (realism)")
+
+    # --- sharing an AMI under the default key ---------------------------------------------------------
+    def _share_refusal(self, region: str, operation: str, params: dict[str, Any]) -> tuple[int, str, str] | None:
+        if operation != "ModifyImageAttribute":
+            return None
+        adds = [k for k in params if k.startswith("LaunchPermission.Add.") or (
+            k.startswith(("UserId.", "UserGroup.")) and str(params.get("OperationType", "")).lower() == "add")]
+        if not adds:
+            return None
+        image_id = str(params.get("ImageId", ""))
+        with self._lock:
+            known = self._keys.get(image_id, "")
+        if known == DEFAULT_KEY:
+            self._play(f"share: {image_id} refused (its snapshots are under the default key)")
+            return (400, "InvalidParameter",
+                    f"The snapshots of {image_id} are encrypted with the default AWS managed key (aws/ebs): an AMI "
+                    "backed by them cannot be shared (realism)")
+        if known or self.upstream is None:
+            return None
+        images = self.upstream("ec2", region, "DescribeImages", {"ImageIds": [image_id]}).get("Images", [])
+        snaps = [m["Ebs"]["SnapshotId"] for i in images for m in i.get("BlockDeviceMappings", [])
+                 if m.get("Ebs", {}).get("SnapshotId")]
+        if not snaps:
+            return None
+        found = self.upstream("ec2", region, "DescribeSnapshots", {"SnapshotIds": snaps}).get("Snapshots", [])
+        aliases = self.upstream("kms", region, "ListAliases", {}).get("Aliases", [])
+        default = {a.get("TargetKeyId") for a in aliases if a.get("AliasName") == "alias/aws/ebs" and a.get("TargetKeyId")}
+        for snap in found:
+            key = str(snap.get("KmsKeyId") or "")
+            if snap.get("Encrypted") and (not key or key.rsplit("/", 1)[-1] in default or key.endswith("alias/aws/ebs")):
+                self._play(f"share: {image_id} refused (snapshot {snap['SnapshotId']} under the default key)")
+                return (400, "InvalidParameter",
+                        f"Snapshot {snap['SnapshotId']} of {image_id} is encrypted with the default AWS managed key "
+                        "(aws/ebs): an AMI backed by it cannot be shared (realism)")
+        return None
+
+    # --- SSM read-after-write -------------------------------------------------------------------------
+    def _ssm_refusal(self, operation: str, params: dict[str, Any]) -> tuple[int, str, str] | None:
+        name = str(params.get("Name", ""))
+        if operation == "PutParameter" and self.ssm_lag:
+            with self._lock:
+                self._ssm_lag[name] = (self._ssm.get(name), self.ssm_lag)
+            return None
+        if operation != "GetParameter":
+            return None
+        with self._lock:
+            before, left = self._ssm_lag.get(name, (None, 0))
+            if left <= 0 or before is not None:
+                return None  # an earlier value is answered by ``answer``
+            self._ssm_lag[name] = (None, left - 1)
+        self._play(f"ssm: {name} not yet readable")
+        return 400, "ParameterNotFound", f"Parameter {name} not found. (realism: written, not yet validated)"
+
+    def _ssm_answer(self, operation: str, params: dict[str, Any], payload: bytes) -> bytes:
+        if operation != "GetParameter":
+            return payload
+        name = str(params.get("Name", ""))
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return payload
+        with self._lock:
+            before, left = self._ssm_lag.get(name, (None, 0))
+            if left > 0 and before is not None:
+                self._ssm_lag[name] = (before, left - 1)
+            else:
+                self._ssm[name] = dict(doc.get("Parameter") or {})
+                return payload
+        self._play(f"ssm: {name} still reads {before.get('Value')}")
+        return json.dumps({**doc, "Parameter": before}).encode()
 
     def _note_profile(self, operation: str, params: dict[str, Any]) -> None:
         if operation in ("CreateInstanceProfile", "AddRoleToInstanceProfile") and params.get("InstanceProfileName"):
@@ -257,6 +496,8 @@ class Realism:
 
     # --- after forwarding: remember and rewrite -----------------------------------------------------
     def answer(self, service: str, operation: str, params: dict[str, Any], payload: bytes) -> bytes:
+        if service == "ssm":
+            return self._ssm_answer(operation, params, payload)
         if service != "ec2" or not payload.lstrip().startswith(b"<"):
             return payload
         try:
@@ -272,9 +513,9 @@ class Realism:
                     self.tokens[(operation, token)] = (dict(params), payload)
         changed = self._remember(operation, params, root)
         if operation == "DescribeInstances":
-            changed |= self._rewrite_instances(root)
+            changed |= self._rewrite_instances(root, _tag_filters(params))
         elif operation == "DescribeImages":
-            changed |= self._rewrite_images(root)
+            changed |= self._rewrite_images(root, _tag_filters(params))
         elif operation == "DescribeSecurityGroups":
             changed |= self._drop_items(root, "securityGroupInfo", "groupId")
         return ET.tostring(root, encoding="utf-8", xml_declaration=True) if changed else payload
@@ -289,13 +530,41 @@ class Realism:
                 self._transition(iid, "pending", now, self.pending)
             for e in root.iter(_q("instanceState")):
                 changed |= self._set_state(e, "pending")
+            itype = str(params.get("InstanceType", ""))
+            key = _volume_key(params)
+            with self._lock:
+                for iid in new:
+                    self._vcpus[iid] = (vcpu_quota(itype), vcpus(itype))
+                    self._keys[iid] = key
         elif operation in ("CreateImage", "CopyImage"):
             new = [e.text or "" for e in root.iter(_q("imageId"))]
+            if operation == "CreateImage":
+                key = self._keys.get(str(params.get("InstanceId", "")), "")
+            elif str(params.get("Encrypted", "")).lower() == "true":
+                key = _key_kind(str(params.get("KmsKeyId", "")))
+            else:
+                key = self._keys.get(str(params.get("SourceImageId", "")), "")
             for image_id in new:
                 self._transition(image_id, "pending", now, self.image_pending)
+                with self._lock:
+                    self._keys[image_id] = key
+                    self._images_made += 1
+                    if self._images_made <= self.fail_images:
+                        self.failed_images.add(image_id)
+        elif operation == "CreateTags" and self.tag_lag:
+            keys = {str(v) for k, v in params.items() if k.startswith("Tag.") and k.endswith(".Key")}
+            with self._lock:
+                for k, rid in params.items():
+                    if k.startswith("ResourceId."):
+                        self._tag_lag[str(rid)] = (keys, self.tag_lag)
         elif operation == "CreateSecurityGroup":
             new = [e.text or "" for e in root.iter(_q("groupId"))]
         elif operation in ("StopInstances", "TerminateInstances"):
+            if operation == "TerminateInstances":
+                with self._lock:
+                    for k, iid in params.items():
+                        if k.startswith("InstanceId."):
+                            self._vcpus.pop(str(iid), None)
             return self._remember_change(operation, root, now)
         with self._lock:
             for rid in new:
@@ -341,7 +610,7 @@ class Realism:
             code_el.text = STATE_CODES.get(name, code_el.text)
         return True
 
-    def _rewrite_instances(self, root: ET.Element) -> bool:
+    def _rewrite_instances(self, root: ET.Element, tag_filters: dict[str, set[str]]) -> bool:
         changed = self._drop_items(root, "reservationSet", "instanceId", deep=True)
         for inst in root.iter(_q("item")):
             iid = inst.findtext(_q("instanceId"))
@@ -350,9 +619,82 @@ class Realism:
                 continue
             actual = state.findtext(_q("name")) or ""
             self._stopped_by_itself(iid, actual)
-            shown = self._shown_state(iid, actual)
+            shown = self._shown_state(iid, actual) or self._flickered(iid, actual)
             if shown:
                 changed |= self._set_state(state, shown)
+            changed |= self._lag_tags(iid, inst, tag_filters)
+        return self._drop_unmatched(root) or changed
+
+    # --- flicker, vanish, tag lag -----------------------------------------------------------------------
+    def _flickered(self, rid: str, actual: str) -> str | None:
+        """The earlier state, for the ``flicker`` describes after the first that showed ``actual``."""
+        if not self.flicker or actual not in EARLIER:
+            return None
+        with self._lock:
+            if rid not in self.created:
+                return None
+            settled, left = self._flicker_left.get(rid, ("", 0))
+            if settled != actual:
+                self._flicker_left[rid] = (actual, self.flicker)  # this describe shows it settled
+                return None
+            if left <= 0:
+                return None
+            self._flicker_left[rid] = (actual, left - 1)
+        self._play(f"flicker: {rid} shown {EARLIER[actual]} after {actual}")
+        return EARLIER[actual]
+
+    def _vanished(self, rid: str) -> bool:
+        """True for the ``vanish`` describes after the first that showed ``rid`` (created through the layer)."""
+        if not self.vanish:
+            return False
+        with self._lock:
+            if rid not in self.created:
+                return False
+            left = self._vanish_left.get(rid)
+            if left is None:
+                self._vanish_left[rid] = self.vanish  # this describe shows it
+                return False
+            if left <= 0:
+                return False
+            self._vanish_left[rid] = left - 1
+        self._play(f"vanish: {rid} missing from a describe after it was seen")
+        return True
+
+    def _lag_tags(self, rid: str, item: ET.Element, tag_filters: dict[str, set[str]] | None = None) -> bool:
+        """Show the tags as before a recent CreateTags; a describe filtering on such a tag matches
+        what is shown, as a replica that has not seen the CreateTags would (moto matched the new)."""
+        tag_set = item.find(_q("tagSet"))
+        if tag_set is None:
+            return False
+        with self._lock:
+            keys, left = self._tag_lag.get(rid, (set(), 0))
+            before = dict(self._tags_shown.get(rid, {}))
+            if left > 0:
+                self._tag_lag[rid] = (keys, left - 1)
+        changed = False
+        if left > 0:
+            for tag in list(tag_set):
+                key = tag.findtext(_q("key")) or ""
+                if key not in keys:
+                    continue
+                if key in before:
+                    value = tag.find(_q("value"))
+                    if value is not None and value.text != before[key]:
+                        value.text = before[key]
+                        changed = True
+                else:
+                    tag_set.remove(tag)
+                    changed = True
+            if changed:
+                self._play(f"tag lag: {rid} shown without its new {', '.join(sorted(keys))}")
+        shown = {t.findtext(_q("key")) or "": t.findtext(_q("value")) or "" for t in tag_set}
+        if left > 0 and any(key in keys and shown.get(key) not in values
+                            for key, values in (tag_filters or {}).items()):
+            item.set("realism-unmatched", "1")
+            self._play(f"tag lag: {rid} not matched by a filter on its new tag")
+            return True
+        with self._lock:
+            self._tags_shown[rid] = shown
         return changed
 
     def _stopped_by_itself(self, iid: str, actual: str) -> None:
@@ -369,7 +711,7 @@ class Realism:
             self._transition(iid, "stopping", self.clock(), self.stopping)
             self._play(f"stopping: {iid} shut itself down")
 
-    def _rewrite_images(self, root: ET.Element) -> bool:
+    def _rewrite_images(self, root: ET.Element, tag_filters: dict[str, set[str]]) -> bool:
         changed = self._drop_items(root, "imagesSet", "imageId")
         for image in root.iter(_q("item")):
             image_id = image.findtext(_q("imageId"))
@@ -377,9 +719,32 @@ class Realism:
             if image_id is None or state is None:
                 continue
             shown = self._shown_state(image_id, state.text or "")
+            if shown is None and image_id in self.failed_images and state.text == "available":
+                shown = "failed"
+                reason = ET.SubElement(image, "stateReason")
+                ET.SubElement(reason, "code").text = "Server.InternalError"
+                ET.SubElement(reason, "message").text = "Server.InternalError: Internal error on snapshot creation (realism)"
+                self._play(f"failed: image {image_id}")
+            shown = shown or self._flickered(image_id, state.text or "")
             if shown:
                 state.text = shown
                 changed = True
+            changed |= self._lag_tags(image_id, image, tag_filters)
+        return self._drop_unmatched(root) or changed
+
+    def _drop_unmatched(self, root: ET.Element) -> bool:
+        """Remove the items ``_lag_tags`` marked: a tag filter the shown (older) tags do not match."""
+        changed = False
+        for parent in list(root.iter()):
+            for child in list(parent):
+                if child.get("realism-unmatched"):
+                    parent.remove(child)
+                    changed = True
+        for reservation_set in root.iter(_q("reservationSet")):
+            for reservation in list(reservation_set):
+                instances = reservation.find(_q("instancesSet"))
+                if instances is not None and len(instances) == 0:
+                    reservation_set.remove(reservation)
         return changed
 
     def _drop_items(self, root: ET.Element, set_tag: str, id_tag: str, *, deep: bool = False) -> bool:
@@ -392,11 +757,17 @@ class Realism:
                     container.remove(item)
                     self._play(f"invisible: {ids[0]} omitted from a filtered describe")
                     changed = True
+                elif ids and all(self._vanished(i) for i in ids):
+                    container.remove(item)
+                    changed = True
         return changed
 
     def _play(self, what: str) -> None:
         with self._lock:
             self.played.append(re.sub(r"\s+", " ", what))
+            hooks = [fn for prefix, fn in self.hooks.items() if what.startswith(prefix)]
+        for fn in hooks:  # e.g. a test advancing its ManualClock once a behaviour was played n times
+            fn()
 
     def count(self, prefix: str) -> int:
         with self._lock:

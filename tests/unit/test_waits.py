@@ -77,7 +77,18 @@ def test_absent_beyond_the_grace_or_after_being_seen_is_gone():
     wait = Wait(what="i-1", clock=clock, log=lambda _m: None, timeout=600, interval=1.0)
     with pytest.raises(Gone):
         wait.run(script({"s": 1}, None), lambda r: None)
-    assert clock.t == 1.0  # seen once: absence is real at once
+    assert wait.rounds == 1 + wait.gone_after  # seen once: absent from gone_after polls in a row is gone
+
+
+def test_seen_missing_seen_again_is_flicker_not_gone():
+    """A describe answered by a replica behind (EC2 eventual consistency) misses what the one before
+    showed: the wait keeps polling, and a state seen earlier than one already seen is only one poll more."""
+    clock, lines = FakeClock(), []
+    wait = Wait(what="image ami-1", clock=clock, log=lines.append, timeout=600, interval=1.0,
+                status=lambda r: r["State"])
+    answers = [{"State": "pending"}, None, None, {"State": "pending"}, None, {"State": "available"}]
+    assert wait.run(script(*answers), lambda r: r["State"] if r["State"] == "available" else None) == "available"
+    assert wait.rounds == len(answers)
 
 
 def test_timeout_message_and_interrupt():

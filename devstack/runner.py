@@ -402,6 +402,7 @@ class InstanceRunner:
             # Remembered before the run: the image is made from this root after the run succeeds.
             self._bake_roots.setdefault(boot.tags[BAKE_ID_TAG], boot.root)
         imds = metadata_service(instance, self.region, user_data)
+        before = len(self._stub_calls(boot.root))  # an image's root carries its bake's calls
         try:
             env = self._env(boot.root, imds.url)
             if user_data is not None:
@@ -411,7 +412,35 @@ class InstanceRunner:
         finally:
             imds.stop()
         result["imds_requests"] = len(imds.requests)
+        self._power_off_if_asked(boot, self._stub_calls(boot.root)[before:])
         return result
+
+    @staticmethod
+    def _stub_calls(root: Path) -> list[str]:
+        log = root / "var/log/stub-commands.log"
+        return log.read_text(errors="replace").splitlines() if log.exists() else []
+
+    def _power_off_if_asked(self, boot: _Boot, lines: list[str]) -> None:
+        """A script ran ``poweroff`` (or ``halt``, ``shutdown -h``/``-P``): the OS goes down and EC2 moves
+        the instance as its InstanceInitiatedShutdownBehavior says (the bakery launches with ``stop``; EC2
+        User Guide, "Change the instance initiated shutdown behavior"). The sandbox's stub only records the
+        call; here the runner stops the instance, so the bakery sees it stopped, as on EC2."""
+        asked = any(ln.split(" ", 1)[0] in ("poweroff", "halt")
+                    or (ln.startswith("shutdown ") and not {"-r", "--reboot"} & set(ln.split()[1:]))
+                    for ln in lines)
+        if not asked or boot.iid in self._halted:
+            return
+        self._note(boot.console, "the OS powered off: the instance stops (InstanceInitiatedShutdownBehavior stop)")
+        try:
+            behaviour = self._ec2.describe_instance_attribute(
+                InstanceId=boot.iid, Attribute="instanceInitiatedShutdownBehavior")
+            value = behaviour.get("InstanceInitiatedShutdownBehavior", {}).get("Value", "stop")
+            if value == "terminate":
+                self._ec2.terminate_instances(InstanceIds=[boot.iid])
+            else:
+                self._ec2.stop_instances(InstanceIds=[boot.iid])
+        except Exception as exc:  # terminated meanwhile: nothing left to stop
+            self._note(boot.console, f"power off: {type(exc).__name__}: {exc}")
 
     def _run_user_data(self, boot: _Boot, user_data: bytes, env: dict[str, str]) -> None:
         script = boot.box / "user-data"

@@ -23,20 +23,25 @@ from .imds import ImdsDouble
 from .moto import ACCOUNT_ID
 
 
-def describe_instances(ec2: Any) -> list[dict[str, Any]]:
-    """Every instance moto knows, over all pages of DescribeInstances."""
+def describe_instances(ec2: Any, filters: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every instance moto knows (or those ``filters`` match), over all pages of DescribeInstances.
+
+    A runner that boots only one owner's instances passes a tag filter: a shared moto holds every
+    earlier test's instances, and describing them all several times a second cost more CPU (moto's
+    rendering and botocore's parsing) than the tests themselves as a session went on."""
     instances: list[dict[str, Any]] = []
-    for page in ec2.get_paginator("describe_instances").paginate():
+    for page in ec2.get_paginator("describe_instances").paginate(Filters=filters or []):
         for reservation in page.get("Reservations", []):
             instances.extend(reservation.get("Instances", []))
     return instances
 
 
-def poll_round(ec2: Any, handle: Callable[[dict[str, Any]], None], errors: list[str]) -> None:
+def poll_round(ec2: Any, handle: Callable[[dict[str, Any]], None], errors: list[str],
+               filters: list[dict[str, Any]] | None = None) -> None:
     """One poll round: ``handle`` each instance; an error (moto busy or restarting, a transient
     failure) is noted in ``errors`` and the next round tries again."""
     try:
-        for instance in describe_instances(ec2):
+        for instance in describe_instances(ec2, filters):
             handle(instance)
     except Exception as exc:
         errors.append(f"{type(exc).__name__}: {exc}")

@@ -238,7 +238,7 @@ class InstanceRunner:
             aws_access_key_id=self.credentials[0], aws_secret_access_key=self.credentials[1])
         if self.ignore_existing:
             # Instances left by earlier tests or runs on a shared moto are not ours to boot.
-            self._seen.update(i["InstanceId"] for i in describe_instances(self._ec2))
+            self._seen.update(i["InstanceId"] for i in describe_instances(self._ec2, self._filters()))
         self._pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="instance")
         self._thread = threading.Thread(target=self._poll_loop, name="instance-runner", daemon=True)
         self._thread.start()
@@ -279,8 +279,12 @@ class InstanceRunner:
     # --- polling ------------------------------------------------------------------------------------
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
-            poll_round(self._ec2, self._consider, self.errors)
+            poll_round(self._ec2, self._consider, self.errors, self._filters())
             self._stop.wait(self.poll_interval)
+
+    def _filters(self) -> list[dict[str, Any]]:
+        """Only the owner's instances, when the runner has one (see :func:`describe_instances`)."""
+        return [{"Name": f"tag:{OWNER_TAG}", "Values": [self.owner]}] if self.owner else []
 
     def _owns(self, instance: dict[str, Any]) -> bool:
         if self.owner is None:

@@ -9,7 +9,8 @@
    the tags of each AMI as the AWS API reports them.
 4. A second release: the first Linux role's volume size changes (a bake input), so ``bakery bake --all``
    rebakes that role and reuses the others' AMIs; shows, as the AWS API reports them, the deprecation
-   time and deregistration protection of each new AMI and of the AMI it superseded, prints the second
+   time and deregistration protection of each new AMI and of the AMI it superseded (its bake also finds
+   updated base-image packages), prints the second
    release's summary (``bakery summary --release V``: every bake of the release in the workspace), and
    writes it from the account alone (``bakery summary --release V --from-aws`` in an
    empty workspace, as an operator on another machine would), whose Markdown is printed.
@@ -45,6 +46,7 @@ from bakery_lib.errors import BakeryError
 
 from .jenkins_double import JenkinsDouble, deploy_job_xml
 from .moto import isolated_env
+from .runner import BASE_PACKAGES, InstanceRunner
 from .stack import JENKINS_TOKEN, JENKINS_USER, DevStack, env_script, playground_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,14 +126,21 @@ def _change_a_bake_input(catalog: Path, role: str) -> str:
     return f"{role}'s volume_size {before} -> {spec['volume_size']} GiB"
 
 
-def _second_release(stack: DevStack, ws: Path, catalog: Path, run_env: dict[str, str], role: str,
-                    first: dict[str, Any], release: str) -> bool:
-    """Bake ``release`` after changing one bake input of ``role``; show the AMIs' lifecycle and the release
-    summary read from AWS alone. False if a command failed."""
+# What the second release's bake finds installed: the base image's security updates (one package upgraded,
+# one added by the converge); the release summary shows the difference against the role's previous AMI.
+SECOND_RELEASE_PACKAGES = {**BASE_PACKAGES, "tzdata": "2025b-0+deb12u1", "curl": "7.88.1-10+deb12u12"}
+
+
+def _second_release(stack: DevStack, runner: InstanceRunner, ws: Path, catalog: Path, run_env: dict[str, str],
+                    role: str, first: dict[str, Any], release: str) -> bool:
+    """Bake ``release`` after changing one bake input of ``role`` (on a base image with updated packages);
+    show the AMIs' lifecycle, the package changes and the release summary read from AWS alone. False if a
+    command failed."""
     wsq = ["--workspace", str(ws)]
     change = _change_a_bake_input(catalog, role)
-    _step(f"a second release, {release}: it changes {change} in {catalog.name}; the other roles are unchanged "
-          "and reuse their AMIs")
+    runner.packages = SECOND_RELEASE_PACKAGES
+    _step(f"a second release, {release}: it changes {change} in {catalog.name} (and the base image has package "
+          "updates: tzdata upgraded, curl added); the other roles are unchanged and reuse their AMIs")
     if _run(["bakery", *wsq, "bake", "--all", "--release", release], run_env, ws).returncode != 0:
         print("demo: the second bake failed (see above)", file=sys.stderr)
         return False
@@ -139,7 +148,8 @@ def _second_release(stack: DevStack, ws: Path, catalog: Path, run_env: dict[str,
     _step("deprecation and deregistration protection, as the AWS API reports them: the new AMIs and the ones "
           "they superseded")
     _show_lifecycle(stack, first["amis"], second["amis"])
-    _step(f"the summary of release {release} in this workspace (every bake of the release, also the reused ones)")
+    _step(f"the summary of release {release} in this workspace (every bake of the release, also the reused ones; "
+          "the rebaked role's package changes against its previous AMI, from the two SBOMs)")
     if _run(["bakery", *wsq, "summary", "--release", release], run_env, ws).returncode != 0:
         return False
     print((ws / "reports" / "summary.md").read_text(encoding="utf-8"), end="")
@@ -198,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         _run(["bakery", *wsq, "summary", "--release", args.release], run_env, ws)
 
         first = linux[0]
-        if not _second_release(stack, ws, catalog, run_env, first, amis, second_release):
+        if not _second_release(stack, runner, ws, catalog, run_env, first, amis, second_release):
             return 1
         _step(f"scaling fast: an instance of {first} from its newest baked AMI")
         launched = _run(["create-instance", first, "--from-ami", "latest", *wsq], run_env, ws)

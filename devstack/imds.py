@@ -11,7 +11,8 @@ Instance role credentials (EC2 User Guide, "Retrieve security credentials from i
 (``Code``, ``LastUpdated``, ``Type: AWS-HMAC``, ``AccessKeyId``, ``SecretAccessKey``, ``Token``,
 ``Expiration``), ``meta-data/iam/info`` the instance profile; an instance without a profile has no
 ``iam/`` (404). Where the credentials come from is :attr:`ImdsDouble.role_credentials`, a callable
-set by whoever plays IAM (``devstack.iam_enforcement.instance_role_credentials``); unset, there are none.
+set by whoever plays IAM (``devstack.iam_enforcement.instance_role_credentials``); unset, the static
+metadata answers (``extra`` entries under ``iam/``, as the sandbox tests give), else 404.
 """
 
 from __future__ import annotations
@@ -117,7 +118,9 @@ class ImdsDouble(LoopbackHTTPServer):
         if not (path == base or path.startswith(base + "/")):
             return None
         provider = type(self).role_credentials
-        found = provider(self.meta["instance-id"]) if provider is not None else None
+        if provider is None:
+            return None  # nobody plays IAM: the static metadata answers (a test's ``extra`` entries)
+        found = provider(self.meta["instance-id"])
         if found is None:
             return 404, "text/plain", "Not Found"
         profile_arn, role, document = found

@@ -137,9 +137,19 @@ clean() {
 tag_self() {
   local extra=""
   [ -z "${3:-}" ] || extra=$(printf ',{"Key":"bakery:bootstrap-log","Value":"%s"}' "$(clean "$3")")
-  retry awsc ec2 create-tags --region "$REGION" --resources "$INSTANCE_ID" --tags \
+  local err
+  err=$(mktemp) || err=/dev/null
+  if retry awsc ec2 create-tags --region "$REGION" --resources "$INSTANCE_ID" --tags \
     "$(printf '[{"Key":"bakery:bootstrap","Value":"%s"},{"Key":"bakery:bootstrap-detail","Value":"%s"}%s]' \
-      "$(clean "$1")" "$(clean "$2")" "$extra")"
+      "$(clean "$1")" "$(clean "$2")" "$extra")" 2>"$err"; then
+    [ "$err" = /dev/null ] || rm -f "$err"
+    return 0
+  fi
+  # shellcheck disable=SC2034  # read by bake.sh's exit trap
+  grep -qE 'AccessDenied|UnauthorizedOperation' "$err" && TAG_REFUSED=yes
+  cat "$err" >&2
+  [ "$err" = /dev/null ] || rm -f "$err"
+  return 1
 }
 
 scrub() {
@@ -299,7 +309,8 @@ on_exit() {
     if [ -n "$INSTANCE_ID" ] && [ "$POWER_OFF" = no ]; then
       log_uri=$(upload_log_tail "$LOG" "$BAKE_ID/bootstrap-log.txt") || log_uri=""
     fi
-    if [ -n "$INSTANCE_ID" ] && [ "$POWER_OFF" = no ] && ! tag_self failed "$FAIL" "$log_uri"; then
+    if [ -n "$INSTANCE_ID" ] && [ "$POWER_OFF" = no ] &&
+      { [ "${TAG_REFUSED:-no}" = yes ] || ! tag_self failed "$FAIL" "$log_uri"; }; then
       log "could not tag $INSTANCE_ID bakery:bootstrap=failed: powering off so the bakery reports this now"
       POWER_OFF=yes
     fi

@@ -133,6 +133,10 @@ def test_demo_bakes_the_catalogue_whole_and_echoes_pasteable_commands(tmp_path):
     assert old.group(2) < new.group(2), "the superseded AMI is deprecated before the new one"
     assert commands[3] == f"bakery --workspace {ws} summary --release 7.1.2"
     assert re.search(r"^\| web \| ✔ succeeded \| passed \|", out, re.M), out  # the workspace summary's row
+    # The rebaked role's package changes against its previous AMI (the two SBOMs), in that summary.
+    assert re.search(rf"^\*\*web\*\*: \d+ packages; against {old.group(1)} \(release 7\.1\): 1 added, 0 removed, "
+                     r"1 changed$", out, re.M), out
+    assert "- added: curl " in out and "- changed: tzdata 2024a-0+deb12u1 → 2025b-0+deb12u1" in out
     assert commands[4] == f"bakery --workspace {ws / 'another-machine'} summary --release 7.1.2 --from-aws"
     assert re.search(rf"^\| web \| us-east-1 \| ✔ baked \| {new.group(1)} \| 7\.1\.2 \| passed \| yes \| "
                      rf"{re.escape(new.group(2))} \| enabled-with-cooldown \|", out, re.M), out

@@ -1,6 +1,7 @@
 """A moto server (the AWS API double) on a free 127.0.0.1 port, and seeding helpers.
 
-moto runs in its own process (``python -m moto.server``) rather than a thread of the test process, so
+moto runs in its own process (``python -m devstack.moto_server``: moto's server, its EC2 tag look-up
+indexed) rather than a thread of the test process, so
 its answers do not queue behind the tests' own Python work (the GIL) and a crashing test cannot take
 it down. Clients reach it through ``AWS_ENDPOINT_URL``, which boto3 and the AWS CLI v1 in the venv
 both honour (checked: awscli 1.46 / botocore 1.4x), so no ``aws`` wrapper is needed.
@@ -89,7 +90,7 @@ class MotoServer:
             self.url = f"http://{LOOPBACK}:{self.port}"
             with open(self.log_path or os.devnull, "ab") as log:
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)],
+                    [sys.executable, "-m", "devstack.moto_server", "-H", LOOPBACK, "-p", str(self.port)],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True, env=isolated_env(self._server_env()),
                 )
@@ -104,7 +105,12 @@ class MotoServer:
         return self
 
     def _server_env(self) -> dict[str, str]:
-        return {"INITIAL_NO_AUTH_ACTION_COUNT": str(FREE_SEEDING_REQUESTS)} if self.iam_enforcement else {}
+        # devstack.moto_server (moto's server with its tag look-up indexed) is imported from this checkout.
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {"PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)}
+        if self.iam_enforcement:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(FREE_SEEDING_REQUESTS)
+        return env
 
     def enforce_iam(self) -> None:
         """From now on every request must be signed by an IAM user's key and allowed by its policies."""

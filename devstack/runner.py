@@ -171,7 +171,10 @@ class InstanceRunner:
         workdir: str | os.PathLike[str],
         *,
         boot_delay: float = 0.0,
-        poll_interval: float = 0.2,
+        # Every poll is a DescribeInstances (moto's answer and botocore's parsing): at 5 a second an idle
+        # runner cost more CPU than the test it served, and more on a loaded machine, where a test lasts
+        # longer. Half a second adds at most that to a boot's start, which nothing waits on by the clock.
+        poll_interval: float = 0.5,
         script_timeout: float = 600.0,
         extra_env: Mapping[str, str] | None = None,
         ignore_existing: bool = True,

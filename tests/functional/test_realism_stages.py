@@ -10,7 +10,9 @@ AWS's eventual consistency, failures and limits do to a stage, each played a cou
 - per-API token buckets: an empty DescribeVpcs bucket throttles DescribeVpcs only, and the bakery's
   back-off is that API's alone;
 - SSM read-after-write: publish's read-back of ``latest`` waits through a lagging value;
-- sharing an AMI whose snapshots use the default ``aws/ebs`` key is refused as AWS does.
+- sharing an AMI whose snapshots use the default ``aws/ebs`` key is refused as AWS does;
+- launch template version lag: publish makes its new version the default although ModifyLaunchTemplate
+  does not know it for two calls (no second version made).
 """
 
 from __future__ import annotations
@@ -26,13 +28,31 @@ from support.realism import ManualClock, Realism
 from support.stages import make_ctx, open_bake, unique_role
 
 from bakery_lib.cleanup import cleanup
+from bakery_lib.clock import Clock
 from bakery_lib.errors import BakeryError
 from bakery_lib.stages import iam_role, image, launch, security_groups, stop, wait_image
-from bakery_lib.stages.publish import put_ssm
+from bakery_lib.stages.publish import put_ssm, update_launch_template
 from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 
 # Nothing timed: every window of the layer is off unless a test sets it.
 QUIET = {"invisible": 0, "pending": 0, "stopping": 0, "shutting_down": 0, "image_pending": 0, "iam": 0}
+
+
+class InstantClock(Clock):
+    """The product's clock for these tests: a pause passes at once (the layer counts calls, not time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = 0.0
+        self.pauses: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def pause(self, seconds: float) -> bool:
+        self.pauses.append(seconds)
+        self.t += max(0.0, seconds)
+        return False
 
 
 def _ctx(proxy: FaultProxy, tmp_path, base_ami: str, role: str):
@@ -184,3 +204,30 @@ def test_a_new_tag_lags_in_describes_and_in_their_tag_filters(proxy: FaultProxy,
         assert realism.count(f"tag lag: {iid} not matched") == 1
     finally:
         via.terminate_instances(InstanceIds=[iid])
+
+
+def test_a_new_launch_template_version_unknown_for_two_calls_is_made_the_default(proxy: FaultProxy, tmp_path,
+                                                                                base_ami, request):
+    role = unique_role(request)
+    name = f"lt-{role}"
+    proxy.realism = realism = Realism(**QUIET, lt_lag=2)
+    via = _client(proxy.url)
+    template = via.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={"ImageId": base_ami})
+    template_id = template["LaunchTemplate"]["LaunchTemplateId"]
+    ctx = make_ctx(types.SimpleNamespace(url=proxy.url), tmp_path, {"launch_template": name}, role=role)
+    open_bake(ctx, base_ami)
+    ctx.clock = clock = InstantClock()
+    image_id = via.copy_image(SourceImageId=base_ami, SourceRegion="us-east-1", Name=f"{role}-new")["ImageId"]
+    assert update_launch_template(ctx, "us-east-1", image_id) == \
+        f"launch template {name} in us-east-1 default version 2 -> {image_id}"
+    assert realism.count(f"launch template: ModifyLaunchTemplate on {name} version 2") == 2
+    assert len(clock.pauses) == 2, "not retried on the product's clock"
+    versions = via.describe_launch_template_versions(LaunchTemplateId=template_id)["LaunchTemplateVersions"]
+    assert sorted(v["VersionNumber"] for v in versions) == [1, 2]  # one new version, not one per try
+    default = [v for v in versions if v["DefaultVersion"]]
+    assert [(v["VersionNumber"], v["LaunchTemplateData"]["ImageId"]) for v in default] == [(2, image_id)]
+    # A describe naming a version just made lags the same way (by name or id).
+    via.create_launch_template_version(LaunchTemplateId=template_id, SourceVersion="2",
+                                       LaunchTemplateData={"ImageId": base_ami})
+    with pytest.raises(botocore.exceptions.ClientError, match="InvalidLaunchTemplateId.VersionNotFound"):
+        via.describe_launch_template_versions(LaunchTemplateName=name, Versions=["3"])

@@ -62,6 +62,12 @@ What AWS does (and moto 5.2 does not), as documented, and what this layer plays:
   asynchronously"): ``ssm_lag`` -- after a PutParameter, the next ``ssm_lag`` GetParameter calls for
   that name answer what the layer last saw before it (the previous value), or ``ParameterNotFound``
   for a parameter new to the layer.
+- **Launch template versions** (EC2 eventual consistency, above; EC2 API reference, "Error codes":
+  ``InvalidLaunchTemplateId.VersionNotFound``, "The specified launch template version does not exist",
+  which ModifyLaunchTemplate answers to a ``DefaultVersion`` it does not know): ``lt_lag`` -- after
+  CreateLaunchTemplateVersion answered version N, the next ``lt_lag`` calls naming N (ModifyLaunchTemplate
+  making it the default, DescribeLaunchTemplateVersions asking for it) answer ``VersionNotFound`` (400).
+  moto knows the version at once.
 - **Failed images** (EC2 User Guide, "AMI lifecycle": an AMI can end in ``failed``; DescribeImages then
   carries ``StateReason`` (code and message, EC2 API reference, "StateReason")): ``fail_images`` --
   the first n images CreateImage/CopyImage answer through the layer end ``failed`` (after their
@@ -215,6 +221,7 @@ class Realism:
     vanish: int = 0  # describes omitting a resource after it was first shown, per resource
     tag_lag: int = 0  # describes showing a resource's tags as before a CreateTags
     ssm_lag: int = 0  # GetParameter calls answering the value before a PutParameter
+    lt_lag: int = 0  # calls naming a new launch template version that answer VersionNotFound
     fail_images: int = 0  # the first n images created through the layer end `failed`
     buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # category -> (size, refill/s)
     vcpu_limit: int = 0  # running vCPUs per quota bucket (0: no limit)
@@ -226,6 +233,7 @@ class Realism:
     _tags_shown: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
     _ssm: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # name -> last Parameter seen
     _ssm_lag: dict[str, tuple[dict[str, Any] | None, int]] = field(default_factory=dict, repr=False)
+    _lt_lag: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # (template, version) -> left
     failed_images: set[str] = field(default_factory=set)
     _images_made: int = 0
     _tokens: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)  # bucket -> (tokens, at)
@@ -258,7 +266,7 @@ class Realism:
                 "image_pending": 600.0, "iam": 10.0}
         # Counted, not timed (no scale): each new resource flickers and vanishes once after it was seen,
         # tags and SSM values lag two describes / reads.
-        counted = {"flicker": 1, "vanish": 1, "tag_lag": 2, "ssm_lag": 2}
+        counted = {"flicker": 1, "vanish": 1, "tag_lag": 2, "ssm_lag": 2, "lt_lag": 2}
         return cls(**{**{k: v * scale for k, v in real.items()}, **counted, **overrides})
 
     # --- idempotency: ClientToken -----------------------------------------------------------------------
@@ -301,7 +309,7 @@ class Realism:
         return (self._storm(operation) or self._bucket(region, operation, params) or self._mismatch(operation, params)
                 or self._capacity(operation, params) or self._vcpu_refusal(operation, params)
                 or self._iam_refusal(operation, params) or self._not_yet_visible(operation, params)
-                or self._share_refusal(region, operation, params))
+                or self._share_refusal(region, operation, params) or self._lt_refusal(operation, params))
 
     # --- per-API token buckets ------------------------------------------------------------------------
     def _take(self, key: str, category: str, tokens: float) -> bool:
@@ -383,6 +391,23 @@ class Realism:
                         f"Snapshot {snap['SnapshotId']} of {image_id} is encrypted with the default AWS managed key "
                         "(aws/ebs): an AMI backed by it cannot be shared (realism)")
         return None
+
+    # --- launch template versions -------------------------------------------------------------------
+    def _lt_refusal(self, operation: str, params: dict[str, Any]) -> tuple[int, str, str] | None:
+        """A version CreateLaunchTemplateVersion just answered, named by the next ``lt_lag`` calls."""
+        if not self.lt_lag or operation not in ("ModifyLaunchTemplate", "DescribeLaunchTemplateVersions"):
+            return None
+        template = str(params.get("LaunchTemplateName") or params.get("LaunchTemplateId") or "")
+        named = ([str(params.get("SetDefaultVersion", ""))] if operation == "ModifyLaunchTemplate" else
+                 [str(v) for k, v in params.items() if k.startswith("LaunchTemplateVersion.")])
+        with self._lock:
+            lagging = next(((template, v) for v in named if self._lt_lag.get((template, v), 0) > 0), None)
+            if lagging is None:
+                return None
+            self._lt_lag[lagging] -= 1
+        self._play(f"launch template: {operation} on {template} version {lagging[1]} -> VersionNotFound")
+        return (400, "InvalidLaunchTemplateId.VersionNotFound",
+                f"The specified launch template version {lagging[1]} does not exist. (realism: not yet propagated)")
 
     # --- SSM read-after-write -------------------------------------------------------------------------
     def _ssm_refusal(self, operation: str, params: dict[str, Any]) -> tuple[int, str, str] | None:
@@ -559,6 +584,12 @@ class Realism:
                         self._tag_lag[str(rid)] = (keys, self.tag_lag)
         elif operation == "CreateSecurityGroup":
             new = [e.text or "" for e in root.iter(_q("groupId"))]
+        elif operation == "CreateLaunchTemplateVersion" and self.lt_lag:
+            version = root.findtext(f".//{_q('versionNumber')}") or ""
+            with self._lock:  # named by either: the template's name or its id
+                for ref in (root.findtext(f".//{_q('launchTemplateName')}"), root.findtext(f".//{_q('launchTemplateId')}")):
+                    if ref:
+                        self._lt_lag[(ref, version)] = self.lt_lag
         elif operation in ("StopInstances", "TerminateInstances"):
             if operation == "TerminateInstances":
                 with self._lock:

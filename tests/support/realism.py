@@ -26,6 +26,18 @@ What AWS does (and moto 5.2 does not), as documented, and what this layer plays:
   IAM Instance Profile name" while a new profile propagates, which Packer's amazon plugin retries for
   this reason): RunInstances naming an instance profile created or changed (CreateInstanceProfile,
   AddRoleToInstanceProfile) less than ``iam`` seconds ago is refused so.
+- **IAM propagation and the instance's own credentials** (IAM User Guide, "Troubleshoot IAM", "Changes
+  that I make are not always immediately visible": IAM "uses a distributed computing model called
+  eventual consistency. Any change that you make in IAM ... takes time to become visible from all
+  possible endpoints"; the guide advises verifying a change has propagated before a workflow depends on
+  it). The bakery writes the instance role's policy moments before the launch, so the instance's first
+  calls with that role's credentials may be judged by the old (or no) policy. Counted, never timed:
+  ``role_calls`` -- after a CreateRole / PutRolePolicy / AttachRolePolicy / DetachRolePolicy /
+  DeleteRolePolicy / PutRolePermissionsBoundary naming a role (seen through the layer), the next
+  ``role_calls`` requests signed with that role's credentials (``role_of``: access key id -> role, told
+  by whoever hands the credentials out) answer the service's permission error (EC2
+  ``UnauthorizedOperation``, S3 ``AccessDenied``, SNS ``AuthorizationError``, SSM
+  ``AccessDeniedException``), whatever the policy says. moto applies a policy at once.
 - **Throttling storms** (EC2 API reference, "Request throttling": a token bucket per account and
   action category, ``RequestLimitExceeded`` when it is empty, shared by every caller of the account):
   every ``storm_every`` seconds, for ``storm_length`` seconds, a ``storm_share`` of all EC2 calls
@@ -117,6 +129,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# IAM calls that change what a role may do (its credentials' first calls lag behind them).
+ROLE_CHANGES = ("CreateRole", "PutRolePolicy", "AttachRolePolicy", "DetachRolePolicy", "DeleteRolePolicy",
+                "PutRolePermissionsBoundary")
+# Each service's permission error (status, code), as a call its policy does not allow is answered.
+ROLE_DENIED = {"ec2": (403, "UnauthorizedOperation"), "s3": (403, "AccessDenied"), "sns": (403, "AuthorizationError"),
+               "ssm": (400, "AccessDeniedException"), "sts": (403, "AccessDenied")}
 # Which NotFound code each id prefix answers with.
 NOT_FOUND = {"i-": "InvalidInstanceID.NotFound", "ami-": "InvalidAMIID.NotFound", "sg-": "InvalidGroup.NotFound"}
 # Calls that name resources by id, and the parameter prefixes carrying those ids.
@@ -222,6 +240,8 @@ class Realism:
     tag_lag: int = 0  # describes showing a resource's tags as before a CreateTags
     ssm_lag: int = 0  # GetParameter calls answering the value before a PutParameter
     lt_lag: int = 0  # calls naming a new launch template version that answer VersionNotFound
+    role_calls: int = 0  # requests with a just-changed role's credentials refused as not yet propagated
+    role_of: Callable[[str], str | None] | None = None  # access key id -> the role whose credentials it is
     fail_images: int = 0  # the first n images created through the layer end `failed`
     buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # category -> (size, refill/s)
     vcpu_limit: int = 0  # running vCPUs per quota bucket (0: no limit)
@@ -234,6 +254,7 @@ class Realism:
     _ssm: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # name -> last Parameter seen
     _ssm_lag: dict[str, tuple[dict[str, Any] | None, int]] = field(default_factory=dict, repr=False)
     _lt_lag: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # (template, version) -> left
+    _role_left: dict[str, int] = field(default_factory=dict, repr=False)  # role -> requests still refused
     failed_images: set[str] = field(default_factory=set)
     _images_made: int = 0
     _tokens: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)  # bucket -> (tokens, at)
@@ -298,10 +319,15 @@ class Realism:
                 f"Client token {token} is already used with other parameters (realism)")
 
     # --- before forwarding: refuse ------------------------------------------------------------------
-    def refuse(self, service: str, operation: str, params: dict[str, Any], region: str = "") -> tuple[int, str, str] | None:
+    def refuse(self, service: str, operation: str, params: dict[str, Any], region: str = "", *,
+               access_key: str = "") -> tuple[int, str, str] | None:
         if service == "iam":
             self._note_profile(operation, params)
+            self._note_role(operation, params)
             return None
+        denied = self._role_refusal(service, operation, access_key)
+        if denied is not None:
+            return denied
         if service == "ssm":
             return self._ssm_refusal(operation, params)
         if service != "ec2":
@@ -443,6 +469,29 @@ class Realism:
                 return payload
         self._play(f"ssm: {name} still reads {before.get('Value')}")
         return json.dumps({**doc, "Parameter": before}).encode()
+
+    # --- IAM propagation: the instance's own credentials ------------------------------------------------
+    def _note_role(self, operation: str, params: dict[str, Any]) -> None:
+        if self.role_calls and operation in ROLE_CHANGES and params.get("RoleName"):
+            with self._lock:
+                self._role_left[str(params["RoleName"])] = self.role_calls
+
+    def _role_refusal(self, service: str, operation: str, access_key: str) -> tuple[int, str, str] | None:
+        if not (self.role_calls and access_key and self.role_of is not None):
+            return None
+        role = self.role_of(access_key)
+        if role is None:
+            return None
+        with self._lock:
+            left = self._role_left.get(role, 0)
+            if left <= 0:
+                return None
+            self._role_left[role] = left - 1
+        status, code = ROLE_DENIED.get(service, (403, "AccessDenied"))
+        self._play(f"role: {service}:{operation} with role {role}'s credentials refused")
+        return (status, code, f"User: arn:aws:sts::123456789012:assumed-role/{role}/instance is not authorized to "
+                              f"perform: {service}:{operation} (realism: the role changed moments ago; IAM has not "
+                              "propagated it yet)")
 
     def _note_profile(self, operation: str, params: dict[str, Any]) -> None:
         if operation in ("CreateInstanceProfile", "AddRoleToInstanceProfile") and params.get("InstanceProfileName"):

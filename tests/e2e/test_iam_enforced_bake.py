@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.sandbox import BUCKET, VALIDATOR_KEY, VALIDATOR_PEM, Alerts, Sandbox, firstboot, make_role, output
+from support.sandbox import (
+    BUCKET,
+    VALIDATOR_KEY,
+    VALIDATOR_PEM,
+    Alerts,
+    Sandbox,
+    firstboot,
+    make_role,
+    output,
+)
 
 from bakery_lib.catalog import load_catalog
 from bakery_lib.iam_policy import bakery_policy

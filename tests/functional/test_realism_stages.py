@@ -11,6 +11,8 @@ AWS's eventual consistency, failures and limits do to a stage, each played a cou
   back-off is that API's alone;
 - SSM read-after-write: publish's read-back of ``latest`` waits through a lagging value;
 - sharing an AMI whose snapshots use the default ``aws/ebs`` key is refused as AWS does;
+- snapshot tag lag: a cleanup killed right after DeregisterImage leaves the image's snapshots in its
+  state, so the next cleanup deletes them although their tag does not show yet;
 - launch template version lag: publish makes its new version the default although ModifyLaunchTemplate
   does not know it for two calls (no second version made).
 """
@@ -23,7 +25,7 @@ import boto3
 import botocore.exceptions
 import pytest
 from support.bakes import direct_aws
-from support.proxy import FaultProxy
+from support.proxy import FaultProxy, Hold, Rule
 from support.realism import ManualClock, Realism
 from support.stages import make_ctx, open_bake, unique_role
 
@@ -31,6 +33,7 @@ from bakery_lib.cleanup import cleanup
 from bakery_lib.clock import Clock
 from bakery_lib.errors import BakeryError
 from bakery_lib.stages import iam_role, image, launch, security_groups, stop, wait_image
+from bakery_lib.stages.base import Context
 from bakery_lib.stages.publish import put_ssm, update_launch_template
 from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 
@@ -231,3 +234,35 @@ def test_a_new_launch_template_version_unknown_for_two_calls_is_made_the_default
                                        LaunchTemplateData={"ImageId": base_ami})
     with pytest.raises(botocore.exceptions.ClientError, match="InvalidLaunchTemplateId.VersionNotFound"):
         via.describe_launch_template_versions(LaunchTemplateName=name, Versions=["3"])
+
+
+def test_a_cleanup_killed_after_deregister_image_leaves_its_snapshots_known_to_the_next(
+        moto_server, proxy: FaultProxy, tmp_path, base_ami, request):
+    """The image's snapshots are tagged by CreateTags here (moto refuses their TagSpecifications), and
+    that tag shows late: a look-up by tag cannot be what the next cleanup relies on."""
+    proxy.realism = realism = Realism(**QUIET, tag_lag=3)
+    ctx = _imaged(proxy, tmp_path, base_ami, unique_role(request))
+    wait_image.run(ctx)  # CreateTags on the image's snapshots: their bake-id tag lags from here
+    snaps = sorted(ctx.state.snapshot_ids)
+    assert snaps
+    # A kill between that CreateTags and its state write (tag first, record second): no snapshot, no AMI.
+    ctx.state.snapshot_ids, ctx.state.amis = [], {}
+    ctx.save()
+    # The cleanup of that bake, killed right after DeregisterImage went through: what its state file holds
+    # then is all the next cleanup has (its DeleteSnapshot calls never got through).
+    path = ctx.ws.state_path(ctx.role.name)
+    left: list[bytes] = []
+    hold = Hold("DeregisterImage", callback=lambda: (left.append(path.read_bytes()), hold.release.set()))
+    proxy.add(hold, Rule("DeleteSnapshot", times=None))
+    cleanup(ctx)
+    assert left, "DeregisterImage was never sent"
+    proxy.rules.clear()
+    path.write_bytes(left[0])
+    again = Context(ws=ctx.ws, catalog=ctx.catalog, role=ctx.role, aws=ctx.aws, settings=ctx.settings,
+                    log_fn=lambda m: None)
+    again.state = again.ws.load(ctx.role.name)
+    report = cleanup(again)
+    assert realism.count("tag lag: snap-") >= 1, "the snapshots' tag never lagged"
+    assert not report.errors, report.text()
+    assert moto_server.client("ec2").describe_snapshots(
+        Filters=[{"Name": "snapshot-id", "Values": snaps}])["Snapshots"] == [], report.text()

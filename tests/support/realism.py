@@ -65,9 +65,10 @@ What AWS does (and moto 5.2 does not), as documented, and what this layer plays:
   its next ``vanish`` describes omit it (filtered or by id): seen, missing, seen.
 - **Tag lag** (EC2 eventual consistency, above: "the result of an API command you run that affects your
   Amazon EC2 resources might not be immediately visible to all subsequent commands"): ``tag_lag`` -- after a CreateTags, the next ``tag_lag``
-  describes naming a tagged resource show it with the tags it had before (the values the layer last
-  showed, or without the new keys), and a describe filtering on such a tag does not list it unless
-  the tags shown match.
+  describes naming a tagged resource (DescribeInstances, DescribeImages, DescribeSnapshots: an image's
+  snapshots are tagged by CreateTags where moto refuses their ``TagSpecifications``) show it with the
+  tags it had before (the values the layer last showed, or without the new keys), and a describe
+  filtering on such a tag (``tag:KEY`` or ``tag-key``) does not list it unless the tags shown match.
 - **SSM read-after-write** (Systems Manager API reference, PutParameter ``DataType``: "If you call
   PutParameter with aws:ec2:image data type, a successful HTTP 200 response does not guarantee that
   your parameter was successfully created or updated. The aws:ec2:image value is validated
@@ -177,6 +178,12 @@ def _tag_filters(params: dict[str, Any]) -> dict[str, set[str]]:
             prefix = k[: -len("Name")] + "Value."
             out[str(name)[4:]] = {str(v) for kk, v in params.items() if kk.startswith(prefix)}
     return out
+
+
+def _tag_key_filters(params: dict[str, Any]) -> list[set[str]]:
+    """``tag-key`` filters of a describe: each the set of keys of which a resource must carry one."""
+    return [{str(v) for kk, v in params.items() if kk.startswith(k[: -len("Name")] + "Value.")}
+            for k, name in params.items() if k.startswith("Filter.") and k.endswith(".Name") and name == "tag-key"]
 
 
 DEFAULT_KEY = "aws/ebs"
@@ -587,11 +594,13 @@ class Realism:
                     self.tokens[(operation, token)] = (dict(params), payload)
         changed = self._remember(operation, params, root)
         if operation == "DescribeInstances":
-            changed |= self._rewrite_instances(root, _tag_filters(params))
+            changed |= self._rewrite_instances(root, _tag_filters(params), _tag_key_filters(params))
         elif operation == "DescribeImages":
-            changed |= self._rewrite_images(root, _tag_filters(params))
+            changed |= self._rewrite_images(root, _tag_filters(params), _tag_key_filters(params))
         elif operation == "DescribeSecurityGroups":
             changed |= self._drop_items(root, "securityGroupInfo", "groupId")
+        elif operation == "DescribeSnapshots":
+            changed |= self._rewrite_snapshots(root, _tag_filters(params), _tag_key_filters(params))
         return ET.tostring(root, encoding="utf-8", xml_declaration=True) if changed else payload
 
     def _remember(self, operation: str, params: dict[str, Any], root: ET.Element) -> bool:
@@ -690,7 +699,8 @@ class Realism:
             code_el.text = STATE_CODES.get(name, code_el.text)
         return True
 
-    def _rewrite_instances(self, root: ET.Element, tag_filters: dict[str, set[str]]) -> bool:
+    def _rewrite_instances(self, root: ET.Element, tag_filters: dict[str, set[str]],
+                           key_filters: list[set[str]]) -> bool:
         changed = self._drop_items(root, "reservationSet", "instanceId", deep=True)
         for inst in root.iter(_q("item")):
             iid = inst.findtext(_q("instanceId"))
@@ -702,7 +712,7 @@ class Realism:
             shown = self._shown_state(iid, actual) or self._flickered(iid, actual)
             if shown:
                 changed |= self._set_state(state, shown)
-            changed |= self._lag_tags(iid, inst, tag_filters)
+            changed |= self._lag_tags(iid, inst, tag_filters, key_filters)
         return self._drop_unmatched(root) or changed
 
     # --- flicker, vanish, tag lag -----------------------------------------------------------------------
@@ -740,7 +750,8 @@ class Realism:
         self._play(f"vanish: {rid} missing from a describe after it was seen")
         return True
 
-    def _lag_tags(self, rid: str, item: ET.Element, tag_filters: dict[str, set[str]] | None = None) -> bool:
+    def _lag_tags(self, rid: str, item: ET.Element, tag_filters: dict[str, set[str]] | None = None,
+                  key_filters: list[set[str]] | None = None) -> bool:
         """Show the tags as before a recent CreateTags; a describe filtering on such a tag matches
         what is shown, as a replica that has not seen the CreateTags would (moto matched the new)."""
         tag_set = item.find(_q("tagSet"))
@@ -768,8 +779,8 @@ class Realism:
             if changed:
                 self._play(f"tag lag: {rid} shown without its new {', '.join(sorted(keys))}")
         shown = {t.findtext(_q("key")) or "": t.findtext(_q("value")) or "" for t in tag_set}
-        if left > 0 and any(key in keys and shown.get(key) not in values
-                            for key, values in (tag_filters or {}).items()):
+        if left > 0 and (any(key in keys and shown.get(key) not in values for key, values in (tag_filters or {}).items())
+                         or any(wanted & keys and not wanted & set(shown) for wanted in key_filters or [])):
             item.set("realism-unmatched", "1")
             self._play(f"tag lag: {rid} not matched by a filter on its new tag")
             return True
@@ -791,7 +802,8 @@ class Realism:
             self._transition(iid, "stopping", self.clock(), self.stopping)
             self._play(f"stopping: {iid} shut itself down")
 
-    def _rewrite_images(self, root: ET.Element, tag_filters: dict[str, set[str]]) -> bool:
+    def _rewrite_images(self, root: ET.Element, tag_filters: dict[str, set[str]],
+                        key_filters: list[set[str]]) -> bool:
         changed = self._drop_items(root, "imagesSet", "imageId")
         for image in root.iter(_q("item")):
             image_id = image.findtext(_q("imageId"))
@@ -809,7 +821,17 @@ class Realism:
             if shown:
                 state.text = shown
                 changed = True
-            changed |= self._lag_tags(image_id, image, tag_filters)
+            changed |= self._lag_tags(image_id, image, tag_filters, key_filters)
+        return self._drop_unmatched(root) or changed
+
+    def _rewrite_snapshots(self, root: ET.Element, tag_filters: dict[str, set[str]],
+                           key_filters: list[set[str]]) -> bool:
+        """Snapshots' tags lag as instances' and images' do (a snapshot is named by CreateTags alike)."""
+        changed = False
+        for snap in root.iter(_q("item")):
+            snap_id = snap.findtext(_q("snapshotId"))
+            if snap_id is not None and snap.find(_q("status")) is not None:
+                changed |= self._lag_tags(snap_id, snap, tag_filters, key_filters)
         return self._drop_unmatched(root) or changed
 
     def _drop_unmatched(self, root: ET.Element) -> bool:

@@ -56,7 +56,8 @@ What AWS does (and moto 5.2 does not), as documented, and what this layer plays:
   pending for many polls (AMI creation takes minutes: 10 min), instances pending ~1 min and stopping
   ~2 min (EC2 User Guide, "Instance lifecycle"), IAM profiles usable after up to ~10 s (IAM
   propagation, above); and, counted, every new resource flickering and vanishing once after it was
-  first seen, tags and SSM values lagging two describes / reads (see above).
+  first seen, tags, SSM values and new launch template versions lagging two describes / reads / calls
+  (see below).
 - **Flicker** (EC2 eventual consistency, above: a describe may be answered by a replica that has not
   seen the latest change). Counted, per resource: ``flicker`` -- once a describe has shown a resource
   in a settled state (``running``, ``stopped``, ``terminated``, ``available``), its next ``flicker``
@@ -293,7 +294,7 @@ class Realism:
         real = {"invisible": 300.0, "pending": 60.0, "stopping": 120.0, "shutting_down": 60.0,
                 "image_pending": 600.0, "iam": 10.0}
         # Counted, not timed (no scale): each new resource flickers and vanishes once after it was seen,
-        # tags and SSM values lag two describes / reads.
+        # tags, SSM values and launch template versions lag two describes / reads / calls.
         counted = {"flicker": 1, "vanish": 1, "tag_lag": 2, "ssm_lag": 2, "lt_lag": 2}
         return cls(**{**{k: v * scale for k, v in real.items()}, **counted, **overrides})
 

@@ -149,6 +149,9 @@ def _minutes(seconds: float) -> str:
 
 # How long a call on a resource we just created may answer NotFound before that is believed.
 PROPAGATION_GRACE = 60.0
+# The codes of a resource not yet propagated: ``InvalidAMIID.NotFound``... and a launch template's new
+# version (``InvalidLaunchTemplateId.VersionNotFound``).
+NOT_YET_PROPAGATED = (".NotFound", ".VersionNotFound")
 
 
 def while_propagating(call: Callable[[], R], *, what: str, clock: Clock, log: Callable[[str], None],
@@ -158,7 +161,8 @@ def while_propagating(call: Callable[[], R], *, what: str, clock: Clock, log: Ca
     AWS: CreateTags, ModifyImageAttribute, AuthorizeSecurityGroupIngress... on a resource just returned
     by a Create/Run/Copy call can fail with ``InvalidAMIID.NotFound``, ``InvalidSnapshot.NotFound``,
     ``InvalidInstanceID.NotFound``, ``InvalidGroup.NotFound`` until it has propagated (EC2 API eventual
-    consistency). Retried with a growing pause for ``grace`` seconds; any other error, or NotFound
+    consistency); ModifyLaunchTemplate making a version CreateLaunchTemplateVersion just answered the
+    default, ``InvalidLaunchTemplateId.VersionNotFound``. Retried with a growing pause for ``grace`` seconds; any other error, or NotFound
     beyond the grace, is raised as it came.
     """
     start = clock.now()
@@ -167,7 +171,7 @@ def while_propagating(call: Callable[[], R], *, what: str, clock: Clock, log: Ca
         try:
             return call()
         except AwsError as exc:
-            if not exc.code.endswith(".NotFound") or clock.now() - start + delay > grace:
+            if not exc.code.endswith(NOT_YET_PROPAGATED) or clock.now() - start + delay > grace:
                 raise
             log(f"{what}: {exc.code} right after creating it (AWS propagation); retrying in {delay:.1f} s")
             clock.sleep(delay)

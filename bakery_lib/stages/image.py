@@ -9,7 +9,9 @@ creates a second one.
 Calls: DescribeImages, CreateImage, CreateTags.
 Cleanup: an image of the bake that ``wait-image`` did not finish (pending, failed, or available but not
 recorded in ``amis``) is deregistered and its snapshots (from the image, the state and the
-``bakery:bake-id`` tag) deleted; a finished image is a good AMI and is kept.
+``bakery:bake-id`` tag) deleted; the image's snapshots are written to the state before DeregisterImage
+(after it, a tag that shows late would be all that names them). A finished image is a good AMI and is
+kept.
 """
 
 from __future__ import annotations
@@ -147,6 +149,10 @@ def cleanup(ctx: Teardown, report: CleanupReport) -> None:
         state.snapshot_ids = sorted(set(snapshot_ids(image)) | set(state.snapshot_ids))
 
         def dereg() -> str:
+            # The snapshots the image holds are in the state before it goes: once it is deregistered
+            # only their bake-id tag names them, and a tag can show late (EC2 eventual consistency),
+            # so a cleanup killed here must leave them to the next one, not to a look-up by tag.
+            report.save(ctx)
             deregister_image(ctx.aws, region, image_id)
             state.image_state = "deregistered"
             report.save(ctx)

@@ -296,7 +296,12 @@ def update_launch_template(ctx: Context, region: str, image_id: str) -> str:
             raise BakeryError(f"catalogue {ctx.catalog.path}, role {ctx.role.name!r}, key 'launch_template': "
                               f"launch template {name!r} does not exist in {ctx.region}") from None
         raise
-    ctx.aws.call("ec2", region, "ModifyLaunchTemplate", LaunchTemplateName=name, DefaultVersion=str(version))
+    # The new version may be unknown to ModifyLaunchTemplate for a moment (EC2 eventual consistency:
+    # InvalidLaunchTemplateId.VersionNotFound): retried, not a failed publish whose rerun adds a version.
+    while_propagating(lambda: ctx.aws.call("ec2", region, "ModifyLaunchTemplate", LaunchTemplateName=name,
+                                           DefaultVersion=str(version)),
+                      what=f"making version {version} of launch template {name} the default in {region}",
+                      clock=ctx.clock, log=ctx.log)
     return f"launch template {name} in {region} default version {version} -> {image_id}"
 
 

@@ -4,7 +4,9 @@ instances run as their instance role: the IMDS double hands out credentials of t
 (``devstack.iam_enforcement.InstanceRoles``), so every call an instance makes (its S3 downloads, the
 tag it reports with, its SNS alert) is checked against the policy the iam-role stage wrote. A case that
 gets past bootstrap proves that policy sufficient; the cases removing one of its statements prove each
-is needed, and that the instance's failure says why.
+is needed, and that the instance's failure says why. ``AlertOnFailure`` is used by no bake: a launched
+instance's failed first boot sends the alert, so that statement is proven on the first-boot script alone,
+run in the first-boot sandbox (``support.sandbox``) as an instance of a profile with the instance policy.
 
 moto checks the actions of every call (and S3 and IAM-role resources); see
 ``devstack/iam_enforcement.py`` for what it evaluates and what it does not, and
@@ -22,9 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.sandbox import (
+    BUCKET,
+    VALIDATOR_KEY,
+    VALIDATOR_PEM,
+    Alerts,
+    Sandbox,
+    firstboot,
+    make_role,
+    output,
+)
 
 from bakery_lib.catalog import load_catalog
 from bakery_lib.iam_policy import bakery_policy
+from bakery_lib.stages.iam_role import instance_policy
 from devstack import DevStack, MotoServer, isolated_env
 from devstack.ami_layer import LayeredMoto
 from devstack.iam_enforcement import (
@@ -36,6 +49,7 @@ from devstack.iam_enforcement import (
     instance_role_credentials,
     replace_user_policy,
 )
+from devstack.imds import ImdsDouble
 from devstack.moto import ACCOUNT_ID
 
 pytestmark = pytest.mark.e2e
@@ -226,7 +240,10 @@ def test_one_action_less_fails_naming_it_and_leaves_nothing(enforced: Enforced, 
 
 
 @pytest.mark.parametrize("statement, reason", [
-    ("ReadRunListAndValidatorKey", "when calling the HeadObject operation: Forbidden"),
+    # Retried as IAM propagation would be, then said to be the policy's (bakery-lib.sh's role_aws).
+    ("ReadRunListAndValidatorKey", "aws s3 cp refused for the instance role 6 times over 30 s, so not for IAM "
+                                   "propagation: its policy does not allow it (fatal error: An error occurred (403) "
+                                   "when calling the HeadObject operation: Forbidden)"),
     ("TagOnlyItself", "is not authorized to perform: ec2:CreateTags"),
 ])
 def test_the_instance_policy_without_one_statement_fails_the_instance_saying_why(
@@ -245,3 +262,67 @@ def test_the_instance_policy_without_one_statement_fails_the_instance_saying_why
     assert reason in output + console, console[-3000:]
     assert "Unable to locate credentials" not in console  # refused for the policy, not for want of keys
     assert "bootstrap" in output and _live_instances(enforced, role) == []
+
+
+def _launched_with_the_instance_policy(enforced: Enforced, alerts: Alerts, role_name: str) -> tuple[Any, str]:
+    """The role as the iam-role stage writes it (its instance policy inline), in a profile, and an
+    instance of that profile: a launched instance whose first boot runs as that role."""
+    spec = make_role(alerts, name=role_name)  # no runlists/ROLE.json: the first boot fails at its run list
+    iam, ec2 = enforced.admin("iam"), enforced.admin("ec2")
+    name = f"bakery-{role_name}"
+    iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                                                  "Action": "sts:AssumeRole"}]}))
+    iam.put_role_policy(RoleName=name, PolicyName="bakery-instance", PolicyDocument=json.dumps(instance_policy(spec)))
+    iam.create_instance_profile(InstanceProfileName=name)
+    iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    instance = ec2.run_instances(ImageId=enforced.stack.base_image_id, MinCount=1, MaxCount=1,
+                                 IamInstanceProfile={"Name": name})["Instances"][0]["InstanceId"]
+    return spec, instance
+
+
+@pytest.fixture()
+def enforced_alerts(enforced: Enforced) -> Alerts:
+    s3, sns, sqs = enforced.admin("s3"), enforced.admin("sns"), enforced.admin("sqs")
+    try:
+        s3.create_bucket(Bucket=BUCKET)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    s3.put_object(Bucket=BUCKET, Key=VALIDATOR_KEY, Body=VALIDATOR_PEM.encode())
+    topic_arn = sns.create_topic(Name="bakery-alerts-enforced")["TopicArn"]
+    queue_url = sqs.create_queue(QueueName="bakery-alerts-enforced")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    return Alerts(topic_arn, sqs, queue_url)
+
+
+def test_a_launched_instances_alert_needs_alert_on_failure(enforced: Enforced, enforced_alerts: Alerts,
+                                                          tmp_path: Path):
+    """Without ``AlertOnFailure`` the failed first boot's alert is refused and the script says which
+    statement it lacks; with it (the policy as shipped) the alert reaches the topic."""
+    alerts = enforced_alerts
+    outcomes = {}
+    for dropped in (["AlertOnFailure"], []):
+        role_name = "iam-alert-" + ("without" if dropped else "with")
+        spec, instance = _launched_with_the_instance_policy(enforced, alerts, role_name)
+        enforced.instance_roles.drop.clear()
+        enforced.instance_roles.drop.update(dropped)
+        with ImdsDouble(instance_id=instance, region=REGION) as imds:
+            # The CLI's only credentials are the instance role's, from IMDS (a loaded machine answers slowly).
+            box = Sandbox(tmp_path / role_name, enforced.stack.moto.url, imds, instant_sleep=True,
+                          extra_env={"AWS_METADATA_SERVICE_TIMEOUT": "10", "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "3"})
+            box.install_image(spec)
+            proc = box.run(firstboot(box))
+        enforced.instance_roles.drop.clear()
+        assert proc.returncode == 1, output(proc)
+        assert (instance, f"bakery-{role_name}") in enforced.instance_roles.issued
+        outcomes[role_name] = (output(proc), alerts.received())
+    text, received = outcomes["iam-alert-without"]
+    assert "FAILED: the run list s3://" in text  # the first boot failed as it would on EC2
+    assert "aws sns publish refused for the instance role 6 times" in text and "its policy does not allow it" in text
+    assert (f"could not publish the alert to {alerts.topic_arn}: the instance role may not sns:Publish to it "
+            "(statement AlertOnFailure of the role's instance policy)") in text
+    assert received == []
+    text, received = outcomes["iam-alert-with"]
+    assert f"alert published to {alerts.topic_arn}" in text, text
+    assert [m["Subject"] for m in received] == [f"bakery: first boot of iam-alert-with failed on {instance}"]

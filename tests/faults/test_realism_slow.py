@@ -44,7 +44,7 @@ def test_client_token_replay_and_mismatch(devstack, proxy: FaultProxy):
 def test_slow_profile_durations():
     slow = Realism.slow(0.1)
     assert (slow.invisible, slow.image_pending, slow.iam) == pytest.approx((30.0, 60.0, 1.0))
-    assert (slow.flicker, slow.vanish, slow.tag_lag, slow.ssm_lag) == (1, 1, 2, 2)  # counted: never scaled
+    assert (slow.flicker, slow.vanish, slow.tag_lag, slow.ssm_lag, slow.lt_lag) == (1, 1, 2, 2, 2)  # counted: never scaled
 
 
 def test_stage_by_stage_bake_at_the_slow_pace(devstack, proxy: FaultProxy, tmp_path: Path, capsys, monkeypatch):

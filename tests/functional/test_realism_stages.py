@@ -10,7 +10,11 @@ AWS's eventual consistency, failures and limits do to a stage, each played a cou
 - per-API token buckets: an empty DescribeVpcs bucket throttles DescribeVpcs only, and the bakery's
   back-off is that API's alone;
 - SSM read-after-write: publish's read-back of ``latest`` waits through a lagging value;
-- sharing an AMI whose snapshots use the default ``aws/ebs`` key is refused as AWS does.
+- sharing an AMI whose snapshots use the default ``aws/ebs`` key is refused as AWS does;
+- snapshot tag lag: a cleanup killed right after DeregisterImage leaves the image's snapshots in its
+  state, so the next cleanup deletes them although their tag does not show yet;
+- launch template version lag: publish makes its new version the default although ModifyLaunchTemplate
+  does not know it for two calls (no second version made).
 """
 
 from __future__ import annotations
@@ -21,18 +25,37 @@ import boto3
 import botocore.exceptions
 import pytest
 from support.bakes import direct_aws
-from support.proxy import FaultProxy
+from support.proxy import FaultProxy, Hold, Rule
 from support.realism import ManualClock, Realism
 from support.stages import make_ctx, open_bake, unique_role
 
 from bakery_lib.cleanup import cleanup
+from bakery_lib.clock import Clock
 from bakery_lib.errors import BakeryError
 from bakery_lib.stages import iam_role, image, launch, security_groups, stop, wait_image
-from bakery_lib.stages.publish import put_ssm
+from bakery_lib.stages.base import Context
+from bakery_lib.stages.publish import put_ssm, update_launch_template
 from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 
 # Nothing timed: every window of the layer is off unless a test sets it.
 QUIET = {"invisible": 0, "pending": 0, "stopping": 0, "shutting_down": 0, "image_pending": 0, "iam": 0}
+
+
+class InstantClock(Clock):
+    """The product's clock for these tests: a pause passes at once (the layer counts calls, not time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = 0.0
+        self.pauses: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def pause(self, seconds: float) -> bool:
+        self.pauses.append(seconds)
+        self.t += max(0.0, seconds)
+        return False
 
 
 def _ctx(proxy: FaultProxy, tmp_path, base_ami: str, role: str):
@@ -184,3 +207,62 @@ def test_a_new_tag_lags_in_describes_and_in_their_tag_filters(proxy: FaultProxy,
         assert realism.count(f"tag lag: {iid} not matched") == 1
     finally:
         via.terminate_instances(InstanceIds=[iid])
+
+
+def test_a_new_launch_template_version_unknown_for_two_calls_is_made_the_default(proxy: FaultProxy, tmp_path,
+                                                                                base_ami, request):
+    role = unique_role(request)
+    name = f"lt-{role}"
+    proxy.realism = realism = Realism(**QUIET, lt_lag=2)
+    via = _client(proxy.url)
+    template = via.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={"ImageId": base_ami})
+    template_id = template["LaunchTemplate"]["LaunchTemplateId"]
+    ctx = make_ctx(types.SimpleNamespace(url=proxy.url), tmp_path, {"launch_template": name}, role=role)
+    open_bake(ctx, base_ami)
+    ctx.clock = clock = InstantClock()
+    image_id = via.copy_image(SourceImageId=base_ami, SourceRegion="us-east-1", Name=f"{role}-new")["ImageId"]
+    assert update_launch_template(ctx, "us-east-1", image_id) == \
+        f"launch template {name} in us-east-1 default version 2 -> {image_id}"
+    assert realism.count(f"launch template: ModifyLaunchTemplate on {name} version 2") == 2
+    assert len(clock.pauses) == 2, "not retried on the product's clock"
+    versions = via.describe_launch_template_versions(LaunchTemplateId=template_id)["LaunchTemplateVersions"]
+    assert sorted(v["VersionNumber"] for v in versions) == [1, 2]  # one new version, not one per try
+    default = [v for v in versions if v["DefaultVersion"]]
+    assert [(v["VersionNumber"], v["LaunchTemplateData"]["ImageId"]) for v in default] == [(2, image_id)]
+    # A describe naming a version just made lags the same way (by name or id).
+    via.create_launch_template_version(LaunchTemplateId=template_id, SourceVersion="2",
+                                       LaunchTemplateData={"ImageId": base_ami})
+    with pytest.raises(botocore.exceptions.ClientError, match="InvalidLaunchTemplateId.VersionNotFound"):
+        via.describe_launch_template_versions(LaunchTemplateName=name, Versions=["3"])
+
+
+def test_a_cleanup_killed_after_deregister_image_leaves_its_snapshots_known_to_the_next(
+        moto_server, proxy: FaultProxy, tmp_path, base_ami, request):
+    """The image's snapshots are tagged by CreateTags here (moto refuses their TagSpecifications), and
+    that tag shows late: a look-up by tag cannot be what the next cleanup relies on."""
+    proxy.realism = realism = Realism(**QUIET, tag_lag=3)
+    ctx = _imaged(proxy, tmp_path, base_ami, unique_role(request))
+    wait_image.run(ctx)  # CreateTags on the image's snapshots: their bake-id tag lags from here
+    snaps = sorted(ctx.state.snapshot_ids)
+    assert snaps
+    # A kill between that CreateTags and its state write (tag first, record second): no snapshot, no AMI.
+    ctx.state.snapshot_ids, ctx.state.amis = [], {}
+    ctx.save()
+    # The cleanup of that bake, killed right after DeregisterImage went through: what its state file holds
+    # then is all the next cleanup has (its DeleteSnapshot calls never got through).
+    path = ctx.ws.state_path(ctx.role.name)
+    left: list[bytes] = []
+    hold = Hold("DeregisterImage", callback=lambda: (left.append(path.read_bytes()), hold.release.set()))
+    proxy.add(hold, Rule("DeleteSnapshot", times=None))
+    cleanup(ctx)
+    assert left, "DeregisterImage was never sent"
+    proxy.rules.clear()
+    path.write_bytes(left[0])
+    again = Context(ws=ctx.ws, catalog=ctx.catalog, role=ctx.role, aws=ctx.aws, settings=ctx.settings,
+                    log_fn=lambda m: None)
+    again.state = again.ws.load(ctx.role.name)
+    report = cleanup(again)
+    assert realism.count("tag lag: snap-") >= 1, "the snapshots' tag never lagged"
+    assert not report.errors, report.text()
+    assert moto_server.client("ec2").describe_snapshots(
+        Filters=[{"Name": "snapshot-id", "Values": snaps}])["Snapshots"] == [], report.text()

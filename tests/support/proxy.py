@@ -49,6 +49,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "transfer-encoding", "upgrade", "content-length"}
 _SCOPE_RE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 _REGION_RE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/[^/]+/aws4_request")
+_KEY_RE = re.compile(r"Credential=([^/]+)/\d{8}/")
 
 # Throttling, per service, in the wire form AWS uses for it (status, code).
 THROTTLE = {
@@ -384,8 +385,10 @@ class _Handler(BaseHTTPRequestHandler):
         if decision is None and realism is not None:
             if realism.upstream is None:
                 realism.upstream = proxy.upstream_call
-            region = _REGION_RE.search(self.headers.get("Authorization", "") or "")
-            decision = realism.refuse(service, operation, params, region.group(1) if region else "us-east-1")
+            auth = self.headers.get("Authorization", "") or ""
+            region, key = _REGION_RE.search(auth), _KEY_RE.search(auth)
+            decision = realism.refuse(service, operation, params, region.group(1) if region else "us-east-1",
+                                      access_key=key.group(1) if key else "")
         replayed = realism.replay(service, operation, params) if decision is None and realism is not None else None
         if replayed is not None:  # a ClientToken seen before, same request: AWS's first answer again
             call.status, call.rewritten = 200, True

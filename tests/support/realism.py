@@ -26,6 +26,18 @@ What AWS does (and moto 5.2 does not), as documented, and what this layer plays:
   IAM Instance Profile name" while a new profile propagates, which Packer's amazon plugin retries for
   this reason): RunInstances naming an instance profile created or changed (CreateInstanceProfile,
   AddRoleToInstanceProfile) less than ``iam`` seconds ago is refused so.
+- **IAM propagation and the instance's own credentials** (IAM User Guide, "Troubleshoot IAM", "Changes
+  that I make are not always immediately visible": IAM "uses a distributed computing model called
+  eventual consistency. Any change that you make in IAM ... takes time to become visible from all
+  possible endpoints"; the guide advises verifying a change has propagated before a workflow depends on
+  it). The bakery writes the instance role's policy moments before the launch, so the instance's first
+  calls with that role's credentials may be judged by the old (or no) policy. Counted, never timed:
+  ``role_calls`` -- after a CreateRole / PutRolePolicy / AttachRolePolicy / DetachRolePolicy /
+  DeleteRolePolicy / PutRolePermissionsBoundary naming a role (seen through the layer), the next
+  ``role_calls`` requests signed with that role's credentials (``role_of``: access key id -> role, told
+  by whoever hands the credentials out) answer the service's permission error (EC2
+  ``UnauthorizedOperation``, S3 ``AccessDenied``, SNS ``AuthorizationError``, SSM
+  ``AccessDeniedException``), whatever the policy says. moto applies a policy at once.
 - **Throttling storms** (EC2 API reference, "Request throttling": a token bucket per account and
   action category, ``RequestLimitExceeded`` when it is empty, shared by every caller of the account):
   every ``storm_every`` seconds, for ``storm_length`` seconds, a ``storm_share`` of all EC2 calls
@@ -44,7 +56,8 @@ What AWS does (and moto 5.2 does not), as documented, and what this layer plays:
   pending for many polls (AMI creation takes minutes: 10 min), instances pending ~1 min and stopping
   ~2 min (EC2 User Guide, "Instance lifecycle"), IAM profiles usable after up to ~10 s (IAM
   propagation, above); and, counted, every new resource flickering and vanishing once after it was
-  first seen, tags and SSM values lagging two describes / reads (see above).
+  first seen, tags, SSM values and new launch template versions lagging two describes / reads / calls
+  (see below).
 - **Flicker** (EC2 eventual consistency, above: a describe may be answered by a replica that has not
   seen the latest change). Counted, per resource: ``flicker`` -- once a describe has shown a resource
   in a settled state (``running``, ``stopped``, ``terminated``, ``available``), its next ``flicker``
@@ -53,15 +66,22 @@ What AWS does (and moto 5.2 does not), as documented, and what this layer plays:
   its next ``vanish`` describes omit it (filtered or by id): seen, missing, seen.
 - **Tag lag** (EC2 eventual consistency, above: "the result of an API command you run that affects your
   Amazon EC2 resources might not be immediately visible to all subsequent commands"): ``tag_lag`` -- after a CreateTags, the next ``tag_lag``
-  describes naming a tagged resource show it with the tags it had before (the values the layer last
-  showed, or without the new keys), and a describe filtering on such a tag does not list it unless
-  the tags shown match.
+  describes naming a tagged resource (DescribeInstances, DescribeImages, DescribeSnapshots: an image's
+  snapshots are tagged by CreateTags where moto refuses their ``TagSpecifications``) show it with the
+  tags it had before (the values the layer last showed, or without the new keys), and a describe
+  filtering on such a tag (``tag:KEY`` or ``tag-key``) does not list it unless the tags shown match.
 - **SSM read-after-write** (Systems Manager API reference, PutParameter ``DataType``: "If you call
   PutParameter with aws:ec2:image data type, a successful HTTP 200 response does not guarantee that
   your parameter was successfully created or updated. The aws:ec2:image value is validated
   asynchronously"): ``ssm_lag`` -- after a PutParameter, the next ``ssm_lag`` GetParameter calls for
   that name answer what the layer last saw before it (the previous value), or ``ParameterNotFound``
   for a parameter new to the layer.
+- **Launch template versions** (EC2 eventual consistency, above; EC2 API reference, "Error codes":
+  ``InvalidLaunchTemplateId.VersionNotFound``, "The specified launch template version does not exist",
+  which ModifyLaunchTemplate answers to a ``DefaultVersion`` it does not know): ``lt_lag`` -- after
+  CreateLaunchTemplateVersion answered version N, the next ``lt_lag`` calls naming N (ModifyLaunchTemplate
+  making it the default, DescribeLaunchTemplateVersions asking for it) answer ``VersionNotFound`` (400).
+  moto knows the version at once.
 - **Failed images** (EC2 User Guide, "AMI lifecycle": an AMI can end in ``failed``; DescribeImages then
   carries ``StateReason`` (code and message, EC2 API reference, "StateReason")): ``fail_images`` --
   the first n images CreateImage/CopyImage answer through the layer end ``failed`` (after their
@@ -111,6 +131,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# IAM calls that change what a role may do (its credentials' first calls lag behind them).
+ROLE_CHANGES = ("CreateRole", "PutRolePolicy", "AttachRolePolicy", "DetachRolePolicy", "DeleteRolePolicy",
+                "PutRolePermissionsBoundary")
+# Each service's permission error (status, code), as a call its policy does not allow is answered.
+ROLE_DENIED = {"ec2": (403, "UnauthorizedOperation"), "s3": (403, "AccessDenied"), "sns": (403, "AuthorizationError"),
+               "ssm": (400, "AccessDeniedException"), "sts": (403, "AccessDenied")}
 # Which NotFound code each id prefix answers with.
 NOT_FOUND = {"i-": "InvalidInstanceID.NotFound", "ami-": "InvalidAMIID.NotFound", "sg-": "InvalidGroup.NotFound"}
 # Calls that name resources by id, and the parameter prefixes carrying those ids.
@@ -153,6 +179,12 @@ def _tag_filters(params: dict[str, Any]) -> dict[str, set[str]]:
             prefix = k[: -len("Name")] + "Value."
             out[str(name)[4:]] = {str(v) for kk, v in params.items() if kk.startswith(prefix)}
     return out
+
+
+def _tag_key_filters(params: dict[str, Any]) -> list[set[str]]:
+    """``tag-key`` filters of a describe: each the set of keys of which a resource must carry one."""
+    return [{str(v) for kk, v in params.items() if kk.startswith(k[: -len("Name")] + "Value.")}
+            for k, name in params.items() if k.startswith("Filter.") and k.endswith(".Name") and name == "tag-key"]
 
 
 DEFAULT_KEY = "aws/ebs"
@@ -215,6 +247,9 @@ class Realism:
     vanish: int = 0  # describes omitting a resource after it was first shown, per resource
     tag_lag: int = 0  # describes showing a resource's tags as before a CreateTags
     ssm_lag: int = 0  # GetParameter calls answering the value before a PutParameter
+    lt_lag: int = 0  # calls naming a new launch template version that answer VersionNotFound
+    role_calls: int = 0  # requests with a just-changed role's credentials refused as not yet propagated
+    role_of: Callable[[str], str | None] | None = None  # access key id -> the role whose credentials it is
     fail_images: int = 0  # the first n images created through the layer end `failed`
     buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # category -> (size, refill/s)
     vcpu_limit: int = 0  # running vCPUs per quota bucket (0: no limit)
@@ -226,6 +261,8 @@ class Realism:
     _tags_shown: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
     _ssm: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # name -> last Parameter seen
     _ssm_lag: dict[str, tuple[dict[str, Any] | None, int]] = field(default_factory=dict, repr=False)
+    _lt_lag: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # (template, version) -> left
+    _role_left: dict[str, int] = field(default_factory=dict, repr=False)  # role -> requests still refused
     failed_images: set[str] = field(default_factory=set)
     _images_made: int = 0
     _tokens: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)  # bucket -> (tokens, at)
@@ -257,8 +294,8 @@ class Realism:
         real = {"invisible": 300.0, "pending": 60.0, "stopping": 120.0, "shutting_down": 60.0,
                 "image_pending": 600.0, "iam": 10.0}
         # Counted, not timed (no scale): each new resource flickers and vanishes once after it was seen,
-        # tags and SSM values lag two describes / reads.
-        counted = {"flicker": 1, "vanish": 1, "tag_lag": 2, "ssm_lag": 2}
+        # tags, SSM values and launch template versions lag two describes / reads / calls.
+        counted = {"flicker": 1, "vanish": 1, "tag_lag": 2, "ssm_lag": 2, "lt_lag": 2}
         return cls(**{**{k: v * scale for k, v in real.items()}, **counted, **overrides})
 
     # --- idempotency: ClientToken -----------------------------------------------------------------------
@@ -290,10 +327,15 @@ class Realism:
                 f"Client token {token} is already used with other parameters (realism)")
 
     # --- before forwarding: refuse ------------------------------------------------------------------
-    def refuse(self, service: str, operation: str, params: dict[str, Any], region: str = "") -> tuple[int, str, str] | None:
+    def refuse(self, service: str, operation: str, params: dict[str, Any], region: str = "", *,
+               access_key: str = "") -> tuple[int, str, str] | None:
         if service == "iam":
             self._note_profile(operation, params)
+            self._note_role(operation, params)
             return None
+        denied = self._role_refusal(service, operation, access_key)
+        if denied is not None:
+            return denied
         if service == "ssm":
             return self._ssm_refusal(operation, params)
         if service != "ec2":
@@ -301,7 +343,7 @@ class Realism:
         return (self._storm(operation) or self._bucket(region, operation, params) or self._mismatch(operation, params)
                 or self._capacity(operation, params) or self._vcpu_refusal(operation, params)
                 or self._iam_refusal(operation, params) or self._not_yet_visible(operation, params)
-                or self._share_refusal(region, operation, params))
+                or self._share_refusal(region, operation, params) or self._lt_refusal(operation, params))
 
     # --- per-API token buckets ------------------------------------------------------------------------
     def _take(self, key: str, category: str, tokens: float) -> bool:
@@ -384,6 +426,23 @@ class Realism:
                         "(aws/ebs): an AMI backed by it cannot be shared (realism)")
         return None
 
+    # --- launch template versions -------------------------------------------------------------------
+    def _lt_refusal(self, operation: str, params: dict[str, Any]) -> tuple[int, str, str] | None:
+        """A version CreateLaunchTemplateVersion just answered, named by the next ``lt_lag`` calls."""
+        if not self.lt_lag or operation not in ("ModifyLaunchTemplate", "DescribeLaunchTemplateVersions"):
+            return None
+        template = str(params.get("LaunchTemplateName") or params.get("LaunchTemplateId") or "")
+        named = ([str(params.get("SetDefaultVersion", ""))] if operation == "ModifyLaunchTemplate" else
+                 [str(v) for k, v in params.items() if k.startswith("LaunchTemplateVersion.")])
+        with self._lock:
+            lagging = next(((template, v) for v in named if self._lt_lag.get((template, v), 0) > 0), None)
+            if lagging is None:
+                return None
+            self._lt_lag[lagging] -= 1
+        self._play(f"launch template: {operation} on {template} version {lagging[1]} -> VersionNotFound")
+        return (400, "InvalidLaunchTemplateId.VersionNotFound",
+                f"The specified launch template version {lagging[1]} does not exist. (realism: not yet propagated)")
+
     # --- SSM read-after-write -------------------------------------------------------------------------
     def _ssm_refusal(self, operation: str, params: dict[str, Any]) -> tuple[int, str, str] | None:
         name = str(params.get("Name", ""))
@@ -418,6 +477,29 @@ class Realism:
                 return payload
         self._play(f"ssm: {name} still reads {before.get('Value')}")
         return json.dumps({**doc, "Parameter": before}).encode()
+
+    # --- IAM propagation: the instance's own credentials ------------------------------------------------
+    def _note_role(self, operation: str, params: dict[str, Any]) -> None:
+        if self.role_calls and operation in ROLE_CHANGES and params.get("RoleName"):
+            with self._lock:
+                self._role_left[str(params["RoleName"])] = self.role_calls
+
+    def _role_refusal(self, service: str, operation: str, access_key: str) -> tuple[int, str, str] | None:
+        if not (self.role_calls and access_key and self.role_of is not None):
+            return None
+        role = self.role_of(access_key)
+        if role is None:
+            return None
+        with self._lock:
+            left = self._role_left.get(role, 0)
+            if left <= 0:
+                return None
+            self._role_left[role] = left - 1
+        status, code = ROLE_DENIED.get(service, (403, "AccessDenied"))
+        self._play(f"role: {service}:{operation} with role {role}'s credentials refused")
+        return (status, code, f"User: arn:aws:sts::123456789012:assumed-role/{role}/instance is not authorized to "
+                              f"perform: {service}:{operation} (realism: the role changed moments ago; IAM has not "
+                              "propagated it yet)")
 
     def _note_profile(self, operation: str, params: dict[str, Any]) -> None:
         if operation in ("CreateInstanceProfile", "AddRoleToInstanceProfile") and params.get("InstanceProfileName"):
@@ -513,11 +595,13 @@ class Realism:
                     self.tokens[(operation, token)] = (dict(params), payload)
         changed = self._remember(operation, params, root)
         if operation == "DescribeInstances":
-            changed |= self._rewrite_instances(root, _tag_filters(params))
+            changed |= self._rewrite_instances(root, _tag_filters(params), _tag_key_filters(params))
         elif operation == "DescribeImages":
-            changed |= self._rewrite_images(root, _tag_filters(params))
+            changed |= self._rewrite_images(root, _tag_filters(params), _tag_key_filters(params))
         elif operation == "DescribeSecurityGroups":
             changed |= self._drop_items(root, "securityGroupInfo", "groupId")
+        elif operation == "DescribeSnapshots":
+            changed |= self._rewrite_snapshots(root, _tag_filters(params), _tag_key_filters(params))
         return ET.tostring(root, encoding="utf-8", xml_declaration=True) if changed else payload
 
     def _remember(self, operation: str, params: dict[str, Any], root: ET.Element) -> bool:
@@ -559,6 +643,12 @@ class Realism:
                         self._tag_lag[str(rid)] = (keys, self.tag_lag)
         elif operation == "CreateSecurityGroup":
             new = [e.text or "" for e in root.iter(_q("groupId"))]
+        elif operation == "CreateLaunchTemplateVersion" and self.lt_lag:
+            version = root.findtext(f".//{_q('versionNumber')}") or ""
+            with self._lock:  # named by either: the template's name or its id
+                for ref in (root.findtext(f".//{_q('launchTemplateName')}"), root.findtext(f".//{_q('launchTemplateId')}")):
+                    if ref:
+                        self._lt_lag[(ref, version)] = self.lt_lag
         elif operation in ("StopInstances", "TerminateInstances"):
             if operation == "TerminateInstances":
                 with self._lock:
@@ -610,7 +700,8 @@ class Realism:
             code_el.text = STATE_CODES.get(name, code_el.text)
         return True
 
-    def _rewrite_instances(self, root: ET.Element, tag_filters: dict[str, set[str]]) -> bool:
+    def _rewrite_instances(self, root: ET.Element, tag_filters: dict[str, set[str]],
+                           key_filters: list[set[str]]) -> bool:
         changed = self._drop_items(root, "reservationSet", "instanceId", deep=True)
         for inst in root.iter(_q("item")):
             iid = inst.findtext(_q("instanceId"))
@@ -622,7 +713,7 @@ class Realism:
             shown = self._shown_state(iid, actual) or self._flickered(iid, actual)
             if shown:
                 changed |= self._set_state(state, shown)
-            changed |= self._lag_tags(iid, inst, tag_filters)
+            changed |= self._lag_tags(iid, inst, tag_filters, key_filters)
         return self._drop_unmatched(root) or changed
 
     # --- flicker, vanish, tag lag -----------------------------------------------------------------------
@@ -660,7 +751,8 @@ class Realism:
         self._play(f"vanish: {rid} missing from a describe after it was seen")
         return True
 
-    def _lag_tags(self, rid: str, item: ET.Element, tag_filters: dict[str, set[str]] | None = None) -> bool:
+    def _lag_tags(self, rid: str, item: ET.Element, tag_filters: dict[str, set[str]] | None = None,
+                  key_filters: list[set[str]] | None = None) -> bool:
         """Show the tags as before a recent CreateTags; a describe filtering on such a tag matches
         what is shown, as a replica that has not seen the CreateTags would (moto matched the new)."""
         tag_set = item.find(_q("tagSet"))
@@ -688,8 +780,8 @@ class Realism:
             if changed:
                 self._play(f"tag lag: {rid} shown without its new {', '.join(sorted(keys))}")
         shown = {t.findtext(_q("key")) or "": t.findtext(_q("value")) or "" for t in tag_set}
-        if left > 0 and any(key in keys and shown.get(key) not in values
-                            for key, values in (tag_filters or {}).items()):
+        if left > 0 and (any(key in keys and shown.get(key) not in values for key, values in (tag_filters or {}).items())
+                         or any(wanted & keys and not wanted & set(shown) for wanted in key_filters or [])):
             item.set("realism-unmatched", "1")
             self._play(f"tag lag: {rid} not matched by a filter on its new tag")
             return True
@@ -711,7 +803,8 @@ class Realism:
             self._transition(iid, "stopping", self.clock(), self.stopping)
             self._play(f"stopping: {iid} shut itself down")
 
-    def _rewrite_images(self, root: ET.Element, tag_filters: dict[str, set[str]]) -> bool:
+    def _rewrite_images(self, root: ET.Element, tag_filters: dict[str, set[str]],
+                        key_filters: list[set[str]]) -> bool:
         changed = self._drop_items(root, "imagesSet", "imageId")
         for image in root.iter(_q("item")):
             image_id = image.findtext(_q("imageId"))
@@ -729,7 +822,17 @@ class Realism:
             if shown:
                 state.text = shown
                 changed = True
-            changed |= self._lag_tags(image_id, image, tag_filters)
+            changed |= self._lag_tags(image_id, image, tag_filters, key_filters)
+        return self._drop_unmatched(root) or changed
+
+    def _rewrite_snapshots(self, root: ET.Element, tag_filters: dict[str, set[str]],
+                           key_filters: list[set[str]]) -> bool:
+        """Snapshots' tags lag as instances' and images' do (a snapshot is named by CreateTags alike)."""
+        changed = False
+        for snap in root.iter(_q("item")):
+            snap_id = snap.findtext(_q("snapshotId"))
+            if snap_id is not None and snap.find(_q("status")) is not None:
+                changed |= self._lag_tags(snap_id, snap, tag_filters, key_filters)
         return self._drop_unmatched(root) or changed
 
     def _drop_unmatched(self, root: ET.Element) -> bool:

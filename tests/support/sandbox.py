@@ -116,6 +116,8 @@ class Sandbox:
     imds: ImdsDouble
     chef_on_path: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The scripts' pauses between tries pass at once (their log says how long each would be).
+    instant_sleep: bool = False
 
     def __post_init__(self) -> None:
         self.root = self.tmp / "root"
@@ -129,6 +131,9 @@ class Sandbox:
         # `reboot` inside the sandbox only records the request (the test then plays the boot).
         (self.bin / "reboot").write_text('#!/bin/sh\necho "$0 $*" >>"$STUB_CHEF_DIR/reboots"\n')
         (self.bin / "reboot").chmod(0o755)
+        if self.instant_sleep:
+            (self.bin / "sleep").write_text("#!/bin/sh\nexit 0\n")
+            (self.bin / "sleep").chmod(0o755)
 
     @property
     def sentinel(self) -> Path:

@@ -82,6 +82,40 @@ awsc() {
   fi
 }
 
+role_aws() {
+  local err n=1 rc waited=0
+  err=$(mktemp) || err=/dev/null
+  while :; do
+    rc=0
+    awsc "$@" 2>"$err" || rc=$?
+    if [ "$rc" -eq 0 ]; then
+      [ "$err" = /dev/null ] || rm -f "$err"
+      return 0
+    fi
+    if ! refused "$err" || [ "$n" -ge 6 ]; then
+      break
+    fi
+    log "aws $1 $2 refused for the instance role ($(refusal "$err")): IAM may not have propagated its policy yet; try $((n + 1)) of 6 in $((n * 2)) s" >&2
+    sleep $((n * 2))
+    waited=$((waited + n * 2))
+    n=$((n + 1))
+  done
+  if refused "$err"; then
+    printf 'aws %s %s refused for the instance role %s times over %s s, so not for IAM propagation: its policy does not allow it (%s)\n' \
+      "$1" "$2" "$n" "$waited" "$(grep -v '^[[:space:]]*$' "$err" | tail -n 1)" >&2
+  else
+    cat "$err" >&2
+  fi
+  [ "$err" = /dev/null ] || rm -f "$err"
+  return "$rc"
+}
+refused() {
+  grep -qE 'AccessDenied|UnauthorizedOperation|AuthorizationError|\(403\)|Forbidden|is not authorized' "$1"
+}
+refusal() {
+  grep -oE 'AccessDeniedException|AccessDenied|UnauthorizedOperation|AuthorizationError|Forbidden' "$1" | head -n 1
+}
+
 imds_token() {
   curl -fsS --max-time 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 21600' "$IMDS/latest/api/token"
 }
@@ -158,7 +192,7 @@ scrub() {
     awk -v s="${CHEF_LICENSE_KEY_VALUE:-}" 's != "" { while ((i = index($0, s)) > 0) $0 = substr($0, 1, i - 1) "[removed]" substr($0, i + length(s)) } { print }'
 }
 put_record() {
-  awsc s3 cp --only-show-errors --region "$REGION" --sse AES256 --content-type "$3" "$1" "s3://$RECORDS_BUCKET/$2" >&2 &&
+  role_aws s3 cp --only-show-errors --region "$REGION" --sse AES256 --content-type "$3" "$1" "s3://$RECORDS_BUCKET/$2" >&2 &&
     printf 's3://%s/%s' "$RECORDS_BUCKET" "$2"
 }
 upload_log_tail() {
@@ -175,12 +209,20 @@ alert() {
   body=$(printf 'AMI Bakery: %s of role %s failed.\n\nInstance:  %s\nRegion:    %s\nExit code: %s\nReason:    %s\n%s\nLog:       %s\nLog tail:  %s\n\nLast log lines:\n%s\n' \
     "$WHAT" "$ROLE" "${INSTANCE_ID:-unknown}" "${REGION:-unknown}" "$1" "$FAIL" "${ALERT_NOTE:-}" "$LOG" \
     "${2:-not uploaded}" "$(tail -n 30 "$LOG" 2>/dev/null | scrub || true)")
-  if awsc sns publish --region "$ALERT_REGION" --topic-arn "$ALERT_TOPIC_ARN" \
-    --subject "${subject:0:100}" --message "$body" >/dev/null; then
+  local err
+  err=$(mktemp) || err=/dev/null
+  local rc=0
+  role_aws sns publish --region "$ALERT_REGION" --topic-arn "$ALERT_TOPIC_ARN" \
+    --subject "${subject:0:100}" --message "$body" >/dev/null 2>"$err" || rc=$?
+  cat "$err" 2>/dev/null || true
+  if [ "$rc" -eq 0 ]; then
     log "alert published to $ALERT_TOPIC_ARN"
+  elif grep -q 'refused for the instance role' "$err" 2>/dev/null; then
+    log "could not publish the alert to $ALERT_TOPIC_ARN: the instance role may not sns:Publish to it (statement AlertOnFailure of the role's instance policy)"
   else
     log "could not publish the alert to $ALERT_TOPIC_ARN"
   fi
+  [ "$err" = /dev/null ] || rm -f "$err"
 }
 
 rbq() {
@@ -193,11 +235,11 @@ fetch_license_key() {
   [ -n "$CHEF_LICENSE_KEY_VALUE" ] && return 0
   if [ -n "$CHEF_LICENSE_S3" ]; then
     step "fetching the Chef license key $CHEF_LICENSE_S3"
-    CHEF_LICENSE_KEY_VALUE=$(awsc s3 cp --only-show-errors --region "$REGION" "$CHEF_LICENSE_S3" -) ||
+    CHEF_LICENSE_KEY_VALUE=$(role_aws s3 cp --only-show-errors --region "$REGION" "$CHEF_LICENSE_S3" -) ||
       fail "cannot fetch the Chef license key $CHEF_LICENSE_S3 with the instance role"
   elif [ -n "$CHEF_LICENSE_SSM" ]; then
     step "fetching the Chef license key from SSM parameter $CHEF_LICENSE_SSM"
-    CHEF_LICENSE_KEY_VALUE=$(awsc ssm get-parameter --region "$REGION" --name "$CHEF_LICENSE_SSM" \
+    CHEF_LICENSE_KEY_VALUE=$(role_aws ssm get-parameter --region "$REGION" --name "$CHEF_LICENSE_SSM" \
       --with-decryption --query Parameter.Value --output text) ||
       fail "cannot read the Chef license key from SSM parameter $CHEF_LICENSE_SSM with the instance role"
   fi
@@ -239,7 +281,7 @@ chef_run() {
 fetch_validator() {
   step "fetching the validator key $CHEF_VALIDATOR_KEY_S3"
   mkdir -p "$CHEF_DIR"
-  (umask 077 && awsc s3 cp --only-show-errors --region "$REGION" "$CHEF_VALIDATOR_KEY_S3" "$VALIDATOR_PEM") ||
+  (umask 077 && role_aws s3 cp --only-show-errors --region "$REGION" "$CHEF_VALIDATOR_KEY_S3" "$VALIDATOR_PEM") ||
     fail "cannot fetch the validator key $CHEF_VALIDATOR_KEY_S3 with the instance role"
   chmod 600 "$VALIDATOR_PEM"
 }
@@ -632,7 +674,13 @@ ensure_chef
 step "fetching the run list $RUNLIST_S3"
 mkdir -p "$CHEF_DIR"
 rm -f "$RUNLIST_JSON"
-if ! err=$(awsc s3 cp --only-show-errors --region "$REGION" "$RUNLIST_S3" "$RUNLIST_JSON" 2>&1); then
+errf=$(mktemp)
+rc=0
+role_aws s3 cp --only-show-errors --region "$REGION" "$RUNLIST_S3" "$RUNLIST_JSON" 2>"$errf" || rc=$?
+err=$(cat "$errf")
+rm -f "$errf"
+[ -z "$err" ] || printf '%s\n' "$err" >&2
+if [ "$rc" -ne 0 ]; then
   fail "the run list $RUNLIST_S3 is missing or unreadable (upload {\"run_list\": [...]} there): ${err##*$'\n'}"
 fi
 grep -q '"run_list"' "$RUNLIST_JSON" || fail "the run list $RUNLIST_S3 has no \"run_list\" key"

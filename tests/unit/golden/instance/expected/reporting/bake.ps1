@@ -70,6 +70,21 @@ function Invoke-Retry([scriptblock]$Action) {
     Start-Sleep -Seconds (2 * $i)
   }
 }
+$RefusedPattern = 'AccessDenied|UnauthorizedOperation|AuthorizationError|\(403\)|Forbidden|is not authorized'
+function Invoke-AsRole([string]$What, [scriptblock]$Action) {
+  $waited = 0
+  for ($i = 1; ; $i++) {
+    try { return (& $Action) }
+    catch {
+      $message = "$($_.Exception.Message)"
+      if ($message -notmatch $RefusedPattern) { throw }
+      if ($i -ge 6) { throw "$What refused for the instance role $i times over $waited s, so not for IAM propagation: its policy does not allow it ($message)" }
+      Write-Log "$What refused for the instance role ($message): IAM may not have propagated its policy yet; try $($i + 1) of 6 in $(2 * $i) s"
+    }
+    Start-Sleep -Seconds (2 * $i)
+    $waited += 2 * $i
+  }
+}
 function Get-AwsArgs([string]$In) {
   $a = @{ Region = $In }
   if ($env:AWS_ENDPOINT_URL) { $a['EndpointUrl'] = $env:AWS_ENDPOINT_URL }
@@ -128,7 +143,7 @@ function Send-LogTail([string]$Name) {
   try {
     $text = ConvertTo-Scrubbed @(Get-Content -Path $LogFile -Tail 60 -ErrorAction SilentlyContinue)
     $aws = Get-AwsArgs $Region
-    Write-S3Object -BucketName $RecordsBucket -Key "$RecordsPrefix$Name" -Content $text -ContentType 'text/plain' -ServerSideEncryption AES256 @aws
+    Invoke-AsRole 'Write-S3Object' { Write-S3Object -BucketName $RecordsBucket -Key "$RecordsPrefix$Name" -Content $text -ContentType 'text/plain' -ServerSideEncryption AES256 @aws }
     "s3://$RecordsBucket/$RecordsPrefix$Name"
   } catch { Write-Log "could not upload the log tail: $($_.Exception.Message)"; '' }
 }
@@ -141,9 +156,12 @@ function Send-Alert([int]$Code, [string]$Reason, [string]$Note, [string]$TailUri
   $body = "AMI Bakery: $What of role $Role failed.`n`nInstance:  $InstanceId`nRegion:    $Region`nExit code: $Code`nReason:    $Reason`n$Note`nLog:       $LogFile`nLog tail:  $uri`n`nLast log lines:`n$tail`n"
   $aws = Get-AwsArgs $AlertRegion
   try {
-    Publish-SNSMessage -TopicArn $AlertTopicArn -Subject $subject.Substring(0, [Math]::Min(100, $subject.Length)) -Message $body @aws | Out-Null
+    Invoke-AsRole 'Publish-SNSMessage' { Publish-SNSMessage -TopicArn $AlertTopicArn -Subject $subject.Substring(0, [Math]::Min(100, $subject.Length)) -Message $body @aws | Out-Null }
     Write-Log "alert published to $AlertTopicArn"
-  } catch { Write-Log "could not publish the alert to ${AlertTopicArn}: $($_.Exception.Message)" }
+  } catch {
+    $why = if ("$($_.Exception.Message)" -match 'refused for the instance role') { ': the instance role may not sns:Publish to it (statement AlertOnFailure of the role''s instance policy)' } else { '' }
+    Write-Log "could not publish the alert to ${AlertTopicArn}${why}: $($_.Exception.Message)"
+  }
 }
 
 function Find-ChefClient {
@@ -158,13 +176,14 @@ function Get-LicenseKey {
     Set-Step "fetching the Chef license key $LicenseS3"
     $tmp = Join-Path $BakeryDir 'license.tmp'  # SYSTEM and Administrators only
     try {
-      Read-S3Object -BucketName $Matches[1] -Key $Matches[2] -File $tmp @aws | Out-Null
+      $bucket, $key = $Matches[1], $Matches[2]
+      Invoke-AsRole 'Read-S3Object' { Read-S3Object -BucketName $bucket -Key $key -File $tmp @aws | Out-Null }
       $script:LicenseKey = (Get-Content -Raw -Path $tmp).Trim()
     } catch { throw "cannot fetch the Chef license key $LicenseS3 with the instance role: $($_.Exception.Message)" }
     finally { Remove-Item -Force -ErrorAction SilentlyContinue -Path $tmp }
   } elseif ($LicenseSsm) {
     Set-Step "fetching the Chef license key from SSM parameter $LicenseSsm"
-    try { $script:LicenseKey = (Get-SSMParameterValue -Name $LicenseSsm -WithDecryption $true @aws).Parameters[0].Value.Trim() }
+    try { $script:LicenseKey = (Invoke-AsRole 'Get-SSMParameterValue' { Get-SSMParameterValue -Name $LicenseSsm -WithDecryption $true @aws }).Parameters[0].Value.Trim() }
     catch { throw "cannot read the Chef license key from SSM parameter $LicenseSsm with the instance role: $($_.Exception.Message)" }
   }
 }
@@ -189,7 +208,7 @@ function Install-ChefClient {
 function Get-ValidatorKey {
   Set-Step "fetching the validator key s3://$ValidatorBucket/$ValidatorKey"
   $aws = Get-AwsArgs $Region
-  try { Read-S3Object -BucketName $ValidatorBucket -Key $ValidatorKey -File $ValidatorPem @aws | Out-Null }
+  try { Invoke-AsRole 'Read-S3Object' { Read-S3Object -BucketName $ValidatorBucket -Key $ValidatorKey -File $ValidatorPem @aws | Out-Null } }
   catch { throw "cannot fetch the validator key s3://$ValidatorBucket/$ValidatorKey with the instance role: $($_.Exception.Message)" }
   & icacls.exe $ValidatorPem /inheritance:r /grant:r '*S-1-5-18:F' '*S-1-5-32-544:F' | Out-Null
 }
@@ -273,7 +292,8 @@ function Send-Inventory {
   $doc = [ordered]@{ schema = 1; platform = 'windows'; manager = 'windows'; role = $Role; bake_id = $BakeId
     os = [ordered]@{ id = 'windows'; version_id = [string]$os.Version }; packages = $programs; hotfixes = $hotfixes }
   $aws = Get-AwsArgs $Region
-  Write-S3Object -BucketName $RecordsBucket -Key "$RecordsPrefix$BakeId/inventory.json" -Content ($doc | ConvertTo-Json -Depth 4) -ContentType 'application/json' -ServerSideEncryption AES256 @aws
+  $json = $doc | ConvertTo-Json -Depth 4
+  Invoke-AsRole 'Write-S3Object' { Write-S3Object -BucketName $RecordsBucket -Key "$RecordsPrefix$BakeId/inventory.json" -Content $json -ContentType 'application/json' -ServerSideEncryption AES256 @aws }
   Write-Log "package inventory ($($programs.Count) programs, $($hotfixes.Count) hotfixes) uploaded to s3://$RecordsBucket/$RecordsPrefix$BakeId/inventory.json"
 }
 
@@ -428,7 +448,7 @@ try {
   Install-ChefClient
   Set-Step "fetching the run list s3://$RunlistBucket/$RunlistKey"
   $aws = Get-AwsArgs $Region
-  try { Read-S3Object -BucketName $RunlistBucket -Key $RunlistKey -File $RunListJson @aws | Out-Null }
+  try { Invoke-AsRole 'Read-S3Object' { Read-S3Object -BucketName $RunlistBucket -Key $RunlistKey -File $RunListJson @aws | Out-Null } }
   catch { throw "the run list s3://$RunlistBucket/$RunlistKey is missing or unreadable (upload {`"run_list`": [...]} there): $($_.Exception.Message)" }
   if ($null -eq (Get-Content -Raw -Path $RunListJson | ConvertFrom-Json).run_list) {
     throw "the run list s3://$RunlistBucket/$RunlistKey has no `"run_list`" key"

@@ -123,7 +123,7 @@ try {
   Install-ChefClient
   Set-Step "fetching the run list s3://$RunlistBucket/$RunlistKey"
   $aws = Get-AwsArgs $Region
-  try { Read-S3Object -BucketName $RunlistBucket -Key $RunlistKey -File $RunListJson @aws | Out-Null }
+  try { Invoke-AsRole 'Read-S3Object' { Read-S3Object -BucketName $RunlistBucket -Key $RunlistKey -File $RunListJson @aws | Out-Null } }
   catch { throw "the run list s3://$RunlistBucket/$RunlistKey is missing or unreadable (upload {`"run_list`": [...]} there): $($_.Exception.Message)" }
   if ($null -eq (Get-Content -Raw -Path $RunListJson | ConvertFrom-Json).run_list) {
     throw "the run list s3://$RunlistBucket/$RunlistKey has no `"run_list`" key"

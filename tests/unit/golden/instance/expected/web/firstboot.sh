@@ -148,7 +148,13 @@ ensure_chef
 step "fetching the run list $RUNLIST_S3"
 mkdir -p "$CHEF_DIR"
 rm -f "$RUNLIST_JSON"
-if ! err=$(awsc s3 cp --only-show-errors --region "$REGION" "$RUNLIST_S3" "$RUNLIST_JSON" 2>&1); then
+errf=$(mktemp)
+rc=0
+role_aws s3 cp --only-show-errors --region "$REGION" "$RUNLIST_S3" "$RUNLIST_JSON" 2>"$errf" || rc=$?
+err=$(cat "$errf")
+rm -f "$errf"
+[ -z "$err" ] || printf '%s\n' "$err" >&2
+if [ "$rc" -ne 0 ]; then
   fail "the run list $RUNLIST_S3 is missing or unreadable (upload {\"run_list\": [...]} there): ${err##*$'\n'}"
 fi
 grep -q '"run_list"' "$RUNLIST_JSON" || fail "the run list $RUNLIST_S3 has no \"run_list\" key"

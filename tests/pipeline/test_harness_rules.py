@@ -239,3 +239,38 @@ boolean inMap(String key, Map m) { return key in m }
     assert noncps.result == "FAILURE" and "noncps:" not in noncps.log
     assert ("Scripts not permitted to use staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods isCase "
             "java.util.Map java.lang.Object") in "\n".join(noncps.data["groovyErrors"]), noncps.log
+
+
+# --- the models of Jenkins the Jenkinsfiles' tests rely on ---------------------------------------------------
+
+
+def test_build_step_parameters_are_not_trimmed_the_form_trims_them(harness, tmp_path):
+    """pipeline-build-step hands its StringParameterValues over as given; only the form (Build with Parameters,
+    StringParameterDefinition with trim) trims."""
+    down = tmp_path / "Down.Jenkinsfile"
+    down.write_text("pipeline {\n  agent any\n  stages { stage('x') { steps { echo \"X=[${params.X}]\" } } }\n}\n")
+    up = tmp_path / "Up.Jenkinsfile"
+    up.write_text("pipeline {\n  agent none\n  stages { stage('x') { steps {\n"
+                  "    echo \"X=[${params.X}]\"\n"
+                  "    build(job: 'down', parameters: [string(name: 'X', value: ' v\\n')])\n  } } }\n}\n")
+    build = harness.run(up, tmp_path / "ws", parameters={"X": " w "}, parameter_definitions={"X": ""},
+                        agent_env={"PATH": os.environ["PATH"]},
+                        downstream={"down": {"jenkinsfile": str(down), "workspace": str(tmp_path / "down"),
+                                             "parameterDefinitions": {"X": ""}}})
+    assert build.result == "SUCCESS" and "X=[w]" in build.log, build.log
+    assert "X=[ v\n]" in "\n".join(build.data["triggered"][0]["result"]["log"])
+
+
+def test_current_junit_parses_old_report_files_unless_skip_old_reports(harness, tmp_path):
+    """junit >= 1.64 (TestResult.parse): every matching file counts, however old, unless skipOldReports
+    (then a file older than the build, less 3 s, is skipped)."""
+    ws = tmp_path / "ws"
+    (ws / "reports").mkdir(parents=True)
+    old = ws / "reports" / "old.xml"
+    old.write_text('<testsuite name="s"><testcase name="from-an-earlier-build"/></testsuite>')
+    os.utime(old, (old.stat().st_mtime - 3600, old.stat().st_mtime - 3600))
+    parsed = run(harness, tmp_path, "", "junit testResults: 'reports/*.xml'", expect_error=False)
+    assert [c["name"] for c in parsed.junit_cases] == ["from-an-earlier-build"], parsed.log
+    skipped = run(harness, tmp_path, "", "junit testResults: 'reports/*.xml', allowEmptyResults: true, "
+                                         "skipOldReports: true", expect_error=False)
+    assert skipped.result == "SUCCESS" and skipped.junit_cases == [], skipped.log

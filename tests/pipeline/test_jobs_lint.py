@@ -90,7 +90,7 @@ def test_release_jenkinsfile_offers_both_modes() -> None:
     text = JENKINSFILES[1].read_text()
     assert "build(job: \"${prefix}${role}\", wait: true, propagate: true" in text  # prefix = checked JOB_PREFIX
     assert "parallel(branches)" in text
-    assert 'bakery("bake ${selection} --release \\"\\$RELEASE\\" --jobs \\"\\$JOBS\\"")' in text
+    assert 'bakery("bake ${selection} --release \\"\\$BAKE_RELEASE\\" --jobs \\"\\$JOBS\\"")' in text
     assert "artifacts/amis.json" in text and "Which mode to use" in text
 
 

@@ -147,6 +147,21 @@ def test_restart_is_offered_for_top_level_stages_only(harness, tmp_path):
     assert build.result == "FAILURE" and 'Stage "publish" cannot be restarted' in build.log
 
 
+@pytest.mark.parametrize("mode", ["jobs", "bake"])
+def test_release_job_started_by_a_build_step_bakes_the_release_without_its_whitespace(harness, tmp_path, mode):
+    """A deploy pipeline's `build` step hands RELEASE over untrimmed (a `readFile('VERSION')` ends in a
+    newline); the form's trim does not apply. The release check passed, but bake mode then gave the bakery
+    `--release " 2026.12.1\n"` (refused: not a release name) and jobs mode wrote it into amis.json."""
+    build = release_build(harness, tmp_path, parameters={"MODE": mode, "RELEASE": " 2026.12.1\n"},
+                          untrimmed_parameters=True)
+    assert build.result == "SUCCESS", build.log
+    if mode == "jobs":
+        assert '"release": "2026.12.1"' in build.archived_text("artifacts/amis.json")
+        assert [t["parameters"]["RELEASE"] for t in build.data["triggered"]] == ["2026.12.1", "2026.12.1"]
+    else:
+        assert "bakery bake --role api --role worker --release 2026.12.1 --jobs 4 (ROLE=)" in build.log, build.log
+
+
 # --- item 6: parameters anyone with Build permission sets ------------------------------------------------
 
 

@@ -6,8 +6,9 @@
  * when reached; a comparator closure given to sort/toSorted/unique/max/min, which groovy-cps does not
  * translate, fails there (not inside @NonCPS code); a local that is not Serializable, in scope while a
  * step that saves the program runs, fails as CpsThreadGroup.saveProgram does; a @NonCPS method calling a
- * step or CPS-transformed code fails with CpsVmExecutorService's mismatch message; a call on a value is
- * checked at run time against the part of script-security's generic-whitelist the files use (SandboxRuntime).
+ * step or CPS-transformed code fails with CpsVmExecutorService's mismatch message; a call on a value, a
+ * property read or write, a subscript and an operator are checked at run time, each as script-security's
+ * SandboxInterceptor checks it, against the part of its generic-whitelist the files use (SandboxRuntime).
  *
  * Usage:  groovy harness.groovy SCENARIO.json        one build, result written to scenario.resultFile
  *         groovy harness.groovy --serve               reads scenario paths on stdin, prints "DONE path"
@@ -105,6 +106,8 @@
 import groovy.json.JsonOutput
 import groovy.json.JsonSlurper
 import org.codehaus.groovy.runtime.InvokerHelper
+import org.codehaus.groovy.runtime.MetaClassHelper
+import org.codehaus.groovy.runtime.typehandling.DefaultTypeTransformation
 import java.nio.file.FileSystems
 import java.nio.file.Files
 import java.nio.file.PathMatcher
@@ -117,6 +120,14 @@ import org.codehaus.groovy.ast.MethodNode
 import org.codehaus.groovy.ast.Parameter
 import org.codehaus.groovy.ast.Variable
 import org.codehaus.groovy.ast.VariableScope
+import org.codehaus.groovy.ast.expr.AttributeExpression
+import org.codehaus.groovy.ast.expr.BitwiseNegationExpression
+import org.codehaus.groovy.ast.expr.PostfixExpression
+import org.codehaus.groovy.ast.expr.PrefixExpression
+import org.codehaus.groovy.ast.expr.UnaryMinusExpression
+import org.codehaus.groovy.ast.expr.UnaryPlusExpression
+import org.codehaus.groovy.syntax.Token
+import org.codehaus.groovy.syntax.Types
 import org.codehaus.groovy.ast.expr.BinaryExpression
 import org.codehaus.groovy.ast.expr.DeclarationExpression
 import org.codehaus.groovy.ast.expr.EmptyExpression
@@ -159,6 +170,11 @@ class RejectedAccessException extends SecurityException {
     RejectedAccessException(String signature) {
         super("Scripts not permitted to use ${signature}. Administrators can decide whether to approve or reject this signature.")
     }
+
+    private RejectedAccessException(String message, boolean plain) { super(message) }
+
+    /** A refusal that names no signature to approve ("No such getAt method found: ..."). */
+    static RejectedAccessException raw(String message) { return new RejectedAccessException(message, true) }
 }
 
 /** The build can never go on: core's Queue keeps its item waiting for ever (no node has the label, or every
@@ -178,15 +194,18 @@ class MissingContextVariableException extends RuntimeException {
 /**
  * The script-security sandbox, for what can be known from the source: every constructor call, every
  * static method call or static property of a class, and the instance methods the blacklist names, are
- * checked against the whitelist below; a call that is not on it is replaced by one that throws
+ * checked when the file is compiled; a call that is refused is replaced by one that throws
  * RejectedAccessException WHEN REACHED ("Scripts not permitted to use new java.io.File java.lang.String"),
- * as the sandbox's GroovyInterceptor does at run time. The whitelist is the part of script-security's
- * generic-whitelist the Jenkinsfiles may use (groovy.json.JsonOutput's prettyPrint(String) and
- * toJson(Map|String|Number|Boolean)); nothing is constructed with `new`, no other class is called
- * statically (System.getenv, Jenkins.instance...), and the blacklisted instance methods (execute,
- * getClass/class, evaluate, getRawBuild/rawBuild, getMetaClass) are refused. Calls on values
- * (String, List, Map methods, DefaultGroovyMethods), whose receiver's type is only known at run time, are
- * routed through SandboxRuntime.call, which checks each against the whitelist when it is made.
+ * as the sandbox's GroovyInterceptor does at run time. Nothing is constructed with `new`, only
+ * groovy.json.JsonOutput is called statically (System.getenv, Jenkins.instance... are refused; the overload
+ * a JsonOutput call selects is checked at run time: toJson(Object) is blacklisted), and the blacklisted
+ * instance methods (execute, getClass, evaluate, getRawBuild, getMetaClass) are refused (this is stricter
+ * than Jenkins, which permits the whitelisted constructors and static methods: the files need none).
+ * Everything whose target is known only at run time goes through SandboxRuntime (SandboxTransformer puts
+ * the calls in, as groovy-sandbox's SandboxTransformer and groovy-cps' SandboxInvoker route them to its
+ * Checker): calls on values, property reads and writes (`x.p`, `x?.p`, `x*.p`, `x.@p`), subscripts
+ * (`x[i]`, `x[i] = v`), the operators that are method calls (arithmetic, bitwise, shifts, `<<`; `++`/`--`;
+ * unary minus, plus and `~`; compound assignments), and `in` in @NonCPS code.
  */
 class SandboxCustomizer extends CompilationCustomizer {
     SandboxCustomizer() { super(CompilePhase.SEMANTIC_ANALYSIS) }
@@ -320,11 +339,24 @@ class CpsTransformer extends ClassCodeExpressionTransformer {
 }
 
 class SandboxTransformer extends ClassCodeExpressionTransformer {
-    // (SandboxRuntime.call: the harness's own run-time check, put in by checkedAtRunTime)
-    static final Map STATIC_WHITELIST = ['groovy.json.JsonOutput': ['prettyPrint', 'toJson'], 'SandboxRuntime': ['call']]
+    // (SandboxRuntime: the harness's own run-time checks, put in below; JsonOutput is checked there by overload)
+    static final Map STATIC_WHITELIST = ['groovy.json.JsonOutput': ['prettyPrint', 'toJson'],
+                                         'SandboxRuntime': SandboxRuntime.declaredMethods*.name]
     static final List BLACKLISTED_METHODS = ['execute', 'getClass', 'evaluate', 'getRawBuild', 'getMetaClass',
                                              'setMetaClass', 'invokeMethod']
-    static final List BLACKLISTED_PROPERTIES = ['class', 'rawBuild', 'metaClass']
+    // an operator -> the method it calls (groovy-sandbox Ops.binaryOperatorMethods; groovy-cps Builder)
+    static final Map<Integer, String> OPERATORS = [
+        (Types.PLUS): 'plus', (Types.MINUS): 'minus', (Types.MULTIPLY): 'multiply', (Types.DIVIDE): 'div',
+        (Types.INTDIV): 'intdiv', (Types.MOD): 'mod', (Types.POWER): 'power', (Types.BITWISE_OR): 'or',
+        (Types.BITWISE_AND): 'and', (Types.BITWISE_XOR): 'xor', (Types.LEFT_SHIFT): 'leftShift',
+        (Types.RIGHT_SHIFT): 'rightShift', (Types.RIGHT_SHIFT_UNSIGNED): 'rightShiftUnsigned']
+    // a compound assignment -> its operator's method (groovy-sandbox Ops.compoundAssignmentToBinaryOperator)
+    static final Map<Integer, String> COMPOUND = [
+        (Types.PLUS_EQUAL): 'plus', (Types.MINUS_EQUAL): 'minus', (Types.MULTIPLY_EQUAL): 'multiply',
+        (Types.DIVIDE_EQUAL): 'div', (Types.INTDIV_EQUAL): 'intdiv', (Types.MOD_EQUAL): 'mod',
+        (Types.POWER_EQUAL): 'power', (Types.BITWISE_OR_EQUAL): 'or', (Types.BITWISE_AND_EQUAL): 'and',
+        (Types.BITWISE_XOR_EQUAL): 'xor', (Types.LEFT_SHIFT_EQUAL): 'leftShift',
+        (Types.RIGHT_SHIFT_EQUAL): 'rightShift', (Types.RIGHT_SHIFT_UNSIGNED_EQUAL): 'rightShiftUnsigned']
     SourceUnit source
 
     SourceUnit getSourceUnit() { return source }
@@ -350,6 +382,30 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
         return call
     }
 
+    /** SandboxRuntime.METHOD(args...), at the position of `at`. */
+    static Expression runtime(String method, List<Expression> args, Expression at) {
+        Expression call = new StaticMethodCallExpression(ClassHelper.make(SandboxRuntime), method, new ArgumentListExpression(args))
+        call.sourcePosition = at
+        return call
+    }
+
+    static ConstantExpression constant(Object value) { return new ConstantExpression(value) }
+
+    /** Another read of the variable `v` reads (a local, a parameter, a binding variable). */
+    static VariableExpression reread(VariableExpression v) {
+        VariableExpression again = new VariableExpression(v.accessedVariable ?: v)
+        again.sourcePosition = v
+        return again
+    }
+
+    /** The script's own properties and methods (`this.x`, an implicit receiver) are not checked: the sandbox
+     * permits a Script's binding variables and its own methods (SandboxInterceptor.onGetProperty/
+     * onSetProperty for a Script receiver; CpsWhitelist for CpsScript). */
+    static boolean ownReceiver(Expression receiver, boolean implicitThis) {
+        return implicitThis || (receiver instanceof VariableExpression &&
+            (((VariableExpression) receiver).thisExpression || ((VariableExpression) receiver).superExpression))
+    }
+
     /** CPS: workflow-cps translates the closure-taking DefaultGroovyMethods (CpsDefaultGroovyMethods), but
      * not a two-parameter closure given to sort/toSorted/unique/max/min/toUnique: that one becomes a
      * ClosureComparator/OrderBy, which groovy-cps does not translate (the TODOs in its
@@ -372,23 +428,108 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
 
     /** A call on a value (`text.trim()`, `list.subList(1, 2)`): its receiver's type is known only at run time,
      * so it goes through SandboxRuntime.call, which checks it against the whitelist first (as the sandbox's
-     * GroovyInterceptor does for every call). Calls on `this`, implicit ones (steps, the script's own
-     * methods) and static ones are not: the latter are checked above. */
-    Expression checkedAtRunTime(MethodCallExpression call) {
+     * GroovyInterceptor does for every call); a call on a class, through SandboxRuntime.staticCall. Calls on
+     * `this` and implicit ones (steps, the script's own methods) are not checked. */
+    Expression checkedCall(MethodCallExpression call) {
         Expression receiver = call.objectExpression
-        if (call.implicitThis || call.spreadSafe || call.methodAsString == null || receiver instanceof ClassExpression ||
-                (receiver instanceof VariableExpression && (((VariableExpression) receiver).thisExpression ||
-                                                            ((VariableExpression) receiver).superExpression))) {
-            return null
-        }
+        if (ownReceiver(receiver, call.implicitThis) || call.methodAsString == null) { return call }
         List exprs = call.arguments instanceof TupleExpression ? ((TupleExpression) call.arguments).expressions :
             [call.arguments]
-        if (exprs.any { it instanceof SpreadExpression || it instanceof SpreadMapExpression }) { return null }
-        Expression checked = new StaticMethodCallExpression(ClassHelper.make(SandboxRuntime), 'call',
-            new ArgumentListExpression([receiver, new ConstantExpression(call.methodAsString),
-                                        new ConstantExpression(call.safe), new ListExpression(exprs)]))
-        checked.sourcePosition = call
-        return checked
+        if (exprs.any { it instanceof SpreadExpression || it instanceof SpreadMapExpression }) { return call }
+        if (receiver instanceof ClassExpression) {
+            return runtime('staticCall', [receiver, constant(call.methodAsString), new ListExpression(exprs)], call)
+        }
+        if (call.spreadSafe) {
+            return runtime('spreadCall', [receiver, constant(call.methodAsString), new ListExpression(exprs)], call)
+        }
+        return runtime('call', [receiver, constant(call.methodAsString), constant(call.safe), new ListExpression(exprs)], call)
+    }
+
+    /** `x.p = v`, `x[i] = v`, `x.p += v`...: the write (and for a compound assignment the read and the
+     * operator) checked; `local += v` becomes `local = local.plus(v)`, checked. Null when not one of those. */
+    Expression assignment(BinaryExpression b) {
+        int op = b.operation.type
+        String compound = COMPOUND[op]
+        if (op != Types.ASSIGN && compound == null) { return null }
+        Expression left = b.leftExpression
+        Expression value = transform(b.rightExpression)
+        if (left instanceof AttributeExpression && compound == null) {
+            AttributeExpression a = (AttributeExpression) left
+            if (ownReceiver(a.objectExpression, a.implicitThis)) { return null }
+            return runtime('setAttribute', [transform(a.objectExpression), transform(a.property), value, constant(a.safe)], b)
+        }
+        if (left instanceof PropertyExpression && !(left instanceof AttributeExpression)) {
+            PropertyExpression p = (PropertyExpression) left
+            if (ownReceiver(p.objectExpression, p.implicitThis) || p.objectExpression instanceof ClassExpression) { return null }
+            Expression receiver = transform(p.objectExpression)
+            return compound == null ?
+                runtime('setProperty', [receiver, transform(p.property), value, constant(p.safe), constant(p.spreadSafe)], b) :
+                runtime('compoundProperty', [receiver, transform(p.property), constant(compound), value, constant(p.safe)], b)
+        }
+        if (left instanceof BinaryExpression && ((BinaryExpression) left).operation.type == Types.LEFT_SQUARE_BRACKET) {
+            BinaryExpression at = (BinaryExpression) left
+            List<Expression> target = [transform(at.leftExpression), transform(at.rightExpression)]
+            return compound == null ? runtime('putAt', target + [value], b) :
+                runtime('compoundAt', target + [constant(compound), value], b)
+        }
+        if (left instanceof VariableExpression && compound != null) {
+            BinaryExpression plain = new BinaryExpression(left, Token.newSymbol(Types.ASSIGN, b.operation.startLine,
+                b.operation.startColumn), runtime('binaryOp', [reread((VariableExpression) left),
+                                                               constant(compound), value], b))
+            plain.sourcePosition = b
+            return plain
+        }
+        return null
+    }
+
+    /** `a OP b` for an operator that is a method call (arithmetic, bitwise, shifts; `in` in @NonCPS code):
+     * checked. Comparisons, `=~`, `==~`, `in` (CPS), `&&`, `||`, instanceof: left as they are (in CPS code
+     * they are whitelisted ScriptBytecodeAdapter calls, see SandboxRuntime). */
+    Expression operator(BinaryExpression b) {
+        int op = b.operation.type
+        if (op == Types.LEFT_SQUARE_BRACKET) {
+            return runtime('getAt', [transform(b.leftExpression), transform(b.rightExpression)], b)
+        }
+        if (OPERATORS[op] != null) {
+            return runtime('binaryOp', [transform(b.leftExpression), constant(OPERATORS[op]), transform(b.rightExpression)], b)
+        }
+        if (op == Types.KEYWORD_IN && nonCps) {
+            return runtime('isCase', [transform(b.leftExpression), transform(b.rightExpression)], b)
+        }
+        return null
+    }
+
+    /** `x++`, `--x.p`, `x[i]++`: the value's next()/previous() checked (groovy-cps ExcrementOperatorBlock). */
+    Expression stepped(Expression e, Expression operand, Token operation, boolean prefix) {
+        String method = operation.type == Types.PLUS_PLUS ? 'next' : 'previous'
+        if (operand instanceof VariableExpression) {  // the value before, then the expression itself
+            return runtime('stepped', [reread((VariableExpression) operand), constant(method), e], e)
+        }
+        if (operand instanceof PropertyExpression && !(operand instanceof AttributeExpression)) {
+            PropertyExpression p = (PropertyExpression) operand
+            if (ownReceiver(p.objectExpression, p.implicitThis) || p.objectExpression instanceof ClassExpression) { return null }
+            return runtime('steppedProperty', [transform(p.objectExpression), transform(p.property), constant(method),
+                                               constant(prefix), constant(p.safe)], e)
+        }
+        if (operand instanceof BinaryExpression && ((BinaryExpression) operand).operation.type == Types.LEFT_SQUARE_BRACKET) {
+            BinaryExpression at = (BinaryExpression) operand
+            return runtime('steppedAt', [transform(at.leftExpression), transform(at.rightExpression), constant(method),
+                                         constant(prefix)], e)
+        }
+        return null
+    }
+
+    /** A value's property read `x.p` / `x?.p` / `x*.p` / `x.@p`: checked (SandboxRuntime.getProperty). */
+    Expression propertyRead(PropertyExpression p) {
+        if (ownReceiver(p.objectExpression, p.implicitThis)) { return null }
+        if (p.objectExpression instanceof ClassExpression) {
+            return rejected("staticField ${p.objectExpression.type.name} ${p.propertyAsString}", p)
+        }
+        if (p instanceof AttributeExpression) {
+            return runtime('getAttribute', [transform(p.objectExpression), transform(p.property), constant(p.safe)], p)
+        }
+        return runtime('getProperty', [transform(p.objectExpression), transform(p.property), constant(p.safe),
+                                       constant(p.spreadSafe)], p)
     }
 
     Expression transform(Expression e) {
@@ -417,23 +558,38 @@ class SandboxTransformer extends ClassCodeExpressionTransformer {
                                                    ((VariableExpression) call.objectExpression).thisExpression)) {
                 return rejected("method ${call.objectExpression.type.name} ${name}", e)
             }
+            Expression mismatch = cpsMismatch(e)
+            if (mismatch != null) {
+                return mismatch
+            }
+            return checkedCall((MethodCallExpression) e.transformExpression(this))
         }
-        Expression mismatch = cpsMismatch(e)
-        if (mismatch != null) {
-            return mismatch
-        }
-        if (e instanceof MethodCallExpression) {
-            Expression checked = checkedAtRunTime((MethodCallExpression) e.transformExpression(this))
+        if (e instanceof BinaryExpression && !(e instanceof DeclarationExpression)) {
+            Expression checked = assignment((BinaryExpression) e) ?: operator((BinaryExpression) e)
             if (checked != null) { return checked }
         }
-        if (e instanceof PropertyExpression && !(e.class.simpleName in ['AttributeExpression'])) {
-            PropertyExpression prop = (PropertyExpression) e
-            if (prop.objectExpression instanceof ClassExpression) {
-                return rejected("staticField ${prop.objectExpression.type.name} ${prop.propertyAsString}", e)
-            }
-            if (prop.propertyAsString in BLACKLISTED_PROPERTIES) {
-                return rejected("method ${prop.objectExpression.type.name} get${prop.propertyAsString.capitalize()}", e)
-            }
+        if (e instanceof PostfixExpression) {
+            PostfixExpression p = (PostfixExpression) e
+            Expression checked = stepped(e, p.expression, p.operation, false)
+            if (checked != null) { return checked }
+        }
+        if (e instanceof PrefixExpression) {
+            PrefixExpression p = (PrefixExpression) e
+            Expression checked = stepped(e, p.expression, p.operation, true)
+            if (checked != null) { return checked }
+        }
+        if (e instanceof UnaryMinusExpression) {
+            return runtime('unary', [transform(((UnaryMinusExpression) e).expression), constant('negative')], e)
+        }
+        if (e instanceof UnaryPlusExpression) {
+            return runtime('unary', [transform(((UnaryPlusExpression) e).expression), constant('positive')], e)
+        }
+        if (e instanceof BitwiseNegationExpression) {
+            return runtime('unary', [transform(((BitwiseNegationExpression) e).expression), constant('bitwiseNegate')], e)
+        }
+        if (e instanceof PropertyExpression) {
+            Expression checked = propertyRead((PropertyExpression) e)
+            if (checked != null) { return checked }
         }
         return e.transformExpression(this)
     }
@@ -508,22 +664,62 @@ class CpsRules {
 }
 
 /**
- * The script-security sandbox at run time (SandboxInterceptor.onMethodCall: every call on a value is
- * checked, by the method Groovy would pick for the receiver's actual class, against the whitelists). A
- * Java method is permitted when `method T NAME PARAMS` is listed for its class or a supertype T that
- * declares it; a GDK method when `staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods (or
- * StringGroovyMethods) NAME SELF PARAMS` is. WHITELIST is the part of script-security's generic-whitelist
- * (src/main/resources/org/jenkinsci/plugins/scriptsecurity/sandbox/whitelists/generic-whitelist, checked at
- * commit a5f0130aa482d488cd9820b09de7dcd69cfce0c7: every line below is in it verbatim) that the
- * Jenkinsfiles and the harness's own tests use; anything else is refused as the sandbox refuses it without
- * approval ("Scripts not permitted to use ..."). The harness's stand-ins are checked as what they stand for:
- * `params` is a java.util.Map, `currentBuild` and `build`'s results are RunWrapper (its @Whitelisted
- * getters; getRawBuild is not), `env` is EnvActionImpl (read and written through properties). Property
- * reads and writes, subscripts and operators are not checked here.
+ * The script-security sandbox at run time. Pipeline code runs sandboxed: groovy-cps' SandboxInvoker hands
+ * every call, property read and write, subscript and operator of a script to groovy-sandbox's Checker
+ * (checkedCall, checkedGetProperty, checkedSetProperty, checkedGetArray, checkedSetArray; an operator is
+ * the call of its method: Builder.plus -> `lhs.plus(rhs)`, Checker.checkedBinaryOp; `x++` calls next()),
+ * and the Checker asks script-security's SandboxInterceptor (onMethodCall, onStaticCall, onGetProperty,
+ * onSetProperty, onGetAttribute, onSetAttribute, onGetArray, onSetArray), which looks the target up as
+ * GroovyCallSiteSelector does and permits it only if the whitelist lists it. Modelled here (sources:
+ * script-security SandboxInterceptor and GroovyCallSiteSelector, groovy-sandbox Checker and
+ * SandboxTransformer, groovy-cps Builder and SandboxInvoker, workflow-cps CpsWhitelist):
+ *
+ * - a call: the Java method GroovyCallSiteSelector.method picks (the receiver's types, supertypes first;
+ *   in each the most specific declared method the arguments fit; a GString's String methods last) is
+ *   permitted iff `method DECLARING NAME PARAMS` is listed (`staticMethod` for a static one). With none, a
+ *   Number's arithmetic (plus, minus, multiply, div, compareTo, or, and, xor, intdiv, mod, leftShift,
+ *   rightShift, rightShiftUnsigned) is permitted, else the GDK method each of DefaultGroovyMethods,
+ *   StringGroovyMethods... selects for (receiver, args...): permitted if one is listed, else the first is
+ *   refused; a Map's Closure element is called through its `call`. A static call on a class: the static
+ *   method staticMethod selects, or "No such static method found".
+ * - a property read `x.p` (Checker.checkedGetProperty, onGetProperty): null with `?.` is null; on a
+ *   Collection (but for Closure's built-in property names) it is read on every element; on a Map it is
+ *   `get(p)`; else the first that exists of getP(), a boolean isP(), the GDK getP(x)/isP(x), the field p,
+ *   a getProperty(String) that is not Groovy's generated one, decides (permitted if listed, else refused
+ *   as that method or `field`); with none "No such field found: field CLASS p". A write (onSetProperty)
+ *   likewise: a Map's `put`, setP (the only one-argument setP, else the one the value fits),
+ *   setProperty(String, Object), the field.
+ * - a subscript `x[i]` (onGetArray): an array with an int index is permitted; else x's own getAt(i), else
+ *   the GDK getAt(x, i) of the first GDK class that has one, decides; with none "No such getAt method
+ *   found". `x[i] = v` likewise with putAt. Compound assignments (`+=`...) are a read, the operator and a
+ *   write, each checked (Checker.checkedSetProperty/checkedSetArray with an op other than ASSIGN).
+ * - comparisons, `in`, `=~` and `==~` become static calls of ScriptBytecodeAdapter (compareEqual, isCase,
+ *   findRegex, matchRegex...) in CPS code, all on the whitelist: permitted; in @NonCPS code (groovy-sandbox
+ *   SandboxTransformer) `a in b` is `b.isCase(a)`, checked. Unary minus/plus and `~` go through
+ *   Checker.checkedUnaryMinus/checkedUnaryPlus/checkedBitwiseNegate (a plain number is negated, else
+ *   negative()/positive()/bitwiseNegate() is checked).
+ * - a null receiver is not checked (groovy-sandbox InvokerChain skips the interceptors for null).
+ *
+ * WHITELIST is the part of script-security's generic-whitelist (src/main/resources/org/jenkinsci/plugins/
+ * scriptsecurity/sandbox/whitelists/generic-whitelist, checked at commit
+ * a5f0130aa482d488cd9820b09de7dcd69cfce0c7: every line below is in it verbatim) that the Jenkinsfiles and
+ * the harness's own tests use; anything else is refused as the sandbox refuses it without approval
+ * ("Scripts not permitted to use ..."). The harness's stand-ins are checked as what they stand for: `params`
+ * is an unmodifiable java.util.Map (workflow-cps ParamsVariable), `currentBuild` and `build`'s results are
+ * RunWrapper (its @Whitelisted methods; getRawBuild is not, and is blacklisted), `env` is EnvActionImpl
+ * (CpsWhitelist permits its getProperty/setProperty, i.e. `env.X` reads and writes; `env['X']` is the GDK
+ * getAt(Object, String), blacklisted by SECURITY-538, and so is putAt). Not modelled: casts
+ * (Checker.checkedCast: the Jenkinsfiles cast only to String, primitives and the interfaces their values
+ * already implement, which it never checks), closures' own property resolution through owner/delegate.
  */
 class SandboxRuntime {
     static final Set<String> WHITELIST = ([
+        'method groovy.lang.Closure call java.lang.Object',
+        'method groovy.lang.Closure call java.lang.Object[]',
+        'method groovy.lang.GString plus java.lang.String',
         'method java.lang.CharSequence length',
+        'method java.lang.Comparable compareTo java.lang.Object',
+        'method java.lang.Iterable iterator',
         'method java.lang.Object equals java.lang.Object',
         'method java.lang.Object toString',
         'method java.lang.String contains java.lang.CharSequence',
@@ -539,12 +735,14 @@ class SandboxRuntime {
         'method java.lang.String toLowerCase',
         'method java.lang.String toUpperCase',
         'method java.lang.String trim',
+        'method java.util.Collection add java.lang.Object',
         'method java.util.Collection isEmpty',
         'method java.util.Collection size',
+        'method java.util.Iterator hasNext',
+        'method java.util.Iterator next',
         'method java.util.List add int java.lang.Object',
         'method java.util.List get int',
         'method java.util.List subList int int',
-        'method java.util.Collection add java.lang.Object',
         'method java.util.Map containsKey java.lang.Object',
         'method java.util.Map get java.lang.Object',
         'method java.util.Map keySet',
@@ -553,11 +751,11 @@ class SandboxRuntime {
         'method java.util.regex.MatchResult group int',
         'method java.util.regex.Matcher find',
         'method java.util.regex.Matcher matches',
-        'method java.lang.Iterable iterator',
-        'method java.util.Iterator hasNext',
-        'method java.util.Iterator next',
-        'method groovy.lang.Closure call java.lang.Object[]',
-        'method groovy.lang.Closure call java.lang.Object',
+        'staticMethod groovy.json.JsonOutput prettyPrint java.lang.String',
+        'staticMethod groovy.json.JsonOutput toJson java.lang.Boolean',
+        'staticMethod groovy.json.JsonOutput toJson java.lang.Number',
+        'staticMethod groovy.json.JsonOutput toJson java.lang.String',
+        'staticMethod groovy.json.JsonOutput toJson java.util.Map',
         'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods collect java.util.Collection groovy.lang.Closure',
         'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods each java.lang.Iterable groovy.lang.Closure',
         'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods each java.lang.Object groovy.lang.Closure',
@@ -566,111 +764,415 @@ class SandboxRuntime {
         'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods findAll java.lang.Object[] groovy.lang.Closure',
         'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods findAll java.util.Collection groovy.lang.Closure',
         'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods findAll java.util.List groovy.lang.Closure',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods getAt java.util.List int',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods getAt java.util.Map java.lang.Object',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods getAt java.util.regex.Matcher int',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods isCase java.util.Collection java.lang.Object',
         'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods join java.lang.Iterable java.lang.String',
         'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods join java.util.Collection java.lang.String',
         'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods leftShift java.util.Collection java.lang.Object',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods leftShift java.util.List java.lang.Object',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods next java.lang.Number',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods plus java.lang.String java.lang.Object',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods putAt java.util.List int java.lang.Object',
+        'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods putAt java.util.Map java.lang.Object java.lang.Object',
         'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods sort java.lang.Iterable groovy.lang.Closure',
         'staticMethod org.codehaus.groovy.runtime.DefaultGroovyMethods sort java.util.Collection groovy.lang.Closure',
-        'staticMethod org.codehaus.groovy.runtime.StringGroovyMethods readLines java.lang.String',
         'staticMethod org.codehaus.groovy.runtime.StringGroovyMethods readLines java.lang.CharSequence',
+        'staticMethod org.codehaus.groovy.runtime.StringGroovyMethods readLines java.lang.String',
     ] as Set).asImmutable()
 
+    // SandboxInterceptor.DGM_CLASSES, in its order
+    static final List<Class> DGM_CLASSES = ['DefaultGroovyMethods', 'StringGroovyMethods', 'SwingGroovyMethods',
+        'SqlGroovyMethods', 'XmlGroovyMethods', 'EncodingGroovyMethods', 'DateGroovyMethods', 'ProcessGroovyMethods']
+        .collect { String n -> try { Class.forName("org.codehaus.groovy.runtime.${n}") } catch (ClassNotFoundException ignored) { null } }
+        .findAll { it != null }.asImmutable()
+    // SandboxInterceptor.NUMBER_MATH_NAMES: a Number's synthetic arithmetic (Integer.plus(Integer)...)
+    static final Set<String> NUMBER_MATH = (['plus', 'minus', 'multiply', 'div', 'compareTo', 'or', 'and', 'xor',
+        'intdiv', 'mod', 'leftShift', 'rightShift', 'rightShiftUnsigned'] as Set).asImmutable()
+    // groovy-sandbox ClosureSupport.BUILTIN_PROPERTIES
+    static final Set<String> CLOSURE_PROPERTIES = (['delegate', 'owner', 'maximumNumberOfParameters', 'parameterTypes',
+        'metaClass', 'class', 'directive', 'resolveStrategy', 'thisObject'] as Set).asImmutable()
+    static final String RUN_WRAPPER = 'org.jenkinsci.plugins.workflow.support.steps.build.RunWrapper'
+    static final String ENV_ACTION = 'org.jenkinsci.plugins.workflow.cps.EnvActionImpl'
+
+    // --- the entry points SandboxTransformer puts in the script -------------------------------------------
     static Object call(Object receiver, String name, boolean safe, List args) {
         if (receiver == null && safe) { return null }
-        if (receiver != null) { check(receiver, name, args) }
-        return InvokerHelper.invokeMethod(receiver, name, args as Object[])
+        Object[] given = args as Object[]
+        if (receiver != null) { checkCall(receiver, name, given) }
+        return InvokerHelper.invokeMethod(receiver, name, given)
     }
 
-    static void check(Object receiver, String name, List args) {
-        if (receiver instanceof RunWrapper || receiver instanceof EnvProxy) { return }  // @Whitelisted / properties
-        // As script-security's GroovyCallSiteSelector: a public Java method of the receiver's class first,
-        // and only when there is none the GDK method Groovy picks.
-        // (a GString's own methods, then String's: GString.invokeMethod hands unknown methods to toString())
-        Class type = receiver instanceof ParamsProxy ? LinkedHashMap : receiver.getClass()  // `params` is a Map
-        java.lang.reflect.Method java = javaMethod(type, name, args)
-        if (java == null && receiver instanceof GString) {
-            type = String
-            java = javaMethod(type, name, args)
+    static Object spreadCall(Object receiver, String name, List args) {
+        if (receiver == null) { return null }
+        List results = []
+        InvokerHelper.asIterator(receiver).each { Object item -> if (item != null) { results << call(item, name, false, args) } }
+        return results
+    }
+
+    static Object staticCall(Class type, String name, List args) {
+        Object[] given = args as Object[]
+        checkStatic(type, name, given)
+        return InvokerHelper.invokeStaticMethod(type, name, given)
+    }
+
+    static Object getProperty(Object receiver, String name, boolean safe, boolean spread) {
+        if (receiver == null) { return safe ? null : InvokerHelper.getProperty(null, name) }
+        if (spread || (receiver instanceof Collection && !(name in CLOSURE_PROPERTIES))) {
+            List values = []
+            InvokerHelper.asIterator(receiver).each { Object item -> if (item != null) { values << getProperty(item, name, true, false) } }
+            return values
         }
-        if (java != null) {
-            List params = java.parameterTypes.collect { Class c -> typeName(c) }
-            List<Class> owners = [type] + ClassUtils.allSupertypes(type)
-            boolean listed = owners.any { Class t ->
-                declares(t, name, java.parameterTypes) && "method ${t.name} ${name}${suffix(params)}".toString() in WHITELIST
-            }
-            if (!listed) {
-                throw new RejectedAccessException("method ${java.declaringClass.name} ${name}${suffix(params)}")
-            }
+        if (receiver instanceof Map) {
+            checkCall(receiver, 'get', [name] as Object[])
+            return ((Map) receiver).get(name)
+        }
+        checkGetProperty(receiver, name)
+        return InvokerHelper.getProperty(receiver, name)
+    }
+
+    static Object setProperty(Object receiver, String name, Object value, boolean safe, boolean spread) {
+        if (receiver == null && safe) { return value }
+        if (spread) {
+            InvokerHelper.asIterator(receiver).each { Object item -> if (item != null) { setProperty(item, name, value, true, false) } }
+            return value
+        }
+        if (receiver instanceof Map) {
+            checkCall(receiver, 'put', [name, value] as Object[])
+            ((Map) receiver).put(name, value)
+            return value
+        }
+        if (receiver != null) { checkSetProperty(receiver, name, value) }
+        InvokerHelper.setProperty(receiver, name, value)
+        return value
+    }
+
+    static Object compoundProperty(Object receiver, String name, String operator, Object value, boolean safe) {
+        return setProperty(receiver, name, binaryOp(getProperty(receiver, name, safe, false), operator, value), safe, false)
+    }
+
+    static Object getAttribute(Object receiver, String name, boolean safe) {
+        if (receiver == null) { return safe ? null : InvokerHelper.getAttribute(null, name) }
+        checkField(receiver, name)
+        return InvokerHelper.getAttribute(receiver, name)
+    }
+
+    static Object setAttribute(Object receiver, String name, Object value, boolean safe) {
+        if (receiver == null && safe) { return value }
+        if (receiver != null) { checkField(receiver, name) }
+        InvokerHelper.setAttribute(receiver, name, value)
+        return value
+    }
+
+    static Object getAt(Object receiver, Object index) {
+        if (receiver != null) { checkSubscript(receiver, 'getAt', [index] as Object[]) }
+        return InvokerHelper.invokeMethod(receiver, 'getAt', [index] as Object[])
+    }
+
+    static Object putAt(Object receiver, Object index, Object value) {
+        if (receiver != null) { checkSubscript(receiver, 'putAt', [index, value] as Object[]) }
+        InvokerHelper.invokeMethod(receiver, 'putAt', [index, value] as Object[])
+        return value
+    }
+
+    static Object compoundAt(Object receiver, Object index, String operator, Object value) {
+        return putAt(receiver, index, binaryOp(getAt(receiver, index), operator, value))
+    }
+
+    /** `lhs OP rhs` is `lhs.METHOD(rhs)` (Checker.checkedBinaryOp). */
+    static Object binaryOp(Object lhs, String method, Object rhs) {
+        if (lhs != null) { checkCall(lhs, method, [rhs] as Object[]) }
+        return InvokerHelper.invokeMethod(lhs, method, [rhs] as Object[])
+    }
+
+    /** @NonCPS `a in b` (groovy-sandbox SandboxTransformer): `b.isCase(a)`, checked. */
+    static boolean isCase(Object item, Object container) {
+        if (container != null) { checkCall(container, 'isCase', [item] as Object[]) }
+        return DefaultTypeTransformation.castToBoolean(InvokerHelper.invokeMethod(container, 'isCase', [item] as Object[]))
+    }
+
+    /** `x++`/`--x` on a local: the new value is x.next()/previous() (groovy-cps ExcrementOperatorBlock),
+     * checked; `result` is what the expression gave (the increment is already done). */
+    static Object stepped(Object before, String method, Object result) {
+        if (before != null) { checkCall(before, method, [] as Object[]) }
+        return result
+    }
+
+    static Object steppedProperty(Object receiver, String name, String method, boolean prefix, boolean safe) {
+        Object before = getProperty(receiver, name, safe, false)
+        Object after = call(before, method, false, [])
+        setProperty(receiver, name, after, safe, false)
+        return prefix ? after : before
+    }
+
+    static Object steppedAt(Object receiver, Object index, String method, boolean prefix) {
+        Object before = getAt(receiver, index)
+        Object after = call(before, method, false, [])
+        putAt(receiver, index, after)
+        return prefix ? after : before
+    }
+
+    // Checker.checkedUnaryMinus/checkedUnaryPlus/checkedBitwiseNegate
+    static Object unary(Object value, String operator) {
+        if (value instanceof Integer || value instanceof Long || value instanceof Double || value instanceof Float ||
+                value instanceof Short || value instanceof Byte) {
+            return operator == 'negative' ? InvokerHelper.unaryMinus(value) :
+                operator == 'positive' ? InvokerHelper.unaryPlus(value) : InvokerHelper.bitwiseNegate(value)
+        }
+        if (value instanceof ArrayList) { return value.collect { Object item -> unary(item, operator) } }
+        if (operator == 'bitwiseNegate' && value instanceof CharSequence) {
+            return staticCall(org.codehaus.groovy.runtime.StringGroovyMethods, 'bitwiseNegate', [value.toString()])
+        }
+        String method = (value instanceof BigInteger || value instanceof BigDecimal) && operator == 'negative' ? 'negate' :
+            (value instanceof BigInteger && operator == 'bitwiseNegate' ? 'not' : operator)
+        return call(value, method, false, [])
+    }
+
+    // --- the checks (SandboxInterceptor) ------------------------------------------------------------------
+    static String className(Class c) { return c.array ? className(c.componentType) + '[]' : c.name }
+
+    static String argTypes(Object[] args) {
+        return args.collect { Object a -> ' ' + (a == null ? 'null' : className(a.getClass())) }.join('')
+    }
+
+    static String signature(java.lang.reflect.Method m) {
+        String kind = java.lang.reflect.Modifier.isStatic(m.modifiers) ? 'staticMethod' : 'method'
+        return "${kind} ${className(m.declaringClass)} ${m.name}" + m.parameterTypes.collect { ' ' + className(it) }.join('')
+    }
+
+    static String signature(java.lang.reflect.Field f) {
+        String kind = java.lang.reflect.Modifier.isStatic(f.modifiers) ? 'staticField' : 'field'
+        return "${kind} ${className(f.declaringClass)} ${f.name}"
+    }
+
+    static boolean permits(Object member) { return signature(member).toString() in WHITELIST }
+
+    static RejectedAccessException reject(Object member) { return new RejectedAccessException(signature(member).toString()) }
+
+    /** The stand-ins: true when permitted, false when the stand-in has no say, or a refusal thrown. */
+    static boolean standIn(Object receiver, String method, Object[] args) {
+        if (receiver instanceof RunWrapper) {
+            if (method == 'getRawBuild') { throw new RejectedAccessException("method ${RUN_WRAPPER} getRawBuild") }
+            return RunWrapper.WHITELISTED.contains(method)
+        }
+        if (receiver instanceof EnvProxy) {
+            if (method in ['getProperty', 'setProperty']) { return true }  // CpsWhitelist
+            if (method in ['toString', 'equals', 'hashCode']) { return false }
+            throw new RejectedAccessException("method ${ENV_ACTION} ${method}${argTypes(args)}")
+        }
+        return false
+    }
+
+    static void checkCall(Object receiver, String name, Object[] args) {
+        if (receiver instanceof Class) { checkStatic((Class) receiver, name, args); return }
+        if (standIn(receiver, name, args)) { return }
+        java.lang.reflect.Method m = CallSiteSelector.method(receiver, name, args)
+        if (m != null) {
+            if (!permits(m)) { throw reject(m) }
             return
         }
-        // GDK methods as SandboxInterceptor.onMethodCall looks them up: in each DGM class the most specific
-        // static method taking (receiver, args...); permitted if one of them is listed, else the first refused
-        List selfArgs = [receiver] + args
-        String refused = null
-        for (Class gdk : [org.codehaus.groovy.runtime.DefaultGroovyMethods, org.codehaus.groovy.runtime.StringGroovyMethods]) {
-            java.lang.reflect.Method found = mostSpecific(gdk.methods.findAll { java.lang.reflect.Method m ->
-                java.lang.reflect.Modifier.isStatic(m.modifiers) && m.name == name &&
-                    m.parameterTypes.length == selfArgs.size() &&
-                    (0..<selfArgs.size()).every { int i -> compatible(m.parameterTypes[i], selfArgs[i]) } })
-            if (found == null) { continue }
-            String signature = "staticMethod ${gdk.name} ${name}${suffix(found.parameterTypes.collect { typeName(it) })}"
-            if (signature in WHITELIST) { return }
-            refused = refused ?: signature
+        if (receiver instanceof Number && name in NUMBER_MATH) { return }
+        Object[] selfArgs = ([receiver] + (args as List)) as Object[]
+        java.lang.reflect.Method first = null
+        for (Class dgm : DGM_CLASSES) {
+            java.lang.reflect.Method found = CallSiteSelector.staticMethod(dgm, name, selfArgs)
+            if (found != null) {
+                if (permits(found)) { return }
+                first = first ?: found
+            }
         }
-        if (refused != null) {
-            throw new RejectedAccessException(refused)
+        if (first != null) { throw reject(first) }
+        if (receiver instanceof Map && ((Map) receiver).get(name) instanceof Closure) {
+            checkCall(((Map) receiver).get(name), 'call', args)
         }
+        // else no such method: Groovy's MissingMethodException when it is called
     }
 
-    static java.lang.reflect.Method mostSpecific(List<java.lang.reflect.Method> candidates) {
-        return candidates.find { java.lang.reflect.Method c -> candidates.every { java.lang.reflect.Method o ->
-            (0..<c.parameterTypes.length).every { int i -> boxed(o.parameterTypes[i]).isAssignableFrom(boxed(c.parameterTypes[i])) }
-        } } ?: (candidates ? candidates[0] : null)
+    static void checkStatic(Class type, String name, Object[] args) {
+        java.lang.reflect.Method m = CallSiteSelector.staticMethod(type, name, args)
+        if (m == null) {
+            throw RejectedAccessException.raw("No such static method found: staticMethod ${className(type)} ${name}${argTypes(args)}")
+        }
+        if (!permits(m)) { throw reject(m) }
     }
 
-    static Class boxed(Class c) { return c.primitive ? ClassHelper.getWrapper(ClassHelper.make(c)).typeClass : c }
-
-    static java.lang.reflect.Method javaMethod(Class type, String name, List args) {
-        return type.methods.find { java.lang.reflect.Method m ->
-            m.name == name && m.parameterTypes.length == args.size() &&
-                (0..<args.size()).every { int i -> compatible(m.parameterTypes[i], args[i]) } }
+    static void checkGetProperty(Object receiver, String name) {
+        if (receiver instanceof EnvProxy) { return }  // EnvActionImpl.getProperty (CpsWhitelist)
+        if (receiver instanceof RunWrapper) { standIn(receiver, 'get' + MetaClassHelper.capitalize(name), [] as Object[]); return }
+        if (name == 'length' && receiver.getClass().array) { return }
+        Object[] none = [] as Object[]
+        List candidates = []
+        String getter = 'get' + MetaClassHelper.capitalize(name)
+        String isGetter = 'is' + MetaClassHelper.capitalize(name)
+        candidates << CallSiteSelector.method(receiver, getter, none)
+        java.lang.reflect.Method is = CallSiteSelector.method(receiver, isGetter, none)
+        candidates << (is?.returnType == boolean ? is : null)
+        Object[] self = [receiver] as Object[]
+        for (Class dgm : DGM_CLASSES) {
+            candidates << CallSiteSelector.staticMethod(dgm, getter, self)
+            java.lang.reflect.Method dgmIs = CallSiteSelector.staticMethod(dgm, isGetter, self)
+            candidates << (dgmIs?.returnType == boolean ? dgmIs : null)
+        }
+        candidates << CallSiteSelector.field(receiver, name)
+        candidates << generatedOrNull(receiver, CallSiteSelector.method(receiver, 'getProperty', [name] as Object[]))
+        decide(receiver, name, candidates.findAll { it != null })
     }
 
-    static String typeName(Class c) { return c.array ? typeName(c.componentType) + '[]' : c.name }
-
-    static boolean compatible(Class param, Object arg) {
-        if (arg == null) { return !param.primitive }
-        Class type = boxed(param)
-        return type.isInstance(arg) || (param == String && arg instanceof GString) ||
-            (Number.isAssignableFrom(type) && arg instanceof Number)
+    static void checkSetProperty(Object receiver, String name, Object value) {
+        if (receiver instanceof EnvProxy) { return }  // EnvActionImpl.setProperty (CpsWhitelist)
+        if (receiver instanceof RunWrapper) { standIn(receiver, 'set' + MetaClassHelper.capitalize(name), [value] as Object[]); return }
+        String setter = 'set' + MetaClassHelper.capitalize(name)
+        List<java.lang.reflect.Method> setters = CallSiteSelector.methods(receiver, setter) { java.lang.reflect.Method m -> m.parameterCount == 1 }
+        List candidates = [setters.size() == 1 ? setters[0] : CallSiteSelector.method(receiver, setter, [value] as Object[])]
+        candidates << generatedOrNull(receiver, CallSiteSelector.method(receiver, 'setProperty', [name, value] as Object[]))
+        candidates << CallSiteSelector.field(receiver, name)
+        decide(receiver, name, candidates.findAll { it != null })
     }
 
-    static String suffix(List params) { return params ? ' ' + params.join(' ') : '' }
+    /** The first candidate that is permitted lets it through; else the first found is refused. */
+    static void decide(Object receiver, String name, List candidates) {
+        if (candidates.any { permits(it) }) { return }
+        if (candidates) { throw reject(candidates[0]) }
+        throw new MissingPropertyException("No such field found: field ${className(receiver.getClass())} ${name}")
+    }
 
-    static boolean declares(Class type, String name, Class[] params) {
+    // SandboxInterceptor.isSyntheticMethod: Groovy's generated getProperty/setProperty do not count
+    static java.lang.reflect.Method generatedOrNull(Object receiver, java.lang.reflect.Method m) {
+        if (m == null) { return null }
         try {
-            type.getMethod(name, params)
-            return type.methods.any { java.lang.reflect.Method m -> m.name == name && m.parameterTypes == params &&
-                                                                   m.declaringClass.isAssignableFrom(type) &&
-                                                                   (m.declaringClass == type || type.isInterface() ||
-                                                                    type.declaredMethods.any { it.name == name && it.parameterTypes == params }) }
+            return receiver.getClass().getDeclaredMethod(m.name, m.parameterTypes).synthetic ? null : m
         } catch (NoSuchMethodException ignored) {
-            return false
+            return m
         }
+    }
+
+    static void checkField(Object receiver, String name) {
+        java.lang.reflect.Field f = CallSiteSelector.field(receiver, name)
+        if (f == null) { throw new MissingPropertyException("No such field found: field ${className(receiver.getClass())} ${name}") }
+        if (!permits(f)) { throw reject(f) }
+    }
+
+    static void checkSubscript(Object receiver, String method, Object[] args) {
+        if (receiver.getClass().array && args[0] instanceof Integer) { return }
+        java.lang.reflect.Method own = CallSiteSelector.method(receiver, method, args)
+        if (own != null) {
+            if (!permits(own)) { throw reject(own) }
+            return
+        }
+        Object[] selfArgs = ([receiver] + (args as List)) as Object[]
+        for (Class dgm : DGM_CLASSES) {
+            java.lang.reflect.Method found = CallSiteSelector.staticMethod(dgm, method, selfArgs)
+            if (found != null) {
+                if (!permits(found)) { throw reject(found) }
+                return
+            }
+        }
+        String what = method == 'getAt' ? "method ${className(receiver.getClass())}[${argTypes(args).trim()}]" :
+            "putAt method ${className(receiver.getClass())}[${argTypes([args[0]] as Object[]).trim()}]=${argTypes([args[1]] as Object[]).trim()}"
+        throw RejectedAccessException.raw("No such ${method} method found: ${what}")
     }
 }
 
-class ClassUtils {
-    static List<Class> allSupertypes(Class c) {
-        List<Class> found = []
-        Closure walk
-        walk = { Class k ->
-            if (k == null) { return }
-            k.interfaces.each { Class i -> if (!(i in found)) { found << i; walk(i) } }
-            if (k.superclass != null && !(k.superclass in found)) { found << k.superclass; walk(k.superclass) }
-        }
-        walk(c)
+/** script-security's GroovyCallSiteSelector: which method, field or static method a call would reach, as the
+ * sandbox looks it up (the most general type that declares a fitting method, supertypes first). */
+class CallSiteSelector {
+    static Set<Class> types(Class c) {
+        Set<Class> found = new LinkedHashSet<Class>()
+        visit(found, c)
         return found
+    }
+
+    private static void visit(Set<Class> found, Class c) {
+        if (c.superclass != null) { visit(found, c.superclass) }
+        c.interfaces.each { Class i -> visit(found, i) }
+        found << c  // supertypes first
+    }
+
+    static Class wrap(Class c) { return c.primitive ? ClassHelper.getWrapper(ClassHelper.make(c)).typeClass : c }
+
+    static boolean fits(Class param, Object arg) {
+        if (arg == null) { return !param.primitive }
+        if (param.isInstance(arg)) { return true }
+        Class wrapped = wrap(param)
+        if (param.primitive && (wrapped.isInstance(arg) || (wrapped == Long && arg instanceof Integer) ||
+                (wrapped == Integer && arg instanceof Long && arg >= Integer.MIN_VALUE && arg <= Integer.MAX_VALUE))) {
+            return true
+        }
+        return param == String && arg instanceof GString
+    }
+
+    static boolean varArgs(java.lang.reflect.Method m, Object[] args) {
+        if (m.varArgs) { return true }
+        Class[] params = m.parameterTypes
+        if (params.length < 2 || !params[-1].array || args.length <= params.length) { return false }
+        Class component = params[-1].componentType
+        return (params.length - 1..<args.length).every { int i -> args[i] == null || component.isAssignableFrom(args[i].getClass()) }
+    }
+
+    static boolean matches(Class[] params, Object[] args, boolean varargs) {
+        Object[] actual = args
+        if (varargs) {
+            int fixed = params.length - 1
+            int rest = args.length - fixed
+            if (rest >= 0 && !(rest == 1 && params[fixed].isInstance(args[fixed]))) {
+                Class component = wrap(params[fixed].componentType)
+                if (rest == 0 || component.isInstance(args[fixed]) || args[fixed] == null) {
+                    actual = (args.take(fixed) + [DefaultTypeTransformation.castToVargsArray(args, fixed, params[fixed])]) as Object[]
+                }
+            }
+        }
+        if (actual.length != params.length) { return false }
+        return (0..<params.length).every { int i -> fits(params[i], actual[i]) }
+    }
+
+    static boolean moreSpecific(java.lang.reflect.Method more, boolean moreVar, java.lang.reflect.Method less, boolean lessVar) {
+        if (lessVar && !moreVar) { return true }
+        if (!lessVar && moreVar) { return false }
+        for (int i = 0; i < more.parameterTypes.length; i++) {
+            Class m = wrap(more.parameterTypes[i])
+            Class l = wrap(less.parameterTypes[i])
+            if (m.isAssignableFrom(l)) { return false }
+            if (l.isAssignableFrom(m)) { return true }
+            if (m == Long && l == Integer) { return false }
+            if (m == Integer && l == Long) { return true }
+        }
+        return more.toString() > less.toString()  // incomparable: script-security picks by name too
+    }
+
+    static java.lang.reflect.Method findMatching(Class type, String name, Object[] args) {
+        java.lang.reflect.Method candidate = null
+        for (java.lang.reflect.Method m : type.declaredMethods) {
+            boolean var = varArgs(m, args)
+            if (m.name == name && m.parameterTypes.length <= args.length + 1 && matches(m.parameterTypes, args, var)) {
+                if (candidate == null || moreSpecific(m, var, candidate, varArgs(candidate, args))) { candidate = m }
+            }
+        }
+        return candidate
+    }
+
+    static java.lang.reflect.Method method(Object receiver, String name, Object[] args) {
+        for (Class c : types(receiver.getClass())) {
+            java.lang.reflect.Method found = findMatching(c, name, args)
+            if (found != null) { return found }
+        }
+        return receiver instanceof GString ? findMatching(String, name, args) : null  // cf. GString.invokeMethod
+    }
+
+    static List<java.lang.reflect.Method> methods(Object receiver, String name, Closure filter) {
+        List found = types(receiver.getClass()).collectMany { Class c ->
+            c.declaredMethods.findAll { java.lang.reflect.Method m -> m.name == name && filter(m) } as List }
+        return receiver instanceof GString ? found + String.declaredMethods.findAll { it.name == name && filter(it) } : found
+    }
+
+    static java.lang.reflect.Method staticMethod(Class type, String name, Object[] args) { return findMatching(type, name, args) }
+
+    static java.lang.reflect.Field field(Object receiver, String name) {
+        for (Class c : types(receiver.getClass())) {
+            java.lang.reflect.Field f = c.declaredFields.find { it.name == name }
+            if (f != null) { return f }
+        }
+        return null
     }
 }
 
@@ -690,6 +1192,12 @@ class Results {
 
 /** The sandbox-whitelisted view of a build (workflow-support RunWrapper). */
 class RunWrapper implements Serializable {
+    // RunWrapper's @Whitelisted methods (getRawBuild is not); the stand-in implements those the files use
+    static final Set<String> WHITELISTED = (['setResult', 'setDescription', 'setDisplayName', 'setKeepLog', 'getNumber',
+        'getBuildCauses', 'getResult', 'getCurrentResult', 'resultIsBetterOrEqualTo', 'resultIsWorseOrEqualTo',
+        'getTimeInMillis', 'getStartTimeInMillis', 'getDuration', 'getDurationString', 'getDescription',
+        'getDisplayName', 'getFullDisplayName', 'isKeepLog', 'getProjectName', 'getFullProjectName', 'getPreviousBuild',
+        'getNextBuild', 'getId', 'getBuildVariables', 'getUpstreamBuilds', 'getAbsoluteUrl', 'getChangeSets'] as Set).asImmutable()
     protected final Map run
     RunWrapper(Map run) { this.run = run }
     Map getBuildVariables() {
@@ -747,22 +1255,7 @@ class EnvProxy implements Serializable {
     Object getProperty(String name) { return b.environment().get(name) }
     // workflow-cps EnvActionImpl.setProperty: env.put(name, String.valueOf(value)), so `env.X = null` is "null"
     void setProperty(String name, Object value) { b.overrides[name] = String.valueOf(value) }
-    String getAt(String name) { return b.environment().get(name) }
-    void putAt(String name, Object value) { setProperty(name, value) }
-}
-
-class ParamsProxy implements Serializable {
-    final Map values
-    ParamsProxy(Map values) { this.values = Collections.unmodifiableMap(values) }
-    Object getProperty(String name) { return values.get(name) }
-    void setProperty(String name, Object value) {
-        throw new UnsupportedOperationException('params are read-only')
-    }
-    Object getAt(String name) { return values.get(name) }
-    // `params` is a Map (workflow-cps ParamsVariable): whitelisted Map methods work on it
-    boolean containsKey(Object name) { return values.containsKey(name) }
-    Object get(Object name) { return values.get(name) }
-    Set keySet() { return values.keySet() }
+    // (no getAt/putAt: EnvActionImpl has none, `env['X']` is the GDK getAt(Object, String), refused by the sandbox)
 }
 
 class StageModel {
@@ -935,7 +1428,7 @@ class Build {
     boolean skipRest = false
     String cwd = ''
     EnvProxy envProxy
-    ParamsProxy paramsProxy
+    Map paramsProxy  // `params`: an unmodifiable Map (workflow-cps ParamsVariable)
     CurrentBuild currentBuild
     Script script
 
@@ -1425,7 +1918,7 @@ class Harness {
             }
         }
         b.envProxy = new EnvProxy(b)
-        b.paramsProxy = new ParamsProxy(b.params)
+        b.paramsProxy = Collections.unmodifiableMap(b.params)
         b.currentBuild = new CurrentBuild(b)
         if (scenario.abort) {
             b.interruptResult = 'ABORTED'

@@ -140,7 +140,7 @@ def _delete_ami(aws: Aws, region: str, role: RoleSpec, image: dict[str, Any], wh
         if image.get("Platform") == "windows":
             disable_fast_launch(aws, region, image_id, pace.clock, pace.poll, pace.log)
         disable_restores(aws, region, role.restore_zones(region), snaps)
-        gone = deregister_with_snapshots(aws, region, image, pace.sleep)
+        gone = deregister_with_snapshots(aws, region, image, clock=pace.clock, poll=pace.poll)
         pace.log(f"prune {role.name}: {region} deregistered {image_id} ({image.get('Name')}), "
                  f"snapshots {', '.join(gone) or 'none'}")
         return f"snapshots deleted: {', '.join(gone) or 'none'}"

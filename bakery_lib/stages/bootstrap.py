@@ -22,8 +22,8 @@ any order: EC2 is eventually consistent, so a ``stopped`` state may be visible b
 set just before the shutdown — a stopped instance gets ``TAG_GRACE`` seconds for its tag to show.
 Reads ``instance_id``; writes its stage record and ``sbom_uri``.
 Calls: DescribeInstances (one per poll, batched), GetConsoleOutput (on failure, and once a minute for
-the heartbeat line), S3 GetObject (the log tail, on failure); on success S3 GetObject + PutObject and
-DescribeImages (+ GetObject of the previous SBOM) for the SBOM.
+the heartbeat line), S3 GetObject (the log tail, on failure); on success S3 GetObject + PutObject
+(+ GetObject of the previous AMI's SBOM, which preflight's listing of the role's AMIs names) for the SBOM.
 Cleanup: none of its own.
 """
 

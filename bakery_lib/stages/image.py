@@ -147,7 +147,7 @@ def cleanup(ctx: Teardown, report: CleanupReport) -> None:
         state.snapshot_ids = sorted(set(snapshot_ids(image)) | set(state.snapshot_ids))
 
         def dereg() -> str:
-            deregister_image(ctx.aws, region, image_id)
+            deregister_image(ctx.aws, region, image_id, clock=ctx.clock, poll=ctx.poll_interval, log=ctx.log)
             state.image_state = "deregistered"
             report.save(ctx)
             return f"deregistered {image.get('State')} image {image_id}"

@@ -183,8 +183,9 @@ class Aws:
         self.images = Batcher(self._fetch_images, min_gap=POLL_MIN_GAP)
         # Bake instances in flight, by role (preflight's and launch's checks for another bake).
         self.bakes_in_flight = Batcher(self._fetch_bakes_in_flight, linger=0.05)
-        # Available bakery AMIs, by bake key (preflight's look-up for a reusable AMI).
-        self.amis_by_bake_key = Batcher(self._fetch_amis_by_bake_key, linger=0.05)
+        # The available AMIs of each role, by role (preflight's look-up: a reusable AMI, and what the
+        # SBOM's diff and publish's deprecation of superseded AMIs need, see stages.preflight).
+        self.amis_by_role = Batcher(self._fetch_amis_by_role, linger=0.05)
 
     def add_hook(self, event: str, handler: Callable[..., Any]) -> None:
         """Register a botocore event handler on every client (existing and future): fault injection."""
@@ -374,15 +375,12 @@ class Aws:
         ])
         return _group_by_tag(found, "bakery:role")
 
-    def _fetch_amis_by_bake_key(self, region: str, keys: list[str]) -> dict[str, Any]:
+    def _fetch_amis_by_role(self, region: str, roles: list[str]) -> dict[str, Any]:
         found = self.describe_images(region, Owners=["self"], Filters=[
-            {"Name": "tag:bakery:bake-key", "Values": keys},
-            {"Name": "tag:bakery:imds-support", "Values": ["v2.0"]},  # wait-image finished it
-            # boot-test passed it (or the role opted out: preflight takes that only for such a role)
-            {"Name": "tag:bakery:boot-test", "Values": ["passed", "disabled"]},
+            {"Name": "tag:bakery:role", "Values": roles},
             {"Name": "state", "Values": ["available"]},
         ])
-        return _group_by_tag(found, "bakery:bake-key")
+        return _group_by_tag(found, "bakery:role")
 
     def console_tail(self, region: str, instance_id: str, lines: int = 40) -> str:
         """The last lines of the instance's console output ('' when there is none yet)."""
@@ -466,7 +464,7 @@ def _hint(code: str, action: str = "") -> str:
 class Batcher:
     """Coalesces the Describe calls of many concurrent bakes into one call per region.
 
-    Each bake asks for its own key (an instance id, an image id, a role, a bake key); the first to
+    Each bake asks for its own key (an instance id, an image id, a role); the first to
     find the cached answer too old fetches the answers for every key asked for recently in one call
     (``fetch(region, keys) -> {key: answer}``, filtered by key, so a vanished id does not fail the
     whole call), the others use that answer. With N bakes polling every P seconds this makes about

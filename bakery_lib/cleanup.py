@@ -12,7 +12,9 @@ Each stage's ``cleanup(ctx, report)`` removes what that stage created, from the 
 ``bakery:bake-id`` tag, so what a killed run created but never recorded is found too):
 
     publish   unfinished copies in other regions (and their snapshots)
+    boot-test its instance, and the AMI whose boot test did not pass
     image     an image wait-image did not finish, and the bake's snapshots (a finished AMI is kept)
+    bootstrap the bake's S3 records, once its AMI was removed and none of its AMIs stays (``records``)
     launch    the bake instance, then the Chef client and node it registered (kept with --keep-on-failure)
 
 The other stages create nothing a bake owns (security group and IAM role belong to the role); a new
@@ -92,6 +94,10 @@ class TagContext:
     log_fn: Callable[[str], None] = _no_log
     clock: Clock = field(default_factory=Clock)
     state_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # The bucket of the bake's S3 records (the catalogue's, for the role; None when the role is not in it),
+    # and the AMIs reap leaves in place, which may point at them (``bakery_lib.records``).
+    records_bucket: str | None = None
+    kept_images: tuple[dict[str, Any], ...] = ()
 
     @property
     def role_name(self) -> str:

@@ -41,8 +41,7 @@ class RolePlan:
 
 def _why_bake(ctx: Context, found: preflight.Inspection) -> str:
     role = ctx.role
-    images = ctx.aws.describe_images(role.region, Owners=["self"], Filters=[
-        {"Name": "tag:bakery:role", "Values": [role.name]}, {"Name": "state", "Values": ["available"]}])
+    images = found.role_images  # the role's available AMIs, as preflight's reuse look-up listed them
     base = found.base_image["ImageId"]
     if ctx.force:
         return f"--force: rebake from {base}"

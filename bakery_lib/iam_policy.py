@@ -74,6 +74,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "RunLists": ("s3:PutObject", "s3:GetObject"),
     "RunListBuckets": ("s3:ListBucket",),
     "BakeRecords": ("s3:GetObject", "s3:PutObject"),
+    "DeleteBakeRecords": ("s3:DeleteObject",),
     "LatestParameters": ("ssm:PutParameter", "ssm:GetParameter",
                          "ssm:GetParameterHistory"),  # summary --from-aws: what each release published
     "EncryptWithCatalogueKeys": ("kms:DescribeKey", "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom",
@@ -233,7 +234,10 @@ def bakery_policy(catalog: Catalog) -> dict[str, Any]:
     statements.append(_statement("RunLists", [f"arn:{part}:s3:::{b}/runlists/*" for b in buckets]))
     # Bake records (bakery_lib.inventory): the instances' inventories and log tails, the bakery's SBOMs.
     statements.append(_statement("BakeRecords", [f"arn:{part}:s3:::{b}/bakes/*" for b in buckets]))
-    # `bakery validate` checks the bucket exists (HeadBucket needs s3:ListBucket on it).
+    # ... which go with their bake's AMI (prune, cleanup, reap: bakery_lib.records); nothing else is deleted.
+    statements.append(_statement("DeleteBakeRecords", [f"arn:{part}:s3:::{b}/bakes/*" for b in buckets]))
+    # `bakery validate` checks the bucket exists (HeadBucket needs s3:ListBucket on it); the records of a
+    # bake are listed (ListObjectsV2, prefix bakes/ROLE/BAKE_ID/) before they are deleted.
     statements.append(_statement("RunListBuckets", [f"arn:{part}:s3:::{b}" for b in buckets]))
     statements.append(_statement("LatestParameters", sorted(
         f"arn:{part}:ssm:{r}:{account}:parameter/bakery/*" for r in regions)))

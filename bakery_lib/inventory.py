@@ -20,8 +20,9 @@ then finds the role's previous AMI by its ``bakery:sbom`` tag and writes the pac
 ``artifacts/ROLE.packages.json`` that the release summary shows. None of it fails the bake: a missing or
 unreadable inventory is a warning in the stage's message (and so in its JUnit report), and the AMI then
 has no ``bakery:sbom`` tag.
-Calls: S3 GetObject (inventory), S3 PutObject (SBOM), EC2 DescribeImages (the previous AMI), S3 GetObject
-(its SBOM, when there is one).
+Calls: S3 GetObject (inventory), S3 PutObject (SBOM), S3 GetObject (the previous AMI's SBOM, when there is
+one). The previous AMI comes from preflight's listing of the role's AMIs (``state.role_amis``, the
+listing its reuse look-up makes anyway); only a record without that listing costs a DescribeImages here.
 """
 
 from __future__ import annotations
@@ -290,13 +291,21 @@ _MISSING = ("NoSuchKey", "404", "NotFound")
 
 
 def previous_image(ctx: Context) -> dict[str, Any] | None:
-    """The role's newest other AMI with an SBOM (``bakery:sbom`` tag), in the build region."""
+    """The role's newest other AMI with an SBOM (``bakery:sbom`` tag), in the build region: from preflight's
+    listing of the role's AMIs (``state.role_amis``), or, for a record without it, DescribeImages."""
     state = ctx.require_state()
-    images = ctx.aws.describe_images(ctx.region, Owners=["self"], Filters=[
-        {"Name": "tag:bakery:role", "Values": [ctx.role.name]}, {"Name": "tag-key", "Values": [SBOM_TAG]}])
-    images = [i for i in images if i.get("State") == "available"
-              and {t["Key"]: t["Value"] for t in i.get("Tags") or []}.get("bakery:bake-id") != state.bake_id]
+    if state.role_amis is not None:
+        images = list(state.role_amis)
+    else:
+        images = ctx.aws.describe_images(ctx.region, Owners=["self"], Filters=[
+            {"Name": "tag:bakery:role", "Values": [ctx.role.name]}, {"Name": "tag-key", "Values": [SBOM_TAG]}])
+    images = [i for i in images if i.get("State") == "available" and _tags(i).get(SBOM_TAG)
+              and _tags(i).get("bakery:bake-id") != state.bake_id]
     return max(images, key=lambda i: str(i.get("CreationDate") or ""), default=None)
+
+
+def _tags(image: Mapping[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in image.get("Tags") or []}
 
 
 def _diff_against_previous(ctx: Context, diff: PackageDiff, packages: Sequence[Package]) -> None:

@@ -69,13 +69,19 @@ def terminate_instance(aws: Aws, region: str, instance_id: str, *, clock: Clock 
     return True
 
 
-def deregister_image(aws: Aws, region: str, image_id: str, *, clock: Clock | None = None,
-                     poll: float = 2.0) -> bool:
+def _quiet(_message: str) -> None:
+    pass
+
+
+def deregister_image(aws: Aws, region: str, image_id: str, *, clock: Clock, poll: float,
+                     log: Callable[[str], None] = _quiet) -> bool:
     """True when deregistered, False when it was already gone.
 
     An AMI under deregistration protection is never lifted here (only prune does, once nothing points
     at it): ``Skipped``, which the removal executor reports as kept with the reason. An AMI whose
-    Windows Fast Launch is still on gets it disabled (and waited out) first, then deregistered."""
+    Windows Fast Launch is still on gets it disabled first, then deregistered; the wait for EC2 to
+    remove its pre-provisioned snapshots polls every ``poll`` seconds (the caller's poll interval) on
+    ``clock`` (the caller's: an abort ends it)."""
     for first in (True, False):
         try:
             aws.call("ec2", region, "DeregisterImage", ImageId=image_id)
@@ -86,7 +92,7 @@ def deregister_image(aws: Aws, region: str, image_id: str, *, clock: Clock | Non
                 raise Skipped(f"{image_id} is under deregistration protection: something may point at it "
                               f"(`bakery prune --role ROLE` lifts it once nothing does)") from None
             if first and exc.code == "IncorrectState" and "fast launch" in str(exc).lower():
-                disable_fast_launch(aws, region, image_id, clock or Clock(), poll, lambda _m: None)
+                disable_fast_launch(aws, region, image_id, clock, poll, log)
                 continue
             raise
         return True
@@ -115,13 +121,14 @@ def delete_snapshots(aws: Aws, region: str, snapshots: Iterable[str], sleep: Sle
     return [s for s in snapshots if delete_snapshot(aws, region, s, sleep, max_delay=max_delay)]
 
 
-def deregister_with_snapshots(aws: Aws, region: str, image: dict[str, Any], sleep: Sleep, *,
+def deregister_with_snapshots(aws: Aws, region: str, image: dict[str, Any], *, clock: Clock, poll: float,
                               extra_snapshots: Iterable[str] = (), max_delay: float | None = None) -> list[str]:
     """Deregister ``image`` (a DescribeImages entry), then delete its snapshots (and ``extra_snapshots``,
-    e.g. ones a state recorded). Returns the snapshots deleted."""
+    e.g. ones a state recorded); every pause on ``clock``, polls every ``poll`` seconds. Returns the
+    snapshots deleted."""
     snaps = sorted(set(snapshot_ids(image)) | set(extra_snapshots))
-    deregister_image(aws, region, image["ImageId"])
-    return delete_snapshots(aws, region, snaps, sleep, max_delay=max_delay)
+    deregister_image(aws, region, image["ImageId"], clock=clock, poll=poll)
+    return delete_snapshots(aws, region, snaps, clock.sleep, max_delay=max_delay)
 
 
 def delete_chef_identity(chef: ChefClient, name: str) -> str:

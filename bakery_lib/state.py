@@ -55,6 +55,10 @@ class BakeState:
     base_ami: str | None = None
     base_root_device: str | None = None  # kept from preflight: launch needs no second DescribeImages
     bake_key: str | None = None
+    # preflight's listing of the role's AMIs in the build region, trimmed to what the SBOM's package diff
+    # and publish's deprecation of superseded AMIs read (stages.preflight.recorded_role_amis); None: not
+    # listed (a record opened otherwise), and those two list the AMIs themselves.
+    role_amis: list[dict[str, Any]] | None = None
     chef_node: str | None = None
     security_group_id: str | None = None
     security_group_created: bool = False

@@ -8,8 +8,13 @@ AWS's 24-hour cooldown: nobody deregisters the AMI a fleet launches from by acci
 protection (prune, once nothing points at the AMI) leaves a day to notice. After ``latest`` was
 written in a region: the role's other available AMIs there that are not deprecated yet are
 deprecated at once (still launchable by id for a rollback, no longer offered as current).
-Calls per region: EC2 EnableImageDeprecation, EnableImageDeregistrationProtection, DescribeImages
-(the role's AMIs), EnableImageDeprecation per superseded AMI (usually one: the previous ``latest``).
+Which AMIs those are, in the build region, preflight's listing of the role's AMIs says (kept in the
+state as ``role_amis``): a bake lists them once. An AMI of the role registered after that listing could
+only be another bake's, which preflight refuses while one is in flight; should one slip through, the
+next publish deprecates it, as after any refused call here.
+Calls per region: EC2 EnableImageDeprecation, EnableImageDeregistrationProtection, EnableImageDeprecation
+per superseded AMI (usually one: the previous ``latest``), and in a copy region DescribeImages (the role's
+AMIs there).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..aws import tags_of
 from ..errors import AwsError
+from ..resources import IMAGE_GONE
 
 if TYPE_CHECKING:
     from ..stages.base import Context
@@ -55,17 +61,29 @@ def guard_new(ctx: Context, amis: dict[str, str], now: Now = utcnow) -> str:
 
 
 def superseded(images: Iterable[dict[str, Any]], role: str, keep: str, at: datetime) -> list[dict[str, Any]]:
-    """The role's available AMIs other than ``keep`` that are not deprecated by ``at``."""
+    """The role's available bakery AMIs other than ``keep`` that are not deprecated by ``at``."""
     out = []
     for image in images:
         if image["ImageId"] == keep or image.get("State") != "available":
             continue
-        if tags_of(image).get("bakery:role") != role:
+        tags = tags_of(image)
+        if tags.get("bakery:role") != role or tags.get("bakery:created-by") != "bakery":
             continue
         deprecation = parse_aws_time(image.get("DeprecationTime"))
         if deprecation is None or deprecation > at:
             out.append(image)
     return out
+
+
+def role_images(ctx: Context, region: str) -> list[dict[str, Any]]:
+    """The role's AMIs in ``region``: in the build region preflight's listing (``state.role_amis``: the
+    listing its reuse look-up made, kept for this), elsewhere (or for a record without it) DescribeImages."""
+    state = ctx.require_state()
+    if region == ctx.region and state.role_amis is not None:
+        return list(state.role_amis)
+    return ctx.aws.describe_images(region, Owners=["self"], Filters=[
+        {"Name": "tag:bakery:role", "Values": [ctx.role.name]},
+        {"Name": "tag:bakery:created-by", "Values": ["bakery"]}])
 
 
 def supersede(ctx: Context, amis: dict[str, str], regions: Iterable[str], now: Now = utcnow) -> str | None:
@@ -74,12 +92,14 @@ def supersede(ctx: Context, amis: dict[str, str], regions: Iterable[str], now: N
     done: list[str] = []
     for region in sorted(regions):
         try:
-            images = ctx.aws.describe_images(region, Owners=["self"], Filters=[
-                {"Name": "tag:bakery:role", "Values": [ctx.role.name]},
-                {"Name": "tag:bakery:created-by", "Values": ["bakery"]}])
-            for image in superseded(images, ctx.role.name, amis[region], at):
-                ctx.aws.call("ec2", region, "EnableImageDeprecation", ImageId=image["ImageId"],
-                             DeprecateAt=aws_time(at))
+            for image in superseded(role_images(ctx, region), ctx.role.name, amis[region], at):
+                try:
+                    ctx.aws.call("ec2", region, "EnableImageDeprecation", ImageId=image["ImageId"],
+                                 DeprecateAt=aws_time(at))
+                except AwsError as exc:
+                    if exc.code in IMAGE_GONE:
+                        continue  # deregistered since it was listed: nothing left to deprecate
+                    raise
                 done.append(f"{region} {image['ImageId']}")
         except AwsError as exc:
             # The new AMI is published and protected; what is left undeprecated here, the next

@@ -29,7 +29,7 @@ from ..catalog import REGION_RE, Catalog, check_role_name, load_catalog, schema_
 from ..cleanup import cleanup
 from ..clock import Clock
 from ..dryrun import plan_lines, plan_many
-from ..errors import BakeryError, UsageError, WorkspaceWriteError
+from ..errors import BakeryError, CatalogError, UsageError, WorkspaceWriteError
 from ..fsutil import atomic_write_text
 from ..iam_policy import bakery_policy, instance_policy
 from ..launcher import launch_instance, wait_launched
@@ -469,6 +469,7 @@ def _reap(rt: _Runtime, *, regions: list[str] | None, older_than: float, bake_id
             raise UsageError(f"--region {region!r} is not an AWS region name")
     if bake_id is not None and not BAKE_ID_RE.match(bake_id):
         raise UsageError(f"--bake-id {bake_id!r} is not a bake id (YYYYMMDDHHMMSS-xxxxxx, from the bakery:bake-id tag)")
+    buckets = _record_buckets(rt, regions_given=bool(regions))
     regions = regions or sorted({r for ro in rt.catalog().roles.values() for r in ro.regions})
     ws = rt.ws()
     states = [s for r in ws.roles_with_state() if (s := ws.load(r)) is not None]
@@ -483,9 +484,21 @@ def _reap(rt: _Runtime, *, regions: list[str] | None, older_than: float, bake_id
             chef_error = str(exc)
     report = reap(rt.aws(), regions, chef, older_than=older_than, workspace_states=states, now=time.time(),
                   dry_run=dry_run, log=default_log, chef_error=chef_error, bake_id=bake_id,
-                  poll_interval=rt.settings.poll_interval)
+                  poll_interval=rt.settings.poll_interval, buckets=buckets)
     print(report.text())
     return report.exit_code
+
+
+def _record_buckets(rt: _Runtime, *, regions_given: bool) -> dict[str, str]:
+    """Role -> the bucket of its bake records, from the catalogue. ``reap --region`` runs without one: then
+    a reaped bake's records are kept, saying why (their bucket is unknown)."""
+    try:
+        catalog = rt.catalog()
+    except CatalogError:
+        if regions_given:
+            return {}
+        raise
+    return {name: role.runlist_bucket for name, role in catalog.roles.items()}
 
 
 def cmd_reap(rt: _Runtime) -> int:

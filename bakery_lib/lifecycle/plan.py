@@ -56,6 +56,9 @@ class ReapPlan:
     teardowns: tuple[Teardown, ...]
     chef_skipped: str | None = None  # why the Chef part does not run
     chef_failed: bool = False  # it was wanted but cannot run: exit 1
+    # The bakery images the teardowns leave in place (their tags may point at a torn-down bake's S3
+    # records, which then stay: bakery_lib.records).
+    staying: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass
@@ -80,8 +83,9 @@ def decide(run: ReapRun, survey: Survey, chef: ChefClient | None, chef_error: st
     records = [(_record(here), _why_abandoned(run, here)) for here in abandoned]
     if names is not None:
         records += _decide_chef(draft, survey, names, abandoned, records, kept_why, run.regions)
+    torn = {i["ImageId"] for here in abandoned for i in here.unfinished}
     return ReapPlan(tuple(draft.kept), tuple(Teardown(r, why) for r, why in records),
-                    draft.chef_skipped, draft.chef_failed)
+                    draft.chef_skipped, draft.chef_failed, tuple(i for i in survey.images if i["ImageId"] not in torn))
 
 
 def heartbeat_stopped(run: ReapRun, inst: dict[str, Any]) -> str | None:

@@ -15,6 +15,10 @@ for a Windows AMI whose Fast Launch is on; DisableFastSnapshotRestores on its sn
 prune may not lift is kept with the reason, not an error. An available AMI whose deprecation time is still ahead is kept (publish deprecates
 the AMIs a newer one supersedes); an AMI to delete that is protected from deregistration gets its
 protection lifted first and, with AWS's cooldown, stays until a later prune (``amis.protection``).
+Once every region is done: the S3 records (``bakes/ROLE/BAKE_ID/``: inventory, SBOM, log tails) of each
+bake whose AMIs were deleted go too, unless an AMI that stays (in any region of the role) is of the same
+bake or points at them by its ``bakery:sbom``/``bakery:bootstrap-log`` tag (``bakery_lib.records``: S3
+ListObjectsV2, DeleteObject per object; a dry run lists them and shows what it would delete).
 Decided first (Describe/Get calls only), then each deletion goes to the executor
 (``CleanupReport``), which carries it out or, in a dry run, only shows it.
 """
@@ -34,6 +38,7 @@ from ..aws import Aws, tags_of
 from ..catalog import RoleSpec
 from ..clock import Clock, Pace
 from ..errors import AwsError, BakeryError, UsageError
+from ..records import deletion, held_by, list_records, records_uri
 from ..resources import deregister_with_snapshots, snapshot_ids
 from ..stages.base import CleanupReport, Removal
 
@@ -87,6 +92,7 @@ class PruneReport:
     decisions: list[AmiDecision] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    records: list[str] = field(default_factory=list)  # the deleted AMIs' bake records in S3 (bakery_lib.records)
 
     @property
     def deleted(self) -> list[AmiDecision]:
@@ -101,7 +107,7 @@ class PruneReport:
         return 1 if self.errors else 0
 
     def lines(self) -> list[str]:
-        out = [d.line() for d in self.decisions]
+        out = [d.line() for d in self.decisions] + self.records
         verb = "would delete" if self.dry_run else "deleted"
         out.append(f"prune of role {self.role} (keep {self.keep}{', dry run' if self.dry_run else ''}): "
                    f"{len(self.deleted)} AMI(s) {verb}, {len(self.kept)} kept"
@@ -140,7 +146,7 @@ def _delete_ami(aws: Aws, region: str, role: RoleSpec, image: dict[str, Any], wh
         if image.get("Platform") == "windows":
             disable_fast_launch(aws, region, image_id, pace.clock, pace.poll, pace.log)
         disable_restores(aws, region, role.restore_zones(region), snaps)
-        gone = deregister_with_snapshots(aws, region, image, pace.sleep)
+        gone = deregister_with_snapshots(aws, region, image, clock=pace.clock, poll=pace.poll)
         pace.log(f"prune {role.name}: {region} deregistered {image_id} ({image.get('Name')}), "
                  f"snapshots {', '.join(gone) or 'none'}")
         return f"snapshots deleted: {', '.join(gone) or 'none'}"
@@ -264,6 +270,7 @@ def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _qui
         raise UsageError(f"--keep {keep}: at least 1 (the newest AMI of role {role.name} is never pruned)")
     report = PruneReport(role.name, keep, dry_run)
     executor, pace = CleanupReport(dry_run=dry_run), Pace(clock or Clock(), poll_interval, log)
+    listed: list[dict[str, Any]] = []  # every region's AMIs of the role, for what their records need
     for region in role.regions:
         try:
             images = aws.describe_images(region, Owners=["self"], Filters=[
@@ -289,6 +296,42 @@ def prune(aws: Aws, role: RoleSpec, keep: int, *, dry_run: bool, log: Log = _qui
                 if delete else _decision(region, image, "kept", why))
         # Report in the order the images were listed: newest first.
         report.decisions.extend(decisions[i["ImageId"]] for i in images if i["ImageId"] in decisions)
+        listed += images
         if any(d.action in ("deleted", "would delete") for d in decisions.values()):
             report.notes.append(retention_note(aws, region))
+    _remove_records(aws, role, listed, executor=executor, pace=pace, report=report)
     return report
+
+
+def _remove_records(aws: Aws, role: RoleSpec, listed: list[dict[str, Any]], *, executor: CleanupReport,
+                    pace: Pace, report: PruneReport) -> None:
+    """The S3 records of each bake whose AMIs this prune deleted, unless an AMI that stays points at them
+    (``bakery_lib.records``: one of the same bake in another region, or one whose tags name them)."""
+    gone_ids = {d.image_id for d in report.deleted}
+    staying = [i for i in listed if i["ImageId"] not in gone_ids]
+    bakes = dict.fromkeys(tags_of(i).get("bakery:bake-id", "") for i in listed if i["ImageId"] in gone_ids)
+    bucket = role.runlist_bucket
+    for bake_id in filter(None, bakes):
+        uri = records_uri(bucket, role.name, bake_id)
+        why = held_by(staying, bucket, role.name, bake_id)
+        if why is not None:
+            report.records.append(f"{uri}: kept: {why}")
+            continue
+        try:
+            keys = list_records(aws, role.region, bucket, role.name, bake_id)
+        except BakeryError as exc:
+            report.errors.append(f"cannot list the S3 records of bake {bake_id} ({exc}); remove them by hand: "
+                                 f"aws s3 rm --recursive {uri}")
+            continue
+        if not keys:
+            continue
+        d = deletion(aws, role.region, bucket, role.name, bake_id, keys)
+        errors_before = len(executor.errors)
+        executor.attempt(pace, Removal("records", d.resource, "", "delete", "deleted", d.manual, d.remove,
+                                       label=d.label))
+        outcome = executor.outcomes[-1]
+        if outcome.status == "failed":
+            report.errors.extend(executor.errors[errors_before:])
+        action = {"would": "would delete", "done": "deleted"}.get(outcome.status, "failed")
+        report.records.append(f"{d.resource}: {action}: the AMIs of bake {bake_id} "
+                              f"{'would be' if report.dry_run else 'were'} deleted")

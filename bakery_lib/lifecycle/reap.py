@@ -13,7 +13,7 @@ is abandoned), from any workspace.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..aws import Aws
@@ -47,13 +47,15 @@ def reap(
     clock: Clock | None = None,
     bake_id: str | None = None,
     poll_interval: float = 2.0,
+    buckets: Mapping[str, str] | None = None,
 ) -> ReapReport:
     """Remove what killed bakes left behind: what is looked at (``survey``), what goes and why (``plan``).
 
     ``chef`` None with ``chef_error`` (why the client could not be made) skips Chef and exits 1;
     ``chef`` None without it skips Chef on purpose (``--no-chef``). ``bake_id``: only that bake's
     resources, removed whatever their expiry (the operator says it is abandoned), from any workspace.
-    Pauses between a removal's tries sleep on ``clock`` (an abort ends them).
+    Pauses between a removal's tries sleep on ``clock`` (an abort ends them). ``buckets``: role -> the
+    bucket of its bake records (the catalogue's ``runlist_bucket``), which go with a bake's removed AMI.
     """
     report = ReapReport(dry_run)
     run = ReapRun(aws, report, max(0.0, float(older_than)), time.time() if now is None else now,
@@ -62,11 +64,11 @@ def reap(
                   bake_id, list(dict.fromkeys(regions)))
     found, aws_complete = look(run, workspace_states)
     plan = decide(run, found, chef, chef_error, aws_complete)
-    _act(run, plan, chef, Pace(clock or Clock(), poll_interval, log))
+    _act(run, plan, chef, Pace(clock or Clock(), poll_interval, log), buckets or {})
     return report
 
 
-def _act(run: ReapRun, plan: ReapPlan, chef: ChefClient | None, pacing: Pace) -> None:
+def _act(run: ReapRun, plan: ReapPlan, chef: ChefClient | None, pacing: Pace, buckets: Mapping[str, str]) -> None:
     """Carry out the plan (display-only in a dry run): the kept lines, then each teardown's removals."""
     report = run.report
     report.lines += plan.kept
@@ -74,14 +76,16 @@ def _act(run: ReapRun, plan: ReapPlan, chef: ChefClient | None, pacing: Pace) ->
     if report.chef_skipped:
         pacing.log(f"reap: Chef skipped: {report.chef_skipped}")
     for item in plan.teardowns:
-        _tear_down(run, item.record, item.reason, chef, pacing)
+        ctx = TagContext(aws=run.aws, state=item.record, chef_client=chef if item.record.chef_node else None,
+                         poll=pacing.poll, clock=pacing.clock, log_fn=pacing.log,
+                         records_bucket=buckets.get(item.record.role), kept_images=plan.staying)
+        _tear_down(run, ctx, item.reason, pacing)
 
 
-def _tear_down(run: ReapRun, record: BakeState, reason: str, chef: ChefClient | None, pacing: Pace) -> None:
+def _tear_down(run: ReapRun, ctx: TagContext, reason: str, pacing: Pace) -> None:
     """One abandoned bake through the stages' teardown loop; its removals become report lines."""
+    record = ctx.require_state()
     executor = CleanupReport(dry_run=run.report.dry_run)
-    ctx = TagContext(aws=run.aws, state=record, chef_client=chef if record.chef_node else None,
-                     poll=pacing.poll, clock=pacing.clock, log_fn=pacing.log)
     teardown(ctx, executor)
     ended = any(o.removal.kind == "instance" for o in executor.outcomes)
     was = "would be" if run.report.dry_run else "was"
@@ -92,6 +96,8 @@ def _tear_down(run: ReapRun, record: BakeState, reason: str, chef: ChefClient | 
             line_why = f"its {'bake ' if record.instance_id else ''}instance {was} terminated by this reap"
         elif removal.kind.startswith("chef-"):
             line_why = "no live instance is tagged bakery:chef-node with it"
+        elif removal.kind == "records":
+            line_why = f"the bake's AMI {was} deregistered by this reap, and none of its AMIs stays"
         action = {"done": removal.done, "would": f"would {removal.doing}", "skipped": "kept"}.get(
             outcome.status, "failed")
         run.report.add(removal.kind, removal.resource, removal.region, action,

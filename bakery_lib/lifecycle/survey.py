@@ -63,6 +63,7 @@ class Survey:
     finished: set[str] = field(default_factory=set)  # bakes with an available AMI in some region
     chef_tagged: list[tuple[str, str]] = field(default_factory=list)  # (instance id, node) of live instances
     unnamed: list[ReapLine] = field(default_factory=list)  # bakery images without a bake id: left alone
+    images: list[dict[str, Any]] = field(default_factory=list)  # every bakery image listed, any state
 
     def here(self, bake_id: str, region: str) -> BakeHere:
         return self.bakes.setdefault((bake_id, region), BakeHere(bake_id, region))
@@ -72,6 +73,7 @@ class Survey:
         self.finished |= other.finished
         self.chef_tagged += other.chef_tagged
         self.unnamed += other.unnamed
+        self.images += other.images
 
 
 
@@ -174,6 +176,7 @@ def _survey_images(aws: Aws, region: str, survey: Survey) -> None:
     """The bakery's images of the region: good AMIs apart from the leftovers (unfinished or untested)."""
     for image in aws.describe_images(region, Owners=["self"], Filters=[
             {"Name": "tag:bakery:created-by", "Values": ["bakery"]}]):
+        survey.images.append(image)
         state, image_bake = image.get("State"), tags_of(image).get("bakery:bake-id", "")
         if state == "available" and image_bake and _untested(image, survey.here(image_bake, region)):
             # Never published or reused (only a passed boot test does that): a leftover like a failed image.

@@ -137,6 +137,16 @@ class Context(RoleContext):
             with self.state_lock:
                 self.ws.save(self.state)
 
+    @property
+    def records_bucket(self) -> str | None:
+        """Where the bake's records are (``bakery_lib.records``): the role's bucket."""
+        return self.role.runlist_bucket
+
+    @property
+    def kept_images(self) -> tuple[dict[str, Any], ...]:
+        """AMIs that stay, for ``bakery_lib.records``: none known here beyond the state's own (its copies)."""
+        return ()
+
 
 class Paced(Protocol):
     """What the removal executor needs of its caller: a log, and a pause no longer than the poll interval."""
@@ -170,6 +180,14 @@ class Teardown(Paced, Protocol):
     def require_state(self) -> BakeState: ...
 
     def save(self) -> None: ...
+
+    @property
+    def records_bucket(self) -> str | None:
+        """The bucket of the bake's S3 records (``bakery_lib.records``); None when unknown."""
+
+    @property
+    def kept_images(self) -> tuple[dict[str, Any], ...]:
+        """AMIs (as DescribeImages lists them) that this teardown leaves in place, besides the state's."""
 
 
 # A removal AWS refuses is tried this many times (pauses of up to RETRY_PAUSES seconds, never longer

@@ -289,7 +289,8 @@ def _deregister_image(ctx: Teardown, report: CleanupReport, image_id: str) -> No
 
     def dereg() -> str:
         images = ctx.aws.describe_images(region, [image_id])
-        deleted = deregister_with_snapshots(ctx.aws, region, images[0], ctx.sleep, extra_snapshots=state.snapshot_ids,
+        deleted = deregister_with_snapshots(ctx.aws, region, images[0], clock=ctx.clock, poll=ctx.poll_interval,
+                                            extra_snapshots=state.snapshot_ids,
                                             max_delay=ctx.poll_interval) if images else []
         with ctx.state_lock:
             state.amis.pop(region, None)

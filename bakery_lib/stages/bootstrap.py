@@ -22,9 +22,11 @@ any order: EC2 is eventually consistent, so a ``stopped`` state may be visible b
 set just before the shutdown — a stopped instance gets ``TAG_GRACE`` seconds for its tag to show.
 Reads ``instance_id``; writes its stage record and ``sbom_uri``.
 Calls: DescribeInstances (one per poll, batched), GetConsoleOutput (on failure, and once a minute for
-the heartbeat line), S3 GetObject (the log tail, on failure); on success S3 GetObject + PutObject and
-DescribeImages (+ GetObject of the previous SBOM) for the SBOM.
-Cleanup: none of its own.
+the heartbeat line), S3 GetObject (the log tail, on failure); on success S3 GetObject + PutObject
+(+ GetObject of the previous AMI's SBOM, which preflight's listing of the role's AMIs names) for the SBOM.
+Cleanup: the bake's records in S3 (``bakes/ROLE/BAKE_ID/``: the inventory and log tail its instance
+uploaded, the SBOM this stage wrote), once the image and boot-test cleanups removed the bake's AMI and no
+AMI of the bake stays (:mod:`bakery_lib.records`); a bake that made no AMI keeps them.
 """
 
 from __future__ import annotations
@@ -36,9 +38,8 @@ from ..aws import tags_of
 from ..ec2.watch import TAG_GRACE, instance_status, wait_for_instance, with_console
 from ..errors import BakeryError, StageTimeout
 from ..inventory import BOOTSTRAP_LOG_TAG, fetch_log_tail, record_sbom
-from .base import Context, no_cleanup
-
-cleanup = no_cleanup  # see the module docstring
+from ..records import deletion, held_by, list_records, records_uri
+from .base import CleanupReport, Context, Removal, Teardown
 
 
 @dataclass
@@ -116,3 +117,37 @@ def run(ctx: Context) -> str:
     if sbom.startswith("WARNING:"):
         ctx.log(sbom)
     return f"{message}\n{sbom}"
+
+
+def _ami_removed(report: CleanupReport, image_id: str | None, image_state: str | None) -> bool:
+    """This teardown deregistered (or, in a dry run, would deregister) the bake's AMI, or an earlier one did."""
+    if any(o.removal.kind == "image" and o.status in ("done", "would") for o in report.outcomes):
+        return True
+    return image_state == "deregistered" and bool(image_id)
+
+
+def cleanup(ctx: Teardown, report: CleanupReport) -> None:
+    """The bake's S3 records, once its AMI is gone and no AMI of the bake stays (see the module docstring)."""
+    state = ctx.require_state()
+    if not _ami_removed(report, state.image_id, state.image_state) or state.amis or state.pending_copies:
+        return  # no AMI removed, or one of the bake stays (a copy): the records are still its
+    bucket = ctx.records_bucket
+    if bucket is None:
+        prefix = f"bakes/{state.role}/{state.bake_id}/"
+        report.skip(Removal("records", prefix, "", "delete", "deleted", "", lambda: ""),
+                    f"role {state.role} is not in the catalogue, so the bucket of its records is unknown "
+                    f"(`aws s3 rm --recursive s3://BUCKET/{prefix}`)")
+        return
+    uri = records_uri(bucket, state.role, state.bake_id)
+    why = held_by(ctx.kept_images, bucket, state.role, state.bake_id)
+    if why is not None:
+        report.skip(Removal("records", uri, "", "delete", "deleted", "", lambda: "", label=f"S3 records {uri}"), why)
+        return
+    try:
+        keys = list_records(ctx.aws, state.region, bucket, state.role, state.bake_id)
+    except BakeryError as exc:
+        report.errors.append(f"S3 records {uri}: not listed ({exc}). Remove them by hand: aws s3 rm --recursive {uri}")
+        return
+    if keys:
+        d = deletion(ctx.aws, state.region, bucket, state.role, state.bake_id, keys)
+        report.attempt(ctx, Removal("records", d.resource, "", "delete", "deleted", d.manual, d.remove, label=d.label))

@@ -153,7 +153,7 @@ def cleanup(ctx: Teardown, report: CleanupReport) -> None:
             # only their bake-id tag names them, and a tag can show late (EC2 eventual consistency),
             # so a cleanup killed here must leave them to the next one, not to a look-up by tag.
             report.save(ctx)
-            deregister_image(ctx.aws, region, image_id)
+            deregister_image(ctx.aws, region, image_id, clock=ctx.clock, poll=ctx.poll_interval, log=ctx.log)
             state.image_state = "deregistered"
             report.save(ctx)
             return f"deregistered {image.get('State')} image {image_id}"

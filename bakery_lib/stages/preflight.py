@@ -4,9 +4,13 @@ Reads: the catalogue, the workspace state (to refuse a second bake while one is 
 Calls: Chef (one signed request; run list cookbooks/roles exist), EC2 DescribeImages (resolve the
 base AMI; its platform and architecture must fit the role), DescribeInstanceTypeOfferings and
 DescribeInstanceTypes (the role's instance types are offered in its region), EC2 DescribeInstances (refuse if another bake of the role is in flight anywhere), EC2
-DescribeImages (an available AMI with the same bake key). In ``bakery bake`` the roles share these
-calls: the base AMI is resolved once per process, and the two look-ups are batched across roles.
-Writes: a new ``.bakery/ROLE.json`` with bake id, release, base AMI and bake key.
+DescribeImages (the role's available AMIs: one with the same bake key is reused). In ``bakery bake`` the
+roles share these calls: the base AMI is resolved once per process, and the two look-ups are batched
+across roles.
+The role's AMIs are listed once per bake, here: what the SBOM's package diff (the role's previous AMI
+with an SBOM) and publish (the AMIs its new one supersedes) need of them is kept in the state
+(``role_amis``), so neither lists them again (see :func:`recorded_role_amis`).
+Writes: a new ``.bakery/ROLE.json`` with bake id, release, base AMI, bake key and ``role_amis``.
 Cleanup: nothing to remove.
 """
 
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..amis.base_image import resolve_ssm_base
+from ..amis.retire import Now, parse_aws_time, utcnow
 from ..aws import tags_of
 from ..catalog import AmiFilter, RoleSpec
 from ..checks import check_instance_types, check_platform
@@ -156,11 +161,13 @@ def _refuse_in_flight(ctx: Context) -> None:
 
 @dataclass(frozen=True)
 class Inspection:
-    """What preflight found, before it writes anything: the base image, the bake key, a reusable AMI."""
+    """What preflight found, before it writes anything: the base image, the bake key, a reusable AMI,
+    and the role's available AMIs in its region (the listing the reuse look-up made)."""
 
     base_image: dict[str, Any]
     bake_key: str
     reusable: dict[str, Any] | None
+    role_images: list[dict[str, Any]]
 
 
 def refuse_open_bake(ctx: Context, release: str | None) -> str | None:
@@ -187,7 +194,8 @@ def inspect(ctx: Context) -> Inspection:
     _refuse_in_flight(ctx)
     check_sharing_keys(ctx)  # the accounts an AMI is shared with can use its keys (see bakery_lib.kms)
     key = bake_key(ctx.role, base_image["ImageId"], versions)
-    return Inspection(base_image, key, None if ctx.force else find_reusable(ctx, key))
+    images = role_images(ctx)
+    return Inspection(base_image, key, None if ctx.force else find_reusable(ctx, key, images), images)
 
 
 def run(ctx: Context, release: str | None) -> str:
@@ -213,6 +221,7 @@ def run(ctx: Context, release: str | None) -> str:
         bake_key=found.bake_key,
         chef_node=node_name(role.name, bake_id),
         base_root_device=found.base_image.get("RootDeviceName"),
+        role_amis=recorded_role_amis(found.role_images, bake_id),
     )
     state = ctx.state
     reused = found.reusable
@@ -233,17 +242,48 @@ def run(ctx: Context, release: str | None) -> str:
     return f"bake {bake_id} of release {release} from {base_ami} opened"
 
 
-def find_reusable(ctx: Context, key: str) -> dict | None:
-    """An available AMI of this role baked from exactly the same inputs, if there is one (and boot-tested)."""
-    batcher = ctx.aws.amis_by_bake_key
+def role_images(ctx: Context) -> list[dict[str, Any]]:
+    """The role's available AMIs in its region, asked afresh (batched with the other roles asking)."""
+    batcher = ctx.aws.amis_by_role
     try:
-        found = batcher.get(ctx.region, key, max_age=0, clock=ctx.clock) or []
+        found: list[dict[str, Any]] = batcher.get(ctx.region, ctx.role.name, max_age=0, clock=ctx.clock) or []
     finally:
-        batcher.forget(ctx.region, key)
-    # Only an AMI that passed its boot test, unless the role opts out of boot tests (then also an untested one).
-    tested = ("passed", "disabled") if not ctx.role.boot_test.enabled else ("passed",)
-    images = [i for i in found if tags_of(i).get("bakery:role") == ctx.role.name
-              and tags_of(i).get("bakery:boot-test") in tested]
-    if not images:
-        return None
-    return max(images, key=lambda i: (i.get("CreationDate") or "", i["ImageId"]))
+        batcher.forget(ctx.region, ctx.role.name)
+    return [i for i in found if tags_of(i).get("bakery:role") == ctx.role.name and i.get("State") == "available"]
+
+
+def reusable_among(images: list[dict[str, Any]], key: str, *, boot_tested: bool) -> dict[str, Any] | None:
+    """The newest AMI baked from exactly the inputs of ``key`` that wait-image finished (IMDSv2 required
+    on it) and that passed its boot test -- or, for a role without boot tests, also an untested one."""
+    tested = ("passed",) if boot_tested else ("passed", "disabled")
+    found = [i for i in images if tags_of(i).get("bakery:bake-key") == key
+             and tags_of(i).get("bakery:imds-support") == "v2.0" and tags_of(i).get("bakery:boot-test") in tested]
+    return max(found, key=lambda i: (i.get("CreationDate") or "", i["ImageId"]), default=None)
+
+
+def find_reusable(ctx: Context, key: str, images: list[dict[str, Any]] | None = None) -> dict | None:
+    """An available AMI of this role baked from exactly the same inputs, if there is one (and boot-tested)."""
+    return reusable_among(role_images(ctx) if images is None else images, key,
+                          boot_tested=ctx.role.boot_test.enabled)
+
+
+# What the SBOM step and publish read of a recorded AMI (``BakeState.role_amis``).
+RECORDED_TAGS = ("bakery:role", "bakery:created-by", "bakery:bake-id", "bakery:release", "bakery:sbom")
+
+
+def recorded_role_amis(images: list[dict[str, Any]], bake_id: str, now: Now = utcnow) -> list[dict[str, Any]]:
+    """The part of the role's AMI listing that later stages need, in DescribeImages' shape: each AMI not
+    deprecated yet (publish deprecates those its new AMI supersedes; one deprecated now is deprecated
+    then too) and the newest AMI with an SBOM (the package diff's previous AMI), with the tags they read."""
+    at = now()
+    sbom = [i for i in images if tags_of(i).get("bakery:sbom") and tags_of(i).get("bakery:bake-id") != bake_id]
+    newest_sbom = max(sbom, key=lambda i: str(i.get("CreationDate") or ""), default=None)
+    out = []
+    for image in images:
+        deprecation = parse_aws_time(image.get("DeprecationTime"))
+        if image is not newest_sbom and deprecation is not None and deprecation <= at:
+            continue
+        entry = {k: image[k] for k in ("ImageId", "State", "CreationDate", "DeprecationTime") if image.get(k)}
+        entry["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(tags_of(image).items()) if k in RECORDED_TAGS]
+        out.append(entry)
+    return sorted(out, key=lambda i: (str(i.get("CreationDate") or ""), i["ImageId"]))

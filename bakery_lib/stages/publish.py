@@ -21,6 +21,8 @@ Calls: EC2 CopyImage, DescribeImages, CreateTags, ModifyImageAttribute, ModifySn
 CreateLaunchTemplateVersion, ModifyLaunchTemplate (in every region, from ``$Default``); SSM
 DescribeParameters, PutParameter, GetParameter (the value read back); S3 PutObject; for a reused AMI
 whose catalogue tags changed, CreateTags/DeleteTags on its copies (see ``retag_image``).
+EnableImageDeprecation and EnableImageDeregistrationProtection (``amis.retire``; the AMIs the new one
+supersedes in the build region are those preflight listed, ``state.role_amis``: no DescribeImages for them).
 EnableFastLaunch, DescribeFastLaunchImages and EnableFastSnapshotRestores when the catalogue asks.
 Cleanup: copies that publish did not finish (pending, or available but IMDSv2 not yet required on them)
 are deregistered and their snapshots deleted; Fast Launch and fast snapshot restore that this publish
@@ -423,7 +425,7 @@ def cleanup(ctx: Teardown, report: CleanupReport) -> None:
         def dereg_copy(copy_region: str = copy_region, copy_id: str = copy_id) -> str:
             images = ctx.aws.describe_images(copy_region, [copy_id])
             if images:
-                deregister_image(ctx.aws, copy_region, copy_id)
+                deregister_image(ctx.aws, copy_region, copy_id, clock=ctx.clock, poll=ctx.poll_interval, log=ctx.log)
                 delete_snapshots(ctx.aws, copy_region, snapshot_ids(images[0]), ctx.sleep, max_delay=ctx.poll_interval)
             with ctx.state_lock:
                 state.pending_copies.pop(copy_region, None)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+import uuid
 
 import boto3
 
 from bakery_lib.aws import Aws
+from bakery_lib.stages.preflight import reusable_among
 from devstack.moto import seed_base_image
 
 
@@ -68,22 +70,28 @@ def test_vanished_id_does_not_fail_the_batch(moto_server):
 
 def test_reuse_look_up_wants_an_image_wait_image_finished(moto_server):
     """An available AMI with the bake key is reused only once wait-image required IMDSv2 on it
-    (the ``bakery:imds-support`` tag it sets in the same call as the snapshot tags)."""
+    (the ``bakery:imds-support`` tag it sets in the same call as the snapshot tags); preflight's
+    look-up lists the role's AMIs, and the bake key is matched among them."""
     ec2 = moto_server.client("ec2")
     base = seed_base_image(ec2, name="batching-base-1")
     inst = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    key = "f" * 32
+    key, role = "f" * 32, f"reuse-{uuid.uuid4().hex[:8]}"
     image = ec2.create_image(InstanceId=inst, Name="batching-reuse-1", TagSpecifications=[{
-        "ResourceType": "image", "Tags": [{"Key": "bakery:role", "Value": "r"}, {"Key": "bakery:bake-key", "Value": key}]}],
+        "ResourceType": "image", "Tags": [{"Key": "bakery:role", "Value": role},
+                                          {"Key": "bakery:bake-key", "Value": key}]}],
     )["ImageId"]
     aws = Aws(endpoint_url=moto_server.url,
               session=boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing"))
-    assert aws.amis_by_bake_key.get("us-east-1", key) is None
+
+    def reusable() -> dict | None:
+        return reusable_among(aws.amis_by_role.get("us-east-1", role, max_age=0) or [], key, boot_tested=True)
+    assert [i["ImageId"] for i in aws.amis_by_role.get("us-east-1", role)] == [image]
+    assert reusable() is None
     ec2.create_tags(Resources=[image], Tags=[{"Key": "bakery:imds-support", "Value": "v2.0"}])
     # ... and once it passed its boot test (boot-test tags it; an untested image is never reused).
-    assert aws.amis_by_bake_key.get("us-east-1", key, max_age=0) is None
+    assert reusable() is None
     ec2.create_tags(Resources=[image], Tags=[{"Key": "bakery:boot-test", "Value": "passed"}])
-    found = aws.amis_by_bake_key.get("us-east-1", key, max_age=0)
-    assert [i["ImageId"] for i in found] == [image]
+    assert reusable()["ImageId"] == image
+    assert reusable_among(aws.amis_by_role.get("us-east-1", role, max_age=0), "e" * 32, boot_tested=True) is None
     ec2.deregister_image(ImageId=image)
     ec2.terminate_instances(InstanceIds=[inst])

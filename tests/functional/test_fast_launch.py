@@ -19,6 +19,7 @@ from support.bakes import FaultTable
 from support.proxy import FaultProxy, Rule
 from support.stages import make_ctx, new_aws, open_bake, unique_role
 
+from bakery_lib.clock import Clock
 from bakery_lib.errors import BakeryError
 from bakery_lib.lifecycle import prune
 from bakery_lib.lifecycle.reap import reap
@@ -306,20 +307,36 @@ def test_reap_skips_a_protected_ami_with_the_reason(moto, request):
                    "the protected AMI, on purpose")
 
 
+class PausesClock(Clock):
+    """A clock that records each pause and returns at once (time is not this test's subject)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses: list[float] = []
+
+    def pause(self, seconds: float) -> bool:
+        self.pauses.append(seconds)
+        return False
+
+
 def test_reap_turns_fast_launch_off_before_it_deregisters_a_leftover(moto, request):
     """A Windows leftover (its boot test failed) whose Fast Launch is on: reap's image cleanup disables
-    it, waits until EC2 removed it, then deregisters (EC2 refuses the other order)."""
+    it, waits until EC2 removed it, then deregisters (EC2 refuses the other order). The wait polls at the
+    configured interval, on the clock reap was given (not every 2 s on a clock of its own)."""
     role = unique_role(request)
     image = _ami(moto, role, 1)
     ec2 = moto.client("ec2")
     ec2.create_tags(Resources=[image], Tags=[{"Key": "bakery:boot-test", "Value": "failed"}])
     ec2.enable_fast_launch(ImageId=image, MaxParallelLaunches=6)
+    clock = PausesClock()
     report = reap(new_aws(moto), ["us-east-1"], None, bake_id=f"20260101000001-{role[:6]}", dry_run=False,
-                  poll_interval=0.05)
+                  poll_interval=0.3, clock=clock)
     assert report.errors == [], report.text()
     assert not ec2.describe_images(ImageIds=[image])["Images"] or \
         ec2.describe_images(ImageIds=[image])["Images"][0]["State"] == "deregistered"
     assert _fast_launch(moto, image) == []
+    # The layer reports `disabling` to one DescribeFastLaunchImages: one pause of the poll interval.
+    assert clock.pauses == [0.3], clock.pauses
 
 
 def test_a_publish_rerun_waits_on_the_fast_launch_under_way(moto, tmp_path, request):

@@ -43,7 +43,8 @@ class BakeCall:
 BAKE_CALLS: tuple[BakeCall, ...] = (
     BakeCall("preflight", "DescribeImages", why="resolve the base AMI"),
     BakeCall("preflight", "DescribeInstances", why="refuse when a bake of the role is in flight"),
-    BakeCall("preflight", "DescribeImages", 2, why="look for an AMI with the same bake key"),
+    BakeCall("preflight", "DescribeImages", 2, why="the role's AMIs: one with the same bake key is reused; the "
+             "SBOM's previous AMI and the AMIs publish supersedes are kept from it"),
     BakeCall("preflight", "DescribeInstanceTypeOfferings", why="is the instance type offered in the region?"),
     BakeCall("preflight", "DescribeInstanceTypes", why="does the type run the base AMI's architecture?"),
     BakeCall("security-groups", "DescribeVpcs"),
@@ -62,8 +63,6 @@ BAKE_CALLS: tuple[BakeCall, ...] = (
              best_effort=True, best_effort_says="no SBOM for this AMI"),
     BakeCall("bootstrap", "PutObject", service="s3", why="the SBOM, next to the inventory",
              best_effort=True, best_effort_says="the AMI gets no bakery:sbom tag"),
-    BakeCall("bootstrap", "DescribeImages", why="the role's previous AMI with an SBOM, for the package diff",
-             best_effort=True, best_effort_says="no package diff"),
     BakeCall("stop", "StopInstances"),
     BakeCall("stop", "DescribeInstances", why="poll until stopped (batched)"),
     BakeCall("image", "CreateImage"),
@@ -84,6 +83,4 @@ BAKE_CALLS: tuple[BakeCall, ...] = (
     BakeCall("publish", "PutObject", service="s3", why="write the first-boot run list (no read first)"),
     BakeCall("publish", "EnableImageDeprecation", why="the new AMI's deprecation time (deprecate_after)"),
     BakeCall("publish", "EnableImageDeregistrationProtection", why="latest points at it: protected"),
-    BakeCall("publish", "DescribeImages", why="the role's older AMIs, deprecated at once when superseded",
-             best_effort=True),
 )

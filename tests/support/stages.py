@@ -1,18 +1,23 @@
 """Building blocks of the one-stage tests: a context on the session's moto, a bake record opened by hand
-(for tests that start in the middle of a bake), an AMI as wait-image leaves it and a context ready to
-publish it, a name per test, a direct AWS client.
+(for tests that start in the middle of a bake), what preflight records of the role's AMIs, the package
+inventory a bake instance uploads, an AMI as wait-image leaves it and a context ready to publish it, a name
+per test, a direct AWS client.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 
 import boto3
 
 from bakery_lib.aws import Aws
 from bakery_lib.catalog import parse_catalog
+from bakery_lib.ec2.images import image_tags
+from bakery_lib.inventory import inventory_key
 from bakery_lib.settings import Settings
 from bakery_lib.stages.base import Context
+from bakery_lib.stages.preflight import recorded_role_amis, role_images
 from bakery_lib.state import BakeState, Workspace, new_bake_id
 from devstack.moto import MotoServer, seed_base_image
 
@@ -89,3 +94,32 @@ def unique_role(request) -> str:
 def new_aws(moto: MotoServer) -> Aws:
     session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing")
     return Aws(endpoint_url=moto.url, session=session)
+
+
+def record_role_amis(ctx: Context) -> None:
+    """What preflight records of its listing of the role's AMIs (``state.role_amis``), for a bake record
+    opened by hand. Through ``ctx.aws``: contexts sharing one ``Aws`` share the batched listing."""
+    state = ctx.require_state()
+    state.role_amis = recorded_role_amis(role_images(ctx), state.bake_id)
+    ctx.save()
+
+
+def upload_inventory(s3, ctx: Context, packages: dict[str, str]) -> None:
+    """The package inventory as the bake instance uploads it after its converge (a dpkg system), with the
+    S3 client ``s3``."""
+    doc = {"schema": 1, "platform": "linux", "manager": "dpkg", "os": {"id": "debian", "version_id": "12"},
+           "packages": [{"name": n, "version": v, "arch": "amd64"} for n, v in packages.items()]}
+    state = ctx.require_state()
+    s3.put_object(Bucket=ctx.role.runlist_bucket, Key=inventory_key(ctx.role.name, state.bake_id),
+                  Body=json.dumps(doc).encode())
+
+
+def register_baked_ami(ec2, ctx: Context) -> str:
+    """The bake's AMI as wait-image leaves it (tagged as the image stage tags it, ``bakery:sbom`` included),
+    registered with the EC2 client ``ec2`` and recorded in the state: the bake is at boot-test / publish."""
+    state = ctx.require_state()
+    image_id = seed_base_image(ec2, f"bakery-{ctx.role.name}-{state.bake_id}",
+                               tags={**image_tags(ctx), "bakery:imds-support": "v2.0", "bakery:boot-test": "passed"})
+    state.image_id, state.image_state, state.amis = image_id, "available", {ctx.region: image_id}
+    ctx.save()
+    return image_id

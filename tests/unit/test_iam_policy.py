@@ -85,6 +85,12 @@ def test_no_wildcard_action_and_resources_scoped(catalog):
             assert st["Sid"] in ("Describe", "TagWhileCreating") and st.get("Condition"), st
     by_sid = statements(policy)
     assert by_sid["RunLists"]["Resource"] == ["arn:aws:s3:::acme-bakery/runlists/*"]
+    # The bakery deletes objects only under the bake records' prefix (bakery_lib.records), nothing else.
+    assert by_sid["DeleteBakeRecords"] == {"Sid": "DeleteBakeRecords", "Effect": "Allow", "Action": "s3:DeleteObject",
+                                           "Resource": ["arn:aws:s3:::acme-bakery/bakes/*"]}
+    deleting = [st["Sid"] for st in policy["Statement"]
+                if st["Effect"] == "Allow" and "s3:DeleteObject" in policy_actions({"Statement": [st]})]
+    assert deleting == ["DeleteBakeRecords"]
     assert by_sid["LatestParameters"]["Resource"] == [
         "arn:aws:ssm:eu-west-1:123456789012:parameter/bakery/*",
         "arn:aws:ssm:us-east-1:123456789012:parameter/bakery/*"]

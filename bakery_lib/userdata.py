@@ -37,7 +37,6 @@ from . import __version__
 from .catalog import S3_URL_RE, RoleSpec
 from .errors import BakeryError
 from .inventory import role_records_prefix
-from .render import environment
 
 USERDATA_LIMIT = 16 * 1024  # EC2: raw user data, before base64
 BAKE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -128,6 +127,10 @@ def _context(role: RoleSpec, **extra: Any) -> dict[str, Any]:
 
 
 def _render(template: str, context: dict[str, Any]) -> str:
+    # Jinja2 where a script is rendered, not with this module: the publish stage and a teardown use its
+    # names and run-list document only, and a `bakery stage` process pays for each import.
+    from .render import environment
+
     return environment().get_template(template).render(**context)
 
 

@@ -13,15 +13,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CatalogError
-from .merge import RoleProblem, check_defaults, given, merge_role
-from .models import BOOT_TEST_COMMAND_MAX, CatalogIn, DefaultsIn, JenkinsIn, RoleIn
-from .problems import Problems
-from .reference import json_schema, reference_markdown, schema_text
 from .specs import (
     ACCOUNT_RE,
     AMI_ID_RE,
@@ -35,6 +29,7 @@ from .specs import (
     ROLE_NAME_RE,
     RUN_LIST_ITEM_RE,
     S3_URL_RE,
+    SAFE_TEXT_RE,
     SG_ID_RE,
     SNS_ARN_RE,
     SSM_PARAMETER_RE,
@@ -51,14 +46,16 @@ from .specs import (
     check_role_name,
     prop_key,
 )
-from .types import MAX_TEXT, SAFE_TEXT_RE
-from .yamlfile import read_yaml
+
+if TYPE_CHECKING:
+    from .models import DefaultsIn, JenkinsIn, RoleIn
+    from .problems import Problems
 
 DEFAULT_CATALOG = "bakery.yaml"
 
 __all__ = [
-    "ACCOUNT_RE", "AMI_ID_RE", "BOOT_TEST_COMMAND_MAX", "BUCKET_RE", "CHEF_INSTALLERS", "DEFAULT_CATALOG",
-    "INSTANCE_TYPE_RE", "JOB_NAME_RE", "MAX_TEXT", "MAX_USER_TAGS", "POLICY_ARN_RE", "REGION_RE",
+    "ACCOUNT_RE", "AMI_ID_RE", "BUCKET_RE", "CHEF_INSTALLERS", "DEFAULT_CATALOG",
+    "INSTANCE_TYPE_RE", "JOB_NAME_RE", "MAX_USER_TAGS", "POLICY_ARN_RE", "REGION_RE",
     "ROLE_NAME_RE", "RUN_LIST_ITEM_RE", "S3_URL_RE", "SAFE_TEXT_RE", "SG_ID_RE", "SNS_ARN_RE",
     "SSM_PARAMETER_RE", "SUBNET_RE", "URL_RE", "VPC_RE", "AmiFilter", "BootTestSettings", "Catalog",
     "ChefSettings", "IngressRule", "JenkinsSettings", "RoleSpec", "check_role_name", "json_schema",
@@ -66,13 +63,53 @@ __all__ = [
 ]
 
 
+# PyYAML and pydantic (the models are built when first used) are imported by the functions that need
+# them, not with this package: the specs and names here are also read by commands that load no
+# catalogue (`bakery --help`, `status`, the reports), and a process pays for them only when it does.
+
+
 def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
     """Read, validate and merge the catalogue. Raises CatalogError (exit 2) on any problem."""
+    # PyYAML only where a file is read (see above).
+    from .yamlfile import read_yaml
+
     p = Path(path or DEFAULT_CATALOG)  # the CLI resolves --catalog / BAKERY_CATALOG (Settings)
     return parse_catalog(read_yaml(p), str(p))
 
 
+def json_schema() -> dict[str, Any]:
+    """The catalogue's JSON Schema (``bakery schema``)."""
+    # pydantic only where the models are used (see above).
+    from .reference import json_schema as schema
+
+    return schema()
+
+
+def schema_text() -> str:
+    """``json_schema()`` as ``bakery schema`` writes it."""
+    # pydantic only where the models are used (see above).
+    from .reference import schema_text as text
+
+    return text()
+
+
+def reference_markdown() -> str:
+    """The catalogue reference (docs/reference/catalogue.md), from the models."""
+    # pydantic only where the models are used (see above).
+    from .reference import reference_markdown as markdown
+
+    return markdown()
+
+
 def parse_catalog(data: Any, path: str = "<catalogue>") -> Catalog:
+    # pydantic only where the models are used (see above).
+    from pydantic import ValidationError
+
+    # The models on it, and what merges them.
+    from .merge import RoleProblem, check_defaults, given, merge_role
+    from .models import CatalogIn, DefaultsIn
+    from .problems import Problems
+
     if not isinstance(data, Mapping):
         raise CatalogError(path, "the catalogue must be a mapping with 'defaults', 'jenkins' and 'roles'")
     problems = Problems(path)
@@ -122,6 +159,9 @@ def _bad_role_names(roles: Any, path: str, problems: Problems) -> set[str]:
 def _valid_parts(data: Mapping[str, Any], failed: set[tuple[Any, ...]]
                  ) -> tuple[DefaultsIn | None, JenkinsIn | None, dict[str, RoleIn]]:
     """After a failed validation: the parts that passed, so the merge still reports its own problems."""
+    # pydantic only where the models are used (see above).
+    from .models import DefaultsIn, RoleIn
+
     defaults = None if ("defaults",) in failed or () in failed else DefaultsIn.model_validate(data.get("defaults") or {})
     jenkins = None
     roles_raw = data.get("roles")

@@ -6,6 +6,11 @@ environment.
 
 Exit codes: 0 success, 1 the stage/bake failed, 2 bad usage or a bad catalogue (nothing done).
 No traceback reaches a user for an expected failure, nor for a closed pipe (``bakery status | head``).
+
+Imports: a Jenkins build runs one ``bakery`` process per stage, so what a process loads is paid on every
+stage. This module imports only what parsing and every command need (no boto3, Jinja2, python-jenkins,
+pychef, no stage module); each command imports what it uses itself, inside its function: ``bakery stage
+NAME`` loads boto3, the catalogue's models and that one stage, ``bakery --help`` none of them.
 """
 
 from __future__ import annotations
@@ -19,33 +24,20 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from .. import setup as account_setup
-from ..aws import Aws
-from ..bake import bake_many, summary_lines
-from ..catalog import REGION_RE, Catalog, check_role_name, load_catalog, schema_text
-from ..cleanup import cleanup
+from ..catalog import REGION_RE, Catalog, check_role_name, load_catalog
 from ..clock import Clock
-from ..dryrun import plan_lines, plan_many
 from ..errors import BakeryError, CatalogError, UsageError, WorkspaceWriteError
-from ..fsutil import atomic_write_text
-from ..iam_policy import bakery_policy, instance_policy
-from ..launcher import launch_instance, wait_launched
-from ..lifecycle import PruneReport, parse_duration, prune, reap
-from ..lifecycle.heartbeat import Heartbeat
-from ..reports import write_junit
 from ..settings import DEFAULT_LOCK_WAIT, Settings
-from ..stages import ORDER, run_stage
-from ..stages.base import Context, RoleContext, default_log
-from ..stages.preflight import check_release
-from ..stages.publish import publish_runlist
-from ..state import BAKE_ID_RE, BakeState, Workspace
-from ..summary import RoleRow, rows_from_images, write_summary
-from ..summary_release import write_release_summary
-from ..userdata import render_role_scripts
-from .generate_jobs import main as generate_jobs_cli
+
+if TYPE_CHECKING:
+    from ..aws import Aws
+    from ..lifecycle import PruneReport
+    from ..stages.base import Context
+    from ..state import BakeState, Workspace
+    from ..summary import RoleRow
 
 # A process killed by SIGPIPE exits 128 + 13; a reader that closed the pipe early sees the same from us.
 EXIT_BROKEN_PIPE = 141
@@ -67,6 +59,9 @@ def _bake_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The stage names (the stages' package runs a stage: create-instance and generate-jobs need it not)
+    from ..stages import ORDER
+
     parser = argparse.ArgumentParser(prog="bakery", description="Bake fully configured AMIs per Chef role.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _common(parser, top=True)
@@ -178,12 +173,21 @@ class _Runtime:
         return self._catalog
 
     def ws(self) -> Workspace:
+        # The workspace's records (generate-jobs and a launch have none)
+        from ..state import Workspace
+
         return Workspace(self.workspace)
 
     def aws(self) -> Aws:
+        # boto3 (see "Imports" above)
+        from ..aws import Aws
+
         return Aws(endpoint_url=self.settings.endpoint_url)
 
     def context(self, role_name: str, cancel: threading.Event | None = None) -> Context:
+        # The stages' context (boto3 with it)
+        from ..stages.base import Context
+
         aws = self.aws()
         return Context(ws=self.ws(), catalog=self.catalog(), role=self.catalog().role(role_name), aws=aws,
                        clock=Clock(cancel, rounds=aws.rounds), settings=self.settings)
@@ -199,6 +203,11 @@ def _install_signal_handlers(cancel: threading.Event, after: str = "cleaning up"
 
 
 def cmd_stage(rt: _Runtime) -> int:
+    # This command's own (see "Imports" above); the stage's module is loaded by run_stage
+    from ..lifecycle.heartbeat import Heartbeat
+    from ..stages import run_stage
+    from ..stages.base import default_log
+
     role = check_role_name(rt.args.role)
     if rt.args.release is not None and rt.args.stage != "preflight":
         raise UsageError("--release is given to preflight only; later stages read it from the state")
@@ -233,6 +242,10 @@ def _role_of_bake(ws: Workspace, bake_id: str) -> str | None:
 
 
 def cmd_cleanup(rt: _Runtime) -> int:
+    # This command's own (see "Imports" above)
+    from ..cleanup import cleanup
+    from ..reports import write_junit
+
     role = rt.args.role
     if rt.args.bake_id is not None:
         role = _role_of_bake(rt.ws(), rt.args.bake_id)
@@ -312,6 +325,12 @@ def _stop_removals_on_signal(ctx: Context, how: str) -> list[str]:
 def _bake(settings: Settings, ws: Workspace, catalog: Catalog, roles: list[str], release: str, *, jobs: int = 4,
           keep_on_failure: bool = False, force: bool = False) -> int:
     """The bake runner as both ``bakery bake`` and ``create-instance --bake`` call it."""
+    # The bake's own (see "Imports" above)
+    from ..aws import Aws
+    from ..bake import bake_many, summary_lines
+    from ..stages.preflight import check_release
+    from ..summary import write_summary
+
     for r in roles:
         catalog.role(check_role_name(r))
     check_release(release)
@@ -347,6 +366,9 @@ def _bake(settings: Settings, ws: Workspace, catalog: Catalog, roles: list[str],
 
 def _tagged_rows(aws: Aws, catalog: Catalog, release: str) -> list[RoleRow]:
     """The release's bakes of other workspaces and processes, from their AMIs' tags (one call per region)."""
+    # The summary's (see "Imports" above)
+    from ..summary import rows_from_images
+
     images: list[dict] = []
     for region in sorted({r.region for r in catalog.roles.values()}):
         try:
@@ -361,6 +383,9 @@ def _tagged_rows(aws: Aws, catalog: Catalog, release: str) -> list[RoleRow]:
 
 
 def _plan(rt: _Runtime, roles: list[str], release: str, *, validate: bool) -> int:
+    # The dry run's own (see "Imports" above)
+    from ..dryrun import plan_lines, plan_many
+
     catalog = rt.catalog()
     for r in roles:
         catalog.role(check_role_name(r))
@@ -388,12 +413,18 @@ def cmd_bake(rt: _Runtime) -> int:
     catalog = rt.catalog()
     roles = sorted(catalog.roles) if rt.args.all else list(dict.fromkeys(rt.args.roles))
     if rt.args.dry_run:
+        # Checks the release as the bake would (see "Imports" above)
+        from ..stages.preflight import check_release
+
         return _plan(rt, roles, check_release(rt.args.release), validate=False)
     return _bake(rt.settings, rt.ws(), catalog, roles, rt.args.release, jobs=rt.args.jobs,
                  keep_on_failure=rt.args.keep_on_failure, force=rt.args.force)
 
 
 def cmd_render(rt: _Runtime) -> int:
+    # Jinja2 (see "Imports" above)
+    from ..userdata import render_role_scripts
+
     role = rt.catalog().role(rt.args.role)
     for p in render_role_scripts(role, Path(rt.args.output_dir)):
         print(p)
@@ -411,6 +442,9 @@ def _status_word(state: BakeState) -> str:
 
 
 def _print_state(role: str, s: BakeState) -> None:
+    # The stage names (see build_parser)
+    from ..stages import ORDER
+
     print(f"{role}: bake {s.bake_id}, release {s.release}, {_status_word(s)}")
     print(f"  base AMI {s.base_ami}; instance {s.instance_id or '-'}"
           f"{' (terminated)' if s.instance_terminated else ''}; image {s.image_id or '-'} ({s.image_state or '-'})")
@@ -449,6 +483,10 @@ def cmd_status(rt: _Runtime) -> int:
 
 
 def cmd_prune(rt: _Runtime) -> int:
+    # This command's own (see "Imports" above)
+    from ..lifecycle import prune
+    from ..stages.base import default_log
+
     catalog = rt.catalog()
     names = sorted(catalog.roles) if rt.args.all else [check_role_name(rt.args.role)]
     aws = rt.aws()
@@ -464,9 +502,16 @@ def cmd_prune(rt: _Runtime) -> int:
 
 def _reap(rt: _Runtime, *, regions: list[str] | None, older_than: float, bake_id: str | None, no_chef: bool,
           dry_run: bool) -> int:
+    # This command's own (see "Imports" above)
+    from ..lifecycle import reap
+    from ..stages.base import default_log
+
     for region in regions or []:
         if not REGION_RE.match(region):
             raise UsageError(f"--region {region!r} is not an AWS region name")
+    # The bake ids' form, with the workspace's records
+    from ..state import BAKE_ID_RE
+
     if bake_id is not None and not BAKE_ID_RE.match(bake_id):
         raise UsageError(f"--bake-id {bake_id!r} is not a bake id (YYYYMMDDHHMMSS-xxxxxx, from the bakery:bake-id tag)")
     buckets = _record_buckets(rt, regions_given=bool(regions))
@@ -502,6 +547,9 @@ def _record_buckets(rt: _Runtime, *, regions_given: bool) -> dict[str, str]:
 
 
 def cmd_reap(rt: _Runtime) -> int:
+    # This command's own (see "Imports" above)
+    from ..lifecycle import parse_duration
+
     a = rt.args
     return _reap(rt, regions=a.regions, older_than=parse_duration(a.older_than), bake_id=a.bake_id,
                  no_chef=a.no_chef, dry_run=a.dry_run)
@@ -514,6 +562,9 @@ def cmd_summary(rt: _Runtime) -> int:
     elif a.regions:
         raise UsageError("--region is for --from-aws (the workspace summary reads this workspace only)")
     else:
+        # Jinja2 (see "Imports" above)
+        from ..summary import write_summary
+
         try:
             paths = write_summary(rt.ws(), release=a.release)
         except UsageError as exc:
@@ -527,6 +578,10 @@ def cmd_summary(rt: _Runtime) -> int:
 
 
 def _summary_from_aws(rt: _Runtime) -> tuple[Path, Path]:
+    # This command's own (see "Imports" above)
+    from ..stages.preflight import check_release
+    from ..summary_release import write_release_summary
+
     release = rt.args.release
     if not release:
         raise UsageError("--from-aws needs --release V (the release whose AMIs to find)")
@@ -546,11 +601,17 @@ def _summary_from_aws(rt: _Runtime) -> tuple[Path, Path]:
 
 
 def cmd_publish_runlist(rt: _Runtime) -> int:
+    # The publish stage's (see "Imports" above)
+    from ..stages.publish import publish_runlist
+
     print(publish_runlist(rt.context(rt.args.role)))
     return 0
 
 
 def cmd_setup(rt: _Runtime) -> int:
+    # This command's own (see "Imports" above)
+    from .. import setup as account_setup
+
     catalog = rt.catalog()
     aws = rt.aws()
     key = Path(rt.args.validator_key) if rt.args.validator_key else None
@@ -564,6 +625,10 @@ def cmd_setup(rt: _Runtime) -> int:
 
 
 def cmd_schema(rt: _Runtime) -> int:
+    # pydantic, by the catalogue's models (see "Imports" above)
+    from ..catalog import schema_text
+    from ..fsutil import atomic_write_text
+
     text = schema_text()
     if rt.args.output:
         print(atomic_write_text(Path(rt.args.output), text))
@@ -573,6 +638,9 @@ def cmd_schema(rt: _Runtime) -> int:
 
 
 def cmd_iam_policy(rt: _Runtime) -> int:
+    # This command's own (see "Imports" above)
+    from ..iam_policy import bakery_policy, instance_policy
+
     catalog = rt.catalog()
     if rt.args.instance_role:
         role = catalog.role(rt.args.instance_role)
@@ -664,6 +732,13 @@ def build_create_instance_parser() -> argparse.ArgumentParser:
 
 
 def _create_instance(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    # This command's own (see "Imports" above)
+    from ..aws import Aws
+    from ..launcher import launch_instance, wait_launched
+    from ..stages.base import RoleContext
+    from ..stages.preflight import check_release
+    from ..state import Workspace
+
     role_name = check_role_name(args.role)
     args.workspace = check_workspace(args.workspace)
     settings = Settings.from_env(env, catalog=args.catalog, chef_config=args.chef_config)
@@ -695,6 +770,9 @@ def create_instance_main(argv: Sequence[str] | None = None) -> int:
 
 
 def generate_jobs_main(argv: Sequence[str] | None = None) -> int:
+    # Its own parser and imports (cli.generate_jobs); see "Imports" above
+    from .generate_jobs import main as generate_jobs_cli
+
     return _guard(lambda: generate_jobs_cli(list(argv) if argv is not None else None, environ=os.environ),
                   "generate-jobs")
 

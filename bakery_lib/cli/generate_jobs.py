@@ -12,6 +12,9 @@ the Jenkins at ``--jenkins-url`` or ``JENKINS_URL`` as ``JENKINS_USER`` with ``J
 Exit codes: 0 done (or nothing to do); 1 Jenkins could not be reached or used, or some item could
 not be synced (each named with the reason); 2 bad usage or a bad catalogue (nothing was done).
 This module only parses arguments and the environment; ``bakery_lib.cli`` calls ``main``.
+
+``--output-dir`` only renders: the sync's modules (python-jenkins, requests, the plan) are imported
+by the functions that sync, so writing the files does not load them.
 """
 
 from __future__ import annotations
@@ -21,15 +24,16 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from ..errors import UsageError
-from ..jobs.execute import Outcome, execute, show_outcome, show_plan
-from ..jobs.manager import JenkinsError, JenkinsManager, display_url
-from ..jobs.plan import Action, Plan, decide, read_remote
 from ..jobs.render import Item, render_items, write_output_dir
-from ..jobs.report import REPORT_NAME, summary, write_junit
+
+if TYPE_CHECKING:
+    from ..jobs.execute import Outcome
+    from ..jobs.manager import JenkinsManager
+    from ..jobs.plan import Plan
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +110,9 @@ def _run(args: argparse.Namespace, environ: dict[str, str], out: TextIO, err: Te
 
 def _connection(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str | None, str | None]:
     """(url, user, token) from the flags, else the environment; bad usage raises UsageError."""
+    # The sync's (see the module docstring)
+    from ..jobs.manager import display_url
+
     url = args.jenkins_url or environ.get("JENKINS_URL")
     if not url:
         raise UsageError(
@@ -144,6 +151,12 @@ def deploy_snippet(catalog: Catalog) -> str:
 
 def _sync(args: argparse.Namespace, connection: tuple[str, str | None, str | None], catalog: Catalog,
           items: tuple[Item, ...], out: TextIO, err: TextIO) -> int:
+    # The sync's (see the module docstring)
+    from ..jobs.execute import Outcome
+    from ..jobs.manager import JenkinsError, JenkinsManager
+    from ..jobs.plan import Action, decide, read_remote
+    from ..jobs.report import REPORT_NAME, summary, write_junit
+
     url, user, token = connection
     jenkins = catalog.jenkins
     workspace = Path(args.workspace or ".")
@@ -181,6 +194,9 @@ def _sync(args: argparse.Namespace, connection: tuple[str, str | None, str | Non
 
 
 def _carry_out(plan: Plan, manager: JenkinsManager, args: argparse.Namespace, out: TextIO) -> list[Outcome]:
+    # The sync's (see the module docstring)
+    from ..jobs.execute import Outcome, execute, show_outcome, show_plan
+
     if args.dry_run:
         show_plan(plan, out)
         return [Outcome(a, a.op != "error", a.reason if a.op == "error" else "") for a in plan.actions]

@@ -12,44 +12,56 @@ the state, and always writes the stage's JUnit report, on failure too.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..errors import AwsError, BakeryError, UsageError, WorkspaceWriteError
 from ..reports import write_junit
 from ..state import BakeState
-from . import (
-    boot_test,
-    bootstrap,
-    chef_cleanup,
-    iam_role,
-    image,
-    launch,
-    preflight,
-    publish,
-    security_groups,
-    stop,
-    terminate,
-    wait_image,
-)
-from .base import Context
 
-MODULES: dict[str, ModuleType] = {
-    "preflight": preflight,
-    "security-groups": security_groups,
-    "iam-role": iam_role,
-    "launch": launch,
-    "bootstrap": bootstrap,
-    "stop": stop,
-    "image": image,
-    "wait-image": wait_image,
-    "terminate": terminate,
-    "chef-cleanup": chef_cleanup,
-    "boot-test": boot_test,
-    "publish": publish,
+if TYPE_CHECKING:
+    from .base import Context
+
+# Stage name -> its module in this package, in pipeline order.
+_MODULE_NAMES: dict[str, str] = {
+    "preflight": "preflight",
+    "security-groups": "security_groups",
+    "iam-role": "iam_role",
+    "launch": "launch",
+    "bootstrap": "bootstrap",
+    "stop": "stop",
+    "image": "image",
+    "wait-image": "wait_image",
+    "terminate": "terminate",
+    "chef-cleanup": "chef_cleanup",
+    "boot-test": "boot_test",
+    "publish": "publish",
 }
-ORDER: tuple[str, ...] = tuple(MODULES)
+
+
+class _Modules(Mapping[str, ModuleType]):
+    """Stage name -> module, each imported on first use: a ``bakery stage`` process runs one stage and
+    loads only that one (the CLI parser, ``status`` and the reports need the names alone)."""
+
+    def __getitem__(self, name: str) -> ModuleType:
+        return importlib.import_module(f"{__name__}.{_MODULE_NAMES[name]}")
+
+    def __contains__(self, name: object) -> bool:
+        return name in _MODULE_NAMES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_MODULE_NAMES)
+
+    def __len__(self) -> int:
+        return len(_MODULE_NAMES)
+
+
+MODULES: Mapping[str, ModuleType] = _Modules()
+ORDER: tuple[str, ...] = tuple(_MODULE_NAMES)
 # Stages a reused AMI (same bake key) makes unnecessary: all but opening and publishing the bake.
 SKIPPED_WHEN_REUSED = ORDER[1:-1]
 
@@ -86,7 +98,7 @@ def _mark_reused(state: BakeState) -> None:
 
 
 def _run_preflight(ctx: Context, release: str | None) -> tuple[str, bool]:
-    message = preflight.run(ctx, release)
+    message = MODULES["preflight"].run(ctx, release)
     if ctx.state is not None and ctx.state.reused:
         _mark_reused(ctx.state)
         ctx.save()

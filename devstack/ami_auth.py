@@ -55,13 +55,12 @@ class Enforcer:
 
     def client(self, service: str, region: str) -> Any:
         """A boto3 client to moto: with the administrator key when enforcing, else moto's dummy key."""
-        import boto3
-
+        from ._boto import client
         from .moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 
         access, secret = self.keys or (DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY)
-        return boto3.session.Session().client(service, endpoint_url=self.upstream, region_name=region,
-                                              aws_access_key_id=access, aws_secret_access_key=secret)
+        return client(service, endpoint_url=self.upstream, region_name=region, aws_access_key_id=access,
+                      aws_secret_access_key=secret)
 
     def _admin_iam(self) -> Any:
         with self._lock:

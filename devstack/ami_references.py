@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import boto3
-
+from ._boto import client
 from .moto import ACCOUNT_ID, DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 
 VERSION_DEPTH = 20
@@ -18,8 +17,8 @@ LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
 
 def _client(url: str, service: str, region: str, keys: tuple[str, str] | None = None) -> Any:
     access, secret = keys or (DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY)
-    return boto3.session.Session().client(service, endpoint_url=url, region_name=region,
-                                          aws_access_key_id=access, aws_secret_access_key=secret)
+    return client(service, endpoint_url=url, region_name=region, aws_access_key_id=access,
+                  aws_secret_access_key=secret)
 
 
 def _instances(ec2: Any, region: str, ids: list[str]) -> Iterable[tuple[str, str, str]]:

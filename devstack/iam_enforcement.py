@@ -90,12 +90,11 @@ class InstanceRoles:
     """
 
     def __init__(self, moto: MotoServer, hypervisor: tuple[str, str], region: str = "us-east-1"):
-        import boto3
+        from ._boto import client as shared_client
 
         def client(service: str) -> Any:
-            return boto3.session.Session().client(service, endpoint_url=moto.url, region_name=region,
-                                                  aws_access_key_id=hypervisor[0],
-                                                  aws_secret_access_key=hypervisor[1])
+            return shared_client(service, endpoint_url=moto.url, region_name=region,
+                                 aws_access_key_id=hypervisor[0], aws_secret_access_key=hypervisor[1])
 
         self.iam, self.sts, self.ec2 = client("iam"), client("sts"), client("ec2")
         self.drop: set[str] = set()

@@ -133,12 +133,10 @@ class MotoServer:
 
     def client(self, service: str, region: str | None = None) -> Any:
         """A boto3 client for this moto (test/demo plumbing; product code uses bakery_lib.aws)."""
-        import boto3
+        from ._boto import client
 
-        return boto3.session.Session().client(
-            service, endpoint_url=self.url, region_name=region or self.region,
-            aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY,
-        )
+        return client(service, endpoint_url=self.url, region_name=region or self.region,
+                      aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY)
 
     def stop(self) -> None:
         stop_process(self._proc)

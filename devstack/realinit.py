@@ -138,12 +138,12 @@ class RealInitRunner:
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> RealInitRunner:
-        import boto3  # test/demo plumbing, as in devstack.runner
+        from ._boto import client  # test/demo plumbing, as in devstack.runner
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         for variant in {self.default_variant, *self.variants.values()}:
             base_layers(variant)  # built (or found in the cache) before any instance waits on it
-        self._ec2 = boto3.session.Session().client(
+        self._ec2 = client(
             "ec2", endpoint_url=self.endpoint, region_name=self.region,
             aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY)
         if self.ignore_existing:

@@ -221,22 +221,26 @@ class InstanceRunner:
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> InstanceRunner:
-        import boto3  # test/demo plumbing: product code reaches AWS only through bakery_lib.aws
         from botocore.config import Config
+
+        from ._boto import (  # test/demo plumbing: product code reaches AWS only through bakery_lib.aws
+            client,
+            session,
+        )
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         write_stub_bin(self.stub_bin)
-        self._ec2 = boto3.session.Session().client(
+        self._ec2 = session().client(
             "ec2", endpoint_url=self.endpoint, region_name=self.region,
             aws_access_key_id=self.credentials[0], aws_secret_access_key=self.credentials[1],
             config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32),
         )
-        self._instance_ec2 = boto3.session.Session().client(
+        self._instance_ec2 = session().client(
             "ec2", endpoint_url=self.instance_endpoint, region_name=self.region,
             aws_access_key_id=self.credentials[0], aws_secret_access_key=self.credentials[1],
             config=Config(retries={"max_attempts": 5, "mode": "legacy"}, max_pool_connections=32),
         )
-        self._s3 = boto3.session.Session().client(
+        self._s3 = client(
             "s3", endpoint_url=self.endpoint, region_name=self.region,
             aws_access_key_id=self.credentials[0], aws_secret_access_key=self.credentials[1])
         if self.ignore_existing:

@@ -79,9 +79,9 @@ class Enforced:
         self.policy = as_moto_evaluates(bakery_policy(load_catalog(str(catalog))))
 
     def admin(self, service: str, region: str = REGION) -> Any:
-        import boto3
+        from devstack._boto import session as shared_session
 
-        return boto3.session.Session().client(
+        return shared_session().client(
             service, endpoint_url=self.stack.moto.url, region_name=region,
             aws_access_key_id=self.admin_keys[0], aws_secret_access_key=self.admin_keys[1])
 
@@ -162,10 +162,11 @@ def _live_instances(enforced: Enforced, role: str) -> list[dict[str, Any]]:
 
 def test_the_policy_is_enforced_at_all(enforced: Enforced):
     """The user is really confined: something the policy does not grant is refused by moto."""
-    import boto3
     import botocore.exceptions
 
-    s3 = boto3.session.Session().client("s3", endpoint_url=enforced.stack.moto.url, region_name=REGION,
+    from devstack._boto import session as shared_session
+
+    s3 = shared_session().client("s3", endpoint_url=enforced.stack.moto.url, region_name=REGION,
                                         aws_access_key_id=enforced.bakery_keys[0],
                                         aws_secret_access_key=enforced.bakery_keys[1])
     with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import threading
 
-import boto3
 import botocore.exceptions
 import pytest
 from botocore.config import Config
 from support.proxy import FaultProxy, Hold, Rewrite, Rule
 
+from devstack._boto import session as shared_session
 from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 
 
 def client(proxy: FaultProxy, service: str, *, attempts: int = 1):
-    return boto3.session.Session().client(
+    return shared_session().client(
         service, endpoint_url=proxy.url, region_name="us-east-1", aws_access_key_id=DUMMY_ACCESS_KEY,
         aws_secret_access_key=DUMMY_SECRET_KEY,
         config=Config(retries={"mode": "standard", "total_max_attempts": attempts}))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import boto3
 import botocore.exceptions
 import pytest
 from support.bakes import RELEASE, Census, check_state, cli_env, run_in_process
@@ -16,13 +15,14 @@ from support.proxy import FaultProxy
 from support.realism import Realism
 
 from bakery_lib.stages import ORDER
+from devstack._boto import session as shared_session
 from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 
 def _ec2(url: str):
-    return boto3.session.Session().client("ec2", endpoint_url=url, region_name="us-east-1",
+    return shared_session().client("ec2", endpoint_url=url, region_name="us-east-1",
                                           aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 
-import boto3
 import botocore.exceptions
 import pytest
 from support.stages import CATALOG, make_ctx, new_aws, open_bake, register_baked_ami
@@ -23,6 +22,7 @@ from bakery_lib.iam_policy import bakery_policy
 from bakery_lib.inventory import SBOM_TAG, bake_records_prefix, sbom_key
 from bakery_lib.lifecycle import prune, reap
 from bakery_lib.records import deletion, list_records
+from devstack._boto import session as shared_session
 from devstack.iam_enforcement import as_moto_evaluates, create_user
 from devstack.moto import MotoServer, seed_base_image
 
@@ -152,13 +152,13 @@ def test_the_shipped_policy_deletes_under_the_bake_records_prefix_only(tmp_path)
         admin.put_object(Bucket=BUCKET, Key="runlists/web.json", Body=b"{}")
         access, secret = create_user(server, "bakery", as_moto_evaluates(bakery_policy(catalog)))
         server.enforce_iam()
-        aws = Aws(endpoint_url=server.url, session=boto3.session.Session(
+        aws = Aws(endpoint_url=server.url, session=shared_session(
             aws_access_key_id=access, aws_secret_access_key=secret))
         listed = list_records(aws, "us-east-1", BUCKET, "web", "20260101000001-abcdef")
         assert sorted(listed) == sorted(keys)
         assert "deleted the S3 records" in deletion(aws, "us-east-1", BUCKET, "web", "20260101000001-abcdef",
                                                     listed).remove()
-        bakery_s3 = boto3.session.Session().client("s3", endpoint_url=server.url, region_name="us-east-1",
+        bakery_s3 = shared_session().client("s3", endpoint_url=server.url, region_name="us-east-1",
                                                    aws_access_key_id=access, aws_secret_access_key=secret)
         assert bakery_s3.list_objects_v2(Bucket=BUCKET, Prefix="bakes/").get("KeyCount") == 0
         with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import threading
 import uuid
 
-import boto3
-
 from bakery_lib.aws import Aws
 from bakery_lib.stages.preflight import reusable_among
+from devstack._boto import session as shared_session
 from devstack.moto import seed_base_image
 
 
@@ -17,7 +16,7 @@ def test_concurrent_polls_share_one_describe_call(moto_server):
     base = seed_base_image(ec2, name="batching-base-1")
     ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=base, MinCount=12, MaxCount=12)["Instances"]]
     aws = Aws(endpoint_url=moto_server.url,
-              session=boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing"))
+              session=shared_session(aws_access_key_id="testing", aws_secret_access_key="testing"))
     # Every bake asks once to register its id (as the first poll of each bake does).
     for i in ids:
         aws.instances.get("us-east-1", i, max_age=60)
@@ -62,7 +61,7 @@ def test_vanished_id_does_not_fail_the_batch(moto_server):
     base = seed_base_image(ec2, name="batching-base-1")
     real = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     aws = Aws(endpoint_url=moto_server.url,
-              session=boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing"))
+              session=shared_session(aws_access_key_id="testing", aws_secret_access_key="testing"))
     assert aws.instances.get("us-east-1", "i-0123456789abcdef0") is None
     assert aws.instances.get("us-east-1", real)["InstanceId"] == real
     ec2.terminate_instances(InstanceIds=[real])
@@ -81,7 +80,7 @@ def test_reuse_look_up_wants_an_image_wait_image_finished(moto_server):
                                           {"Key": "bakery:bake-key", "Value": key}]}],
     )["ImageId"]
     aws = Aws(endpoint_url=moto_server.url,
-              session=boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing"))
+              session=shared_session(aws_access_key_id="testing", aws_secret_access_key="testing"))
 
     def reusable() -> dict | None:
         return reusable_among(aws.amis_by_role.get("us-east-1", role, max_age=0) or [], key, boot_tested=True)

@@ -150,9 +150,9 @@ def test_layer_enforces_iam_on_the_calls_it_answers(tmp_path):
         server.enforce_iam()
 
         def ec2(name: str):
-            import boto3
+            from devstack._boto import session as shared_session
 
-            return boto3.session.Session().client("ec2", endpoint_url=server.url, region_name="us-east-1",
+            return shared_session().client("ec2", endpoint_url=server.url, region_name="us-east-1",
                                                   aws_access_key_id=keys[name][0],
                                                   aws_secret_access_key=keys[name][1])
         assert ec2("reader").describe_fast_launch_images()["FastLaunchImages"] == []
@@ -162,9 +162,9 @@ def test_layer_enforces_iam_on_the_calls_it_answers(tmp_path):
         assert ec2("enabler").enable_fast_launch(ImageId=win, MaxParallelLaunches=6)["State"] == "enabling"
         with pytest.raises(botocore.exceptions.ClientError, match="UnauthorizedOperation"):  # Deny wins
             ec2("enabler").enable_image_deprecation(ImageId=win, DeprecateAt="2030-01-01T00:00:00Z")
-        import boto3
+        from devstack._boto import session as shared_session
 
-        stranger = boto3.session.Session().client("ec2", endpoint_url=server.url, region_name="us-east-1",
+        stranger = shared_session().client("ec2", endpoint_url=server.url, region_name="us-east-1",
                                                   aws_access_key_id="AKIAUNKNOWN000000000",
                                                   aws_secret_access_key="x")
         with pytest.raises(botocore.exceptions.ClientError, match="AuthFailure"):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import types
 
-import boto3
 import botocore.exceptions
 import pytest
 from support.bakes import direct_aws
@@ -35,6 +34,7 @@ from bakery_lib.errors import BakeryError
 from bakery_lib.stages import iam_role, image, launch, security_groups, stop, wait_image
 from bakery_lib.stages.base import Context
 from bakery_lib.stages.publish import put_ssm, update_launch_template
+from devstack._boto import session as shared_session
 from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 
 # Nothing timed: every window of the layer is off unless a test sets it.
@@ -79,7 +79,7 @@ def _imaged(proxy: FaultProxy, tmp_path, base_ami: str, role: str):
 
 
 def _client(url: str, service: str = "ec2"):
-    return boto3.session.Session().client(service, endpoint_url=url, region_name="us-east-1",
+    return shared_session().client(service, endpoint_url=url, region_name="us-east-1",
                                           aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY)
 
 

@@ -37,8 +37,7 @@ def proxy(aws: dict[str, Any]) -> Iterator[FaultProxy]:
 
 def _role_changed(proxy: FaultProxy, moto_server, role_calls: int) -> Realism:
     """The layer in front, then the instance role's policy written through it (as the iam-role stage does)."""
-    import boto3
-
+    from devstack._boto import session as shared_session
     from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 
     proxy.realism = realism = Realism(**QUIET, role_calls=role_calls,
@@ -48,7 +47,7 @@ def _role_changed(proxy: FaultProxy, moto_server, role_calls: int) -> Realism:
         iam.create_role(RoleName=INSTANCE_ROLE, AssumeRolePolicyDocument="{}")
     except iam.exceptions.EntityAlreadyExistsException:
         pass
-    via = boto3.session.Session().client("iam", endpoint_url=proxy.url, region_name="us-east-1",
+    via = shared_session().client("iam", endpoint_url=proxy.url, region_name="us-east-1",
                                          aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY)
     via.put_role_policy(RoleName=INSTANCE_ROLE, PolicyName="bakery-instance", PolicyDocument=(
         '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}'))

@@ -38,6 +38,7 @@ from bakery_lib.stages import ORDER, run_stage
 from bakery_lib.stages.base import Context
 from bakery_lib.state import Workspace
 from devstack import DevStack
+from devstack._boto import session as shared_session
 from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -114,8 +115,8 @@ _SESSIONS: dict[str, boto3.session.Session] = {}
 def session_for(region: str) -> boto3.session.Session:
     """One boto3 session per region for the whole run: its loaded service models are reused."""
     if region not in _SESSIONS:
-        _SESSIONS[region] = boto3.session.Session(aws_access_key_id=DUMMY_ACCESS_KEY,
-                                                  aws_secret_access_key=DUMMY_SECRET_KEY, region_name=region)
+        _SESSIONS[region] = shared_session(aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY,
+                                           region_name=region)
     return _SESSIONS[region]
 
 

@@ -194,11 +194,10 @@ class FaultProxy(LoopbackHTTPServer):
 
     def upstream_call(self, service: str, region: str, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """One call straight to moto (the realism layer looks things up with it, e.g. an image's snapshots)."""
-        import boto3
-
+        from devstack._boto import client as shared_client
         from devstack.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 
-        client = boto3.session.Session().client(
+        client = shared_client(
             service, region_name=region, endpoint_url=f"http://{self.upstream_host}:{self.upstream_port}",
             aws_access_key_id=DUMMY_ACCESS_KEY, aws_secret_access_key=DUMMY_SECRET_KEY)
         result: dict[str, Any] = getattr(client, _snake(operation))(**params)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import json
 
-import boto3
-
 from bakery_lib.aws import Aws
 from bakery_lib.catalog import parse_catalog
 from bakery_lib.ec2.images import image_tags
@@ -19,6 +17,7 @@ from bakery_lib.settings import Settings
 from bakery_lib.stages.base import Context
 from bakery_lib.stages.preflight import recorded_role_amis, role_images
 from bakery_lib.state import BakeState, Workspace, new_bake_id
+from devstack._boto import session as shared_session
 from devstack.moto import MotoServer, seed_base_image
 
 CATALOG = {
@@ -38,7 +37,7 @@ def make_ctx(moto_server, tmp_path, role_overrides=None, *, role="web") -> Conte
     data["roles"] = {role: {"platform": "linux", "base_ami": {"name": "stages-base-*", "owners": ["self"]},
                             **(role_overrides or {})}}
     catalog = parse_catalog(data, str(tmp_path / "bakery.yaml"))
-    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing")
+    session = shared_session(aws_access_key_id="testing", aws_secret_access_key="testing")
     aws = Aws(endpoint_url=moto_server.url, session=session)
     ctx = Context(ws=Workspace(tmp_path), catalog=catalog, role=catalog.roles[role], aws=aws,
                   settings=Settings(poll_interval=0.05), log_fn=lambda m: None)
@@ -92,7 +91,7 @@ def unique_role(request) -> str:
 
 
 def new_aws(moto: MotoServer) -> Aws:
-    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing")
+    session = shared_session(aws_access_key_id="testing", aws_secret_access_key="testing")
     return Aws(endpoint_url=moto.url, session=session)
 
 

@@ -182,7 +182,9 @@ def seed_base_image(
 
 
 def _windows_image(ec2: Any, name: str, description: str) -> str:
-    amazon = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "platform", "Values": ["windows"]}])["Images"]
+    # The name filter first: moto renders every one of its 1,300 Amazon images for a platform filter alone.
+    amazon = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["Windows_Server-*"]},
+                                                             {"Name": "platform", "Values": ["windows"]}])["Images"]
     if not amazon:
         raise RuntimeError("moto offers no Amazon Windows AMI to make a Windows base image from")
     source = sorted(amazon, key=lambda i: i["ImageId"])[0]["ImageId"]

@@ -75,7 +75,8 @@ def _latest(moto: LayeredMoto, role: str) -> str | None:
 def test_layer_fast_launch_is_as_strict_as_ec2(moto):
     ec2 = moto.client("ec2")
     win, linux = _ami(moto, "strict", 1), _ami(moto, "strict", 2, platform="linux")
-    amazon = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "platform", "Values": ["windows"]}])["Images"]
+    amazon = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["Windows_Server-*"]},
+                                                             {"Name": "platform", "Values": ["windows"]}])["Images"]
     refused = [({"ImageId": linux}, "InvalidParameterValue", "Windows AMIs only"),
                ({"ImageId": win, "MaxParallelLaunches": 5}, "InvalidParameterValue", "6 or greater"),
                ({"ImageId": "ami-0123456789abcdef0"}, "InvalidAMIID.NotFound", ""),

@@ -104,3 +104,12 @@ def test_a_teardown_loads_every_stage_but_renders_nothing(tmp_path: Path) -> Non
     new = new_modules("for name in stages.ORDER: stages.MODULES[name]", tmp_path)
     assert loaded(new, STAGE_MODULES) == sorted(STAGE_MODULES)
     assert loaded(new, ("jinja2", "chef", "jenkins", "requests")) == []
+
+
+def test_the_chef_client_loads_pychef_without_setuptools_pkg_resources(tmp_path: Path) -> None:
+    # pychef imports pkg_resources for parse_version alone; the real one scans every installed package.
+    new = new_modules("from bakery_lib import chef\nimport chef.api\n"
+                      "assert chef.api.pkg_resources.parse_version('11.1.7') > chef.api.pkg_resources.parse_version('0.10')"
+                      " > chef.api.pkg_resources.parse_version('0.9')", tmp_path)
+    assert loaded(new, ("chef",)) == ["chef"]
+    assert loaded(new, ("pkg_resources", "setuptools")) == []

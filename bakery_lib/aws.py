@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import os
 import random
 import threading
 import time
@@ -41,6 +42,7 @@ from typing import Any
 import boto3
 import botocore
 import botocore.exceptions
+import botocore.loaders
 import botocore.parsers
 from botocore.config import Config
 
@@ -144,6 +146,30 @@ class ThrottleGate:
                 self._level[key] -= 1
 
 
+# botocore's data loader (service models, endpoints, partitions) per AWS_DATA_PATH: one per process.
+_LOADERS: dict[str | None, botocore.loaders.Loader] = {}
+_LOADERS_LOCK = threading.Lock()
+
+
+def shared_loader(data_path: str | None = None) -> botocore.loaders.Loader:
+    """The process's one botocore ``Loader`` for ``data_path`` (``AWS_DATA_PATH``).
+
+    Each botocore session has a loader of its own, which reads and parses every service model its
+    clients need (EC2's is a 4 MB JSON: 0.1-0.2 CPU-s) and lists the installed services (a directory scan)
+    once per session. The models depend on the installed botocore and the data path alone, so every
+    ``Aws`` of the process (an in-process test makes one per case) shares one loader: a model is parsed
+    once per process. boto3's own data (its resource models) is on its search path, as on boto3's."""
+    with _LOADERS_LOCK:
+        loader = _LOADERS.get(data_path)
+        if loader is None:
+            loader = botocore.loaders.create_loader(data_path)
+            boto3_data = os.path.join(os.path.dirname(boto3.__file__), "data")
+            if boto3_data not in loader.search_paths:
+                loader.search_paths.append(boto3_data)
+            _LOADERS[data_path] = loader
+        return loader
+
+
 class Aws:
     """boto3 clients for one bakery process, shared by all bakes running in it."""
 
@@ -158,6 +184,9 @@ class Aws:
         # The CLI passes AWS_ENDPOINT_URL (Settings); the library never reads the environment itself.
         self.endpoint_url = endpoint_url or None
         self._session = session or boto3.session.Session()
+        # boto3 keeps its botocore session there (no public name): its clients read the shared models.
+        core = self._session._session
+        core.register_component("data_loader", shared_loader(core.get_config_variable("data_path")))
         self._config = Config(
             retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=10,

@@ -18,7 +18,8 @@ import collections.abc
 import os
 import platform
 import re
-import warnings
+import sys
+import types
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,30 @@ if not hasattr(platform, "linux_distribution"):
     # An empty distribution name makes pychef load the plain "libcrypto.so".
     platform.linux_distribution = lambda *args, **kwargs: ("", "", "")  # type: ignore[attr-defined]
 
-with warnings.catch_warnings():
-    # pychef imports pkg_resources, which warns that it is deprecated; that is pychef's business.
-    warnings.simplefilter("ignore")
+
+def _version_key(version: str) -> tuple[int, ...]:
+    """A dotted version as numbers (``"11.1.7"`` -> ``(11, 1, 7)``): cookbooks' versions, pychef's API's."""
+    return tuple(int(p) if p.isdigit() else 0 for p in version.split("."))
+
+
+# pychef imports pkg_resources only for ``parse_version``, to compare its API classes' versions with
+# the server's ("0.9" < "11.1.7" < "12.0.0"). Importing setuptools' pkg_resources costs a stage process
+# 0.1-0.2 s of CPU (it scans every installed distribution), so pychef is given, while it is imported, a
+# module with that one function; then the name is released, and anything else in the process that
+# imports pkg_resources gets the real one.
+_PKG_RESOURCES = types.ModuleType("pkg_resources", "the one function pychef uses (see bakery_lib.chef)")
+_PKG_RESOURCES.parse_version = _version_key  # type: ignore[attr-defined]
+_REAL_PKG_RESOURCES = sys.modules.get("pkg_resources")
+sys.modules["pkg_resources"] = _PKG_RESOURCES
+try:
     import chef as _pychef  # noqa: E402
     import chef.exceptions as _pychef_exc  # noqa: E402
     import chef.rsa as _pychef_rsa  # noqa: E402
+finally:
+    if _REAL_PKG_RESOURCES is None:
+        del sys.modules["pkg_resources"]
+    else:
+        sys.modules["pkg_resources"] = _REAL_PKG_RESOURCES
 
 import requests  # noqa: E402  (after the shim on purpose: pychef pulls it in anyway)
 
@@ -341,10 +360,6 @@ class ChefClient:
             if exc.status != 409:
                 raise
             self.request("PUT", f"/roles/{name}", body)
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) if p.isdigit() else 0 for p in version.split("."))
 
 
 _KNIFE_LINE_RE = re.compile(r"""^\s*([a-z_]+)\s*\(?\s*(?:(["'])(.*?)\2|(:[a-z_]+))\s*\)?\s*(?:#.*)?$""")

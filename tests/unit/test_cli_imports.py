@@ -104,3 +104,28 @@ def test_a_teardown_loads_every_stage_but_renders_nothing(tmp_path: Path) -> Non
     new = new_modules("for name in stages.ORDER: stages.MODULES[name]", tmp_path)
     assert loaded(new, STAGE_MODULES) == sorted(STAGE_MODULES)
     assert loaded(new, ("jinja2", "chef", "jenkins", "requests")) == []
+
+
+def test_the_chef_client_loads_pychef_without_setuptools_pkg_resources(tmp_path: Path) -> None:
+    # pychef imports pkg_resources for parse_version alone; the real one scans every installed package.
+    new = new_modules("from bakery_lib import chef\nimport chef.api\n"
+                      "assert chef.api.pkg_resources.parse_version('11.1.7') > chef.api.pkg_resources.parse_version('0.10')"
+                      " > chef.api.pkg_resources.parse_version('0.9')", tmp_path)
+    assert loaded(new, ("chef",)) == ["chef"]
+    assert loaded(new, ("pkg_resources", "setuptools")) == []
+
+
+def test_a_later_process_of_the_workspace_takes_the_validated_catalogue_without_the_models(
+        catalogue: Path, tmp_path: Path) -> None:
+    # A Jenkins build's stage processes share one catalogue: the first that finds .bakery/ keeps it.
+    ws = tmp_path / "ws"
+    args = ("--workspace", str(ws), "--catalog", str(catalogue), "validate", "--offline")
+    ws.mkdir()
+    first = loaded_by("bakery_main", *args, cwd=tmp_path)
+    assert not (ws / ".bakery").exists()  # no records, no directory: nothing written
+    (ws / ".bakery").mkdir()
+    second = loaded_by("bakery_main", *args, cwd=tmp_path)
+    third = loaded_by("bakery_main", *args, cwd=tmp_path)
+    assert first[:2] == second[:2] == third[:2] == (0, f"catalogue {catalogue}: 2 role(s) valid: web, worker\n")
+    assert loaded(first[2], ("pydantic", "yaml")) == loaded(second[2], ("pydantic", "yaml")) == ["pydantic", "yaml"]
+    assert loaded(third[2], ("pydantic", "yaml")) == []

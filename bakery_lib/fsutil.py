@@ -31,20 +31,12 @@ def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> Path:
         raise WorkspaceWriteError(path, exc) from None
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> Path:
-    """``atomic_write_text`` for bytes."""
-    try:
-        return _write(path, data, durable)
-    except OSError as exc:
-        raise WorkspaceWriteError(path, exc) from None
-
-
-def _write(path: Path, text: str | bytes, durable: bool = True) -> Path:
+def _write(path: Path, text: str, durable: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text if isinstance(text, bytes) else text.encode("utf-8"))
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())

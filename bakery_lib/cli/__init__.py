@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..catalog import DEFAULT_CATALOG, REGION_RE, Catalog, check_role_name, load_catalog
+from ..catalog import REGION_RE, Catalog, check_role_name, load_catalog
 from ..clock import Clock
 from ..errors import BakeryError, CatalogError, UsageError, WorkspaceWriteError
 from ..settings import DEFAULT_LOCK_WAIT, Settings
@@ -169,11 +169,7 @@ class _Runtime:
 
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            # Validated once per workspace and catalogue, not once per stage process (see catalog.cache)
-            from ..catalog.cache import load_catalog_cached
-
-            path = Path(self.settings.catalog_path or DEFAULT_CATALOG)
-            self._catalog = load_catalog_cached(path, self.ws().state_dir)
+            self._catalog = load_catalog(self.settings.catalog_path)
         return self._catalog
 
     def ws(self) -> Workspace:

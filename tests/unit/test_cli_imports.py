@@ -113,19 +113,3 @@ def test_the_chef_client_loads_pychef_without_setuptools_pkg_resources(tmp_path:
                       " > chef.api.pkg_resources.parse_version('0.9')", tmp_path)
     assert loaded(new, ("chef",)) == ["chef"]
     assert loaded(new, ("pkg_resources", "setuptools")) == []
-
-
-def test_a_later_process_of_the_workspace_takes_the_validated_catalogue_without_the_models(
-        catalogue: Path, tmp_path: Path) -> None:
-    # A Jenkins build's stage processes share one catalogue: the first that finds .bakery/ keeps it.
-    ws = tmp_path / "ws"
-    args = ("--workspace", str(ws), "--catalog", str(catalogue), "validate", "--offline")
-    ws.mkdir()
-    first = loaded_by("bakery_main", *args, cwd=tmp_path)
-    assert not (ws / ".bakery").exists()  # no records, no directory: nothing written
-    (ws / ".bakery").mkdir()
-    second = loaded_by("bakery_main", *args, cwd=tmp_path)
-    third = loaded_by("bakery_main", *args, cwd=tmp_path)
-    assert first[:2] == second[:2] == third[:2] == (0, f"catalogue {catalogue}: 2 role(s) valid: web, worker\n")
-    assert loaded(first[2], ("pydantic", "yaml")) == loaded(second[2], ("pydantic", "yaml")) == ["pydantic", "yaml"]
-    assert loaded(third[2], ("pydantic", "yaml")) == []

@@ -205,8 +205,11 @@ class Aws:
         self.mutations = threading.BoundedSemaphore(mutating_concurrency)
         self._hooks: list[tuple[str, Callable[..., Any]]] = []
         self._regions: set[str] | None = None
-        # Regions whose CreateImage refused snapshot TagSpecifications (moto answers 500 to them).
+        # Regions whose CreateImage refused snapshot TagSpecifications (moto answers 500 to them), and
+        # the lock one bake holds while it finds out for a region, so concurrent bakes ask once.
         self.no_snapshot_tag_specs: set[str] = set()
+        self.snapshot_tag_specs_known: set[str] = set()
+        self.snapshot_tag_specs_probe = threading.Lock()
         # Polls and look-ups of many concurrent bakes share one Describe call per region (see Batcher).
         self.instances = Batcher(self._fetch_instances, min_gap=POLL_MIN_GAP)
         self.images = Batcher(self._fetch_images, min_gap=POLL_MIN_GAP)

@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     root = os.environ.get("BAKERY_ROOT", "/")
     record: dict[str, Any] = {"argv": argv, "node_name": None, "run_list": [], "ok": False,
                               "registered": False, "time": time.time()}
+    written = False
     try:
         _run(args, root, record)
         record["ok"] = True
@@ -324,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text("1\n", encoding="utf-8")
             record["exit"] = int(reboot_exit)
+            # Logged before the shutdown starts: its SIGTERM may end this process before ``finally``.
+            _append_record(record, root)
+            written = True
             return _request_reboot(int(reboot_exit), root)
         return 0
     except (RunFailed, BakeryError) as exc:
@@ -334,13 +338,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{stamp}] FATAL: {exc}", file=sys.stderr)
         return 1
     finally:
-        log = Path(in_root("/var/log/stub-chef-client.jsonl", root))
-        try:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-        except OSError as exc:
-            print(f"chef-client stub: cannot write {log}: {exc}", file=sys.stderr)
+        if not written:
+            _append_record(record, root)
+
+
+def _append_record(record: dict[str, Any], root: str) -> None:
+    log = Path(in_root("/var/log/stub-chef-client.jsonl", root))
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        print(f"chef-client stub: cannot write {log}: {exc}", file=sys.stderr)
 
 
 _COMMAND_STUB = """#!/bin/bash

@@ -47,6 +47,19 @@ def _create_image(ctx: Context) -> str:
         "InstanceId": state.instance_id, "Name": state.image_name,
         "Description": f"AMI Bakery: role {ctx.role.name}, release {state.release}, bake {state.bake_id}"[:255]}
     image_only = [{"ResourceType": "image", "Tags": tags}]
+    aws = ctx.aws
+    if ctx.region in aws.snapshot_tag_specs_known:
+        return _create_image_once(ctx, params, image_only, tags)
+    # The first CreateImage of a region finds out; bakes of other roles wait for its answer
+    # rather than each being refused once.
+    with aws.snapshot_tag_specs_probe:
+        image_id = _create_image_once(ctx, params, image_only, tags)
+        aws.snapshot_tag_specs_known.add(ctx.region)
+        return image_id
+
+
+def _create_image_once(ctx: Context, params: dict[str, Any], image_only: list[dict[str, Any]],
+                       tags: list[dict[str, str]]) -> str:
     if ctx.region not in ctx.aws.no_snapshot_tag_specs:
         try:
             # moto's 500 is an HTML page: a parse error, which neither botocore nor the gate retries.

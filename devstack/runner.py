@@ -94,6 +94,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import awscli_zygote
 from .hypervisor import describe_instances, metadata_service, poll_round, read_console, wait_finished
 from .hypervisor import user_data as read_user_data
 from .moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, aws_env
@@ -643,8 +644,10 @@ class InstanceRunner:
 
     def _env(self, root: Path, imds_url: str) -> dict[str, str]:
         venv_bin = os.path.dirname(sys.executable)
+        # The real AWS CLI, forked warm per call (devstack.awscli_zygote), ahead of the venv's.
+        warm_cli = [b for b in (awscli_zygote.shim_bin(),) if b]
         env = {
-            "PATH": os.pathsep.join([str(self.stub_bin), venv_bin, "/usr/bin", "/bin"]),
+            "PATH": os.pathsep.join([str(self.stub_bin), *warm_cli, venv_bin, "/usr/bin", "/bin"]),
             "HOME": str(root / "root"),
             "LANG": "C.UTF-8",
             "TERM": "dumb",

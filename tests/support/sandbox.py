@@ -19,6 +19,7 @@ from typing import Any
 
 from bakery_lib.catalog import RoleSpec, parse_catalog
 from bakery_lib.userdata import instance_files
+from devstack import awscli_zygote
 from devstack.imds import ImdsDouble
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -143,7 +144,9 @@ class Sandbox:
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
-            "PATH": os.pathsep.join([str(self.bin), str(VENV_BIN), "/usr/bin", "/bin"]),
+            # The real AWS CLI, forked warm per call (devstack.awscli_zygote), ahead of the venv's.
+            "PATH": os.pathsep.join([str(self.bin), *[b for b in (awscli_zygote.shim_bin(),) if b], str(VENV_BIN),
+                                     "/usr/bin", "/bin"]),
             "HOME": str(self.tmp / "home"),
             "LANG": "C.UTF-8",
             "BAKERY_ROOT": str(self.root),

@@ -30,7 +30,10 @@ def lint(*files: Path) -> tuple[int, dict]:
     )
     assert len({f.parent for f in files}) == 1
     proc = subprocess.run(
-        [str(LINTER), "--noserver", "--failon", "error", "--output", "json", *(f.name for f in files)],
+        # Its own heap options, plus serial GC and the client compiler (a third less CPU for one scan).
+        [str(LINTER), "--noserver", "--failon", "error", "--output", "json",
+         "--javaoptions=-Xms256m,-Xmx2048m,-XX:+UseSerialGC,-XX:TieredStopAtLevel=1,-Xshare:auto",
+         *(f.name for f in files)],
         capture_output=True, text=True, cwd=files[0].parent, timeout=600,
     )
     start = proc.stdout.find("{")

@@ -63,3 +63,16 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout)
+
+
+def end_by_eof(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
+    """Close a server's stdin (its signal to finish), wait for it, kill it if it lingers."""
+    if proc is None:
+        return
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -41,6 +41,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ._proc import end_by_eof
+
 OFF_ENV = "BAKERY_TEST_REAL_AWS_CLI"
 _HEADER = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
@@ -137,15 +139,8 @@ class AwsCliZygote:
             return []
 
     def stop(self) -> None:
-        if self._proc is not None:
-            assert self._proc.stdin is not None
-            self._proc.stdin.close()
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
+        end_by_eof(self._proc)
+        self._proc = None
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 

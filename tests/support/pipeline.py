@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bakery_lib import __version__
+from devstack._proc import end_by_eof
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -116,15 +117,8 @@ class PipelineHarness:
         return self
 
     def stop(self) -> None:
-        if self._proc is not None:
-            assert self._proc.stdin is not None
-            self._proc.stdin.close()
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
+        end_by_eof(self._proc)
+        self._proc = None
 
     def run(self, jenkinsfile: Path, workspace: Path, *, job: str = "ami-bake-web", number: int = 1,
             parameters: Mapping[str, Any] | None = None, parameter_definitions: Mapping[str, Any] | None = None,

@@ -12,6 +12,11 @@ This module changes only that look-up, for what ``get_tags`` asks (one literal r
 ``*``/``?``/``[`` that ``fnmatch`` would treat as a pattern): the resource's own tags, read from the
 backend's per-resource map, in the same shape and order ``describe_tags`` gives. Every other use of
 ``describe_tags`` (the DescribeTags API, pattern filters) is moto's own code.
+
+Two answers moto works out again for every request are kept instead (a quarter of its CPU in a bake
+test): the method names of a response class (``inspect.getmembers`` of the class, to find the
+action's handler) and the list of its service packages (a directory scan, to route the request).
+Both depend only on the installed moto.
 """
 
 from __future__ import annotations
@@ -37,10 +42,19 @@ def _fast_get_tags(self: Any) -> list[dict[str, str]]:
 
 
 def patch() -> None:
-    """Index moto's per-resource tag look-up (idempotent)."""
+    """Index moto's per-resource tag look-up; keep what depends only on moto's code (idempotent)."""
+    import functools
+
+    from moto import backends
+    from moto.core import responses, utils
     from moto.ec2.models.core import TaggedEC2Resource
 
     TaggedEC2Resource.get_tags = _fast_get_tags  # type: ignore[method-assign]
+    if not hasattr(responses.method_names_from_class, "cache_info"):
+        responses.method_names_from_class = functools.lru_cache(maxsize=None)(utils.method_names_from_class)
+    if not hasattr(backends.list_of_moto_modules, "cache_info"):
+        modules = tuple(backends.list_of_moto_modules())
+        backends.list_of_moto_modules = functools.lru_cache(maxsize=1)(lambda: modules)
 
 
 def main() -> None:

@@ -149,20 +149,17 @@ _shared: AwsCliZygote | None = None
 _shared_lock = threading.Lock()
 
 
-def shim_bin() -> str | None:
-    """The directory of this process's ``aws`` shim (started on first use), or None when turned off."""
+def path_dirs() -> list[str]:
+    """What to put on an instance's PATH ahead of the venv's ``aws``: this process's shim directory
+    (the server started on first use), or nothing when ``BAKERY_TEST_REAL_AWS_CLI=1``."""
     global _shared
     if os.environ.get(OFF_ENV) == "1":
-        return None
+        return []
     with _shared_lock:
         if _shared is None:
             _shared = AwsCliZygote().start()
             atexit.register(_shared.stop)
-        return str(_shared.bin)
-
-
-def shared() -> AwsCliZygote | None:
-    return _shared
+        return [str(_shared.bin)]
 
 
 # --- the server -------------------------------------------------------------------------------------

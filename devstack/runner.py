@@ -644,10 +644,9 @@ class InstanceRunner:
 
     def _env(self, root: Path, imds_url: str) -> dict[str, str]:
         venv_bin = os.path.dirname(sys.executable)
-        # The real AWS CLI, forked warm per call (devstack.awscli_zygote), ahead of the venv's.
-        warm_cli = [b for b in (awscli_zygote.shim_bin(),) if b]
         env = {
-            "PATH": os.pathsep.join([str(self.stub_bin), *warm_cli, venv_bin, "/usr/bin", "/bin"]),
+            # The real AWS CLI, forked warm per call (devstack.awscli_zygote), ahead of the venv's.
+            "PATH": os.pathsep.join([str(self.stub_bin), *awscli_zygote.path_dirs(), venv_bin, "/usr/bin", "/bin"]),
             "HOME": str(root / "root"),
             "LANG": "C.UTF-8",
             "TERM": "dumb",

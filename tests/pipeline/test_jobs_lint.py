@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.pipeline import TEST_JVM_OPTIONS
 
 from bakery_lib.stages import ORDER
 
@@ -30,9 +31,9 @@ def lint(*files: Path) -> tuple[int, dict]:
     )
     assert len({f.parent for f in files}) == 1
     proc = subprocess.run(
-        # Its own heap options, plus serial GC and the client compiler (a third less CPU for one scan).
+        # Its own heap options, plus the test JVMs' GC and compiler.
         [str(LINTER), "--noserver", "--failon", "error", "--output", "json",
-         "--javaoptions=-Xms256m,-Xmx2048m,-XX:+UseSerialGC,-XX:TieredStopAtLevel=1,-Xshare:auto",
+         "--javaoptions=" + ",".join(("-Xms256m", "-Xmx2048m", *TEST_JVM_OPTIONS)),
          *(f.name for f in files)],
         capture_output=True, text=True, cwd=files[0].parent, timeout=600,
     )

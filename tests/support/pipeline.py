@@ -32,6 +32,9 @@ from bakery_lib import __version__
 from devstack._proc import end_by_eof
 
 HERE = Path(__file__).resolve().parent
+# The test JVMs (this harness, CodeNarc) are short-lived with small heaps: serial GC and the client
+# compiler cost a third less CPU than the server defaults (G1's concurrent threads, C2), start as fast.
+TEST_JVM_OPTIONS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto")
 REPO = HERE.parents[1]
 HARNESS = HERE / "harness.groovy"
 JENKINSFILE = REPO / "jenkins" / "Jenkinsfile"
@@ -108,10 +111,7 @@ class PipelineHarness:
         groovy = shutil.which("groovy")
         if groovy is None:
             raise RuntimeError("groovy is not on PATH: apt-get install groovy default-jre-headless (make test does)")
-        # A short-lived JVM with a small heap: serial GC and the client compiler cost a third less CPU
-        # than the server defaults (G1's concurrent threads, C2) and start as fast.
-        env = {**os.environ, "JAVA_OPTS": " ".join(filter(None, (
-            os.environ.get("JAVA_OPTS", ""), "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xshare:auto")))}
+        env = {**os.environ, "JAVA_OPTS": " ".join(filter(None, (os.environ.get("JAVA_OPTS", ""), *TEST_JVM_OPTIONS)))}
         self._proc = subprocess.Popen([groovy, str(HARNESS), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       text=True, cwd=self.tmp, env=env)
         return self

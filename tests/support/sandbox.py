@@ -145,8 +145,7 @@ class Sandbox:
     def env(self, **extra: str) -> dict[str, str]:
         return {
             # The real AWS CLI, forked warm per call (devstack.awscli_zygote), ahead of the venv's.
-            "PATH": os.pathsep.join([str(self.bin), *[b for b in (awscli_zygote.shim_bin(),) if b], str(VENV_BIN),
-                                     "/usr/bin", "/bin"]),
+            "PATH": os.pathsep.join([str(self.bin), *awscli_zygote.path_dirs(), str(VENV_BIN), "/usr/bin", "/bin"]),
             "HOME": str(self.tmp / "home"),
             "LANG": "C.UTF-8",
             "BAKERY_ROOT": str(self.root),

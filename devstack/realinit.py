@@ -26,7 +26,10 @@ Same interface as :class:`devstack.runner.InstanceRunner` (a context manager sta
   makes nspawn exit 133 (systemd-nspawn(1): "If the container reboots, exits with 133"): the runner
   boots the same tree again. StopInstances/TerminateInstances seen by the poll: SIGTERM to nspawn,
   which powers the container off in order (``--kill-signal`` defaults to SIGRTMIN+3 with ``-b``).
-  StartInstances of a stopped instance boots its tree again (a second boot).
+  A stop the container does not finish within :data:`STOP_GRACE` (a halt job that fails on a starved
+  machine leaves systemd up) ends as EC2 ends a graceful shutdown that does not complete: forcibly (a
+  second SIGTERM, "Send SIGTERM again to trigger immediate termination", nspawn says), noted on the
+  console. StartInstances of a stopped instance boots its tree again (a second boot).
 
 Booting here (systemd 252, no systemd on the host, root): ``systemd-nspawn --register=no --keep-unit
 -q -b -D TREE`` works as is -- found out on this machine kind: ``--register=no`` because no machined
@@ -74,6 +77,9 @@ BAKE_ID_TAG = "bakery:bake-id"
 PURPOSE_TAG = "bakery:purpose"
 REBOOT_EXIT = 133  # systemd-nspawn's exit status when the container rebooted
 MAX_BOOTS = 12  # a container that keeps rebooting is stopped here
+# How long a stopped instance's orderly shutdown may take before the runner forces it (EC2 shuts down
+# forcibly a stop whose graceful OS shutdown does not complete: StopInstances, ``Force``).
+STOP_GRACE = 120.0
 
 
 @dataclass
@@ -345,11 +351,23 @@ class RealInitRunner:
                                          env=env, start_new_session=True)
         if inst.want_off.is_set():  # stopped while it was starting
             _terminate(inst.proc)
-        code = inst.proc.wait()
+        code = self._wait_powered_off(inst, inst.proc)
         with self._cond:
             self.results[inst.iid]["exit_code"] = code
         self._note(inst, f"systemd-nspawn exited {code}")
         return code
+
+    def _wait_powered_off(self, inst: _Instance, proc: subprocess.Popen) -> int:
+        """nspawn's exit status: once the container powers itself off or reboots, or, after a stop (SIGTERM
+        already sent), once it has shut down, forced after :data:`STOP_GRACE` seconds."""
+        while proc.poll() is None and not inst.want_off.wait(timeout=1.0):
+            pass
+        try:
+            return proc.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            self._note(inst, f"no orderly shutdown within {STOP_GRACE:g} s of the stop: forcing it, as EC2 does")
+            _terminate(proc)  # nspawn's second SIGTERM: immediate termination
+            return proc.wait()
 
     def _note(self, inst: _Instance, text: str) -> None:
         with inst.console.open("a", encoding="utf-8") as fh:

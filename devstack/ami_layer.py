@@ -46,6 +46,14 @@ moto with DescribeImages), a malformed id ``InvalidAMIID.Malformed``. What the l
 ``DryRun``, ownership checks (moto's public images are never deprecated by the bakery), filters on
 the two new fields.
 
+Instance state changes: the instance runners (``devstack.hypervisor``) play the hypervisor, so they
+must learn when an instance starts, stops or ends. Every such change reaches moto through this layer
+(RunInstances, StartInstances, StopInstances, RebootInstances, TerminateInstances; moto changes an
+instance's state only inside those calls), so the layer counts them once moto has answered and
+``GET /_ami-layer/instance-changes?after=N&wait=S`` answers the count as soon as it passes ``N`` (or
+after ``S`` seconds, at most ``MAX_CHANGE_WAIT``). A runner waits on that instead of describing every
+instance several times a second.
+
 Time: the layer's clock is the wall clock plus an offset a test moves forward with
 ``POST /_ami-layer/advance?seconds=N`` (loopback only, like moto's own ``/moto-api/`` control calls):
 the 24-hour cooldown ends without waiting a day.
@@ -78,6 +86,12 @@ from .ami_auth import Denied, Enforcer
 from .ami_fast import FastError, FastFeatures
 from .ami_rbin import RbinError, RecycleBin
 from .moto import ACCOUNT_ID, REGION, MotoServer, isolated_env
+
+# The calls in which moto changes an instance's state (see the module docstring), and the longest a
+# runner's question about them is held open.
+INSTANCE_STATE_ACTIONS = frozenset({"RunInstances", "StartInstances", "StopInstances", "RebootInstances",
+                                    "TerminateInstances"})
+MAX_CHANGE_WAIT = 30.0
 
 COOLDOWN = timedelta(hours=24)
 REPORT_DELAY = timedelta(hours=24)  # LastLaunchedTime is reported a day after the launch
@@ -144,6 +158,20 @@ class AmiLayer:
         self.fast = FastFeatures(ACCOUNT_ID)
         self._clients: dict[tuple[str, str], object] = {}
         self._zones: dict[str, set[str]] = {}
+        self.instance_changes = 0
+        self._changed = threading.Condition()
+
+    def instance_state_changed(self) -> None:
+        with self._changed:
+            self.instance_changes += 1
+            self._changed.notify_all()
+
+    def wait_instance_changes(self, after: int, wait: float) -> int:
+        """The count of instance state changes, once it is past ``after`` or ``wait`` seconds passed."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.instance_changes > after, timeout=min(max(wait, 0.0),
+                                                                                        MAX_CHANGE_WAIT))
+            return self.instance_changes
 
     def client(self, service: str, region: str) -> Any:
         """The layer's own boto3 client to moto (its administrator key while IAM is enforced)."""
@@ -310,7 +338,10 @@ class AmiLayer:
         return None
 
     def after(self, action: str, region: str, params: dict[str, str], status: int, body: bytes) -> bytes:
-        """moto's answer, with what AWS adds (DescribeImages), noting launches (RunInstances)."""
+        """moto's answer, with what AWS adds (DescribeImages), noting launches (RunInstances) and
+        instance state changes."""
+        if action in INSTANCE_STATE_ACTIONS:
+            self.instance_state_changed()
         if action == "DescribeImages" and status == 200:
             return self.decorate(region, body)
         if action == "RunInstances" and status == 200:
@@ -375,8 +406,12 @@ def _handler(layer: AmiLayer) -> type[BaseHTTPRequestHandler]:
 
         def _control(self, url: urllib.parse.SplitResult, body: bytes) -> None:
             """The tests' control calls (loopback only): move the clock, start IAM enforcement, make
-            the next EnableFastLaunch of a region fail."""
+            the next EnableFastLaunch of a region fail; the runners' wait for instance state changes."""
             query = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+            if url.path == "/_ami-layer/instance-changes":
+                count = layer.wait_instance_changes(int(query.get("after", "-1")), float(query.get("wait", "0")))
+                self._send(200, str(count).encode(), ctype="text/plain")
+                return
             if url.path == "/_ami-layer/advance":
                 with layer.lock:
                     layer.offset += timedelta(seconds=float(query["seconds"]))

@@ -8,19 +8,100 @@ same way; this module is that shared part, so the two runners differ only in how
 User data: ``DescribeInstanceAttribute`` with ``Attribute=userData`` answers ``UserData.Value``
 base64-encoded, and no ``Value`` when the instance has none (EC2 API reference,
 DescribeInstanceAttribute: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeInstanceAttribute.html).
+
+When to look: an instance's state changes only in a call that reaches moto through the AMI layer,
+which counts those calls (``devstack.ami_layer``, "Instance state changes"). A runner describes its
+instances, then waits on :class:`Doorbell` until the count moves past what it had seen before that
+describe, so no change falls between the two; it looks again at least every ``DOORBELL_WAIT``
+seconds whatever the count says, and falls back to its ``poll_interval`` where there is no layer
+(a plain moto) or the layer does not answer.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
+import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .imds import ImdsDouble
 from .moto import ACCOUNT_ID
+
+# A runner looks at its instances at least this often, even when the layer counts no change.
+DOORBELL_WAIT = 10.0
+
+
+class Doorbell:
+    """The AMI layer's count of instance state changes, for one runner's polling thread.
+
+    :meth:`count` and :meth:`wait` answer None when there is nothing to ask (no layer at the endpoint,
+    the layer unreachable, or :meth:`close` called): the caller then falls back to its clock.
+    :meth:`close` (from any thread) ends a wait in progress at once."""
+
+    def __init__(self, endpoint: str):
+        url = urllib.parse.urlsplit(endpoint)
+        self._host, self._port = url.hostname or "127.0.0.1", url.port or 80
+        self._lock = threading.Lock()
+        self._conn: http.client.HTTPConnection | None = None
+        self._closed = False
+        self._absent = False  # the endpoint answered 404: not a layer, never ask again
+
+    def count(self) -> int | None:
+        return self._ask(-1, 0.0)
+
+    def wait(self, after: int, timeout: float = DOORBELL_WAIT) -> int | None:
+        """The count once it is past ``after`` (or after ``timeout`` seconds)."""
+        return self._ask(after, timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._conn is not None and self._conn.sock is not None:
+                try:
+                    self._conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _ask(self, after: int, wait: float) -> int | None:
+        with self._lock:
+            if self._closed or self._absent:
+                return None
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=wait + 30)
+            try:
+                conn.connect()
+            except OSError:
+                return None
+            self._conn = conn
+        try:
+            conn.request("GET", f"/_ami-layer/instance-changes?after={after}&wait={wait:g}")
+            response = conn.getresponse()
+            body = response.read()
+            if response.status == 404:
+                self._absent = True
+            return int(body) if response.status == 200 else None
+        except (OSError, http.client.HTTPException, ValueError):
+            return None
+        finally:
+            with self._lock:
+                self._conn = None
+            conn.close()
+
+
+def next_round(doorbell: Doorbell, stop: threading.Event, seen: int | None, interval: float) -> int | None:
+    """Wait for the next poll round: until the layer's count moves past ``seen`` (the count read before
+    the round just done), or without an answer from the layer, ``interval`` seconds. Returns the count
+    to pass to the next call (read before the round it starts), None when there is none."""
+    if seen is not None and not stop.is_set():
+        now = doorbell.wait(seen)
+        if now is not None:
+            return now
+    stop.wait(interval)
+    return doorbell.count()
 
 
 def describe_instances(ec2: Any, filters: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:

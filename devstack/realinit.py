@@ -62,8 +62,10 @@ from pathlib import Path
 from typing import Any
 
 from .hypervisor import (
+    Doorbell,
     describe_instances,
     metadata_service,
+    next_round,
     poll_round,
     read_console,
     user_data,
@@ -139,6 +141,7 @@ class RealInitRunner:
         self._bake_instances: dict[str, _Instance] = {}  # bake id -> its bake instance
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self._doorbell = Doorbell(ec2_endpoint)
         self._thread: threading.Thread | None = None
         self._ec2: Any = None
 
@@ -160,6 +163,7 @@ class RealInitRunner:
 
     def stop(self) -> None:
         self._stop.set()
+        self._doorbell.close()
         if self._thread is not None:
             self._thread.join(30)
         with self._cond:
@@ -206,11 +210,12 @@ class RealInitRunner:
 
     # --- polling ------------------------------------------------------------------------------------
     def _poll_loop(self) -> None:
+        seen = self._doorbell.count()
         while not self._stop.is_set():
             poll_round(self._ec2, self._observe, self.errors)
             with self._cond:
                 self._cond.notify_all()  # wait_for() checks its file on each round
-            self._stop.wait(self.poll_interval)
+            seen = next_round(self._doorbell, self._stop, seen, self.poll_interval)
 
     def _observe(self, instance: dict[str, Any]) -> None:
         iid = instance["InstanceId"]

@@ -95,7 +95,15 @@ from pathlib import Path
 from typing import Any
 
 from . import awscli_zygote
-from .hypervisor import describe_instances, metadata_service, poll_round, read_console, wait_finished
+from .hypervisor import (
+    Doorbell,
+    describe_instances,
+    metadata_service,
+    next_round,
+    poll_round,
+    read_console,
+    wait_finished,
+)
 from .hypervisor import user_data as read_user_data
 from .moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, aws_env
 from .stub_chef_client import write_stub_bin
@@ -214,6 +222,7 @@ class InstanceRunner:
         self._procs: dict[str, subprocess.Popen] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self._doorbell = Doorbell(ec2_endpoint)
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._ec2: Any = None
@@ -254,6 +263,7 @@ class InstanceRunner:
 
     def stop(self) -> None:
         self._stop.set()
+        self._doorbell.close()
         with self._cond:
             procs = list(self._procs.values())
         for proc in procs:
@@ -286,9 +296,10 @@ class InstanceRunner:
 
     # --- polling ------------------------------------------------------------------------------------
     def _poll_loop(self) -> None:
+        seen = self._doorbell.count()
         while not self._stop.is_set():
             poll_round(self._ec2, self._consider, self.errors, self._filters())
-            self._stop.wait(self.poll_interval)
+            seen = next_round(self._doorbell, self._stop, seen, self.poll_interval)
 
     def _filters(self) -> list[dict[str, Any]]:
         """Only the owner's instances, when the runner has one (see :func:`describe_instances`)."""

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,8 @@ import pytest
 from bakery_lib.catalog import load_catalog
 from devstack import DevStack, ImdsDouble, InstanceRunner, seed_base_image, write_stub_bin
 from devstack._proc import free_port
+from devstack.ami_layer import AmiLayer
+from devstack.hypervisor import Doorbell
 from devstack.stack import BASE_IMAGE_NAME
 
 
@@ -345,6 +348,43 @@ def test_runner_copes_with_terminated_instances_and_boot_delay(devstack: DevStac
         assert runner.wait(seen_then_gone, timeout=30)["kind"] != "error"
         assert runner.results.get(gone_at_once, {}).get("kind") != "error"
         assert runner.errors == []
+
+
+def test_the_doorbell_rings_for_a_state_change_and_not_for_a_describe(devstack: DevStack) -> None:
+    """The runners wait on the layer's count of instance state changes (devstack.hypervisor.Doorbell):
+    a launch moves it past what a waiter had seen; a Describe does not."""
+    layer = AmiLayer(devstack.moto.moto_url)  # what the layer counts, on a layer of its own
+    for action in ("DescribeInstances", "CreateTags", "StopInstances", "DescribeImages", "TerminateInstances"):
+        layer.after(action, "us-east-1", {}, 200, b"")
+    assert layer.instance_changes == 2 and layer.wait_instance_changes(1, 0) == 2
+    doorbell = Doorbell(devstack.moto.url)
+    seen = doorbell.count()
+    assert seen is not None
+    answers: list[int | None] = []
+    waiter = threading.Thread(target=lambda: answers.append(doorbell.wait(seen, timeout=60)))
+    waiter.start()
+    iid = launch(devstack, devstack.base_image_id, None, **{"devstack:test": "no-runner"})
+    devstack.moto.client("ec2").terminate_instances(InstanceIds=[iid])
+    waiter.join(60)
+    assert answers and answers[0] is not None and answers[0] > seen  # woken by the launch, not the clock
+    assert (doorbell.count() or 0) >= seen + 2  # RunInstances, then TerminateInstances
+
+
+def test_the_doorbell_closes_at_once_and_is_silent_without_a_layer(devstack: DevStack) -> None:
+    doorbell = Doorbell(devstack.moto.url)
+    seen = doorbell.count()
+    assert seen is not None
+    answers: list[int | None] = []
+    waiter = threading.Thread(target=lambda: answers.append(doorbell.wait(seen, timeout=60)))
+    waiter.start()
+    doorbell.close()  # what a runner's stop() does: its polling thread is not held for the wait
+    waiter.join(20)
+    assert not waiter.is_alive() and answers == [None]
+    assert doorbell.count() is None
+    # A plain moto (no layer) answers 404: no count, and the runner polls on its clock instead.
+    bare = Doorbell(devstack.moto.moto_url)
+    assert bare.count() is None and bare.wait(0, timeout=30) is None
+    assert Doorbell(f"http://127.0.0.1:{free_port()}").count() is None  # nothing listening
 
 
 # --- DevStack ---------------------------------------------------------------------------------------------

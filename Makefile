@@ -16,7 +16,8 @@ APT_PACKAGES := goiardi shellcheck packer groovy default-jre-headless debootstra
 # to run other seeds and --dist load.
 PYTEST_ARGS ?= -n 4 --dist loadfile -p randomly --randomly-seed=20261202
 
-.PHONY: all deps system-deps venv node-deps realinit-base test checks lint typecheck demo bench clean
+.PHONY: all deps system-deps venv node-deps realinit-base test checks lint typecheck test-bytecode demo bench \
+	clean
 
 all: test
 
@@ -43,8 +44,9 @@ $(TOOLS)/node_modules/.bin/npm-groovy-lint:
 node-deps: $(TOOLS)/node_modules/.bin/npm-groovy-lint
 
 # The real-init instances' Debian 12 bases (debootstrap, then cached in .tools/realinit/): root only.
-realinit-base: system-deps venv
-	@if [ "$$(id -u)" = 0 ]; then $(PY) -m devstack.realinit_base; \
+# The build uses the standard library alone, so it runs beside the venv's pip install.
+realinit-base: system-deps
+	@if [ "$$(id -u)" = 0 ]; then $(PYTHON) -m devstack.realinit_base; \
 	else echo "not root: the real-init bases are not built (tests/e2e/test_realinit_boot.py needs root)"; fi
 
 deps: system-deps venv node-deps realinit-base
@@ -55,9 +57,15 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy bakery_lib
 
-# What the suite needs, side by side: apt, pip and npm mostly wait on the network, and the checks
-# run while the real-init bases are built. Each step's output is shown whole once it ends.
-checks: deps lint typecheck
+# pytest's assertion-rewritten test modules, written once (also where PYTHONDONTWRITEBYTECODE is set:
+# pytest then reads them but never writes them), so that no xdist worker rewrites every test module
+# itself: 9 CPU-s a worker without them, 4 with. A collection error shows in the pytest run itself.
+test-bytecode: system-deps venv
+	-@PYTHONDONTWRITEBYTECODE= $(PY) -m pytest --collect-only -q -p no:randomly >/dev/null 2>&1
+
+# What the suite needs, side by side: apt, pip and npm mostly wait on the network, the real-init bases
+# are built beside the venv, the checks run once it is there. Each step's output shows whole at its end.
+checks: deps lint typecheck test-bytecode
 
 # pytest exit code 5 ("no tests collected") must fail the build, as must any other non-zero code.
 test:

@@ -45,7 +45,8 @@ Chef client of the base (see :mod:`devstack.realinit_base`).
 ``results[iid]``: ``kind`` (bake, firstboot, launch), ``running`` (booted and not powered off),
 ``boots`` (how many times nspawn booted it), ``exit_code`` (nspawn's last), ``root`` and ``console``.
 ``wait(iid)`` returns once the instance is powered off; ``wait_until(iid, what, check)`` once a condition
-on the runner (a console line, a file in the tree) holds, checked on each poll round.
+on the runner (a console line, a file in the tree) holds, checked on each poll round and at least
+once a second.
 """
 
 from __future__ import annotations
@@ -191,8 +192,9 @@ class RealInitRunner:
 
     def wait_until(self, instance_id: str, what: str, check: Callable[[RealInitRunner], bool],
                    timeout: float = 300.0) -> None:
-        """Until ``check(self)`` holds (checked on each poll round: an event, e.g. a line on the console
-        or a file in the tree, never a sleep); ``what`` names it in the timeout's message."""
+        """Until ``check(self)`` holds (an event, e.g. a line on the console or a file in the tree, never
+        a sleep: checked on each poll round, and at least once a second as the runner's rounds now wait
+        on instance state changes); ``what`` names it in the timeout's message."""
         deadline = time.monotonic() + timeout
         while not check(self):
             if time.monotonic() > deadline:

@@ -1,8 +1,10 @@
 """The instance runner: plays EC2's part for moto instances, which run nothing by themselves.
 
-A background thread polls DescribeInstances (one call for all instances of the region) every
-``poll_interval`` seconds. Each *running* instance it has not seen yet is "booted" once, in a worker
-thread, inside a sandbox directory ``WORKDIR/INSTANCE_ID/``:
+A background thread describes the instances (one DescribeInstances for all instances of the region)
+whenever one's state may have changed: it waits on the AMI layer's count of state changes
+(:class:`devstack.hypervisor.Doorbell`), or every ``poll_interval`` seconds where there is no layer.
+Each *running* instance it has not seen yet is "booted" once, in a worker thread, inside a sandbox
+directory ``WORKDIR/INSTANCE_ID/``:
 
 - ``root/`` is the instance's ``/`` (``BAKERY_ROOT``); ``console.log`` is its console; ``user-data``
   is the script it ran;
@@ -180,9 +182,9 @@ class InstanceRunner:
         workdir: str | os.PathLike[str],
         *,
         boot_delay: float = 0.0,
-        # Every poll is a DescribeInstances (moto's answer and botocore's parsing): at 5 a second an idle
-        # runner cost more CPU than the test it served, and more on a loaded machine, where a test lasts
-        # longer. Half a second adds at most that to a boot's start, which nothing waits on by the clock.
+        # Without the AMI layer's count of state changes only (a plain moto): every poll is a
+        # DescribeInstances (moto's answer and botocore's parsing), and half a second adds at most that
+        # to a boot's start, which nothing waits on by the clock.
         poll_interval: float = 0.5,
         script_timeout: float = 600.0,
         extra_env: Mapping[str, str] | None = None,

@@ -237,8 +237,7 @@ def test_chef_down_at_chef_cleanup_stage_then_cleanup_finishes(devstack, chef_ga
     assert state is not None
     node = state["chef_node"]
     env = cli_env(devstack, CHEF_SERVER_URL=chef_gate.url)
-    port = chef_gate.port
-    chef_gate.stop()
+    chef_gate.down()
 
     proc = bakery(env, ws, catalog, "stage", "chef-cleanup", "--role", role)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -250,7 +249,7 @@ def test_chef_down_at_chef_cleanup_stage_then_cleanup_finishes(devstack, chef_ga
     assert devstack.goiardi.client().node_exists(node)
     assert not check_state(devstack, ws, role)["closed"]
 
-    chef_gate.start(port)
+    chef_gate.up()
     up = bakery(env, ws, catalog, "cleanup", "--role", role)
     assert up.returncode == 0, up.stderr
     check_state(devstack, ws, role, closed=True)
@@ -267,9 +266,8 @@ def test_chef_down_at_chef_cleanup_in_bake_then_reap_finishes(devstack, proxy: F
     catalog = devstack.write_catalog(tmp_path / "bakery.yaml", roles={role: {"platform": "linux"}})
     census = Census.take(devstack)
     env = cli_env(devstack, proxy.url, CHEF_SERVER_URL=chef_gate.url)
-    port = chef_gate.port
     # Chef goes away while the instance is being terminated, i.e. just before chef-cleanup.
-    gate_down = Hold("TerminateInstances", callback=chef_gate.stop)
+    gate_down = Hold("TerminateInstances", callback=chef_gate.down)
     gate_down.release.set()
     proxy.add(gate_down)
     with SimulatedBoot(devstack, [role]):
@@ -279,7 +277,7 @@ def test_chef_down_at_chef_cleanup_in_bake_then_reap_finishes(devstack, proxy: F
     node = read_state(ws, role)["chef_node"]
     assert devstack.goiardi.client().node_exists(node)
 
-    chef_gate.start(port)
+    chef_gate.up()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     reap = bakery(env, elsewhere, catalog, "reap", "--older-than", "0")

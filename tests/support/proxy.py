@@ -31,6 +31,7 @@ import http.client
 import itertools
 import json
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -41,7 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from xml.sax.saxutils import escape
 
-from devstack.httpd import LoopbackHTTPServer
+from devstack.httpd import LOOPBACK, LoopbackHTTPServer
 
 from .realism import Realism
 
@@ -174,6 +175,7 @@ class FaultProxy(LoopbackHTTPServer):
         self.rewrites: list[Rewrite] = []
         self.holds: list[Hold] = []
         self._seen_ok: set[str] = set()
+        self._parked: socket.socket | None = None  # the port, kept while down() (see there)
         # AWS's timing (tests/faults/realism.py); None: moto's instant, consistent answers.
         self.realism: Realism | None = None
 
@@ -191,6 +193,32 @@ class FaultProxy(LoopbackHTTPServer):
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1]) if self.url else 0
+
+    def down(self) -> None:
+        """Stop answering but keep the port, as a server that went away: a connection is refused (a
+        socket stays bound to the port, not listening), and nothing else -- another server, a client's
+        ephemeral port -- takes the port before :meth:`up`. Both bind it with SO_REUSEPORT, so the
+        port is never free in between (a stop, then ``start(port)``, lost it to a client under load)."""
+        parked = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        parked.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        parked.bind((LOOPBACK, self.port))
+        self._parked = parked
+        LoopbackHTTPServer.stop(self)
+
+    def up(self) -> FaultProxy:
+        """Answer again on the same port, after :meth:`down`."""
+        self.start(self.port)
+        self._unpark()
+        return self
+
+    def stop(self) -> None:
+        super().stop()
+        self._unpark()
+
+    def _unpark(self) -> None:
+        if self._parked is not None:
+            self._parked.close()
+            self._parked = None
 
     def upstream_call(self, service: str, region: str, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """One call straight to moto (the realism layer looks things up with it, e.g. an image's snapshots)."""
@@ -357,6 +385,7 @@ def error_body(service: str, code: str, message: str) -> tuple[bytes, str]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    allow_reuse_port = True  # FaultProxy.down() keeps the port bound while the proxy is away
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client killed while its call was held (the SIGKILL tests) is expected, not an error.

@@ -350,6 +350,17 @@ def test_runner_copes_with_terminated_instances_and_boot_delay(devstack: DevStac
         assert runner.errors == []
 
 
+def waiting_doorbell(devstack: DevStack) -> tuple[Doorbell, int, list[int | None], threading.Thread]:
+    """A doorbell on the layer, its count, and a thread waiting (up to 60 s) for the count to pass it."""
+    doorbell = Doorbell(devstack.moto.url)
+    seen = doorbell.count()
+    assert seen is not None
+    answers: list[int | None] = []
+    waiter = threading.Thread(target=lambda: answers.append(doorbell.wait(seen, timeout=60)))
+    waiter.start()
+    return doorbell, seen, answers, waiter
+
+
 def test_the_doorbell_rings_for_a_state_change_and_not_for_a_describe(devstack: DevStack) -> None:
     """The runners wait on the layer's count of instance state changes (devstack.hypervisor.Doorbell):
     a launch moves it past what a waiter had seen; a Describe does not."""
@@ -357,12 +368,7 @@ def test_the_doorbell_rings_for_a_state_change_and_not_for_a_describe(devstack: 
     for action in ("DescribeInstances", "CreateTags", "StopInstances", "DescribeImages", "TerminateInstances"):
         layer.after(action, "us-east-1", {}, 200, b"")
     assert layer.instance_changes == 2 and layer.wait_instance_changes(1, 0) == 2
-    doorbell = Doorbell(devstack.moto.url)
-    seen = doorbell.count()
-    assert seen is not None
-    answers: list[int | None] = []
-    waiter = threading.Thread(target=lambda: answers.append(doorbell.wait(seen, timeout=60)))
-    waiter.start()
+    doorbell, seen, answers, waiter = waiting_doorbell(devstack)
     iid = launch(devstack, devstack.base_image_id, None, **{"devstack:test": "no-runner"})
     devstack.moto.client("ec2").terminate_instances(InstanceIds=[iid])
     waiter.join(60)
@@ -371,12 +377,7 @@ def test_the_doorbell_rings_for_a_state_change_and_not_for_a_describe(devstack: 
 
 
 def test_the_doorbell_closes_at_once_and_is_silent_without_a_layer(devstack: DevStack) -> None:
-    doorbell = Doorbell(devstack.moto.url)
-    seen = doorbell.count()
-    assert seen is not None
-    answers: list[int | None] = []
-    waiter = threading.Thread(target=lambda: answers.append(doorbell.wait(seen, timeout=60)))
-    waiter.start()
+    doorbell, seen, answers, waiter = waiting_doorbell(devstack)
     doorbell.close()  # what a runner's stop() does: its polling thread is not held for the wait
     waiter.join(20)
     assert not waiter.is_alive() and answers == [None]
